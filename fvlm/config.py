@@ -55,7 +55,7 @@ class PathsConfig(_Section):
     shards: str = "data/shards"
     models: str = "data/models"
     metrics: str = "metrics"
-    dvc_remote: str = "../fvlm-dvc-remote"
+    dvc_remote: str = ".dvc-remote"
     quarantine: str = "data/quarantine"
 
 
