@@ -69,6 +69,7 @@ class DemoDataConfig(_Section):
     seed: int = 0
     size: Literal["demo", "small", "real"] = "demo"
     abdomen_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    workers: int = Field(2, ge=1)  # parallel study processes
 
 
 class ConvertConfig(_Section):
@@ -90,6 +91,7 @@ class SegmentConfig(_Section):
     mode: Literal["fast", "full", "fastest"] = "fast"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     roi_subset: bool = True
+    roi_subset_robust: bool = True     # rough crop with the 3 mm model (small organs), not the 6 mm one
     totalseg_home: str | None = None
     batch_size: int = Field(8, ge=1)
     qc_pictures: bool = True
@@ -102,6 +104,9 @@ class ReportsConfig(_Section):
     text_column: str | None = None
     batch_size: int = Field(256, ge=1)
     n_process: int = Field(1, ge=1)
+    max_chars: int = Field(20000, ge=100)       # longer reports: status "truncated", first max_chars parsed
+    scrub_phi: bool = True                      # replace names / dates / ids / phones / institutions
+    uncertain_is_positive: bool = True          # "?" / "suspicious for" findings count as present
 
 
 class GridConfig(_Section):
@@ -112,6 +117,7 @@ class GridConfig(_Section):
     hu_window: tuple[float, float] = (-1150.0, 350.0)
     roi_margin_slices: int = Field(5, ge=0)
     roi_margin_voxels: int = Field(20, ge=0)
+    flip_prob: float = Field(0.2, ge=0.0, le=1.0)  # training: random flip per axis (public fVLM: 0.2)
 
     @field_validator("hu_window")
     @classmethod
@@ -137,8 +143,10 @@ class SplitConfig(_Section):
 
 class ShardConfig(_Section):
     rows_per_group: int = Field(4, ge=1)
-    target_file_mb: int = Field(1024, ge=1)
+    target_file_mb: float = Field(1024, gt=0)   # roll to a new part file once this many MB of blobs are in one
     zstd_level: int = Field(3, ge=1, le=22)
+    workers: int = Field(1, ge=1)                # processes preparing studies (resample + crop + encode)
+    shuffle_buffer: int = Field(16, ge=1)        # reader: samples held for shuffling in each worker
 
 
 class VisionConfig(_Section):
@@ -158,6 +166,7 @@ class TextConfig(_Section):
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     max_length: int = Field(128, ge=8)
+    pooling: Literal["auto", "cls", "mean"] = "auto"  # auto: [CLS] for a pretrained encoder, mean from scratch
 
 
 class ModelConfig(_Section):
@@ -182,12 +191,20 @@ class TrainConfig(_Section):
     gpus: int = Field(1, ge=0)
     checkpoint_every: int = Field(100, ge=1)
     seed: int = 0
+    log_every: int = Field(1, ge=1)               # MLflow metric logging interval (steps)
+    coteaching_ema: float = Field(0.99, ge=0.0, lt=1.0)  # EMA decay of the co-teaching peer model
+    deterministic: bool = False                   # torch.use_deterministic_algorithms (CPU tests / exact resume)
 
 
 class EvaluateConfig(_Section):
     bootstrap: int = Field(1000, ge=0)
     prompts_file: str | None = None
     promote_alias: str = "champion"
+    eval_mode: Literal["anatomy", "center"] = "anatomy"   # reader's deterministic crop for evaluation
+    batch_size: int = Field(4, ge=1)
+    threshold_method: Literal["youden", "f1"] = "youden"  # chosen on val, applied to test
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = 0
 
 
 class TrackingConfig(_Section):
@@ -195,6 +212,11 @@ class TrackingConfig(_Section):
     experiment: str = "fvlm"
     registered_model: str = "fvlm-ct"
     prefect_api_url: str | None = None
+    enabled: bool = True                          # False: no MLflow at all (metrics files still written)
+    register_model: bool = True                   # log + register the final model as a new version
+    log_checkpoints: bool = True                  # checkpoints (last, best) as run artifacts
+    system_metrics: bool = False                  # mlflow system metrics (needs psutil; off by default)
+    artifact_location: str | None = None          # new experiments' artifact root (default: MLflow's)
 
 
 class OrchestrationConfig(_Section):
@@ -202,9 +224,14 @@ class OrchestrationConfig(_Section):
     batch_size: int = Field(16, ge=1)           # studies per Prefect task
     max_workers: int = Field(2, ge=1)
     retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(10.0, ge=0)     # exponential backoff base for transient failures
     ingest_cron: str = "0 2 * * *"
     train_cron: str = "0 4 * * 6"
     watch_dir: str = "data/incoming"
+    dask_address: str | None = None             # tcp://scheduler:8786; None -> LocalCluster of max_workers
+    gpu_concurrency_limit: str | None = "fvlm-gpu"  # Prefect global concurrency limit held per GPU batch
+    work_pool: str = "fvlm-process"             # process work pool for prefect.yaml deployments
+    timezone: str = "UTC"                       # of the cron schedules
 
 
 class ServicesConfig(_Section):
@@ -212,6 +239,7 @@ class ServicesConfig(_Section):
     host: str = "127.0.0.1"
     prefect_port: int = Field(4200, ge=1, le=65535)
     mlflow_port: int = Field(5000, ge=1, le=65535)
+    startup_timeout_s: float = Field(120.0, gt=0)
 
 
 class FvlmConfig(_Section):

@@ -1,0 +1,97 @@
+"""Speed of the report parser: reports / s on one core, against bare spaCy tokenization of the same
+texts (the framework's ceiling: every spaCy pipeline pays at least the tokenizer).
+
+    .venv/bin/python benchmarks/parse_reports.py [--reports 10000] [--rounds 3] [--negspacy]
+
+Input: the 800 CT-CLIP labelled CT-RATE reports (../shared/data, CC BY-NC-SA; read, never copied),
+repeated to ``--reports``. Runs alternate (tokenizer, parser, tokenizer, parser ...) and the best
+round of each is kept, so a busy machine hurts both sides alike. ``--negspacy`` also times the
+maintained-component alternative (EntityRuler for the finding terms + negspacy's NegEx) as a peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("FVLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+TRAIN_CSV = SHARED / "ct_clip" / "text_classifier" / "data" / "train.csv"
+
+
+def _rate(function, texts: list[str]) -> float:
+    start = time.perf_counter()
+    count = function(texts)
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reports", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--negspacy", action="store_true", help="also time EntityRuler + negspacy NegEx")
+    args = parser.parse_args(argv)
+    if not TRAIN_CSV.is_file():
+        print(f"benchmark input not found: {TRAIN_CSV}", file=sys.stderr)
+        return 1
+    import pandas as pd
+    import spacy
+
+    from report_parsing.pipeline import USER_DATA_KEY, build_pipeline
+
+    base = pd.read_csv(TRAIN_CSV)["report_text"].astype(str).tolist()
+    texts = (base * (args.reports // len(base) + 1))[: args.reports]
+    tokenizer_only = spacy.blank("en")
+    parser_nlp = build_pipeline("ctrate4")
+    list(parser_nlp.pipe(texts[:200]))  # warm caches (word-type tables, compiled expressions)
+
+    def tokenize(batch: list[str]) -> int:
+        return sum(1 for _ in tokenizer_only.pipe(batch, batch_size=256))
+
+    def parse(batch: list[str]) -> int:
+        return sum(1 for doc in parser_nlp.pipe(batch, batch_size=256) if doc.user_data[USER_DATA_KEY] is not None)
+
+    tokenizer_rates, parser_rates = [], []
+    for _ in range(args.rounds):
+        tokenizer_rates.append(_rate(tokenize, texts))
+        parser_rates.append(_rate(parse, texts))
+    tok, full = max(tokenizer_rates), max(parser_rates)
+    chars = sum(map(len, texts)) / len(texts)
+    print(f"reports: {len(texts)} (mean {chars:.0f} characters), 1 process, best of {args.rounds} rounds")
+    print(f"spaCy blank('en') tokenizer only : {tok:9.0f} reports/s")
+    print(f"fvlm report parser (full)        : {full:9.0f} reports/s")
+    print(f"ratio parser / tokenizer         : {full / tok:9.2f}")
+    if args.negspacy:
+        sample = texts[:1000]
+        negex_nlp = _negspacy_pipeline()
+        rate = max(_rate(lambda b: sum(1 for _ in negex_nlp.pipe(b, batch_size=256)), sample) for _ in range(2))
+        print(f"EntityRuler + negspacy NegEx     : {rate:9.0f} reports/s  (ratio to tokenizer {rate / tok:.2f};"
+              f" entities + negation only, no sections/anatomy/labels)")
+    return 0
+
+
+def _negspacy_pipeline():
+    """The maintained-component peer: finding terms as EntityRuler phrase patterns + negspacy NegEx."""
+    import spacy
+    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
+
+    from segmentation.anatomy_sets import CTRATE_LABELS
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
+    terms = [label.lower() for label in CTRATE_LABELS] + [
+        "effusion", "nodule", "nodules", "atelectasis", "consolidation", "ground glass", "calcification",
+        "lymph node", "lymph nodes", "catheter", "sequelae", "opacity", "hernia", "emphysema", "bronchiectasis",
+    ]
+    ruler.add_patterns([{"label": "FINDING", "pattern": term} for term in terms])
+    nlp.add_pipe("negex", config={"chunk_prefix": ["no"]})
+    return nlp
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Local Prefect + MLflow servers for a workstation: start, health-check, stop by PID.
+
+``fvlm services up`` starts
+
+* ``prefect server start --host 127.0.0.1 --port <prefect_port>`` with ``PREFECT_HOME=<data_dir>/prefect``
+  (its SQLite database ``prefect.db`` lives there), health endpoint ``/api/health``;
+* ``mlflow server --host 127.0.0.1 --port <mlflow_port> --workers 1`` with a SQLite backend
+  ``<data_dir>/mlflow/mlflow.db`` and the artifact store ``<data_dir>/mlflow/artifacts`` (served by the
+  server, so clients need no shared file system), health endpoint ``/health``;
+* optionally a Prefect process worker for the deployments' work pool (``--worker``);
+
+each as its own session (process group), output in ``<data_dir>/logs/<name>.log``, PID in
+``<data_dir>/run/<name>.pid`` (JSON: pid, command, url). ``down`` signals the process group of each PID
+file -- SIGTERM for the servers, SIGINT for the worker, which ignores SIGTERM -- waits, and escalates to
+SIGKILL after a grace period. A PID file whose process is gone or is not the recorded command is stale
+and is removed without signalling anything. Telemetry is off for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows.subprocesses import _die_with_parent
+from fvlm.env import OFFLINE_DEFAULTS
+from fvlm.io import atomic_write_text
+
+SERVICE_NAMES: tuple[str, ...] = ("prefect", "mlflow", "worker")
+DEFAULT_SERVICES: tuple[str, ...] = ("prefect", "mlflow")
+
+
+class ServiceError(RuntimeError):
+    """A service that could not be started or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    url: str
+    health_url: str | None  # None: alive == healthy (the worker has no HTTP endpoint)
+    stop_signal: int = signal.SIGTERM
+    port: int | None = None
+    host: str = "127.0.0.1"
+    marker: str = ""  # a string the process's command line must contain (guards against reused PIDs)
+
+
+@dataclass
+class ServiceState:
+    name: str
+    pid: int | None = None
+    alive: bool = False
+    healthy: bool = False
+    url: str = ""
+    log: str = ""
+    detail: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        state = "healthy" if self.healthy else ("starting/unhealthy" if self.alive else "stopped")
+        pid = f"pid {self.pid}" if self.pid else "no pid"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.name:8s} {state:18s} {pid:10s} {self.url}{detail}"
+
+
+def _executable(name: str) -> str:
+    """The console script next to this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise ServiceError(f"{name}: executable not found next to {sys.executable} or on PATH")
+    return found
+
+
+def service_specs(
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    work_pool: str = "fvlm-process",
+) -> dict[str, ServiceSpec]:
+    data_dir = data_dir.resolve()
+    base_env = {**OFFLINE_DEFAULTS}
+    prefect_home = data_dir / "prefect"
+    prefect_api = f"http://{host}:{prefect_port}/api"
+    prefect_env = {
+        **base_env,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+    }
+    mlflow_dir = data_dir / "mlflow"
+    return {
+        "prefect": ServiceSpec(
+            name="prefect",
+            command=[_executable("prefect"), "server", "start", "--host", host, "--port", str(prefect_port),
+                     "--analytics-off"],
+            env={**prefect_env, "PREFECT_API_URL": ""},
+            url=f"http://{host}:{prefect_port}",
+            health_url=f"{prefect_api}/health",
+            port=prefect_port,
+            host=host,
+            marker="server",
+        ),
+        "mlflow": ServiceSpec(
+            name="mlflow",
+            command=[
+                _executable("mlflow"), "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination", str(mlflow_dir / "artifacts"), "--serve-artifacts",
+            ],
+            env={**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+            url=f"http://{host}:{mlflow_port}",
+            health_url=f"http://{host}:{mlflow_port}/health",
+            port=mlflow_port,
+            host=host,
+            marker="mlflow",
+        ),
+        "worker": ServiceSpec(
+            name="worker",
+            command=[_executable("prefect"), "worker", "start", "--pool", work_pool, "--type", "process"],
+            env={**prefect_env, "PREFECT_API_URL": prefect_api},
+            url=f"pool {work_pool} @ {prefect_api}",
+            health_url=None,
+            stop_signal=signal.SIGINT,  # the Prefect worker ignores SIGTERM
+            marker="worker",
+        ),
+    }
+
+
+def client_env(host: str, prefect_port: int, mlflow_port: int) -> dict[str, str]:
+    """What clients (fvlm commands, DVC stages, notebooks) export to use the running services."""
+    return {
+        "PREFECT_API_URL": f"http://{host}:{prefect_port}/api",
+        "MLFLOW_TRACKING_URI": f"http://{host}:{mlflow_port}",
+    }
+
+
+def _pid_file(data_dir: Path, name: str) -> Path:
+    return data_dir / "run" / f"{name}.pid"
+
+
+def _log_file(data_dir: Path, name: str) -> Path:
+    return data_dir / "logs" / f"{name}.log"
+
+
+def _read_pid(data_dir: Path, name: str) -> dict[str, object] | None:
+    path = _pid_file(data_dir, name)
+    try:
+        record = json.loads(path.read_text())
+        int(record["pid"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this very process counts as gone
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_ours(record: dict[str, object]) -> bool:
+    """The recorded PID still runs the recorded program (not a reused PID)."""
+    pid = int(record["pid"])  # type: ignore[arg-type]
+    if not _pid_alive(pid):
+        return False
+    cmdline = _cmdline(pid)
+    if not cmdline:  # no /proc (macOS): trust the PID file
+        return True
+    expected = [str(part) for part in record.get("command", [])][:3]  # type: ignore[union-attr]
+    return all(Path(part).name in cmdline for part in expected[1:]) or str(record.get("marker", "")) in cmdline
+
+
+def _healthy(url: str | None, timeout_s: float = 2.0) -> bool:
+    if url is None:
+        return True
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - local URL
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def status(data_dir: Path, specs: dict[str, ServiceSpec], names: Iterable[str] = SERVICE_NAMES) -> list[ServiceState]:
+    states = []
+    for name in names:
+        spec = specs[name]
+        state = ServiceState(name=name, url=spec.url, log=str(_log_file(data_dir, name)))
+        record = _read_pid(data_dir, name)
+        if record is not None:
+            state.pid = int(record["pid"])  # type: ignore[arg-type]
+            state.alive = _is_ours(record)
+            if not state.alive:
+                state.detail = "stale pid file"
+        state.healthy = state.alive and _healthy(spec.health_url)
+        states.append(state)
+    return states
+
+
+def start(
+    data_dir: Path,
+    specs: dict[str, ServiceSpec],
+    names: Sequence[str] = DEFAULT_SERVICES,
+    *,
+    timeout_s: float = 120.0,
+    cwd: Path | None = None,
+    die_with_parent: bool = False,
+) -> list[ServiceState]:
+    """Start the named services (in parallel), wait for their health endpoints; raise ServiceError on failure.
+
+    Services already running (live PID file) are left alone. On a failure the services started by this
+    call are stopped again. ``die_with_parent`` (Linux; tests, benchmarks): the services get SIGTERM when
+    the calling process dies, even by SIGKILL, instead of outliving it as ``fvlm services up`` intends.
+    """
+    die_with_parent = die_with_parent or os.environ.get("FVLM_SERVICES_DIE_WITH_PARENT") == "1"
+    if "worker" in names and len(names) > 1:  # the worker connects to the Prefect server: start it last
+        first = [name for name in names if name != "worker"]
+        start(data_dir, specs, first, timeout_s=timeout_s, cwd=cwd, die_with_parent=die_with_parent)
+        start(data_dir, specs, ["worker"], timeout_s=timeout_s, cwd=cwd, die_with_parent=die_with_parent)
+        return status(data_dir, specs, names)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("run", "logs", "prefect", "mlflow/artifacts"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    launched: dict[str, subprocess.Popen[bytes]] = {}
+    launch_times: dict[str, float] = {}
+    try:
+        for name in names:
+            spec = specs[name]
+            record = _read_pid(data_dir, name)
+            if record is not None and _is_ours(record):
+                continue
+            _pid_file(data_dir, name).unlink(missing_ok=True)
+            probe_host = "127.0.0.1" if spec.host in ("0.0.0.0", "") else spec.host
+            if spec.port is not None and port_in_use(probe_host, spec.port):
+                raise ServiceError(
+                    f"{name}: port {spec.port} is already in use (another server?); "
+                    f"choose another one in params.yaml services.{name}_port"
+                )
+            env = {**os.environ, **spec.env}
+            if env.get("PREFECT_API_URL") == "":
+                env.pop("PREFECT_API_URL")
+            log_handle = open(_log_file(data_dir, name), "ab")  # noqa: SIM115 - handed to the child
+            try:
+                process = subprocess.Popen(  # noqa: S603 - fixed argv
+                    spec.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_handle,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=str(cwd or data_dir),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                )
+            finally:
+                log_handle.close()
+            launched[name] = process
+            launch_times[name] = time.monotonic()
+            atomic_write_text(
+                _pid_file(data_dir, name),
+                json.dumps({"pid": process.pid, "command": spec.command, "url": spec.url, "marker": spec.marker,
+                            "started": time.time()}),
+            )
+        deadline = time.monotonic() + timeout_s
+        waiting = set(launched)
+        while waiting:
+            for name in sorted(waiting):
+                process = launched[name]
+                if process.poll() is not None:
+                    raise ServiceError(
+                        f"{name}: exited with code {process.returncode} during start-up; "
+                        f"log {_log_file(data_dir, name)}:\n{_log_tail(_log_file(data_dir, name))}"
+                    )
+                health_url = specs[name].health_url
+                if (health_url and _healthy(health_url)) or (
+                    health_url is None and time.monotonic() - launch_times[name] > 3.0  # alive for 3 s: a worker is up
+                ):
+                    waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{', '.join(sorted(waiting))}: not healthy after {timeout_s:.0f} s; "
+                    f"see {data_dir / 'logs'}"
+                )
+            if waiting:
+                time.sleep(0.5)
+    except BaseException:
+        stop(data_dir, specs, list(launched))
+        raise
+    return status(data_dir, specs, names)
+
+
+def stop(
+    data_dir: Path, specs: dict[str, ServiceSpec], names: Sequence[str] = SERVICE_NAMES, *, grace_s: float = 20.0
+) -> list[ServiceState]:
+    """Stop services by their PID files (process group; SIGINT for the worker); escalate to SIGKILL."""
+    # the worker first: it talks to the Prefect server
+    ordered = sorted(names, key=lambda n: 0 if n == "worker" else 1)
+    signalled: list[tuple[str, int]] = []
+    states = {}
+    for name in ordered:
+        spec = specs[name]
+        record = _read_pid(data_dir, name)
+        state = ServiceState(name=name, url=spec.url)
+        states[name] = state
+        if record is None:
+            state.detail = "not running"
+            continue
+        pid = int(record["pid"])  # type: ignore[arg-type]
+        state.pid = pid
+        if not _is_ours(record):
+            state.detail = "stale pid file removed"
+            _pid_file(data_dir, name).unlink(missing_ok=True)
+            continue
+        _signal_group(pid, spec.stop_signal)
+        signalled.append((name, pid))
+    deadline = time.monotonic() + grace_s
+    for name, pid in signalled:
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            states[name].detail = "killed after grace period"
+            _reap(pid)
+        else:
+            states[name].detail = "stopped"
+        _pid_file(data_dir, name).unlink(missing_ok=True)
+    return [states[name] for name in names]
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:  # started with start_new_session: signal its whole group (uvicorn workers)
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the service is our own child (tests start and stop in one process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,64 @@
+"""``fvlm pipeline``: the end-to-end run (dvc pull -> dvc repro -> dvc push -> report) as a Prefect flow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pipeline",
+        help="run the whole DAG: dvc pull, dvc repro, dvc push; report metrics and the MLflow run/version",
+    )
+    parser.add_argument("targets", nargs="*", help="dvc.yaml stages to reproduce (default: all)")
+    parser.add_argument("--no-pull", action="store_true", help="do not `dvc pull` first")
+    parser.add_argument("--no-push", action="store_true", help="do not `dvc push` afterwards")
+    parser.add_argument("--force", action="store_true", help="`dvc repro --force` (re-run stages)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fvlm.commands import load_config_from_args
+
+    config = load_config_from_args(args)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    if config.tracking.prefect_api_url:
+        import os
+
+        os.environ.setdefault("PREFECT_API_URL", config.tracking.prefect_api_url)
+    from flows.pipeline import pipeline_flow
+    from flows.subprocesses import CommandError
+
+    try:
+        report = pipeline_flow(
+            repo_root=str(config.root),
+            targets=list(args.targets),
+            pull=not args.no_pull,
+            push=not args.no_push,
+            force=args.force,
+            metrics_dir=config.paths.metrics,
+            tracking_uri=config.tracking.mlflow_tracking_uri,
+            registered_model=config.tracking.registered_model,
+            promote_alias=config.evaluate.promote_alias,
+        )
+    except CommandError as error:
+        print(f"fvlm pipeline: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"pipeline: repro done in {report['seconds'].get('repro', 0):.1f} s; "
+          f"remote {report['remote'] or 'none'} (pulled: {report['pulled']}, pushed: {report['pushed']})")
+    print(f"MLflow run: {report['mlflow_run_id'] or '-'}"
+          + (f" (evaluation run {report['eval_run_id']})" if report["eval_run_id"] else ""))
+    print(f"registered model: {report['registered_model']} version {report['registry_version'] or '-'}"
+          + (f", promoted to @{report['promoted_alias']}" if report["promoted_alias"] else "")
+          + (f"; champion is version {report['champion_version']}" if report["champion_version"] else ""))
+    for name, values in sorted(report["metrics"].items()):
+        print(f"metrics/{name}.json: {json.dumps(values, default=str)[:200]}")
+    return 0

@@ -1,0 +1,78 @@
+"""``fvlm services up | down | status``: local Prefect + MLflow servers (and optionally a Prefect worker)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "services",
+        help="start / stop / check the local Prefect and MLflow servers (UIs on 127.0.0.1)",
+        description="Prefect server + MLflow server with SQLite backends under services.data_dir; "
+        "PID files in <data_dir>/run, logs in <data_dir>/logs.",
+    )
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument(
+        "--only", action="append", choices=["prefect", "mlflow", "worker"], default=None,
+        help="act on this service only (repeatable; default: prefect and mlflow, plus the worker with --worker)",
+    )
+    parser.add_argument("--worker", action="store_true", help="also start a Prefect process worker for the work pool")
+    parser.add_argument("--data-dir", default=None, help="override services.data_dir")
+    parser.add_argument("--prefect-port", type=int, default=None, help="override services.prefect_port")
+    parser.add_argument("--mlflow-port", type=int, default=None, help="override services.mlflow_port")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for health (up)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fvlm.commands import load_config_from_args
+    from flows import services
+
+    config = load_config_from_args(args)
+    cfg = config.services
+    data_dir = config.path(args.data_dir or cfg.data_dir)
+    prefect_port = args.prefect_port or cfg.prefect_port
+    mlflow_port = args.mlflow_port or cfg.mlflow_port
+    specs = services.service_specs(
+        data_dir,
+        host=cfg.host,
+        prefect_port=prefect_port,
+        mlflow_port=mlflow_port,
+        work_pool=config.orchestration.work_pool,
+    )
+    if args.only:
+        names = list(dict.fromkeys(args.only))
+    elif args.action == "up":
+        names = [*services.DEFAULT_SERVICES, *(["worker"] if args.worker else [])]
+    else:
+        names = list(services.SERVICE_NAMES)
+    env = services.client_env(cfg.host, prefect_port, mlflow_port)
+    if args.action == "up":
+        try:
+            states = services.start(
+                data_dir, specs, names, timeout_s=args.timeout or cfg.startup_timeout_s, cwd=config.root
+            )
+        except services.ServiceError as error:
+            print(f"fvlm services: {error}", file=sys.stderr)
+            return 1
+        for state in states:
+            print(state.line())
+        env_file = data_dir / "services.env"
+        from fvlm.io import atomic_write_text
+
+        atomic_write_text(env_file, "".join(f"export {key}={value}\n" for key, value in env.items()))
+        print("   ".join(f"{name.capitalize() if name == 'prefect' else 'MLflow'} UI: {specs[name].url}"
+                         for name in ("prefect", "mlflow") if name in names))
+        print(f"clients: source {env_file}   (or export {' '.join(f'{k}={v}' for k, v in env.items())})")
+        return 0
+    if args.action == "down":
+        for state in services.stop(data_dir, specs, names):
+            print(f"{state.name:8s} {state.detail}" + (f" (pid {state.pid})" if state.pid else ""))
+        return 0
+    states = services.status(data_dir, specs, names)
+    for state in states:
+        print(state.line())
+    wanted = [s for s in states if s.name in (args.only or services.DEFAULT_SERVICES)]
+    return 0 if all(state.healthy for state in wanted) else 3

@@ -1,0 +1,82 @@
+"""``fvlm train``: train fVLM (or the global CLIP baseline) on the Parquet shards; MLflow on rank 0.
+
+CPU demo: ``fvlm train``. GPUs: ``torchrun --nproc_per_node=N -m fvlm.cli train`` (DDP, NCCL; rank and
+world size come from torchrun's environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the model on the shards (DDP under torchrun), log to MLflow, register a version",
+        description=(
+            "Reads SHARDS/train/part-*.parquet; writes OUT/{model,checkpoints,tokenizer} and "
+            "<paths.metrics>/train.json (final loss, steps, samples/s, MLflow run id, model version)."
+        ),
+    )
+    parser.add_argument("--shards", default=None, help="shards dir (default: paths.shards)")
+    parser.add_argument("--out", default=None, help="training output dir (default: paths.models)")
+    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: train.steps)")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    parser.add_argument("--metrics", default=None, help="metrics JSON (default: <paths.metrics>/train.json)")
+    parser.add_argument("--no-tracking", action="store_true", help="no MLflow (metrics file still written)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from fvlm.commands import load_config_from_args
+
+    config = load_config_from_args(args)
+    if args.no_tracking:
+        config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"enabled": False})})
+    shards = config.path(args.shards or config.paths.shards)
+    out = config.path(args.out or config.paths.models)
+    metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "train.json"
+
+    from training.data import ShardBatches, ShardDataset, read_shard_metadata
+    from training.train import NonFiniteLossError, train
+
+    try:
+        metadata = read_shard_metadata(shards)
+        dataset = ShardDataset.from_dir(
+            shards, "train", crop_zyx=config.grid.crop_zyx, hu_window=config.grid.hu_window,
+            mode="train", seed=config.train.seed, flip_prob=config.grid.flip_prob,
+            shuffle_buffer=config.shard.shuffle_buffer,
+        )
+    except (FileNotFoundError, RuntimeError, ValueError) as error:
+        print(f"fvlm train: {error}", file=sys.stderr)
+        return 1
+    anatomy_names = tuple(metadata.get("anatomy_names") or dataset.anatomy_names)
+    source = ShardBatches(dataset, config.train.batch_size, num_workers=config.train.num_workers)
+    if len(source) == 0:
+        print(f"fvlm train: {shards}/train has {dataset.num_rows} studies, fewer than one batch of "
+              f"{config.train.batch_size}", file=sys.stderr)
+        return 1
+    logging.getLogger(__name__).info("training on %d studies (%d batches/epoch), anatomies %s",
+                                     dataset.num_rows, len(source), ", ".join(anatomy_names))
+    try:
+        result = train(
+            config, source, anatomy_names, out,
+            steps=args.steps, resume=args.resume, corpus_texts=source.texts(), shards_dir=shards,
+            metrics_path=metrics, zero_shot_anatomy_set=metadata.get("anatomy_set") or config.segment.anatomy_set,
+        )
+    except NonFiniteLossError as error:
+        print(f"fvlm train: {error}", file=sys.stderr)
+        return 1
+    print(f"trained {result.steps} steps (resumed from {result.resumed_from_step}); final loss "
+          f"{result.final_loss:.4f} (last-10 mean {result.final_loss_avg:.4f})")
+    print(f"throughput: {result.samples_per_s:.2f} samples/s, {result.tokens_per_s:.0f} tokens/s")
+    print(f"model: {result.model_dir}")
+    if result.run_id:
+        print(f"MLflow run: {result.run_id}")
+    if result.model_version:
+        print(f"registered: models:/{result.registered_model}/{result.model_version}")
+    print(f"metrics: {metrics}")
+    return 0

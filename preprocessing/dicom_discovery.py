@@ -1,0 +1,437 @@
+"""Find DICOM files in any folder tree and group them by study and series (header-only reads).
+
+Every file under the input root ends up in exactly one place: a :class:`SliceHeader` inside a
+:class:`SeriesFiles` of a :class:`StudyFiles`, or an :class:`UnreadableFile` (junk, zero-byte,
+unreadable, DICOMDIR, no study identifier). Headers are read with
+``dcmread(stop_before_pixels=True, specific_tags=...)``; pixel data are touched only during assembly.
+
+Values that are PHI (PatientID, PatientName, ...) are read here only so that they can be
+pseudonymised (PatientID) or scrubbed from free text (the rest); they never leave this stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+# header tags needed for grouping, selection and geometry (Enhanced CT functional groups included)
+HEADER_TAGS: tuple[str, ...] = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "ImageType",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ConvolutionKernel",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "GantryDetectorTilt",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyDate",
+    "StudyDescription",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
+
+# values whose text must never appear in any output (used by the scrubber)
+PHI_TAGS: tuple[str, ...] = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyDate",
+)
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What one file (or one frame of a multi-frame file) tells us before its pixels are read."""
+
+    path: Path                       # absolute path
+    relative_path: str               # relative to the input root (for messages / manifests)
+    frame_index: int | None          # None for single-frame files, else 0-based frame
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    image_type: tuple[str, ...]
+    position_mm: tuple[float, float, float] | None           # ImagePositionPatient (LPS)
+    orientation: tuple[float, float, float, float, float, float] | None  # IOP (LPS)
+    pixel_spacing_mm: tuple[float, float] | None              # (row spacing, column spacing)
+    slice_thickness_mm: float | None
+    rows: int
+    columns: int
+    number_of_frames: int
+    instance_number: int | None
+    rescale_slope: float | None
+    rescale_intercept: float | None
+    samples_per_pixel: int
+    gantry_tilt_deg: float | None
+    transfer_syntax: str = ""
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    pixel_representation: int = 0
+    padding_value: int | None = None
+    padding_limit: int | None = None
+
+
+@dataclass
+class SeriesFiles:
+    """All slices of one series (grouped by SeriesInstanceUID)."""
+
+    series_uid: str
+    description: str
+    series_number: int | None
+    convolution_kernel: str
+    slices: list[SliceHeader] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({s.path for s in self.slices})
+
+
+@dataclass
+class StudyFiles:
+    """All series of one study plus the PHI values needed to pseudonymise / scrub it."""
+
+    study_key: str                          # value of the configured study key tag (hashed before output)
+    patient_key: str | None                 # PatientID (hashed before output)
+    series: dict[str, SeriesFiles] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)      # every file attributed to the study
+    problems: list[str] = field(default_factory=list)    # per-file problems seen during discovery
+    phi_terms: set[str] = field(default_factory=set)     # text to scrub from anything written
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    relative_path: str
+    reason: str
+
+
+@dataclass
+class Discovery:
+    studies: list[StudyFiles]
+    unreadable: list[UnreadableFile]
+    n_files_seen: int
+
+
+def _iter_files(root: Path) -> Iterator[Path]:
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith(".") and ".tmp-" in name:
+                continue
+            yield Path(folder) / name
+
+
+def _floats(value: object, count: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        items = [float(v) for v in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        try:
+            items = [float(value)]  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+    return tuple(items) if len(items) == count else None
+
+
+def _float_or_none(value: object) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        try:
+            return float(value[0])  # type: ignore[index]
+        except Exception:
+            return None
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _functional(ds, frame_index: int, sequence: str, attribute: str):
+    """Value of ``sequence[0].attribute`` from the per-frame group, else the shared group."""
+    for group_name, index in (("PerFrameFunctionalGroupsSequence", frame_index), ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(group_name)
+        if not groups or len(groups) <= index:
+            continue
+        item = groups[index].get(sequence)
+        if item and len(item) and attribute in item[0]:
+            return item[0].get(attribute)
+    return None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+    return str(value)
+
+
+def _padding(ds, keyword: str) -> int | None:
+    element = ds.get(keyword)
+    if element is None:
+        return None
+    try:
+        value = int(element)
+    except (TypeError, ValueError):
+        try:  # ambiguous US/SS read as raw bytes
+            raw = bytes(element)
+            signed = (_int_or_none(ds.get("PixelRepresentation")) or 0) == 1
+            value = int.from_bytes(raw[:2], "little", signed=signed)
+        except Exception:
+            return None
+    return value
+
+
+def sop_class_of(ds) -> str:
+    """SOPClassUID, falling back to the file meta's MediaStorageSOPClassUID (some exports omit it)."""
+    value = str(ds.get("SOPClassUID", "") or "").strip()
+    if not value:
+        meta = getattr(ds, "file_meta", None)
+        value = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    return value
+
+
+def headers_from_dataset(ds, path: Path, relative_path: str) -> list[SliceHeader]:
+    """One :class:`SliceHeader` per slice: one for classic images, one per frame for Enhanced CT."""
+    frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+    common = dict(
+        path=path,
+        relative_path=relative_path,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        sop_class_uid=sop_class_of(ds),
+        modality=str(ds.get("Modality", "")).upper(),
+        image_type=tuple(str(v).strip().upper() for v in (ds.get("ImageType") or ())),
+        rows=_int_or_none(ds.get("Rows")) or 0,
+        columns=_int_or_none(ds.get("Columns")) or 0,
+        number_of_frames=frames,
+        samples_per_pixel=_int_or_none(ds.get("SamplesPerPixel")) or 1,
+        gantry_tilt_deg=_float_or_none(ds.get("GantryDetectorTilt")),
+        slice_thickness_mm=_float_or_none(ds.get("SliceThickness")),
+        transfer_syntax=str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("TransferSyntaxUID", "") or ""),
+        bits_allocated=_int_or_none(ds.get("BitsAllocated")) or 16,
+        bits_stored=_int_or_none(ds.get("BitsStored")) or _int_or_none(ds.get("BitsAllocated")) or 16,
+        pixel_representation=_int_or_none(ds.get("PixelRepresentation")) or 0,
+        padding_value=_padding(ds, "PixelPaddingValue"),
+        padding_limit=_padding(ds, "PixelPaddingRangeLimit"),
+    )
+    enhanced = frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
+    if not enhanced:
+        return [
+            SliceHeader(
+                frame_index=None,
+                position_mm=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+                orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+                pixel_spacing_mm=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+                instance_number=_int_or_none(ds.get("InstanceNumber")),
+                rescale_slope=_float_or_none(ds.get("RescaleSlope")),
+                rescale_intercept=_float_or_none(ds.get("RescaleIntercept")),
+                **common,
+            )
+        ]
+    out: list[SliceHeader] = []
+    for index in range(frames):
+        thickness = _float_or_none(_functional(ds, index, "PixelMeasuresSequence", "SliceThickness"))
+        fields = dict(common)
+        if thickness is not None:
+            fields["slice_thickness_mm"] = thickness
+        out.append(
+            SliceHeader(
+                frame_index=index,
+                position_mm=_floats(_functional(ds, index, "PlanePositionSequence", "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+                orientation=_floats(
+                    _functional(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient")
+                    or ds.get("ImageOrientationPatient"),
+                    6,
+                ),  # type: ignore[arg-type]
+                pixel_spacing_mm=_floats(
+                    _functional(ds, index, "PixelMeasuresSequence", "PixelSpacing") or ds.get("PixelSpacing"), 2
+                ),  # type: ignore[arg-type]
+                instance_number=_int_or_none(ds.get("InstanceNumber")),
+                rescale_slope=_float_or_none(
+                    _functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
+                    or ds.get("RescaleSlope")
+                ),
+                rescale_intercept=_float_or_none(
+                    _functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept")
+                    if _functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept") is not None
+                    else ds.get("RescaleIntercept")
+                ),
+                **fields,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Turn off pydicom's value validation while reading: its warnings quote element values
+    (e.g. an invalid date or name), which would put PHI into logs. Restored afterwards."""
+    from pydicom import config
+
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = previous
+
+
+def read_header(path: Path):
+    """Header-only read; a file without the DICM preamble is retried with ``force=True``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+    except InvalidDicomError:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), force=True)
+
+
+def scan_dicom_tree(input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID") -> Discovery:
+    """Walk ``input_dir``; group readable DICOM image files by study key and SeriesInstanceUID."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input directory not found: {root}")
+    studies: dict[str, StudyFiles] = {}
+    unreadable: list[UnreadableFile] = []
+    seen_instances: dict[str, str] = {}
+    n_files = 0
+    with quiet_pydicom():
+        for path in _iter_files(root):
+            n_files += 1
+            _scan_one(root, path, study_key_tag, studies, unreadable, seen_instances)
+    ordered = sorted(studies.values(), key=lambda s: s.study_key)
+    logger.info("discovered %d studies in %d files (%d unreadable)", len(ordered), n_files, len(unreadable))
+    return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=n_files)
+
+
+def _scan_one(root: Path, path: Path, study_key_tag: str, studies: dict[str, StudyFiles],
+              unreadable: list[UnreadableFile], seen_instances: dict[str, str]) -> None:
+    """Read one file's header and file it under its study / series (or as unreadable)."""
+    relative = path.relative_to(root).as_posix()
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        unreadable.append(UnreadableFile(relative, f"cannot stat file: {error.strerror or type(error).__name__}"))
+        return
+    if size == 0:
+        unreadable.append(UnreadableFile(relative, "zero-byte file"))
+        return
+    try:
+        ds = read_header(path)
+    except PermissionError:
+        unreadable.append(UnreadableFile(relative, "permission denied (cannot read file)"))
+        return
+    except Exception as error:  # pydicom raises many types on junk
+        unreadable.append(UnreadableFile(relative, f"not a readable DICOM file ({type(error).__name__})"))
+        return
+    media_class = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("MediaStorageSOPClassUID", ""))
+    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        unreadable.append(UnreadableFile(relative, "DICOMDIR index file (skipped; images are found by walking the tree)"))
+        return
+    if not sop_class_of(ds):
+        unreadable.append(UnreadableFile(relative, "not a DICOM image (no SOPClassUID; cannot attribute to a study)"))
+        return
+    key_value = ds.get(study_key_tag)
+    study_key = str(key_value).strip() if key_value not in (None, "") else ""
+    keyless = not study_key
+    if keyless:  # anonymised exports blank the UID: group by folder, say so in the manifest
+        study_key = f"folder:{Path(relative).parent.as_posix()}"
+    study = studies.get(study_key)
+    if study is None:
+        patient = str(ds.get("PatientID", "")).strip() or None
+        study = studies[study_key] = StudyFiles(study_key=study_key, patient_key=patient)
+        if keyless:
+            study.problems.append(f"no {study_key_tag} in headers: files of this folder grouped as one study")
+    for tag in PHI_TAGS:
+        value = ds.get(tag)
+        if value not in (None, ""):
+            study.phi_terms.add(str(value))
+            if tag in ("PatientName", "ReferringPhysicianName"):
+                study.phi_terms.update(part for part in str(value).replace("^", " ").split() if len(part) >= 3)
+    study.phi_terms.add(study_key)
+    study.files.append(path)
+    instance = str(ds.get("SOPInstanceUID", ""))
+    if instance and instance in seen_instances:
+        study.problems.append(f"{relative}: duplicate copy of {seen_instances[instance]} (ignored)")
+        return
+    if instance:
+        seen_instances[instance] = relative
+    try:
+        headers = headers_from_dataset(ds, path, relative)
+    except Exception as error:
+        study.problems.append(f"{relative}: unusable header ({type(error).__name__})")
+        return
+    series_uid = str(ds.get("SeriesInstanceUID", "")).strip() or f"no-series-uid:{Path(relative).parent}"
+    series = study.series.get(series_uid)
+    if series is None:
+        series = study.series[series_uid] = SeriesFiles(
+            series_uid=series_uid,
+            description=str(ds.get("SeriesDescription", "") or ""),
+            series_number=_int_or_none(ds.get("SeriesNumber")),
+            convolution_kernel=_text(ds.get("ConvolutionKernel")),
+        )
+    series.slices.extend(headers)
+
+
+def discover_studies(input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID") -> list[StudyFiles]:
+    """The studies under ``input_dir`` (see :func:`scan_dicom_tree` for the unreadable files too)."""
+    return scan_dicom_tree(input_dir, study_key_tag=study_key_tag).studies
+
+
+def batched(items: Iterable[StudyFiles], size: int) -> list[list[StudyFiles]]:
+    """Split studies into batches (for fan-out by an orchestrator)."""
+    batch: list[StudyFiles] = []
+    out: list[list[StudyFiles]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            out.append(batch)
+            batch = []
+    if batch:
+        out.append(batch)
+    return out

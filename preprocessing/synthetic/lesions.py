@@ -1,0 +1,498 @@
+"""Findings: which of the 18 CT-RATE labels a study has, and the lesions drawn into the image for them.
+
+Lesions are image content plus ground truth; they never add mask classes. They only change voxels they
+claim (``only_labels`` keeps them inside their organ), with one documented exception: pleural fluid
+takes the place of lung, so its voxels leave the lobe labels (label 0), as TotalSegmentator would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from preprocessing.synthetic.anatomy import (
+    BODY_EXPONENT,
+    CAVITY_CENTER_V,
+    LOBES,
+    SIDES,
+    Anatomy,
+    AnatomyFindings,
+    class_ids,
+    lung_label_ids,
+    smooth_field,
+)
+from preprocessing.synthetic.canvas import Canvas
+from preprocessing.synthetic.geometry import capsule, catmull_rom, ellipsoid
+
+NORMAL_FRACTION = 0.30
+# marginal prevalence targets (CT-RATE-like, squeezed into 5-40 %)
+TARGET_PREVALENCE: dict[str, float] = {
+    "Medical material": 0.10,
+    "Arterial wall calcification": 0.22,
+    "Cardiomegaly": 0.10,
+    "Pericardial effusion": 0.07,
+    "Coronary artery wall calcification": 0.18,
+    "Hiatal hernia": 0.10,
+    "Lymphadenopathy": 0.18,
+    "Emphysema": 0.17,
+    "Atelectasis": 0.13,
+    "Lung nodule": 0.32,
+    "Lung opacity": 0.15,
+    "Pulmonary fibrotic sequela": 0.15,
+    "Pleural effusion": 0.11,
+    "Mosaic attenuation pattern": 0.07,
+    "Peribronchial thickening": 0.07,
+    "Consolidation": 0.10,
+    "Bronchiectasis": 0.08,
+    "Interlobular septal thickening": 0.07,
+}
+Lesion = dict[str, Any]
+
+
+def sample_labels(rng: np.random.Generator) -> dict[str, int]:
+    """The 18 CT-RATE labels of one study (about 30 % entirely normal)."""
+    from segmentation.anatomy_sets import CTRATE_LABELS
+
+    labels = {name: 0 for name in CTRATE_LABELS}
+    if rng.random() < NORMAL_FRACTION:
+        return labels
+    draws = rng.random(len(CTRATE_LABELS))
+    for name, draw in zip(CTRATE_LABELS, draws):
+        labels[name] = int(draw < TARGET_PREVALENCE[name] / (1 - NORMAL_FRACTION) * 0.85)
+    if labels["Consolidation"] and rng.random() < 0.5:
+        labels["Lung opacity"] = 1
+    if labels["Pleural effusion"] and rng.random() < 0.55:
+        labels["Atelectasis"] = 1
+    if not any(labels.values()):
+        names = list(CTRATE_LABELS)
+        weights = np.array([TARGET_PREVALENCE[n] for n in names])
+        labels[names[int(rng.choice(len(names), p=weights / weights.sum()))]] = 1
+    return labels
+
+
+def anatomy_findings(labels: dict[str, int], rng: np.random.Generator) -> AnatomyFindings:
+    return AnatomyFindings(
+        cardiomegaly_scale=float(rng.uniform(1.22, 1.42)) if labels.get("Cardiomegaly") else 1.0,
+        pericardial_effusion_mm=float(rng.uniform(6.0, 18.0)) if labels.get("Pericardial effusion") else 0.0,
+        hiatal_hernia_mm=float(rng.uniform(30.0, 55.0)) if labels.get("Hiatal hernia") else 0.0,
+    )
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _point(canvas: Canvas, kji: Sequence[int]) -> np.ndarray:
+    k, j, i = kji
+    return np.array([canvas.u[k, j, i], canvas.v[k, j, i], canvas.w[k, j, i]], dtype=float)
+
+
+def _random_voxels(canvas: Canvas, rng: np.random.Generator, labels: Sequence[int], count: int) -> list[tuple[int, int, int]]:
+    flat = np.flatnonzero(np.isin(canvas.label, np.asarray(labels, dtype=np.uint8)))
+    if flat.size == 0:
+        return []
+    picks = rng.choice(flat, size=min(count, flat.size), replace=False)
+    return [tuple(int(x) for x in np.unravel_index(p, canvas.label.shape)) for p in picks]
+
+
+def _fits(canvas: Canvas, center: np.ndarray, radius: float, allowed: Sequence[int]) -> bool:
+    box = canvas.voxel_box(tuple(center - radius), tuple(center + radius))
+    if box is None:
+        return False
+    u, v, w = canvas.coords(box)
+    inside = (u - center[0]) ** 2 + (v - center[1]) ** 2 + (w - center[2]) ** 2 <= radius ** 2
+    return bool(inside.any() and np.isin(canvas.label[box][inside], np.asarray(allowed, dtype=np.uint8)).all())
+
+
+def _centroid(u: np.ndarray, v: np.ndarray, w: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Body-frame centroid of a region (the voxel nearest to it is recorded later)."""
+    return np.array([u[region].mean(), v[region].mean(), w[region].mean()], dtype=float)
+
+
+def lobe_name(label_id: int) -> str:
+    names = {v: k for k, v in class_ids().items()}
+    return names[int(label_id)]
+
+
+def _side_of_lobe(name: str) -> str:
+    return "right" if name.endswith("_right") else "left"
+
+
+def _pick_lobe(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    names = list(weights)
+    p = np.array([weights[n] for n in names], dtype=float)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+ALL_LOBES = ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "lung_upper_lobe_left",
+             "lung_lower_lobe_left")
+
+
+def _blob(center: np.ndarray, size_mm: float, rng: np.random.Generator, parts: int = 4):
+    pieces = []
+    for _ in range(parts):
+        offset = rng.normal(0, size_mm * 0.25, 3)
+        semi = rng.uniform(0.3, 0.55, 3) * size_mm
+        pieces.append(ellipsoid(tuple(center + offset), tuple(semi)))
+
+    def distance(u, v, w):
+        out = pieces[0](u, v, w)
+        for piece in pieces[1:]:
+            out = np.minimum(out, piece(u, v, w))
+        return out
+
+    return distance
+
+
+# ------------------------------------------------------------------------------------------- drawing
+
+
+def draw_lesions(canvas: Canvas, anatomy: Anatomy, labels: dict[str, int], findings: AnatomyFindings,
+                 rng: np.random.Generator) -> list[Lesion]:
+    """Draw one or more lesions for every positive label; returns their ground-truth records."""
+    lesions: list[Lesion] = []
+    ids = class_ids()
+    lungs = lung_label_ids()
+    if findings.cardiomegaly_scale > 1.0:
+        lesions.append({"label": "Cardiomegaly", "kind": "cardiomegaly", "center_body": anatomy.heart_center.tolist(),
+                        "cardiothoracic_ratio": round(anatomy.heart_width_mm / anatomy.thorax_width_mm, 2),
+                        "scale": round(findings.cardiomegaly_scale, 3)})
+    if findings.pericardial_effusion_mm > 0:
+        lesions.append({"label": "Pericardial effusion", "kind": "pericardial_effusion",
+                        "center_body": anatomy.heart_center.tolist(),
+                        "thickness_mm": round(findings.pericardial_effusion_mm, 1)})
+    if findings.hiatal_hernia_mm > 0:
+        base = anatomy.esophagus_path[-6]
+        lesions.append({"label": "Hiatal hernia", "kind": "hiatal_hernia", "center_body": base.tolist(),
+                        "size_mm": round(findings.hiatal_hernia_mm, 1)})
+
+    if labels.get("Pleural effusion"):
+        sides = [str(rng.choice(["right", "left"]))] if rng.random() < 0.55 else ["right", "left"]
+        with_atelectasis = bool(labels.get("Atelectasis")) and rng.random() < 0.7
+        for side in sides:
+            lesions.extend(_pleural_effusion(canvas, anatomy, side, float(rng.uniform(10, 42)), with_atelectasis, rng))
+    if labels.get("Atelectasis") and not any(x["label"] == "Atelectasis" for x in lesions):
+        lesions.extend(_atelectasis(canvas, rng))
+    if labels.get("Lung nodule"):
+        count = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
+        for index in range(count):
+            diameter = float(rng.uniform(4, 20)) if index == 0 else float(rng.uniform(4, 9))
+            lesion = _nodule(canvas, rng, diameter)
+            if lesion:
+                lesions.append(lesion)
+    if labels.get("Consolidation"):
+        lesions.append(_patch(canvas, rng, "Consolidation", "consolidation",
+                              {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1,
+                               "lung_upper_lobe_right": 1, "lung_upper_lobe_left": 1}, 25.0, (25, 45), "set"))
+    if labels.get("Lung opacity"):
+        lesions.append(_patch(canvas, rng, "Lung opacity", "ground_glass_opacity", {n: 1 for n in ALL_LOBES}, -610.0,
+                              (25, 50), "max"))
+    if labels.get("Emphysema"):
+        lesions.append(_emphysema(canvas, rng))
+    if labels.get("Coronary artery wall calcification"):
+        lesions.append(_coronary_calcification(canvas, anatomy, rng))
+    if labels.get("Arterial wall calcification"):
+        lesions.append(_aortic_calcification(canvas, anatomy, rng))
+    if labels.get("Lymphadenopathy"):
+        lesions.extend(_lymph_nodes(canvas, rng, lungs))
+    if labels.get("Bronchiectasis"):
+        lesions.append(_bronchiectasis(canvas, anatomy, rng, lungs))
+    if labels.get("Peribronchial thickening"):
+        lesions.append(_peribronchial(canvas, anatomy, lungs))
+    if labels.get("Interlobular septal thickening"):
+        lesions.append(_septal(canvas, anatomy, rng))
+    if labels.get("Mosaic attenuation pattern"):
+        lesions.append(_mosaic(canvas, rng, lungs))
+    if labels.get("Pulmonary fibrotic sequela"):
+        lesions.append(_fibrotic(canvas, rng, lungs))
+    if labels.get("Medical material"):
+        lesions.append(_medical_material(canvas, anatomy, rng, ids))
+    return [lesion for lesion in lesions if lesion]
+
+
+def _nodule(canvas: Canvas, rng: np.random.Generator, diameter: float) -> Lesion | None:
+    lobe = _pick_lobe(rng, {"lung_upper_lobe_right": 3, "lung_middle_lobe_right": 1, "lung_lower_lobe_right": 2,
+                            "lung_upper_lobe_left": 3, "lung_lower_lobe_left": 2})
+    side_lobes = [class_ids()[n] for n in LOBES[_side_of_lobe(lobe)]]
+    radius = diameter / 2
+    for kji in _random_voxels(canvas, rng, [class_ids()[lobe]], 40):
+        center = _point(canvas, kji)
+        if not _fits(canvas, center, radius + 2.0, side_lobes):
+            continue
+        semi = radius * rng.uniform(0.9, 1.1, 3)
+        hu = float(rng.uniform(25, 50))
+        claimed = canvas.paint(ellipsoid(tuple(center), tuple(semi)), tuple(center - radius - 2), tuple(center + radius + 2),
+                               hu, None, soft=True, only_labels=side_lobes)
+        if claimed:
+            return {"label": "Lung nodule", "kind": "solid_nodule", "lobe": lobe, "side": _side_of_lobe(lobe),
+                    "center_body": center.tolist(), "diameter_mm": round(diameter, 1), "hu": round(hu),
+                    "voxels": claimed}
+    return None
+
+
+def _patch(canvas: Canvas, rng: np.random.Generator, label: str, kind: str, weights: dict[str, float], hu: float,
+           size_range: tuple[float, float], mode: str) -> Lesion:
+    lobe = _pick_lobe(rng, weights)
+    lobe_id = class_ids()[lobe]
+    size = float(rng.uniform(*size_range))
+    texture = smooth_field(rng, 25.0, (8.0, 20.0))
+    for kji in _random_voxels(canvas, rng, [lobe_id], 10):
+        center = _point(canvas, kji)
+        claimed = canvas.paint(_blob(center, size, rng), tuple(center - size), tuple(center + size),
+                               lambda u, v, w: hu + texture(u, v, w), None, only_labels=(lobe_id,), mode=mode)
+        if claimed:
+            return {"label": label, "kind": kind, "lobe": lobe, "side": _side_of_lobe(lobe),
+                    "center_body": center.tolist(), "size_mm": round(size, 1), "voxels": claimed}
+    return {}
+
+
+def _pleural_effusion(canvas: Canvas, anatomy: Anatomy, side: str, thickness: float, with_atelectasis: bool,
+                      rng: np.random.Generator) -> list[Lesion]:
+    sign = SIDES[side]
+    lobes = np.asarray([class_ids()[n] for n in LOBES[side]], dtype=np.uint8)
+    box = canvas.voxel_box((min(0, sign * 170), -100, anatomy.w_bottom - 40), (max(0, sign * 170), 120, 40))
+    if box is None:
+        return []
+    u, v, w = canvas.coords(box)
+    a, b = anatomy.cavity_half(w)
+    ratio = np.clip(np.abs(u / a), 0, 0.999) ** BODY_EXPONENT
+    v_post = CAVITY_CENTER_V + b * (1 - ratio) ** (1 / BODY_EXPONENT)
+    floor = anatomy.diaphragm(u, v)
+    dome = float(anatomy.diaphragm(np.array([sign * 60.0], dtype=np.float32), np.array([0.0], dtype=np.float32))[0])
+    top = dome + 2.2 * thickness + 25.0
+    depth = thickness * np.sqrt(np.clip((top - w) / 70.0, 0.0, 1.0))
+    in_lung = np.isin(canvas.label[box], lobes)
+    fluid = in_lung & ((v > v_post - depth) | (w < floor + 0.5 * thickness))
+    lesions: list[Lesion] = []
+    if not fluid.any():
+        return []
+    spacing = canvas.grid.spacing_kji
+    volume_ml = float(fluid.sum() * spacing[0] * spacing[1] * spacing[2] / 1000.0)
+    if with_atelectasis:
+        band = in_lung & ~fluid & (v > v_post - depth - 9.0) & (w < top - 10.0)
+        if band.any():
+            canvas.hu[box][band] = 28.0 + rng.normal(0, 4, int(band.sum())).astype(np.float32)
+            center = _centroid(u, v, w, band)
+            lesions.append({"label": "Atelectasis", "kind": "compressive_atelectasis", "side": side,
+                            "lobe": LOBES[side][-1], "center_body": center.tolist(), "voxels": int(band.sum())})
+    canvas.hu[box][fluid] = 10.0 + rng.normal(0, 3, int(fluid.sum())).astype(np.float32)
+    canvas.label[box][fluid] = 0
+    center = _centroid(u, v, w, fluid)
+    lesions.insert(0, {"label": "Pleural effusion", "kind": "pleural_effusion", "side": side,
+                       "center_body": center.tolist(), "thickness_mm": round(thickness, 1),
+                       "volume_ml": round(volume_ml, 1), "voxels": int(fluid.sum())})
+    return lesions
+
+
+def _atelectasis(canvas: Canvas, rng: np.random.Generator) -> list[Lesion]:
+    lobe = _pick_lobe(rng, {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1,
+                            "lung_upper_lobe_left": 1})
+    lobe_id = class_ids()[lobe]
+    for kji in _random_voxels(canvas, rng, [lobe_id], 10):
+        center = _point(canvas, kji)
+        angle = rng.uniform(0, np.pi)
+        axes = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        semi = (float(rng.uniform(20, 35)), float(rng.uniform(4, 7)), float(rng.uniform(8, 14)))
+        claimed = canvas.paint(ellipsoid(tuple(center), semi, axes), tuple(center - 36), tuple(center + 36),
+                               lambda u, v, w: 22.0 + 0 * u, None, only_labels=(lobe_id,))
+        if claimed:
+            return [{"label": "Atelectasis", "kind": "plate_atelectasis", "lobe": lobe, "side": _side_of_lobe(lobe),
+                     "center_body": center.tolist(), "length_mm": round(2 * semi[0]), "voxels": claimed}]
+    return []
+
+
+def _emphysema(canvas: Canvas, rng: np.random.Generator) -> Lesion:
+    bilateral = rng.random() < 0.7
+    lobes = ["lung_upper_lobe_right", "lung_upper_lobe_left"] if bilateral else [
+        str(rng.choice(["lung_upper_lobe_right", "lung_upper_lobe_left"]))]
+    if rng.random() < 0.3:
+        lobes += ["lung_lower_lobe_right", "lung_lower_lobe_left"] if bilateral else []
+    lobe_ids = [class_ids()[n] for n in lobes]
+    claimed, holes = 0, 0
+    count = int(rng.integers(25, 70))
+    for kji in _random_voxels(canvas, rng, lobe_ids, count):
+        center = _point(canvas, kji)
+        radius = float(rng.uniform(3.0, 9.0))
+        got = canvas.paint(ellipsoid(tuple(center), (radius, radius, radius)), tuple(center - radius - 1),
+                           tuple(center + radius + 1), lambda u, v, w: -965.0 + 0 * u, None, only_labels=lobe_ids,
+                           mode="min")
+        claimed += got
+        holes += bool(got)
+    return {"label": "Emphysema", "kind": "centrilobular_emphysema", "lobes": lobes,
+            "side": "both" if bilateral else _side_of_lobe(lobes[0]),
+            "severity": "moderate" if count > 50 else "mild", "regions": holes, "voxels": claimed,
+            "center_body": _point(canvas, _random_voxels(canvas, rng, lobe_ids, 1)[0]).tolist()}
+
+
+def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
+    vessels = list(anatomy.coronary_paths)
+    chosen = sorted({str(x) for x in rng.choice(vessels, size=int(rng.integers(1, 4)))})
+    spots = []
+    for name in chosen:
+        path = anatomy.coronary_paths[name]
+        for _ in range(int(rng.integers(1, 4))):
+            point = path[int(rng.integers(0, len(path) // 2 + 2))]
+            radius = float(rng.uniform(1.5, 3.0))
+            hu = float(rng.uniform(400, 1000))
+            canvas.paint(ellipsoid(tuple(point), (radius, radius, radius)), tuple(point - 4), tuple(point + 4),
+                         hu, None, soft=True, mode="max", only_labels=(0, class_ids()["heart"]))
+            spots.append(point)
+    return {"label": "Coronary artery wall calcification", "kind": "coronary_calcification", "vessels": chosen,
+            "spots": len(spots), "center_body": np.mean(spots, axis=0).tolist()}
+
+
+def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
+    path, radii = anatomy.aorta_path, anatomy.aorta_radii
+    n = len(path)
+    segments: set[str] = set()
+    spots = []
+    for _ in range(int(rng.integers(3, 12))):
+        index = int(rng.integers(n // 5, n - 2))
+        tangent = path[min(index + 1, n - 1)] - path[max(index - 1, 0)]
+        tangent /= np.linalg.norm(tangent)
+        normal = np.cross(tangent, rng.normal(size=3))
+        normal /= np.linalg.norm(normal)
+        point = path[index] + normal * radii[index] * 0.95
+        radius = float(rng.uniform(1.5, 3.2))
+        canvas.paint(ellipsoid(tuple(point), (radius, radius, radius * 1.5), None), tuple(point - 6), tuple(point + 6),
+                     float(rng.uniform(300, 900)), None, soft=True, mode="max", only_labels=(0, class_ids()["aorta"]))
+        segments.add("ascending" if index < n * 0.3 else "arch" if index < n * 0.45 else "descending")
+        spots.append(point)
+    return {"label": "Arterial wall calcification", "kind": "aortic_wall_calcification",
+            "segments": sorted(segments), "spots": len(spots), "center_body": np.mean(spots, axis=0).tolist()}
+
+
+NODE_STATIONS = {
+    "right upper paratracheal": (-18.0, -6.0, -25.0),
+    "right lower paratracheal": (-18.0, 0.0, -55.0),
+    "subcarinal": (0.0, 32.0, -92.0),
+    "prevascular": (-4.0, -45.0, -62.0),
+    "aortopulmonary window": (16.0, -4.0, -76.0),
+    "right hilar": (-52.0, 22.0, -110.0),
+    "left hilar": (54.0, 24.0, -116.0),
+}
+
+
+def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int]) -> list[Lesion]:
+    names = list(NODE_STATIONS)
+    chosen = [names[i] for i in sorted(rng.choice(len(names), size=int(rng.integers(1, 4)), replace=False))]
+    lesions = []
+    for station in chosen:
+        center = np.asarray(NODE_STATIONS[station]) + rng.normal(0, 2.0, 3)
+        short = float(rng.uniform(12, 24))
+        semi = (short / 2, short / 2 * rng.uniform(1.0, 1.2), short / 2 * rng.uniform(1.2, 1.6))
+        allowed = (0,) + tuple(lungs) if "hilar" in station else (0,)
+        claimed = canvas.paint(ellipsoid(tuple(center), semi), tuple(center - 20), tuple(center + 20),
+                               float(rng.uniform(20, 35)), None, only_labels=allowed)
+        if claimed:
+            lesions.append({"label": "Lymphadenopathy", "kind": "enlarged_lymph_node", "station": station,
+                            "center_body": center.tolist(), "short_axis_mm": round(short), "voxels": claimed})
+    return lesions
+
+
+def _bronchiectasis(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lungs: Sequence[int]) -> Lesion:
+    lobe = _pick_lobe(rng, {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 2,
+                            "lung_upper_lobe_left": 1, "lung_upper_lobe_right": 1})
+    lobe_id = class_ids()[lobe]
+    claimed, points = 0, []
+    for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(4, 8))):
+        center = _point(canvas, kji)
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        p0, p1 = center - direction * 15, center + direction * 15
+        lumen = float(rng.uniform(3.5, 5.5))
+        lo, hi = tuple(np.minimum(p0, p1) - 10), tuple(np.maximum(p0, p1) + 10)
+        claimed += canvas.paint(capsule(p0, p1, lumen + 2.0), lo, hi, 15.0, None, soft=True, only_labels=(lobe_id,))
+        canvas.paint(capsule(p0, p1, lumen), lo, hi, -1000.0, None, soft=True, only_labels=(lobe_id,))
+        points.append(center)
+    return {"label": "Bronchiectasis", "kind": "cylindrical_bronchiectasis", "lobe": lobe, "side": _side_of_lobe(lobe),
+            "center_body": np.mean(points, axis=0).tolist() if points else anatomy.hila["right"].tolist(),
+            "voxels": claimed}
+
+
+def _peribronchial(canvas: Canvas, anatomy: Anatomy, lungs: Sequence[int]) -> Lesion:
+    claimed = 0
+    for segment in anatomy.airway_segments:
+        p0, p1, lumen = segment["p0"], segment["p1"], float(segment["lumen_mm"])
+        lo, hi = tuple(np.minimum(p0, p1) - lumen - 6), tuple(np.maximum(p0, p1) + lumen + 6)
+        claimed += canvas.paint(capsule(p0, p1, lumen + 3.2), lo, hi, 25.0, None, soft=True, only_labels=lungs)
+        canvas.paint(capsule(p0, p1, lumen), lo, hi, -1000.0, None, soft=True, only_labels=lungs)
+    return {"label": "Peribronchial thickening", "kind": "peribronchial_thickening", "side": "both",
+            "center_body": anatomy.carina.tolist(), "voxels": claimed}
+
+
+def _septal(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
+    sides = ["right", "left"] if rng.random() < 0.7 else [str(rng.choice(["right", "left"]))]
+    cell = float(rng.uniform(14, 20))
+    claimed = 0
+    for side in sides:
+        lobe_id = class_ids()[LOBES[side][-1]]
+        sign = SIDES[side]
+        box = canvas.voxel_box((min(0, sign * 170), -100, anatomy.w_bottom - 40), (max(0, sign * 170), 120, -60))
+        if box is None:
+            continue
+        u, v, w = canvas.coords(box)
+        near_pleura = anatomy.lung_distance(side)(u, v, w) > -28.0
+        lattice = np.minimum(np.minimum(np.abs(np.sin(np.pi * u / cell)), np.abs(np.sin(np.pi * (v + 3.1) / cell))),
+                             np.abs(np.sin(np.pi * (w + 7.3) / cell)))
+        septa = near_pleura & (lattice < 0.12) & (canvas.label[box] == lobe_id)
+        canvas.hu[box][septa] = np.maximum(canvas.hu[box][septa], -260.0)
+        claimed += int(septa.sum())
+    return {"label": "Interlobular septal thickening", "kind": "interlobular_septal_thickening",
+            "side": "both" if len(sides) == 2 else sides[0], "lobes": [LOBES[s][-1] for s in sides],
+            "center_body": anatomy.hila[sides[0]].tolist(), "voxels": claimed}
+
+
+def _mosaic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int]) -> Lesion:
+    field = smooth_field(rng, 1.0, (25.0, 60.0), modes=6)
+    inside = np.isin(canvas.label, np.asarray(lungs, dtype=np.uint8))
+    pattern = field(canvas.u[inside], canvas.v[inside], canvas.w[inside])
+    canvas.hu[inside] += np.where(pattern > 0.1, -60.0, np.where(pattern < -0.3, 70.0, 0.0)).astype(np.float32)
+    return {"label": "Mosaic attenuation pattern", "kind": "mosaic_attenuation", "side": "both",
+            "center_body": [0.0, 10.0, -150.0], "voxels": int(inside.sum())}
+
+
+def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int]) -> Lesion:
+    lobe = _pick_lobe(rng, {"lung_upper_lobe_right": 3, "lung_upper_lobe_left": 3, "lung_middle_lobe_right": 1,
+                            "lung_lower_lobe_right": 1, "lung_lower_lobe_left": 1})
+    lobe_id = class_ids()[lobe]
+    claimed, points = 0, []
+    for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(2, 6))):
+        center = _point(canvas, kji)
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        half = float(rng.uniform(10, 25))
+        p0, p1 = center - direction * half, center + direction * half
+        claimed += canvas.paint(capsule(p0, p1, float(rng.uniform(1.2, 2.2))), tuple(np.minimum(p0, p1) - 4),
+                                tuple(np.maximum(p0, p1) + 4), -40.0, None, soft=True, only_labels=(lobe_id,))
+        points.append(center)
+    return {"label": "Pulmonary fibrotic sequela", "kind": "fibrotic_bands", "lobe": lobe, "side": _side_of_lobe(lobe),
+            "center_body": np.mean(points, axis=0).tolist() if points else [0.0, 0.0, -100.0], "voxels": claimed}
+
+
+def _medical_material(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, ids: dict[str, int]) -> Lesion:
+    kind = str(rng.choice(["pacemaker", "port_catheter", "sternotomy_wires"]))
+    claimed = 0
+    if kind == "sternotomy_wires":
+        spots = []
+        for w in np.linspace(-20, -150, int(rng.integers(4, 7))):
+            _, b = anatomy.cavity_half(np.array([w], dtype=np.float32))
+            center = np.array([0.0, CAVITY_CENTER_V - float(b[0]) - 6.0, w])
+            claimed += canvas.paint(ellipsoid(tuple(center), (14.0, 8.5, 1.2)), tuple(center - 16), tuple(center + 16),
+                                    3000.0, None, soft=True)
+            spots.append(center)
+        return {"label": "Medical material", "kind": kind, "center_body": np.mean(spots, axis=0).tolist(),
+                "voxels": claimed}
+    sign = 1.0 if kind == "pacemaker" else -1.0
+    w_device = -15.0
+    skin_v = 5.0 - 112.0 - 3.0 * np.clip((w_device + 200) / 260, 0, 1)
+    device = np.array([sign * 72.0, skin_v + max(anatomy.fat_mm * 0.6, 6.0), w_device])
+    semi = (24.0, 4.5, 20.0) if kind == "pacemaker" else (14.0, 7.0, 14.0)
+    claimed += canvas.paint(ellipsoid(tuple(device), semi), tuple(device - 26), tuple(device + 26), 3000.0, None)
+    heart_apex = anatomy.heart_center + anatomy.heart_axes[:, 0] * anatomy.heart_semi[0] * 0.55
+    route = [device, (sign * 45.0, -55.0, 25.0), (-30.0, -12.0, 20.0), (-30.0, -12.0, -90.0)]
+    route += [tuple(heart_apex)] if kind == "pacemaker" else [(-24.0, -10.0, -150.0)]
+    claimed += canvas.paint_tube(catmull_rom(route, 6), 1.3, 2600.0, None, soft=True)
+    return {"label": "Medical material", "kind": kind, "side": "left" if sign > 0 else "right",
+            "center_body": device.tolist(), "voxels": claimed}

@@ -1,0 +1,382 @@
+"""Slices -> one int16 HU volume with its affine (slice by slice into a preallocated array).
+
+Geometry (DICOM LPS): a pixel at column ``i``, row ``j`` of a slice lies at
+``IPP + i * dc * r + j * dr * c`` where ``r, c`` are the row / column direction cosines of
+ImageOrientationPatient and ``(dr, dc) = PixelSpacing``. Slices are ordered by the projection of
+ImagePositionPatient on the slice normal ``n = r x c`` (never by InstanceNumber). The array built
+here is ``hu[k, j, i]`` (slice, row, column); the index->world affine is for the (i, j, k) order
+that NIfTI stores on disk, converted to RAS by flipping the first two world axes.
+
+A gantry tilt shows up as slice positions sheared against the normal; missing slices as uneven
+steps. Both are resampled onto an orthogonal, uniform grid (linear, outside -> air) with a warning,
+or raise :class:`AssemblyError` in strict mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing.dicom_discovery import SliceHeader
+
+logger = logging.getLogger(__name__)
+
+AIR_HU = -1024
+MAX_HU = 32767
+POSITION_TOLERANCE_MM = 0.01
+ORIENTATION_TOLERANCE = 1e-3
+J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class AssemblyError(ValueError):
+    """A series that cannot become a volume; the message is a quarantine reason a person can act on."""
+
+
+@dataclass
+class AssembledVolume:
+    hu_kji: np.ndarray                  # int16, (slices, rows, columns) in DICOM index order
+    affine_ras_ijk: np.ndarray          # 4x4, voxel (i, j, k) -> RAS mm
+    warnings: list[str] = field(default_factory=list)
+    resampled: bool = False
+    n_input_slices: int = 0
+    transfer_syntaxes: list[str] = field(default_factory=list)
+
+
+def _geometry_checks(slices: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray, tuple[float, float], int, int]:
+    missing = [s.relative_path for s in slices if s.orientation is None or s.position_mm is None]
+    if missing:
+        raise AssemblyError(f"{len(missing)} slice(s) without ImagePositionPatient/ImageOrientationPatient (first: {missing[0]})")
+    orientations = np.array([s.orientation for s in slices], dtype=np.float64)
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        worst = int(np.abs(orientations - orientations[0]).max(axis=1).argmax())
+        raise AssemblyError(f"inconsistent slice orientation within the series (e.g. {slices[worst].relative_path})")
+    sizes = {(s.rows, s.columns) for s in slices}
+    if len(sizes) > 1:
+        raise AssemblyError(f"inconsistent image sizes within the series: {sorted(sizes)}")
+    spacings = [s.pixel_spacing_mm for s in slices]
+    if any(sp is None for sp in spacings):
+        raise AssemblyError("slice(s) without PixelSpacing")
+    spacing_array = np.array(spacings, dtype=np.float64)
+    if np.abs(spacing_array - spacing_array[0]).max() > 1e-3 * spacing_array[0].max():
+        raise AssemblyError("inconsistent PixelSpacing within the series")
+    row_cos = orientations[0, :3] / np.linalg.norm(orientations[0, :3])
+    col_cos = orientations[0, 3:] / np.linalg.norm(orientations[0, 3:])
+    if abs(float(row_cos @ col_cos)) > 1e-3:
+        raise AssemblyError("ImageOrientationPatient row and column directions are not orthogonal")
+    rows, columns = slices[0].rows, slices[0].columns
+    if rows <= 0 or columns <= 0:
+        raise AssemblyError("Rows/Columns missing or zero")
+    return row_cos, col_cos, (float(spacing_array[0, 0]), float(spacing_array[0, 1])), rows, columns
+
+
+def _j2k_codestream_signed(ds) -> bool | None:
+    """Signedness declared in the J2K SIZ marker of frame 1 (None when not found)."""
+    try:
+        from pydicom.encaps import generate_frames
+
+        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    except Exception:
+        return None
+    position = frame.find(b"\xff\x51", 0, 512)
+    if position < 0 or len(frame) < position + 41:
+        return None
+    return bool(frame[position + 40] & 0x80)
+
+
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _padding_range(header: SliceHeader, raw: np.ndarray) -> tuple[int, int] | None:
+    """PixelPaddingValue (and PixelPaddingRangeLimit) as an inclusive range of stored values."""
+    if header.padding_value is None:
+        return None
+    bits = 8 * raw.dtype.itemsize
+
+    def as_stored(value: int) -> int:
+        if raw.dtype.kind == "i" and value > (1 << (bits - 1)) - 1:
+            return value - (1 << bits)
+        if raw.dtype.kind == "u" and value < 0:
+            return value + (1 << bits)
+        return value
+
+    pad = as_stored(header.padding_value)
+    if header.padding_limit is None:
+        return pad, pad
+    low, high = sorted((pad, as_stored(header.padding_limit)))
+    return low, high
+
+
+def read_native_pixels(header: SliceHeader) -> np.ndarray | None:
+    """Fast path for uncompressed little-endian 16-bit single-frame files: the pixel data element is
+    the file's tail; read it directly (verified by its tag and length) instead of parsing the file
+    again. Returns None when the layout is anything else (the caller then decodes with pydicom)."""
+    if (header.transfer_syntax not in NATIVE_LITTLE_ENDIAN or header.bits_allocated != 16 or header.frame_index is not None
+            or header.samples_per_pixel != 1 or header.number_of_frames != 1):
+        return None
+    count = header.rows * header.columns * 2
+    explicit = header.transfer_syntax == "1.2.840.10008.1.2.1"
+    prefix = 12 if explicit else 8
+    try:
+        with open(header.path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            if size < count + prefix:
+                return None
+            handle.seek(size - count - prefix)
+            block = handle.read(count + prefix)
+    except OSError:
+        return None
+    if block[:4] != _PIXEL_DATA_TAG or int.from_bytes(block[prefix - 4:prefix], "little") != count:
+        return None
+    if explicit and block[4:6] not in (b"OW", b"OB"):
+        return None
+    dtype = np.dtype("<i2") if header.pixel_representation == 1 else np.dtype("<u2")
+    raw = np.frombuffer(block, dtype=dtype, offset=prefix).reshape(header.rows, header.columns)
+    unused = 16 - header.bits_stored
+    if 0 < unused < 16:  # high bits beyond BitsStored may hold overlays / garbage
+        if header.pixel_representation == 1:
+            raw = ((raw << unused) >> unused).astype(np.int16)
+        else:
+            raw = raw & np.uint16((1 << header.bits_stored) - 1)
+    return raw
+
+
+def decode_frames(path: Path) -> tuple[object, np.ndarray]:
+    """Full read of one file; returns (dataset without pixel bytes, frames as (F, rows, cols))."""
+    import pydicom
+
+    from preprocessing.dicom_discovery import quiet_pydicom
+
+    with quiet_pydicom():
+        ds = pydicom.dcmread(path, force=True)
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise AssemblyError(f"{path.name}: no pixel data in file")
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    try:
+        raw = ds.pixel_array
+    except Exception as error:
+        name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", syntax)
+        message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise AssemblyError(f"cannot decode pixel data (transfer syntax {syntax} {name}): {message}") from None
+    if raw.ndim == 2:
+        raw = raw[np.newaxis]
+    if raw.ndim != 3:
+        raise AssemblyError(f"unexpected pixel array shape {raw.shape} (colour or multi-sample image)")
+    if syntax in J2K_SYNTAXES and int(ds.get("PixelRepresentation", 0)) == 0 and raw.dtype == np.uint16:
+        if _j2k_codestream_signed(ds):
+            raw = raw.view(np.int16)  # codestream is signed (SIZ) while the header says unsigned
+    return ds, raw
+
+
+@functools.lru_cache(maxsize=64)
+def _hu_lookup(kind: str, bits: int, slope: float, intercept: float, pad_low: int | None, pad_high: int | None) -> np.ndarray:
+    """Stored value -> int16 HU for every possible 8/16-bit value (rounded, clipped, padding -> air),
+    indexed by the stored bits read as unsigned."""
+    unsigned = np.arange(1 << bits, dtype=np.int64)
+    stored = unsigned - (1 << bits) * (unsigned >= (1 << (bits - 1))) if kind == "i" else unsigned
+    hu = np.rint(stored * slope + intercept)
+    if pad_low is not None and pad_high is not None:
+        hu[(stored >= pad_low) & (stored <= pad_high)] = AIR_HU
+    return np.clip(hu, AIR_HU, MAX_HU).astype(np.int16)
+
+
+def _to_hu_integer(raw: np.ndarray, slope: float, intercept: float, pad: tuple[int, int] | None, out: np.ndarray) -> bool:
+    """Common case, done in int16 in place: slope 1, integral intercept, no overflow possible."""
+    if slope != 1.0 or not float(intercept).is_integer() or raw.dtype not in (np.int16, np.uint16):
+        return False
+    shift = int(intercept)
+    low, high = int(raw.min()), int(raw.max())
+    if high > 32767 or low + shift < -32768 or high + shift > 32767:
+        return False
+    out[...] = raw
+    out += np.int16(shift)
+    if pad is not None and pad[1] + shift > AIR_HU:  # padding that would not clip to air by itself
+        np.putmask(out, (raw >= pad[0]) & (raw <= pad[1]), AIR_HU)
+    np.maximum(out, AIR_HU, out=out)
+    return True
+
+
+def _to_hu(raw: np.ndarray, slope: float, intercept: float, pad: tuple[int, int] | None, out: np.ndarray) -> None:
+    """Stored values -> int16 HU into ``out``: one table lookup for 8/16-bit data, arithmetic otherwise."""
+    if not raw.dtype.isnative:  # big-endian transfer syntax
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    if _to_hu_integer(raw, slope, intercept, pad, out):
+        return
+    if raw.dtype.itemsize in (1, 2) and raw.dtype.kind in "iu":
+        bits = 8 * raw.dtype.itemsize
+        table = _hu_lookup(raw.dtype.kind, bits, float(slope), float(intercept), *(pad or (None, None)))
+        np.take(table, raw.view(np.uint8 if bits == 8 else np.uint16), out=out)
+        return
+    hu = raw.astype(np.float64) * slope + intercept
+    np.rint(hu, out=hu)
+    if pad is not None:
+        hu[(raw >= pad[0]) & (raw <= pad[1])] = AIR_HU
+    np.clip(hu, AIR_HU, MAX_HU, out=hu)
+    out[...] = hu
+
+
+def _fill(volume: np.ndarray, order: dict[tuple[Path, int | None], int], slices_by_file: dict[Path, list[SliceHeader]],
+          path: Path) -> str:
+    headers = slices_by_file[path]
+    if len(headers) == 1:
+        native = read_native_pixels(headers[0])
+        if native is not None:
+            header = headers[0]
+            slope = header.rescale_slope if header.rescale_slope is not None else 1.0
+            intercept = header.rescale_intercept if header.rescale_intercept is not None else 0.0
+            _to_hu(native, slope, intercept, _padding_range(header, native), volume[order[(path, None)]])
+            return header.transfer_syntax
+    ds, raw = decode_frames(path)
+    rows, columns = volume.shape[1:]
+    if raw.shape[1:] != (rows, columns):
+        raise AssemblyError(f"{headers[0].relative_path}: pixel array {raw.shape[1:]} does not match Rows/Columns {(rows, columns)}")
+    for header in headers:
+        frame = 0 if header.frame_index is None else header.frame_index
+        if frame >= raw.shape[0]:
+            raise AssemblyError(f"{header.relative_path}: frame {frame + 1} missing from pixel data")
+        frame_raw = raw[frame]
+        slope = header.rescale_slope if header.rescale_slope is not None else 1.0
+        intercept = header.rescale_intercept if header.rescale_intercept is not None else 0.0
+        _to_hu(frame_raw, slope, intercept, _padding_range(header, frame_raw), volume[order[(path, header.frame_index)]])
+    return str(ds.file_meta.get("TransferSyntaxUID", ""))
+
+
+def _shift_slice(hu_slice: np.ndarray, shift_rows: float, shift_columns: float) -> None:
+    from scipy import ndimage
+
+    if abs(shift_rows) < 1e-3 and abs(shift_columns) < 1e-3:
+        return
+    shifted = ndimage.shift(hu_slice.astype(np.float32), (shift_rows, shift_columns), order=1, mode="constant", cval=AIR_HU)
+    hu_slice[...] = np.rint(shifted).astype(np.int16)
+
+
+def assemble_series(
+    slices: list[SliceHeader],
+    *,
+    strict: bool = False,
+    min_slices: int = 1,
+    max_spacing_deviation: float = 0.1,
+    decode_threads: int = 1,
+) -> AssembledVolume:
+    """Build the HU volume of one series; raises :class:`AssemblyError` with a quarantine reason."""
+    if not slices:
+        raise AssemblyError("series has no slices")
+    if len(slices) < min_slices:
+        raise AssemblyError(f"{len(slices)} slice(s), fewer than min_slices={min_slices}")
+    row_cos, col_cos, (row_spacing, column_spacing), rows, columns = _geometry_checks(slices)
+    normal = np.cross(row_cos, col_cos)
+    positions = np.array([s.position_mm for s in slices], dtype=np.float64)
+    along = positions @ normal
+    ranking = sorted(range(len(slices)), key=lambda index: (along[index], slices[index].instance_number or 0))
+    ordered = [slices[index] for index in ranking]
+    positions = positions[ranking]
+    along = along[ranking]
+    warnings: list[str] = []
+    steps = np.diff(along)
+    n = len(ordered)
+    if n > 1 and np.all(np.abs(along - along[0]) < POSITION_TOLERANCE_MM):
+        raise AssemblyError(f"not a volume: all {n} slices are at the same position")
+    if n > 1 and np.any(steps < POSITION_TOLERANCE_MM):
+        duplicates = int(np.sum(steps < POSITION_TOLERANCE_MM))
+        raise AssemblyError(f"{duplicates} slice(s) share a position with another slice (mixed acquisitions or duplicates in one series)")
+    if n == 1:
+        spacing_k = ordered[0].slice_thickness_mm or 1.0
+        warnings.append(f"single slice: slice spacing taken from SliceThickness ({spacing_k:g} mm)")
+        uniform = True
+    else:
+        spacing_k = float(np.median(steps))
+        deviation = float(np.max(np.abs(steps - spacing_k)) / spacing_k)
+        uniform = deviation <= max_spacing_deviation
+    offsets = positions - positions[0]
+    shear = offsets - np.outer(offsets @ normal, normal)
+    max_shear_mm = float(np.abs(shear).max()) if n > 1 else 0.0
+    tilted = max_shear_mm > 0.1 * min(row_spacing, column_spacing)
+    problems = []
+    if tilted:
+        per_mm = max_shear_mm / max(float(along[-1] - along[0]), 1e-6)
+        problems.append(f"gantry tilt ({math.degrees(math.atan(per_mm)):.1f} degrees: slice positions sheared against the slice normal)")
+    if not uniform:
+        problems.append(
+            f"non-uniform slice spacing (steps {float(steps.min()):.3g}..{float(steps.max()):.3g} mm, median {spacing_k:.3g} mm: missing slices?)"
+        )
+    if problems and strict:
+        raise AssemblyError("strict mode: " + "; ".join(problems))
+
+    # decode slice by slice into a preallocated int16 array (one file's dataset alive per thread)
+    volume = np.empty((n, rows, columns), dtype=np.int16)
+    order = {(header.path, header.frame_index): index for index, header in enumerate(ordered)}
+    slices_by_file: dict[Path, list[SliceHeader]] = {}
+    for header in ordered:
+        slices_by_file.setdefault(header.path, []).append(header)
+
+    def fill(path: Path) -> str:
+        try:
+            return _fill(volume, order, slices_by_file, path)
+        except AssemblyError as error:
+            message = str(error)
+            relative = slices_by_file[path][0].relative_path
+            raise AssemblyError(message if relative in message else f"{relative}: {message}") from None
+
+    compressed = any(header.transfer_syntax not in NATIVE_LITTLE_ENDIAN for header in ordered)
+    if decode_threads > 1 and len(slices_by_file) > 1 and compressed:  # native files: GIL-bound, threads do not help
+        with ThreadPoolExecutor(max_workers=decode_threads) as pool:
+            syntaxes = list(pool.map(fill, list(slices_by_file)))
+    else:
+        syntaxes = [fill(path) for path in slices_by_file]
+
+    resampled = False
+    if tilted:
+        for k in range(n):
+            _shift_slice(volume[k], float(shear[k] @ col_cos) / row_spacing, float(shear[k] @ row_cos) / column_spacing)
+        warnings.append(problems[0] + "; resampled to an orthogonal grid (in-plane shift per slice, linear)")
+        resampled = True
+    if not uniform:
+        volume, spacing_k = _resample_uniform(volume, along - along[0], spacing_k)
+        warnings.append(problems[-1] + f"; resampled to {volume.shape[0]} slices at {spacing_k:.4g} mm (linear)")
+        resampled = True
+    elif n > 1:
+        spacing_k = float(along[-1] - along[0]) / (n - 1)
+
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cos * column_spacing
+    affine_lps[:3, 1] = col_cos * row_spacing
+    affine_lps[:3, 2] = normal * spacing_k
+    affine_lps[:3, 3] = positions[0]
+    return AssembledVolume(
+        hu_kji=volume,
+        affine_ras_ijk=LPS_TO_RAS @ affine_lps,
+        warnings=warnings,
+        resampled=resampled,
+        n_input_slices=n,
+        transfer_syntaxes=sorted(set(syntaxes)),
+    )
+
+
+def _resample_uniform(volume: np.ndarray, along_mm: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, float]:
+    """Linear interpolation along k onto positions 0, s, 2s, ... covering the original extent."""
+    count = int(round(float(along_mm[-1]) / spacing_mm)) + 1
+    spacing = float(along_mm[-1]) / (count - 1) if count > 1 else spacing_mm
+    out = np.empty((count, *volume.shape[1:]), dtype=np.int16)
+    for m in range(count):
+        target = m * spacing
+        upper = int(np.searchsorted(along_mm, target, side="left"))
+        upper = min(max(upper, 1), len(along_mm) - 1)
+        lower = upper - 1
+        width = float(along_mm[upper] - along_mm[lower])
+        weight = min(max((target - float(along_mm[lower])) / width, 0.0), 1.0)
+        if weight < 1e-6:
+            out[m] = volume[lower]
+        elif weight > 1 - 1e-6:
+            out[m] = volume[upper]
+        else:
+            blended = volume[lower].astype(np.float32) * (1 - weight) + volume[upper].astype(np.float32) * weight
+            out[m] = np.rint(blended).astype(np.int16)
+    return out, spacing

@@ -1,0 +1,198 @@
+"""The report analysis: sections -> sentences -> anatomies -> finding mentions -> labels.
+
+The three ``add_*`` steps are what the spaCy components run (``report_parsing.pipeline``); they fill a
+:class:`ReportAnalysis` made of plain values (msgpack-serialisable as a dict, so it travels back from
+``nlp.pipe(n_process=...)`` workers inside ``Doc.user_data``). :func:`analyze_text` runs them on one
+text without a pipeline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+from dataclasses import dataclass, field
+
+from report_parsing.anatomy import OTHER_ANATOMY, anatomies_between, anatomy_matcher
+from report_parsing.labels import (
+    LABEL_INDEX,
+    finding_matches,
+    finding_pattern,
+    labels_with_location,
+    may_need_location,
+    resolve_effusion,
+)
+from report_parsing.lexicon import EFFUSION_BY_LOCATION, EXTRAPULMONARY_CONTEXT, GENERIC_ABNORMAL, LUNG_LABELS, PULMONARY_CONTEXT
+from report_parsing.negation import AFFIRMED, NEGATED, UNCERTAIN, SentenceCues, clause_bounds, location_text, report_cues
+from report_parsing.sections import FINDINGS, IMPRESSION, detect_sections
+from report_parsing.sentences import sentence_spans
+from report_parsing.tokens import TokenView
+from segmentation.anatomy_sets import CTRATE_LABELS
+
+_EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)   # applied to lower-case text
+_PULMONARY = re.compile(PULMONARY_CONTEXT)
+
+# labels that state a device, not a disease: they never make an anatomy abnormal
+NOT_DISEASE_LABELS: frozenset[str] = frozenset({"Medical material"})
+
+
+@dataclass
+class ReportAnalysis:
+    sentences: list[tuple[int, int]] = field(default_factory=list)       # char spans in the text
+    sentence_sections: list[str] = field(default_factory=list)           # findings | impression | other
+    sentence_anatomies: list[list[int]] = field(default_factory=list)    # anatomy indices per sentence
+    sentence_abnormal: list[bool] = field(default_factory=list)
+    mentions: list[tuple[int, int, list[str], int, str]] = field(default_factory=list)  # start, end, labels, sentence, polarity
+    labels: list[int] = field(default_factory=lambda: [0] * len(CTRATE_LABELS))          # CT-RATE order, 0/1
+    anatomy_abnormal: list[bool] = field(default_factory=list)
+    anatomy_hits: list[tuple[int, list[int]]] = field(default_factory=list)             # vocabulary word offsets
+    has_findings: bool = False
+    has_impression: bool = False
+
+    def to_dict(self) -> dict:
+        """Plain (shallow) dict: lists, ints, strings, bools (msgpack-safe)."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ReportAnalysis":
+        analysis = cls(**raw)
+        analysis.sentences = [tuple(span) for span in analysis.sentences]
+        return analysis
+
+
+def analyze_text(text: str, anatomy_set_name: str, *, uncertain_is_positive: bool = True) -> ReportAnalysis:
+    """All steps on one text (what the spaCy pipeline's components do one after the other)."""
+    view = TokenView.from_text(text)
+    analysis = ReportAnalysis()
+    add_sentences(text, analysis)
+    add_anatomies(text, analysis, anatomy_set_name, view)
+    add_findings(text, analysis, anatomy_set_name, view, uncertain_is_positive=uncertain_is_positive)
+    return analysis
+
+
+def lower_keeping_offsets(text: str) -> str | None:
+    """``text.lower()`` when it keeps every character offset (always for ASCII), else None."""
+    lower = text.lower()
+    return lower if len(lower) == len(text) else None
+
+
+def add_sentences(text: str, analysis: ReportAnalysis) -> None:
+    """Sections, then sentences inside each section."""
+    for section in detect_sections(text):
+        for span in sentence_spans(text, section.start, section.end):
+            analysis.sentences.append(span)
+            analysis.sentence_sections.append(section.name)
+        analysis.has_findings |= section.name == FINDINGS
+        analysis.has_impression |= section.name == IMPRESSION
+
+
+def _sentence_of(starts: list[int], ends: list[int], position: int) -> int:
+    index = bisect.bisect_right(starts, position) - 1
+    return index if index >= 0 and position < ends[index] else -1
+
+
+def add_anatomies(text: str, analysis: ReportAnalysis, anatomy_set_name: str, view: TokenView) -> None:
+    """Anatomies named by each sentence's words (vocabulary of the anatomy set)."""
+    matcher = anatomy_matcher(anatomy_set_name)
+    lower = lower_keeping_offsets(text) or text.lower()
+    hits = matcher.hits(lower, view) if len(lower) == len(text) else []
+    analysis.anatomy_hits = hits  # (offset, anatomy indices) pairs
+    starts = [span[0] for span in analysis.sentences]
+    ends = [span[1] for span in analysis.sentences]
+    per_sentence: list[set[int]] = [set() for _ in analysis.sentences]
+    for position, indices in hits:
+        index = _sentence_of(starts, ends, position)
+        if index >= 0:
+            per_sentence[index].update(indices)
+    analysis.sentence_anatomies = [sorted(found) for found in per_sentence]
+    analysis.anatomy_abnormal = [False] * len(matcher.anatomy_names)
+
+
+@functools.lru_cache(maxsize=None)
+def _label_anatomy(anatomy_set_name: str) -> tuple[int, dict[str, int]]:
+    """(number of anatomies, label -> anatomy index) of an anatomy set."""
+    from segmentation.anatomy_sets import load_anatomy_set
+
+    anatomy_set = load_anatomy_set(anatomy_set_name)
+    names = anatomy_set.anatomy_names
+    return len(names), {label: names.index(name) for label, name in anatomy_set.label_anatomy.items() if name}
+
+
+def add_findings(
+    text: str, analysis: ReportAnalysis, anatomy_set_name: str, view: TokenView, *, uncertain_is_positive: bool = True
+) -> None:
+    """Finding mentions with polarity; labels; sentence and anatomy abnormal flags."""
+    n_anatomies, label_anatomy = _label_anatomy(anatomy_set_name)
+    present = {AFFIRMED, UNCERTAIN} if uncertain_is_positive else {AFFIRMED}
+    if not analysis.anatomy_abnormal:
+        analysis.anatomy_abnormal = [False] * n_anatomies
+    starts = [span[0] for span in analysis.sentences]
+    ends = [span[1] for span in analysis.sentences]
+    anatomies: list[set[int]] = [set(found) for found in analysis.sentence_anatomies] or [set() for _ in starts]
+    abnormal = [False] * len(starts)
+    hits = analysis.anatomy_hits
+    hit_starts = [position for position, _ in hits]
+    _, group_labels = finding_pattern()
+
+    lower = lower_keeping_offsets(text)
+    lower_text = lower if lower is not None else text.lower()
+    cues_of: dict[int, SentenceCues] = {}
+    cues_in_report = report_cues(lower_text, view) if lower is not None else None
+    for match in finding_matches(text, lower, view):
+        sentence_index = _sentence_of(starts, ends, match.start())
+        if sentence_index < 0:
+            continue  # header words, punctuation between sentences
+        labels = group_labels[int(match.lastgroup[1:])]
+        offset = starts[sentence_index]
+        # offsets of the original text; lower-case copy (same length for ASCII, else a best effort)
+        sentence = lower_text[offset : ends[sentence_index]] if lower is not None else text[offset : ends[sentence_index]].lower()
+        mention_start, mention_end = match.start() - offset, min(match.end(), ends[sentence_index]) - offset
+        mention_text = sentence[mention_start:mention_end]
+        cues = cues_of.get(sentence_index)
+        if cues is None:
+            cues = cues_of[sentence_index] = SentenceCues(sentence, cues_in_report, offset) if cues_in_report else SentenceCues(sentence)
+        polarity = cues.classify(mention_start, mention_end)
+        clause_start, clause_end = clause_bounds(sentence, mention_start, mention_end, cues.breaks)
+        if EFFUSION_BY_LOCATION in labels:
+            labels = resolve_effusion(mention_text, sentence[clause_start:clause_end], labels)
+        if polarity in present:
+            if LUNG_LABELS.intersection(labels):
+                clause = sentence[clause_start:clause_end]
+                if _EXTRAPULMONARY.search(clause) and not _PULMONARY.search(clause):
+                    labels = tuple(label for label in labels if label not in LUNG_LABELS) or (GENERIC_ABNORMAL,)
+            if may_need_location(mention_text):
+                labels = labels_with_location(mention_text, location_text(sentence, clause_start), labels)
+        analysis.mentions.append((match.start(), match.end(), list(labels), sentence_index, polarity))
+        if polarity not in present:
+            continue
+        for label in labels:
+            if label in LABEL_INDEX:
+                analysis.labels[LABEL_INDEX[label]] = 1
+            if label in NOT_DISEASE_LABELS:
+                continue
+            abnormal[sentence_index] = True
+            if label in label_anatomy:
+                target = {label_anatomy[label]}
+            else:  # generic finding (or a label without anatomy in this set): the anatomies of its clause
+                target = anatomies_between(hits, hit_starts, offset + clause_start, offset + clause_end) or set(anatomies[sentence_index])
+            anatomies[sentence_index].update(target)
+            for anatomy_index in target:
+                analysis.anatomy_abnormal[anatomy_index] = True
+    analysis.sentence_anatomies = [sorted(found) for found in anatomies]
+    analysis.sentence_abnormal = abnormal
+
+
+def anatomy_sentence_indices(analysis: ReportAnalysis, n_anatomies: int) -> list[list[int]]:
+    """Per anatomy (plus a last slot for ``other``), the indices of its sentences in report order,
+    Findings before Impression."""
+    section_rank = {FINDINGS: 1, IMPRESSION: 2}
+    order = sorted(range(len(analysis.sentences)),
+                   key=lambda i: (section_rank.get(analysis.sentence_sections[i], 0), analysis.sentences[i][0]))
+    per_anatomy: list[list[int]] = [[] for _ in range(n_anatomies + 1)]
+    for index in order:
+        for target in analysis.sentence_anatomies[index] or [n_anatomies]:
+            per_anatomy[target].append(index)
+    return per_anatomy
+
+
+__all__ = ["ReportAnalysis", "analyze_text", "anatomy_sentence_indices", "OTHER_ANATOMY", "NEGATED"]

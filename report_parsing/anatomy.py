@@ -1,0 +1,144 @@
+"""Anatomy assignment: which anatomies of an anatomy set a piece of text talks about.
+
+The vocabulary comes from ``segmentation/anatomy_sets.yaml`` (``vocabulary`` lists). Single words are
+looked up per token type (cached); multi-word phrases (``ground glass``, ``lymph node``) are tried with
+one compiled expression at tokens that can start them. A sentence may belong to several anatomies; a
+sentence with none is kept as ``other``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from report_parsing.tokens import TokenView, WordTypeFilter, _member
+
+_PUNCTUATION = "-\u2013\u2014\u00b7\u2022*\"'(\u201c\u201d/.,;:"
+
+
+def _lead(text: str, position: int) -> int:
+    offset = 0
+    while position + offset < len(text) and not text[position + offset].isalnum():
+        offset += 1
+    return offset
+
+
+def _has_lead(text: str, found: list[tuple[int, tuple[int, ...]]]) -> bool:
+    return any(not text[p].isalnum() for p, _ in found if p < len(text))
+
+OTHER_ANATOMY = "other"
+
+
+@dataclass
+class AnatomyMatcher:
+    anatomy_names: tuple[str, ...]
+    single: dict[str, tuple[int, ...]]             # one-word vocabulary -> anatomy indices
+    phrase_pattern: re.Pattern[str] | None         # multi-word phrases (lower-case text)
+    phrase_anatomies: dict[str, tuple[int, ...]]   # normalised phrase -> anatomy indices
+    phrase_first_words: frozenset[str]
+    type_filter: WordTypeFilter = field(init=False)
+    known: np.ndarray = field(init=False)
+    codes: np.ndarray = field(init=False)
+    decoded: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        def starts_phrase(word: str) -> bool:
+            word = word.lstrip(_PUNCTUATION)
+            head = re.split(r"[^\w]", word, maxsplit=1)[0]
+            return head in self.phrase_first_words
+
+        self.type_filter = WordTypeFilter(starts_phrase)
+        self.known = np.zeros(0, dtype=np.uint64)       # classified word-type hashes, sorted
+        self.codes = np.zeros(0, dtype=np.int64)        # anatomy bitmask of each known type (one-word vocabulary)
+        self.decoded: dict[int, tuple[int, ...]] = {0: ()}
+
+    def _code(self, word: str) -> int:
+        head = re.split(r"[^\w]", word.lstrip(_PUNCTUATION), maxsplit=1)[0]
+        code = 0
+        for index in self.single.get(head, ()):
+            code |= 1 << index
+        return code
+
+    def _codes_of(self, view: TokenView) -> np.ndarray:
+        unseen = view.lowers[~_member(self.known, view.lowers)]
+        if unseen.size:
+            new = np.asarray(sorted(set(unseen.tolist())), dtype=np.uint64)
+            new_codes = np.fromiter((self._code(view.strings[h]) for h in new.tolist()), dtype=np.int64, count=new.size)
+            known = np.concatenate([self.known, new])
+            order = np.argsort(known, kind="stable")
+            self.known, self.codes = known[order], np.concatenate([self.codes, new_codes])[order]
+        index = np.searchsorted(self.known, view.lowers)
+        return self.codes[index]
+
+    def decode(self, code: int) -> tuple[int, ...]:
+        indices = self.decoded.get(code)
+        if indices is None:
+            indices = self.decoded[code] = tuple(i for i in range(len(self.anatomy_names)) if code >> i & 1)
+        return indices
+
+    def hits(self, lower_text: str, view: TokenView) -> list[tuple[int, tuple[int, ...]]]:
+        """(char offset, anatomy indices) of every vocabulary word / phrase, ascending."""
+        if view.lowers.size == 0:
+            return []
+        codes = self._codes_of(view)
+        found: list[tuple[int, tuple[int, ...]]] = []
+        single_tokens = np.flatnonzero(codes)
+        for position, code in zip(view.starts[single_tokens].tolist(), codes[single_tokens].tolist()):
+            found.append((position, self.decode(code)))
+        if self.phrase_pattern is not None:
+            for position in self.type_filter.positions(view).tolist():
+                while position < len(lower_text) and not lower_text[position].isalnum():
+                    position += 1
+                match = self.phrase_pattern.match(lower_text, position)
+                if match:
+                    found.append((position, self.phrase_anatomies[_norm(match.group(0))]))
+            found.sort()
+        # a token with leading punctuation ("-lung") points at its word
+        return [(p + _lead(lower_text, p), i) for p, i in found] if found and _has_lead(lower_text, found) else found
+
+    def anatomies_in(self, text: str) -> set[int]:
+        """Anatomies named anywhere in ``text`` (convenience; the pipeline uses :meth:`hits`)."""
+        lower = text.lower()
+        view = TokenView.from_text(lower)
+        return {index for _, indices in self.hits(lower, view) for index in indices}
+
+
+def anatomies_between(hits: list[tuple[int, tuple[int, ...]]], hit_starts: list[int], start: int, end: int) -> set[int]:
+    found: set[int] = set()
+    for position in range(bisect.bisect_left(hit_starts, start), bisect.bisect_left(hit_starts, end)):
+        found.update(hits[position][1])
+    return found
+
+
+def _norm(phrase: str) -> str:
+    return re.sub(r"[\s-]+", " ", phrase.lower())
+
+
+@functools.lru_cache(maxsize=None)
+def anatomy_matcher(anatomy_set_name: str) -> AnatomyMatcher:
+    from segmentation.anatomy_sets import load_anatomy_set
+
+    anatomy_set = load_anatomy_set(anatomy_set_name)
+    single: dict[str, list[int]] = {}
+    phrases: dict[str, list[int]] = {}
+    for index, anatomy in enumerate(anatomy_set.anatomies):
+        for phrase in anatomy.vocabulary:
+            normalised = _norm(phrase)
+            target = phrases if " " in normalised else single
+            if index not in target.setdefault(normalised, []):
+                target[normalised].append(index)
+    pattern = None
+    if phrases:
+        ordered = sorted(phrases, key=lambda p: (-len(p), p))
+        pattern = re.compile(r"(?:" + "|".join(r"[\s-]+".join(map(re.escape, p.split())) for p in ordered) + r")\b")
+    return AnatomyMatcher(
+        anatomy_set.anatomy_names,
+        {k: tuple(v) for k, v in single.items()},
+        pattern,
+        {k: tuple(v) for k, v in phrases.items()},
+        frozenset(p.split()[0] for p in phrases),
+    )

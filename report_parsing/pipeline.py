@@ -1,0 +1,174 @@
+"""The spaCy pipeline: ``spacy.blank("en")`` + registered report components.
+
+Components (in order), each working on character offsets of ``doc.text`` with compiled expressions
+(a per-token Python loop would cost more than the tokenizer itself; see docs/report_parsing.md):
+
+=====================  ========================================================================
+``fvlm_sentences``     sections (Findings / Impression) and radiology-safe sentence boundaries;
+                       sets ``token.is_sent_start`` so ``doc.sents`` works
+``fvlm_anatomy``       anatomies per sentence from the anatomy set's vocabulary
+``fvlm_findings``      finding mentions, NegEx/ConText-style negation + uncertainty, the 18
+                       CT-RATE labels, sentence / anatomy abnormal flags
+=====================  ========================================================================
+
+Results live in ``doc.user_data["fvlm"]`` as a plain dict (:class:`ReportAnalysis`), which survives
+``nlp.pipe(..., n_process=N)``; ``doc._.fvlm`` returns it as a :class:`ReportAnalysis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from report_parsing.analyze import ReportAnalysis, add_anatomies, add_findings, add_sentences
+from report_parsing.tokens import TokenView
+
+USER_DATA_KEY = "fvlm"
+TEXT_KEY = "fvlm_text"
+
+
+class TextKeepingTokenizer:
+    """spaCy's tokenizer, plus the input text kept in ``doc.user_data``: ``Doc.text`` re-joins every
+    token in Python on each access (~0.3 ms for a CT report), more than the whole analysis costs."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> Any:
+        doc = self.tokenizer(text)
+        doc.user_data[TEXT_KEY] = text
+        return doc
+
+    def pipe(self, texts: Iterable[str], batch_size: int = 1000) -> Iterator[Any]:
+        for text in texts:
+            yield self(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+VIEW_KEY = "fvlm_view"
+
+
+def _text(doc: Any) -> str:
+    text = doc.user_data.get(TEXT_KEY)
+    if text is None:
+        text = doc.user_data[TEXT_KEY] = doc.text
+    return text
+
+
+def _view(doc: Any) -> TokenView:
+    view = doc.user_data.get(VIEW_KEY)
+    if view is None:
+        view = doc.user_data[VIEW_KEY] = TokenView.from_doc(doc)
+    return view
+
+
+def _state(doc: Any) -> ReportAnalysis:
+    raw = doc.user_data.get(USER_DATA_KEY)
+    if isinstance(raw, ReportAnalysis):
+        return raw
+    return ReportAnalysis.from_dict(raw) if raw is not None else ReportAnalysis()
+
+
+def _store(doc: Any, analysis: ReportAnalysis, *, final: bool = False) -> None:
+    # between components the object itself; the last component leaves a plain dict (picklable,
+    # msgpack-serialisable: it crosses process boundaries with nlp.pipe(n_process=N))
+    doc.user_data[USER_DATA_KEY] = analysis.to_dict() if final else analysis
+
+
+class SentenceComponent:
+    def __call__(self, doc: Any) -> Any:
+        import numpy as np
+        from spacy.attrs import SENT_START
+
+        analysis = ReportAnalysis()
+        add_sentences(_text(doc), analysis)
+        if len(doc):
+            view = _view(doc)
+            sent_start = np.full(len(doc), -1, dtype=np.int64)
+            sent_start[0] = 1
+            if analysis.sentences:
+                first_tokens = np.searchsorted(view.starts, [start for start, _ in analysis.sentences], side="right") - 1
+                sent_start[np.clip(first_tokens, 0, len(doc) - 1)] = 1
+            doc.from_array([SENT_START], sent_start.astype(np.uint64).reshape(-1, 1))
+        _store(doc, analysis)
+        return doc
+
+
+class AnatomyComponent:
+    def __init__(self, anatomy_set: str) -> None:
+        self.anatomy_set = anatomy_set
+
+    def __call__(self, doc: Any) -> Any:
+        analysis = _state(doc)
+        add_anatomies(_text(doc), analysis, self.anatomy_set, _view(doc))
+        _store(doc, analysis)
+        return doc
+
+
+class FindingsComponent:
+    def __init__(self, anatomy_set: str, uncertain_is_positive: bool) -> None:
+        self.anatomy_set = anatomy_set
+        self.uncertain_is_positive = uncertain_is_positive
+
+    def __call__(self, doc: Any) -> Any:
+        analysis = _state(doc)
+        add_findings(_text(doc), analysis, self.anatomy_set, _view(doc), uncertain_is_positive=self.uncertain_is_positive)
+        _store(doc, analysis, final=True)
+        doc.user_data.pop(TEXT_KEY, None)   # transient: not serialised with the Doc
+        doc.user_data.pop(VIEW_KEY, None)
+        return doc
+
+
+_REGISTERED = False
+
+
+def register_components() -> None:
+    """Register the factories with spaCy (idempotent; also runs in worker processes on import)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from spacy.language import Language
+    from spacy.tokens import Doc
+
+    @Language.factory("fvlm_sentences")
+    def make_sentences(nlp: Language, name: str) -> SentenceComponent:
+        return SentenceComponent()
+
+    @Language.factory("fvlm_anatomy", default_config={"anatomy_set": "ctrate4"})
+    def make_anatomy(nlp: Language, name: str, anatomy_set: str) -> AnatomyComponent:
+        return AnatomyComponent(anatomy_set)
+
+    @Language.factory("fvlm_findings", default_config={"anatomy_set": "ctrate4", "uncertain_is_positive": True})
+    def make_findings(nlp: Language, name: str, anatomy_set: str, uncertain_is_positive: bool) -> FindingsComponent:
+        return FindingsComponent(anatomy_set, uncertain_is_positive)
+
+    if not Doc.has_extension("fvlm"):
+        Doc.set_extension("fvlm", getter=_state)
+    _REGISTERED = True
+
+
+def build_pipeline(anatomy_set: str = "ctrate4", *, uncertain_is_positive: bool = True) -> Any:
+    """``spacy.blank("en")`` with the report components (no model files, works offline)."""
+    import spacy
+
+    register_components()
+    nlp = spacy.blank("en")
+    nlp.tokenizer = TextKeepingTokenizer(nlp.tokenizer)
+    nlp.add_pipe("fvlm_sentences")
+    nlp.add_pipe("fvlm_anatomy", config={"anatomy_set": anatomy_set})
+    nlp.add_pipe("fvlm_findings", config={"anatomy_set": anatomy_set, "uncertain_is_positive": uncertain_is_positive})
+    return nlp
+
+
+def analyze_many(
+    texts: Iterable[str], anatomy_set: str = "ctrate4", *, batch_size: int = 256, n_process: int = 1,
+    uncertain_is_positive: bool = True,
+) -> Iterator[ReportAnalysis]:
+    """ReportAnalysis per text, in order, through ``nlp.pipe`` (multi-process when n_process > 1)."""
+    nlp = build_pipeline(anatomy_set, uncertain_is_positive=uncertain_is_positive)
+    for doc in nlp.pipe(texts, batch_size=batch_size, n_process=n_process):
+        yield _state(doc)
+
+

@@ -1,0 +1,170 @@
+"""MLflow: run contents, registry round trip (register, alias, load by alias), promotion gate, eval run.
+
+Everything runs against a local SQLite store and an artifact root inside pytest's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.training.test_train_support import ANATOMIES, CROP_ZYX, make_samples, tiny_config
+from training.train import InMemoryBatches, TrainResult, train
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("mlflow")
+    config = tiny_config(root, tracking={"enabled": True})
+    source = InMemoryBatches(make_samples(12, seed=2), batch_size=4)
+    result = train(config, source, ANATOMIES, root / "run", steps=3, corpus_texts=source.texts(),
+                   metrics_path=root / "metrics" / "train.json")
+    return {"root": root, "config": config, "result": result}
+
+
+def _client(config: Any) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=config.tracking.mlflow_tracking_uri)
+
+
+def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, Any]) -> None:
+    config, result = tracked["config"], tracked["result"]
+    client = _client(config)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.loss"] == "fvlm"
+    assert run.data.params["model.vision.embed_dim"] == "32"
+    assert len(run.data.params) == len(config.flat())
+    history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx(result.losses)
+    for key in ("train/lr", "train/temperature", "train/samples_per_s", "train/tokens_per_s",
+                "train/loss_lung", "train/loss_aorta"):
+        assert key in run.data.metrics, key
+    assert run.data.tags["git_commit"]
+    assert run.data.tags["registered_model"] == "fvlm-test-model"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/last.pt", "checkpoints/best.pt"}
+    recorded = json.loads((tracked["root"] / "metrics" / "train.json").read_text())
+    assert recorded["run_id"] == result.run_id and recorded["model_version"] == result.model_version
+    assert recorded["steps"] == 3
+
+
+def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any]) -> None:
+    import mlflow
+
+    from training.tracking import promote_if_better, resolve_model_dir
+
+    config, result = tracked["config"], tracked["result"]
+    uri = config.tracking.mlflow_tracking_uri
+    name = result.registered_model
+    decision = promote_if_better(uri, name, result.model_version, 0.6, "hash-a")
+    assert decision.promoted
+    assert str(_client(config).get_model_version_by_alias(name, "champion").version) == result.model_version
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    sample = make_samples(2, seed=9)
+    volume = np.stack([s["volume"] for s in sample]).astype(np.float32)
+    mask = np.stack([s["mask"] for s in sample]).astype(np.uint8)
+    probabilities = pyfunc.predict({"volume": volume, "mask": mask})
+    assert probabilities.shape == (2, 16)
+    assert "Cardiomegaly" in probabilities.columns
+    assert ((probabilities.values > 0) & (probabilities.values < 1)).all()
+    model_dir = resolve_model_dir(f"models:/{name}@champion", uri, tracked["root"] / "downloads")
+    assert (model_dir / "fvlm_config.json").is_file() and (model_dir / "zero_shot.json").is_file()
+
+
+def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> None:
+    from training.tracking import promote_if_better, register_model
+
+    config, result = tracked["config"], tracked["result"]
+    uri = config.tracking.mlflow_tracking_uri
+    name = result.registered_model
+    promote_if_better(uri, name, result.model_version, 0.6, "hash-a")   # champion on hash-a: 0.6
+    worse = register_model(uri, result.model_uri, name)
+    decision = promote_if_better(uri, name, worse, 0.55, "hash-a")
+    assert not decision.promoted and decision.champion_mean_auc == pytest.approx(0.6)
+    assert str(_client(config).get_model_version_by_alias(name, "champion").version) == result.model_version
+    tags = _client(config).get_model_version(name, worse).tags
+    assert tags["eval_data_hash"] == "hash-a" and float(tags["mean_auc"]) == pytest.approx(0.55)
+    # other evaluation data: the champion is re-scored on it (callback) before comparing
+    calls: list[str] = []
+
+    def score_champion(version: str) -> float:
+        calls.append(version)
+        return 0.5
+
+    decision = promote_if_better(uri, name, worse, 0.55, "hash-b", evaluate_version=score_champion)
+    assert calls == [result.model_version] and decision.promoted
+    assert str(_client(config).get_model_version_by_alias(name, "champion").version) == worse
+    # NaN never promotes; without a way to score the champion on new data nothing moves
+    better = register_model(uri, result.model_uri, name)
+    assert not promote_if_better(uri, name, better, float("nan"), "hash-b").promoted
+    assert not promote_if_better(uri, name, better, 0.99, "hash-c").promoted
+    assert str(_client(config).get_model_version_by_alias(name, "champion").version) == worse
+
+
+def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str, Any]) -> None:
+    from training.evaluate import run_evaluation
+
+    root, config, result = tracked["root"], tracked["config"], tracked["result"]
+    val, test = make_samples(8, seed=11), make_samples(8, seed=12)
+
+    def batches(samples: list[dict]) -> Any:
+        return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
+
+    report = run_evaluation(
+        config, f"models:/{result.registered_model}/{result.model_version}", batches(val), batches(test),
+        eval_data_hash="hash-eval", out_dir=root / "eval", metrics_path=root / "metrics" / "eval.json",
+    )
+    assert report["promotion"] is not None
+    client = _client(config)
+    run = client.get_run(report["run_id"])
+    assert run.data.tags["train_run_id"] == result.run_id
+    assert run.data.tags["mlflow.parentRunId"] == result.run_id
+    assert "eval/mean_auc" in run.data.metrics
+    assert "eval/fvlm_protocol/f1_weighted" in run.data.metrics
+    roc = {a.path for a in client.list_artifacts(report["run_id"], "roc")}
+    assert "roc/roc_all.png" in roc
+    summary = json.loads((root / "metrics" / "eval.json").read_text())
+    assert summary["run_id"] == report["run_id"] and summary["eval_data_hash"] == "hash-eval"
+    assert set(summary) >= {"mean_auc", "val_threshold", "fvlm_protocol", "per_label_auc", "promoted"}
+    version = client.get_model_version(result.registered_model, result.model_version)
+    assert version.tags["eval_data_hash"] == "hash-eval"
+
+
+def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path) -> None:
+    from training.tracking import NullTracker, make_tracker
+
+    config = tiny_config(tmp_path, tracking={"enabled": True})
+    tracker = make_tracker(config.tracking, config.root, is_main_process=False)
+    assert isinstance(tracker, NullTracker) and tracker.run_id is None
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_result_type(tracked: dict[str, Any]) -> None:
+    result: TrainResult = tracked["result"]
+    assert result.model_uri and result.model_uri.startswith("models:/")
+    assert CROP_ZYX == tuple(json.loads((Path(result.model_dir) / "fvlm_config.json").read_text())["crop_zyx"])
+
+
+def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:
+    from fvlm.io import sha256_file
+    from training.tracking import provenance_tags, tracking_uri_for
+
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text("{}\n")
+    tags = provenance_tags(tmp_path, tmp_path / "shards")
+    assert tags["dvc_lock_sha256"] == sha256_file(tmp_path / "dvc.lock")
+    assert tags["shard_manifest_sha256"] == sha256_file(tmp_path / "shards" / "manifest.json")
+    assert len(tags["git_commit"].split("+")[0]) == 40            # the code's own repository
+    assert "dvc_lock_sha256" not in provenance_tags(tmp_path / "shards", None)
+    assert tracking_uri_for(tmp_path, "sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking_uri_for(tmp_path, "sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert tracking_uri_for(tmp_path, "http://127.0.0.1:5000") == "http://127.0.0.1:5000"

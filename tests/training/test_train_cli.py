@@ -1,0 +1,82 @@
+"""`fvlm train` -> `fvlm evaluate` on real Parquet shards (shard schema + training.data reader)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
+from segmentation.anatomy_sets import CTRATE_LABELS
+from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
+
+HU_WINDOW = (-1150.0, 350.0)
+
+
+def _write_split(root: Path, split: str, samples: list[dict]) -> None:
+    rows = []
+    for sample in samples:
+        hu = np.round(HU_WINDOW[0] + sample["volume"][0] * (HU_WINDOW[1] - HU_WINDOW[0])).astype(np.int16)
+        rows.append({
+            "study_id": sample["study_id"] + split, "patient_id": "pa_" + sample["study_id"] + split,
+            "split": split, "volume": encode_array(hu, 3), "shape": list(hu.shape),
+            "spacing_mm": [8.0, 4.0, 4.0], "affine": np.eye(4).reshape(16).tolist(),
+            "mask": encode_array(sample["mask"], 3), "anatomy_text": sample["anatomy_text"],
+            "anatomy_abnormal": [bool(v) for v in sample["anatomy_abnormal"]],
+            "labels": [int(v) for v in sample["labels"]], "report_text": sample["report_text"],
+            "prep_version": "test", "source_hash": "x",
+        })
+    metadata = build_metadata(anatomy_set="ctrate4", anatomy_names=ANATOMIES, label_names=CTRATE_LABELS,
+                              grid={"spacing_zyx_mm": [8.0, 4.0, 4.0]}, zstd_level=3)
+    schema = shard_schema(len(ANATOMIES), len(CTRATE_LABELS), metadata)
+    path = root / split / "part-00000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
+
+
+def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path) -> None:
+    from fvlm.cli import main
+
+    shards = tmp_path / "shards"
+    _write_split(shards, "train", make_samples(8, seed=21))
+    _write_split(shards, "val", make_samples(6, seed=22))
+    _write_split(shards, "test", make_samples(6, seed=23))
+    config = tiny_config(tmp_path, evaluate={"eval_mode": "anatomy", "bootstrap": 10})
+    raw = config.model_dump(mode="json", exclude={"root"})
+    raw["paths"].update({"shards": "shards", "models": "models", "metrics": "metrics"})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**raw, "profiles": {"demo": {}}}))
+
+    assert main(["--params", str(params), "train", "--steps", "3", "--no-tracking"]) == 0
+    train_metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert train_metrics["steps"] == 3 and train_metrics["run_id"] is None
+    assert (tmp_path / "models" / "model" / "zero_shot.json").is_file()
+    assert (tmp_path / "models" / "checkpoints" / "last.pt").is_file()
+
+    # resume to a longer run: continues from step 3
+    assert main(["--params", str(params), "train", "--steps", "4", "--resume", "--no-tracking"]) == 0
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == 3
+
+    assert main(["--params", str(params), "evaluate", "--no-tracking"]) == 0
+    summary = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert summary["n_test"] == 6 and summary["n_val"] == 6
+    assert summary["run_id"] is None and summary["promoted"] is None
+    assert set(summary["val_threshold"]) >= {"auc", "accuracy", "sensitivity", "specificity", "f1", "f1_weighted"}
+    report = json.loads((tmp_path / "data" / "eval" / "eval_report.json").read_text())
+    assert (tmp_path / "data" / "eval" / "roc" / "roc_all.png").is_file()
+    assert len(report["labels"]) == 16
+
+
+def test_train_cli_reports_missing_shards(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from fvlm.cli import main
+
+    config = tiny_config(tmp_path)
+    raw = config.model_dump(mode="json", exclude={"root"})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**raw, "profiles": {"demo": {}}}))
+    assert main(["--params", str(params), "train", "--shards", str(tmp_path / "nowhere"), "--no-tracking"]) == 1
+    assert "nowhere" in capsys.readouterr().err

@@ -1,0 +1,521 @@
+"""Zero-shot evaluation: per-label (negative, positive) prompt pairs scored against anatomy embeddings.
+
+For a label whose anatomy is k (``segmentation/anatomy_sets.yaml``), the probability of the positive
+class is ``softmax(logit_scale * [e_k . t_neg, e_k . t_pos])[1]`` with ``e_k`` the study's anatomy-k
+embedding (the global embedding for the CLIP baseline, and as a recorded fallback when anatomy k is
+absent from the crop) and ``t_*`` the prompt text embeddings. Unknown labels (-1) are left out per label.
+
+Two protocols are reported, never mixed:
+
+* ``val_threshold`` (the one to quote): per-label thresholds chosen on the validation split (Youden's J or
+  best F1, ``evaluate.threshold_method``) and applied to the test split;
+* ``fvlm_protocol``: the public fVLM / CT-CLIP code's way, a Youden threshold chosen on the test split
+  itself (optimistic; reported for comparison with published numbers only).
+
+AUC does not depend on a threshold. Bootstrap percentile intervals (``evaluate.bootstrap`` resamples of
+test studies) are given for per-label AUC and the mean AUC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.metrics import binary_metrics, bootstrap_auc, choose_threshold, youden_threshold
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT_FILE = "zero_shot.json"
+METRIC_NAMES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "f1_weighted")
+
+
+# ------------------------------------------------------------------------------------ zero-shot spec
+@dataclass(frozen=True)
+class ZeroShotSpec:
+    anatomy_set: str
+    anatomy_names: tuple[str, ...]
+    labels: tuple[str, ...]                 # scored labels, CT-RATE order
+    label_columns: tuple[int, ...]          # column of each scored label in the 18-label vectors
+    anatomy_index: tuple[int, ...]          # anatomy slot k of each scored label
+    prompts: tuple[tuple[str, str], ...]    # (negative, positive) per scored label
+    use_global: bool = False                # CLIP baseline: score the global embedding
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "ZeroShotSpec":
+        return cls(
+            anatomy_set=raw["anatomy_set"],
+            anatomy_names=tuple(raw["anatomy_names"]),
+            labels=tuple(raw["labels"]),
+            label_columns=tuple(int(c) for c in raw["label_columns"]),
+            anatomy_index=tuple(int(k) for k in raw["anatomy_index"]),
+            prompts=tuple((str(p[0]), str(p[1])) for p in raw["prompts"]),
+            use_global=bool(raw.get("use_global", False)),
+        )
+
+
+def zero_shot_spec(
+    anatomy_set_name: str,
+    model_anatomy_names: Sequence[str] | None = None,
+    *,
+    use_global: bool = False,
+    prompts_file: str | Path | None = None,
+) -> ZeroShotSpec:
+    """Scored labels + prompt pairs of an anatomy set (``prompts_file``: YAML/JSON label -> [neg, pos])."""
+    from segmentation.anatomy_sets import CTRATE_LABELS, load_anatomy_set
+
+    anatomy_set = load_anatomy_set(anatomy_set_name)
+    if model_anatomy_names is not None and tuple(model_anatomy_names) != anatomy_set.anatomy_names:
+        raise ValueError(
+            f"model anatomies {tuple(model_anatomy_names)} differ from anatomy set {anatomy_set_name!r} "
+            f"{anatomy_set.anatomy_names}"
+        )
+    prompts = dict(anatomy_set.prompts)
+    if prompts_file is not None:
+        import yaml
+
+        override = yaml.safe_load(Path(prompts_file).read_text()) or {}
+        for label, pair in override.items():
+            if label not in CTRATE_LABELS or len(pair) != 2:
+                raise ValueError(f"{prompts_file}: label {label!r} must be a CT-RATE label with [negative, positive]")
+            prompts[label] = (str(pair[0]), str(pair[1]))
+    labels = anatomy_set.scored_labels()
+    return ZeroShotSpec(
+        anatomy_set=anatomy_set.name,
+        anatomy_names=anatomy_set.anatomy_names,
+        labels=labels,
+        label_columns=tuple(CTRATE_LABELS.index(label) for label in labels),
+        anatomy_index=tuple(anatomy_set.index(anatomy_set.label_anatomy[label]) for label in labels),
+        prompts=tuple(prompts[label] for label in labels),
+        use_global=use_global,
+    )
+
+
+def write_zero_shot_spec(
+    model_dir: str | Path, spec: ZeroShotSpec, *, hu_window: Sequence[float], spacing_zyx_mm: Sequence[float]
+) -> Path:
+    """``zero_shot.json`` next to the saved model: the spec + the preprocessing the model expects."""
+    from fvlm.io import atomic_write_text
+
+    payload = {**spec.to_json(), "hu_window": list(hu_window), "spacing_zyx_mm": list(spacing_zyx_mm)}
+    target = Path(model_dir) / ZERO_SHOT_FILE
+    atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
+    return target
+
+
+def read_zero_shot_spec(model_dir: str | Path) -> tuple[ZeroShotSpec, dict[str, Any]]:
+    source = Path(model_dir) / ZERO_SHOT_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no zero-shot spec (model not saved by `fvlm train`?)")
+    raw = json.loads(source.read_text())
+    return ZeroShotSpec.from_json(raw), raw
+
+
+# ------------------------------------------------------------------------------------ embeddings
+@dataclass
+class Embeddings:
+    study_ids: list[str]
+    anatomy: np.ndarray       # (N, K, D) float32
+    global_: np.ndarray       # (N, D)
+    present: np.ndarray       # (N, K) bool
+    labels: np.ndarray        # (N, 18) int8, -1 unknown
+
+
+@torch.no_grad()
+def embed_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]]) -> Embeddings:
+    """Image embeddings of every study, in first-seen order.
+
+    Batches from the reader's ``eval_mode="anatomy"`` carry ``crop_anatomy`` (one crop per anatomy
+    present, centred on it): the anatomy-k embedding of a study is taken from its crop centred on k,
+    its global embedding is the mean over its crops (re-normalised). Otherwise one crop per study.
+    """
+    model.eval()
+    device = model.device
+    order: list[str] = []
+    rows: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        out = model.encode_image(batch["volume"].to(device), batch["mask"].to(device))
+        anatomy = out["anatomy"].float().cpu().numpy()
+        global_ = out["global_"].float().cpu().numpy()
+        present = out["anatomy_present"].cpu().numpy().astype(bool)
+        labels = torch.as_tensor(batch["labels"]).cpu().numpy().astype(np.int8)
+        crop_anatomy = batch.get("crop_anatomy")
+        for i, study_id in enumerate(batch["study_id"]):
+            if study_id not in rows:
+                order.append(study_id)
+                rows[study_id] = {"anatomy": np.zeros_like(anatomy[i]), "present": np.zeros_like(present[i]),
+                                  "global": [], "labels": labels[i]}
+            row = rows[study_id]
+            row["global"].append(global_[i])
+            if crop_anatomy is None:
+                row["anatomy"], row["present"] = anatomy[i], present[i]
+            else:
+                k = int(crop_anatomy[i])
+                row["anatomy"][k], row["present"][k] = anatomy[i, k], present[i, k]
+    if not order:
+        raise ValueError("no studies to evaluate (empty split)")
+    global_mean = np.stack([np.mean(rows[s]["global"], axis=0) for s in order])
+    global_mean /= np.maximum(np.linalg.norm(global_mean, axis=1, keepdims=True), 1e-12)
+    return Embeddings(
+        order,
+        np.stack([rows[s]["anatomy"] for s in order]),
+        global_mean.astype(np.float32),
+        np.stack([rows[s]["present"] for s in order]),
+        np.stack([rows[s]["labels"] for s in order]),
+    )
+
+
+@torch.no_grad()
+def prompt_embeddings(model: torch.nn.Module, spec: ZeroShotSpec) -> np.ndarray:
+    """(S, 2, D): (negative, positive) prompt embeddings per scored label."""
+    model.eval()
+    flat = [text for pair in spec.prompts for text in pair]
+    encoded = model.encode_text(flat).float().cpu().numpy()
+    return encoded.reshape(len(spec.prompts), 2, -1)
+
+
+def zero_shot_probabilities(
+    embeddings: Embeddings, prompt_emb: np.ndarray, spec: ZeroShotSpec, logit_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S) positive-class probabilities and (N, S) bool 'scored on the global embedding (fallback)'."""
+    n = embeddings.anatomy.shape[0]
+    probabilities = np.zeros((n, len(spec.labels)), dtype=np.float64)
+    used_global = np.zeros((n, len(spec.labels)), dtype=bool)
+    for s, k in enumerate(spec.anatomy_index):
+        if spec.use_global:
+            image = embeddings.global_
+            used_global[:, s] = True
+        else:
+            absent = ~embeddings.present[:, k]
+            image = np.where(absent[:, None], embeddings.global_, embeddings.anatomy[:, k])
+            used_global[:, s] = absent
+        logits = logit_scale * image.astype(np.float64) @ prompt_emb[s].astype(np.float64).T  # (N, 2)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        probabilities[:, s] = exp[:, 1] / exp.sum(axis=1)
+    return probabilities, used_global
+
+
+# ------------------------------------------------------------------------------------ metrics
+def _mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
+
+
+def score_splits(
+    labels: Sequence[str],
+    val_truth: np.ndarray,
+    val_scores: np.ndarray,
+    test_truth: np.ndarray,
+    test_scores: np.ndarray,
+    *,
+    threshold_method: str = "youden",
+    bootstrap: int = 0,
+    ci_level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-label and mean metrics. ``*_truth`` (N, S) in {1, 0, -1 unknown}; ``*_scores`` (N, S)."""
+    per_label: dict[str, Any] = {}
+    skipped: list[str] = []
+    for s, label in enumerate(labels):
+        val_known = val_truth[:, s] >= 0
+        test_known = test_truth[:, s] >= 0
+        y_val, p_val = val_truth[val_known, s], val_scores[val_known, s]
+        y_test, p_test = test_truth[test_known, s], test_scores[test_known, s]
+        entry: dict[str, Any] = {"n_val": int(y_val.size), "n_test": int(y_test.size),
+                                 "n_test_positive": int((y_test == 1).sum())}
+        if y_test.size == 0 or len(np.unique(y_test)) < 2:
+            skipped.append(label)
+            entry["skipped"] = "test split has a single class (AUC undefined)"
+            per_label[label] = entry
+            continue
+        if y_val.size and len(np.unique(y_val)) == 2:
+            threshold = choose_threshold(y_val, p_val, threshold_method)  # type: ignore[arg-type]
+            entry["threshold_source"] = f"val ({threshold_method})"
+        else:
+            threshold = 0.5
+            entry["threshold_source"] = "0.5 (validation split has a single class)"
+        entry["val_threshold"] = binary_metrics(y_test, p_test, threshold).as_dict()
+        entry["fvlm_protocol"] = binary_metrics(y_test, p_test, youden_threshold(y_test, p_test)).as_dict()
+        per_label[label] = entry
+    scored = [label for label in labels if label not in skipped]
+    report: dict[str, Any] = {
+        "threshold_method": threshold_method,
+        "n_val": int(val_truth.shape[0]),
+        "n_test": int(test_truth.shape[0]),
+        "labels": per_label,
+        "scored_labels": scored,
+        "skipped_labels": skipped,
+        "mean_val_threshold": {m: _mean(per_label[l]["val_threshold"][m] for l in scored) for m in METRIC_NAMES},
+        "mean_fvlm_protocol": {m: _mean(per_label[l]["fvlm_protocol"][m] for l in scored) for m in METRIC_NAMES},
+    }
+    report["mean_auc"] = report["mean_val_threshold"]["auc"]
+    if bootstrap > 0 and scored:
+        columns = [labels.index(label) for label in scored]
+        intervals = bootstrap_auc(test_truth[:, columns], test_scores[:, columns], bootstrap, level=ci_level, seed=seed)
+        for j, label in enumerate(scored):
+            per_label[label]["auc_ci"] = list(intervals[f"label_{j}"])
+        report["mean_auc_ci"] = list(intervals["mean"])
+        report["bootstrap"] = {"resamples": bootstrap, "level": ci_level, "seed": seed}
+    return report
+
+
+def plot_roc_curves(
+    labels: Sequence[str], truth: np.ndarray, scores: np.ndarray, out_dir: str | Path, title: str = "test"
+) -> list[Path]:
+    """ROC PNGs (matplotlib Agg): one per scored label + ``roc_all.png`` grid. Returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fvlm.io import atomic_path
+    from training.metrics import roc_auc, roc_curve
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    curves = []
+    for s, label in enumerate(labels):
+        known = truth[:, s] >= 0
+        y, p = truth[known, s], scores[known, s]
+        if y.size == 0 or len(np.unique(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        curves.append((label, fpr, tpr, roc_auc(y, p)))
+    for label, fpr, tpr, auc in curves:
+        figure, axis = plt.subplots(figsize=(4, 4), dpi=80)
+        axis.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f}")
+        axis.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+        axis.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{label} ({title})", xlim=(0, 1), ylim=(0, 1))
+        axis.legend(loc="lower right")
+        target = folder / f"roc_{_slug(label)}.png"
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(figure)
+        written.append(target)
+    if curves:
+        columns = 4
+        rows = math.ceil(len(curves) / columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), dpi=70, squeeze=False)
+        for axis in axes.flat:
+            axis.set_visible(False)
+        for axis, (label, fpr, tpr, auc) in zip(axes.flat, curves):
+            axis.set_visible(True)
+            axis.plot(fpr, tpr, lw=1.5)
+            axis.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+            axis.set_title(f"{label}\nAUC {auc:.3f}", fontsize=8)
+            axis.tick_params(labelsize=6)
+        figure.tight_layout()
+        target = folder / "roc_all.png"
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, format="png")
+        plt.close(figure)
+        written.append(target)
+    return written
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+# ------------------------------------------------------------------------------------ one model
+@dataclass
+class SplitScores:
+    truth: np.ndarray          # (N, S) 1/0/-1 of the scored labels
+    scores: np.ndarray         # (N, S)
+    used_global: np.ndarray    # (N, S)
+    study_ids: list[str]
+
+
+def score_model_on(
+    model: torch.nn.Module, spec: ZeroShotSpec, batches: Iterable[dict[str, Any]]
+) -> SplitScores:
+    embeddings = embed_batches(model, batches)
+    prompts = prompt_embeddings(model, spec)
+    scale = float(model.logit_scale.detach().cpu())
+    scores, used_global = zero_shot_probabilities(embeddings, prompts, spec, scale)
+    truth = embeddings.labels[:, list(spec.label_columns)].astype(np.int8)
+    return SplitScores(truth, scores, used_global, embeddings.study_ids)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    spec: ZeroShotSpec,
+    val_batches: Iterable[dict[str, Any]],
+    test_batches: Iterable[dict[str, Any]],
+    eval_cfg: Any,
+    *,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Full report for one model: metrics (both protocols), CIs, fallback counts; ROC PNGs in out_dir/roc."""
+    val = score_model_on(model, spec, val_batches)
+    test = score_model_on(model, spec, test_batches)
+    report = score_splits(
+        spec.labels, val.truth, val.scores, test.truth, test.scores,
+        threshold_method=eval_cfg.threshold_method, bootstrap=eval_cfg.bootstrap,
+        ci_level=eval_cfg.ci_level, seed=eval_cfg.seed,
+    )
+    report["embedding"] = "global" if spec.use_global else "anatomy"
+    report["anatomy_absent_fallbacks_test"] = {
+        label: int(test.used_global[:, s].sum()) for s, label in enumerate(spec.labels)
+    } if not spec.use_global else {}
+    if out_dir is not None:
+        report["roc_pngs"] = [str(p) for p in plot_roc_curves(spec.labels, test.truth, test.scores, Path(out_dir) / "roc")]
+    return report
+
+
+def data_hash(paths: Iterable[str | Path], extra: dict[str, Any] | None = None) -> str:
+    """Evaluation-data hash: the evaluated files' contents (order-free) + the protocol settings."""
+    from fvlm.io import sha256_files
+
+    digest = hashlib.sha256(sha256_files(sorted(str(p) for p in paths)).encode())
+    digest.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric dict: eval/<protocol>/<metric>[/<label>]."""
+    out: dict[str, float] = {}
+    for protocol in ("val_threshold", "fvlm_protocol"):
+        for metric, value in report[f"mean_{protocol}"].items():
+            out[f"eval/{protocol}/{metric}"] = value
+        for label in report["scored_labels"]:
+            for metric in METRIC_NAMES + ("threshold",):
+                out[f"eval/{protocol}/{metric}/{label}"] = report["labels"][label][protocol][metric]
+    if "mean_auc_ci" in report:
+        out["eval/mean_auc_ci_low"], out["eval/mean_auc_ci_high"] = report["mean_auc_ci"]
+    out["eval/mean_auc"] = report["mean_auc"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ the stage
+def run_evaluation(
+    config: Any,
+    model_ref: str | Path,
+    val_batches: Callable[[], Iterable[dict[str, Any]]],
+    test_batches: Callable[[], Iterable[dict[str, Any]]],
+    *,
+    eval_data_hash: str,
+    out_dir: str | Path,
+    metrics_path: str | Path | None = None,
+    promote: bool = True,
+    train_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate one model (local dir or MLflow URI), log to MLflow, write metrics JSON, maybe promote.
+
+    ``*_batches`` are factories (the champion may have to be scored on the same data too). With
+    tracking on, the metrics go to an evaluation run linked to the training run (``mlflow.parentRunId``
+    and ``train_run_id`` tags); when the model is a registered version, the evaluation-data hash and
+    the mean AUC are tagged on it and ``evaluate.promote_alias`` moves to it only if it beats the
+    current holder on the same data (:func:`training.tracking.promote_if_better`).
+    """
+    from training import tracking
+    from training.predict import load_zero_shot_model
+
+    out = Path(out_dir)
+    tracking_uri = tracking.tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri)
+    uses_mlflow = config.tracking.enabled
+    download_root = out / "downloaded_models"
+    model_dir = tracking.resolve_model_dir(model_ref, tracking_uri if uses_mlflow else None, download_root)
+    registered = tracking.model_version_for_uri(tracking_uri, str(model_ref)) if uses_mlflow else None
+    bundle = load_zero_shot_model(model_dir)
+    spec = bundle.spec
+    if config.evaluate.prompts_file:
+        spec = zero_shot_spec(spec.anatomy_set, spec.anatomy_names, use_global=spec.use_global,
+                              prompts_file=config.path(config.evaluate.prompts_file))
+    report = evaluate_model(bundle.model, spec, val_batches(), test_batches(), config.evaluate, out_dir=out)
+    report.update({"model": str(model_ref), "eval_data_hash": eval_data_hash,
+                   "registered_model": registered[0] if registered else None,
+                   "model_version": registered[1] if registered else None})
+
+    run_id = None
+    if uses_mlflow:
+        if registered and train_run_id is None:
+            import mlflow
+
+            version = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(*registered)
+            train_run_id = version.run_id
+        tracker = tracking.make_tracker(config.tracking, config.root, is_main_process=True,
+                                        run_name=f"eval-{registered[1] if registered else 'local'}")
+        run_id = tracker.run_id
+        try:
+            tracker.set_tags({"stage": "evaluate", "eval_data_hash": eval_data_hash, "model": str(model_ref),
+                              "train_run_id": train_run_id, "mlflow.parentRunId": train_run_id})
+            tracker.log_params({"evaluate." + k: v for k, v in config.evaluate.model_dump().items()})
+            tracker.log_metrics(flat_metrics(report))
+            for png in report.get("roc_pngs", []):
+                tracker.log_artifact(png, "roc")
+            if registered and promote:
+                def champion_auc(version: str) -> float:
+                    champion_dir = tracking.resolve_model_dir(
+                        f"models:/{registered[0]}/{version}", tracking_uri, download_root / f"v{version}")
+                    champion = load_zero_shot_model(champion_dir)
+                    return float(evaluate_model(champion.model, spec, val_batches(), test_batches(),
+                                                config.evaluate)["mean_auc"])
+
+                decision = tracking.promote_if_better(
+                    tracking_uri, registered[0], registered[1], float(report["mean_auc"]), eval_data_hash,
+                    alias=config.evaluate.promote_alias, evaluate_version=champion_auc,
+                )
+                report["promotion"] = decision.as_dict()
+                tracker.set_tags({"promoted": decision.promoted, "promotion_reason": decision.reason[:500]})
+            elif registered:
+                tracking.record_evaluation(tracking_uri, registered[0], registered[1],
+                                           float(report["mean_auc"]), eval_data_hash)
+            tracker.log_dict(_json_safe(report), "eval_report.json")
+        except BaseException:
+            tracker.end("FAILED")
+            raise
+        tracker.end("FINISHED")
+    report["run_id"] = run_id
+    from fvlm.io import atomic_write_text
+
+    atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
+    if metrics_path is not None:
+        atomic_write_text(metrics_path, json.dumps(_json_safe(summary_metrics(report)), indent=2, sort_keys=True) + "\n")
+    return report
+
+
+def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The small DVC metrics file: means of both protocols, CI, run id, model version, promotion."""
+    return {
+        "mean_auc": report["mean_auc"],
+        "mean_auc_ci": report.get("mean_auc_ci"),
+        "val_threshold": report["mean_val_threshold"],
+        "fvlm_protocol": report["mean_fvlm_protocol"],
+        "per_label_auc": {label: report["labels"][label]["val_threshold"]["auc"] for label in report["scored_labels"]},
+        "n_val": report["n_val"],
+        "n_test": report["n_test"],
+        "threshold_method": report["threshold_method"],
+        "eval_data_hash": report["eval_data_hash"],
+        "run_id": report.get("run_id"),
+        "model": report.get("model"),
+        "model_version": report.get("model_version"),
+        "promoted": (report.get("promotion") or {}).get("promoted"),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None so the JSON is strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json_safe(value.item())
+    return value

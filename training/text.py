@@ -1,0 +1,165 @@
+"""Text tower: a Hugging Face encoder (pretrained, e.g. CXR-BERT, or a small BERT from scratch) + projection.
+
+* ``text.name_or_path`` set (paper profile): ``AutoTokenizer`` / ``AutoModel.from_pretrained`` from a hub
+  id or a local directory (``trust_remote_code=True``: CXR-BERT ships its own model class). Nothing is
+  downloaded at run time when the environment is offline (fvlm.env): point ``name_or_path`` at a local copy.
+* ``text.name_or_path: null`` (demo profile): ``BertModel`` built from a ``BertConfig`` with
+  ``text.hidden / layers / heads`` and a WordPiece tokenizer trained on the cohort's report texts by
+  :func:`build_tokenizer`; nothing needs downloading.
+
+Text embedding = final hidden state of the first token ([CLS]) -> linear projection -> L2 norm.
+``transformers`` / ``tokenizers`` are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOGGER = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# fallback corpus: teaches the WordPiece model every printable character, so any text tokenizes
+_FALLBACK_CORPUS = (
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?()[]{}-+/*%<>=_'\"",
+    "no evidence of abnormality in the lung heart esophagus aorta normal findings",
+)
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str]) -> Any:
+    """Build a lower-casing BERT WordPiece tokenizer from ``texts``; save it to ``out_dir``; return it.
+
+    The vocabulary is built deterministically (the ``tokenizers`` WordPiece trainer breaks frequency ties
+    in hash order, so two builds on the same texts differ, and DVC could not reproduce a run): the special
+    tokens, every character seen and its ``##`` continuation, then whole words by descending frequency
+    (ties alphabetical) up to ``vocab_size``. Rare words split into characters, as WordPiece does.
+    The result is a ``transformers.PreTrainedTokenizerFast`` that ``AutoTokenizer.from_pretrained(out_dir)``
+    loads again.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=True, strip_accents=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts: Counter[str] = Counter()
+    for text in [*texts, *_FALLBACK_CORPUS]:
+        if text and text.strip():
+            normalized = normalizer.normalize_str(text)
+            word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalized))
+    characters = sorted({char for word in word_counts for char in word})
+    vocab_tokens = [*SPECIAL_TOKENS, *characters, *(f"##{char}" for char in characters)]
+    known = set(vocab_tokens)
+    for word, _ in sorted(word_counts.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab_tokens) >= vocab_size:
+            break
+        if word not in known:
+            vocab_tokens.append(word)
+            known.add(word)
+    vocab = {token: index for index, token in enumerate(vocab_tokens)}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str], trust_remote_code: bool = True) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+
+
+def scratch_bert(vocab_size: int, hidden: int, layers: int, heads: int, max_length: int, pad_token_id: int = 0) -> nn.Module:
+    """A small randomly initialised ``BertModel`` (no pooler)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=max(max_length, 8),
+        pad_token_id=pad_token_id,
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def load_pretrained_encoder(name_or_path: str | os.PathLike[str], trust_remote_code: bool = True) -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+
+
+def hidden_size_of(encoder: nn.Module) -> int:
+    config = encoder.config
+    for attribute in ("hidden_size", "d_model", "dim"):
+        if hasattr(config, attribute):
+            return int(getattr(config, attribute))
+    raise ValueError(f"cannot tell the hidden size of text encoder {type(encoder).__name__}")
+
+
+class TextTower(nn.Module):
+    """Encoder + tokenizer + projection; ``forward(texts) -> (N, out_dim)`` L2-normalised."""
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, out_dim: int, max_length: int, pooling: str = "cls") -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"text pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pooling = pooling
+        self.proj = nn.Linear(hidden_size_of(encoder), out_dim)
+
+    def tokenize(self, texts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {key: value.to(device) for key, value in encoded.items() if key in ("input_ids", "attention_mask")}
+
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # models with a task head (CXR-BERT is a BertForMaskedLM) run their base encoder only: the MLM
+        # head's vocabulary projection would cost more FLOPs than a BERT layer and is never used
+        base = getattr(self.encoder, "base_model", None)
+        encoder = base if isinstance(base, nn.Module) else self.encoder
+        outputs = encoder(**inputs)
+        hidden = getattr(outputs, "last_hidden_state", None)
+        if hidden is None:  # e.g. masked-LM heads that only expose hidden_states
+            outputs = encoder(**inputs, output_hidden_states=True)
+            hidden = outputs.hidden_states[-1]
+        return hidden
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        device = self.proj.weight.device
+        inputs = self.tokenize(texts, device)
+        hidden = self.hidden_states(inputs)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return F.normalize(self.proj(pooled).float(), dim=-1)

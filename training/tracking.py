@@ -1,0 +1,434 @@
+"""All MLflow code of the project: runs, params, metrics, provenance tags, model logging, registry.
+
+MLflow is imported inside functions only (``training`` imports with torch/numpy/pyarrow alone). Only
+rank 0 talks to MLflow: other ranks (and ``tracking.enabled: false``) get a :class:`NullTracker` with
+the same methods doing nothing.
+
+The logged model is an MLflow *pyfunc* wrapping the ``FVLM.save_pretrained`` directory (artifact
+``model_dir``) plus ``zero_shot.json`` (labels, anatomy index, prompt pairs): ``predict({"volume":
+float32 (B,1,Z,Y,X), "mask": uint8 (B,Z,Y,X)})`` returns a DataFrame of zero-shot positive-class
+probabilities, one column per scored label. ``resolve_model_dir`` turns ``models:/name@alias``,
+``models:/name/3``, ``runs:/<id>/model`` or a local directory into that directory for evaluate/predict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
+MODEL_DIR_ARTIFACT = "model_dir"
+MODEL_CONFIG_FILE = "fvlm_config.json"    # training.model.CONFIG_FILE (not imported: keeps this light)
+EVAL_HASH_TAG = "eval_data_hash"
+MEAN_AUC_TAG = "mean_auc"
+_PARAM_VALUE_LIMIT = 6000
+# pip requirements of the logged pyfunc: passing them skips MLflow's slow dependency inference (ENV.md)
+PYFUNC_PIP_REQUIREMENTS = ("torch", "numpy", "pandas", "transformers", "tokenizers", "mlflow")
+
+
+# --------------------------------------------------------------------------------------------- runs
+class NullTracker:
+    """Does nothing; used on ranks > 0 and when tracking is disabled."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_dict(self, payload: Mapping[str, Any], artifact_file: str) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class MlflowTracker(NullTracker):
+    """One MLflow run, addressed by id everywhere (the active run is thread-local, ENV.md)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        *,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        system_metrics: bool = False,
+        artifact_location: str | None = None,
+    ) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        if run_id is not None:
+            try:
+                run = self.client.get_run(run_id)
+                self.run_id = run.info.run_id
+                self.client.update_run(self.run_id, status="RUNNING")
+            except Exception:  # noqa: BLE001 - a resumed run whose store moved: start a fresh one
+                log.warning("MLflow run %s not found in %s; starting a new run", run_id, tracking_uri)
+                run_id = None
+        if run_id is None:
+            experiment_obj = self.client.get_experiment_by_name(experiment)
+            experiment_id = (
+                experiment_obj.experiment_id
+                if experiment_obj
+                else self.client.create_experiment(experiment, artifact_location=artifact_location)
+            )
+            run = self.client.create_run(experiment_id, run_name=run_name)
+            self.run_id = run.info.run_id
+        self._system_monitor = None
+        if system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._system_monitor = SystemMetricsMonitor(self.run_id)
+                self._system_monitor.start()
+            except Exception as error:  # noqa: BLE001 - optional (psutil may be missing)
+                log.warning("system metrics unavailable: %s", error)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [
+            Param(key, _param_value(value))
+            for key, value in params.items()
+            if key not in existing  # a resumed run keeps its params (MLflow forbids changing them)
+        ]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_metric_key(key), float(value), now, step or 0)
+            for key, value in metrics.items()
+            if value is not None and math.isfinite(float(value))
+        ]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, str(value)) for key, value in tags.items() if value is not None]
+        if items:
+            self.client.log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        target = Path(path)
+        if target.is_dir():
+            self.client.log_artifacts(self.run_id, str(target), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(target), artifact_path)
+
+    def log_dict(self, payload: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, dict(payload), artifact_file)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self._system_monitor is not None:
+            try:
+                self._system_monitor.finish()
+            except Exception:  # noqa: BLE001
+                pass
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def make_tracker(
+    tracking_cfg: Any,
+    root: str | Path,
+    *,
+    is_main_process: bool,
+    run_id: str | None = None,
+    run_name: str | None = None,
+) -> NullTracker:
+    """MLflow tracker on rank 0 when ``tracking.enabled``; a :class:`NullTracker` otherwise."""
+    if not is_main_process or not tracking_cfg.enabled:
+        return NullTracker()
+    artifact_location = tracking_cfg.artifact_location
+    if artifact_location and "://" not in artifact_location:
+        artifact_location = (Path(root) / artifact_location).resolve().as_uri()
+    return MlflowTracker(
+        tracking_uri_for(root, tracking_cfg.mlflow_tracking_uri),
+        tracking_cfg.experiment,
+        run_id=run_id,
+        run_name=run_name,
+        system_metrics=tracking_cfg.system_metrics,
+        artifact_location=artifact_location,
+    )
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+    return text if len(text) <= _PARAM_VALUE_LIMIT else text[: _PARAM_VALUE_LIMIT - 3] + "..."
+
+
+def _metric_key(key: str) -> str:
+    """MLflow keys allow alphanumerics, _ - . space / : replace anything else (label names are safe)."""
+    return "".join(ch if ch.isalnum() or ch in "_-. /:" else "_" for ch in key)
+
+
+# ----------------------------------------------------------------------------------------- provenance
+def git_commit(root: str | Path) -> str | None:
+    """HEAD commit of the repo at ``root`` (``+dirty`` when the work tree has changes), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+def optional_file_hash(path: str | Path) -> str | None:
+    from fvlm.io import sha256_file
+
+    target = Path(path)
+    return sha256_file(target) if target.is_file() else None
+
+
+def provenance_tags(root: str | Path, shards_dir: str | Path | None) -> dict[str, str]:
+    """git commit, dvc.lock hash and shard manifest hash (keys absent when the thing is absent)."""
+    code_root = Path(__file__).resolve().parents[1]          # the commit of the code that ran
+    tags: dict[str, str | None] = {
+        "git_commit": git_commit(code_root) or git_commit(root),
+        "dvc_lock_sha256": optional_file_hash(Path(root) / "dvc.lock"),
+    }
+    if shards_dir is not None:
+        tags["shard_manifest_sha256"] = optional_file_hash(Path(shards_dir) / "manifest.json")
+    return {key: value for key, value in tags.items() if value}
+
+
+# -------------------------------------------------------------------------------------------- models
+def _pyfunc_class() -> type:
+    """The pyfunc wrapper class, defined lazily so importing this module never imports mlflow."""
+    import mlflow.pyfunc
+
+    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):
+        """Zero-shot per-label probabilities from (volume, mask) on the model grid."""
+
+        def load_context(self, context):  # noqa: ANN001 - MLflow inspects type hints; keep none
+            from training.predict import load_zero_shot_model
+
+            self.bundle = load_zero_shot_model(context.artifacts[MODEL_DIR_ARTIFACT])
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001
+            import pandas as pd
+
+            from training.predict import predict_arrays
+
+            probabilities = predict_arrays(self.bundle, model_input["volume"], model_input["mask"])
+            return pd.DataFrame(probabilities, columns=list(self.bundle.spec.labels))
+
+    return FvlmZeroShotPyfunc
+
+
+def log_model(
+    tracker: NullTracker,
+    model_dir: str | Path,
+    *,
+    crop_zyx: tuple[int, int, int],
+    labels: tuple[str, ...],
+    example_zyx: tuple[int, int, int] | None = None,
+) -> str | None:
+    """Log the model directory as a pyfunc in the tracker's run; returns the model URI (None: no tracking)."""
+    if not isinstance(tracker, MlflowTracker):
+        return None
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    signature = ModelSignature(
+        inputs=Schema(
+            [
+                # spatial dims free: the model interpolates its position embeddings to other grids;
+                # the training grid (z, y, x) = crop_zyx is recorded in the model dir's fvlm_config.json
+                TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1, -1), "volume"),
+                TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1), "mask"),
+            ]
+        ),
+        outputs=Schema([ColSpec("double", label) for label in labels]),
+    )
+    ez, ey, ex = example_zyx or crop_zyx
+    example_volume = np.zeros((1, 1, ez, ey, ex), dtype=np.float32)
+    example_mask = np.zeros((1, ez, ey, ex), dtype=np.uint8)
+    with mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_PATH,
+            python_model=_pyfunc_class()(),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            signature=signature,
+            input_example={"volume": example_volume, "mask": example_mask} if example_zyx else None,
+            pip_requirements=list(PYFUNC_PIP_REQUIREMENTS),
+        )
+    return info.model_uri
+
+
+def register_model(tracking_uri: str, model_uri: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Register ``model_uri`` as a new version of ``name``; returns the version (string)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
+    return str(version.version)
+
+
+def resolve_model_dir(model: str | Path, tracking_uri: str | None = None, download_root: str | Path | None = None) -> Path:
+    """A local ``FVLM.save_pretrained`` directory for a local path or an MLflow model URI.
+
+    Accepted: a save_pretrained dir; a training output dir (uses ``<dir>/model``); ``models:/...``,
+    ``runs:/...`` or any MLflow artifact URI of a logged pyfunc (its ``model_dir`` artifact is downloaded).
+    """
+    text = str(model)
+    if "://" not in text and not text.startswith(("models:", "runs:")):
+        local = Path(text)
+        if (local / "model").is_dir() and not (local / MODEL_CONFIG_FILE).is_file():
+            local = local / "model"
+        if not local.is_dir():
+            raise FileNotFoundError(f"{local}: no such model directory")
+        return local
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    target = None if download_root is None else str(download_root)
+    if target is not None:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+        target = str(Path(target) / safe)
+        Path(target).mkdir(parents=True, exist_ok=True)
+    local_root = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target))
+    # pyfunc artifacts keep the logged folder's own name under artifacts/ (training logs "model")
+    found = sorted(local_root.rglob(MODEL_CONFIG_FILE))
+    if not found:
+        raise FileNotFoundError(f"{text}: the logged model holds no fVLM model directory ({MODEL_CONFIG_FILE})")
+    return found[0].parent
+
+
+def model_version_for_uri(tracking_uri: str, model_uri: str) -> tuple[str, str] | None:
+    """(name, version) for ``models:/name/N`` or ``models:/name@alias``; None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    body = model_uri[len("models:/") :]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = body.partition("/")
+    return name, version
+
+
+# ------------------------------------------------------------------------------------------ promotion
+@dataclass(frozen=True)
+class PromotionDecision:
+    promoted: bool
+    reason: str
+    new_mean_auc: float
+    champion_version: str | None = None
+    champion_mean_auc: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "new_mean_auc": self.new_mean_auc,
+            "champion_version": self.champion_version,
+            "champion_mean_auc": self.champion_mean_auc,
+        }
+
+
+def _auc_tag(eval_hash: str) -> str:
+    return f"{MEAN_AUC_TAG}.{eval_hash[:16]}"
+
+
+def record_evaluation(tracking_uri: str, name: str, version: str, mean_auc: float, eval_hash: str) -> None:
+    """Tag a model version with the evaluation-data hash and its mean AUC on that data."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.set_model_version_tag(name, version, EVAL_HASH_TAG, eval_hash)
+    client.set_model_version_tag(name, version, MEAN_AUC_TAG, repr(float(mean_auc)))
+    client.set_model_version_tag(name, version, _auc_tag(eval_hash), repr(float(mean_auc)))
+
+
+def promote_if_better(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    mean_auc: float,
+    eval_hash: str,
+    *,
+    alias: str = "champion",
+    evaluate_version: Callable[[str], float] | None = None,
+) -> PromotionDecision:
+    """Point ``alias`` at ``version`` only if its mean AUC beats the current holder's on the same data.
+
+    The champion's score on ``eval_hash`` comes from its ``mean_auc.<hash>`` tag, else from
+    ``evaluate_version(champion_version)`` (then recorded as a tag). Without a way to score the
+    champion on the same data, nothing changes. A NaN mean AUC never promotes.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    record_evaluation(tracking_uri, name, version, mean_auc, eval_hash)
+    if not math.isfinite(mean_auc):
+        return PromotionDecision(False, "mean AUC is not finite", mean_auc)
+    try:
+        champion = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        champion = None
+    if champion is None:
+        client.set_registered_model_alias(name, alias, version)
+        return PromotionDecision(True, f"no '{alias}' yet", mean_auc)
+    champion_version = str(champion.version)
+    if champion_version == str(version):
+        return PromotionDecision(True, f"version {version} already holds '{alias}'", mean_auc, champion_version, mean_auc)
+    champion_tag = champion.tags.get(_auc_tag(eval_hash))
+    champion_auc = float(champion_tag) if champion_tag is not None else None
+    if champion_auc is None and evaluate_version is not None:
+        champion_auc = float(evaluate_version(champion_version))
+        client.set_model_version_tag(name, champion_version, _auc_tag(eval_hash), repr(champion_auc))
+    if champion_auc is None:
+        return PromotionDecision(
+            False, f"champion v{champion_version} has no score on this evaluation data", mean_auc, champion_version
+        )
+    if math.isfinite(champion_auc) and mean_auc <= champion_auc:
+        return PromotionDecision(
+            False,
+            f"mean AUC {mean_auc:.4f} does not beat champion v{champion_version} ({champion_auc:.4f})",
+            mean_auc, champion_version, champion_auc,
+        )
+    client.set_registered_model_alias(name, alias, version)
+    return PromotionDecision(
+        True,
+        f"mean AUC {mean_auc:.4f} beats champion v{champion_version} ({champion_auc:.4f})",
+        mean_auc, champion_version, champion_auc,
+    )
+
+
+def tracking_uri_for(root: str | Path, uri: str) -> str:
+    """Make a relative ``sqlite:///file.db`` URI absolute against the config root (cwd-independent)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((Path(root) / uri[len(prefix) :]).resolve())
+    return uri
+
