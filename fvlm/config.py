@@ -220,6 +220,7 @@ class TrackingConfig(_Section):
 
 
 class OrchestrationConfig(_Section):
+    stage_flows: bool = True                    # `fvlm convert/segment/shard` run their Prefect flows
     task_runner: Literal["threads", "processes", "dask"] = "threads"
     batch_size: int = Field(16, ge=1)           # studies per Prefect task
     max_workers: int = Field(2, ge=1)

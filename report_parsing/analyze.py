@@ -99,12 +99,17 @@ def add_anatomies(text: str, analysis: ReportAnalysis, anatomy_set_name: str, vi
     analysis.anatomy_hits = hits  # (offset, anatomy indices) pairs
     starts = [span[0] for span in analysis.sentences]
     ends = [span[1] for span in analysis.sentences]
-    per_sentence: list[set[int]] = [set() for _ in analysis.sentences]
+    per_sentence: dict[int, set[int]] = {}   # only the sentences that name an anatomy
+    bisect_right = bisect.bisect_right
     for position, indices in hits:
-        index = _sentence_of(starts, ends, position)
-        if index >= 0:
-            per_sentence[index].update(indices)
-    analysis.sentence_anatomies = [sorted(found) for found in per_sentence]
+        index = bisect_right(starts, position) - 1   # _sentence_of, inlined
+        if index >= 0 and position < ends[index]:
+            found = per_sentence.get(index)
+            if found is None:
+                per_sentence[index] = set(indices)
+            else:
+                found.update(indices)
+    analysis.sentence_anatomies = [sorted(per_sentence[i]) if i in per_sentence else [] for i in range(len(starts))]
     analysis.anatomy_abnormal = [False] * len(matcher.anatomy_names)
 
 
@@ -128,58 +133,80 @@ def add_findings(
         analysis.anatomy_abnormal = [False] * n_anatomies
     starts = [span[0] for span in analysis.sentences]
     ends = [span[1] for span in analysis.sentences]
-    anatomies: list[set[int]] = [set(found) for found in analysis.sentence_anatomies] or [set() for _ in starts]
+    base_anatomies = analysis.sentence_anatomies or [[] for _ in starts]
+    grown: dict[int, set[int]] = {}   # sentences whose anatomies a finding extends (the others keep theirs)
     abnormal = [False] * len(starts)
     hits = analysis.anatomy_hits
     hit_starts = [position for position, _ in hits]
-    _, group_labels = finding_pattern()
+    group_labels = _group_labels()
+    labels_out = analysis.labels
+    anatomy_abnormal = analysis.anatomy_abnormal
+    mentions = analysis.mentions
+    bisect_right = bisect.bisect_right
 
     lower = lower_keeping_offsets(text)
     lower_text = lower if lower is not None else text.lower()
     cues_of: dict[int, SentenceCues] = {}
     cues_in_report = report_cues(lower_text, view) if lower is not None else None
     for match in finding_matches(text, lower, view):
-        sentence_index = _sentence_of(starts, ends, match.start())
-        if sentence_index < 0:
+        match_start, match_end = match.span()
+        sentence_index = bisect_right(starts, match_start) - 1   # _sentence_of, inlined
+        if sentence_index < 0 or match_start >= ends[sentence_index]:
             continue  # header words, punctuation between sentences
-        labels = group_labels[int(match.lastgroup[1:])]
+        labels = group_labels[match.lastgroup]
         offset = starts[sentence_index]
-        # offsets of the original text; lower-case copy (same length for ASCII, else a best effort)
-        sentence = lower_text[offset : ends[sentence_index]] if lower is not None else text[offset : ends[sentence_index]].lower()
-        mention_start, mention_end = match.start() - offset, min(match.end(), ends[sentence_index]) - offset
-        mention_text = sentence[mention_start:mention_end]
+        sentence_end = ends[sentence_index]
         cues = cues_of.get(sentence_index)
         if cues is None:
+            # offsets of the original text; lower-case copy (same length for ASCII, else a best effort)
+            sentence = lower_text[offset:sentence_end] if lower is not None else text[offset:sentence_end].lower()
             cues = cues_of[sentence_index] = SentenceCues(sentence, cues_in_report, offset) if cues_in_report else SentenceCues(sentence)
-        polarity = cues.classify(mention_start, mention_end)
-        clause_start, clause_end = clause_bounds(sentence, mention_start, mention_end, cues.breaks)
+        sentence = cues.sentence
+        mention_start, mention_end = match_start - offset, min(match_end, sentence_end) - offset
+        mention_text = sentence[mention_start:mention_end]
+        polarity, clause_start, clause_end = cues.classify_in_clause(mention_start, mention_end)
         if EFFUSION_BY_LOCATION in labels:
             labels = resolve_effusion(mention_text, sentence[clause_start:clause_end], labels)
-        if polarity in present:
+        is_present = polarity in present
+        if is_present:
             if LUNG_LABELS.intersection(labels):
                 clause = sentence[clause_start:clause_end]
                 if _EXTRAPULMONARY.search(clause) and not _PULMONARY.search(clause):
                     labels = tuple(label for label in labels if label not in LUNG_LABELS) or (GENERIC_ABNORMAL,)
             if may_need_location(mention_text):
                 labels = labels_with_location(mention_text, location_text(sentence, clause_start), labels)
-        analysis.mentions.append((match.start(), match.end(), list(labels), sentence_index, polarity))
-        if polarity not in present:
+        mentions.append((match_start, match_end, list(labels), sentence_index, polarity))
+        if not is_present:
             continue
         for label in labels:
             if label in LABEL_INDEX:
-                analysis.labels[LABEL_INDEX[label]] = 1
+                labels_out[LABEL_INDEX[label]] = 1
             if label in NOT_DISEASE_LABELS:
                 continue
             abnormal[sentence_index] = True
             if label in label_anatomy:
                 target = {label_anatomy[label]}
             else:  # generic finding (or a label without anatomy in this set): the anatomies of its clause
-                target = anatomies_between(hits, hit_starts, offset + clause_start, offset + clause_end) or set(anatomies[sentence_index])
-            anatomies[sentence_index].update(target)
+                target = anatomies_between(hits, hit_starts, offset + clause_start, offset + clause_end) or set(
+                    grown[sentence_index] if sentence_index in grown else base_anatomies[sentence_index]
+                )
+            found = grown.get(sentence_index)
+            if found is None:
+                found = grown[sentence_index] = set(base_anatomies[sentence_index])
+            found.update(target)
             for anatomy_index in target:
-                analysis.anatomy_abnormal[anatomy_index] = True
-    analysis.sentence_anatomies = [sorted(found) for found in anatomies]
+                anatomy_abnormal[anatomy_index] = True
+    analysis.sentence_anatomies = [
+        sorted(grown[i]) if i in grown else sorted(set(found)) for i, found in enumerate(base_anatomies)
+    ]
     analysis.sentence_abnormal = abnormal
+
+
+@functools.lru_cache(maxsize=1)
+def _group_labels() -> dict[str, tuple[str, ...]]:
+    """Finding-pattern group name (``g<i>``) -> the labels it states."""
+    _, labels_of_group = finding_pattern()
+    return {f"g{index}": labels for index, labels in enumerate(labels_of_group)}
 
 
 def anatomy_sentence_indices(analysis: ReportAnalysis, n_anatomies: int) -> list[list[int]]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from report_parsing.tokens import TokenView, WordTypeFilter, _member
+from report_parsing.tokens import TYPE_TABLE, TokenView, WordTypeFilter
 
 _PUNCTUATION = "-\u2013\u2014\u00b7\u2022*\"'(\u201c\u201d/.,;:"
 
@@ -28,7 +28,9 @@ def _lead(text: str, position: int) -> int:
 
 
 def _has_lead(text: str, found: list[tuple[int, tuple[int, ...]]]) -> bool:
-    return any(not text[p].isalnum() for p, _ in found if p < len(text))
+    length = len(text)
+    # any hit at a non-alphanumeric character (str.isalnum of the joined characters: all of them are)
+    return not "".join([text[p] for p, _ in found if p < length]).isalnum()
 
 OTHER_ANATOMY = "other"
 
@@ -41,8 +43,7 @@ class AnatomyMatcher:
     phrase_anatomies: dict[str, tuple[int, ...]]   # normalised phrase -> anatomy indices
     phrase_first_words: frozenset[str]
     type_filter: WordTypeFilter = field(init=False)
-    known: np.ndarray = field(init=False)
-    codes: np.ndarray = field(init=False)
+    code_column: int = field(init=False)
     decoded: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,8 +53,8 @@ class AnatomyMatcher:
             return head in self.phrase_first_words
 
         self.type_filter = WordTypeFilter(starts_phrase)
-        self.known = np.zeros(0, dtype=np.uint64)       # classified word-type hashes, sorted
-        self.codes = np.zeros(0, dtype=np.int64)        # anatomy bitmask of each known type (one-word vocabulary)
+        # anatomy bitmask of each word type (one-word vocabulary), a column of the shared type table
+        self.code_column = TYPE_TABLE.register(self._code, np.int64)
         self.decoded: dict[int, tuple[int, ...]] = {0: ()}
 
     def _code(self, word: str) -> int:
@@ -64,15 +65,7 @@ class AnatomyMatcher:
         return code
 
     def _codes_of(self, view: TokenView) -> np.ndarray:
-        unseen = view.lowers[~_member(self.known, view.lowers)]
-        if unseen.size:
-            new = np.asarray(sorted(set(unseen.tolist())), dtype=np.uint64)
-            new_codes = np.fromiter((self._code(view.strings[h]) for h in new.tolist()), dtype=np.int64, count=new.size)
-            known = np.concatenate([self.known, new])
-            order = np.argsort(known, kind="stable")
-            self.known, self.codes = known[order], np.concatenate([self.codes, new_codes])[order]
-        index = np.searchsorted(self.known, view.lowers)
-        return self.codes[index]
+        return TYPE_TABLE.values(self.code_column, view)
 
     def decode(self, code: int) -> tuple[int, ...]:
         indices = self.decoded.get(code)
@@ -85,10 +78,12 @@ class AnatomyMatcher:
         if view.lowers.size == 0:
             return []
         codes = self._codes_of(view)
-        found: list[tuple[int, tuple[int, ...]]] = []
         single_tokens = np.flatnonzero(codes)
-        for position, code in zip(view.starts[single_tokens].tolist(), codes[single_tokens].tolist()):
-            found.append((position, self.decode(code)))
+        decoded, decode = self.decoded, self.decode
+        found: list[tuple[int, tuple[int, ...]]] = [
+            (position, decoded[code] if code in decoded else decode(code))
+            for position, code in zip(view.starts[single_tokens].tolist(), codes[single_tokens].tolist())
+        ]
         if self.phrase_pattern is not None:
             for position in self.type_filter.positions(view).tolist():
                 while position < len(lower_text) and not lower_text[position].isalnum():

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import bisect
 import re
+
+import numpy as np
 from typing import TYPE_CHECKING
 
-from report_parsing.tokens import WordTypeFilter, glued_word_starts
+from report_parsing.tokens import TYPE_TABLE, glued_word_starts
 
 if TYPE_CHECKING:
     from report_parsing.tokens import TokenView
@@ -121,48 +123,64 @@ def _cue_names(word: str) -> tuple[str, ...]:
                  if word in _CUE_FIRST_WORDS[name] or word.startswith(_CUE_STEMS.get(name, ("\0",))))
 
 
-class _CueTypes:
-    def __init__(self) -> None:
-
-        self.names: dict[int, tuple[str, ...]] = {}
-        self.filter = WordTypeFilter(lambda word: bool(_cue_names(word)))
+_CUE_NAMES: tuple[str, ...] = tuple(_CUE_PATTERNS)
 
 
-_CUE_TYPES: _CueTypes | None = None
+def _cue_code(word: str) -> int:
+    """Bitmask over :data:`_CUE_NAMES` of the cue expressions a word type can start."""
+    names = _cue_names(word)
+    return sum(1 << number for number, name in enumerate(_CUE_NAMES) if name in names)
+
+
+_CUE_COLUMN: int | None = None
 
 
 def report_cues(lower_text: str, view: "TokenView") -> dict[str, list[tuple[int, int]]]:
     """Spans of every cue kind in a whole lower-case report, found at candidate tokens only."""
-    global _CUE_TYPES
-    if _CUE_TYPES is None:
-        _CUE_TYPES = _CueTypes()
+    global _CUE_COLUMN
+    if _CUE_COLUMN is None:
+        _CUE_COLUMN = TYPE_TABLE.register(_cue_code, np.int64)
     found: dict[str, list[tuple[int, int]]] = {name: [] for name in _CUE_PATTERNS}
-    names_of = _CUE_TYPES.names
-    strings = view.strings
-    candidates: list[tuple[int, tuple[str, ...]]] = []
-    for index in _CUE_TYPES.filter.indices(view).tolist():
-        key = int(view.lowers[index])
-        names = names_of.get(key)
-        if names is None:
-            names = names_of[key] = _cue_names(strings[key])
-        position = int(view.starts[index])
-        while position < len(lower_text) and not (lower_text[position].isalnum() or lower_text[position] in ";:,"):
-            position += 1
-        candidates.append((position, names))
+    # per cue kind, its candidate positions (ascending, distinct); each kind's spans do not overlap
+    positions_of: list[list[int]] = [[] for _ in _CUE_NAMES]
+    if view.lowers.size:
+        codes = TYPE_TABLE.values(_CUE_COLUMN, view)
+        candidates = np.flatnonzero(codes)
+        text_length = len(lower_text)
+        for position, code in zip(view.starts[candidates].tolist(), codes[candidates].tolist()):
+            while position < text_length and not (lower_text[position].isalnum() or lower_text[position] in ";:,"):
+                position += 1
+            number = 0
+            while code:
+                if code & 1:
+                    positions_of[number].append(position)
+                code >>= 1
+                number += 1
     glued = glued_word_starts(lower_text)
     if glued:
         for mark, word_start, word in glued:
-            candidates.append((mark, _cue_names(lower_text[mark])))
-            candidates.append((word_start, _cue_names(word)))
-        candidates = sorted(set(candidates))
-    for position, names in candidates:
-        for name in names:
-            spans = found[name]
-            if spans and position < spans[-1][1]:
+            for position, names in ((mark, _cue_names(lower_text[mark])), (word_start, _cue_names(word))):
+                for number, name in enumerate(_CUE_NAMES):
+                    if name in names:
+                        positions_of[number].append(position)
+        positions_of = [sorted(set(positions)) for positions in positions_of]
+    for number, name in enumerate(_CUE_NAMES):
+        positions = positions_of[number]
+        if not positions:
+            continue
+        match_at = _CUE_PATTERNS[name].match
+        spans = found[name]
+        last_end = -1
+        previous = -1
+        for position in positions:
+            if position < last_end or position == previous:
                 continue  # non-overlapping, like finditer
-            match = _CUE_PATTERNS[name].match(lower_text, position)
+            previous = position
+            match = match_at(lower_text, position)
             if match:
-                spans.append(match.span())
+                span = match.span()
+                spans.append(span)
+                last_end = span[1]
     question = lower_text.find("?")
     while question != -1:
         found["uncertain"].append((question, question + 1))
@@ -211,7 +229,14 @@ class SentenceCues:
         return any(p_start <= self.offset + start and self.offset + end <= p_end for p_start, p_end in spans[max(0, index - 3) : index])
 
     def classify(self, mention_start: int, mention_end: int) -> str:
+        return self.classify_in_clause(mention_start, mention_end)[0]
+
+    def classify_in_clause(self, mention_start: int, mention_end: int) -> tuple[str, int, int]:
+        """(polarity, clause start, clause end) of the mention at [mention_start, mention_end)."""
         clause_start, clause_end = clause_bounds(self.sentence, mention_start, mention_end, self.breaks)
+        return self._classify(mention_start, mention_end, clause_start, clause_end), clause_start, clause_end
+
+    def _classify(self, mention_start: int, mention_end: int, clause_start: int, clause_end: int) -> str:
         if self._any_start_in("uncertain_over_negation", clause_start, clause_end):
             return UNCERTAIN
         offset = self.offset

@@ -13,6 +13,7 @@ Hyphenated terms (``effusion-thickening``) and vertebra names (``T12``, ``L1``) 
 
 from __future__ import annotations
 
+import functools
 import re
 
 ABBREVIATIONS: frozenset[str] = frozenset(
@@ -34,7 +35,13 @@ _LIST_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]$")
 
 def _is_abbreviation(text: str, dot_position: int) -> bool:
     """True when the '.' at ``dot_position`` ends an abbreviation or a list number."""
-    window = text[max(0, dot_position - 12) : dot_position + 1]
+    return _window_is_abbreviation(text[max(0, dot_position - 12) : dot_position + 1])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _window_is_abbreviation(window: str) -> bool:
+    """:func:`_is_abbreviation` on the 13 characters ending with the '.' (pure; cached: report
+    templates repeat the same sentence ends)."""
     if _LIST_NUMBER.search(window):
         return True
     match = _WORD_BEFORE.search(window)
@@ -84,6 +91,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     return spans
 
 
+_ALNUM = re.compile(r"[^\W_]")
 _STRIP_LEAD = re.compile(r"[\s\"'\u201c\u201d\-\u2022*]*(?:\(?\d{1,2}[.)](?=\s))?[\s\"'\u201c\u201d]*")
 
 
@@ -93,6 +101,6 @@ def _append(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> No
         start = lead.end()
     while end > start and (text[end - 1].isspace() or text[end - 1] in "\"'\u201c\u201d"):
         end -= 1
-    # a piece of only punctuation is not a sentence
-    if end > start and any(ch.isalnum() for ch in text[start:end]):
+    # a piece of only punctuation is not a sentence ([^\W_] is exactly str.isalnum)
+    if end > start and _ALNUM.search(text, start, end):
         spans.append((start, end))

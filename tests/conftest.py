@@ -10,6 +10,9 @@ import pytest
 from fvlm.env import apply_offline_env
 
 apply_offline_env()
+# unit tests call the stage libraries directly; flows are tested in tests/flows and end to end in
+# tests/test_e2e_dvc.py (whose `fvlm demo` subprocess runs every stage command as its Prefect flow)
+os.environ.setdefault("FVLM_NO_FLOWS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FVLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

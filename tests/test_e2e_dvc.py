@@ -48,6 +48,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("FVLM_PARAMS", None)
+    env.pop("FVLM_NO_FLOWS", None)  # the stage commands run as Prefect flows here
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
 

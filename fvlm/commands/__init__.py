@@ -10,3 +10,18 @@ def load_config_from_args(args: argparse.Namespace):  # -> FvlmConfig (typed laz
     from fvlm.config import load_config
 
     return load_config(getattr(args, "params", None), profile=getattr(args, "profile", None))
+
+
+def run_stage_as_flow(config) -> bool:  # config: FvlmConfig
+    """Stage commands run their Prefect flow (flows/stages.py) unless turned off.
+
+    ``orchestration.stage_flows: false`` or ``FVLM_NO_FLOWS=1`` runs the library directly (no Prefect
+    server at all); a flow started inside a flow worker (``FVLM_STAGE_WORKER``) never nests another.
+    """
+    import os
+
+    if os.environ.get("FVLM_NO_FLOWS", "").lower() in ("1", "true", "yes"):
+        return False
+    if os.environ.get("FVLM_STAGE_WORKER"):
+        return False
+    return bool(config.orchestration.stage_flows)

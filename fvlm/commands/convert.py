@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args
+    from fvlm.commands import load_config_from_args, run_stage_as_flow
 
     config = load_config_from_args(args)
     section = config.convert
@@ -62,6 +62,22 @@ def run(args: argparse.Namespace) -> int:
                 workers=workers,
                 output_extension=extension,
                 pseudonym_length=config.privacy.pseudonym_length,
+            )
+        elif run_stage_as_flow(config):
+            from flows.stages import convert_flow, fan_out_from_config
+
+            summary = convert_flow(
+                input_dir=str(input_dir),
+                output_dir=str(output_dir),
+                salt=config.privacy.salt,
+                strict=strict,
+                series_preference=list(section.series_preference),
+                study_key_tag=section.study_key_tag,
+                min_slices=min_slices,
+                max_spacing_deviation=section.max_spacing_deviation,
+                output_extension=extension,
+                pseudonym_length=config.privacy.pseudonym_length,
+                **{**fan_out_from_config(config), "max_workers": workers},
             )
         else:
             from preprocessing.convert import convert_studies

@@ -98,11 +98,29 @@ def run_parse(args: argparse.Namespace) -> int:
 
     from report_parsing.tables import PARSED_STATUSES, write_tables
 
+    from fvlm.commands import load_config_from_args, run_stage_as_flow
+
     started = time.perf_counter()
-    options, records = _load(args, args.reports_csv, hash_ids=True)
-    if records is None:
-        return 2
-    long_path, studies_path = write_tables(records, args.out_parquet, options.anatomy_set)
+    config = load_config_from_args(args)
+    if run_stage_as_flow(config):
+        from flows.stages import fan_out_from_config, parse_reports_flow
+        from report_parsing.io import ReportsFileError
+
+        options = _options(args, hash_ids=True)
+        try:
+            result = parse_reports_flow(
+                args.reports_csv, args.out_parquet, dict(vars(options)),
+                **fan_out_from_config(config, batch_size=options.batch_size),
+            )
+        except (ReportsFileError, ValueError, KeyError) as error:
+            print(f"fvlm: {error}", file=sys.stderr)
+            return 2
+        records, long_path, studies_path = result.records, result.long_path, result.studies_path
+    else:
+        options, records = _load(args, args.reports_csv, hash_ids=True)
+        if records is None:
+            return 2
+        long_path, studies_path = write_tables(records, args.out_parquet, options.anatomy_set)
     seconds = time.perf_counter() - started
     parsed = sum(record.status in PARSED_STATUSES for record in records)
     print(f"parse-reports: {len(records)} rows ({_status_summary(records)}) in {seconds:.1f} s, "

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args
+    from fvlm.commands import load_config_from_args, run_stage_as_flow
     from preprocessing.shards import build_shards
 
     config = load_config_from_args(args)
@@ -36,18 +36,26 @@ def run(args: argparse.Namespace) -> int:
     out = config.path(args.out or config.paths.shards)
     metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "shard.json"
     try:
-        summary = build_shards(
-            converted,
-            segmented,
-            reports,
-            out,
-            anatomy_set=config.segment.anatomy_set,
-            grid=config.grid,
-            split=config.split,
-            shard=config.shard,
-            metrics_path=metrics,
-            workers=args.workers,
-        )
+        if run_stage_as_flow(config):
+            from flows.stages import shard_from_config
+
+            summary = shard_from_config(
+                config, converted=converted, segmented=segmented, reports=reports, out=out, metrics=metrics,
+                workers=args.workers,
+            )
+        else:
+            summary = build_shards(
+                converted,
+                segmented,
+                reports,
+                out,
+                anatomy_set=config.segment.anatomy_set,
+                grid=config.grid,
+                split=config.split,
+                shard=config.shard,
+                metrics_path=metrics,
+                workers=args.workers,
+            )
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"fvlm shard: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,344 @@
+"""Does the method work? Global CLIP vs fine-grained fVLM (+ normal positives, + co-teaching), equal steps.
+
+Usage::
+
+    .venv/bin/python benchmarks/ablation.py --studies 80 --steps 60 --seeds 0 1 2 --out data/ablation
+
+1. A scratch work dir (``--work``, default ``OUT/work``) gets its own ``params.yaml`` (the repo's, with
+   the profile's split / demo_data edited) and the synthetic cohort is built there with the ``fvlm`` CLI:
+   ``demo-data -> convert -> segment (precomputed phantom masks) -> parse-reports -> shard``. A stage
+   whose output is already there for the same cohort settings is reused (``WORK/cohort_done.json``).
+2. For each seed, four variants are trained at the same number of steps (``fvlm train --no-tracking``):
+   ``clip`` (global CLIP loss), ``fvlm`` (fine-grained, normal_positives=false, co-teaching off),
+   ``fvlm+np`` (+ normal false-negative targets), ``fvlm+np+ct`` (+ co-teaching, alpha 0.5); each with its
+   own params file ``WORK/params_<variant>_s<seed>.yaml`` (``train.seed`` = the seed).
+3. Each model is evaluated zero-shot on the test split (``fvlm evaluate --no-promote --no-tracking``).
+4. A table of mean AUC +- std over seeds per variant (with the difference to CLIP) is printed and
+   written to ``OUT/ablation.md``; every run's numbers go to ``OUT/ablation.json``.
+
+The cohort is the same for every seed: the seeds vary model initialisation, data order and augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "clip": {"loss": "clip", "normal_positives": False, "coteaching_alpha": 0.0},
+    "fvlm": {"loss": "fvlm", "normal_positives": False, "coteaching_alpha": 0.0},
+    "fvlm+np": {"loss": "fvlm", "normal_positives": True, "coteaching_alpha": 0.0},
+    "fvlm+np+ct": {"loss": "fvlm", "normal_positives": True, "coteaching_alpha": 0.5},
+}
+VARIANT_TITLES = {
+    "clip": "global CLIP (`train.loss=clip`)",
+    "fvlm": "fine-grained (`loss=fvlm`, `normal_positives=false`, `coteaching_alpha=0`)",
+    "fvlm+np": "+ normal false-negative targets (`normal_positives=true`)",
+    "fvlm+np+ct": "+ co-teaching (`coteaching_alpha=0.5`)",
+}
+
+
+def fvlm_env() -> dict[str, str]:
+    """The environment for `fvlm` subprocesses: the venv's bin first, no FVLM_* / MLflow overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FVLM_") and k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_fvlm(params: Path, args: list[str], log: Path) -> float:
+    """Run `python -m fvlm.cli --params PARAMS ARGS...` in the work dir; output to LOG; returns wall seconds."""
+    command = [sys.executable, "-m", "fvlm.cli", "--params", str(params), *args]
+    started = time.perf_counter()
+    with open(log, "a") as handle:
+        handle.write(f"$ {' '.join(command)}\n")
+        handle.flush()
+        result = subprocess.run(command, cwd=params.parent, env=fvlm_env(), stdout=handle, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"`fvlm {' '.join(args)}` failed (exit {result.returncode}); log {log}:\n{tail}")
+    return wall
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    import yaml
+
+    from fvlm.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def set_key(params: dict[str, Any], section: str, key: str, value: Any) -> None:
+    """Set SECTION.KEY in the base keys and in the active profile (profiles are merged over the base)."""
+    params.setdefault(section, {})[key] = value
+    profile = params.get("profile")
+    profiles = params.get("profiles") or {}
+    if profile and isinstance(profiles.get(profile), dict) and section in profiles[profile]:
+        profiles[profile][section][key] = value
+
+
+def demo_cohort_matches(demo_dir: Path, studies: int, seed: int) -> bool:
+    """True when DEMO_DIR holds a finished `fvlm demo-data` cohort of STUDIES studies from SEED."""
+    cohort_file = demo_dir / "cohort.json"
+    if not cohort_file.is_file():
+        return False
+    try:
+        cohort = json.loads(cohort_file.read_text())
+    except json.JSONDecodeError:
+        return False
+    records = cohort.get("studies")
+    count = len(records) if isinstance(records, list) else records
+    return cohort.get("seed") == seed and count == studies and (demo_dir / "reports.csv").is_file()
+
+
+def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort_seed: int,
+                   split: tuple[float, float, float], workers: int, log: Path) -> dict[str, Any]:
+    """Build (or reuse) the synthetic cohort and its shards in WORK; returns the cohort record."""
+    work.mkdir(parents=True, exist_ok=True)
+    params = copy.deepcopy(base_params)
+    params["paths"] = {**params.get("paths", {}), "data_dir": "data", "demo_dir": "data/demo",
+                       "raw_dicom": "data/demo/dicom", "reports_csv": "data/demo/reports.csv",
+                       "labels_csv": "data/demo/labels.csv", "precomputed_masks": "data/demo/masks",
+                       "converted": "data/converted", "segmented": "data/segmented",
+                       "reports_table": "data/reports/reports.parquet", "shards": "data/shards",
+                       "models": "data/models", "metrics": "metrics"}
+    train_fraction, val_fraction, test_fraction = split
+    params["split"] = {**params.get("split", {}), "train": train_fraction, "val": val_fraction,
+                       "test": test_fraction, "seed": cohort_seed}
+    params["segment"] = {**params.get("segment", {}), "backend": "precomputed", "qc_pictures": False}
+    params["tracking"] = {**params.get("tracking", {}), "enabled": False}
+    wanted = {"studies": studies, "cohort_seed": cohort_seed, "split": list(split),
+              "profile": params.get("profile"), "grid": params.get("grid"),
+              "profile_grid": (params.get("profiles") or {}).get(params.get("profile") or "", {}).get("grid")}
+    marker = work / "cohort_done.json"
+    params_path = work / "params.yaml"
+    if marker.is_file() and json.loads(marker.read_text()).get("settings") == json.loads(json.dumps(wanted)) \
+            and params_path.is_file():
+        record = json.loads(marker.read_text())
+        print(f"reusing cohort in {work} ({studies} studies, prepared in {record['wall_s']:.0f} s)", flush=True)
+        return record
+    write_yaml(params_path, params)
+    started = time.perf_counter()
+    stage_walls: dict[str, float] = {}
+    stages = [
+        ("demo-data", ["demo-data", "data/demo", "--studies", str(studies), "--seed", str(cohort_seed),
+                       "--workers", str(workers)]),
+        ("convert", ["convert", "data/demo/dicom", "data/converted"]),
+        ("segment", ["segment", "data/converted", "data/segmented", "--masks", "data/demo/masks"]),
+        ("parse-reports", ["parse-reports", "data/demo/reports.csv", "data/reports/reports.parquet"]),
+        ("shard", ["shard"]),
+    ]
+    for name, args in stages:
+        if name == "demo-data" and demo_cohort_matches(work / "data" / "demo", studies, cohort_seed):
+            print("cohort: reusing the generated demo cohort", flush=True)
+            continue
+        print(f"cohort: fvlm {name} ...", flush=True)
+        stage_walls[name] = round(run_fvlm(params_path, args, log), 1)
+    manifest_path = work / "data" / "shards" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    record = {"settings": wanted, "wall_s": round(time.perf_counter() - started, 1), "stage_wall_s": stage_walls,
+              "shard_metrics": json.loads((work / "metrics" / "shard.json").read_text())
+              if (work / "metrics" / "shard.json").is_file() else {},
+              "manifest_splits": manifest.get("splits") or manifest.get("counts")}
+    from fvlm.io import atomic_write_text
+
+    atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def variant_params(work: Path, variant: str, seed: int, steps: int) -> Path:
+    """WORK/params_<variant>_s<seed>.yaml: the cohort params with the variant's train keys and seed."""
+    params = load_yaml(work / "params.yaml")
+    for key, value in VARIANTS[variant].items():
+        set_key(params, "train", key, value)
+    set_key(params, "train", "seed", seed)
+    set_key(params, "train", "steps", steps)
+    set_key(params, "train", "checkpoint_every", max(steps, 1))
+    set_key(params, "evaluate", "seed", seed)
+    path = work / f"params_{variant.replace('+', '_')}_s{seed}.yaml"
+    write_yaml(path, params)
+    return path
+
+
+def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Path) -> dict[str, Any]:
+    """One training run + its zero-shot test evaluation; returns the run's numbers."""
+    params = variant_params(work, variant, seed, steps)
+    run_dir = work / "runs" / f"{variant.replace('+', '_')}_s{seed}"
+    for leftover in ("train.json", "eval.json"):
+        (run_dir / leftover).unlink(missing_ok=True)
+    train_wall = run_fvlm(params, ["train", "--shards", "data/shards", "--out", str(run_dir / "model_out"),
+                                   "--steps", str(steps), "--metrics", str(run_dir / "train.json"),
+                                   "--no-tracking"], log)
+    eval_wall = run_fvlm(params, ["evaluate", "--shards", "data/shards", "--model", str(run_dir / "model_out" / "model"),
+                                  "--out", str(run_dir / "eval"), "--metrics", str(run_dir / "eval.json"),
+                                  "--no-promote", "--no-tracking"], log)
+    train_metrics = json.loads((run_dir / "train.json").read_text())
+    eval_metrics = json.loads((run_dir / "eval.json").read_text())
+    report = json.loads((run_dir / "eval" / "eval_report.json").read_text())
+    return {
+        "variant": variant, "seed": seed, "steps": steps,
+        "mean_auc": eval_metrics.get("mean_auc", report.get("mean_auc")),
+        "mean_auc_ci": eval_metrics.get("mean_auc_ci", report.get("mean_auc_ci")),
+        "per_label_auc": eval_metrics.get("per_label_auc", {}),
+        "n_test": report.get("n_test"), "scored_labels": report.get("scored_labels"),
+        "skipped_labels": report.get("skipped_labels"),
+        "final_loss": train_metrics.get("final_loss"), "final_loss_avg": train_metrics.get("final_loss_avg"),
+        "samples_per_s": train_metrics.get("samples_per_s"),
+        "train_wall_s": round(train_wall, 1), "eval_wall_s": round(eval_wall, 1),
+    }
+
+
+def fmt(value: float | None) -> str:
+    """A metric with 3 decimals; 'n/a' for a missing one (e.g. every test label had a single class)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and sample std of the test mean-AUC over seeds, per variant (NaN runs left out, counted)."""
+    import math
+
+    summary: dict[str, dict[str, Any]] = {}
+    for variant in VARIANTS:
+        values = [r["mean_auc"] for r in runs if r["variant"] == variant]
+        finite = [v for v in values if v is not None and not math.isnan(v)]
+        summary[variant] = {
+            "n": len(finite), "n_runs": len(values),
+            "mean": statistics.fmean(finite) if finite else float("nan"),
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "values": values,
+        }
+    clip_mean = summary["clip"]["mean"]
+    for variant, row in summary.items():
+        row["delta_vs_clip"] = row["mean"] - clip_mean
+    # paired by seed: fine-grained minus CLIP on the same seed
+    for variant in VARIANTS:
+        diffs = [a["mean_auc"] - b["mean_auc"] for a in runs for b in runs
+                 if a["variant"] == variant and b["variant"] == "clip" and a["seed"] == b["seed"]
+                 and a["mean_auc"] is not None and b["mean_auc"] is not None]
+        summary[variant]["paired_delta_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return summary
+
+
+def markdown_table(summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
+    lines = [
+        "| variant | test mean AUC (mean ± std over seeds) | Δ vs CLIP (AUC points) | per seed |",
+        "|---|---|---|---|",
+    ]
+    for variant, row in summary.items():
+        per_seed = ", ".join(fmt(v) for v in row["values"])
+        delta = "—" if variant == "clip" else f"{100 * row['delta_vs_clip']:+.1f} ± {100 * row['paired_delta_std']:.1f}"
+        lines.append(f"| {VARIANT_TITLES[variant]} | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=80, help="synthetic cohort size")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per training run (all variants)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--out", default="data/ablation", help="results dir (ablation.json, ablation.md)")
+    parser.add_argument("--work", default=None, help="scratch dir for the cohort and runs (default: OUT/work)")
+    parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"), help="params.yaml to start from")
+    parser.add_argument("--cohort-seed", type=int, default=0, help="seed of the synthetic cohort and split")
+    parser.add_argument("--split", type=float, nargs=3, default=[0.6, 0.1, 0.3], metavar=("TRAIN", "VAL", "TEST"),
+                        help="patient split fractions (a large test split makes the AUC less noisy)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--workers", type=int, default=2, help="processes for cohort generation")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO_ROOT))
+    out = Path(args.out).resolve()
+    work = Path(args.work).resolve() if args.work else out / "work"
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "ablation.log"
+    started = time.perf_counter()
+    base_params = load_yaml(Path(args.params))
+    if args.batch_size:
+        set_key(base_params, "train", "batch_size", args.batch_size)
+    try:
+        cohort = prepare_cohort(work, base_params, args.studies, args.cohort_seed, tuple(args.split),
+                                args.workers, log)
+        if args.batch_size:  # a reused cohort keeps its params.yaml; the batch size is a training key
+            params = load_yaml(work / "params.yaml")
+            set_key(params, "train", "batch_size", args.batch_size)
+            write_yaml(work / "params.yaml", params)
+        runs: list[dict[str, Any]] = []
+        for seed in args.seeds:
+            for variant in args.variants:
+                print(f"seed {seed}: training {variant} for {args.steps} steps ...", flush=True)
+                result = train_and_evaluate(work, variant, seed, args.steps, log)
+                runs.append(result)
+                print(f"  {variant} seed {seed}: test mean AUC {fmt(result['mean_auc'])} on {result['n_test']} "
+                      f"studies; final loss {fmt(result['final_loss_avg'])}; train {result['train_wall_s']:.0f} s, "
+                      f"eval {result['eval_wall_s']:.0f} s", flush=True)
+    except RuntimeError as error:
+        print(f"ablation: {error}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - started
+    summary = summarise_subset(runs, args.variants)
+    config_params = load_yaml(work / "params.yaml")
+    profile = config_params.get("profile")
+    batch_size = ((config_params.get("profiles") or {}).get(profile, {}).get("train", {}).get("batch_size")
+                  or config_params.get("train", {}).get("batch_size"))
+    command = ("python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
+        s=args.studies, t=args.steps, seeds=" ".join(map(str, args.seeds)),
+        bs=f" --batch-size {args.batch_size}" if args.batch_size else ""))
+    n_test = runs[0]["n_test"] if runs else None
+    header = (f"`{command}` — cohort {args.studies} synthetic studies (profile `{profile}`, cohort seed "
+              f"{args.cohort_seed}, split {'/'.join(map(str, args.split))}, {n_test} test studies), "
+              f"{args.steps} steps of batch {batch_size} per run, seeds {', '.join(map(str, args.seeds))}; "
+              f"wall {wall / 60:.1f} min (cohort {cohort['wall_s']:.0f} s).")
+    table = markdown_table(summary, args.seeds)
+    text = header + "\n\n" + table + "\n"
+    from fvlm.io import atomic_write_text
+
+    atomic_write_text(out / "ablation.md", text)
+    atomic_write_text(out / "ablation.json", json.dumps(
+        {"command": command, "studies": args.studies, "steps": args.steps, "seeds": args.seeds,
+         "batch_size": batch_size, "split": args.split, "cohort_seed": args.cohort_seed, "wall_s": round(wall, 1),
+         "cohort": cohort, "summary": summary, "runs": runs}, indent=2, default=str) + "\n")
+    print()
+    print(text)
+    print(f"results: {out / 'ablation.json'}, {out / 'ablation.md'}")
+    return 0
+
+
+def summarise_subset(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
+    """`summarise` restricted to the variants that ran (CLIP deltas only when CLIP ran)."""
+    full = summarise(runs) if "clip" in variants else None
+    if full is not None:
+        return {v: full[v] for v in variants}
+    import math
+
+    result = {}
+    for variant in variants:
+        values = [r["mean_auc"] for r in runs if r["variant"] == variant]
+        finite = [v for v in values if v is not None and not math.isnan(v)]
+        result[variant] = {"n": len(finite), "n_runs": len(values),
+                           "mean": statistics.fmean(finite) if finite else float("nan"),
+                           "std": statistics.stdev(finite) if len(finite) > 1 else 0.0, "values": values,
+                           "delta_vs_clip": float("nan"), "paired_delta_std": 0.0}
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
