@@ -170,8 +170,7 @@ def add_findings(
         is_present = polarity in present
         if is_present:
             if LUNG_LABELS.intersection(labels):
-                clause = sentence[clause_start:clause_end]
-                if _EXTRAPULMONARY.search(clause) and not _PULMONARY.search(clause):
+                if _names_only_other_organ(sentence[clause_start:clause_end]):
                     labels = tuple(label for label in labels if label not in LUNG_LABELS) or (GENERIC_ABNORMAL,)
             if may_need_location(mention_text):
                 labels = labels_with_location(mention_text, location_text(sentence, clause_start), labels)
@@ -200,6 +199,12 @@ def add_findings(
         sorted(grown[i]) if i in grown else sorted(set(found)) for i, found in enumerate(base_anatomies)
     ]
     analysis.sentence_abnormal = abnormal
+
+
+@functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
+def _names_only_other_organ(lower_clause: str) -> bool:
+    """The clause names an organ outside the lungs and nothing pulmonary (thyroid nodule ...)."""
+    return bool(_EXTRAPULMONARY.search(lower_clause)) and not _PULMONARY.search(lower_clause)
 
 
 @functools.lru_cache(maxsize=1)

@@ -99,6 +99,7 @@ def location_rules() -> tuple[tuple[re.Pattern[str], re.Pattern[str], str], ...]
 _LOCATION_STEMS = ("calcif", "atherom", "atheroscl", "plaque")
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def may_need_location(mention_text: str) -> bool:
     """Cheap pre-check: only calcification-like mentions have location rules."""
     return any(stem in mention_text for stem in _LOCATION_STEMS)
@@ -109,6 +110,7 @@ _ARTERIAL_PLACE = re.compile(ARTERIAL_PLACE, re.IGNORECASE)
 _NOT_ARTERIAL_PLACE = re.compile(NOT_ARTERIAL_PLACE, re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
 def labels_with_location(mention_text: str, clause_text: str, labels: tuple[str, ...]) -> tuple[str, ...]:
     """``labels`` plus those a location rule adds for this mention in this clause; an arterial wall
     calcification placed only in the coronaries / a valve / the pleura is dropped."""
@@ -127,6 +129,7 @@ _PLEURAL_PLACE = re.compile(r"\bpleura\w*|hemithora\w*|\bthora\w*|\bcostophrenic
 _ELSEWHERE = re.compile(EXTRAPULMONARY_CONTEXT + r"|\bcysts?\b|\blesions?\b|\bjoints?\b|\bperitone\w*|\bascites\b", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
 def resolve_effusion(mention_text: str, location: str, labels: tuple[str, ...]) -> tuple[str, ...]:
     """A bare effusion / fluid: pericardial when its place is the pericardium, pleural when it is the
     pleura / hemithorax (or, for 'effusion', unspecified), a generic finding otherwise."""

@@ -132,30 +132,37 @@ def _cue_code(word: str) -> int:
     return sum(1 << number for number, name in enumerate(_CUE_NAMES) if name in names)
 
 
-_CUE_COLUMN: int | None = None
+def _cue_lead(word: str) -> bool:
+    """True when a token of this type does not start with a character a cue can start with."""
+    return not word or not (word[0].isalnum() or word[0] in ";:,")
+
+
+# columns of the shared type table (registered at import: never lazily, the CLI parses in threads)
+_CUE_COLUMN = TYPE_TABLE.register(_cue_code, np.int64)
+_LEAD_COLUMN = TYPE_TABLE.register(_cue_lead, bool)
 
 
 def report_cues(lower_text: str, view: "TokenView") -> dict[str, list[tuple[int, int]]]:
     """Spans of every cue kind in a whole lower-case report, found at candidate tokens only."""
-    global _CUE_COLUMN
-    if _CUE_COLUMN is None:
-        _CUE_COLUMN = TYPE_TABLE.register(_cue_code, np.int64)
     found: dict[str, list[tuple[int, int]]] = {name: [] for name in _CUE_PATTERNS}
     # per cue kind, its candidate positions (ascending, distinct); each kind's spans do not overlap
     positions_of: list[list[int]] = [[] for _ in _CUE_NAMES]
     if view.lowers.size:
         codes = TYPE_TABLE.values(_CUE_COLUMN, view)
         candidates = np.flatnonzero(codes)
-        text_length = len(lower_text)
-        for position, code in zip(view.starts[candidates].tolist(), codes[candidates].tolist()):
-            while position < text_length and not (lower_text[position].isalnum() or lower_text[position] in ";:,"):
-                position += 1
-            number = 0
-            while code:
-                if code & 1:
-                    positions_of[number].append(position)
-                code >>= 1
-                number += 1
+        codes = codes[candidates]
+        positions = view.starts[candidates]
+        # tokens starting with other punctuation ('"no'): the cue starts after it
+        led = np.flatnonzero(TYPE_TABLE.values(_LEAD_COLUMN, view)[candidates])
+        if led.size:
+            text_length = len(lower_text)
+            for index in led.tolist():
+                position = int(positions[index])
+                while position < text_length and not (lower_text[position].isalnum() or lower_text[position] in ";:,"):
+                    position += 1
+                positions[index] = position
+        for number in range(len(_CUE_NAMES)):
+            positions_of[number] = positions[(codes & (1 << number)) != 0].tolist()
     glued = glued_word_starts(lower_text)
     if glued:
         for mark, word_start, word in glued:

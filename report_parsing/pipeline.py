@@ -77,6 +77,9 @@ def _store(doc: Any, analysis: ReportAnalysis, *, final: bool = False) -> None:
     doc.user_data[USER_DATA_KEY] = analysis.to_dict() if final else analysis
 
 
+_NOT_SENT_START = (1 << 64) - 1   # -1 as uint64
+
+
 class SentenceComponent:
     def __call__(self, doc: Any) -> Any:
         import numpy as np
@@ -86,12 +89,15 @@ class SentenceComponent:
         add_sentences(_text(doc), analysis)
         if len(doc):
             view = _view(doc)
-            sent_start = np.full(len(doc), -1, dtype=np.int64)
+            # -1 (not a start) as uint64, the dtype Doc.from_array takes
+            sent_start = np.full((len(doc), 1), _NOT_SENT_START, dtype=np.uint64)
             sent_start[0] = 1
             if analysis.sentences:
                 first_tokens = np.searchsorted(view.starts, [start for start, _ in analysis.sentences], side="right") - 1
-                sent_start[np.clip(first_tokens, 0, len(doc) - 1)] = 1
-            doc.from_array([SENT_START], sent_start.astype(np.uint64).reshape(-1, 1))
+                np.maximum(first_tokens, 0, out=first_tokens)   # clip to [0, len(doc) - 1]
+                np.minimum(first_tokens, len(doc) - 1, out=first_tokens)
+                sent_start[first_tokens] = 1
+            doc.from_array([SENT_START], sent_start)
         _store(doc, analysis)
         return doc
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import re
+import threading
 
 import numpy as np
 
@@ -21,8 +22,7 @@ class TokenView:
     starts: np.ndarray      # int64 char offset of each token
     lowers: np.ndarray      # uint64 hash of each token's lower-case form
     strings: Any            # spaCy StringStore (hash -> text)
-    _type_ids: np.ndarray | None = None   # index of each token's type in TYPE_TABLE (lazy, see type_ids)
-    _table_version: int = -1
+    _typed: tuple[np.ndarray, "_TypeState"] | None = None   # (type row of each token, table state), lazy
 
     @classmethod
     def from_doc(cls, doc: Any) -> "TokenView":
@@ -38,66 +38,75 @@ class TokenView:
         """For callers without a Doc (tests, one-off use): tokenise with spaCy's English tokenizer."""
         return cls.from_doc(_tokenizer()(text))
 
-    def type_ids(self) -> np.ndarray:
-        """Row of each token's word type in :data:`TYPE_TABLE` (one binary search per document,
-        shared by every classifier)."""
-        if self._type_ids is None or self._table_version != TYPE_TABLE.version:
-            self._type_ids = TYPE_TABLE.ids(self)
-            self._table_version = TYPE_TABLE.version
-        return self._type_ids
+
+class _TypeState(NamedTuple):
+    """One immutable snapshot of the type table (swapped whole, so threads never see a half update)."""
+
+    known: np.ndarray                # every word-type hash seen so far, sorted
+    words: list[str]                 # their lower-case forms, same order
+    columns: tuple[np.ndarray, ...]  # one value per known type, per classifier
 
 
 class TypeTable:
     """Every word type (lower-case hash) seen so far, sorted, with one value column per registered
     classifier (a pure function of the lower-case form). A document's tokens are classified by all
-    classifiers with a single ``searchsorted``; unseen types are classified once, when first met."""
+    classifiers with a single ``searchsorted``; unseen types are classified once, when first met.
+    Thread-safe: readers use one immutable :class:`_TypeState`; writers swap in a new one under a lock."""
 
     def __init__(self) -> None:
-        self.known = np.zeros(0, dtype=np.uint64)
-        self.words: list[str] = []
+        self._lock = threading.Lock()
         self.classifiers: list[tuple[Callable[[str], Any], Any]] = []
-        self.columns: list[np.ndarray] = []
-        self.version = 0
+        self.state = _TypeState(np.zeros(0, dtype=np.uint64), [], ())
 
     def register(self, classify: Callable[[str], Any], dtype: Any) -> int:
         """Add a classifier; returns its column number (already-known types are classified now)."""
-        self.classifiers.append((classify, dtype))
-        self.columns.append(np.fromiter((classify(word) for word in self.words), dtype=dtype, count=len(self.words)))
-        self.version += 1
-        return len(self.columns) - 1
+        with self._lock:
+            state = self.state
+            column = np.fromiter((classify(word) for word in state.words), dtype=dtype, count=len(state.words))
+            self.classifiers.append((classify, dtype))
+            self.state = state._replace(columns=state.columns + (column,))
+            return len(self.classifiers) - 1
 
-    def ids(self, view: TokenView) -> np.ndarray:
+    def typed(self, view: TokenView) -> tuple[np.ndarray, _TypeState]:
+        """(row of each token's type, the table state those rows index)."""
         lowers = view.lowers
+        state = self.state
         if lowers.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if self.known.size:
-            index = np.searchsorted(self.known, lowers)
-            np.minimum(index, self.known.size - 1, out=index)
-            seen = self.known[index] == lowers
-            if seen.all():
-                return index
-            unseen = lowers[~seen]
-        else:
-            unseen = lowers
-        self._learn(sorted(set(unseen.tolist())), view.strings)
-        return np.searchsorted(self.known, lowers)
+            return np.zeros(0, dtype=np.int64), state
+        if state.known.size:
+            index = np.searchsorted(state.known, lowers)
+            np.minimum(index, state.known.size - 1, out=index)
+            if (state.known[index] == lowers).all():
+                return index, state
+        with self._lock:
+            state = self.state
+            if state.known.size:
+                index = np.minimum(np.searchsorted(state.known, lowers), state.known.size - 1)
+                unseen = lowers[state.known[index] != lowers]
+            else:
+                unseen = lowers
+            if unseen.size:
+                state = self.state = self._learned(state, sorted(set(unseen.tolist())), view.strings)
+        return np.searchsorted(state.known, lowers), state
 
-    def _learn(self, new_hashes: list[int], strings: Any) -> None:
+    def _learned(self, state: _TypeState, new_hashes: list[int], strings: Any) -> _TypeState:
         new_words = [strings[value] for value in new_hashes]
-        known = np.concatenate([self.known, np.asarray(new_hashes, dtype=np.uint64)])
+        known = np.concatenate([state.known, np.asarray(new_hashes, dtype=np.uint64)])
         order = np.argsort(known, kind="stable")
-        words = self.words + new_words
-        self.known = known[order]
-        self.words = [words[i] for i in order.tolist()]
-        for number, (classify, dtype) in enumerate(self.classifiers):
+        words = state.words + new_words
+        columns = []
+        for (classify, dtype), column in zip(self.classifiers, state.columns):
             new_values = np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))
-            self.columns[number] = np.concatenate([self.columns[number], new_values])[order]
-        self.version += 1
+            columns.append(np.concatenate([column, new_values])[order])
+        return _TypeState(known[order], [words[i] for i in order.tolist()], tuple(columns))
 
     def values(self, column: int, view: TokenView) -> np.ndarray:
         """The classifier's value for each token of ``view``."""
-        ids = view.type_ids()
-        return self.columns[column][ids]
+        typed = view._typed
+        if typed is None or column >= len(typed[1].columns):
+            typed = view._typed = self.typed(view)
+        ids, state = typed
+        return state.columns[column][ids]
 
 
 TYPE_TABLE = TypeTable()
@@ -108,12 +117,21 @@ _GLUED = re.compile(r"[.:;,!?](?=\w)")
 _WORD_AT = re.compile(r"[^\W\d_][\w'-]*")
 
 
+_LAST_GLUED: tuple[str, list[tuple[int, int, str]]] = ("", [])
+
+
 def glued_word_starts(text: str) -> list[tuple[int, int, str]]:
-    """(punctuation offset, word offset, lower-case word) for each word glued after punctuation."""
+    """(punctuation offset, word offset, lower-case word) for each word glued after punctuation
+    (the last text's result is kept: the finding and the cue scans ask for the same report)."""
+    global _LAST_GLUED
+    last = _LAST_GLUED   # one read: other threads may swap the global in between
+    if text is last[0]:
+        return last[1]
     found = []
     for match in _GLUED.finditer(text):
         word = _WORD_AT.match(text, match.end())
         found.append((match.start(), match.end(), word.group(0).lower() if word else ""))
+    _LAST_GLUED = (text, found)
     return found
 
 
