@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/ablation.py --studies 80 --steps 60 --seeds 0 1 2 --out data/ablation
+    .venv/bin/python benchmarks/ablation.py --studies 150 --steps 150 --seeds 0 1 2 --out data/ablation
 
 1. A scratch work dir (``--work``, default ``OUT/work``) gets its own ``params.yaml`` (the repo's, with
    the profile's split / demo_data edited) and the synthetic cohort is built there with the ``fvlm`` CLI:
@@ -133,7 +133,7 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
             and params_path.is_file():
         record = json.loads(marker.read_text())
         print(f"reusing cohort in {work} ({studies} studies, prepared in {record['wall_s']:.0f} s)", flush=True)
-        return record
+        return {**record, "reused": True}
     write_yaml(params_path, params)
     started = time.perf_counter()
     stage_walls: dict[str, float] = {}
@@ -250,8 +250,8 @@ def markdown_table(summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=80, help="synthetic cohort size")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per training run (all variants)")
+    parser.add_argument("--studies", type=int, default=150, help="synthetic cohort size")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per training run (all variants)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--out", default="data/ablation", help="results dir (ablation.json, ablation.md)")
     parser.add_argument("--work", default=None, help="scratch dir for the cohort and runs (default: OUT/work)")
@@ -301,12 +301,14 @@ def main(argv: list[str] | None = None) -> int:
                   or config_params.get("train", {}).get("batch_size"))
     command = ("python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
         s=args.studies, t=args.steps, seeds=" ".join(map(str, args.seeds)),
-        bs=f" --batch-size {args.batch_size}" if args.batch_size else ""))
+        bs=(f" --batch-size {args.batch_size}" if args.batch_size else "")
+        + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else "")))
     n_test = runs[0]["n_test"] if runs else None
     header = (f"`{command}` — cohort {args.studies} synthetic studies (profile `{profile}`, cohort seed "
               f"{args.cohort_seed}, split {'/'.join(map(str, args.split))}, {n_test} test studies), "
               f"{args.steps} steps of batch {batch_size} per run, seeds {', '.join(map(str, args.seeds))}; "
-              f"wall {wall / 60:.1f} min (cohort {cohort['wall_s']:.0f} s).")
+              f"wall {wall / 60:.1f} min (cohort {'reused; first built in' if cohort.get('reused') else 'built in'} "
+              f"{cohort['wall_s']:.0f} s).")
     table = markdown_table(summary, args.seeds)
     text = header + "\n\n" + table + "\n"
     from fvlm.io import atomic_write_text

@@ -36,8 +36,9 @@ def ensure_totalseg_config(home_dir: str | os.PathLike[str]) -> Path:
             config = json.loads(config_path.read_text())
         except json.JSONDecodeError:
             config = {}
-    if config.get("send_usage_stats") is not False:
+    if config.get("send_usage_stats") is not False or not config.get("statistics_disclaimer_shown"):
         config["send_usage_stats"] = False
+        config["statistics_disclaimer_shown"] = True  # statistics are off: no "sends statistics" banner
         config.setdefault("prediction_counter", 0)
         tmp = config_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config, indent=2))
