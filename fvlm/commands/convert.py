@@ -63,31 +63,10 @@ def run(args: argparse.Namespace) -> int:
                 output_extension=extension,
                 pseudonym_length=config.privacy.pseudonym_length,
             )
-        elif run_stage_as_flow(config):
-            from flows.stages import convert_flow, fan_out_from_config
-
-            summary = convert_flow(
-                input_dir=str(input_dir),
-                output_dir=str(output_dir),
-                salt=config.privacy.salt,
-                strict=strict,
-                series_preference=list(section.series_preference),
-                study_key_tag=section.study_key_tag,
-                min_slices=min_slices,
-                max_spacing_deviation=section.max_spacing_deviation,
-                output_extension=extension,
-                pseudonym_length=config.privacy.pseudonym_length,
-                **{**fan_out_from_config(config), "max_workers": workers},
-            )
         else:
-            from preprocessing.convert import convert_studies
-
-            summary = convert_studies(
-                input_dir,
-                output_dir,
+            settings = dict(
                 salt=config.privacy.salt,
                 strict=strict,
-                workers=workers,
                 series_preference=list(section.series_preference),
                 study_key_tag=section.study_key_tag,
                 min_slices=min_slices,
@@ -95,6 +74,15 @@ def run(args: argparse.Namespace) -> int:
                 output_extension=extension,
                 pseudonym_length=config.privacy.pseudonym_length,
             )
+            if run_stage_as_flow(config):
+                from flows.stages import convert_flow, fan_out_from_config
+
+                fan_out = {**fan_out_from_config(config), "max_workers": workers}
+                summary = convert_flow(input_dir=str(input_dir), output_dir=str(output_dir), **settings, **fan_out)
+            else:
+                from preprocessing.convert import convert_studies
+
+                summary = convert_studies(input_dir, output_dir, workers=workers, **settings)
     except (FileNotFoundError, ValueError) as error:
         print(f"fvlm convert: {error}", file=sys.stderr)
         return 2
