@@ -130,37 +130,15 @@ def convert_flow(
     dask_address: str | None = None,
 ) -> Any:
     """DICOM tree -> volumes/<study_id>.nii.gz + studies.parquet + unreadable.parquet (ConvertSummary)."""
-    from preprocessing.convert import (
-        MANIFEST_NAME,
-        UNREADABLE_NAME,
-        VOLUMES_DIR,
-        ConvertSettings,
-        ConvertSummary,
-        ManifestRow,
-        read_manifest,
-        write_manifest,
-        write_unreadable,
-    )
+    from preprocessing.convert import ManifestRow, finish_conversion, start_conversion
     from preprocessing.deid import patient_pseudonym, study_pseudonym
-    from preprocessing.dicom_discovery import scan_dicom_tree
 
     started = time.perf_counter()
-    out = Path(output_dir)
-    (out / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
-    cpu = os.cpu_count() or 1
-    settings = ConvertSettings(
-        salt=salt,
-        strict=strict,
-        series_preference=tuple(series_preference),
-        min_slices=min_slices,
-        max_spacing_deviation=max_spacing_deviation,
-        output_extension=output_extension,
-        study_key_tag=study_key_tag,
-        pseudonym_length=pseudonym_length,
-        decode_threads=max(1, cpu // max(1, max_workers)),
+    out, settings, discovery, previous = start_conversion(
+        input_dir, output_dir, salt=salt, strict=strict, workers=max_workers, series_preference=series_preference,
+        study_key_tag=study_key_tag, min_slices=min_slices, max_spacing_deviation=max_spacing_deviation,
+        output_extension=output_extension, pseudonym_length=pseudonym_length,
     )
-    discovery = scan_dicom_tree(input_dir, study_key_tag=study_key_tag)
-    previous = read_manifest(out / MANIFEST_NAME)
     items = []
     for study in discovery.studies:
         study_id = study_pseudonym(study.study_key, salt, pseudonym_length)
@@ -193,22 +171,7 @@ def convert_flow(
                     config_hash=settings.config_hash(),
                 )
             )
-    manifest_path = out / MANIFEST_NAME
-    write_manifest(rows, manifest_path)
-    unreadable_path = out / UNREADABLE_NAME
-    write_unreadable(discovery.unreadable, unreadable_path)
-    return ConvertSummary(
-        n_studies=len(rows),
-        n_ok=sum(r.status == "ok" for r in rows),
-        n_quarantined=sum(r.status != "ok" for r in rows),
-        n_reused=sum(r.reused for r in rows),
-        n_unreadable_files=len(discovery.unreadable),
-        n_files_seen=discovery.n_files_seen,
-        manifest_path=manifest_path,
-        unreadable_path=unreadable_path,
-        seconds=time.perf_counter() - started,
-        rows=sorted(rows, key=lambda r: r.study_id),
-    )
+    return finish_conversion(rows, discovery, out, started)
 
 
 def convert_from_config(config: Any, input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Any:

@@ -416,6 +416,31 @@ def convert_studies(
 ) -> ConvertSummary:
     """Discover every study under ``input_dir`` and convert it; writes volumes + both manifests."""
     started = time.perf_counter()
+    out, settings, discovery, previous = start_conversion(
+        input_dir, output_dir, salt=salt, strict=strict, workers=workers, series_preference=series_preference,
+        study_key_tag=study_key_tag, min_slices=min_slices, max_spacing_deviation=max_spacing_deviation,
+        output_extension=output_extension, pseudonym_length=pseudonym_length, decode_threads=decode_threads,
+    )
+    rows = run_conversions(discovery.studies, out, settings, previous, workers)
+    return finish_conversion(rows, discovery, out, started)
+
+
+def start_conversion(
+    input_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    salt: str,
+    strict: bool,
+    workers: int,
+    series_preference: list[str] | tuple[str, ...],
+    study_key_tag: str,
+    min_slices: int,
+    max_spacing_deviation: float,
+    output_extension: str,
+    pseudonym_length: int,
+    decode_threads: int | None = None,
+) -> tuple[Path, ConvertSettings, Discovery, dict[str, ManifestRow]]:
+    """Shared first step of a conversion run (library or Prefect flow): settings, discovery, last manifest."""
     out = Path(output_dir)
     (out / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
     cpu = os.cpu_count() or 1
@@ -431,8 +456,11 @@ def convert_studies(
         decode_threads=decode_threads if decode_threads else max(1, cpu // max(1, workers)),
     )
     discovery: Discovery = scan_dicom_tree(input_dir, study_key_tag=study_key_tag)
-    previous = read_manifest(out / MANIFEST_NAME)
-    rows = run_conversions(discovery.studies, out, settings, previous, workers)
+    return out, settings, discovery, read_manifest(out / MANIFEST_NAME)
+
+
+def finish_conversion(rows: list[ManifestRow], discovery: Discovery, out: Path, started: float) -> ConvertSummary:
+    """Shared last step: write both manifests atomically and summarise (one row per input study)."""
     manifest_path = out / MANIFEST_NAME
     write_manifest(rows, manifest_path)
     unreadable_path = out / UNREADABLE_NAME
