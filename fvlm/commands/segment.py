@@ -55,40 +55,31 @@ def run(args: argparse.Namespace) -> int:
         state = "reused" if row.get("reused") else row["status"]
         print(f"[{position}/{total}] {row['study_id']}: {state}", file=sys.stderr, flush=True)
 
+    options = dict(
+        backend=backend,
+        anatomy_set=args.anatomy_set or section.anatomy_set,
+        mode=args.mode or section.mode,
+        device=args.device or section.device,
+        roi_subset=section.roi_subset if args.roi_subset is None else args.roi_subset,
+        roi_subset_robust=section.roi_subset_robust,
+        precomputed_dir=str(config.path(args.masks or config.paths.precomputed_masks)),
+        salt=config.privacy.salt,
+        pseudonym_length=config.privacy.pseudonym_length,
+        totalseg_home=str(config.path(section.totalseg_home)) if section.totalseg_home else None,
+        qc=section.qc_pictures if args.qc is None else args.qc,
+        force=args.force,
+    )
     try:
         if run_stage_as_flow(config):
             from flows.stages import fan_out_from_config, segment_flow
 
             summary = segment_flow(
-                input_dir=str(input_dir), output_dir=str(output_dir), backend=backend,
-                anatomy_set=args.anatomy_set or section.anatomy_set,
-                mode=args.mode or section.mode,
-                device=args.device or section.device,
-                roi_subset=section.roi_subset if args.roi_subset is None else args.roi_subset,
-                roi_subset_robust=section.roi_subset_robust,
-                precomputed_dir=str(config.path(args.masks or config.paths.precomputed_masks)),
-                salt=config.privacy.salt, pseudonym_length=config.privacy.pseudonym_length,
-                totalseg_home=str(config.path(section.totalseg_home)) if section.totalseg_home else None,
-                qc=section.qc_pictures if args.qc is None else args.qc,
-                force=args.force,
+                input_dir=str(input_dir), output_dir=str(output_dir), **options,
                 gpu_concurrency_limit=config.orchestration.gpu_concurrency_limit,
                 **fan_out_from_config(config, batch_size=section.batch_size),
             )
-            print(summary.text())
-            return 0 if summary.n_quarantined < len(summary.rows) or not summary.rows else 1
-        summary = segment_studies(
-            input_dir, output_dir, backend=backend,
-            anatomy_set=args.anatomy_set or section.anatomy_set,
-            mode=args.mode or section.mode,
-            device=args.device or section.device,
-            roi_subset=section.roi_subset if args.roi_subset is None else args.roi_subset,
-            roi_subset_robust=section.roi_subset_robust,
-            precomputed_dir=config.path(args.masks or config.paths.precomputed_masks),
-            salt=config.privacy.salt, pseudonym_length=config.privacy.pseudonym_length,
-            totalseg_home=config.path(section.totalseg_home) if section.totalseg_home else None,
-            qc=section.qc_pictures if args.qc is None else args.qc,
-            force=args.force, progress=progress,
-        )
+        else:
+            summary = segment_studies(input_dir, output_dir, progress=progress, **options)
     except WeightsMissingError as error:
         print(f"fvlm segment: {error}", file=sys.stderr)
         return 2
