@@ -12,8 +12,9 @@ import bisect
 import functools
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from report_parsing.anatomy import OTHER_ANATOMY, anatomies_between, anatomy_matcher
+from report_parsing.anatomy import OTHER_ANATOMY, anatomy_matcher
 from report_parsing.labels import (
     LABEL_INDEX,
     finding_matches,
@@ -23,10 +24,11 @@ from report_parsing.labels import (
     resolve_effusion,
 )
 from report_parsing.lexicon import EFFUSION_BY_LOCATION, EXTRAPULMONARY_CONTEXT, GENERIC_ABNORMAL, LUNG_LABELS, PULMONARY_CONTEXT
-from report_parsing.negation import AFFIRMED, NEGATED, UNCERTAIN, SentenceCues, clause_bounds, location_text, report_cues
+from report_parsing.negation import AFFIRMED, NEGATED, UNCERTAIN, SentenceCues, location_text, report_cues
 from report_parsing.sections import FINDINGS, IMPRESSION, detect_sections
 from report_parsing.sentences import sentence_spans
-from report_parsing.tokens import TokenView
+from report_parsing.sentence_cache import sentence_cache
+from report_parsing.tokens import Limits, TokenView
 from segmentation.anatomy_sets import CTRATE_LABELS
 
 _EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)   # applied to lower-case text
@@ -45,7 +47,6 @@ class ReportAnalysis:
     mentions: list[tuple[int, int, list[str], int, str]] = field(default_factory=list)  # start, end, labels, sentence, polarity
     labels: list[int] = field(default_factory=lambda: [0] * len(CTRATE_LABELS))          # CT-RATE order, 0/1
     anatomy_abnormal: list[bool] = field(default_factory=list)
-    anatomy_hits: list[tuple[int, list[int]]] = field(default_factory=list)             # vocabulary word offsets
     has_findings: bool = False
     has_impression: bool = False
 
@@ -60,20 +61,38 @@ class ReportAnalysis:
         return analysis
 
 
+@dataclass
+class ReportScratch:
+    """What the steps of one report share and do not output: the lower-case text, its tokens, each
+    sentence's memo key (its lower-case text) and vocabulary hits (offsets relative to the sentence)."""
+
+    lower_text: str
+    view: TokenView
+    keys: list[str] = field(default_factory=list)
+    sentence_hits: list[tuple[tuple[int, tuple[int, ...]], ...]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, text: str, view: TokenView) -> "ReportScratch":
+        return cls(lower_keeping_offsets(text), view)
+
+
 def analyze_text(text: str, anatomy_set_name: str, *, uncertain_is_positive: bool = True) -> ReportAnalysis:
     """All steps on one text (what the spaCy pipeline's components do one after the other)."""
-    view = TokenView.from_text(text)
+    scratch = ReportScratch.of(text, TokenView.from_text(text))
     analysis = ReportAnalysis()
     add_sentences(text, analysis)
-    add_anatomies(text, analysis, anatomy_set_name, view)
-    add_findings(text, analysis, anatomy_set_name, view, uncertain_is_positive=uncertain_is_positive)
+    add_anatomies(analysis, scratch, anatomy_set_name)
+    add_findings(analysis, scratch, anatomy_set_name, uncertain_is_positive=uncertain_is_positive)
     return analysis
 
 
-def lower_keeping_offsets(text: str) -> str | None:
-    """``text.lower()`` when it keeps every character offset (always for ASCII), else None."""
+def lower_keeping_offsets(text: str) -> str:
+    """``text.lower()`` with every character offset kept: a character whose lower case is longer
+    (``İ`` -> ``i̇``) keeps only the first character of it."""
     lower = text.lower()
-    return lower if len(lower) == len(text) else None
+    if len(lower) == len(text):
+        return lower
+    return "".join([(char.lower() or char)[0] for char in text])
 
 
 def add_sentences(text: str, analysis: ReportAnalysis) -> None:
@@ -86,30 +105,40 @@ def add_sentences(text: str, analysis: ReportAnalysis) -> None:
         analysis.has_impression |= section.name == IMPRESSION
 
 
-def _sentence_of(starts: list[int], ends: list[int], position: int) -> int:
-    index = bisect.bisect_right(starts, position) - 1
-    return index if index >= 0 and position < ends[index] else -1
+def _sentence_keys(analysis: ReportAnalysis, scratch: ReportScratch) -> list[str]:
+    if len(scratch.keys) != len(analysis.sentences):
+        lower = scratch.lower_text
+        scratch.keys = [lower[start:end] for start, end in analysis.sentences]
+    return scratch.keys
 
 
-def add_anatomies(text: str, analysis: ReportAnalysis, anatomy_set_name: str, view: TokenView) -> None:
-    """Anatomies named by each sentence's words (vocabulary of the anatomy set)."""
+def _missed_limits(analysis: ReportAnalysis, missed: list[int]) -> Limits:
+    return Limits([analysis.sentences[i][0] for i in missed], [analysis.sentences[i][1] for i in missed])
+
+
+def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_name: str) -> None:
+    """Anatomies named by each sentence's words (vocabulary of the anatomy set), memoised per sentence."""
     matcher = anatomy_matcher(anatomy_set_name)
-    lower = lower_keeping_offsets(text) or text.lower()
-    hits = matcher.hits(lower, view) if len(lower) == len(text) else []
-    analysis.anatomy_hits = hits  # (offset, anatomy indices) pairs
-    starts = [span[0] for span in analysis.sentences]
-    ends = [span[1] for span in analysis.sentences]
-    per_sentence: dict[int, set[int]] = {}   # only the sentences that name an anatomy
-    bisect_right = bisect.bisect_right
-    for position, indices in hits:
-        index = bisect_right(starts, position) - 1   # _sentence_of, inlined
-        if index >= 0 and position < ends[index]:
-            found = per_sentence.get(index)
-            if found is None:
-                per_sentence[index] = set(indices)
-            else:
-                found.update(indices)
-    analysis.sentence_anatomies = [sorted(per_sentence[i]) if i in per_sentence else [] for i in range(len(starts))]
+    cache = sentence_cache("anatomy", anatomy_set_name)
+    keys = _sentence_keys(analysis, scratch)
+    get = cache.entries.get
+    results = [get(key) for key in keys]   # (anatomies, hits relative to the sentence start)
+    missed = [index for index, result in enumerate(results) if result is None]
+    cache.count(len(keys), len(missed))
+    if missed:
+        limits = _missed_limits(analysis, missed)
+        per_sentence: dict[int, list[tuple[int, tuple[int, ...]]]] = {index: [] for index in missed}
+        starts = limits.starts
+        for position, indices in matcher.hits(scratch.lower_text, scratch.view, limits):
+            slot = bisect.bisect_right(starts, position) - 1
+            if slot >= 0 and position < limits.ends[slot]:
+                per_sentence[missed[slot]].append((position - starts[slot], indices))
+        for index in missed:
+            hits = tuple(per_sentence[index])
+            result = results[index] = (tuple(sorted({i for _, indices in hits for i in indices})), hits)
+            cache.put(keys[index], result)
+    analysis.sentence_anatomies = [list(result[0]) for result in results]
+    scratch.sentence_hits = [result[1] for result in results]
     analysis.anatomy_abnormal = [False] * len(matcher.anatomy_names)
 
 
@@ -123,46 +152,80 @@ def _label_anatomy(anatomy_set_name: str) -> tuple[int, dict[str, int]]:
     return len(names), {label: names.index(name) for label, name in anatomy_set.label_anatomy.items() if name}
 
 
+class SentenceFindings(NamedTuple):
+    """The findings of one sentence (offsets relative to its start); immutable: it is memoised."""
+
+    mentions: tuple[tuple[int, int, tuple[str, ...], str], ...]   # start, end, labels, polarity
+    anatomies: tuple[int, ...]            # the sentence's anatomies, grown by its findings
+    abnormal: bool
+    label_indices: tuple[int, ...]        # CT-RATE labels present (indices into CTRATE_LABELS)
+    abnormal_anatomies: tuple[int, ...]
+
+
 def add_findings(
-    text: str, analysis: ReportAnalysis, anatomy_set_name: str, view: TokenView, *, uncertain_is_positive: bool = True
+    analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_name: str, *, uncertain_is_positive: bool = True
 ) -> None:
-    """Finding mentions with polarity; labels; sentence and anatomy abnormal flags."""
-    n_anatomies, label_anatomy = _label_anatomy(anatomy_set_name)
-    present = {AFFIRMED, UNCERTAIN} if uncertain_is_positive else {AFFIRMED}
+    """Finding mentions with polarity; labels; sentence and anatomy abnormal flags (memoised per sentence)."""
+    n_anatomies, _ = _label_anatomy(anatomy_set_name)
     if not analysis.anatomy_abnormal:
         analysis.anatomy_abnormal = [False] * n_anatomies
-    starts = [span[0] for span in analysis.sentences]
-    ends = [span[1] for span in analysis.sentences]
-    base_anatomies = analysis.sentence_anatomies or [[] for _ in starts]
-    grown: dict[int, set[int]] = {}   # sentences whose anatomies a finding extends (the others keep theirs)
-    abnormal = [False] * len(starts)
-    hits = analysis.anatomy_hits
-    hit_starts = [position for position, _ in hits]
-    group_labels = _group_labels()
+    if len(scratch.sentence_hits) != len(analysis.sentences):
+        add_anatomies(analysis, scratch, anatomy_set_name)
+    cache = sentence_cache("findings", anatomy_set_name, uncertain_is_positive)
+    keys = _sentence_keys(analysis, scratch)
+    get = cache.entries.get
+    results = [get(key) for key in keys]
+    missed = [index for index, result in enumerate(results) if result is None]
+    cache.count(len(keys), len(missed))
+    if missed:
+        computed = _findings_of_sentences(analysis, scratch, missed, anatomy_set_name, uncertain_is_positive)
+        for index, result in zip(missed, computed):
+            results[index] = result
+            cache.put(keys[index], result)
+    mentions = analysis.mentions
     labels_out = analysis.labels
     anatomy_abnormal = analysis.anatomy_abnormal
-    mentions = analysis.mentions
-    bisect_right = bisect.bisect_right
+    for index, ((offset, _), result) in enumerate(zip(analysis.sentences, results)):
+        for start, end, labels, polarity in result.mentions:
+            mentions.append((start + offset, end + offset, list(labels), index, polarity))
+        for label_index in result.label_indices:
+            labels_out[label_index] = 1
+        for anatomy_index in result.abnormal_anatomies:
+            anatomy_abnormal[anatomy_index] = True
+    analysis.sentence_anatomies = [list(result.anatomies) for result in results]
+    analysis.sentence_abnormal = [result.abnormal for result in results]
 
-    lower = lower_keeping_offsets(text)
-    lower_text = lower if lower is not None else text.lower()
+
+def _findings_of_sentences(
+    analysis: ReportAnalysis, scratch: ReportScratch, missed: list[int], anatomy_set_name: str, uncertain_is_positive: bool
+) -> list[SentenceFindings]:
+    """:class:`SentenceFindings` of the ``missed`` sentences (every expression bounded by its sentence)."""
+    _, label_anatomy = _label_anatomy(anatomy_set_name)
+    present = {AFFIRMED, UNCERTAIN} if uncertain_is_positive else {AFFIRMED}
+    group_labels = _group_labels()
+    lower_text = scratch.lower_text
+    limits = _missed_limits(analysis, missed)
+    starts, ends = limits.starts, limits.ends
+    cues_in_report = report_cues(lower_text, scratch.view, limits)
+    mentions_of: list[list[tuple[int, int, tuple[str, ...], str]]] = [[] for _ in missed]
+    grown: dict[int, set[int]] = {}   # slot -> anatomies, for sentences a finding extends
+    abnormal = [False] * len(missed)
+    label_indices: list[set[int]] = [set() for _ in missed]
+    abnormal_anatomies: list[set[int]] = [set() for _ in missed]
     cues_of: dict[int, SentenceCues] = {}
-    cues_in_report = report_cues(lower_text, view) if lower is not None else None
-    for match in finding_matches(text, lower, view):
+    for match in finding_matches(lower_text, scratch.view, limits):
         match_start, match_end = match.span()
-        sentence_index = bisect_right(starts, match_start) - 1   # _sentence_of, inlined
-        if sentence_index < 0 or match_start >= ends[sentence_index]:
-            continue  # header words, punctuation between sentences
+        slot = bisect.bisect_right(starts, match_start) - 1
+        if slot < 0 or match_start >= ends[slot]:
+            continue
+        index = missed[slot]
         labels = group_labels[match.lastgroup]
-        offset = starts[sentence_index]
-        sentence_end = ends[sentence_index]
-        cues = cues_of.get(sentence_index)
+        offset = starts[slot]
+        cues = cues_of.get(slot)
         if cues is None:
-            # offsets of the original text; lower-case copy (same length for ASCII, else a best effort)
-            sentence = lower_text[offset:sentence_end] if lower is not None else text[offset:sentence_end].lower()
-            cues = cues_of[sentence_index] = SentenceCues(sentence, cues_in_report, offset) if cues_in_report else SentenceCues(sentence)
+            cues = cues_of[slot] = SentenceCues(scratch.keys[index], cues_in_report, offset)
         sentence = cues.sentence
-        mention_start, mention_end = match_start - offset, min(match_end, sentence_end) - offset
+        mention_start, mention_end = match_start - offset, match_end - offset
         mention_text = sentence[mention_start:mention_end]
         polarity, clause_start, clause_end = cues.classify_in_clause(mention_start, mention_end)
         if EFFUSION_BY_LOCATION in labels:
@@ -174,31 +237,38 @@ def add_findings(
                     labels = tuple(label for label in labels if label not in LUNG_LABELS) or (GENERIC_ABNORMAL,)
             if may_need_location(mention_text):
                 labels = labels_with_location(mention_text, location_text(sentence, clause_start), labels)
-        mentions.append((match_start, match_end, list(labels), sentence_index, polarity))
+        mentions_of[slot].append((mention_start, mention_end, tuple(labels), polarity))
         if not is_present:
             continue
+        base = analysis.sentence_anatomies[index]
         for label in labels:
             if label in LABEL_INDEX:
-                labels_out[LABEL_INDEX[label]] = 1
+                label_indices[slot].add(LABEL_INDEX[label])
             if label in NOT_DISEASE_LABELS:
                 continue
-            abnormal[sentence_index] = True
+            abnormal[slot] = True
             if label in label_anatomy:
                 target = {label_anatomy[label]}
             else:  # generic finding (or a label without anatomy in this set): the anatomies of its clause
-                target = anatomies_between(hits, hit_starts, offset + clause_start, offset + clause_end) or set(
-                    grown[sentence_index] if sentence_index in grown else base_anatomies[sentence_index]
-                )
-            found = grown.get(sentence_index)
+                target = {i for position, indices in scratch.sentence_hits[index]
+                          if clause_start <= position < clause_end for i in indices}
+                if not target:
+                    target = set(grown[slot] if slot in grown else base)
+            found = grown.get(slot)
             if found is None:
-                found = grown[sentence_index] = set(base_anatomies[sentence_index])
+                found = grown[slot] = set(base)
             found.update(target)
-            for anatomy_index in target:
-                anatomy_abnormal[anatomy_index] = True
-    analysis.sentence_anatomies = [
-        sorted(grown[i]) if i in grown else sorted(set(found)) for i, found in enumerate(base_anatomies)
+            abnormal_anatomies[slot].update(target)
+    return [
+        SentenceFindings(
+            tuple(mentions_of[slot]),
+            tuple(sorted(grown[slot])) if slot in grown else tuple(analysis.sentence_anatomies[index]),
+            abnormal[slot],
+            tuple(sorted(label_indices[slot])),
+            tuple(sorted(abnormal_anatomies[slot])),
+        )
+        for slot, index in enumerate(missed)
     ]
-    analysis.sentence_abnormal = abnormal
 
 
 @functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from report_parsing.tokens import TYPE_TABLE, TokenView, WordTypeFilter
+from report_parsing.tokens import TYPE_TABLE, Limits, TokenView, WordTypeFilter
 
 _PUNCTUATION = "-\u2013\u2014\u00b7\u2022*\"'(\u201c\u201d/.,;:"
 
@@ -73,8 +73,10 @@ class AnatomyMatcher:
             indices = self.decoded[code] = tuple(i for i in range(len(self.anatomy_names)) if code >> i & 1)
         return indices
 
-    def hits(self, lower_text: str, view: TokenView) -> list[tuple[int, tuple[int, ...]]]:
-        """(char offset, anatomy indices) of every vocabulary word / phrase, ascending."""
+    def hits(self, lower_text: str, view: TokenView, limits: Limits | None = None) -> list[tuple[int, tuple[int, ...]]]:
+        """(char offset, anatomy indices) of every vocabulary word / phrase, ascending; phrases are
+        bounded by their span of ``limits`` (default: the whole text). Hits outside every span may be
+        returned: the caller keeps those of its sentences."""
         if view.lowers.size == 0:
             return []
         codes = self._codes_of(view)
@@ -85,10 +87,14 @@ class AnatomyMatcher:
             for position, code in zip(view.starts[single_tokens].tolist(), codes[single_tokens].tolist())
         ]
         if self.phrase_pattern is not None:
+            end_of = (limits or Limits.whole(lower_text)).end_of
             for position in self.type_filter.positions(view).tolist():
                 while position < len(lower_text) and not lower_text[position].isalnum():
                     position += 1
-                match = self.phrase_pattern.match(lower_text, position)
+                end = end_of(position)
+                if end < 0:
+                    continue
+                match = self.phrase_pattern.match(lower_text, position, end)
                 if match:
                     found.append((position, self.phrase_anatomies[_norm(match.group(0))]))
             found.sort()

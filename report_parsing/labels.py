@@ -22,7 +22,7 @@ from report_parsing.lexicon import (
     NOT_ARTERIAL_PLACE,
     TRIGGER_STEMS,
 )
-from report_parsing.tokens import TokenView, WordTypeFilter, glued_word_starts
+from report_parsing.tokens import Limits, TokenView, WordTypeFilter, glued_word_starts
 from segmentation.anatomy_sets import CTRATE_LABELS
 
 LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(CTRATE_LABELS)}
@@ -58,24 +58,28 @@ _LEADING_PUNCTUATION = "-\u2013\u2014\u00b7\u2022*\"'(\u201c\u201d/.,;:"
 _TRIGGERS = WordTypeFilter(lambda word: word.lstrip(_LEADING_PUNCTUATION).startswith(TRIGGER_STEMS))
 
 
-def finding_matches(text: str, lower_text: str | None, view: TokenView) -> list[re.Match[str]]:
-    """Non-overlapping lexicon matches, tried only at tokens whose word type starts with a trigger stem.
-
-    ``lower_text`` is ``text.lower()`` when that keeps every offset (else None: case-insensitive match)."""
-    pattern, _ = finding_pattern(ignore_case=lower_text is None)
-    target = text if lower_text is None else lower_text
+def finding_matches(lower_text: str, view: TokenView, limits: Limits | None = None) -> list[re.Match[str]]:
+    """Non-overlapping lexicon matches in a lower-case text, tried only at tokens whose word type starts
+    with a trigger stem; each bounded by its span of ``limits`` (default: the whole text)."""
+    pattern, _ = finding_pattern(ignore_case=False)
+    limits = limits or Limits.whole(lower_text)
+    end_of = limits.end_of
     found: list[re.Match[str]] = []
     skip_until = -1
     positions = _TRIGGERS.positions(view).tolist()
-    glued = [start for _, start, word in glued_word_starts(target) if word.startswith(TRIGGER_STEMS)]
+    glued = [start for _, start, word in glued_word_starts(lower_text) if word.startswith(TRIGGER_STEMS)]
     if glued:
         positions = sorted(set(positions).union(glued))
+    text_length = len(lower_text)
     for position in positions:
-        while position < len(target) and not target[position].isalnum():
+        while position < text_length and not lower_text[position].isalnum():
             position += 1  # a token like "-Budding": the word starts after its punctuation
         if position < skip_until:
             continue
-        match = pattern.match(target, position)
+        end = end_of(position)
+        if end < 0:
+            continue
+        match = pattern.match(lower_text, position, end)
         if match:
             found.append(match)
             skip_until = match.end()

@@ -26,7 +26,7 @@ import re
 import numpy as np
 from typing import TYPE_CHECKING
 
-from report_parsing.tokens import TYPE_TABLE, glued_word_starts
+from report_parsing.tokens import TYPE_TABLE, Limits, glued_word_starts
 
 if TYPE_CHECKING:
     from report_parsing.tokens import TokenView
@@ -142,11 +142,14 @@ _CUE_COLUMN = TYPE_TABLE.register(_cue_code, np.int64)
 _LEAD_COLUMN = TYPE_TABLE.register(_cue_lead, bool)
 
 
-def report_cues(lower_text: str, view: "TokenView") -> dict[str, list[tuple[int, int]]]:
-    """Spans of every cue kind in a whole lower-case report, found at candidate tokens only."""
+def report_cues(lower_text: str, view: "TokenView", limits: Limits | None = None) -> dict[str, list[tuple[int, int]]]:
+    """Spans of every cue kind in a lower-case report, found at candidate tokens only; each match is
+    bounded by its span of ``limits`` (default: the whole text)."""
+    end_of = (limits or Limits.whole(lower_text)).end_of
     found: dict[str, list[tuple[int, int]]] = {name: [] for name in _CUE_PATTERNS}
-    # per cue kind, its candidate positions (ascending, distinct); each kind's spans do not overlap
-    positions_of: list[list[int]] = [[] for _ in _CUE_NAMES]
+    # per cue kind, its candidates (position, end of its span of limits), ascending, distinct; each
+    # kind's spans do not overlap
+    candidates_of: list[list[tuple[int, int]]] = [[] for _ in _CUE_NAMES]
     if view.lowers.size:
         codes = TYPE_TABLE.values(_CUE_COLUMN, view)
         candidates = np.flatnonzero(codes)
@@ -161,36 +164,47 @@ def report_cues(lower_text: str, view: "TokenView") -> dict[str, list[tuple[int,
                 while position < text_length and not (lower_text[position].isalnum() or lower_text[position] in ";:,"):
                     position += 1
                 positions[index] = position
+        if limits is not None:
+            ends = limits.ends_for(positions)
+            inside = ends >= 0
+            codes, positions, ends = codes[inside], positions[inside], ends[inside]
+        else:
+            ends = np.full(positions.shape, len(lower_text), dtype=np.int64)
         for number in range(len(_CUE_NAMES)):
-            positions_of[number] = positions[(codes & (1 << number)) != 0].tolist()
+            selected = (codes & (1 << number)) != 0
+            candidates_of[number] = list(zip(positions[selected].tolist(), ends[selected].tolist()))
     glued = glued_word_starts(lower_text)
     if glued:
         for mark, word_start, word in glued:
             for position, names in ((mark, _cue_names(lower_text[mark])), (word_start, _cue_names(word))):
+                end = end_of(position)
+                if end < 0:
+                    continue
                 for number, name in enumerate(_CUE_NAMES):
                     if name in names:
-                        positions_of[number].append(position)
-        positions_of = [sorted(set(positions)) for positions in positions_of]
+                        candidates_of[number].append((position, end))
+        candidates_of = [sorted(set(candidates)) for candidates in candidates_of]
     for number, name in enumerate(_CUE_NAMES):
-        positions = positions_of[number]
-        if not positions:
+        candidates = candidates_of[number]
+        if not candidates:
             continue
         match_at = _CUE_PATTERNS[name].match
         spans = found[name]
         last_end = -1
         previous = -1
-        for position in positions:
+        for position, end in candidates:
             if position < last_end or position == previous:
                 continue  # non-overlapping, like finditer
             previous = position
-            match = match_at(lower_text, position)
+            match = match_at(lower_text, position, end)
             if match:
                 span = match.span()
                 spans.append(span)
                 last_end = span[1]
     question = lower_text.find("?")
     while question != -1:
-        found["uncertain"].append((question, question + 1))
+        if end_of(question) >= 0:
+            found["uncertain"].append((question, question + 1))
         question = lower_text.find("?", question + 1)
     for spans in found.values():
         spans.sort()

@@ -11,6 +11,9 @@ Components (in order), each working on character offsets of ``doc.text`` with co
                        CT-RATE labels, sentence / anatomy abnormal flags
 =====================  ========================================================================
 
+``fvlm_anatomy`` and ``fvlm_findings`` memoise their result per sentence (``report_parsing.sentence_cache``:
+report templates repeat sentences), so only sentences not met before are analysed.
+
 Results live in ``doc.user_data["fvlm"]`` as a plain dict (:class:`ReportAnalysis`), which survives
 ``nlp.pipe(..., n_process=N)``; ``doc._.fvlm`` returns it as a :class:`ReportAnalysis`.
 """
@@ -20,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from report_parsing.analyze import ReportAnalysis, add_anatomies, add_findings, add_sentences
+import numpy as np
+
+from report_parsing.analyze import ReportAnalysis, ReportScratch, add_anatomies, add_findings, add_sentences
 from report_parsing.tokens import TokenView
 
 USER_DATA_KEY = "fvlm"
@@ -47,7 +52,7 @@ class TextKeepingTokenizer:
         return getattr(self.tokenizer, name)
 
 
-VIEW_KEY = "fvlm_view"
+SCRATCH_KEY = "fvlm_scratch"
 
 
 def _text(doc: Any) -> str:
@@ -57,11 +62,11 @@ def _text(doc: Any) -> str:
     return text
 
 
-def _view(doc: Any) -> TokenView:
-    view = doc.user_data.get(VIEW_KEY)
-    if view is None:
-        view = doc.user_data[VIEW_KEY] = TokenView.from_doc(doc)
-    return view
+def _scratch(doc: Any) -> ReportScratch:
+    scratch = doc.user_data.get(SCRATCH_KEY)
+    if scratch is None:
+        scratch = doc.user_data[SCRATCH_KEY] = ReportScratch.of(_text(doc), TokenView.from_doc(doc))
+    return scratch
 
 
 def _state(doc: Any) -> ReportAnalysis:
@@ -81,23 +86,23 @@ _NOT_SENT_START = (1 << 64) - 1   # -1 as uint64
 
 
 class SentenceComponent:
-    def __call__(self, doc: Any) -> Any:
-        import numpy as np
+    def __init__(self) -> None:
         from spacy.attrs import SENT_START
 
+        self.attrs = [SENT_START]
+
+    def __call__(self, doc: Any) -> Any:
         analysis = ReportAnalysis()
         add_sentences(_text(doc), analysis)
         if len(doc):
-            view = _view(doc)
             # -1 (not a start) as uint64, the dtype Doc.from_array takes
-            sent_start = np.full((len(doc), 1), _NOT_SENT_START, dtype=np.uint64)
-            sent_start[0] = 1
+            sent_start = np.full(len(doc), _NOT_SENT_START, dtype=np.uint64)
             if analysis.sentences:
-                first_tokens = np.searchsorted(view.starts, [start for start, _ in analysis.sentences], side="right") - 1
-                np.maximum(first_tokens, 0, out=first_tokens)   # clip to [0, len(doc) - 1]
-                np.minimum(first_tokens, len(doc) - 1, out=first_tokens)
-                sent_start[first_tokens] = 1
-            doc.from_array([SENT_START], sent_start)
+                first_tokens = _scratch(doc).view.starts.searchsorted([start for start, _ in analysis.sentences], side="right")
+                first_tokens -= 1
+                sent_start[np.maximum(first_tokens, 0, out=first_tokens)] = 1   # token of each sentence start
+            sent_start[0] = 1
+            doc.from_array(self.attrs, sent_start.reshape(-1, 1))
         _store(doc, analysis)
         return doc
 
@@ -108,7 +113,7 @@ class AnatomyComponent:
 
     def __call__(self, doc: Any) -> Any:
         analysis = _state(doc)
-        add_anatomies(_text(doc), analysis, self.anatomy_set, _view(doc))
+        add_anatomies(analysis, _scratch(doc), self.anatomy_set)
         _store(doc, analysis)
         return doc
 
@@ -120,10 +125,10 @@ class FindingsComponent:
 
     def __call__(self, doc: Any) -> Any:
         analysis = _state(doc)
-        add_findings(_text(doc), analysis, self.anatomy_set, _view(doc), uncertain_is_positive=self.uncertain_is_positive)
+        add_findings(analysis, _scratch(doc), self.anatomy_set, uncertain_is_positive=self.uncertain_is_positive)
         _store(doc, analysis, final=True)
         doc.user_data.pop(TEXT_KEY, None)   # transient: not serialised with the Doc
-        doc.user_data.pop(VIEW_KEY, None)
+        doc.user_data.pop(SCRATCH_KEY, None)
         return doc
 
 

@@ -24,11 +24,15 @@ ABBREVIATIONS: frozenset[str] = frozenset(
     }
 )
 
-# candidate boundary characters (one fast character-class scan); each is then checked in Python
-_CANDIDATE_CHAR = re.compile(r"[.!?;\n\"\u201c\u201d\u2022\u00b7]")
-_BULLETS = "\u2022\u00b7"
+# Boundaries in one C-level scan (one leading character class, so the engine skips ahead fast): a run of
+# [.!?;] (+ closing quotes / brackets) followed by white space or the end, a line break, a bullet or a
+# quote (CT-RATE impression items start with '"'; it must follow white space, checked in Python, as is
+# a single '.': abbreviation / list number).
+_BOUNDARY = re.compile(
+    r"[.!?;\n\u2022\u00b7\"\u201c\u201d]"
+    r"(?:(?<=[.!?;])[.!?;]*[\"'\u201d\u201c)]*(?=\s|\Z)|(?<=[\n\u2022\u00b7\"\u201c\u201d]))"
+)
 _QUOTES = "\"\u201c\u201d"
-_CLOSERS = "\"'\u201d\u201c)"
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)\.$")
 _LIST_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]$")
 
@@ -60,35 +64,37 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     end = len(text) if end is None else end
     spans: list[tuple[int, int]] = []
     piece_start = start
-    skip_until = start
-    for match in _CANDIDATE_CHAR.finditer(text, start, end):
-        position = match.start()
-        if position < skip_until:
-            continue
-        char = text[position]
-        if char in ".!?;":
-            stop = position + 1
-            while stop < end and text[stop] in ".!?;":
-                stop += 1
-            while stop < end and text[stop] in _CLOSERS:
-                stop += 1
-            skip_until = stop
-            if stop < end and not text[stop].isspace():
-                continue  # 3.5 mm, e.g.x, T12.5: no white space after the mark
-            if char == "." and stop == position + 1 and _is_abbreviation(text, position):
+    for match in _BOUNDARY.finditer(text, start, end):
+        position, stop = match.span()
+        if stop == position + 1:
+            char = text[position]
+            if char == ".":
+                if position - piece_start >= 12:   # the abbreviation window lies inside the piece: one lookup
+                    is_abbreviation, trimmed = _piece_ending_in_dot(text[piece_start:stop])
+                    if not is_abbreviation:
+                        if trimmed is not None:
+                            spans.append((piece_start + trimmed[0], piece_start + trimmed[1]))
+                        piece_start = stop
+                    continue
+                if _is_abbreviation(text, position):
+                    continue
+            elif char not in ".!?;":   # a line break, a bullet or an opening quote: cut before it
+                if char in _QUOTES and position > start and not text[position - 1].isspace():
+                    continue
+                _append(text, piece_start, position, spans)
+                piece_start = stop
                 continue
-            _append(text, piece_start, stop, spans)
-            piece_start = stop
-        elif char == "\n" or char in _BULLETS:
-            _append(text, piece_start, position, spans)
-            piece_start = position + 1
-        else:  # a quote that opens an item: CT-RATE impression items start with '"'
-            if position > start and not text[position - 1].isspace():
-                continue
-            _append(text, piece_start, position, spans)
-            piece_start = position + 1
+        _append(text, piece_start, stop, spans)
+        piece_start = stop
     _append(text, piece_start, end, spans)
     return spans
+
+
+@functools.lru_cache(maxsize=1 << 16)   # pure; report templates repeat the same sentences
+def _piece_ending_in_dot(piece: str) -> tuple[bool, tuple[int, int] | None]:
+    """(the final '.' ends an abbreviation / list number, :func:`_trimmed` of the piece) of a piece of
+    at least 13 characters ending in '.'."""
+    return _window_is_abbreviation(piece[-13:]), _trimmed(piece)
 
 
 _ALNUM = re.compile(r"[^\W_]")
@@ -96,11 +102,20 @@ _STRIP_LEAD = re.compile(r"[\s\"'\u201c\u201d\-\u2022*]*(?:\(?\d{1,2}[.)](?=\s))
 
 
 def _append(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> None:
-    lead = _STRIP_LEAD.match(text, start, end)
-    if lead:
-        start = lead.end()
-    while end > start and (text[end - 1].isspace() or text[end - 1] in "\"'\u201c\u201d"):
+    if end > start:
+        trimmed = _trimmed(text[start:end])
+        if trimmed is not None:
+            spans.append((start + trimmed[0], start + trimmed[1]))
+
+
+@functools.lru_cache(maxsize=1 << 16)   # pure; report templates repeat the same pieces
+def _trimmed(piece: str) -> tuple[int, int] | None:
+    """(start, end) of a piece without its leading list number / quotes / bullets and trailing white
+    space / quotes; None when what is left has no letter or digit (not a sentence)."""
+    start, end = _STRIP_LEAD.match(piece).end(), len(piece)
+    while end > start and (piece[end - 1].isspace() or piece[end - 1] in "\"'\u201c\u201d"):
         end -= 1
     # a piece of only punctuation is not a sentence ([^\W_] is exactly str.isalnum)
-    if end > start and _ALNUM.search(text, start, end):
-        spans.append((start, end))
+    if end > start and _ALNUM.search(piece, start, end):
+        return start, end
+    return None

@@ -1,6 +1,6 @@
 """Token-level candidate positions from a spaCy Doc, with per-word-type caches.
 
-``doc.to_array([LOWER, IDX])`` gives every token's lower-case hash and character offset in one C call;
+``doc.to_array(IDX)`` / ``doc.to_array(LOWER)`` give every token's character offset / lower-case hash in one C call;
 word types are classified once (cached by hash), so finding a report's candidate positions costs a few
 numpy operations instead of a regular-expression scan of every character.
 """
@@ -8,30 +8,44 @@ numpy operations instead of a regular-expression scan of every character.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import bisect
 import re
 import threading
 
 import numpy as np
 
 
-@dataclass
 class TokenView:
-    starts: np.ndarray      # int64 char offset of each token
-    lowers: np.ndarray      # uint64 hash of each token's lower-case form
-    strings: Any            # spaCy StringStore (hash -> text)
-    _typed: tuple[np.ndarray, "_TypeState"] | None = None   # (type row of each token, table state), lazy
+    """Token offsets and lower-case hashes of a text (a Doc's tokens), read lazily: a report whose
+    sentences are all memoised never needs the hashes."""
+
+    __slots__ = ("starts", "_lowers", "strings", "_doc", "_typed")
+
+    def __init__(self, starts: np.ndarray, lowers: np.ndarray | None, strings: Any, doc: Any = None) -> None:
+        self.starts = starts        # int64 char offset of each token
+        self._lowers = lowers       # uint64 hash of each token's lower-case form (None: read from doc)
+        self.strings = strings      # spaCy StringStore (hash -> text)
+        self._doc = doc
+        self._typed: tuple[np.ndarray, _TypeState] | None = None   # (type row of each token, table state)
+
+    @property
+    def lowers(self) -> np.ndarray:
+        if self._lowers is None:
+            from spacy.attrs import LOWER
+
+            self._lowers = np.ascontiguousarray(self._doc.to_array(LOWER), dtype=np.uint64)
+            self._doc = None
+        return self._lowers
 
     @classmethod
     def from_doc(cls, doc: Any) -> "TokenView":
-        from spacy.attrs import IDX, LOWER
+        from spacy.attrs import IDX
 
         if len(doc) == 0:
             return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64), doc.vocab.strings)
-        array = doc.to_array([LOWER, IDX])
-        return cls(array[:, 1].astype(np.int64), np.ascontiguousarray(array[:, 0]), doc.vocab.strings)
+        return cls(doc.to_array(IDX).astype(np.int64), None, doc.vocab.strings, doc)
 
     @classmethod
     def from_text(cls, text: str) -> "TokenView":
@@ -39,24 +53,63 @@ class TokenView:
         return cls.from_doc(_tokenizer()(text))
 
 
+class Limits:
+    """Character spans (ascending, disjoint) that bound every match: an expression tried at a position
+    inside span ``[start, end)`` runs as ``pattern.match(text, position, end)``; positions outside
+    every span are skipped. ``Limits.whole(text)`` is one span over everything."""
+
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, starts: list[int], ends: list[int]) -> None:
+        self.starts = starts
+        self.ends = ends
+
+    @classmethod
+    def whole(cls, text: str) -> "Limits":
+        return cls([0], [len(text)])
+
+    def ends_for(self, positions: np.ndarray) -> np.ndarray:
+        """:meth:`end_of` of each position (int64 array)."""
+        starts = np.asarray(self.starts, dtype=np.int64)
+        index = np.searchsorted(starts, positions, side="right") - 1
+        ends = np.asarray(self.ends, dtype=np.int64)[np.maximum(index, 0)]
+        return np.where((index >= 0) & (positions < ends), ends, -1)
+
+    def end_of(self, position: int) -> int:
+        """End of the span holding ``position``, or -1 when none does."""
+        index = bisect.bisect_right(self.starts, position) - 1
+        if index >= 0:
+            end = self.ends[index]
+            if position < end:
+                return end
+        return -1
+
+
 class _TypeState(NamedTuple):
     """One immutable snapshot of the type table (swapped whole, so threads never see a half update)."""
 
     known: np.ndarray                # every word-type hash seen so far, sorted
-    words: list[str]                 # their lower-case forms, same order
-    columns: tuple[np.ndarray, ...]  # one value per known type, per classifier
+    rows: np.ndarray                 # the row (order of first sight) of each sorted hash
+    words: list[str]                 # lower-case forms, by row
+    columns: tuple[np.ndarray, ...]  # one value per row, per classifier
+
+
+def _empty_state(dtypes: list[Any]) -> _TypeState:
+    return _TypeState(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64), [],
+                      tuple(np.zeros(0, dtype=dtype) for dtype in dtypes))
 
 
 class TypeTable:
-    """Every word type (lower-case hash) seen so far, sorted, with one value column per registered
-    classifier (a pure function of the lower-case form). A document's tokens are classified by all
-    classifiers with a single ``searchsorted``; unseen types are classified once, when first met.
+    """Every word type (lower-case hash) seen so far, with one value column per registered classifier
+    (a pure function of the lower-case form). A document's tokens are classified by all classifiers
+    with a single ``searchsorted``; unseen types are classified once, when first met, and merged in
+    (rows are appended; only the sorted hash index is re-merged).
     Thread-safe: readers use one immutable :class:`_TypeState`; writers swap in a new one under a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.classifiers: list[tuple[Callable[[str], Any], Any]] = []
-        self.state = _TypeState(np.zeros(0, dtype=np.uint64), [], ())
+        self.state = _empty_state([])
 
     def register(self, classify: Callable[[str], Any], dtype: Any) -> int:
         """Add a classifier; returns its column number (already-known types are classified now)."""
@@ -66,6 +119,11 @@ class TypeTable:
             self.classifiers.append((classify, dtype))
             self.state = state._replace(columns=state.columns + (column,))
             return len(self.classifiers) - 1
+
+    def forget(self) -> None:
+        """Drop every learnt word type (a cold start, for benchmarks); classifiers stay registered."""
+        with self._lock:
+            self.state = _empty_state([dtype for _, dtype in self.classifiers])
 
     def typed(self, view: TokenView) -> tuple[np.ndarray, _TypeState]:
         """(row of each token's type, the table state those rows index)."""
@@ -77,7 +135,7 @@ class TypeTable:
             index = np.searchsorted(state.known, lowers)
             np.minimum(index, state.known.size - 1, out=index)
             if (state.known[index] == lowers).all():
-                return index, state
+                return state.rows[index], state
         with self._lock:
             state = self.state
             if state.known.size:
@@ -86,19 +144,20 @@ class TypeTable:
             else:
                 unseen = lowers
             if unseen.size:
-                state = self.state = self._learned(state, sorted(set(unseen.tolist())), view.strings)
-        return np.searchsorted(state.known, lowers), state
+                state = self.state = self._learned(state, np.unique(unseen), view.strings)
+        return state.rows[np.searchsorted(state.known, lowers)], state
 
-    def _learned(self, state: _TypeState, new_hashes: list[int], strings: Any) -> _TypeState:
-        new_words = [strings[value] for value in new_hashes]
-        known = np.concatenate([state.known, np.asarray(new_hashes, dtype=np.uint64)])
-        order = np.argsort(known, kind="stable")
-        words = state.words + new_words
-        columns = []
-        for (classify, dtype), column in zip(self.classifiers, state.columns):
-            new_values = np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))
-            columns.append(np.concatenate([column, new_values])[order])
-        return _TypeState(known[order], [words[i] for i in order.tolist()], tuple(columns))
+    def _learned(self, state: _TypeState, new_hashes: np.ndarray, strings: Any) -> _TypeState:
+        """``state`` plus the (sorted, distinct, unseen) ``new_hashes``."""
+        new_words = [strings[value] for value in new_hashes.tolist()]
+        new_rows = np.arange(len(state.words), len(state.words) + len(new_words), dtype=np.int64)
+        at = np.searchsorted(state.known, new_hashes)
+        columns = tuple(
+            np.concatenate([column, np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))])
+            for (classify, dtype), column in zip(self.classifiers, state.columns)
+        )
+        return _TypeState(np.insert(state.known, at, new_hashes), np.insert(state.rows, at, new_rows),
+                          state.words + new_words, columns)
 
     def values(self, column: int, view: TokenView) -> np.ndarray:
         """The classifier's value for each token of ``view``."""

@@ -103,6 +103,6 @@ def test_candidate_scan_equals_full_scan_on_written_text() -> None:
     text = ("-Budding tree appearance in the right lung. Calcified plaques (aorta). Pleural or pericardial effusion "
             "was not observed; lymph nodes that did not reach pathological size. Cardiothoracic index increased.")
     view = TokenView.from_text(text)
-    assert [m.span() for m in finding_matches(text, text.lower(), view)] == [m.span() for m in finding_matches_full_scan(text)]
+    assert [m.span() for m in finding_matches(text.lower(), view)] == [m.span() for m in finding_matches_full_scan(text)]
     lower = text.lower()
     assert report_cues(lower, TokenView.from_text(lower)) == report_cues_full_scan(lower)

@@ -1,0 +1,21 @@
+"""benchmarks/parse_reports.py keeps running (tiny sizes; the figures themselves are in the docs)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "parse_reports.py"
+
+
+def test_parse_reports_benchmark_runs(shared_data: Path, capsys, monkeypatch) -> None:
+    if not (shared_data / "ct_clip" / "text_classifier" / "data" / "train.csv").is_file():
+        pytest.skip("CT-RATE labelled reports not staged")
+    monkeypatch.setenv("FVLM_SHARED_DATA", str(shared_data))
+    main = runpy.run_path(str(BENCHMARK))["main"]
+    assert main(["--reports", "200", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "steady state: 200 reports" in out and "cold, first pass over the 800 reports" in out
+    assert out.count("ratio parser / tokenizer") == 2
