@@ -256,7 +256,7 @@ def segment_flow(
 ) -> Any:
     """Volumes -> masks/<study_id>.nii.gz + segments.parquet + qc/*.png (SegmentSummary)."""
     from segmentation.anatomy_sets import load_anatomy_set
-    from segmentation.stage import MANIFEST_NAME, SegmentSummary, collect_inputs, read_manifest, write_manifest
+    from segmentation.stage import MANIFEST_NAME, SegmentSummary, collect_inputs, merge_into_manifest
     from segmentation.totalseg import WeightsMissingError
 
     started = time.perf_counter()
@@ -290,11 +290,7 @@ def segment_flow(
         if outcome.status == "failed":
             rows.append({"study_id": outcome.key, "status": "quarantined", "backend": backend,
                          "anatomy_set": anatomy_set, "reason": outcome.reason, "reused": False, "warnings": []})
-    manifest_path = out / MANIFEST_NAME
-    previous = read_manifest(manifest_path)
-    current = {row["study_id"] for row in rows}
-    kept = [row for study_id, row in previous.items() if study_id not in current]
-    write_manifest([*kept, *rows], manifest_path, load_anatomy_set(anatomy_set).anatomy_names)
+    manifest_path = merge_into_manifest(rows, out / MANIFEST_NAME, load_anatomy_set(anatomy_set).anatomy_names)
     result = SegmentSummary(rows=rows, manifest_path=manifest_path, seconds=time.perf_counter() - started)
     result.n_reused = sum(1 for row in rows if row.get("reused"))
     result.n_ok = sum(1 for row in rows if row.get("status") == "ok")

@@ -159,6 +159,14 @@ def write_manifest(rows: Sequence[dict[str, Any]], path: Path, anatomy_names: Se
 
 
 # ---------------------------------------------------------------------------------------------- backends
+def merge_into_manifest(rows: Sequence[dict[str, Any]], path: Path, anatomy_names: Sequence[str]) -> Path:
+    """Write this run's rows over the manifest at ``path``: studies this run did not touch keep their
+    previous row (used by the library and by the Prefect flow)."""
+    current = {row["study_id"] for row in rows}
+    kept = [row for study_id, row in read_manifest(path).items() if study_id not in current]
+    return write_manifest([*kept, *rows], path, anatomy_names)
+
+
 def make_backend(backend: str | SegmentBackend, *, mode: str = "fast", device: str = "auto",
                  roi_subset: list[str] | None = None, roi_subset_robust: bool = True,
                  precomputed_dir: str | os.PathLike[str] | None = None, salt: str | None = None,
@@ -336,7 +344,6 @@ def segment_studies(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | o
     finally:
         engine.close()
     if write_manifest_file:
-        kept = {sid: row for sid, row in previous.items() if sid not in {r["study_id"] for r in summary.rows}}
-        write_manifest([*kept.values(), *summary.rows], manifest_path, aset.anatomy_names)
+        merge_into_manifest(summary.rows, manifest_path, aset.anatomy_names)
     summary.seconds = time.perf_counter() - started
     return summary
