@@ -70,6 +70,7 @@ class ReportScratch:
     view: TokenView
     keys: list[str] = field(default_factory=list)
     sentence_hits: list[tuple[tuple[int, tuple[int, ...]], ...]] = field(default_factory=list)
+    missed_view: tuple[tuple[int, ...], TokenView] | None = None   # (missed sentences, their tokens)
 
     @classmethod
     def of(cls, text: str, view: TokenView) -> "ReportScratch":
@@ -112,8 +113,18 @@ def _sentence_keys(analysis: ReportAnalysis, scratch: ReportScratch) -> list[str
     return scratch.keys
 
 
-def _missed_limits(analysis: ReportAnalysis, missed: list[int]) -> Limits:
-    return Limits([analysis.sentences[i][0] for i in missed], [analysis.sentences[i][1] for i in missed])
+def _missed(analysis: ReportAnalysis, scratch: ReportScratch, missed: list[int]) -> tuple[Limits, TokenView]:
+    """The spans of the ``missed`` sentences and a view of only their tokens (plus the token before each,
+    which may run into it: ``-Lung``), so a report with one new sentence costs one sentence's work."""
+    limits = Limits([analysis.sentences[i][0] for i in missed], [analysis.sentences[i][1] for i in missed])
+    if len(missed) == len(analysis.sentences):
+        return limits, scratch.view
+    key = tuple(missed)
+    if scratch.missed_view is not None and scratch.missed_view[0] == key:
+        return limits, scratch.missed_view[1]
+    view = scratch.view.tokens_within(limits.starts, limits.ends)
+    scratch.missed_view = (key, view)
+    return limits, view
 
 
 def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_name: str) -> None:
@@ -126,10 +137,10 @@ def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_
     missed = [index for index, result in enumerate(results) if result is None]
     cache.count(len(keys), len(missed))
     if missed:
-        limits = _missed_limits(analysis, missed)
+        limits, view = _missed(analysis, scratch, missed)
         per_sentence: dict[int, list[tuple[int, tuple[int, ...]]]] = {index: [] for index in missed}
         starts = limits.starts
-        for position, indices in matcher.hits(scratch.lower_text, scratch.view, limits):
+        for position, indices in matcher.hits(scratch.lower_text, view, limits):
             slot = bisect.bisect_right(starts, position) - 1
             if slot >= 0 and position < limits.ends[slot]:
                 per_sentence[missed[slot]].append((position - starts[slot], indices))
@@ -204,16 +215,16 @@ def _findings_of_sentences(
     present = {AFFIRMED, UNCERTAIN} if uncertain_is_positive else {AFFIRMED}
     group_labels = _group_labels()
     lower_text = scratch.lower_text
-    limits = _missed_limits(analysis, missed)
+    limits, view = _missed(analysis, scratch, missed)
     starts, ends = limits.starts, limits.ends
-    cues_in_report = report_cues(lower_text, scratch.view, limits)
+    cues_in_report = report_cues(lower_text, view, limits)
     mentions_of: list[list[tuple[int, int, tuple[str, ...], str]]] = [[] for _ in missed]
     grown: dict[int, set[int]] = {}   # slot -> anatomies, for sentences a finding extends
     abnormal = [False] * len(missed)
     label_indices: list[set[int]] = [set() for _ in missed]
     abnormal_anatomies: list[set[int]] = [set() for _ in missed]
     cues_of: dict[int, SentenceCues] = {}
-    for match in finding_matches(lower_text, scratch.view, limits):
+    for match in finding_matches(lower_text, view, limits):
         match_start, match_end = match.span()
         slot = bisect.bisect_right(starts, match_start) - 1
         if slot < 0 or match_start >= ends[slot]:

@@ -134,16 +134,17 @@ def prepare_records(rows: list[ReportRow], options: ParseOptions) -> list[StudyR
 
 def parse_records(records: list[StudyRecord], options: ParseOptions) -> None:
     """Run the spaCy pipeline over the parseable records (in place)."""
-    from report_parsing.pipeline import analyze_many
+    from report_parsing.pipeline import analyze_many, cyclic_gc_paused
 
     todo = [record for record in records if record.status in PARSED_STATUSES]
-    analyses = analyze_many(
-        (record.report_text for record in todo), options.anatomy_set, batch_size=options.batch_size,
-        n_process=options.n_process, uncertain_is_positive=options.uncertain_is_positive,
-    )
-    for record, analysis in zip(todo, analyses):
-        record.analysis = analysis
-        record.labels = list(analysis.labels)
+    with cyclic_gc_paused():
+        analyses = analyze_many(
+            (record.report_text for record in todo), options.anatomy_set, batch_size=options.batch_size,
+            n_process=options.n_process, uncertain_is_positive=options.uncertain_is_positive,
+        )
+        for record, analysis in zip(todo, analyses):
+            record.analysis = analysis
+            record.labels = list(analysis.labels)
 
 
 def parse_reports_file(path: str | Path, options: ParseOptions) -> list[StudyRecord]:

@@ -47,6 +47,24 @@ class TokenView:
             return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64), doc.vocab.strings)
         return cls(doc.to_array(IDX).astype(np.int64), None, doc.vocab.strings, doc)
 
+    def tokens_within(self, starts: list[int], ends: list[int]) -> "TokenView":
+        """A view of the tokens starting inside the spans ``[starts[i], ends[i])`` (ascending,
+        disjoint), each span with the token before it (it may run into the span)."""
+        firsts = (self.starts.searchsorted(starts, side="right") - 1).tolist()
+        stops = self.starts.searchsorted(ends, side="left").tolist()
+        ranges: list[tuple[int, int]] = []
+        covered = 0
+        for first, stop in zip(firsts, stops):
+            first = max(first, covered)   # the token before a span may close the previous one
+            if stop > first:
+                ranges.append((first, stop))
+                covered = stop
+        if len(ranges) == 1:
+            first, stop = ranges[0]
+            return TokenView(self.starts[first:stop], self.lowers[first:stop], self.strings)
+        index = np.concatenate([np.arange(first, stop) for first, stop in ranges]) if ranges else np.zeros(0, dtype=np.int64)
+        return TokenView(self.starts[index], self.lowers[index], self.strings)
+
     @classmethod
     def from_text(cls, text: str) -> "TokenView":
         """For callers without a Doc (tests, one-off use): tokenise with spaCy's English tokenizer."""
@@ -148,16 +166,31 @@ class TypeTable:
         return state.rows[np.searchsorted(state.known, lowers)], state
 
     def _learned(self, state: _TypeState, new_hashes: np.ndarray, strings: Any) -> _TypeState:
-        """``state`` plus the (sorted, distinct, unseen) ``new_hashes``."""
+        """``state`` plus the (sorted, distinct, unseen) ``new_hashes`` (called under the lock)."""
         new_words = [strings[value] for value in new_hashes.tolist()]
-        new_rows = np.arange(len(state.words), len(state.words) + len(new_words), dtype=np.int64)
-        at = np.searchsorted(state.known, new_hashes)
+        first_row = len(state.words)
+        # rows only grow and snapshots index rows < their columns' length: the words list is shared
+        # and appended in place (copying it for every report with a new word would cost O(table))
+        state.words.extend(new_words)
+        new_rows = np.arange(first_row, first_row + len(new_words), dtype=np.int64)
         columns = tuple(
             np.concatenate([column, np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))])
             for (classify, dtype), column in zip(self.classifiers, state.columns)
         )
-        return _TypeState(np.insert(state.known, at, new_hashes), np.insert(state.rows, at, new_rows),
-                          state.words + new_words, columns)
+        if len(new_hashes) <= 8:   # a report's few new words: splice them in (np.insert costs more)
+            at = state.known.searchsorted(new_hashes).tolist() + [len(state.known)]
+            known_parts, row_parts, previous = [], [], 0
+            for number, position in enumerate(at[:-1]):
+                known_parts += [state.known[previous:position], new_hashes[number : number + 1]]
+                row_parts += [state.rows[previous:position], new_rows[number : number + 1]]
+                previous = position
+            known = np.concatenate(known_parts + [state.known[previous:]])
+            rows = np.concatenate(row_parts + [state.rows[previous:]])
+        else:
+            known = np.concatenate([state.known, new_hashes])
+            order = known.argsort(kind="stable")
+            known, rows = known[order], np.concatenate([state.rows, new_rows])[order]
+        return _TypeState(known, rows, state.words, columns)
 
     def values(self, column: int, view: TokenView) -> np.ndarray:
         """The classifier's value for each token of ``view``."""

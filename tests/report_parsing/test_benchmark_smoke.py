@@ -17,5 +17,6 @@ def test_parse_reports_benchmark_runs(shared_data: Path, capsys, monkeypatch) ->
     main = runpy.run_path(str(BENCHMARK))["main"]
     assert main(["--reports", "200", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
-    assert "steady state: 200 reports" in out and "cold, first pass over the 800 reports" in out
-    assert out.count("ratio parser / tokenizer") == 2
+    assert "steady state: 200 reports" in out and "distinct: the same 200 reports" in out
+    assert "cold first pass: the 800 reports once" in out
+    assert out.count("ratio parser / tokenizer") == 3

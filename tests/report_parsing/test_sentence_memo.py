@@ -69,3 +69,24 @@ def test_memo_is_bounded_and_keeps_the_newest() -> None:
     assert cache.entries.get("sentence 9") == 9
     with pytest.raises(ValueError, match="max_entries"):
         SentenceCache(max_entries=0)
+
+
+def test_gc_pause_nests_and_restores_the_collector() -> None:
+    import gc
+
+    from report_parsing.pipeline import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()   # the outer pause still holds
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()   # a collector the caller had disabled stays disabled
+    finally:
+        gc.enable()
