@@ -8,7 +8,6 @@ sentence with none is kept as ``other``.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import re
 from dataclasses import dataclass, field
@@ -106,13 +105,6 @@ class AnatomyMatcher:
         lower = text.lower()
         view = TokenView.from_text(lower)
         return {index for _, indices in self.hits(lower, view) for index in indices}
-
-
-def anatomies_between(hits: list[tuple[int, tuple[int, ...]]], hit_starts: list[int], start: int, end: int) -> set[int]:
-    found: set[int] = set()
-    for position in range(bisect.bisect_left(hit_starts, start), bisect.bisect_left(hit_starts, end)):
-        found.update(hits[position][1])
-    return found
 
 
 def _norm(phrase: str) -> str:
