@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/ablation.py --studies 150 --steps 150 --seeds 0 1 2 --out data/ablation
+    .venv/bin/python benchmarks/ablation.py --cohort-seed 1 --out data/ablation
+    # = --studies 300 --steps 800 --seeds 0 1 2 --workers 1 (the settings of the table in docs/training.md)
 
 1. A scratch work dir (``--work``, default ``OUT/work``) gets its own ``params.yaml`` (the repo's, with
    the profile's split / demo_data edited) and the synthetic cohort is built there with the ``fvlm`` CLI:
@@ -123,6 +124,7 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
     params["split"] = {**params.get("split", {}), "train": train_fraction, "val": val_fraction,
                        "test": test_fraction, "seed": cohort_seed}
     params["segment"] = {**params.get("segment", {}), "backend": "precomputed", "qc_pictures": False}
+    params["convert"] = {**params.get("convert", {}), "workers": workers}
     params["tracking"] = {**params.get("tracking", {}), "enabled": False}
     wanted = {"studies": studies, "cohort_seed": cohort_seed, "split": list(split),
               "profile": params.get("profile"), "grid": params.get("grid"),
@@ -250,8 +252,8 @@ def markdown_table(summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=150, help="synthetic cohort size")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per training run (all variants)")
+    parser.add_argument("--studies", type=int, default=300, help="synthetic cohort size")
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per training run (all variants)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--out", default="data/ablation", help="results dir (ablation.json, ablation.md)")
     parser.add_argument("--work", default=None, help="scratch dir for the cohort and runs (default: OUT/work)")
@@ -260,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=float, nargs=3, default=[0.6, 0.1, 0.3], metavar=("TRAIN", "VAL", "TEST"),
                         help="patient split fractions (a large test split makes the AUC less noisy)")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
+    parser.add_argument("--crop", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="override grid.crop_zyx (voxels of the profile's grid)")
+    parser.add_argument("--lr", type=float, default=None, help="override train.lr")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="override train.warmup_steps")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--workers", type=int, default=2, help="processes for cohort generation")
+    parser.add_argument("--workers", type=int, default=1, help="processes for cohort generation and conversion")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -272,14 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "ablation.log"
     started = time.perf_counter()
     base_params = load_yaml(Path(args.params))
-    if args.batch_size:
-        set_key(base_params, "train", "batch_size", args.batch_size)
+    if args.crop:
+        set_key(base_params, "grid", "crop_zyx", list(args.crop))
+    train_overrides = {key: value for key, value in (("batch_size", args.batch_size), ("lr", args.lr),
+                                                     ("warmup_steps", args.warmup_steps)) if value is not None}
+    for key, value in train_overrides.items():
+        set_key(base_params, "train", key, value)
     try:
         cohort = prepare_cohort(work, base_params, args.studies, args.cohort_seed, tuple(args.split),
                                 args.workers, log)
-        if args.batch_size:  # a reused cohort keeps its params.yaml; the batch size is a training key
+        if train_overrides:  # a reused cohort keeps its params.yaml; these are training keys
             params = load_yaml(work / "params.yaml")
-            set_key(params, "train", "batch_size", args.batch_size)
+            for key, value in train_overrides.items():
+                set_key(params, "train", key, value)
             write_yaml(work / "params.yaml", params)
         runs: list[dict[str, Any]] = []
         for seed in args.seeds:
@@ -302,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     command = ("python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
         s=args.studies, t=args.steps, seeds=" ".join(map(str, args.seeds)),
         bs=(f" --batch-size {args.batch_size}" if args.batch_size else "")
+        + (f" --crop {' '.join(map(str, args.crop))}" if args.crop else "")
+        + (f" --lr {args.lr:g}" if args.lr is not None else "")
+        + (f" --warmup-steps {args.warmup_steps}" if args.warmup_steps is not None else "")
+        + (f" --cohort-seed {args.cohort_seed}" if args.cohort_seed != parser.get_default("cohort_seed") else "")
         + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else "")))
     n_test = runs[0]["n_test"] if runs else None
     header = (f"`{command}` — cohort {args.studies} synthetic studies (profile `{profile}`, cohort seed "

@@ -38,6 +38,7 @@ from preprocessing.shard_schema import decode_array
 from training.transforms import (
     anatomy_intact,
     centred_starts,
+    cut_faces,
     extract_crop,
     label_centre,
     random_flips,
@@ -250,7 +251,7 @@ class ShardDataset(IterableDataset):
         elif self.eval_mode == "full":
             volume = window_hu(hu_volume, self.hu_window)
             full_box = tuple((0, n) for n in hu_volume.shape)
-            intact = anatomy_intact(anatomy_mask, full_box, n_anatomies)  # type: ignore[arg-type]
+            intact = anatomy_intact(anatomy_mask, full_box, n_anatomies, (False,) * 6)  # type: ignore[arg-type]
             yield self._pack(row, volume, np.ascontiguousarray(anatomy_mask), intact)
         elif self.eval_mode == "center":
             centre = label_centre(anatomy_mask) or tuple((n - 1) / 2.0 for n in hu_volume.shape)
@@ -268,7 +269,7 @@ class ShardDataset(IterableDataset):
                 n_anatomies: int) -> dict[str, Any]:
         volume, mask, valid_box = extract_crop(row["hu_volume"], row["anatomy_mask"], starts, self.crop_zyx,
                                                self.hu_window)
-        intact = anatomy_intact(mask, valid_box, n_anatomies)
+        intact = anatomy_intact(mask, valid_box, n_anatomies, cut_faces(row["hu_volume"].shape, starts, self.crop_zyx))
         if self.flip_prob > 0:
             volume, mask = random_flips(volume, mask, rng, self.flip_prob)
         return self._pack(row, volume, mask, intact)

@@ -5,9 +5,12 @@
   after windowing) and background (mask 0);
 * HU window ``(low, high)`` -> [0, 1] (clipped);
 * random flips per axis with probability ``flip_prob`` (training only; public fVLM code: 0.2);
-* ``anatomy_intact[k]``: anatomy k is present in the crop and touches no face of the crop's valid
-  (non-padded) region; an anatomy cut by the crop (or by the edge of the scan) is not intact, and an
-  absent anatomy is not intact (as the public fVLM code excludes them from the loss).
+* ``anatomy_intact[k]``: anatomy k is present in the crop and the crop cut none of it off: it touches
+  no face of the crop's valid (non-padded) region that lies *inside* the stored volume (``cut_faces``).
+  A face where the stored volume itself ends (the edge of the scan, e.g. the esophagus leaving a chest
+  CT at the top, a lung apex on the first slice) does not make it incomplete: the report describes what
+  the scan shows, and the crop shows all of it. An absent anatomy is not intact (as the public fVLM
+  code excludes them from the loss).
 """
 
 from __future__ import annotations
@@ -97,15 +100,29 @@ def extract_crop(
     return volume_out, mask_out, (box[0], box[1], box[2])
 
 
-def anatomy_intact(mask_crop: np.ndarray, valid_box: Box, n_anatomies: int) -> np.ndarray:
-    """bool (K,): present in the crop and not touching any face of the valid region."""
+def cut_faces(shape: Sequence[int], starts: Sequence[int], crop_zyx: Sequence[int]) -> tuple[bool, ...]:
+    """Which faces of a crop's valid region cut into the volume, in the order (z low, z high, y low,
+    y high, x low, x high): a low face where ``start > 0``, a high face where ``start + crop < size``."""
+    out: list[bool] = []
+    for size, start, crop in zip(shape, starts, crop_zyx):
+        out += [int(start) > 0, int(start) + int(crop) < int(size)]
+    return tuple(out)
+
+
+def anatomy_intact(mask_crop: np.ndarray, valid_box: Box, n_anatomies: int,
+                   faces_cut: Sequence[bool] | None = None) -> np.ndarray:
+    """bool (K,): present in the crop and touching no face of the valid region that the crop cut
+    (``faces_cut`` from :func:`cut_faces`; None: every face counts, i.e. the region is a crop on all sides)."""
     region = mask_crop[tuple(slice(lo, hi) for lo, hi in valid_box)]
     if region.size == 0:
         return np.zeros(n_anatomies, dtype=bool)
     # presence by comparison per label: ~10x faster than bincount (which widens uint8 to int64)
     present = np.array([bool((region == k + 1).any()) for k in range(n_anatomies)], dtype=bool)
-    faces = np.concatenate([f.ravel() for f in (region[0], region[-1], region[:, 0], region[:, -1],
-                                                region[:, :, 0], region[:, :, -1])])
+    all_faces = (region[0], region[-1], region[:, 0], region[:, -1], region[:, :, 0], region[:, :, -1])
+    checked = [f.ravel() for f, cut in zip(all_faces, faces_cut if faces_cut is not None else (True,) * 6) if cut]
+    if not checked:
+        return present
+    faces = np.concatenate(checked)
     touching = np.bincount(faces, minlength=n_anatomies + 1)[1 : n_anatomies + 1] > 0
     return present & ~touching
 

@@ -21,7 +21,7 @@ from training.data import (
     read_shard_metadata,
     shard_paths,
 )
-from training.transforms import anatomy_intact, centred_starts, extract_crop, window_hu
+from training.transforms import anatomy_intact, centred_starts, cut_faces, extract_crop, window_hu
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
 LABELS = tuple(f"label_{i}" for i in range(18))
@@ -117,6 +117,13 @@ def test_intact_flags_touching_face_and_absent() -> None:
     assert anatomy_intact(padded, ((2, 12), (0, 10), (0, 10)), 4).tolist() == [True, False, False, False]
     # a crop cutting anatomy 1 -> not intact
     assert anatomy_intact(mask[4:], ((0, 6), (0, 10), (0, 10)), 4)[0] == np.False_
+    # only faces the crop cut count: the edge of the scan (z = 0 for anatomy 2, x = last for anatomy 4)
+    # does not make an anatomy incomplete, a crop face inside the volume does
+    assert anatomy_intact(mask, full, 4, (False,) * 6).tolist() == [True, True, False, True]
+    assert anatomy_intact(mask, full, 4, (True,) + (False,) * 5).tolist() == [True, False, False, True]
+    assert anatomy_intact(mask[4:], ((0, 6), (0, 10), (0, 10)), 4, cut_faces((10, 10, 10), (4, 0, 0), (6, 10, 10)))[0] \
+        == np.False_
+    assert cut_faces((10, 10, 10), (4, -2, 0), (6, 14, 8)) == (True, False, False, False, False, True)
 
 
 def test_train_crops_keep_mask_and_image_aligned(tmp_path: Path) -> None:
@@ -137,7 +144,10 @@ def test_train_crops_keep_mask_and_image_aligned(tmp_path: Path) -> None:
                 assert not mask[~valid].any()
                 if valid.any():
                     flipped_some |= bool(np.any(np.diff(zs[:, 0, 0][valid[:, 0, 0]]) < 0))
-                # intact flags agree with a direct computation on the source positions of the crop
+                # intact flags agree with a direct computation on the source positions of the crop: the
+                # anatomy lies on no face of the valid region where the crop cut the volume (a face on
+                # the volume's own first / last slice is the edge of the scan, not a cut)
+                source = (zs, ys, xs)
                 for k in range(1, 5):
                     region = valid
                     present = bool((mask == k).any())
@@ -146,7 +156,11 @@ def test_train_crops_keep_mask_and_image_aligned(tmp_path: Path) -> None:
                         covered = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))
                         if covered.size:
                             for edge in (covered[0], covered[-1]):
-                                touches |= bool((np.take(mask, edge, axis=axis) == k).any())
+                                on_edge = np.take(mask, edge, axis=axis) == k
+                                src = int(np.take(source[axis], edge, axis=axis)[np.take(valid, edge, axis=axis)][0])
+                                low, high = int(source[axis][valid].min()), int(source[axis][valid].max())
+                                cut = (src == low and src > 0) or (src == high and src < shape[axis] - 1)
+                                touches |= bool(on_edge.any()) and cut
                     assert sample["anatomy_intact"][k - 1] == (present and not touches)
         assert flipped_some, "flip_prob 0.5 over many samples should flip z at least once"
 
@@ -177,7 +191,8 @@ def test_eval_modes_are_deterministic(tmp_path: Path) -> None:
         if k == 2:
             assert sample["anatomy_intact"][1]          # fits inside its centred crop
         if k == 4:
-            assert not sample["anatomy_intact"][3]      # lies on the scan's last slice: cut by the scan
+            # lies on the scan's last slice: the crop shows all of it (the scan edge is not a cut)
+            assert sample["anatomy_intact"][3]
     batch = collate_batch(anatomy[:4])
     assert batch["crop_anatomy"].tolist() == [0, 1, 2, 3]
 

@@ -125,7 +125,7 @@ def test_zero_shot_spec_ctrate4() -> None:
     assert "Medical material" not in spec.labels and "Lymphadenopathy" not in spec.labels
     index = spec.labels.index("Cardiomegaly")
     assert spec.anatomy_names[spec.anatomy_index[index]] == "heart"
-    assert spec.prompts[index] == ("No cardiomegaly.", "Cardiomegaly.")
+    assert spec.prompts[index] == ("No cardiomegaly was detected.", "Cardiomegaly is observed.")
     assert ZeroShotSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
     with pytest.raises(ValueError, match="differ"):
         zero_shot_spec("ctrate4", ("heart", "lung", "esophagus", "aorta"))
