@@ -34,12 +34,6 @@ SHARED = Path(os.environ.get("FVLM_SHARED_DATA", REPO.parent / "shared" / "data"
 TRAIN_CSV = SHARED / "ct_clip" / "text_classifier" / "data" / "train.csv"
 
 
-def _rate(function, texts: list[str], clock=time.perf_counter) -> float:
-    start = clock()
-    count = function(texts)
-    return count / (clock() - start)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reports", type=int, default=10_000)
@@ -72,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
           f" rounds (load average {os.getloadavg()[0]:.1f})")
     print("                                    wall-clock      CPU time")
     tok = _compare(f"steady state: {len(texts)} reports ({len(base)} repeated; caches warm)",
-                   [(tokenize, texts)] * args.rounds, [(parse, texts)] * args.rounds)
+                   [(lambda: tokenize, texts)] * args.rounds, [(lambda: parse, texts)] * args.rounds)
 
     # every copy gets one sentence (and one word) nobody has seen: the memo and the vocabulary miss once
     # per report, as a report's own measurements make them miss in a real cohort
@@ -80,18 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         return [f"{text} Series {round_number * len(texts) + i + 1} was reviewed." for i, text in enumerate(texts)]
 
     _compare(f"distinct: the same {len(texts)} reports, each with one unseen sentence and word",
-             [(tokenize, distinct(2 * r)) for r in range(args.rounds)],
-             [(parse, distinct(2 * r + 1)) for r in range(args.rounds)])
+             [(lambda: tokenize, distinct(2 * r)) for r in range(args.rounds)],
+             [(lambda: parse, distinct(2 * r + 1)) for r in range(args.rounds)])
 
-    # cold: fresh pipelines, every memo forgotten, each round (factories run outside the timing)
-    def fresh_tokenizer(batch: list[str]) -> int:
+    # cold: fresh pipelines, every memo forgotten, each round (set up outside the timing)
+    def fresh_tokenizer():
         nlp = spacy.blank("en")
-        return _timed_after_setup(lambda: sum(1 for _ in nlp.pipe(batch, batch_size=256)))
+        return lambda batch: sum(1 for _ in nlp.pipe(batch, batch_size=256))
 
-    def fresh_parser(batch: list[str]) -> int:
+    def fresh_parser():
         forget_everything()
         nlp = build_pipeline("ctrate4")
-        return _timed_after_setup(lambda: sum(1 for _ in nlp.pipe(batch, batch_size=256)))
+        return lambda batch: sum(1 for _ in nlp.pipe(batch, batch_size=256))
 
     _compare(f"cold first pass: the {len(base)} reports once, fresh pipelines, memos forgotten",
              [(fresh_tokenizer, base)] * args.rounds, [(fresh_parser, base)] * args.rounds)
@@ -99,41 +93,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.negspacy:
         sample = texts[:1000]
         negex_nlp = _negspacy_pipeline()
-        rate = max(_rate(lambda b: sum(1 for _ in negex_nlp.pipe(b, batch_size=256)), sample) for _ in range(2))
+
+        def negex(batch: list[str]) -> int:
+            return sum(1 for _ in negex_nlp.pipe(batch, batch_size=256))
+
+        rate = max(_rates(lambda: negex, sample)[0] for _ in range(2))
         print(f"EntityRuler + negspacy NegEx     : {rate:9.0f} reports/s  (ratio to tokenizer {rate / tok:.2f};"
               f" entities + negation only, no sections/anatomy/labels)")
     return 0
 
 
-_SETUP_SECONDS: list[tuple[float, float]] = []
-
-
-def _timed_after_setup(work) -> int:
-    """Run ``work`` and record the clocks at its start, so :func:`_rates` can subtract the setup."""
-    _SETUP_SECONDS.append((time.perf_counter(), time.process_time()))
-    return work()
-
-
-def _rates(function, texts: list[str]) -> tuple[float, float]:
-    """(reports per wall-clock second, reports per CPU second of this process): on a shared machine
-    the CPU-time rate is the one other processes disturb least. Setup recorded by
-    :func:`_timed_after_setup` is not counted."""
-    _SETUP_SECONDS.clear()
+def _rates(prepare, texts: list[str]) -> tuple[float, float]:
+    """(reports per wall-clock second, reports per CPU second of this process) of the function
+    ``prepare()`` returns (its setup is not timed): on a shared machine the CPU-time rate is the one
+    other processes disturb least."""
+    function = prepare()
     wall, cpu = time.perf_counter(), time.process_time()
     count = function(texts)
-    end_wall, end_cpu = time.perf_counter(), time.process_time()
-    if _SETUP_SECONDS:
-        wall, cpu = _SETUP_SECONDS[-1]
-    return count / (end_wall - wall), count / (end_cpu - cpu)
+    return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
 
 
 def _compare(title: str, tokenizer_runs: list, parser_runs: list) -> float:
-    """Alternate tokenizer and parser runs, keep the best of each, print the block; returns the
-    tokenizer's best wall-clock rate."""
+    """Alternate tokenizer and parser runs (``(prepare, texts)`` pairs, see :func:`_rates`), keep the
+    best of each, print the block; returns the tokenizer's best wall-clock rate."""
     tokenizer_rates, parser_rates = [], []
-    for (tokenize, tokenizer_texts), (parse, parser_texts) in zip(tokenizer_runs, parser_runs):
-        tokenizer_rates.append(_rates(tokenize, tokenizer_texts))
-        parser_rates.append(_rates(parse, parser_texts))
+    for (prepare_tokenizer, tokenizer_texts), (prepare_parser, parser_texts) in zip(tokenizer_runs, parser_runs):
+        tokenizer_rates.append(_rates(prepare_tokenizer, tokenizer_texts))
+        parser_rates.append(_rates(prepare_parser, parser_texts))
     tok, full = max(r[0] for r in tokenizer_rates), max(r[0] for r in parser_rates)
     tok_cpu, full_cpu = max(r[1] for r in tokenizer_rates), max(r[1] for r in parser_rates)
     print(title)

@@ -26,7 +26,7 @@ class SentenceCache:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.entries: dict[str, Any] = {}
         self.max_entries = max_entries
-        self.lookups = 0   # statistics (approximate under threads)
+        self.lookups = 0   # statistics (approximate under threads; see sentence_cache_stats)
         self.misses = 0
         self._lock = threading.Lock()
 
@@ -42,10 +42,6 @@ class SentenceCache:
     def count(self, lookups: int, misses: int) -> None:
         self.lookups += lookups
         self.misses += misses
-
-    @property
-    def hit_rate(self) -> float:
-        return 1.0 - self.misses / self.lookups if self.lookups else 0.0
 
     def clear(self) -> None:
         with self._lock:
