@@ -177,19 +177,8 @@ class TypeTable:
             np.concatenate([column, np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))])
             for (classify, dtype), column in zip(self.classifiers, state.columns)
         )
-        if len(new_hashes) <= 8:   # a report's few new words: splice them in (np.insert costs more)
-            at = state.known.searchsorted(new_hashes).tolist() + [len(state.known)]
-            known_parts, row_parts, previous = [], [], 0
-            for number, position in enumerate(at[:-1]):
-                known_parts += [state.known[previous:position], new_hashes[number : number + 1]]
-                row_parts += [state.rows[previous:position], new_rows[number : number + 1]]
-                previous = position
-            known = np.concatenate(known_parts + [state.known[previous:]])
-            rows = np.concatenate(row_parts + [state.rows[previous:]])
-        else:
-            known = np.concatenate([state.known, new_hashes])
-            order = known.argsort(kind="stable")
-            known, rows = known[order], np.concatenate([state.rows, new_rows])[order]
+        at = state.known.searchsorted(new_hashes)
+        known, rows = np.insert(state.known, at, new_hashes), np.insert(state.rows, at, new_rows)
         return _TypeState(known, rows, state.words, columns)
 
     def values(self, column: int, view: TokenView) -> np.ndarray:
