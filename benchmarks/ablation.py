@@ -81,7 +81,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def write_yaml(path: Path, data: dict[str, Any]) -> None:
     import yaml
 
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
@@ -159,7 +159,7 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
               "shard_metrics": json.loads((work / "metrics" / "shard.json").read_text())
               if (work / "metrics" / "shard.json").is_file() else {},
               "manifest_splits": manifest.get("splits") or manifest.get("counts")}
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
 
     atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
     return record
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{cohort['wall_s']:.0f} s).")
     table = markdown_table(summary, args.seeds)
     text = header + "\n\n" + table + "\n"
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
 
     atomic_write_text(out / "ablation.md", text)
     atomic_write_text(out / "ablation.json", json.dumps(

@@ -200,7 +200,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
-    from fvlm.config import load_config
+    from core.config import load_config
 
     config = load_config(REPO / "params.yaml")
     level = config.shard.zstd_level

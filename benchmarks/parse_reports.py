@@ -134,7 +134,7 @@ def _negspacy_pipeline():
     import spacy
     from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
 
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")

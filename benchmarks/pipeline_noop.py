@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fvlm.env import apply_offline_env  # noqa: E402
+from core.env import apply_offline_env  # noqa: E402
 
 apply_offline_env()
 

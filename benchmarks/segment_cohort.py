@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--ct", default=None, help="a NIfTI CT to replicate (default: example_ct_sm)")
     args = parser.parse_args()
 
-    from fvlm.env import apply_offline_env, ensure_totalseg_config
+    from core.env import apply_offline_env, ensure_totalseg_config
 
     apply_offline_env()
     scratch = tempfile.TemporaryDirectory(prefix="fvlm-segbench-")

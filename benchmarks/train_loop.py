@@ -80,8 +80,8 @@ def main() -> int:
 
     import torch
 
-    from fvlm.config import load_config
-    from fvlm.env import apply_offline_env
+    from core.config import load_config
+    from core.env import apply_offline_env
     from training.text import build_tokenizer
     from training.train import InMemoryBatches, train
 

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_config(tiny: bool, text_path: str | None, grad_checkpointing: bool) -> tuple[Any, Any]:
-    from fvlm.config import load_config
+    from core.config import load_config
 
     config = load_config(REPO / "params.yaml", profile="demo" if tiny else "paper")
     text = config.model.text
@@ -181,7 +181,7 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], fast: bool, device: t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fvlm.env import apply_offline_env
+    from core.env import apply_offline_env
 
     apply_offline_env()
     args = parse_args(argv)

@@ -91,7 +91,7 @@ def _merge_study_folder(source: Path, target: Path) -> int:
 
 def _merge_reports(source: Path, reports_csv: Path, id_column: str, result: IngestResult) -> bool:
     """Append the rows of ``source`` whose ``id_column`` is new to ``reports_csv`` (atomic rewrite)."""
-    from fvlm.io import atomic_path
+    from core.io import atomic_path
 
     with open(source, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -184,7 +184,7 @@ def ingest_flow(
     push: bool = True,
 ) -> dict[str, Any]:
     """Nightly: watch folder -> input tree -> ``dvc repro shard`` (convert, segment, parse, shard) -> push."""
-    from fvlm.config import load_config
+    from core.config import load_config
 
     log = run_logger()
     config = load_config(params_path)
@@ -231,7 +231,7 @@ def train_evaluate_flow(
     push: bool = True,
 ) -> dict[str, Any]:
     """Weekly: ``dvc repro evaluate`` (train -> evaluate -> promotion gate), push, report the MLflow run."""
-    from fvlm.config import load_config
+    from core.config import load_config
 
     config = load_config(params_path)
     return pipeline_flow(

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.subprocesses import _die_with_parent
-from fvlm.env import OFFLINE_DEFAULTS
-from fvlm.io import atomic_write_text
+from core.env import OFFLINE_DEFAULTS
+from core.io import atomic_write_text
 
 SERVICE_NAMES: tuple[str, ...] = ("prefect", "mlflow", "worker")
 DEFAULT_SERVICES: tuple[str, ...] = ("prefect", "mlflow")

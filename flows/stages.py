@@ -255,7 +255,7 @@ def segment_flow(
     gpu_concurrency_limit: str | None = "fvlm-gpu",
 ) -> Any:
     """Volumes -> masks/<study_id>.nii.gz + segments.parquet + qc/*.png (SegmentSummary)."""
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.anatomy_sets import load_anatomy_set
     from segmentation.stage import MANIFEST_NAME, SegmentSummary, collect_inputs, merge_into_manifest
     from segmentation.totalseg import WeightsMissingError
 
@@ -461,7 +461,7 @@ def shard_flow(
     One task: ``build_shards`` keeps a per-study cache (only new / changed studies are prepared, in its
     own process pool of ``workers``) and rewrites the split files atomically.
     """
-    from fvlm.config import GridConfig, ShardConfig, SplitConfig
+    from core.config import GridConfig, ShardConfig, SplitConfig
 
     started = time.perf_counter()
     summary = _build_shards_task(

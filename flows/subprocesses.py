@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fvlm.env import OFFLINE_DEFAULTS
+from core.env import OFFLINE_DEFAULTS
 
 
 class CommandError(RuntimeError):

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from fvlm import __version__
-from fvlm.env import apply_offline_env
+from core.env import apply_offline_env
 
 # order = order in --help
 COMMAND_MODULES: tuple[str, ...] = (
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from fvlm.config import ConfigError
+    from core.config import ConfigError
 
     try:
         return int(args.handler(args) or 0)

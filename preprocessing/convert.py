@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from fvlm.io import atomic_path, sha256_files
+from core.io import atomic_path, sha256_files
 from preprocessing.deid import patient_pseudonym, scrub_text, series_pseudonym, study_pseudonym
 from preprocessing.dicom_discovery import Discovery, StudyFiles, UnreadableFile, discover_studies, scan_dicom_tree
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fvlm.io import sha256_file
+from core.io import sha256_file
 from preprocessing.convert import (
     MANIFEST_NAME,
     UNREADABLE_NAME,

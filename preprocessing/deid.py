@@ -1,6 +1,6 @@
 """De-identification for everything `fvlm convert` writes: pseudonyms and free-text scrubbing.
 
-Identifiers become keyed hashes (:func:`fvlm.privacy.pseudonym`). Free text that leaves the stage
+Identifiers become keyed hashes (:func:`core.privacy.pseudonym`). Free text that leaves the stage
 (series descriptions, quarantine reasons, warnings) goes through :func:`scrub_text`: the study's own
 PHI values (patient name parts, IDs, accession number, institution, dates, the study key) are
 removed, then anything date-like or any long digit run / UID, then characters outside a small
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from fvlm.privacy import pseudonym
+from core.privacy import pseudonym
 
 NIFTI_DESCRIPTION = b"fvlm convert: int16 HU, RAS"
 _DATE = re.compile(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fvlm.io import atomic_path, atomic_write_text, sha256_file
+from core.io import atomic_path, atomic_write_text, sha256_file
 from preprocessing.shard_schema import (
     BLOB_COLUMNS,
     PREP_VERSION,
@@ -43,8 +43,8 @@ from preprocessing.split import assign_split
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from fvlm.config import GridConfig, ShardConfig, SplitConfig
-    from segmentation.anatomy_sets import AnatomySet
+    from core.config import GridConfig, ShardConfig, SplitConfig
+    from core.anatomy_sets import AnatomySet
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ def build_shards(
     workers: int | None = None,
 ) -> ShardSummary:
     """Build (or incrementally rebuild) the shards; see the module docstring for the layout."""
-    from segmentation.anatomy_sets import CTRATE_LABELS, load_anatomy_set
+    from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 
     anatomies = load_anatomy_set(anatomy_set) if isinstance(anatomy_set, str) else anatomy_set
     anatomy_names = list(anatomies.anatomy_names)

@@ -3,7 +3,7 @@
 Each patient gets a number in [0, 1) from sha256(seed, patient_id); the ratios cut [0, 1) into
 train | val | test. So the split is deterministic, independent of input order and of which other
 patients exist (adding studies never moves an existing patient), and all studies of one patient
-land in the same split. ``patient_id`` is already a keyed pseudonym (fvlm.privacy), so no salt here.
+land in the same split. ``patient_id`` is already a keyed pseudonym (core.privacy), so no salt here.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fvlm.io import atomic_path
+from core.io import atomic_path
 from preprocessing.deid import NIFTI_DESCRIPTION
 
 

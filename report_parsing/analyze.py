@@ -29,7 +29,7 @@ from report_parsing.sections import FINDINGS, IMPRESSION, detect_sections
 from report_parsing.sentences import sentence_spans
 from report_parsing.sentence_cache import sentence_cache
 from report_parsing.tokens import Limits, TokenView
-from segmentation.anatomy_sets import CTRATE_LABELS
+from core.anatomy_sets import CTRATE_LABELS
 
 _EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)   # applied to lower-case text
 _PULMONARY = re.compile(PULMONARY_CONTEXT)
@@ -156,7 +156,7 @@ def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_
 @functools.lru_cache(maxsize=None)
 def _label_anatomy(anatomy_set_name: str) -> tuple[int, dict[str, int]]:
     """(number of anatomies, label -> anatomy index) of an anatomy set."""
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.anatomy_sets import load_anatomy_set
 
     anatomy_set = load_anatomy_set(anatomy_set_name)
     names = anatomy_set.anatomy_names

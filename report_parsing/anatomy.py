@@ -1,6 +1,6 @@
 """Anatomy assignment: which anatomies of an anatomy set a piece of text talks about.
 
-The vocabulary comes from ``segmentation/anatomy_sets.yaml`` (``vocabulary`` lists). Single words are
+The vocabulary comes from ``core/anatomy_sets.yaml`` (``vocabulary`` lists). Single words are
 looked up per token type (cached); multi-word phrases (``ground glass``, ``lymph node``) are tried with
 one compiled expression at tokens that can start them. A sentence may belong to several anatomies; a
 sentence with none is kept as ``other``.
@@ -113,7 +113,7 @@ def _norm(phrase: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def anatomy_matcher(anatomy_set_name: str) -> AnatomyMatcher:
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.anatomy_sets import load_anatomy_set
 
     anatomy_set = load_anatomy_set(anatomy_set_name)
     single: dict[str, list[int]] = {}

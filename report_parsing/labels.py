@@ -23,7 +23,7 @@ from report_parsing.lexicon import (
     TRIGGER_STEMS,
 )
 from report_parsing.tokens import Limits, TokenView, WordTypeFilter, glued_word_starts
-from segmentation.anatomy_sets import CTRATE_LABELS
+from core.anatomy_sets import CTRATE_LABELS
 
 LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(CTRATE_LABELS)}
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from report_parsing.io import ReportRow, read_report_rows
 from report_parsing.sections import join_columns
-from segmentation.anatomy_sets import CTRATE_LABELS
+from core.anatomy_sets import CTRATE_LABELS
 
 PARSED_STATUSES = frozenset({"ok", "truncated"})
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
@@ -86,7 +86,7 @@ def english_ratio(text: str) -> tuple[float, float, int]:
 
 def prepare_records(rows: list[ReportRow], options: ParseOptions) -> list[StudyRecord]:
     """Status, id, scrubbed text per row (no parsing yet)."""
-    from fvlm.privacy import pseudonym
+    from core.privacy import pseudonym
     from report_parsing.phi import scrub_phi
 
     records: list[StudyRecord] = []
@@ -157,7 +157,7 @@ def parse_reports_file(path: str | Path, options: ParseOptions) -> list[StudyRec
 def anatomy_rows(records: list[StudyRecord], anatomy_set: str) -> Iterator[dict[str, Any]]:
     """One row per parsed study x anatomy (+ ``other``)."""
     from report_parsing.analyze import anatomy_sentence_indices
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.anatomy_sets import load_anatomy_set
 
     names = list(load_anatomy_set(anatomy_set).anatomy_names)
     for record in records:
@@ -190,8 +190,8 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fvlm.io import atomic_path
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.io import atomic_path
+    from core.anatomy_sets import load_anatomy_set
 
     out_path = Path(out_path)
     studies_path = out_path.with_name(out_path.name.removesuffix(".parquet") + ".studies.parquet")

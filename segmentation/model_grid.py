@@ -113,7 +113,7 @@ def prepare_model_grid(volume: Any, mask_ids: Any, anatomy_set: Any, spacing_zyx
     import numpy as np
     import torch
 
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.anatomy_sets import load_anatomy_set
 
     aset = load_anatomy_set(anatomy_set) if isinstance(anatomy_set, str) else anatomy_set
     hu_zyx, index_zyx, canonical_affine = _canonical_zyx(volume, mask_ids, affine, lookup=aset.lookup_table())

@@ -77,7 +77,7 @@ def load_class_folder(folder: Path) -> MaskLabels:
     import nibabel as nib
     import numpy as np
 
-    from segmentation.anatomy_sets import totalseg_name_to_id
+    from core.anatomy_sets import totalseg_name_to_id
 
     name_to_id = totalseg_name_to_id()
     files = sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
@@ -110,7 +110,7 @@ def load_dicom_seg(path: Path) -> MaskLabels:
     """DICOM SEG -> `total` ids on the SEG's own (LPS -> RAS converted) volume grid."""
     import numpy as np
 
-    from segmentation.anatomy_sets import totalseg_name_to_id
+    from core.anatomy_sets import totalseg_name_to_id
 
     try:
         import highdicom as hd
@@ -157,7 +157,7 @@ def load_mask_source(path: str | os.PathLike[str]) -> MaskLabels:
 
 def source_fingerprint(path: Path) -> str:
     """Content hash of a mask source (file, or every file of a class folder)."""
-    from fvlm.io import sha256_file, sha256_files
+    from core.io import sha256_file, sha256_files
 
     if path.is_dir():
         return sha256_files(sorted(p for p in path.rglob("*") if p.is_file()))
@@ -191,7 +191,7 @@ class PrecomputedBackend:
         """study_id -> mask source, for every source in ``masks_dir`` (stem == study_id or raw key)."""
         if self._index is not None:
             return self._index
-        from fvlm.privacy import pseudonym
+        from core.privacy import pseudonym
 
         if not self.masks_dir.is_dir():
             raise FileNotFoundError(f"precomputed masks folder not found: {self.masks_dir}")

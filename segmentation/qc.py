@@ -38,7 +38,7 @@ def write_qc_png(hu_zyx: Any, anatomy_index_zyx: Any, anatomy_names: tuple[str, 
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from fvlm.io import atomic_path
+    from core.io import atomic_path
 
     hu = np.asarray(hu_zyx)                 # no whole-volume copy: only the shown slices are converted
     index = np.asarray(anatomy_index_zyx)

@@ -148,7 +148,7 @@ def write_manifest(rows: Sequence[dict[str, Any]], path: Path, anatomy_names: Se
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fvlm.io import atomic_path
+    from core.io import atomic_path
 
     schema = manifest_schema(anatomy_names)
     clean = [{name: row.get(name) for name in schema.names} for row in sorted(rows, key=lambda r: r["study_id"])]
@@ -198,7 +198,7 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
     import nibabel as nib
     import numpy as np
 
-    from fvlm.io import atomic_path, sha256_file
+    from core.io import atomic_path, sha256_file
     from segmentation.model_grid import _canonical_zyx
     from segmentation.stats import anatomy_stats, label_counts
 
@@ -284,8 +284,8 @@ def segment_studies(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | o
     Raises only for stage-level problems (unknown backend, missing weights / masks folder); study-level
     problems become quarantined rows.
     """
-    from fvlm.io import sha256_file
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.io import sha256_file
+    from core.anatomy_sets import load_anatomy_set
 
     started = time.perf_counter()
     out = Path(output_dir)

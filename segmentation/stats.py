@@ -38,7 +38,7 @@ class AnatomyStats:
 
 def _resolve_set(anatomy_set: Any) -> Any:
     if isinstance(anatomy_set, str):
-        from segmentation.anatomy_sets import load_anatomy_set
+        from core.anatomy_sets import load_anatomy_set
 
         return load_anatomy_set(anatomy_set)
     return anatomy_set

@@ -15,7 +15,7 @@ processes. :class:`TotalSegmentatorBackend` loads each model once and then, per 
 
 Weights are looked up where TotalSegmentator looks (``$TOTALSEG_WEIGHTS_PATH``, else
 ``$TOTALSEG_HOME_DIR/nnunet/results``); they are checked BEFORE any TotalSegmentator call that could
-try to download them, and usage statistics are switched off first (``fvlm.env.ensure_totalseg_config``).
+try to download them, and usage statistics are switched off first (``core.env.ensure_totalseg_config``).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class TotalSegmentatorBackend:
         return self.required_model_dirs()
 
     def _setup_environment(self) -> None:
-        from fvlm.env import apply_offline_env, ensure_totalseg_config
+        from core.env import apply_offline_env, ensure_totalseg_config
 
         apply_offline_env()
         home = self.home_dir or Path(os.environ.get("TOTALSEG_HOME_DIR") or Path.home() / ".totalsegmentator")
@@ -317,7 +317,7 @@ class TotalSegmentatorBackend:
         bbox = None
         keep_ids: list[int] | None = None
         if self._crop_model is not None and self.roi_subset:
-            from segmentation.anatomy_sets import totalseg_name_to_id
+            from core.anatomy_sets import totalseg_name_to_id
 
             keep_ids = [totalseg_name_to_id()[name] for name in self.roi_subset]
             canonical = as_closest_canonical(original)
@@ -354,7 +354,7 @@ def segment_with_totalsegmentator_api(image: Any, *, mode: str = "fast", device:
     import numpy as np
     from totalsegmentator.python_api import totalsegmentator
 
-    from fvlm.env import ensure_totalseg_config
+    from core.env import ensure_totalseg_config
 
     home = os.environ.get("TOTALSEG_HOME_DIR") or str(Path.home() / ".totalsegmentator")
     ensure_totalseg_config(home)

@@ -1,4 +1,4 @@
-"""Shared test fixtures. Tests run offline with telemetry off (fvlm.env)."""
+"""Shared test fixtures. Tests run offline with telemetry off (core.env)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fvlm.env import apply_offline_env
+from core.env import apply_offline_env
 
 apply_offline_env()
 # unit tests call the stage libraries directly; flows are tested in tests/flows and end to end in

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fvlm.io import atomic_path
+from core.io import atomic_path
 
 CHECKPOINT_FORMAT = 1
 LAST_NAME = "last.pt"

@@ -1,6 +1,6 @@
 """Zero-shot evaluation: per-label (negative, positive) prompt pairs scored against anatomy embeddings.
 
-For a label whose anatomy is k (``segmentation/anatomy_sets.yaml``), the probability of the positive
+For a label whose anatomy is k (``core/anatomy_sets.yaml``), the probability of the positive
 class is ``softmax(logit_scale * [e_k . t_neg, e_k . t_pos])[1]`` with ``e_k`` the study's anatomy-k
 embedding (the global embedding for the CLIP baseline, and as a recorded fallback when anatomy k is
 absent from the crop) and ``t_*`` the prompt text embeddings. Unknown labels (-1) are left out per label.
@@ -74,7 +74,7 @@ def zero_shot_spec(
     prompts_file: str | Path | None = None,
 ) -> ZeroShotSpec:
     """Scored labels + prompt pairs of an anatomy set (``prompts_file``: YAML/JSON label -> [neg, pos])."""
-    from segmentation.anatomy_sets import CTRATE_LABELS, load_anatomy_set
+    from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 
     anatomy_set = load_anatomy_set(anatomy_set_name)
     if model_anatomy_names is not None and tuple(model_anatomy_names) != anatomy_set.anatomy_names:
@@ -107,7 +107,7 @@ def write_zero_shot_spec(
     model_dir: str | Path, spec: ZeroShotSpec, *, hu_window: Sequence[float], spacing_zyx_mm: Sequence[float]
 ) -> Path:
     """``zero_shot.json`` next to the saved model: the spec + the preprocessing the model expects."""
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
 
     payload = {**spec.to_json(), "hu_window": list(hu_window), "spacing_zyx_mm": list(spacing_zyx_mm)}
     target = Path(model_dir) / ZERO_SHOT_FILE
@@ -281,7 +281,7 @@ def plot_roc_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fvlm.io import atomic_path
+    from core.io import atomic_path
     from training.metrics import roc_auc, roc_curve
 
     folder = Path(out_dir)
@@ -379,7 +379,7 @@ def evaluate_model(
 
 def data_hash(paths: Iterable[str | Path], extra: dict[str, Any] | None = None) -> str:
     """Evaluation-data hash: the evaluated files' contents (order-free) + the protocol settings."""
-    from fvlm.io import sha256_files
+    from core.io import sha256_files
 
     digest = hashlib.sha256(sha256_files(sorted(str(p) for p in paths)).encode())
     digest.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
@@ -481,7 +481,7 @@ def run_evaluation(
             raise
         tracker.end("FINISHED")
     report["run_id"] = run_id
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
 
     atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     if metrics_path is not None:

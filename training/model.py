@@ -152,7 +152,7 @@ class FVLM(nn.Module):
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write config JSON, weights (model.pt) and tokenizer files (and the HF text encoder if pretrained)."""
-        from fvlm.io import atomic_path
+        from core.io import atomic_path
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def build_model(
     text_encoder_path: str | os.PathLike[str] | None = None,
     attention: AttentionKind = "sdpa",
 ) -> FVLM:
-    """Build an fVLM from ``fvlm.config.ModelConfig`` (or any object with the same attributes).
+    """Build an fVLM from ``core.config.ModelConfig`` (or any object with the same attributes).
 
     Text tower: ``model_cfg.text.name_or_path`` set -> pretrained encoder from that hub id / local path
     (``text_encoder_path`` overrides it, e.g. a saved model) and its tokenizer (or ``tokenizer_dir``);
@@ -248,7 +248,7 @@ def _config_to_dict(model_cfg: Any) -> dict[str, Any]:
 
 def _config_from_dict(raw: dict[str, Any]) -> Any:
     try:
-        from fvlm.config import ModelConfig
+        from core.config import ModelConfig
     except ImportError:  # slim environment without pydantic: attribute access is all build_model needs
         return json.loads(json.dumps(raw), object_hook=lambda fields: SimpleNamespace(**fields))
     return ModelConfig.model_validate(raw)

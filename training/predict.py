@@ -143,7 +143,7 @@ def predict_prepared(
 
 
 def write_prediction(payload: dict[str, Any], out_path: str | Path) -> Path:
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
 
     target = Path(out_path)
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
@@ -212,7 +212,7 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: Any, 
         if not np.allclose(mask_image.affine, image.affine, atol=1e-3):
             raise PredictionError(f"{source}: mask affine differs from the volume's (not the same grid)")
         return np.asarray(mask_image.dataobj).astype(np.uint8)
-    from segmentation.anatomy_sets import load_anatomy_set
+    from core.anatomy_sets import load_anatomy_set
     from segmentation.totalseg import TotalSegmentatorBackend
 
     classes = sorted({c for anatomy in load_anatomy_set(anatomy_set_name).anatomies for c in anatomy.classes})

@@ -2,7 +2,7 @@
 
 * ``text.name_or_path`` set (paper profile): ``AutoTokenizer`` / ``AutoModel.from_pretrained`` from a hub
   id or a local directory (``trust_remote_code=True``: CXR-BERT ships its own model class). Nothing is
-  downloaded at run time when the environment is offline (fvlm.env): point ``name_or_path`` at a local copy.
+  downloaded at run time when the environment is offline (core.env): point ``name_or_path`` at a local copy.
 * ``text.name_or_path: null`` (demo profile): ``BertModel`` built from a ``BertConfig`` with
   ``text.hidden / layers / heads`` and a WordPiece tokenizer trained on the cohort's report texts by
   :func:`build_tokenizer`; nothing needs downloading.

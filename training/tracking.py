@@ -196,7 +196,7 @@ def git_commit(root: str | Path) -> str | None:
 
 
 def optional_file_hash(path: str | Path) -> str | None:
-    from fvlm.io import sha256_file
+    from core.io import sha256_file
 
     target = Path(path)
     return sha256_file(target) if target.is_file() else None

@@ -522,7 +522,7 @@ def train(
                                  "train/samples_per_s_avg": result.samples_per_s,
                                  "train/tokens_per_s_avg": result.tokens_per_s}, step=progress.step)
             if metrics_path is not None:
-                from fvlm.io import atomic_write_text
+                from core.io import atomic_write_text
 
                 payload = result.metrics_json()
                 try:  # a DVC-tracked file: no machine-specific absolute paths

@@ -7,7 +7,7 @@ import argparse
 
 def load_config_from_args(args: argparse.Namespace):  # -> FvlmConfig (typed lazily to keep startup fast)
     """The typed config for a command, honouring the global --params / --profile flags."""
-    from fvlm.config import load_config
+    from core.config import load_config
 
     return load_config(getattr(args, "params", None), profile=getattr(args, "profile", None))
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from fvlm.commands import load_config_from_args
     from pathlib import Path
 
-    from fvlm.config import find_params
+    from core.config import find_params
 
     config = load_config_from_args(args)
     import logging

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "eval.json"
     model_ref = args.model or default_model_ref(config)
 
-    from fvlm.io import sha256_file
-    from segmentation.anatomy_sets import ANATOMY_SETS_FILE
+    from core.io import sha256_file
+    from core.anatomy_sets import ANATOMY_SETS_FILE
     from torch.utils.data import DataLoader
 
     from training.data import ShardDataset, collate_batch, shard_paths

@@ -137,9 +137,9 @@ def run_label(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
     from report_parsing.tables import PARSED_STATUSES
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     options, records = _load(args, args.in_csv, hash_ids=False)
     if records is None:
@@ -162,9 +162,9 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from fvlm.io import atomic_write_text
+    from core.io import atomic_write_text
     from report_parsing.evaluation import format_label_report, label_report
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     frames = {}
     for name, path in (("pred", args.pred_csv), ("gold", args.gold_csv)):

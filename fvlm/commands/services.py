@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         for state in states:
             print(state.line())
         env_file = data_dir / "services.env"
-        from fvlm.io import atomic_write_text
+        from core.io import atomic_write_text
 
         atomic_write_text(env_file, "".join(f"export {key}={value}\n" for key, value in env.items()))
         print("   ".join(f"{name.capitalize() if name == 'prefect' else 'MLflow'} UI: {specs[name].url}"

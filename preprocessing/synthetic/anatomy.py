@@ -1,6 +1,6 @@
 """Normal chest (and upper abdomen) anatomy painted onto a :class:`Canvas` in the body frame.
 
-Every structure carries TotalSegmentator's ``total`` class id (``segmentation.anatomy_sets``); HU values
+Every structure carries TotalSegmentator's ``total`` class id (``core.anatomy_sets``); HU values
 are non-contrast CT values. Geometry is built from smooth shapes (superellipse prisms, ellipsoids,
 tubes along Catmull-Rom centre lines); the pose adds scale, rotation and a smooth deformation.
 Anatomy-changing findings (cardiomegaly, pericardial effusion, hiatal hernia) are parameters here;
@@ -50,7 +50,7 @@ CAVITY_CENTER_V = 8.0
 
 @functools.lru_cache(maxsize=1)
 def class_ids() -> dict[str, int]:
-    from segmentation.anatomy_sets import totalseg_name_to_id
+    from core.anatomy_sets import totalseg_name_to_id
 
     return dict(totalseg_name_to_id())
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fvlm.io import atomic_path, atomic_write_text
+from core.io import atomic_path, atomic_write_text
 
 LOG = logging.getLogger(__name__)
 GENERATOR_VERSION = "1"
@@ -166,7 +166,7 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
 def generate_cohort(out_dir: str | Path, studies: int = 20, seed: int = 0, size: str = "demo", workers: int = 2,
                     abdomen_fraction: float = 0.3) -> CohortSummary:
     """Write the synthetic cohort to ``out_dir`` (see module doc); deterministic for ``seed``."""
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     if studies < 1:
         raise ValueError("studies must be >= 1")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fvlm.io import atomic_path
+from core.io import atomic_path
 from preprocessing.synthetic.phantom import SIZES, Phantom
 
 VENDORS = (

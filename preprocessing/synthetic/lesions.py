@@ -53,7 +53,7 @@ Lesion = dict[str, Any]
 
 def sample_labels(rng: np.random.Generator) -> dict[str, int]:
     """The 18 CT-RATE labels of one study (about 30 % entirely normal)."""
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     labels = {name: 0 for name in CTRATE_LABELS}
     if rng.random() < NORMAL_FRACTION:

@@ -102,7 +102,7 @@ def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_frac
     """
     from scipy import ndimage
 
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     spec = SIZES[size]
     rngs = study_rngs(seed, index)

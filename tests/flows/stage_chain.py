@@ -26,7 +26,7 @@ def run_chain(cohort: Path, work: Path) -> str:
 
 
 if __name__ == "__main__":
-    from fvlm.env import apply_offline_env
+    from core.env import apply_offline_env
 
     apply_offline_env()
     print(run_chain(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -96,7 +96,7 @@ def test_torchrun_command_uses_gpu_count() -> None:
 
 _CHILD = """
 import sys
-from fvlm.env import apply_offline_env
+from core.env import apply_offline_env
 apply_offline_env()
 from flows.stages import convert_flow, segment_flow
 dicom, converted, segmented, masks = sys.argv[1:5]

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segmentation.anatomy_sets import CTRATE_LABELS
+from core.anatomy_sets import CTRATE_LABELS
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
 # one TotalSegmentator `total` id per anatomy (+ a class outside the set: liver = 5)

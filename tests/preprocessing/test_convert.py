@@ -41,7 +41,7 @@ def convert(input_dir: Path, output_dir: Path, **kwargs):
 
 
 def row_for(summary, study_uid: str):
-    from fvlm.privacy import pseudonym
+    from core.privacy import pseudonym
 
     study_id = pseudonym(study_uid, SALT, kind="study")
     return next(r for r in summary.rows if r.study_id == study_id)
@@ -428,7 +428,7 @@ def test_demo_cohort_converts_onto_mask_grid(tmp_path: Path) -> None:
     import csv
 
     synthetic = pytest.importorskip("preprocessing.synthetic.cohort")
-    from fvlm.privacy import pseudonym
+    from core.privacy import pseudonym
 
     synthetic.generate_cohort(tmp_path / "demo", studies=2, seed=0, size="demo", workers=1)
     summary = convert(tmp_path / "demo" / "dicom", tmp_path / "out", min_slices=10)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fvlm.privacy import pseudonym
+from core.privacy import pseudonym
 from preprocessing.ctrate import convert_ctrate, to_hu
 
 SALT = "ctrate-salt"

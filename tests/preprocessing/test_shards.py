@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fvlm.config import GridConfig, ShardConfig, SplitConfig
+from core.config import GridConfig, ShardConfig, SplitConfig
 from preprocessing.shard_schema import PREP_VERSION, decode_array, decode_metadata
 from preprocessing.shards import build_shards, reports_studies_path, shard_files
 from preprocessing.split import assign_split, patient_fraction
-from segmentation.anatomy_sets import CTRATE_LABELS, load_anatomy_set
+from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 from tests.preprocessing.cohort_factory import ANATOMIES, make_cohort
 
 GRID = GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), crop_zyx=(32, 64, 96), roi_margin_slices=1, roi_margin_voxels=4)
@@ -265,7 +265,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import pyarrow.parquet as pq
-    from fvlm.config import GridConfig, ShardConfig, SplitConfig
+    from core.config import GridConfig, ShardConfig, SplitConfig
     from preprocessing.shards import build_shards
     from tests.preprocessing.cohort_factory import make_cohort, Cohort
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fvlm.io import sha256_file
+from core.io import sha256_file
 
 SEED = 7
 STUDIES = 4
@@ -63,7 +63,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_cohort_layout_and_csv_columns(cohort: Path, cohort_json: dict) -> None:
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     keys = [s["study_key"] for s in cohort_json["studies"]]
     assert len(set(keys)) == STUDIES
@@ -82,7 +82,7 @@ def test_cohort_layout_and_csv_columns(cohort: Path, cohort_json: dict) -> None:
 
 
 def test_labels_csv_agrees_with_cohort_json_and_lesions(cohort: Path, cohort_json: dict) -> None:
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     rows = {r["study_key"]: r for r in _read_csv(cohort / "labels.csv")}
     for record in cohort_json["studies"]:
@@ -220,7 +220,7 @@ def test_same_seed_gives_same_bytes_and_prefix_property(cohort: Path, tmp_path: 
 
 def test_phantom_anatomy_labels_hu_and_ras_orientation() -> None:
     from preprocessing.synthetic import make_phantom
-    from segmentation.anatomy_sets import totalseg_name_to_id
+    from core.anatomy_sets import totalseg_name_to_id
 
     ids = totalseg_name_to_id()
     phantom = make_phantom(3, 0, "demo", labels={})
@@ -279,7 +279,7 @@ def test_lesions_change_only_the_voxels_they_claim() -> None:
 
 def test_label_sampling_prevalence_and_normal_fraction() -> None:
     from preprocessing.synthetic.lesions import sample_labels
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     draws = [sample_labels(np.random.default_rng(i)) for i in range(3000)]
     normal = np.mean([not any(d.values()) for d in draws])

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fvlm.cli import main
-from fvlm.privacy import pseudonym
+from core.privacy import pseudonym
 from report_parsing.phi import scrub_phi
 from report_parsing.pipeline import analyze_many, build_pipeline
-from segmentation.anatomy_sets import CTRATE_LABELS
+from core.anatomy_sets import CTRATE_LABELS
 
 FINDINGS_NORMAL = (
     "Trachea and both main bronchi are open. Heart size is normal. Pericardial effusion was not observed. "

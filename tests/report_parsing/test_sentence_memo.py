@@ -9,7 +9,7 @@ import pytest
 from report_parsing.analyze import analyze_text, lower_keeping_offsets
 from report_parsing.pipeline import build_pipeline
 from report_parsing.sentence_cache import SentenceCache, forget_everything, sentence_cache_stats
-from segmentation.anatomy_sets import CTRATE_LABELS
+from core.anatomy_sets import CTRATE_LABELS
 
 REPORTS = [
     "Findings: Trachea and both main bronchi are open. No pleural effusion was detected. "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from report_parsing.evaluation import label_report, tune_holdout_indices
-from segmentation.anatomy_sets import CTRATE_LABELS, load_anatomy_set
+from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def phantom(shape_xyz: tuple[int, int, int] = (48, 40, 24), *, seed: int = 0) ->
 @pytest.fixture(scope="session")
 def standin_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TOTALSEG_HOME_DIR holding random-weight stand-in models for the `fast` mode (built once)."""
-    from fvlm.env import ensure_totalseg_config
+    from core.env import ensure_totalseg_config
     from segmentation.standin_weights import build_standin_weights
 
     home = tmp_path_factory.mktemp("totalseg_home")

@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from fvlm.privacy import pseudonym
-from segmentation.anatomy_sets import load_anatomy_set, totalseg_name_to_id
+from core.privacy import pseudonym
+from core.anatomy_sets import load_anatomy_set, totalseg_name_to_id
 from segmentation.precomputed import MaskSourceError, PrecomputedBackend, load_mask_source
 from segmentation.stats import anatomy_stats
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fvlm.privacy import pseudonym
+from core.privacy import pseudonym
 from segmentation.stage import segment_studies
 
 SALT = "stage-test-salt"

@@ -79,7 +79,7 @@ def test_roi_subset_runs_only_the_needed_parts_and_crops_only_when_cheaper() -> 
 
 def test_full_mode_with_roi_subset_runs_two_parts_on_a_crop(totalseg_env: Path, make_phantom) -> None:
     """`full` mode: part models 291 + 293 only, rough crop with the 3 mm model, `total` ids back."""
-    from segmentation.anatomy_sets import load_anatomy_set, totalseg_name_to_id
+    from core.anatomy_sets import load_anatomy_set, totalseg_name_to_id
     from segmentation.standin_weights import MODE_MODELS, build_standin_model
 
     trainer, spacing, _ = MODE_MODELS["full"]

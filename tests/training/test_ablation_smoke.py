@@ -30,7 +30,7 @@ def test_ablation_script_runs_all_variants_and_writes_results(repo_root: Path, t
     assert set(results["summary"]) == set(VARIANTS)
     # each variant really trained with its own loss settings
     work = out / "work"
-    from fvlm.config import load_config
+    from core.config import load_config
 
     clip_train = load_config(work / "params_clip_s0.yaml").train
     coteach_train = load_config(work / "params_fvlm_np_ct_s0.yaml").train

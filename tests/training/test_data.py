@@ -242,7 +242,7 @@ def test_shard_batches_equal_counts_on_every_rank(tmp_path: Path) -> None:
 
 
 def test_batch_contract_from_real_writer(tmp_path: Path) -> None:
-    from fvlm.config import GridConfig, ShardConfig, SplitConfig
+    from core.config import GridConfig, ShardConfig, SplitConfig
     from preprocessing.shards import build_shards
     from tests.preprocessing.cohort_factory import make_cohort
 

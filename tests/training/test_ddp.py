@@ -122,7 +122,7 @@ def test_gather_is_identity_without_process_group(shape):
 
 
 def _tiny_fvlm(tokenizer_dir: str):
-    from fvlm.config import ModelConfig
+    from core.config import ModelConfig
     from training.model import build_model
 
     cfg = ModelConfig.model_validate({

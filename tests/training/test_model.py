@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fvlm.config import ModelConfig, load_config
+from core.config import ModelConfig, load_config
 from training.losses import clip_loss, fvlm_loss
 from training.model import FVLM, build_model
 from training.pooling import AnatomyPooling, mask_to_patch_grid

@@ -27,7 +27,7 @@ def _write_study(folder: Path, with_heart: bool = True) -> tuple[Path, Path]:
     """A 96 x 96 x 40 (x, y, z) RAS HU volume at 2 x 2 x 4 mm with TotalSegmentator ids for ctrate4."""
     import nibabel as nib
 
-    from segmentation.anatomy_sets import totalseg_name_to_id
+    from core.anatomy_sets import totalseg_name_to_id
 
     ids = totalseg_name_to_id()
     hu = np.full((96, 96, 40), -1000, dtype=np.int16)
@@ -133,7 +133,7 @@ def test_predict_real_dicom_study_with_reference_mask(trained: dict[str, Any], s
 def test_predict_segments_with_totalsegmentator_backend(trained: dict[str, Any], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """No --mask: TotalSegmentator's real code path with random stand-in weights (noise labels)."""
-    from fvlm.env import ensure_totalseg_config
+    from core.env import ensure_totalseg_config
     from segmentation.standin_weights import build_standin_weights
 
     home = tmp_path / "totalseg_home"

@@ -154,7 +154,7 @@ def test_result_type(tracked: dict[str, Any]) -> None:
 
 
 def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:
-    from fvlm.io import sha256_file
+    from core.io import sha256_file
     from training.tracking import provenance_tags, tracking_uri_for
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fvlm.config import FvlmConfig, config_from_dict
+from core.config import FvlmConfig, config_from_dict
 
 CROP_ZYX = (16, 32, 32)
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
@@ -44,7 +44,7 @@ ABNORMAL_TEXT = {
 
 
 def make_sample(index: int, rng: np.random.Generator, abnormal: np.ndarray | None = None) -> dict[str, Any]:
-    from segmentation.anatomy_sets import CTRATE_LABELS
+    from core.anatomy_sets import CTRATE_LABELS
 
     if abnormal is None:
         abnormal = rng.random(len(ANATOMIES)) < 0.5

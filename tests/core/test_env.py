@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fvlm.env import OFFLINE_DEFAULTS, apply_offline_env, ensure_totalseg_config
+from core.env import OFFLINE_DEFAULTS, apply_offline_env, ensure_totalseg_config
 
 
 def test_offline_env_keeps_user_choices() -> None:

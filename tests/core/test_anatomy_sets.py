@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from segmentation.anatomy_sets import CTRATE_LABELS, available_sets, load_anatomy_set
+from core.anatomy_sets import CTRATE_LABELS, available_sets, load_anatomy_set
 
 
 def test_ctrate4_matches_public_fvlm_code() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fvlm.config import ConfigError, config_from_dict, load_config
+from core.config import ConfigError, config_from_dict, load_config
 
 
 def test_repo_params_load_both_profiles(repo_root: Path) -> None:

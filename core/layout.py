@@ -1,0 +1,132 @@
+"""The stage file layouts: the one place that knows where each stage writes and where its neighbours read.
+
+Every stage writes its outputs, and reads its neighbours' outputs, through these names and helpers; no
+other module spells ``studies.parquet``, ``volumes/<id>.nii.gz`` or a sibling table name.
+
+==============  ===========================================================================
+stage           layout under its output folder
+==============  ===========================================================================
+convert         ``studies.parquet`` (one row per study, ``volume_path`` relative to the folder),
+                ``unreadable.parquet``, ``volumes/<study_id>{.nii.gz|.nii}``
+segment         ``segments.parquet``, ``masks/<study_id>.nii.gz``, ``qc/<study_id>.png``
+parse-reports   ``<name>.parquet`` (study x anatomy) + ``<name>.studies.parquet`` (per study)
+shard           ``{train,val,test}/part-NNNNN.parquet``, ``manifest.json``, ``.cache/``
+==============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PathLike = str | os.PathLike[str]
+
+# what a volume or mask file may be called (first = default)
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+
+# ------------------------------------------------------------------------------------------- convert
+CONVERTED_MANIFEST = "studies.parquet"
+UNREADABLE_TABLE = "unreadable.parquet"
+VOLUMES_DIR = "volumes"
+
+# ------------------------------------------------------------------------------------------- segment
+SEGMENTS_MANIFEST = "segments.parquet"
+MASKS_DIR = "masks"
+QC_DIR = "qc"
+MASK_EXTENSION = ".nii.gz"
+
+# ------------------------------------------------------------------------------------ parse-reports
+REPORTS_SUFFIX = ".parquet"
+REPORTS_STUDIES_SUFFIX = ".studies.parquet"
+
+# --------------------------------------------------------------------------------------------- shard
+SHARD_MANIFEST = "manifest.json"
+SHARD_CACHE_DIR = ".cache"
+SHARD_PART_GLOB = "part-*.parquet"
+
+
+def nifti_stem(name: str) -> str:
+    """``x.nii.gz`` / ``x.nii`` -> ``x`` (other names unchanged)."""
+    for extension in NIFTI_EXTENSIONS:
+        if name.endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+def is_nifti(path: PathLike) -> bool:
+    """A finished NIfTI file name (not an atomic writer's ``.name.tmp-*`` file)."""
+    name = Path(path).name
+    return name.endswith(NIFTI_EXTENSIONS) and ".tmp-" not in name
+
+
+# ------------------------------------------------------------------------------------------- convert
+def converted_manifest(converted_dir: PathLike) -> Path:
+    return Path(converted_dir) / CONVERTED_MANIFEST
+
+
+def unreadable_table(converted_dir: PathLike) -> Path:
+    return Path(converted_dir) / UNREADABLE_TABLE
+
+
+def volume_relpath(study_id: str, extension: str = NIFTI_EXTENSIONS[0]) -> str:
+    """What convert records in ``studies.parquet``'s ``volume_path`` column."""
+    if extension not in NIFTI_EXTENSIONS:
+        raise ValueError(f"volume extension must be one of {NIFTI_EXTENSIONS}, got {extension!r}")
+    return f"{VOLUMES_DIR}/{study_id}{extension}"
+
+
+def volume_path(converted_dir: PathLike, study_id: str, extension: str = NIFTI_EXTENSIONS[0]) -> Path:
+    return Path(converted_dir) / volume_relpath(study_id, extension)
+
+
+def resolve_volume(converted_dir: PathLike, study_id: str, recorded: str | None = None) -> Path | None:
+    """The volume file of ``study_id``: the manifest's ``volume_path`` when given, else whichever of the
+    NIfTI extensions exists (``None`` when none does)."""
+    folder = Path(converted_dir)
+    if recorded:
+        path = Path(recorded)
+        return path if path.is_absolute() else folder / path
+    for extension in NIFTI_EXTENSIONS:
+        candidate = volume_path(folder, study_id, extension)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------------- segment
+def segments_manifest(segmented_dir: PathLike) -> Path:
+    return Path(segmented_dir) / SEGMENTS_MANIFEST
+
+
+def mask_relpath(study_id: str) -> str:
+    return f"{MASKS_DIR}/{study_id}{MASK_EXTENSION}"
+
+
+def mask_path(segmented_dir: PathLike, study_id: str) -> Path:
+    return Path(segmented_dir) / mask_relpath(study_id)
+
+
+def qc_relpath(study_id: str) -> str:
+    return f"{QC_DIR}/{study_id}.png"
+
+
+# ------------------------------------------------------------------------------------ parse-reports
+def reports_studies_path(reports_table: PathLike) -> Path:
+    """``X.parquet`` -> ``X.studies.parquet``: the per-study sibling of the study x anatomy table."""
+    path = Path(reports_table)
+    stem = path.name.removesuffix(REPORTS_SUFFIX)
+    return path.with_name(f"{stem}{REPORTS_STUDIES_SUFFIX}")
+
+
+# --------------------------------------------------------------------------------------------- shard
+def shard_manifest(shards_dir: PathLike) -> Path:
+    return Path(shards_dir) / SHARD_MANIFEST
+
+
+def shard_split_dir(shards_dir: PathLike, split: str) -> Path:
+    return Path(shards_dir) / split
+
+
+def shard_parts(shards_dir: PathLike, split: str) -> list[Path]:
+    """The part files of one split, in name order."""
+    return sorted(shard_split_dir(shards_dir, split).glob(SHARD_PART_GLOB))
