@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from core.io import atomic_path, atomic_write_text
+from preprocessing.synthetic.patients import patient_index
 
 LOG = logging.getLogger(__name__)
 GENERATOR_VERSION = "1"
-FOLLOW_UP_PROBABILITY = 0.15
 
 
 @dataclass
@@ -61,20 +61,6 @@ def study_key(seed: int, index: int) -> str:
     from preprocessing.synthetic.dicom_writer import uid
 
     return uid(seed, index, "study")
-
-
-def is_follow_up(seed: int, index: int) -> bool:
-    if index == 0:
-        return False
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0xF011]))
-    return bool(rng.random() < FOLLOW_UP_PROBABILITY)
-
-
-def patient_index(seed: int, index: int) -> int:
-    """The first study of this study's patient (follow-up studies share the patient of study i-1)."""
-    while is_follow_up(seed, index):
-        index -= 1
-    return index
 
 
 def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdomen_fraction: float) -> dict[str, Any]:

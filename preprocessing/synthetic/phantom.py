@@ -17,6 +17,7 @@ from preprocessing.synthetic.anatomy import AnatomyFindings, build_anatomy
 from preprocessing.synthetic.canvas import Canvas
 from preprocessing.synthetic.geometry import Grid, random_pose
 from preprocessing.synthetic.lesions import anatomy_findings, draw_lesions, sample_labels
+from preprocessing.synthetic.patients import patient_index
 
 SizeName = Literal["demo", "small", "real"]
 
@@ -106,8 +107,6 @@ def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_frac
 
     spec = SIZES[size]
     rngs = study_rngs(seed, index)
-    from preprocessing.synthetic.cohort import patient_index
-
     plan = _plan(rngs["plan"], spec, abdomen_fraction, patient_scale(seed, patient_index(seed, index)))
     sampled = sample_labels(rngs["labels"])
     if labels is not None:

@@ -308,7 +308,7 @@ def test_real_size_phantom_is_full_resolution() -> None:
 
 
 def test_follow_up_studies_share_the_patient_identity_and_body_size() -> None:
-    from preprocessing.synthetic.cohort import patient_index
+    from preprocessing.synthetic.patients import patient_index
     from preprocessing.synthetic.phantom import make_phantom, study_rngs
     from preprocessing.synthetic.phi import patient_phi, study_phi
 

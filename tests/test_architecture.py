@@ -1,0 +1,156 @@
+"""The layering, checked from the source: libraries never import the CLI or the orchestration, and
+neither packages nor files import each other in a circle.
+
+Layers (lowest first): ``core`` <- libraries (``preprocessing``, ``segmentation``, ``report_parsing``,
+``training``) <- ``flows`` (Prefect orchestration) <- ``fvlm`` (the CLI). Every import counts, also the
+ones inside functions: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "preprocessing", "segmentation", "report_parsing", "training", "flows", "fvlm")
+LIBRARIES = ("core", "preprocessing", "segmentation", "report_parsing", "training")
+FORBIDDEN_FOR_LIBRARIES = ("flows", "fvlm")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            modules[module_name(path)] = path
+    return modules
+
+
+def imported_modules(path: Path, name: str, known: set[str]) -> set[str]:
+    """Project modules that ``path`` imports (resolved to the longest known module name)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def resolve(target: str) -> str | None:
+        while target:
+            if target in known:
+                return target
+            target = target.rpartition(".")[0]
+        return None
+
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join([*base, node.module] if node.module else base)
+            else:
+                prefix = node.module or ""
+            targets = [f"{prefix}.{alias.name}" for alias in node.names] + [prefix]
+        for target in targets:
+            resolved = resolve(target)
+            if resolved and resolved != name:
+                found.add(resolved)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    known = set(modules)
+    return {name: imported_modules(path, name, known) for name, path in modules.items()}
+
+
+def package_of(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+GRAPH = import_graph()
+
+
+def test_graph_sees_the_tree() -> None:
+    assert "core.config" in GRAPH and "training" in GRAPH
+    assert any("core.config" in deps for deps in GRAPH.values())
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_libraries_do_not_import_cli_or_flows(library: str) -> None:
+    upward = sorted(
+        f"{module} -> {dep}"
+        for module, deps in GRAPH.items()
+        if package_of(module) == library
+        for dep in deps
+        if package_of(dep) in FORBIDDEN_FOR_LIBRARIES
+    )
+    assert not upward, "library imports the CLI or the orchestration:\n" + "\n".join(upward)
+
+
+def test_core_imports_only_core() -> None:
+    upward = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if package_of(m) == "core"
+                    for d in deps if package_of(d) != "core")
+    assert not upward, "core is the bottom layer:\n" + "\n".join(upward)
+
+
+def test_flows_do_not_import_cli() -> None:
+    upward = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if package_of(m) == "flows"
+                    for d in deps if package_of(d) == "fvlm")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_cycle_between_packages() -> None:
+    packages: dict[str, set[str]] = defaultdict(set)
+    for module, deps in GRAPH.items():
+        packages[package_of(module)] |= {package_of(d) for d in deps if package_of(d) != package_of(module)}
+    cycle = find_cycle(packages)
+    assert cycle is None, "package import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_cycle_between_files() -> None:
+    # a package's __init__ importing its own submodules is the usual re-export, not a cycle
+    files = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in GRAPH.items()}
+    cycle = find_cycle(files)
+    assert cycle is None, "file import cycle: " + " -> ".join(cycle or [])
+
+
+def test_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
