@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-all clean-demo
+.PHONY: setup demo test test-all lint clean-demo
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) over the tree; mypy on core/ and training/
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean-demo:
 	rm -rf demo_work

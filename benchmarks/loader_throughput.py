@@ -11,7 +11,7 @@ ellipse, lungs, noise; uint8 anatomy mask) are written as shards with the produc
 3. loader:  full training samples/s (decode + random crop to the paper crop 112 x 256 x 352 + window +
             flips + intact flags) through a DataLoader with 0, 1 and 2 workers;
 4. (``--tensor-column``) the same volumes as an Arrow ``list<int16>`` column with Parquet zstd
-            compression, read back to numpy: MB/s vs the blob layout (DESIGN.md's encoding question).
+            compression, read back to numpy: MB/s vs the blob layout (the encoding question of docs/shards.md).
 
 Run: ``.venv/bin/python benchmarks/loader_throughput.py [--volumes 8] [--shape 130 400 400]``.
 """

@@ -73,7 +73,7 @@ class AnatomySet:
         name_to_id = totalseg_name_to_id()
         return {a.name: tuple(name_to_id[c] for c in a.classes) for a in self.anatomies}
 
-    def lookup_table(self, max_class_id: int = 255) -> "Any":
+    def lookup_table(self, max_class_id: int = 255) -> Any:
         """uint8 array mapping a TotalSegmentator id to this set's anatomy index + 1 (0 = none).
 
         When anatomies share a class, the first anatomy in set order wins.
@@ -105,7 +105,7 @@ def available_sets() -> tuple[str, ...]:
     return tuple(_raw_sets())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_anatomy_set(name: str) -> AnatomySet:
     raw_sets = _raw_sets()
     if name not in raw_sets:

@@ -134,7 +134,7 @@ class SplitConfig(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitConfig":
+    def _sums_to_one(self) -> SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1.0, got {total:g}")

@@ -1,4 +1,4 @@
-"""Offline / no-telemetry environment, applied by the CLI and the tests (shared ENV.md)."""
+"""Offline / no-telemetry environment, applied by the CLI and the tests (shared/docs/ENV.md beside the repo)."""
 
 from __future__ import annotations
 
