@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from core.anatomy_sets import ANATOMY_SETS_FILE
     from torch.utils.data import DataLoader
 
-    from training.data import ShardDataset, collate_batch, shard_paths
-    from training.evaluate import data_hash, run_evaluation
+    from training.trainer.batch import collate_batch
+    from training.trainer.data import ShardDataset, shard_paths
+    from training.evaluation.evaluate import data_hash, run_evaluation
 
     def batches(split: str):  # noqa: ANN202
         dataset = ShardDataset.from_dir(

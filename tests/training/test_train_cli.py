@@ -1,4 +1,4 @@
-"""`fvlm train` -> `fvlm evaluate` on real Parquet shards (shard schema + training.data reader)."""
+"""`fvlm train` -> `fvlm evaluate` on real Parquet shards (shard schema + training.trainer.data reader)."""
 
 from __future__ import annotations
 
