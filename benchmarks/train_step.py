@@ -28,9 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,7 +102,7 @@ def make_batch(batch: int, crop_zyx: tuple[int, int, int], seed: int = 0) -> dic
             "report_text": reports}
 
 
-def build(model_cfg: Any, crop_zyx: tuple[int, int, int], tokenizer_dir: str) -> torch.nn.Module:
+def build(model_cfg: ModelConfig, crop_zyx: tuple[int, int, int], tokenizer_dir: str) -> torch.nn.Module:
     from training.models.model import build_model
 
     torch.manual_seed(0)

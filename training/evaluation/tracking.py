@@ -54,6 +54,8 @@ class NullTracker:
 class MlflowTracker(NullTracker):
     """One MLflow run, addressed by id everywhere (the active run is thread-local, ENV.md)."""
 
+    run_id: str  # always set once constructed
+
     def __init__(
         self,
         tracking_uri: str,
@@ -222,7 +224,7 @@ def _pyfunc_class() -> type:
     """The pyfunc wrapper class, defined lazily so importing this module never imports mlflow."""
     import mlflow.pyfunc
 
-    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):
+    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
         """Zero-shot per-label probabilities from (volume, mask) on the model grid."""
 
         def load_context(self, context):  # noqa: ANN001 - MLflow inspects type hints; keep none

@@ -162,7 +162,7 @@ class FVLM(nn.Module):
         self.text.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         state = self.state_dict()
         if self.text_pretrained:
-            self.text.encoder.save_pretrained(str(out / TEXT_ENCODER_DIR))
+            self.text.encoder.save_pretrained(str(out / TEXT_ENCODER_DIR))  # type: ignore[operator]
             state = {key: value for key, value in state.items() if not key.startswith("text.encoder.")}
         with atomic_path(out / WEIGHTS_FILE) as tmp:
             torch.save(state, tmp)

@@ -88,7 +88,7 @@ def zero_shot_spec(
         anatomy_names=anatomy_set.anatomy_names,
         labels=labels,
         label_columns=tuple(CTRATE_LABELS.index(label) for label in labels),
-        anatomy_index=tuple(anatomy_set.index(anatomy_set.label_anatomy[label]) for label in labels),
+        anatomy_index=tuple(anatomy_set.index(str(anatomy_set.label_anatomy[label])) for label in labels),
         prompts=tuple(prompts[label] for label in labels),
         use_global=use_global,
     )

@@ -260,10 +260,11 @@ class ShardDataset(IterableDataset):
             yield self._sample(row, centred_starts(hu_volume.shape, self.crop_zyx, centre), rng, n_anatomies)
         else:  # anatomy-centred crops, one per present anatomy
             for k in range(n_anatomies):
-                centre = label_centre(anatomy_mask, k + 1)
-                if centre is None:
+                anatomy_centre = label_centre(anatomy_mask, k + 1)
+                if anatomy_centre is None:
                     continue
-                sample = self._sample(row, centred_starts(hu_volume.shape, self.crop_zyx, centre), rng, n_anatomies)
+                starts = centred_starts(hu_volume.shape, self.crop_zyx, anatomy_centre)
+                sample = self._sample(row, starts, rng, n_anatomies)
                 sample["crop_anatomy"] = k
                 yield sample
 

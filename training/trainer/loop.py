@@ -542,9 +542,9 @@ def save_final_model(config: FvlmConfig, tracker: NullTracker, model: FVLM, out:
             if (checkpoint_dir / name).is_file():
                 tracker.log_artifact(checkpoint_dir / name, "checkpoints")
     if config.tracking.register_model and isinstance(tracker, tracking.MlflowTracker):
-        patch = tuple(config.model.vision.patch_zyx)
         result.model_uri = tracking.log_model(
-            tracker, model_dir, crop_zyx=tuple(config.grid.crop_zyx), labels=spec.labels, example_zyx=patch,
+            tracker, model_dir, crop_zyx=config.grid.crop_zyx, labels=spec.labels,
+            example_zyx=config.model.vision.patch_zyx,
         )
         if result.model_uri:
             result.registered_model = config.tracking.registered_model

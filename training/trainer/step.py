@@ -63,7 +63,8 @@ class LossModule(nn.Module):
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: [weight-decayed (>= 2-D) parameters, 1-D parameters without decay], in
     ``named_parameters`` order (norms, biases, temperature, position embeddings, queries get no decay)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
