@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
+from training.trainer.batch import collate_batch
 from training.trainer.data import (
     ShardBatches,
     ShardDataset,
@@ -20,7 +21,6 @@ from training.trainer.data import (
     read_shard_metadata,
     shard_paths,
 )
-from training.trainer.batch import collate_batch
 from training.trainer.transforms import anatomy_intact, centred_starts, cut_faces, extract_crop, window_hu
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")

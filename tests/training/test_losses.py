@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from training.models.distributed import text_keys
-from training.models.losses import clip_loss, coteach_targets, fvlm_loss, fvlm_loss_reference, peer_logits, soft_targets
+from training.models.losses import (
+    clip_loss,
+    coteach_targets,
+    fvlm_loss,
+    fvlm_loss_reference,
+    peer_logits,
+    soft_targets,
+)
 
 SCALE = torch.tensor(10.0)
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
-from training.trainer.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
-from training.trainer.schedule import warmup_cosine_factor
 from training.trainer.batch import InMemoryBatches
+from training.trainer.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
 from training.trainer.loop import NonFiniteLossError, train
+from training.trainer.schedule import warmup_cosine_factor
 
 
 @pytest.fixture(scope="module")

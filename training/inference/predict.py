@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.models.zero_shot import ZeroShotModel, embed_arrays, load_zero_shot_model, zero_shot_probabilities
+from training.models.zero_shot import (
+    ZeroShotModel,
+    embed_arrays,
+    load_zero_shot_model,
+    zero_shot_probabilities,
+)
 
 if TYPE_CHECKING:
     from core.config import FvlmConfig

@@ -178,7 +178,7 @@ class FVLM(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "FVLM":
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> FVLM:
         folder = Path(directory)
         config_file = folder / CONFIG_FILE
         if not config_file.is_file():

@@ -45,7 +45,7 @@ class ZeroShotSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "ZeroShotSpec":
+    def from_json(cls, raw: dict[str, Any]) -> ZeroShotSpec:
         return cls(
             anatomy_set=raw["anatomy_set"],
             anatomy_names=tuple(raw["anatomy_names"]),

@@ -155,7 +155,7 @@ class ShardDataset(IterableDataset):
         self.label_names: tuple[str, ...] = tuple(self.metadata.get("label_names", ()))
 
     @classmethod
-    def from_dir(cls, shards_dir: str | os.PathLike[str], split: str, **kwargs: Any) -> "ShardDataset":
+    def from_dir(cls, shards_dir: str | os.PathLike[str], split: str, **kwargs: Any) -> ShardDataset:
         files = shard_paths(shards_dir, split)
         if not files:
             raise FileNotFoundError(f"{Path(shards_dir) / split}: no shard files ({PART_GLOB})")
