@@ -224,7 +224,7 @@ def _pyfunc_class() -> type:
     """The pyfunc wrapper class, defined lazily so importing this module never imports mlflow."""
     import mlflow.pyfunc
 
-    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         """Zero-shot per-label probabilities from (volume, mask) on the model grid."""
 
         def load_context(self, context):  # noqa: ANN001 - MLflow inspects type hints; keep none

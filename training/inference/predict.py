@@ -68,8 +68,8 @@ def predict_prepared(
     hu_window = tuple(bundle.meta.get("hu_window", (-1150.0, 350.0)))
     found = np.argwhere(anatomy_mask_zyx > 0)
     center = tuple(((found.min(0) + found.max(0)) // 2).tolist()) if found.size else None
-    volume = center_crop_or_pad(window_hu(hu_zyx, hu_window), crop, 0.0, center)  # type: ignore[arg-type]
-    mask = center_crop_or_pad(anatomy_mask_zyx.astype(np.uint8), crop, 0, center)  # type: ignore[arg-type]
+    volume = center_crop_or_pad(window_hu(hu_zyx, hu_window), crop, 0.0, center)
+    mask = center_crop_or_pad(anatomy_mask_zyx.astype(np.uint8), crop, 0, center)
     embeddings = embed_arrays(bundle, volume[None, None], mask[None])
     probabilities, used_global = zero_shot_probabilities(embeddings, bundle.prompt_emb, bundle.spec, bundle.logit_scale)
     spec = bundle.spec

@@ -40,7 +40,7 @@ class PatchEmbed3D(nn.Module):
             raise ValueError(f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} on axis {','.join(bad)}")
         embedded = self.proj(volume)
         grid = tuple(embedded.shape[2:])
-        return embedded.flatten(2).transpose(1, 2), grid  # type: ignore[return-value]
+        return embedded.flatten(2).transpose(1, 2), grid
 
 
 class Attention(nn.Module):
