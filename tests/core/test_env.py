@@ -26,3 +26,13 @@ def test_totalseg_usage_statistics_off_before_first_call(tmp_path: Path, monkeyp
 
     assert setup_totalseg()["send_usage_stats"] is False  # TotalSegmentator reads the same file
     assert get_config_key("statistics_disclaimer_shown") is True
+
+
+def test_argparse_is_the_standard_library() -> None:
+    """PyPI's 2015 'argparse' (wanted by unittest2) must not shadow the stdlib (Prefect's server needs it)."""
+    import argparse
+    import sysconfig
+    from pathlib import Path
+
+    assert Path(argparse.__file__).parent == Path(sysconfig.get_paths()["stdlib"])
+    assert hasattr(argparse, "BooleanOptionalAction")
