@@ -244,7 +244,7 @@ def _findings_of_sentences(
         is_present = polarity in present
         if is_present:
             if LUNG_LABELS.intersection(labels):
-                if _names_only_other_organ(sentence[clause_start:clause_end]):
+                if names_only_other_organ(sentence[clause_start:clause_end]):
                     labels = tuple(label for label in labels if label not in LUNG_LABELS) or (GENERIC_ABNORMAL,)
             if may_need_location(mention_text):
                 labels = labels_with_location(mention_text, location_text(sentence, clause_start), labels)
@@ -283,7 +283,7 @@ def _findings_of_sentences(
 
 
 @functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
-def _names_only_other_organ(lower_clause: str) -> bool:
+def names_only_other_organ(lower_clause: str) -> bool:
     """The clause names an organ outside the lungs and nothing pulmonary (thyroid nodule ...)."""
     return bool(_EXTRAPULMONARY.search(lower_clause)) and not _PULMONARY.search(lower_clause)
 
