@@ -32,9 +32,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.subprocesses import die_with_parent_on_linux
 from core.env import OFFLINE_DEFAULTS
 from core.io import atomic_write_text
+from flows.subprocesses import die_with_parent_on_linux
 
 SERVICE_NAMES: tuple[str, ...] = ("prefect", "mlflow", "worker")
 DEFAULT_SERVICES: tuple[str, ...] = ("prefect", "mlflow")

@@ -34,7 +34,13 @@ from core import layout
 from core.batches import ItemOutcome, MapBatches
 from core.io import atomic_path, sha256_files
 from preprocessing.deid import patient_pseudonym, scrub_text, series_pseudonym, study_pseudonym
-from preprocessing.dicom_discovery import Discovery, StudyFiles, UnreadableFile, discover_studies, scan_dicom_tree
+from preprocessing.dicom_discovery import (
+    Discovery,
+    StudyFiles,
+    UnreadableFile,
+    discover_studies,
+    scan_dicom_tree,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.config import FvlmConfig

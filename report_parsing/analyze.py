@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from core.anatomy_sets import CTRATE_LABELS
 from report_parsing.anatomy import OTHER_ANATOMY, anatomy_matcher
 from report_parsing.labels import (
     LABEL_INDEX,
@@ -23,13 +24,18 @@ from report_parsing.labels import (
     may_need_location,
     resolve_effusion,
 )
-from report_parsing.lexicon import EFFUSION_BY_LOCATION, EXTRAPULMONARY_CONTEXT, GENERIC_ABNORMAL, LUNG_LABELS, PULMONARY_CONTEXT
+from report_parsing.lexicon import (
+    EFFUSION_BY_LOCATION,
+    EXTRAPULMONARY_CONTEXT,
+    GENERIC_ABNORMAL,
+    LUNG_LABELS,
+    PULMONARY_CONTEXT,
+)
 from report_parsing.negation import AFFIRMED, NEGATED, UNCERTAIN, SentenceCues, location_text, report_cues
 from report_parsing.sections import FINDINGS, IMPRESSION, detect_sections
-from report_parsing.sentences import sentence_spans
 from report_parsing.sentence_cache import sentence_cache
+from report_parsing.sentences import sentence_spans
 from report_parsing.tokens import Limits, TokenView
-from core.anatomy_sets import CTRATE_LABELS
 
 _EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)   # applied to lower-case text
 _PULMONARY = re.compile(PULMONARY_CONTEXT)

@@ -208,8 +208,8 @@ def parse_reports_file(path: str | Path, options: ParseOptions) -> list[StudyRec
 
 def anatomy_rows(records: list[StudyRecord], anatomy_set: str) -> Iterator[dict[str, Any]]:
     """One row per parsed study x anatomy (+ ``other``)."""
-    from report_parsing.analyze import anatomy_sentence_indices
     from core.anatomy_sets import load_anatomy_set
+    from report_parsing.analyze import anatomy_sentence_indices
 
     names = list(load_anatomy_set(anatomy_set).anatomy_names)
     for record in records:
@@ -242,8 +242,8 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.io import atomic_path
     from core.anatomy_sets import load_anatomy_set
+    from core.io import atomic_path
 
     out_path = Path(out_path)
     studies_path = layout.reports_studies_path(out_path)

@@ -37,7 +37,7 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 
 
 class SegmentBackend(Protocol):
-    """What :func:`segment_studies` needs from a backend."""
+    """What :func:`segment_batch` needs from a backend."""
 
     name: str
 

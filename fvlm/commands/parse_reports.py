@@ -70,10 +70,9 @@ def _status_summary(records) -> str:
 def run_parse(args: argparse.Namespace) -> int:
     import time
 
+    from fvlm.commands import load_config_from_args, run_stage
     from report_parsing.io import ReportsFileError
     from report_parsing.tables import PARSED_STATUSES, ParseReportsJob, run_parse_reports
-
-    from fvlm.commands import load_config_from_args, run_stage
 
     started = time.perf_counter()
     config = load_config_from_args(args)
@@ -104,10 +103,9 @@ def run_label(args: argparse.Namespace) -> int:
 
     from core.anatomy_sets import CTRATE_LABELS
     from core.io import atomic_write_text
+    from fvlm.commands import load_config_from_args
     from report_parsing.io import ReportsFileError
     from report_parsing.tables import PARSED_STATUSES, ParseOptions, parse_reports_file
-
-    from fvlm.commands import load_config_from_args
 
     options = ParseOptions.from_config(load_config_from_args(args), hash_ids=False, **_option_overrides(args))
     try:
@@ -133,9 +131,9 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
+    from core.anatomy_sets import CTRATE_LABELS
     from core.io import atomic_write_text
     from report_parsing.evaluation import format_label_report, label_report
-    from core.anatomy_sets import CTRATE_LABELS
 
     frames = {}
     for name, path in (("pred", args.pred_csv), ("gold", args.gold_csv)):

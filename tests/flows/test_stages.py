@@ -235,3 +235,36 @@ def test_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> No
                    metrics_path=str(tmp_path / "metrics" / "train.json"))
     assert info.value.command[1:4] == ["-m", "fvlm.cli", "--params"] and "train" in info.value.command
     assert "fvlm train" in info.value.tail
+
+
+def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FVLM_NO_FLOWS / orchestration.stage_flows / FVLM_STAGE_WORKER pick the library; otherwise the flow gets
+    the job and the fan-out of the orchestration section with the stage's overrides."""
+    import flows.stages
+    from core.config import config_from_dict
+    from flows.batching import FanOut
+    from fvlm.commands import run_stage
+
+    calls: list[tuple[str, object, object]] = []
+    monkeypatch.setattr(flows.stages, "convert_flow", lambda job, fan_out: calls.append(("flow", job, fan_out)))
+    monkeypatch.setattr(flows.stages, "shard_flow", lambda job: calls.append(("shard", job, None)))
+
+    def library(job: object) -> None:
+        calls.append(("library", job, None))
+
+    config = config_from_dict({"orchestration": {"batch_size": 3, "retries": 5}}, environ={})
+    monkeypatch.delenv("FVLM_STAGE_WORKER", raising=False)
+    monkeypatch.setenv("FVLM_NO_FLOWS", "1")
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
+    monkeypatch.setenv("FVLM_NO_FLOWS", "0")
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
+    run_stage(config, "job", library, "shard_flow")
+    monkeypatch.setenv("FVLM_STAGE_WORKER", "1")
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
+    monkeypatch.delenv("FVLM_STAGE_WORKER")
+    off = config_from_dict({"orchestration": {"stage_flows": False}}, environ={})
+    run_stage(off, "job", library, "convert_flow", {"max_workers": 7})
+    assert [kind for kind, _, _ in calls] == ["library", "flow", "shard", "library", "library"]
+    fan_out = calls[1][2]
+    assert fan_out == FanOut.from_config(config.orchestration, max_workers=7)
+    assert isinstance(fan_out, FanOut) and (fan_out.batch_size, fan_out.retries, fan_out.max_workers) == (3, 5, 7)
