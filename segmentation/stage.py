@@ -166,6 +166,7 @@ class SegmentJob:
 
     def make_backend(self) -> "SegmentBackend":
         aset = _anatomy_set(self.anatomy_set)
+        subset: list[Any] | None
         if self.roi_subset is True:
             subset = sorted({c for a in aset.anatomies for c in a.classes})
         else:
@@ -405,7 +406,8 @@ def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Prog
                 base_row["model_id"] = engine.model_id
                 base_row["config_hash"] = _config_hash(engine.config_fingerprint(study_id), aset.name, job.qc)
                 prior = previous.get(study_id)
-                if not job.force and _reusable(prior, base_row["input_sha256"], base_row["config_hash"], out, job.qc):
+                if not job.force and prior is not None and _reusable(
+                        prior, base_row["input_sha256"], base_row["config_hash"], out, job.qc):
                     row = {**prior, "reused": True}
                 else:
                     if not loaded:
