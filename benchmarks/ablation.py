@@ -153,7 +153,9 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
             continue
         print(f"cohort: fvlm {name} ...", flush=True)
         stage_walls[name] = round(run_fvlm(params_path, args, log), 1)
-    manifest_path = work / "data" / "shards" / "manifest.json"
+    from core.layout import shard_manifest
+
+    manifest_path = shard_manifest(work / "data" / "shards")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     record = {"settings": wanted, "wall_s": round(time.perf_counter() - started, 1), "stage_wall_s": stage_walls,
               "shard_metrics": json.loads((work / "metrics" / "shard.json").read_text())

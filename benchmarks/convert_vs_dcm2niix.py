@@ -106,14 +106,16 @@ def ours(input_dir: Path, output_dir: Path, extension: str, threads: int) -> dic
     code = (
         "import json, resource, sys, time; sys.path.insert(0, %r)\n"
         "t = time.perf_counter()\n"
-        "from preprocessing.convert import convert_studies\n"
+        "from pathlib import Path\n"
+        "from preprocessing.convert import ConvertJob, ConvertSettings, run_convert\n"
         "import pydicom, nibabel, pyarrow.parquet, pandas, numpy\n"
         "ti = time.perf_counter() - t; t = time.perf_counter()\n"
-        "s = convert_studies(%r, %r, salt='bench', min_slices=1, workers=1, output_extension=%r, decode_threads=%d)\n"
+        "s = run_convert(ConvertJob(input_dir=Path(%r), output_dir=Path(%r), workers=1, decode_threads=%d,"
+        " settings=ConvertSettings(salt='bench', min_slices=1, output_extension=%r)))\n"
         "dt = time.perf_counter() - t\n"
         "print(json.dumps({'import_seconds': ti, 'call_seconds': dt, 'ok': s.n_ok, 'volume': s.rows[0].volume_path,"
         " 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
-    ) % (str(REPO), str(input_dir), str(output_dir), extension, threads)
+    ) % (str(REPO), str(input_dir), str(output_dir), threads, extension)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     wall, cpu, stdout = run_process([sys.executable, "-c", code], capture=True)

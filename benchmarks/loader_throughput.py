@@ -61,7 +61,7 @@ def write_shards(root: Path, volumes: int, shape: tuple[int, int, int], level: i
     import pyarrow as pa
 
     from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
-    from preprocessing.shards import _open_writer
+    from preprocessing.shards import open_writer
 
     rng = np.random.default_rng(0)
     metadata = build_metadata(anatomy_set="ctrate4", anatomy_names=ANATOMIES, label_names=[f"l{i}" for i in range(18)],
@@ -83,7 +83,7 @@ def write_shards(root: Path, volumes: int, shape: tuple[int, int, int], level: i
         })
     path = root / "train" / "part-00000.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = _open_writer(path, schema)
+    writer = open_writer(path, schema)
     for start in range(0, len(rows), rows_per_group):
         chunk = rows[start : start + rows_per_group]
         writer.write_table(pa.Table.from_pylist(chunk, schema=schema), row_group_size=len(chunk))

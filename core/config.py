@@ -371,3 +371,8 @@ def load_config(params_path: str | os.PathLike[str] | None = None, *, profile: s
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return config_from_dict(raw, root=path.resolve().parent, profile=profile, source=str(path))
+
+
+def or_config(override: Any, configured: Any) -> Any:
+    """A stage job's ``from_config`` rule: a ``None`` override means "use the configured value"."""
+    return configured if override is None else override

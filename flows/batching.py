@@ -29,11 +29,15 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from core.batches import OUTCOME_STATUSES, BatchFn, ItemOutcome, KeyFn, MapBatches, OutcomeStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import OrchestrationConfig
 
 Item = TypeVar("Item")
-OutcomeStatus = Literal["ok", "skipped", "quarantined", "failed"]
-OUTCOME_STATUSES: tuple[str, ...] = ("ok", "skipped", "quarantined", "failed")
+__all__ = ["OUTCOME_STATUSES", "FanOut", "ItemOutcome", "OutcomeStatus", "RunSummary", "prefect_batches", "run_batched"]
 
 logger = logging.getLogger("fvlm.flows")
 
@@ -87,21 +91,6 @@ def is_transient(error: BaseException) -> bool:
         return True
     message = str(error).lower()
     return type(error).__name__ == "OperationalError" and any(m in message for m in _TRANSIENT_MESSAGES)
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """What happened to one item (study) in a stage. ``key`` must be PHI-free (a study_id)."""
-
-    key: str
-    status: OutcomeStatus = "ok"
-    reason: str = ""
-    qc_path: str | None = None
-    payload: Any = field(default=None, compare=False, repr=False)  # stage result (e.g. a manifest row)
-
-    def __post_init__(self) -> None:
-        if self.status not in OUTCOME_STATUSES:
-            raise ValueError(f"ItemOutcome.status must be one of {OUTCOME_STATUSES}, got {self.status!r}")
 
 
 @dataclass(frozen=True)
@@ -455,3 +444,64 @@ def _safe_markdown(summary: RunSummary) -> None:
         )
     except Exception as error:
         logger.warning("%s: markdown artifact not written: %s", summary.stage, error)
+
+
+# ------------------------------------------------------------------------------ the stage flows' seam
+@dataclass(frozen=True)
+class FanOut:
+    """How a stage flow fans out: the ``orchestration`` section of params.yaml (+ a stage's batch size)."""
+
+    batch_size: int
+    task_runner: str
+    max_workers: int
+    retries: int
+    retry_delay_s: float
+    dask_address: str | None
+    gpu_concurrency_limit: str | None
+
+    @classmethod
+    def from_config(cls, orchestration: "OrchestrationConfig | None" = None, **overrides: Any) -> "FanOut":
+        """The fan-out of ``orchestration`` (default: the built-in config); ``None`` overrides are ignored."""
+        from core.config import OrchestrationConfig
+
+        section = orchestration if orchestration is not None else OrchestrationConfig()
+        values = {name: getattr(section, name) for name in cls.__dataclass_fields__}
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise TypeError(f"unknown fan-out setting(s) {sorted(unknown)}")
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def prefect_batches(
+    fan_out: FanOut,
+    *,
+    stage: str,
+    gpu: bool = False,
+    fatal_errors: tuple[type[BaseException], ...] = (),
+    redact_errors: bool = False,
+) -> MapBatches:
+    """A stage library's ``map_batches`` seam that runs the batches as Prefect tasks (:func:`run_batched`):
+    retries, isolation of crashing items, markdown + progress artifacts; ``gpu``: each batch holds the
+    ``gpu_concurrency_limit`` slot and is tagged ``gpu``."""
+
+    def map_batches(items: Sequence[Any], batch_fn: BatchFn, key_fn: KeyFn) -> list[ItemOutcome]:
+        summary = run_batched(
+            items,
+            batch_fn,
+            fan_out.batch_size,
+            fan_out.task_runner,
+            stage=stage,
+            max_workers=fan_out.max_workers,
+            retries=fan_out.retries,
+            retry_delay_s=fan_out.retry_delay_s,
+            item_key=key_fn,
+            dask_address=fan_out.dask_address,
+            concurrency_limit=fan_out.gpu_concurrency_limit if gpu else None,
+            tags=["gpu"] if gpu else (),
+            fatal_errors=fatal_errors,
+            redact_errors=redact_errors,
+        )
+        return summary.outcomes
+
+    return map_batches

@@ -24,13 +24,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 
 from flows.batching import run_logger
 from flows.pipeline import pipeline_flow
 from flows.subprocesses import child_env, executable, run_command
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import FvlmConfig
 
 INGEST_DEPLOYMENT = "ingest-nightly"
 TRAIN_DEPLOYMENT = "train-weekly"
@@ -248,7 +251,7 @@ def train_evaluate_flow(
 
 
 def build_deployments(
-    config: Any,
+    config: FvlmConfig,
     params_path: Path,
     *,
     which: tuple[str, ...] = ("ingest", "train"),

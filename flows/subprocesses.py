@@ -107,7 +107,7 @@ while True:
 """
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent_on_linux() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         import ctypes
 
@@ -145,7 +145,7 @@ def run_command(
         text=True,
         errors="replace",
         bufsize=1,
-        preexec_fn=_die_with_parent if linux else None,  # noqa: PLW1509
+        preexec_fn=die_with_parent_on_linux if linux else None,  # noqa: PLW1509
     )
     try:
         assert process.stdout is not None

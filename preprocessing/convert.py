@@ -1,48 +1,64 @@
 """`fvlm convert` as a library: DICOM tree -> RAS int16 HU NIfTI volumes + studies manifest.
 
-Public API (the orchestration layer fans out over batches of studies):
+Public API:
 
-* :func:`discover_studies` (re-exported from :mod:`preprocessing.dicom_discovery`)
-* :func:`convert_study` -> :class:`ManifestRow` (one study; never raises for bad data)
-* :func:`convert_studies` -> :class:`ConvertSummary` (discovery + parallel conversion + manifests)
+* :class:`ConvertJob` (``ConvertJob.from_config(config, **cli_overrides)``) + :func:`run_convert` ->
+  :class:`ConvertSummary`: the stage (DICOM or CT-RATE input; discovery, conversion in a process pool or
+  through the caller's ``map_batches``, both manifests);
+* :func:`discover_studies` (re-exported from :mod:`preprocessing.dicom_discovery`) and
+  :func:`convert_study` -> :class:`ManifestRow` (one study; never raises for bad data), with
+  :class:`ConvertSettings` (what is hashed into ``config_hash``).
 
-Outputs under ``output_dir``: ``volumes/<study_id>.nii.gz`` (or ``.nii``), ``studies.parquet`` (one
-row per input study, ok | quarantined + reason), ``unreadable.parquet`` (files attributable to no
-study). Shapes and spacings in the manifest are (z, y, x) of the RAS+ volume on disk.
+Outputs under ``output_dir`` (names from :mod:`core.layout`): ``volumes/<study_id>.nii.gz`` (or
+``.nii``), ``studies.parquet`` (one row per input study, ok | quarantined + reason, ``volume_path``
+relative to the folder), ``unreadable.parquet`` (files attributable to no study). Shapes and spacings in
+the manifest are (z, y, x) of the RAS+ volume on disk.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
+from core import layout
+from core.batches import ItemOutcome, MapBatches
 from core.io import atomic_path, sha256_files
 from preprocessing.deid import patient_pseudonym, scrub_text, series_pseudonym, study_pseudonym
-from preprocessing.dicom_discovery import Discovery, StudyFiles, UnreadableFile, discover_studies, scan_dicom_tree
+from preprocessing.dicom_discovery import (
+    Discovery,
+    StudyFiles,
+    UnreadableFile,
+    discover_studies,
+    scan_dicom_tree,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import FvlmConfig
 
 __all__ = [
+    "ConvertJob",
     "ConvertSettings",
     "ConvertSummary",
     "ManifestRow",
-    "convert_studies",
     "convert_study",
     "discover_studies",
     "read_manifest",
+    "run_convert",
 ]
 
 logger = logging.getLogger(__name__)
 
 CONVERTER_VERSION = "convert-1"
-MANIFEST_NAME = "studies.parquet"
-UNREADABLE_NAME = "unreadable.parquet"
-VOLUMES_DIR = "volumes"
 PLAUSIBLE_MAX_HU = 4000
 
 
@@ -198,18 +214,20 @@ def write_unreadable(items: list[UnreadableFile], path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def _reusable(previous: ManifestRow | None, source_hash: str, config_hash: str, output_dir: Path) -> bool:
+def reusable(previous: ManifestRow | None, source_hash: str, config_hash: str, output_dir: Path) -> bool:
     if previous is None or previous.source_hash != source_hash or previous.config_hash != config_hash:
         return False
+    """True when ``previous`` (the last run's row) still holds for these input and settings hashes."""
     if previous.status == "ok":
         return bool(previous.volume_path) and (output_dir / str(previous.volume_path)).is_file()
     return True
 
 
-def _remove_stale_volumes(output_dir: Path, study_id: str) -> None:
-    for suffix in (".nii.gz", ".nii"):
-        stale = output_dir / VOLUMES_DIR / f"{study_id}{suffix}"
-        if stale.exists():
+def remove_stale_volumes(output_dir: Path, study_id: str, keep: str | None = None) -> None:
+    """Delete the study's volume files (all NIfTI extensions but ``keep``)."""
+    for extension in layout.NIFTI_EXTENSIONS:
+        stale = layout.volume_path(output_dir, study_id, extension)
+        if extension != keep and stale.exists():
             stale.unlink()
 
 
@@ -246,7 +264,7 @@ def convert_study(
     except OSError as error:
         row.reason = clean(f"cannot read input files: {error.strerror or type(error).__name__}")
         return row
-    if _reusable(previous, row.source_hash, row.config_hash, out):
+    if reusable(previous, row.source_hash, row.config_hash, out):
         assert previous is not None
         previous.reused = True
         return previous
@@ -277,7 +295,7 @@ def convert_study(
     chosen = selection.chosen
     if chosen is None:
         row.reason = clean(selection.reason)
-        _remove_stale_volumes(out, study_id)
+        remove_stale_volumes(out, study_id)
         row.seconds = round(time.perf_counter() - started, 3)
         return row
     row.series_id = series_pseudonym(chosen.series_uid, settings.salt, length)
@@ -292,11 +310,11 @@ def convert_study(
             max_spacing_deviation=settings.max_spacing_deviation,
             decode_threads=settings.decode_threads,
         )
-        volume_relative = f"{VOLUMES_DIR}/{study_id}{settings.output_extension}"
+        volume_relative = layout.volume_relpath(study_id, settings.output_extension)
         written = write_ras_nifti(assembled.hu_kji, assembled.affine_ras_ijk, out / volume_relative)
     except AssemblyError as error:
         row.reason = clean(f"series {chosen.series_number if chosen.series_number is not None else '?'}: {error}")
-        _remove_stale_volumes(out, study_id)
+        remove_stale_volumes(out, study_id)
         row.seconds = round(time.perf_counter() - started, 3)
         return row
     except MemoryError:
@@ -305,12 +323,9 @@ def convert_study(
     except Exception as error:  # never crash the cohort: unexpected errors quarantine with their type
         logger.exception("%s: unexpected error", study_id)
         row.reason = clean(f"unexpected error ({type(error).__name__}): {str(error)[:200]}")
-        _remove_stale_volumes(out, study_id)
+        remove_stale_volumes(out, study_id)
         return row
-    other_suffix = ".nii" if settings.output_extension == ".nii.gz" else ".nii.gz"
-    stale = out / VOLUMES_DIR / f"{study_id}{other_suffix}"
-    if stale.exists():
-        stale.unlink()
+    remove_stale_volumes(out, study_id, keep=settings.output_extension)
     row.status = "ok"
     row.volume_path = volume_relative
     row.slices = written.shape_zyx[0]
@@ -354,117 +369,191 @@ class ConvertSummary:
         return "\n".join(lines)
 
 
-def _convert_worker(study: StudyFiles, output_dir: str, settings: ConvertSettings, previous: ManifestRow | None) -> ManifestRow:
-    return convert_study(study, output_dir, settings, previous=previous)
+InputFormat = Literal["dicom", "ctrate"]
 
 
-def run_conversions(
-    studies: list[StudyFiles],
+@dataclass(frozen=True, kw_only=True)
+class ConvertJob:
+    """The convert stage: what to read, where to write, how (build it with :meth:`from_config`)."""
+
+    input_dir: Path
+    output_dir: Path
+    settings: ConvertSettings
+    input_format: InputFormat = "dicom"
+    metadata_csv: Path | None = None      # CT-RATE metadata CSV (input_format "ctrate")
+    workers: int = 1                      # study processes (the local run; the flow's max_workers)
+    decode_threads: int | None = None     # pixel decode threads per study; None: CPUs / workers
+
+    @classmethod
+    def from_config(
+        cls,
+        config: "FvlmConfig",
+        *,
+        input_dir: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        input_format: InputFormat | None = None,
+        metadata_csv: str | os.PathLike[str] | None = None,
+        strict: bool | None = None,
+        workers: int | None = None,
+        min_slices: int | None = None,
+        output_extension: str | None = None,
+    ) -> "ConvertJob":
+        """The job of ``config`` (paths.raw_dicom -> paths.converted, convert.*, privacy.*); a ``None``
+        override keeps the configured value."""
+        from core.config import or_config
+
+        section = config.convert
+        metadata = or_config(metadata_csv, section.ctrate_metadata_csv)
+        return cls(
+            input_dir=config.path(or_config(input_dir, config.paths.raw_dicom)),
+            output_dir=config.path(or_config(output_dir, config.paths.converted)),
+            input_format=or_config(input_format, section.input_format),
+            metadata_csv=config.path(metadata) if metadata else None,
+            workers=or_config(workers, section.workers),
+            settings=ConvertSettings(
+                salt=config.privacy.salt,
+                strict=or_config(strict, section.strict),
+                series_preference=tuple(section.series_preference),
+                min_slices=or_config(min_slices, section.min_slices),
+                max_spacing_deviation=section.max_spacing_deviation,
+                output_extension=or_config(output_extension, section.output_extension),
+                study_key_tag=section.study_key_tag,
+                pseudonym_length=config.privacy.pseudonym_length,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ConvertItem:
+    """One unit of convert work: the study's pseudonym (the only identity in logs and artifacts), its
+    source (``StudyFiles`` or a CT-RATE volume; PHI in memory only) and the last run's row."""
+
+    study_id: str
+    source: object
+    previous: ManifestRow | None
+
+
+def item_key(item: ConvertItem) -> str:
+    return item.study_id
+
+
+def convert_batch(items: list[ConvertItem], output_dir: str, settings: ConvertSettings,
+                  convert_one: Callable[..., ManifestRow] = convert_study) -> list[ItemOutcome]:
+    """Batch function: convert each item (reusing unchanged ones); bad data -> quarantined outcome."""
+    outcomes = []
+    for item in items:
+        row = convert_one(item.source, output_dir, settings, previous=item.previous)
+        if row.status == "ok":
+            status, reason = ("skipped", "unchanged (reused)") if row.reused else ("ok", "")
+        else:
+            status, reason = "quarantined", row.reason
+        outcomes.append(ItemOutcome(item.study_id, status, reason, payload=row))  # type: ignore[arg-type]
+    return outcomes
+
+
+def local_conversions(workers: int, crash_row: Callable[[ConvertItem, str], ManifestRow]) -> MapBatches:
+    """The library's own ``map_batches``: one study at a time, in a spawn process pool when
+    ``workers > 1``; a crashed worker quarantines its study (``crash_row``)."""
+
+    def map_batches(items: Sequence[ConvertItem], batch_fn: Callable[[list[ConvertItem]], Sequence[ItemOutcome]],
+                    key_fn: Callable[[ConvertItem], str]) -> list[ItemOutcome]:
+        outcomes: list[ItemOutcome] = []
+
+        def done(outcome: ItemOutcome) -> None:
+            outcomes.append(outcome)
+            row = outcome.payload
+            logger.info("[%d/%d] %s %s%s", len(outcomes), len(items), row.study_id, row.status,
+                        " (reused)" if row.reused else "")
+
+        if workers <= 1 or len(items) <= 1:
+            for item in items:
+                for outcome in batch_fn([item]):
+                    done(outcome)
+            return outcomes
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(batch_fn, [item]): item for item in items}
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    for outcome in future.result():
+                        done(outcome)
+                except Exception as error:
+                    row = crash_row(item, f"worker process failed ({type(error).__name__})")
+                    done(ItemOutcome(key_fn(item), "quarantined", row.reason, payload=row))
+        return outcomes
+
+    return map_batches
+
+
+def convert_items(
+    items: list[ConvertItem],
     output_dir: Path,
     settings: ConvertSettings,
-    previous: dict[str, ManifestRow],
+    convert_one: Callable[..., ManifestRow],
+    crash_row: Callable[[ConvertItem, str], ManifestRow],
     workers: int,
+    map_batches: MapBatches | None,
 ) -> list[ManifestRow]:
-    """Convert studies (in a process pool when ``workers > 1``); a crashed worker quarantines its study."""
-    length = settings.pseudonym_length
-    prior = {s.study_key: previous.get(study_pseudonym(s.study_key, settings.salt, length)) for s in studies}
+    """Run the items through ``map_batches`` (default :func:`local_conversions`); one row per item (an
+    item whose batch crashed under orchestration is quarantined as ``conversion crashed: <type>``)."""
+    mapper = map_batches or local_conversions(workers, crash_row)
+    batch_fn = functools.partial(convert_batch, output_dir=str(output_dir), settings=settings, convert_one=convert_one)
+    by_id = {item.study_id: item for item in items}
     rows: list[ManifestRow] = []
-
-    def progress(row: ManifestRow) -> None:
-        rows.append(row)
-        logger.info("[%d/%d] %s %s%s", len(rows), len(studies), row.study_id, row.status, " (reused)" if row.reused else "")
-
-    if workers <= 1 or len(studies) <= 1:
-        for study in studies:
-            progress(convert_study(study, output_dir, settings, previous=prior[study.study_key]))
-        return rows
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_convert_worker, s, str(output_dir), settings, prior[s.study_key]): s for s in studies}
-        for future in as_completed(futures):
-            study = futures[future]
-            try:
-                progress(future.result())
-            except Exception as error:
-                progress(
-                    ManifestRow(
-                        study_id=study_pseudonym(study.study_key, settings.salt, length),
-                        patient_id=patient_pseudonym(study.patient_key, settings.salt, length),
-                        status="quarantined",
-                        reason=f"worker process failed ({type(error).__name__})",
-                        n_input_files=study.n_files,
-                        config_hash=settings.config_hash(),
-                    )
-                )
+    for outcome in mapper(items, batch_fn, item_key):
+        if outcome.payload is not None:
+            rows.append(outcome.payload)
+        elif outcome.status == "failed":  # a crash, not bad data: still one manifest row per input study
+            rows.append(crash_row(by_id[outcome.key], f"conversion crashed: {outcome.reason.split(':', 1)[0]}"))
     return rows
 
 
-def convert_studies(
-    input_dir: str | os.PathLike[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    salt: str,
-    strict: bool = False,
-    workers: int = 1,
-    series_preference: list[str] | tuple[str, ...] = ("thinnest", "soft_tissue_kernel", "most_slices"),
-    study_key_tag: str = "StudyInstanceUID",
-    min_slices: int = 10,
-    max_spacing_deviation: float = 0.1,
-    output_extension: str = ".nii.gz",
-    pseudonym_length: int = 16,
-    decode_threads: int | None = None,
-) -> ConvertSummary:
-    """Discover every study under ``input_dir`` and convert it; writes volumes + both manifests."""
+def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> ConvertSummary:
+    """The convert stage: discover the studies of ``job.input_dir`` (DICOM, or CT-RATE NIfTI + metadata),
+    convert each one (reusing unchanged ones) and write both manifests atomically at the end.
+
+    ``map_batches``: how batches of studies run (default: this library, ``job.workers`` processes; the
+    Prefect flow passes its task fan-out)."""
+    if job.input_format == "ctrate":
+        from preprocessing.ctrate import run_ctrate
+
+        return run_ctrate(job, map_batches)
     started = time.perf_counter()
-    out, settings, discovery, previous = start_conversion(
-        input_dir, output_dir, salt=salt, strict=strict, workers=workers, series_preference=series_preference,
-        study_key_tag=study_key_tag, min_slices=min_slices, max_spacing_deviation=max_spacing_deviation,
-        output_extension=output_extension, pseudonym_length=pseudonym_length, decode_threads=decode_threads,
-    )
-    rows = run_conversions(discovery.studies, out, settings, previous, workers)
-    return finish_conversion(rows, discovery, out, started)
-
-
-def start_conversion(
-    input_dir: str | os.PathLike[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    salt: str,
-    strict: bool,
-    workers: int,
-    series_preference: list[str] | tuple[str, ...],
-    study_key_tag: str,
-    min_slices: int,
-    max_spacing_deviation: float,
-    output_extension: str,
-    pseudonym_length: int,
-    decode_threads: int | None = None,
-) -> tuple[Path, ConvertSettings, Discovery, dict[str, ManifestRow]]:
-    """Shared first step of a conversion run (library or Prefect flow): settings, discovery, last manifest."""
-    out = Path(output_dir)
-    (out / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
+    out = Path(job.output_dir)
+    (out / layout.VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
     cpu = os.cpu_count() or 1
-    settings = ConvertSettings(
-        salt=salt,
-        strict=strict,
-        series_preference=tuple(series_preference),
-        min_slices=min_slices,
-        max_spacing_deviation=max_spacing_deviation,
-        output_extension=output_extension,
-        study_key_tag=study_key_tag,
-        pseudonym_length=pseudonym_length,
-        decode_threads=decode_threads if decode_threads else max(1, cpu // max(1, workers)),
-    )
-    discovery: Discovery = scan_dicom_tree(input_dir, study_key_tag=study_key_tag)
-    return out, settings, discovery, read_manifest(out / MANIFEST_NAME)
+    settings = replace(job.settings, decode_threads=job.decode_threads or max(1, cpu // max(1, job.workers)))
+    discovery: Discovery = scan_dicom_tree(job.input_dir, study_key_tag=settings.study_key_tag)
+    previous = read_manifest(layout.converted_manifest(out))
+    length = settings.pseudonym_length
+    items = []
+    for study in discovery.studies:
+        study_id = study_pseudonym(study.study_key, settings.salt, length)
+        items.append(ConvertItem(study_id, study, previous.get(study_id)))
+
+    def crash_row(item: ConvertItem, reason: str) -> ManifestRow:
+        study: StudyFiles = item.source  # type: ignore[assignment]
+        return ManifestRow(
+            study_id=item.study_id,
+            patient_id=patient_pseudonym(study.patient_key, settings.salt, length),
+            status="quarantined",
+            reason=reason,
+            n_input_files=study.n_files,
+            config_hash=settings.config_hash(),
+        )
+
+    rows = convert_items(items, out, settings, convert_study, crash_row, job.workers, map_batches)
+    return finish_conversion(rows, discovery.unreadable, discovery.n_files_seen, out, started)
 
 
-def finish_conversion(rows: list[ManifestRow], discovery: Discovery, out: Path, started: float) -> ConvertSummary:
-    """Shared last step: write both manifests atomically and summarise (one row per input study)."""
-    manifest_path = out / MANIFEST_NAME
+def finish_conversion(rows: list[ManifestRow], unreadable: list[UnreadableFile], n_files_seen: int, out: Path,
+                      started: float) -> ConvertSummary:
+    """The last step of every conversion run: write both manifests atomically and summarise."""
+    manifest_path = layout.converted_manifest(out)
     write_manifest(rows, manifest_path)
-    unreadable_path = out / UNREADABLE_NAME
-    write_unreadable(discovery.unreadable, unreadable_path)
+    unreadable_path = layout.unreadable_table(out)
+    write_unreadable(unreadable, unreadable_path)
     for row in rows:
         if row.status != "ok":
             logger.warning("%s: quarantined: %s", row.study_id, row.reason)
@@ -473,8 +562,8 @@ def finish_conversion(rows: list[ManifestRow], discovery: Discovery, out: Path, 
         n_ok=sum(r.status == "ok" for r in rows),
         n_quarantined=sum(r.status != "ok" for r in rows),
         n_reused=sum(r.reused for r in rows),
-        n_unreadable_files=len(discovery.unreadable),
-        n_files_seen=discovery.n_files_seen,
+        n_unreadable_files=len(unreadable),
+        n_files_seen=n_files_seen,
         manifest_path=manifest_path,
         unreadable_path=unreadable_path,
         seconds=time.perf_counter() - started,

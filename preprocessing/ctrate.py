@@ -26,28 +26,27 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core import layout
+from core.batches import MapBatches
 from core.io import sha256_file
 from preprocessing.convert import (
-    MANIFEST_NAME,
-    UNREADABLE_NAME,
-    VOLUMES_DIR,
+    ConvertItem,
+    ConvertJob,
     ConvertSettings,
     ConvertSummary,
     ManifestRow,
-    _remove_stale_volumes,
-    _reusable,
+    convert_items,
+    finish_conversion,
     read_manifest,
-    write_manifest,
-    write_unreadable,
+    remove_stale_volumes,
+    reusable,
 )
 from preprocessing.deid import patient_pseudonym, scrub_text, study_pseudonym
-from preprocessing.dicom_discovery import UnreadableFile
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ def convert_ctrate_volume(volume: CtrateVolume, output_dir: str | os.PathLike[st
     except OSError as error:
         row.reason = f"cannot read the NIfTI file: {error.strerror or type(error).__name__}"
         return row
-    if _reusable(previous, row.source_hash, row.config_hash, out):
+    if reusable(previous, row.source_hash, row.config_hash, out):
         assert previous is not None
         previous.reused = True
         return previous
@@ -222,11 +221,11 @@ def convert_ctrate_volume(volume: CtrateVolume, output_dir: str | os.PathLike[st
         intercept = _numbers(volume.metadata["RescaleIntercept"], 1, "RescaleIntercept")[0]
         hu_ijk, decision = to_hu(stored, slope, intercept)
         affine = ctrate_affine_ras(volume.metadata)
-        volume_relative = f"{VOLUMES_DIR}/{study_id}{settings.output_extension}"
+        volume_relative = layout.volume_relpath(study_id, settings.output_extension)
         written = write_ras_nifti(hu_ijk.transpose(2, 1, 0), affine, out / volume_relative)
     except (CtrateError, ValueError, OSError, EOFError) as error:
         row.reason = scrub_text(f"{volume.path.name}: {error}", phi)
-        _remove_stale_volumes(out, study_id)
+        remove_stale_volumes(out, study_id)
         return row
     row.status = "ok"
     row.rescale_decision = decision
@@ -243,49 +242,35 @@ def convert_ctrate_volume(volume: CtrateVolume, output_dir: str | os.PathLike[st
     return row
 
 
-def convert_ctrate(
-    input_dir: str | os.PathLike[str],
-    metadata_csv: str | os.PathLike[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    salt: str,
-    workers: int = 1,
-    output_extension: str = ".nii.gz",
-    pseudonym_length: int = 16,
-) -> ConvertSummary:
-    """Convert a CT-RATE tree; same outputs as :func:`preprocessing.convert.convert_studies`."""
+def ctrate_settings(settings: ConvertSettings) -> ConvertSettings:
+    """What CT-RATE conversion hashes: the salt, pseudonym length and output extension of ``settings``
+    (series selection and assembly options do not apply to a ready-made volume)."""
+    return ConvertSettings(salt=settings.salt, output_extension=settings.output_extension, study_key_tag="VolumeName",
+                           pseudonym_length=settings.pseudonym_length, series_preference=("ctrate",))
+
+
+def run_ctrate(job: ConvertJob, map_batches: MapBatches | None = None) -> ConvertSummary:
+    """``run_convert`` for ``input_format == "ctrate"``: same outputs as the DICOM path."""
+    if job.metadata_csv is None:
+        raise ValueError("CT-RATE input needs a metadata CSV (convert.ctrate_metadata_csv)")
     started = time.perf_counter()
-    out = Path(output_dir)
-    (out / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
-    settings = ConvertSettings(salt=salt, output_extension=output_extension, study_key_tag="VolumeName",
-                               pseudonym_length=pseudonym_length, series_preference=("ctrate",))
-    metadata = read_metadata(metadata_csv)
-    volumes = find_ctrate_volumes(input_dir, metadata)
-    previous = read_manifest(out / MANIFEST_NAME)
-    prior = [previous.get(study_pseudonym(v.volume_name, salt, pseudonym_length)) for v in volumes]
-    if workers > 1 and len(volumes) > 1:
-        import multiprocessing
+    out = Path(job.output_dir)
+    (out / layout.VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
+    settings = ctrate_settings(job.settings)
+    salt, length = settings.salt, settings.pseudonym_length
+    metadata = read_metadata(job.metadata_csv)
+    volumes = find_ctrate_volumes(job.input_dir, metadata)
+    previous = read_manifest(layout.converted_manifest(out))
+    items = []
+    for volume in volumes:
+        study_id = study_pseudonym(volume.volume_name, salt, length)
+        items.append(ConvertItem(study_id, volume, previous.get(study_id)))
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_ctrate_worker, volumes, [str(out)] * len(volumes), [settings] * len(volumes), prior))
-    else:
-        rows = [convert_ctrate_volume(v, out, settings, previous=p) for v, p in zip(volumes, prior)]
-    write_manifest(rows, out / MANIFEST_NAME)
-    write_unreadable([], out / UNREADABLE_NAME)
-    unreadable: list[UnreadableFile] = []
-    return ConvertSummary(
-        n_studies=len(rows),
-        n_ok=sum(r.status == "ok" for r in rows),
-        n_quarantined=sum(r.status != "ok" for r in rows),
-        n_reused=sum(r.reused for r in rows),
-        n_unreadable_files=len(unreadable),
-        n_files_seen=sum(1 for v in volumes if v.path),
-        manifest_path=out / MANIFEST_NAME,
-        unreadable_path=out / UNREADABLE_NAME,
-        seconds=time.perf_counter() - started,
-        rows=sorted(rows, key=lambda r: r.study_id),
-    )
+    def crash_row(item: ConvertItem, reason: str) -> ManifestRow:
+        volume: CtrateVolume = item.source  # type: ignore[assignment]
+        return ManifestRow(study_id=item.study_id, patient_id=patient_pseudonym(patient_key(volume.volume_name), salt, length),
+                           status="quarantined", reason=reason, n_input_files=1 if volume.path else 0,
+                           config_hash=settings.config_hash(), input_format="ctrate")
 
-
-def _ctrate_worker(volume: CtrateVolume, output_dir: str, settings: ConvertSettings, previous: ManifestRow | None) -> ManifestRow:
-    return convert_ctrate_volume(volume, output_dir, settings, previous=previous)
+    rows = convert_items(items, out, settings, convert_ctrate_volume, crash_row, job.workers, map_batches)
+    return finish_conversion(rows, [], sum(1 for v in volumes if v.path), out, started)

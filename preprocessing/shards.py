@@ -1,8 +1,10 @@
 """``fvlm shard``: converted volumes + anatomy masks + parsed reports -> Parquet shards.
 
-Inputs (stage contracts, see DESIGN.md):
+Entry point: :class:`ShardJob` (``ShardJob.from_config(config, **cli_overrides)``) + :func:`run_shard`
+-> :class:`ShardSummary`. Inputs (the stage layouts of :mod:`core.layout`):
 
-* ``CONVERTED/studies.parquet`` (rows with ``status == "ok"``) + ``CONVERTED/volumes/<study_id>.nii.gz``
+* ``CONVERTED/studies.parquet`` (rows with ``status == "ok"``) + the volume each row records in
+  ``volume_path`` (``volumes/<study_id>.nii.gz`` or ``.nii``)
 * ``SEGMENTED/masks/<study_id>.nii.gz``: TotalSegmentator ``total`` ids on the volume's exact grid
 * ``REPORTS.parquet`` (long table: study_id, anatomy, text, abnormal) + ``REPORTS.studies.parquet``
   (study_id, status, reason, report_text, the 18 CT-RATE label columns)
@@ -25,10 +27,12 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import layout
+from core.config import GridConfig, ShardConfig, SplitConfig
 from core.io import atomic_path, atomic_write_text, sha256_file
 from preprocessing.shard_schema import (
     BLOB_COLUMNS,
@@ -43,13 +47,11 @@ from preprocessing.split import assign_split
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from core.config import GridConfig, ShardConfig, SplitConfig
     from core.anatomy_sets import AnatomySet
+    from core.config import FvlmConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_DIRNAME = ".cache"
-PART_GLOB = "part-*.parquet"
 GRID_TOLERANCE_MM = 1e-3
 
 
@@ -73,13 +75,6 @@ class StudyInput:
     source_hash: str
 
 
-def reports_studies_path(reports_table: str | os.PathLike[str]) -> Path:
-    """``X.parquet`` -> ``X.studies.parquet`` (the per-study sibling written by parse-reports)."""
-    path = Path(reports_table)
-    stem = path.name[: -len(".parquet")] if path.name.endswith(".parquet") else path.name
-    return path.with_name(f"{stem}.studies.parquet")
-
-
 def load_reports(
     reports_table: str | os.PathLike[str], anatomy_names: Sequence[str], label_names: Sequence[str]
 ) -> dict[str, ReportRecord]:
@@ -87,7 +82,7 @@ def load_reports(
     import pyarrow.parquet as pq
 
     long_path = Path(reports_table)
-    studies_path = reports_studies_path(long_path)
+    studies_path = layout.reports_studies_path(long_path)
     for path in (long_path, studies_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: reports table not found (run `fvlm parse-reports` first)")
@@ -128,7 +123,7 @@ def load_converted_studies(
     import pyarrow.parquet as pq
 
     converted = Path(converted_dir)
-    manifest = converted / "studies.parquet"
+    manifest = layout.converted_manifest(converted)
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: converted studies table not found (run `fvlm convert` first)")
     table = pq.read_table(manifest)
@@ -136,6 +131,7 @@ def load_converted_studies(
         if column not in table.column_names:
             raise ValueError(f"{manifest}: missing column {column!r}")
     has_hash = "source_hash" in table.column_names
+    has_volume_path = "volume_path" in table.column_names
     studies: list[StudyInput] = []
     not_ok = 0
     seen: set[str] = set()
@@ -151,8 +147,9 @@ def load_converted_studies(
             StudyInput(
                 study_id=study_id,
                 patient_id=row["patient_id"] or "",
-                volume_path=converted / "volumes" / f"{study_id}.nii.gz",
-                mask_path=Path(segmented_dir) / "masks" / f"{study_id}.nii.gz",
+                volume_path=layout.resolve_volume(converted, study_id, row["volume_path"] if has_volume_path else None)
+                or layout.volume_path(converted, study_id),
+                mask_path=layout.mask_path(segmented_dir, study_id),
                 source_hash=(row.get("source_hash") or "") if has_hash else "",
             )
         )
@@ -380,7 +377,7 @@ def _table_for(rows: Sequence[_Row], schema: Any, prep_version: str) -> tuple[An
     return pa.Table.from_pydict(columns, schema=schema), blob_bytes, cached
 
 
-def _open_writer(path: Path, schema: Any) -> Any:
+def open_writer(path: Path, schema: Any) -> Any:
     import pyarrow.parquet as pq
 
     small_columns = [name for name in schema.names if name not in BLOB_COLUMNS]
@@ -411,7 +408,7 @@ def _write_split(
                 final = split_dir / f"part-{len(pending):05d}.parquet"
                 tmp = _tmp_name(final)
                 pending.append((tmp, final))
-                writer = _open_writer(tmp, schema)
+                writer = open_writer(tmp, schema)
                 file_bytes = 0
             table, blob_bytes, _ = _table_for(batch, schema, PREP_VERSION)
             writer.write_table(table, row_group_size=len(batch))
@@ -443,7 +440,7 @@ def _commit(pending: list[tuple[Path, Path]], out_dir: Path) -> list[str]:
         os.replace(tmp, final)
     keep = {final for _, final in pending}
     for split in SPLITS:
-        for old in (out_dir / split).glob(PART_GLOB):
+        for old in layout.shard_parts(out_dir, split):
             if old not in keep:
                 old.unlink()
     return sorted(str(final.relative_to(out_dir)) for final in keep)
@@ -461,27 +458,67 @@ def _lookup_tuple(anatomy_set: "AnatomySet") -> tuple[int, ...]:
     return tuple(int(v) for v in anatomy_set.lookup_table())
 
 
-def build_shards(
-    converted_dir: str | os.PathLike[str],
-    segmented_dir: str | os.PathLike[str],
-    reports_table: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    anatomy_set: "AnatomySet | str",
-    grid: "GridConfig",
-    split: "SplitConfig",
-    shard: "ShardConfig",
-    metrics_path: str | os.PathLike[str] | None = None,
-    workers: int | None = None,
-) -> ShardSummary:
+@dataclass(frozen=True)
+class ShardJob:
+    """The shard stage: the three upstream outputs, where to write, how (build it with :meth:`from_config`)."""
+
+    converted_dir: Path
+    segmented_dir: Path
+    reports_table: Path
+    out_dir: Path
+    _: KW_ONLY
+    anatomy_set: str = "ctrate4"
+    grid: GridConfig = GridConfig()
+    split: SplitConfig = SplitConfig()
+    shard: ShardConfig = ShardConfig()
+    metrics_path: Path | None = None
+    workers: int | None = None          # preparation processes; None: shard.workers
+
+    @classmethod
+    def from_config(
+        cls,
+        config: "FvlmConfig",
+        *,
+        converted_dir: str | os.PathLike[str] | None = None,
+        segmented_dir: str | os.PathLike[str] | None = None,
+        reports_table: str | os.PathLike[str] | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
+        metrics_path: str | os.PathLike[str] | None = None,
+        workers: int | None = None,
+    ) -> "ShardJob":
+        """The job of ``config`` (paths.*, segment.anatomy_set, grid / split / shard); a ``None`` override
+        keeps the configured value (metrics: ``<paths.metrics>/shard.json``)."""
+        from core.config import or_config
+
+        return cls(
+            config.path(or_config(converted_dir, config.paths.converted)),
+            config.path(or_config(segmented_dir, config.paths.segmented)),
+            config.path(or_config(reports_table, config.paths.reports_table)),
+            config.path(or_config(out_dir, config.paths.shards)),
+            anatomy_set=config.segment.anatomy_set,
+            grid=config.grid,
+            split=config.split,
+            shard=config.shard,
+            metrics_path=config.path(or_config(metrics_path, Path(config.paths.metrics) / "shard.json")),
+            workers=or_config(workers, config.shard.workers),
+        )
+
+
+def build_shards(*args: Any, **kwargs: Any) -> ShardSummary:
+    """``run_shard(ShardJob(*args, **kwargs))`` (kept for callers of the former keyword API)."""
+    return run_shard(ShardJob(*args, **kwargs))
+
+
+def run_shard(job: ShardJob) -> ShardSummary:
     """Build (or incrementally rebuild) the shards; see the module docstring for the layout."""
     from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 
-    anatomies = load_anatomy_set(anatomy_set) if isinstance(anatomy_set, str) else anatomy_set
+    anatomies = load_anatomy_set(job.anatomy_set)
+    grid, split, shard = job.grid, job.split, job.shard
     anatomy_names = list(anatomies.anatomy_names)
     label_names = list(CTRATE_LABELS)
-    out = Path(out_dir)
-    cache_dir = out / CACHE_DIRNAME
+    out = Path(job.out_dir)
+    cache_dir = out / layout.SHARD_CACHE_DIR
     cache_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out)
 
@@ -495,8 +532,8 @@ def build_shards(
     )
     params_hash = hashlib.sha256(params.key_json().encode()).hexdigest()
 
-    studies, upstream_not_ok = load_converted_studies(converted_dir, segmented_dir)
-    reports = load_reports(reports_table, anatomy_names, label_names)
+    studies, upstream_not_ok = load_converted_studies(job.converted_dir, job.segmented_dir)
+    reports = load_reports(job.reports_table, anatomy_names, label_names)
     memo = _HashMemo(cache_dir / "file-hashes.json")
 
     quarantined: list[dict[str, str]] = []
@@ -532,7 +569,7 @@ def build_shards(
                          len(anatomy_names)))
     memo.save()
 
-    failures = _run_jobs(jobs, workers if workers is not None else int(getattr(shard, "workers", 1)))
+    failures = _run_jobs(jobs, job.workers if job.workers is not None else job.shard.workers)
     rows: list[_Row] = []
     for row in candidates:
         if row.study.study_id in failures:
@@ -560,7 +597,7 @@ def build_shards(
     try:
         for split_name in SPLITS:
             split_rows = [row for row in rows if row.split == split_name]
-            split_dir = out / split_name
+            split_dir = layout.shard_split_dir(out, split_name)
             split_dir.mkdir(parents=True, exist_ok=True)
             pending += _write_split(split_dir, split_rows, schema, int(shard.rows_per_group), target_bytes)
     except BaseException:
@@ -596,7 +633,7 @@ def build_shards(
         "content_hash": content_hash,
     }
     atomic_write_text(summary.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if metrics_path is not None:
+    if job.metrics_path is not None:
         metrics = {
             "studies": summary.written,
             **{f"studies_{name}": summary.studies[name] for name in SPLITS},
@@ -604,7 +641,7 @@ def build_shards(
             "files": len(files),
             "content_hash": content_hash,
         }
-        atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(job.metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     log.info(summary.describe())
     return summary
 
@@ -674,12 +711,12 @@ def _summarise(
         prepared=prepared,
         reused=reused,
         content_hash=content_hash,
-        manifest_path=out / "manifest.json",
+        manifest_path=layout.shard_manifest(out),
         abnormal_rate={k: v for k, v in _abnormal_rates(rows, anatomy_names).items() if v is not None},
     )
 
 
 def shard_files(shards_dir: str | os.PathLike[str], split: str) -> list[Path]:
     """The complete shard files of one split, in order (hidden temp files are never listed)."""
-    return sorted((Path(shards_dir) / split).glob(PART_GLOB))
+    return layout.shard_parts(shards_dir, split)
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from core.anatomy_sets import CTRATE_LABELS
 from report_parsing.anatomy import OTHER_ANATOMY, anatomy_matcher
 from report_parsing.labels import (
     LABEL_INDEX,
@@ -23,13 +24,18 @@ from report_parsing.labels import (
     may_need_location,
     resolve_effusion,
 )
-from report_parsing.lexicon import EFFUSION_BY_LOCATION, EXTRAPULMONARY_CONTEXT, GENERIC_ABNORMAL, LUNG_LABELS, PULMONARY_CONTEXT
+from report_parsing.lexicon import (
+    EFFUSION_BY_LOCATION,
+    EXTRAPULMONARY_CONTEXT,
+    GENERIC_ABNORMAL,
+    LUNG_LABELS,
+    PULMONARY_CONTEXT,
+)
 from report_parsing.negation import AFFIRMED, NEGATED, UNCERTAIN, SentenceCues, location_text, report_cues
 from report_parsing.sections import FINDINGS, IMPRESSION, detect_sections
-from report_parsing.sentences import sentence_spans
 from report_parsing.sentence_cache import sentence_cache
+from report_parsing.sentences import sentence_spans
 from report_parsing.tokens import Limits, TokenView
-from core.anatomy_sets import CTRATE_LABELS
 
 _EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)   # applied to lower-case text
 _PULMONARY = re.compile(PULMONARY_CONTEXT)
@@ -244,7 +250,7 @@ def _findings_of_sentences(
         is_present = polarity in present
         if is_present:
             if LUNG_LABELS.intersection(labels):
-                if _names_only_other_organ(sentence[clause_start:clause_end]):
+                if names_only_other_organ(sentence[clause_start:clause_end]):
                     labels = tuple(label for label in labels if label not in LUNG_LABELS) or (GENERIC_ABNORMAL,)
             if may_need_location(mention_text):
                 labels = labels_with_location(mention_text, location_text(sentence, clause_start), labels)
@@ -283,7 +289,7 @@ def _findings_of_sentences(
 
 
 @functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
-def _names_only_other_organ(lower_clause: str) -> bool:
+def names_only_other_organ(lower_clause: str) -> bool:
     """The clause names an organ outside the lungs and nothing pulmonary (thyroid nodule ...)."""
     return bool(_EXTRAPULMONARY.search(lower_clause)) and not _PULMONARY.search(lower_clause)
 

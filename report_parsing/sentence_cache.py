@@ -75,10 +75,10 @@ def forget_everything() -> None:
     from report_parsing.tokens import TYPE_TABLE
 
     clear_sentence_caches()
-    for text_cache in (analyze._names_only_other_organ, labels.may_need_location, labels.labels_with_location,
-                       labels.resolve_effusion, sentences._window_is_abbreviation, sentences._trimmed,
-                       sentences._piece_ending_in_dot):
+    for text_cache in (analyze.names_only_other_organ, labels.may_need_location, labels.labels_with_location,
+                       labels.resolve_effusion):
         text_cache.cache_clear()
+    sentences.clear_text_caches()
     TYPE_TABLE.forget()
 
 

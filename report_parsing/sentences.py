@@ -119,3 +119,9 @@ def _trimmed(piece: str) -> tuple[int, int] | None:
     if end > start and _ALNUM.search(piece, start, end):
         return start, end
     return None
+
+
+def clear_text_caches() -> None:
+    """Empty this module's per-window / per-piece memos (a cold start, see ``sentence_cache.forget_everything``)."""
+    for text_cache in (_window_is_abbreviation, _trimmed, _piece_ending_in_dot):
+        text_cache.cache_clear()

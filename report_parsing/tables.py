@@ -13,19 +13,30 @@ Per-row status (never an exception for a bad row):
 =================  ===========================================================================
 
 Only ``ok`` / ``truncated`` studies get anatomy rows and 0/1 labels; the others keep labels = -1.
+
+Entry point of the stage: :class:`ParseReportsJob` (``ParseReportsJob.from_config(config, ...)``) +
+:func:`run_parse_reports` -> :class:`ParseReportsSummary`; table names from :mod:`core.layout`.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core import layout
+from core.anatomy_sets import CTRATE_LABELS
+from core.batches import ItemOutcome, MapBatches
 from report_parsing.io import ReportRow, read_report_rows
 from report_parsing.sections import join_columns
-from core.anatomy_sets import CTRATE_LABELS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import FvlmConfig
 
 PARSED_STATUSES = frozenset({"ok", "truncated"})
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
@@ -50,6 +61,47 @@ class ParseOptions:
     batch_size: int = 256
     n_process: int = 1
     hash_ids: bool = True                    # False: keep the id as is (label-reports keeps the input id)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: "FvlmConfig",
+        *,
+        id_column: str | None = None,
+        findings_column: str | None = None,
+        impression_column: str | None = None,
+        text_column: str | None = None,
+        anatomy_set: str | None = None,
+        batch_size: int | None = None,
+        n_process: int | None = None,
+        hash_ids: bool = True,
+    ) -> "ParseOptions":
+        """The options of ``config`` (reports.*, segment.anatomy_set, privacy.*); a ``None`` override keeps
+        the configured value. A text column (given or configured) wins unless a findings / impression
+        column is given explicitly."""
+        from core.config import or_config
+
+        reports = config.reports
+        text = or_config(text_column, reports.text_column)
+        findings = or_config(findings_column, reports.findings_column)
+        impression = or_config(impression_column, reports.impression_column)
+        if findings_column is None and impression_column is None and text:
+            findings = impression = None
+        return cls(
+            id_column=id_column or reports.id_column,
+            findings_column=findings,
+            impression_column=impression,
+            text_column=text,
+            anatomy_set=anatomy_set or config.segment.anatomy_set,
+            salt=config.privacy.salt,
+            pseudonym_length=config.privacy.pseudonym_length,
+            max_chars=reports.max_chars,
+            scrub_phi=reports.scrub_phi,
+            uncertain_is_positive=reports.uncertain_is_positive,
+            batch_size=batch_size or reports.batch_size,
+            n_process=n_process or reports.n_process,
+            hash_ids=hash_ids,
+        )
 
     def required_columns(self) -> list[str]:
         if self.text_column:
@@ -156,8 +208,8 @@ def parse_reports_file(path: str | Path, options: ParseOptions) -> list[StudyRec
 
 def anatomy_rows(records: list[StudyRecord], anatomy_set: str) -> Iterator[dict[str, Any]]:
     """One row per parsed study x anatomy (+ ``other``)."""
-    from report_parsing.analyze import anatomy_sentence_indices
     from core.anatomy_sets import load_anatomy_set
+    from report_parsing.analyze import anatomy_sentence_indices
 
     names = list(load_anatomy_set(anatomy_set).anatomy_names)
     for record in records:
@@ -190,11 +242,11 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.io import atomic_path
     from core.anatomy_sets import load_anatomy_set
+    from core.io import atomic_path
 
     out_path = Path(out_path)
-    studies_path = out_path.with_name(out_path.name.removesuffix(".parquet") + ".studies.parquet")
+    studies_path = layout.reports_studies_path(out_path)
     anatomy_names = list(load_anatomy_set(anatomy_set).anatomy_names)
     metadata = {
         b"fvlm.anatomy_set": anatomy_set.encode(),
@@ -245,3 +297,86 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
     with atomic_path(studies_path) as tmp:
         pq.write_table(study_table, tmp, compression="zstd")
     return out_path, studies_path
+
+
+# ------------------------------------------------------------------------------------------ the stage
+@dataclass(frozen=True)
+class ParseReportsJob:
+    """The parse-reports stage: reports CSV in, ``OUT.parquet`` + ``OUT.studies.parquet`` out."""
+
+    reports_csv: Path
+    out_parquet: Path
+    options: ParseOptions = field(default_factory=ParseOptions)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: "FvlmConfig",
+        *,
+        reports_csv: str | os.PathLike[str] | None = None,
+        out_parquet: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> "ParseReportsJob":
+        """paths.reports_csv -> paths.reports_table by default; ``options``: the overrides of
+        :meth:`ParseOptions.from_config`."""
+        from core.config import or_config
+
+        return cls(
+            config.path(or_config(reports_csv, config.paths.reports_csv)),
+            config.path(or_config(out_parquet, config.paths.reports_table)),
+            ParseOptions.from_config(config, **options),
+        )
+
+
+@dataclass
+class ParseReportsSummary:
+    records: list[StudyRecord]  # in input order
+    long_path: Path
+    studies_path: Path
+    seconds: float
+
+
+def record_key(record: StudyRecord) -> str:
+    return f"line-{record.line}"  # unique and PHI-free (the input id may be PHI; study_id may be empty)
+
+
+def parse_batch(records: list[StudyRecord], options: ParseOptions) -> list[ItemOutcome]:
+    """Batch function: spaCy over the parseable reports of the batch; others are quarantined as given."""
+    parse_records(records, options)  # in place on this worker's copy
+    outcomes = []
+    for record in records:
+        if record.status in PARSED_STATUSES:
+            outcomes.append(ItemOutcome(record_key(record), "ok", record.reason,
+                                        payload=(record.analysis, list(record.labels))))
+        else:
+            outcomes.append(ItemOutcome(record_key(record), "quarantined", f"{record.status}: {record.reason}"))
+    return outcomes
+
+
+def run_parse_reports(job: ParseReportsJob, map_batches: MapBatches | None = None) -> ParseReportsSummary:
+    """The parse-reports stage: read the CSV (file-level problems raise ``ReportsFileError``), give every
+    row a status, parse the parseable ones, write both tables atomically.
+
+    ``map_batches``: how batches of reports are parsed (default: all at once in this process, spaCy's
+    ``n_process`` inside; the Prefect flow passes its task fan-out). A report whose batch crashed gets
+    status ``failed``.
+    """
+    started = time.perf_counter()
+    options = job.options
+    _, rows = read_report_rows(job.reports_csv, options.required_columns())
+    records = prepare_records(rows, options)
+    if map_batches is None:
+        parse_records(records, options)
+    else:
+        outcomes = map_batches(records, functools.partial(parse_batch, options=options), record_key)
+        by_key = {outcome.key: outcome for outcome in outcomes}
+        for record in records:
+            outcome = by_key.get(record_key(record))
+            if outcome is None:
+                continue
+            if outcome.payload is not None:
+                record.analysis, record.labels = outcome.payload
+            elif outcome.status == "failed":
+                record.status, record.reason = "failed", f"line {record.line}: parser crashed ({outcome.reason})"
+    long_path, studies_path = write_tables(records, job.out_parquet, options.anatomy_set)
+    return ParseReportsSummary(records, long_path, studies_path, time.perf_counter() - started)

@@ -34,7 +34,7 @@ class ModelGrid(NamedTuple):
     affine: Any                     # 4 x 4 float64, NIfTI convention (x, y, z indices -> RAS mm)
 
 
-def _canonical_zyx(volume: Any, mask_ids: Any, affine: Any | None, lookup: Any | None = None
+def canonical_zyx(volume: Any, mask_ids: Any, affine: Any | None, lookup: Any | None = None
                    ) -> tuple[Any, Any, Any]:
     """(hu_zyx, ids_zyx, canonical affine) views from nibabel images or (x, y, z) arrays + affine.
 
@@ -116,7 +116,7 @@ def prepare_model_grid(volume: Any, mask_ids: Any, anatomy_set: Any, spacing_zyx
     from core.anatomy_sets import load_anatomy_set
 
     aset = load_anatomy_set(anatomy_set) if isinstance(anatomy_set, str) else anatomy_set
-    hu_zyx, index_zyx, canonical_affine = _canonical_zyx(volume, mask_ids, affine, lookup=aset.lookup_table())
+    hu_zyx, index_zyx, canonical_affine = canonical_zyx(volume, mask_ids, affine, lookup=aset.lookup_table())
     source_spacing_xyz = np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0))
     source_spacing = source_spacing_xyz[::-1]
     target_spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)

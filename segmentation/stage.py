@@ -1,5 +1,8 @@
 """The ``segment`` stage: volumes -> ``masks/<study_id>.nii.gz`` + ``segments.parquet`` (+ ``qc/*.png``).
 
+Entry point: :class:`SegmentJob` (``SegmentJob.from_config(config, **cli_overrides)``) +
+:func:`run_segment` -> :class:`SegmentSummary`; file names from :mod:`core.layout`.
+
 One backend instance (warm model) serves a whole batch. Per study: hash the input volume; skip it
 when the manifest already holds an ok row with the same input hash and backend configuration and the
 mask (and QC picture) exist; otherwise segment, write the mask atomically (uint8 TotalSegmentator ids
@@ -9,25 +12,32 @@ study is quarantined with its reason; it never stops the cohort.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from core import layout
+from core.batches import ItemOutcome, MapBatches
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import FvlmConfig
 
 LOGGER = logging.getLogger("fvlm.segment")
-MANIFEST_NAME = "segments.parquet"
-MASKS_DIR = "masks"
-QC_DIR = "qc"
 STAGE_VERSION = "segment-1"
+BackendName = Literal["precomputed", "totalsegmentator"]
+Progress = Callable[[int, int, dict[str, Any]], None]
 
 
 class SegmentBackend(Protocol):
-    """What :func:`segment_studies` needs from a backend."""
+    """What :func:`segment_batch` needs from a backend."""
 
     name: str
 
@@ -72,38 +82,136 @@ class SegmentSummary:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SegmentJob:
+    """The segment stage: what to read, where to write, which backend (build it with :meth:`from_config`).
+
+    ``inputs``: a convert output folder (``studies.parquet`` + ``volumes/``), a folder of volumes, or
+    (study_id, volume path) pairs. ``roi_subset``: True -> the anatomy set's classes, a list -> those.
+    """
+
+    inputs: Path | tuple[tuple[str, Path], ...]
+    output_dir: Path
+    backend: BackendName = "precomputed"
+    anatomy_set: str = "ctrate4"
+    mode: Literal["fast", "full", "fastest"] = "fast"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    roi_subset: bool | tuple[str, ...] = True
+    roi_subset_robust: bool = True
+    precomputed_dir: Path | None = None
+    salt: str | None = None
+    pseudonym_length: int = 16
+    totalseg_home: Path | None = None
+    qc: bool = True
+    force: bool = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: "FvlmConfig",
+        *,
+        input_dir: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        backend: BackendName | None = None,
+        precomputed_dir: str | os.PathLike[str] | None = None,
+        anatomy_set: str | None = None,
+        mode: Literal["fast", "full", "fastest"] | None = None,
+        device: Literal["auto", "cpu", "gpu"] | None = None,
+        roi_subset: bool | None = None,
+        qc: bool | None = None,
+        force: bool | None = None,
+    ) -> "SegmentJob":
+        """The job of ``config`` (paths.converted -> paths.segmented, segment.*, privacy.*); a ``None``
+        override keeps the configured value."""
+        from core.config import or_config
+
+        section = config.segment
+        return cls(
+            inputs=config.path(or_config(input_dir, config.paths.converted)),
+            output_dir=config.path(or_config(output_dir, config.paths.segmented)),
+            backend=or_config(backend, section.backend),
+            anatomy_set=or_config(anatomy_set, section.anatomy_set),
+            mode=or_config(mode, section.mode),
+            device=or_config(device, section.device),
+            roi_subset=or_config(roi_subset, section.roi_subset),
+            roi_subset_robust=section.roi_subset_robust,
+            precomputed_dir=config.path(or_config(precomputed_dir, config.paths.precomputed_masks)),
+            salt=config.privacy.salt,
+            pseudonym_length=config.privacy.pseudonym_length,
+            totalseg_home=config.path(section.totalseg_home) if section.totalseg_home else None,
+            qc=or_config(qc, section.qc_pictures),
+            force=or_config(force, False),
+        )
+
+    def uses_gpu(self) -> bool:
+        """Whether this job's backend runs on a GPU (batches then hold the GPU concurrency slot)."""
+        if self.backend != "totalsegmentator" or self.device == "cpu":
+            return False
+        if self.device == "gpu":
+            return True
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:
+            return False
+
+    def fatal_errors(self) -> tuple[type[BaseException], ...]:
+        """Stage-level errors that end the whole run instead of failing each study (missing weights)."""
+        if self.backend != "totalsegmentator":
+            return ()
+        from segmentation.totalseg import WeightsMissingError
+
+        return (WeightsMissingError, FileNotFoundError)
+
+    def make_backend(self) -> "SegmentBackend":
+        aset = _anatomy_set(self.anatomy_set)
+        subset: list[Any] | None
+        if self.roi_subset is True:
+            subset = sorted({c for a in aset.anatomies for c in a.classes})
+        else:
+            subset = list(self.roi_subset) if self.roi_subset else None
+        return make_backend(self.backend, mode=self.mode, device=self.device, roi_subset=subset,
+                            roi_subset_robust=self.roi_subset_robust, precomputed_dir=self.precomputed_dir,
+                            salt=self.salt, pseudonym_length=self.pseudonym_length, totalseg_home=self.totalseg_home)
+
+
+def _anatomy_set(name: str) -> Any:
+    from core.anatomy_sets import load_anatomy_set
+
+    return load_anatomy_set(name)
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 def collect_inputs(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | os.PathLike[str]]]
                    ) -> list[tuple[str, Path]]:
     """(study_id, volume path) pairs from a convert output folder, a folder of volumes, or a list.
 
     A folder with ``studies.parquet`` (the convert stage's manifest) yields its ``status == ok`` rows
-    with ``volumes/<study_id>.nii.gz``; otherwise every ``*.nii.gz`` in ``volumes/`` or the folder itself.
+    with the volume the manifest records (``core.layout.resolve_volume``); otherwise every NIfTI in
+    ``volumes/`` or the folder itself.
     """
     if not isinstance(inputs, (str, os.PathLike)):
         return [(str(study_id), Path(path)) for study_id, path in inputs]
     folder = Path(inputs)
     if not folder.is_dir():
         raise FileNotFoundError(f"segment input folder not found: {folder}")
-    manifest = folder / "studies.parquet"
-    volumes = folder / "volumes" if (folder / "volumes").is_dir() else folder
+    manifest = layout.converted_manifest(folder)
     if manifest.is_file():
         import pyarrow.parquet as pq
 
-        table = pq.read_table(manifest, columns=["study_id", "status"]).to_pylist()
+        table = pq.read_table(manifest)
+        columns = [c for c in ("study_id", "status", "volume_path") if c in table.column_names]
         pairs = []
-        for row in table:
+        for row in table.select(columns).to_pylist():
             if row["status"] == "ok":
-                candidates = [volumes / f"{row['study_id']}{ext}" for ext in (".nii.gz", ".nii")]
-                pairs.append((row["study_id"], next((c for c in candidates if c.exists()), candidates[0])))
+                study_id = row["study_id"]
+                path = layout.resolve_volume(folder, study_id, row.get("volume_path"))
+                pairs.append((study_id, path or layout.volume_path(folder, study_id)))
         return pairs
-    pairs = []
-    for path in sorted(volumes.iterdir()):
-        for ext in (".nii.gz", ".nii"):
-            if path.name.endswith(ext) and not path.name.startswith("."):
-                pairs.append((path.name[: -len(ext)], path))
-                break
-    return pairs
+    volumes = folder / layout.VOLUMES_DIR if (folder / layout.VOLUMES_DIR).is_dir() else folder
+    return [(layout.nifti_stem(path.name), path) for path in sorted(volumes.iterdir())
+            if path.name.endswith(layout.NIFTI_EXTENSIONS) and not path.name.startswith(".")]
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -199,7 +307,7 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
     import numpy as np
 
     from core.io import atomic_path, sha256_file
-    from segmentation.model_grid import _canonical_zyx
+    from segmentation.model_grid import canonical_zyx
     from segmentation.stats import anatomy_stats, label_counts
 
     on_disk = nib.load(str(volume_path))
@@ -214,7 +322,7 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
     if ids.size and int(ids.max()) > 255:
         raise ValueError(f"mask ids beyond 255 (max {int(ids.max())})")
     ids = ids.astype(np.uint8)
-    mask_path = output_dir / MASKS_DIR / f"{study_id}.nii.gz"
+    mask_path = layout.mask_path(output_dir, study_id)
     mask_image = nib.Nifti1Image(ids, image.affine)
     mask_image.set_qform(image.affine, code=1)
     mask_image.set_sform(image.affine, code=1)
@@ -222,14 +330,14 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
     with atomic_path(mask_path) as tmp:
         nib.save(mask_image, str(tmp))
 
-    hu_zyx, ids_zyx, canonical_affine = _canonical_zyx(image, ids, None)
-    _, index_zyx, _ = _canonical_zyx(image, ids, None, lookup=aset.lookup_table())   # lookup on stored order
+    hu_zyx, ids_zyx, canonical_affine = canonical_zyx(image, ids, None)
+    _, index_zyx, _ = canonical_zyx(image, ids, None, lookup=aset.lookup_table())   # lookup on stored order
     spacing_zyx = tuple(float(v) for v in np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0))[::-1])
     class_counts = label_counts(ids)
     stats = anatomy_stats(ids_zyx, aset, spacing_zyx, class_counts=class_counts, anatomy_index_zyx=index_zyx)
     row = dict(base_row)
     row.update({
-        "status": "ok", "reason": None, "mask_path": str(Path(MASKS_DIR) / mask_path.name),
+        "status": "ok", "reason": None, "mask_path": layout.mask_relpath(study_id),
         "mask_sha256": sha256_file(mask_path), "shape": [int(v) for v in image.shape],
         "spacing_mm": [float(v) for v in image.header.get_zooms()[:3]],
         "classes_present": [int(v) for v in np.flatnonzero(class_counts) if v > 0],
@@ -248,12 +356,12 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
     if qc:
         from segmentation.qc import write_qc_png
 
-        qc_path = output_dir / QC_DIR / f"{study_id}.png"
+        qc_path = output_dir / layout.qc_relpath(study_id)
         write_qc_png(hu_zyx, index_zyx, aset.anatomy_names, spacing_zyx, qc_path,
                      title=f"{study_id}  [{base_row['model_id']}]" if base_row["model_id"] != base_row["backend"]
                      else f"{study_id}  [{base_row['backend']}]",
                      voxel_counts={n: s.voxels for n, s in stats.items()})
-        row["qc_path"] = str(Path(QC_DIR) / qc_path.name)
+        row["qc_path"] = layout.qc_relpath(study_id)
     row["warnings"] = warnings
     return row
 
@@ -269,44 +377,25 @@ def _reusable(previous: dict[str, Any] | None, input_sha256: str, config_hash: s
     return not qc or bool(previous.get("qc_path") and (output_dir / previous["qc_path"]).is_file())
 
 
-def segment_studies(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | os.PathLike[str]]],
-                    output_dir: str | os.PathLike[str], *, backend: str | SegmentBackend = "precomputed",
-                    anatomy_set: str = "ctrate4", mode: str = "fast", device: str = "auto",
-                    roi_subset: bool | list[str] = True, roi_subset_robust: bool = True,
-                    precomputed_dir: str | os.PathLike[str] | None = None, salt: str | None = None,
-                    pseudonym_length: int = 16, totalseg_home: str | os.PathLike[str] | None = None,
-                    qc: bool = True, force: bool = False, write_manifest_file: bool = True,
-                    progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> SegmentSummary:
-    """Segment a batch of studies with one (warm) backend; see the module docstring.
+def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Progress | None = None
+                  ) -> list[ItemOutcome]:
+    """Batch function: one (warm) backend segments the batch; quarantined studies come back as outcomes.
 
-    ``inputs``: a convert output folder (``studies.parquet`` + ``volumes/``), a folder of volumes, or
-    (study_id, volume path) pairs. ``roi_subset``: True -> the anatomy set's classes, a list -> those.
-    Raises only for stage-level problems (unknown backend, missing weights / masks folder); study-level
-    problems become quarantined rows.
+    Raises only for stage-level problems (unknown backend, missing weights / masks folder).
     """
     from core.io import sha256_file
-    from core.anatomy_sets import load_anatomy_set
 
-    started = time.perf_counter()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    aset = load_anatomy_set(anatomy_set)
-    if roi_subset is True:
-        subset = sorted({c for a in aset.anatomies for c in a.classes})
-    else:
-        subset = list(roi_subset) if roi_subset else None
-    engine = make_backend(backend, mode=mode, device=device, roi_subset=subset, roi_subset_robust=roi_subset_robust,
-                          precomputed_dir=precomputed_dir, salt=salt, pseudonym_length=pseudonym_length,
-                          totalseg_home=totalseg_home)
-    pairs = collect_inputs(inputs)
+    out = Path(job.output_dir)
+    aset = _anatomy_set(job.anatomy_set)
+    engine = job.make_backend()
     if pairs and hasattr(engine, "index"):
         engine.index()          # precomputed: a missing masks folder stops the stage, not each study
-    manifest_path = out / MANIFEST_NAME
-    previous = read_manifest(manifest_path)
-    summary = SegmentSummary(rows=[], manifest_path=manifest_path if write_manifest_file else None, seconds=0.0)
+    previous = read_manifest(layout.segments_manifest(out))
+    outcomes: list[ItemOutcome] = []
     loaded = False
     try:
         for position, (study_id, volume_path) in enumerate(pairs, start=1):
+            volume_path = Path(volume_path)
             tick = time.perf_counter()
             base_row: dict[str, Any] = {"study_id": study_id, "backend": engine.name, "anatomy_set": aset.name,
                                         "stage_version": STAGE_VERSION, "reused": False, "warnings": []}
@@ -315,19 +404,17 @@ def segment_studies(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | o
                     raise FileNotFoundError(f"volume file missing: {volume_path.name}")
                 base_row["input_sha256"] = sha256_file(volume_path)
                 base_row["model_id"] = engine.model_id
-                base_row["config_hash"] = _config_hash(engine.config_fingerprint(study_id), aset.name, qc)
+                base_row["config_hash"] = _config_hash(engine.config_fingerprint(study_id), aset.name, job.qc)
                 prior = previous.get(study_id)
-                if not force and _reusable(prior, base_row["input_sha256"], base_row["config_hash"], out, qc):
+                if not job.force and prior is not None and _reusable(
+                        prior, base_row["input_sha256"], base_row["config_hash"], out, job.qc):
                     row = {**prior, "reused": True}
-                    summary.n_reused += 1
                 else:
                     if not loaded:
                         engine.load()
                         loaded = True
-                    row = _segment_one(engine, study_id, volume_path, out, aset, qc, base_row)
+                    row = _segment_one(engine, study_id, volume_path, out, aset, job.qc, base_row)
                     row["seconds"] = round(time.perf_counter() - tick, 3)
-                    summary.study_seconds.append(row["seconds"])
-                summary.n_ok += 1
             except Exception as error:  # noqa: BLE001 - quarantine the study, go on with the cohort
                 from segmentation.totalseg import WeightsMissingError
 
@@ -337,13 +424,55 @@ def segment_studies(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | o
                 LOGGER.warning("study %s quarantined: %s", study_id, reason)
                 row = {**base_row, "status": "quarantined", "reason": reason,
                        "seconds": round(time.perf_counter() - tick, 3)}
-                summary.n_quarantined += 1
-            summary.rows.append(row)
+            outcomes.append(_outcome(row, out))
             if progress:
                 progress(position, len(pairs), row)
     finally:
         engine.close()
-    if write_manifest_file:
-        merge_into_manifest(summary.rows, manifest_path, aset.anatomy_names)
+    return outcomes
+
+
+def _outcome(row: dict[str, Any], out: Path) -> ItemOutcome:
+    if row.get("status") == "ok":
+        status, reason = ("skipped", "unchanged (reused)") if row.get("reused") else ("ok", "")
+    else:
+        status, reason = "quarantined", str(row.get("reason", ""))
+    qc = row.get("qc_path")
+    return ItemOutcome(row["study_id"], status, reason,  # type: ignore[arg-type]
+                       qc_path=str(out / qc) if qc else None, payload=row)
+
+
+def run_segment(job: SegmentJob, map_batches: MapBatches | None = None, *, progress: Progress | None = None
+                ) -> SegmentSummary:
+    """The segment stage: segment every input study (reusing unchanged ones), then merge this run's rows
+    into ``segments.parquet`` atomically (studies this run did not touch keep their row).
+
+    ``map_batches``: how batches of studies run (default: all in one batch, one warm backend, with
+    ``progress(position, total, row)`` after each study; the Prefect flow passes its task fan-out).
+    Raises only for stage-level problems; study-level problems become quarantined rows.
+    """
+    started = time.perf_counter()
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    aset = _anatomy_set(job.anatomy_set)
+    pairs = collect_inputs(job.inputs)
+    if map_batches is None:
+        outcomes = segment_batch(pairs, job, progress)
+    else:
+        outcomes = map_batches(pairs, functools.partial(segment_batch, job=job), operator.itemgetter(0))
+    rows: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.payload is not None:
+            rows.append(outcome.payload)
+        elif outcome.status == "failed":
+            rows.append({"study_id": outcome.key, "status": "quarantined", "backend": job.backend,
+                         "anatomy_set": job.anatomy_set, "reason": outcome.reason, "reused": False, "warnings": []})
+    manifest_path = merge_into_manifest(rows, layout.segments_manifest(out), aset.anatomy_names)
+    summary = SegmentSummary(rows=rows, manifest_path=manifest_path, seconds=0.0)
+    summary.n_reused = sum(1 for row in rows if row.get("reused"))
+    summary.n_ok = sum(1 for row in rows if row.get("status") == "ok")
+    summary.n_quarantined = len(rows) - summary.n_ok
+    summary.study_seconds = [float(r["seconds"]) for r in rows if r.get("status") == "ok" and not r.get("reused")
+                             and r.get("seconds") is not None]
     summary.seconds = time.perf_counter() - started
     return summary

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; importing core.config here would slow `fvlm --help`
+    from core.config import FvlmConfig
+
+Job = TypeVar("Job")
+Summary = TypeVar("Summary")
 
 
-def load_config_from_args(args: argparse.Namespace):  # -> FvlmConfig (typed lazily to keep startup fast)
+def load_config_from_args(args: argparse.Namespace) -> "FvlmConfig":
     """The typed config for a command, honouring the global --params / --profile flags."""
     from core.config import load_config
 
     return load_config(getattr(args, "params", None), profile=getattr(args, "profile", None))
 
 
-def run_stage_as_flow(config) -> bool:  # config: FvlmConfig
+def run_stage_as_flow(config: "FvlmConfig") -> bool:
     """Stage commands run their Prefect flow (flows/stages.py) unless turned off.
 
     ``orchestration.stage_flows: false`` or ``FVLM_NO_FLOWS=1`` runs the library directly (no Prefect
@@ -25,3 +33,27 @@ def run_stage_as_flow(config) -> bool:  # config: FvlmConfig
     if os.environ.get("FVLM_STAGE_WORKER"):
         return False
     return bool(config.orchestration.stage_flows)
+
+
+def run_stage(
+    config: "FvlmConfig",
+    job: Job,
+    library: Callable[[Job], Summary],
+    flow_name: str,
+    fan_out: dict[str, Any] | None = None,
+) -> Summary:
+    """The one switch of the data-stage commands: ``library(job)`` when flows are off
+    (:func:`run_stage_as_flow`), else the stage's Prefect flow ``flows.stages.<flow_name>(job, fan_out)``.
+
+    ``fan_out``: the stage's overrides of ``FanOut.from_config(config.orchestration)`` (e.g. its batch
+    size); ``None``: the flow takes no fan-out (shard: one task).
+    """
+    if not run_stage_as_flow(config):
+        return library(job)
+    import flows.stages
+    from flows.batching import FanOut
+
+    stage_flow = getattr(flows.stages, flow_name)
+    if fan_out is None:
+        return stage_flow(job)
+    return stage_flow(job, FanOut.from_config(config.orchestration, **fan_out))

@@ -32,57 +32,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args, run_stage_as_flow
+    from fvlm.commands import load_config_from_args, run_stage
+    from preprocessing.convert import ConvertJob, run_convert
 
     config = load_config_from_args(args)
-    section = config.convert
-    input_dir = config.path(args.input or config.paths.raw_dicom)
-    output_dir = config.path(args.output or config.paths.converted)
-    input_format = args.input_format or section.input_format
-    strict = section.strict if args.strict is None else args.strict
-    workers = args.workers or section.workers
-    min_slices = args.min_slices or section.min_slices
-    extension = args.output_extension or section.output_extension
-    if not input_dir.is_dir():
-        print(f"fvlm convert: input folder not found: {input_dir}", file=sys.stderr)
+    job = ConvertJob.from_config(
+        config,
+        input_dir=args.input,
+        output_dir=args.output,
+        input_format=args.input_format,
+        metadata_csv=args.metadata_csv,
+        strict=args.strict,
+        workers=args.workers,
+        min_slices=args.min_slices,
+        output_extension=args.output_extension,
+    )
+    if not job.input_dir.is_dir():
+        print(f"fvlm convert: input folder not found: {job.input_dir}", file=sys.stderr)
+        return 2
+    if job.input_format == "ctrate" and job.metadata_csv is None:
+        print("fvlm convert: --format ctrate needs --metadata-csv (or convert.ctrate_metadata_csv)", file=sys.stderr)
         return 2
     try:
-        if input_format == "ctrate":
-            from preprocessing.ctrate import convert_ctrate
-
-            metadata = args.metadata_csv or section.ctrate_metadata_csv
-            if not metadata:
-                print("fvlm convert: --format ctrate needs --metadata-csv (or convert.ctrate_metadata_csv)", file=sys.stderr)
-                return 2
-            summary = convert_ctrate(
-                input_dir,
-                config.path(metadata),
-                output_dir,
-                salt=config.privacy.salt,
-                workers=workers,
-                output_extension=extension,
-                pseudonym_length=config.privacy.pseudonym_length,
-            )
-        else:
-            settings = dict(
-                salt=config.privacy.salt,
-                strict=strict,
-                series_preference=list(section.series_preference),
-                study_key_tag=section.study_key_tag,
-                min_slices=min_slices,
-                max_spacing_deviation=section.max_spacing_deviation,
-                output_extension=extension,
-                pseudonym_length=config.privacy.pseudonym_length,
-            )
-            if run_stage_as_flow(config):
-                from flows.stages import convert_flow, fan_out_from_config
-
-                fan_out = {**fan_out_from_config(config), "max_workers": workers}
-                summary = convert_flow(input_dir=str(input_dir), output_dir=str(output_dir), **settings, **fan_out)
-            else:
-                from preprocessing.convert import convert_studies
-
-                summary = convert_studies(input_dir, output_dir, workers=workers, **settings)
+        summary = run_stage(config, job, run_convert, "convert_flow", {"max_workers": job.workers})
     except (FileNotFoundError, ValueError) as error:
         print(f"fvlm convert: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,32 +47,17 @@ def _add_text_options(parser: argparse.ArgumentParser, text_default: str | None 
     parser.add_argument("--batch-size", type=int, default=None, help="nlp.pipe batch size (default: reports.batch_size)")
 
 
-def _options(args: argparse.Namespace, *, hash_ids: bool):
-    from fvlm.commands import load_config_from_args
-    from report_parsing.tables import ParseOptions
-
-    config = load_config_from_args(args)
-    reports = config.reports
-    text_column = args.text_column if args.text_column is not None else reports.text_column
-    findings = args.findings_column if args.findings_column is not None else reports.findings_column
-    impression = args.impression_column if args.impression_column is not None else reports.impression_column
-    if args.findings_column is None and args.impression_column is None and text_column:
-        findings = impression = None
-    return ParseOptions(
-        id_column=args.id_column or reports.id_column,
-        findings_column=findings,
-        impression_column=impression,
-        text_column=text_column,
-        anatomy_set=getattr(args, "anatomy_set", None) or config.segment.anatomy_set,
-        salt=config.privacy.salt,
-        pseudonym_length=config.privacy.pseudonym_length,
-        max_chars=reports.max_chars,
-        scrub_phi=reports.scrub_phi,
-        uncertain_is_positive=reports.uncertain_is_positive,
-        batch_size=args.batch_size or reports.batch_size,
-        n_process=args.n_process or reports.n_process,
-        hash_ids=hash_ids,
-    )
+def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The text options given on the command line (``None``: use params.yaml)."""
+    return {
+        "id_column": args.id_column,
+        "findings_column": args.findings_column,
+        "impression_column": args.impression_column,
+        "text_column": args.text_column,
+        "anatomy_set": getattr(args, "anatomy_set", None),
+        "batch_size": args.batch_size,
+        "n_process": args.n_process,
+    }
 
 
 def _status_summary(records) -> str:
@@ -81,52 +67,30 @@ def _status_summary(records) -> str:
     return ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
 
 
-def _load(args: argparse.Namespace, path: str, *, hash_ids: bool):
-    from report_parsing.io import ReportsFileError
-    from report_parsing.tables import parse_reports_file
-
-    options = _options(args, hash_ids=hash_ids)
-    try:
-        return options, parse_reports_file(path, options)
-    except (ReportsFileError, ValueError, KeyError) as error:
-        print(f"fvlm: {error}", file=sys.stderr)
-        return options, None
-
-
 def run_parse(args: argparse.Namespace) -> int:
     import time
 
-    from report_parsing.tables import PARSED_STATUSES, write_tables
-
-    from fvlm.commands import load_config_from_args, run_stage_as_flow
+    from fvlm.commands import load_config_from_args, run_stage
+    from report_parsing.io import ReportsFileError
+    from report_parsing.tables import PARSED_STATUSES, ParseReportsJob, run_parse_reports
 
     started = time.perf_counter()
     config = load_config_from_args(args)
-    if run_stage_as_flow(config):
-        from flows.stages import fan_out_from_config, parse_reports_flow
-        from report_parsing.io import ReportsFileError
-
-        options = _options(args, hash_ids=True)
-        try:
-            result = parse_reports_flow(
-                args.reports_csv, args.out_parquet, dict(vars(options)),
-                **fan_out_from_config(config, batch_size=options.batch_size),
-            )
-        except (ReportsFileError, ValueError, KeyError) as error:
-            print(f"fvlm: {error}", file=sys.stderr)
-            return 2
-        records, long_path, studies_path = result.records, result.long_path, result.studies_path
-    else:
-        options, records = _load(args, args.reports_csv, hash_ids=True)
-        if records is None:
-            return 2
-        long_path, studies_path = write_tables(records, args.out_parquet, options.anatomy_set)
+    job = ParseReportsJob.from_config(config, reports_csv=args.reports_csv, out_parquet=args.out_parquet,
+                                      **_option_overrides(args))
+    try:
+        result = run_stage(config, job, run_parse_reports, "parse_reports_flow",
+                           {"batch_size": job.options.batch_size})
+    except (ReportsFileError, ValueError, KeyError) as error:
+        print(f"fvlm: {error}", file=sys.stderr)
+        return 2
+    records = result.records
     seconds = time.perf_counter() - started
     parsed = sum(record.status in PARSED_STATUSES for record in records)
     print(f"parse-reports: {len(records)} rows ({_status_summary(records)}) in {seconds:.1f} s, "
-          f"anatomy set {options.anatomy_set}")
-    print(f"  {long_path}  ({parsed} studies x anatomies)")
-    print(f"  {studies_path}")
+          f"anatomy set {job.options.anatomy_set}")
+    print(f"  {result.long_path}  ({parsed} studies x anatomies)")
+    print(f"  {result.studies_path}")
     for record in records:
         if record.status not in PARSED_STATUSES:
             print(f"  {record.status}: {record.reason}", file=sys.stderr)
@@ -137,12 +101,17 @@ def run_label(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from core.io import atomic_write_text
-    from report_parsing.tables import PARSED_STATUSES
     from core.anatomy_sets import CTRATE_LABELS
+    from core.io import atomic_write_text
+    from fvlm.commands import load_config_from_args
+    from report_parsing.io import ReportsFileError
+    from report_parsing.tables import PARSED_STATUSES, ParseOptions, parse_reports_file
 
-    options, records = _load(args, args.in_csv, hash_ids=False)
-    if records is None:
+    options = ParseOptions.from_config(load_config_from_args(args), hash_ids=False, **_option_overrides(args))
+    try:
+        records = parse_reports_file(args.in_csv, options)
+    except (ReportsFileError, ValueError, KeyError) as error:
+        print(f"fvlm: {error}", file=sys.stderr)
         return 2
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -162,9 +131,9 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
+    from core.anatomy_sets import CTRATE_LABELS
     from core.io import atomic_write_text
     from report_parsing.evaluation import format_label_report, label_report
-    from core.anatomy_sets import CTRATE_LABELS
 
     frames = {}
     for name, path in (("pred", args.pred_csv), ("gold", args.gold_csv)):

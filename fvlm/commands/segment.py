@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,48 +40,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args, run_stage_as_flow
+    from fvlm.commands import load_config_from_args, run_stage
+    from segmentation.stage import SegmentJob, run_segment
+    from segmentation.totalseg import WeightsMissingError
 
     config = load_config_from_args(args)
-    section = config.segment
-    input_dir = config.path(args.input or config.paths.converted)
-    output_dir = config.path(args.output or config.paths.segmented)
-    backend = args.backend or section.backend
-    if not input_dir.is_dir():
-        print(f"fvlm segment: input folder not found: {input_dir}", file=sys.stderr)
+    job = SegmentJob.from_config(
+        config,
+        input_dir=args.input,
+        output_dir=args.output,
+        backend=args.backend,
+        precomputed_dir=args.masks,
+        anatomy_set=args.anatomy_set,
+        mode=args.mode,
+        device=args.device,
+        roi_subset=args.roi_subset,
+        qc=args.qc,
+        force=args.force,
+    )
+    if not Path(job.inputs).is_dir():  # type: ignore[arg-type]
+        print(f"fvlm segment: input folder not found: {job.inputs}", file=sys.stderr)
         return 2
-    from segmentation.stage import segment_studies
-    from segmentation.totalseg import WeightsMissingError
 
     def progress(position: int, total: int, row: dict) -> None:
         state = "reused" if row.get("reused") else row["status"]
         print(f"[{position}/{total}] {row['study_id']}: {state}", file=sys.stderr, flush=True)
 
-    options = dict(
-        backend=backend,
-        anatomy_set=args.anatomy_set or section.anatomy_set,
-        mode=args.mode or section.mode,
-        device=args.device or section.device,
-        roi_subset=section.roi_subset if args.roi_subset is None else args.roi_subset,
-        roi_subset_robust=section.roi_subset_robust,
-        precomputed_dir=str(config.path(args.masks or config.paths.precomputed_masks)),
-        salt=config.privacy.salt,
-        pseudonym_length=config.privacy.pseudonym_length,
-        totalseg_home=str(config.path(section.totalseg_home)) if section.totalseg_home else None,
-        qc=section.qc_pictures if args.qc is None else args.qc,
-        force=args.force,
-    )
     try:
-        if run_stage_as_flow(config):
-            from flows.stages import fan_out_from_config, segment_flow
-
-            summary = segment_flow(
-                input_dir=str(input_dir), output_dir=str(output_dir), **options,
-                gpu_concurrency_limit=config.orchestration.gpu_concurrency_limit,
-                **fan_out_from_config(config, batch_size=section.batch_size),
-            )
-        else:
-            summary = segment_studies(input_dir, output_dir, progress=progress, **options)
+        summary = run_stage(config, job, functools.partial(run_segment, progress=progress), "segment_flow",
+                            {"batch_size": config.segment.batch_size})
     except WeightsMissingError as error:
         print(f"fvlm segment: {error}", file=sys.stderr)
         return 2

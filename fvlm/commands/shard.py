@@ -26,36 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args, run_stage_as_flow
-    from preprocessing.shards import build_shards
+    from fvlm.commands import load_config_from_args, run_stage
+    from preprocessing.shards import ShardJob, run_shard
 
     config = load_config_from_args(args)
-    converted = config.path(args.converted or config.paths.converted)
-    segmented = config.path(args.segmented or config.paths.segmented)
-    reports = config.path(args.reports or config.paths.reports_table)
-    out = config.path(args.out or config.paths.shards)
-    metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "shard.json"
+    job = ShardJob.from_config(
+        config,
+        converted_dir=args.converted,
+        segmented_dir=args.segmented,
+        reports_table=args.reports,
+        out_dir=args.out,
+        metrics_path=args.metrics,
+        workers=args.workers,
+    )
     try:
-        if run_stage_as_flow(config):
-            from flows.stages import shard_from_config
-
-            summary = shard_from_config(
-                config, converted=converted, segmented=segmented, reports=reports, out=out, metrics=metrics,
-                workers=args.workers,
-            )
-        else:
-            summary = build_shards(
-                converted,
-                segmented,
-                reports,
-                out,
-                anatomy_set=config.segment.anatomy_set,
-                grid=config.grid,
-                split=config.split,
-                shard=config.shard,
-                metrics_path=metrics,
-                workers=args.workers,
-            )
+        summary = run_stage(config, job, run_shard, "shard_flow")
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"fvlm shard: {error}", file=sys.stderr)
         return 1

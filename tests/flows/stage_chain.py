@@ -10,18 +10,49 @@ DEMO_GRID = {"spacing_zyx_mm": [8.0, 4.0, 4.0], "crop_zyx": [32, 64, 96], "roi_m
              "roi_margin_voxels": 4}
 
 
+def fan_out(**overrides: object):
+    """The default orchestration fan-out with ``overrides`` (tests: no retry delay)."""
+    from flows.batching import FanOut
+
+    return FanOut.from_config(**{"retry_delay_s": 0, **overrides})
+
+
+def convert_job(dicom: Path, out: Path, salt: str = SALT):
+    from preprocessing.convert import ConvertJob, ConvertSettings
+
+    return ConvertJob(input_dir=Path(dicom), output_dir=Path(out), settings=ConvertSettings(salt=salt))
+
+
+def segment_job(converted: Path, out: Path, masks: Path, **options: object):
+    from segmentation.stage import SegmentJob
+
+    return SegmentJob(inputs=Path(converted), output_dir=Path(out), precomputed_dir=Path(masks), salt=SALT,
+                      **options)
+
+
+def parse_job(reports_csv: Path, out: Path, **options: object):
+    from report_parsing.tables import ParseOptions, ParseReportsJob
+
+    return ParseReportsJob(Path(reports_csv), Path(out), ParseOptions(**{"salt": SALT, **options}))
+
+
+def shard_job(converted: Path, segmented: Path, reports: Path, out: Path):
+    from core.config import GridConfig, SplitConfig
+    from preprocessing.shards import ShardJob
+
+    return ShardJob(Path(converted), Path(segmented), Path(reports), Path(out), grid=GridConfig(**DEMO_GRID),
+                    split=SplitConfig(train=0.34, val=0.33, test=0.33), workers=1)
+
+
 def run_chain(cohort: Path, work: Path) -> str:
     """All four data stages on ``cohort`` into ``work``; returns the shards' content hash."""
     from flows.stages import convert_flow, parse_reports_flow, segment_flow, shard_flow
 
-    convert_flow(str(cohort / "dicom"), str(work / "converted"), salt=SALT, batch_size=1, retry_delay_s=0)
-    segment_flow(str(work / "converted"), str(work / "segmented"), precomputed_dir=str(cohort / "masks"), salt=SALT,
-                 batch_size=1, retry_delay_s=0)
-    parse_reports_flow(str(cohort / "reports.csv"), str(work / "reports" / "reports.parquet"), {"salt": SALT},
-                       retry_delay_s=0)
-    summary = shard_flow(str(work / "converted"), str(work / "segmented"), str(work / "reports" / "reports.parquet"),
-                         str(work / "shards"), grid=DEMO_GRID, split={"train": 0.34, "val": 0.33, "test": 0.33},
-                         workers=1)
+    convert_flow(convert_job(cohort / "dicom", work / "converted"), fan_out(batch_size=1))
+    segment_flow(segment_job(work / "converted", work / "segmented", cohort / "masks"), fan_out(batch_size=1))
+    parse_reports_flow(parse_job(cohort / "reports.csv", work / "reports" / "reports.parquet"), fan_out())
+    summary = shard_flow(shard_job(work / "converted", work / "segmented", work / "reports" / "reports.parquet",
+                                   work / "shards"))
     return summary.content_hash
 
 

@@ -28,7 +28,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stage_flows_are_incremental(cohort: Path, tmp_path: Path) -> None:
     """Adding K studies processes exactly K in convert, segment and shard; nothing new -> no work."""
     from flows.stages import convert_flow, parse_reports_flow, segment_flow, shard_flow
-    from tests.flows.stage_chain import DEMO_GRID
+    from tests.flows.stage_chain import convert_job, fan_out, parse_job, segment_job, shard_job
 
     dicom = tmp_path / "dicom"
     holding = tmp_path / "later"
@@ -38,14 +38,13 @@ def test_stage_flows_are_incremental(cohort: Path, tmp_path: Path) -> None:
     shutil.move(str(dicom / studies[-1]), holding / studies[-1])
     converted, segmented = tmp_path / "converted", tmp_path / "segmented"
     reports = str(tmp_path / "reports" / "reports.parquet")
-    parse_reports_flow(str(cohort / "reports.csv"), reports, {"salt": "test-salt"}, retry_delay_s=0)
+    parse_reports_flow(parse_job(cohort / "reports.csv", Path(reports)), fan_out())
 
     def run_stages() -> tuple[object, object, object]:
-        converted_summary = convert_flow(str(dicom), str(converted), salt="test-salt", batch_size=1, retry_delay_s=0)
-        segmented_summary = segment_flow(str(converted), str(segmented), precomputed_dir=str(cohort / "masks"),
-                                         salt="test-salt", batch_size=1, retry_delay_s=0, qc=True)
-        shard_summary = shard_flow(str(converted), str(segmented), reports, str(tmp_path / "shards"), grid=DEMO_GRID,
-                                   split={"train": 0.34, "val": 0.33, "test": 0.33}, workers=1)
+        converted_summary = convert_flow(convert_job(dicom, converted), fan_out(batch_size=1))
+        segmented_summary = segment_flow(segment_job(converted, segmented, cohort / "masks", qc=True),
+                                         fan_out(batch_size=1))
+        shard_summary = shard_flow(shard_job(converted, segmented, Path(reports), tmp_path / "shards"))
         return converted_summary, segmented_summary, shard_summary
 
     c1, s1, h1 = run_stages()
@@ -73,13 +72,14 @@ def test_stage_flows_are_incremental(cohort: Path, tmp_path: Path) -> None:
 
 def test_convert_flow_quarantines_bad_input_and_goes_on(cohort: Path, tmp_path: Path) -> None:
     from flows.stages import convert_flow
+    from tests.flows.stage_chain import convert_job, fan_out
 
     dicom = tmp_path / "dicom"
     shutil.copytree(cohort / "dicom", dicom)
     victim = sorted(dicom.iterdir())[0]
     for path in sorted(victim.rglob("*.dcm"))[3:]:  # leave too few slices in every series of one study
         path.unlink()
-    summary = convert_flow(str(dicom), str(tmp_path / "out"), salt="s", batch_size=2, retry_delay_s=0)
+    summary = convert_flow(convert_job(dicom, tmp_path / "out", salt="s"), fan_out(batch_size=2))
     assert summary.n_studies == 3 and summary.n_quarantined == 1 and summary.n_ok == 2
     quarantined = [r for r in summary.rows if r.status != "ok"]
     assert quarantined[0].reason
@@ -99,9 +99,10 @@ import sys
 from core.env import apply_offline_env
 apply_offline_env()
 from flows.stages import convert_flow, segment_flow
+from tests.flows.stage_chain import convert_job, fan_out, segment_job
 dicom, converted, segmented, masks = sys.argv[1:5]
-convert_flow(dicom, converted, salt="test-salt", batch_size=1, retry_delay_s=0)
-segment_flow(converted, segmented, precomputed_dir=masks, salt="test-salt", batch_size=1, retry_delay_s=0)
+convert_flow(convert_job(dicom, converted), fan_out(batch_size=1))
+segment_flow(segment_job(converted, segmented, masks), fan_out(batch_size=1))
 """
 
 
@@ -137,13 +138,13 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(cohort: Path, tmp_path: 
     from prefect.settings import PREFECT_API_URL
 
     from flows.stages import convert_flow, segment_flow
+    from tests.flows.stage_chain import convert_job, fan_out, segment_job
 
     masks = str(cohort / "masks")
     reference_c, reference_s = tmp_path / "ref" / "converted", tmp_path / "ref" / "segmented"
     started = time.monotonic()
-    convert_flow(str(cohort / "dicom"), str(reference_c), salt="test-salt", batch_size=1, retry_delay_s=0)
-    segment_flow(str(reference_c), str(reference_s), precomputed_dir=masks, salt="test-salt", batch_size=1,
-                 retry_delay_s=0)
+    convert_flow(convert_job(cohort / "dicom", reference_c), fan_out(batch_size=1))
+    segment_flow(segment_job(reference_c, reference_s, masks), fan_out(batch_size=1))
     reference_seconds = time.monotonic() - started
 
     converted, segmented = tmp_path / "run" / "converted", tmp_path / "run" / "segmented"
@@ -160,9 +161,8 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(cohort: Path, tmp_path: 
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL
 
-    convert_flow(str(cohort / "dicom"), str(converted), salt="test-salt", batch_size=1, retry_delay_s=0)
-    segment_flow(str(converted), str(segmented), precomputed_dir=masks, salt="test-salt", batch_size=1,
-                 retry_delay_s=0)
+    convert_flow(convert_job(cohort / "dicom", converted), fan_out(batch_size=1))
+    segment_flow(segment_job(converted, segmented, masks), fan_out(batch_size=1))
     assert _stage_state(converted, segmented) == _stage_state(reference_c, reference_s)
 
 
@@ -172,13 +172,14 @@ def test_parse_reports_flow_matches_the_library(cohort: Path, tmp_path: Path) ->
 
     from flows.stages import parse_reports_flow
     from report_parsing.tables import ParseOptions, parse_reports_file, write_tables
+    from tests.flows.stage_chain import fan_out, parse_job
 
     lines = (cohort / "reports.csv").read_text().splitlines()
     reports = tmp_path / "reports.csv"
     reports.write_text("\n".join([*lines, "emptykey,,", lines[1]]) + "\n")  # + an empty report, a duplicate
     options = {"salt": "test-salt"}
-    result = parse_reports_flow(str(reports), str(tmp_path / "flow" / "reports.parquet"), options, batch_size=2,
-                                retry_delay_s=0)
+    result = parse_reports_flow(parse_job(reports, tmp_path / "flow" / "reports.parquet", **options),
+                                fan_out(batch_size=2))
     records = parse_reports_file(reports, ParseOptions(**options))
     library_long, library_studies = write_tables(records, tmp_path / "lib" / "reports.parquet", "ctrate4")
     assert pq.read_table(result.long_path).equals(pq.read_table(library_long))
@@ -234,3 +235,36 @@ def test_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> No
                    metrics_path=str(tmp_path / "metrics" / "train.json"))
     assert info.value.command[1:4] == ["-m", "fvlm.cli", "--params"] and "train" in info.value.command
     assert "fvlm train" in info.value.tail
+
+
+def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FVLM_NO_FLOWS / orchestration.stage_flows / FVLM_STAGE_WORKER pick the library; otherwise the flow gets
+    the job and the fan-out of the orchestration section with the stage's overrides."""
+    import flows.stages
+    from core.config import config_from_dict
+    from flows.batching import FanOut
+    from fvlm.commands import run_stage
+
+    calls: list[tuple[str, object, object]] = []
+    monkeypatch.setattr(flows.stages, "convert_flow", lambda job, fan_out: calls.append(("flow", job, fan_out)))
+    monkeypatch.setattr(flows.stages, "shard_flow", lambda job: calls.append(("shard", job, None)))
+
+    def library(job: object) -> None:
+        calls.append(("library", job, None))
+
+    config = config_from_dict({"orchestration": {"batch_size": 3, "retries": 5}}, environ={})
+    monkeypatch.delenv("FVLM_STAGE_WORKER", raising=False)
+    monkeypatch.setenv("FVLM_NO_FLOWS", "1")
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
+    monkeypatch.setenv("FVLM_NO_FLOWS", "0")
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
+    run_stage(config, "job", library, "shard_flow")
+    monkeypatch.setenv("FVLM_STAGE_WORKER", "1")
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
+    monkeypatch.delenv("FVLM_STAGE_WORKER")
+    off = config_from_dict({"orchestration": {"stage_flows": False}}, environ={})
+    run_stage(off, "job", library, "convert_flow", {"max_workers": 7})
+    assert [kind for kind, _, _ in calls] == ["library", "flow", "shard", "library", "library"]
+    fan_out = calls[1][2]
+    assert fan_out == FanOut.from_config(config.orchestration, max_workers=7)
+    assert isinstance(fan_out, FanOut) and (fan_out.batch_size, fan_out.retries, fan_out.max_workers) == (3, 5, 7)

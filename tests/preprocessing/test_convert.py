@@ -23,9 +23,10 @@ from dicom_factory import (  # noqa: E402
     write_enhanced_ct,
 )
 
-from preprocessing.convert import convert_studies, read_manifest  # noqa: E402
+from preprocessing.convert import read_manifest  # noqa: E402
 from preprocessing.dicom_discovery import scan_dicom_tree  # noqa: E402
 from preprocessing.volume_assembly import AssemblyError, assemble_series  # noqa: E402
+from tests.preprocessing.convert_job import convert_dir  # noqa: E402
 
 SALT = "test-salt"
 
@@ -37,7 +38,7 @@ def canonical_expected(fixture) -> nib.Nifti1Image:
 def convert(input_dir: Path, output_dir: Path, **kwargs):
     kwargs.setdefault("salt", SALT)
     kwargs.setdefault("min_slices", 3)
-    return convert_studies(input_dir, output_dir, **kwargs)
+    return convert_dir(input_dir, output_dir, **kwargs)
 
 
 def row_for(summary, study_uid: str):

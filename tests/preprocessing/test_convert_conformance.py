@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocessing.convert import convert_studies
+from tests.preprocessing.convert_job import convert_dir
 from preprocessing.dicom_discovery import headers_from_dataset, read_header, scan_dicom_tree
 from preprocessing.volume_assembly import AssemblyError, assemble_series
 
@@ -58,7 +58,7 @@ def only_row(summary):
 
 def test_totalsegmentator_series_lands_on_reference_grid(shared_data: Path, tmp_path: Path) -> None:
     source = shared_data / "totalsegmentator" / "example_ct_dicom"
-    summary = convert_studies(source, tmp_path / "out", salt=SALT, min_slices=10)
+    summary = convert_dir(source, tmp_path / "out", salt=SALT, min_slices=10)
     row = only_row(summary)
     assert row.status == "ok", row.reason
     ours = nib.load(tmp_path / "out" / row.volume_path)
@@ -82,7 +82,7 @@ def test_progressive_jpeg_quarantines_cleanly(shared_data: Path, tmp_path: Path)
     for name in PROGRESSIVE:
         with pytest.raises(AssemblyError, match="cannot decode pixel data"):
             file_hu(folder / name)
-        summary = convert_studies(copy_tree([folder / name], tmp_path / name), tmp_path / f"out-{name}", salt=SALT, min_slices=1)
+        summary = convert_dir(copy_tree([folder / name], tmp_path / name), tmp_path / f"out-{name}", salt=SALT, min_slices=1)
         row = only_row(summary)
         assert row.status == "quarantined"
         assert "cannot decode pixel data" in row.reason and row.reason.startswith("series ")
@@ -128,7 +128,7 @@ def test_signedness_mismatch_cases_agree(shared_data: Path) -> None:
     "name", ["pydicom_data/eCT_Supplemental.dcm", "cornerstone3d/testImages/CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"]
 )
 def test_enhanced_ct_files_assemble(shared_data: Path, tmp_path: Path, name: str) -> None:
-    summary = convert_studies(copy_tree([shared_data / name], tmp_path / "in"), tmp_path / "out", salt=SALT, min_slices=2)
+    summary = convert_dir(copy_tree([shared_data / name], tmp_path / "in"), tmp_path / "out", salt=SALT, min_slices=2)
     row = only_row(summary)
     assert row.status == "ok", row.reason
     assert row.shape == [2, 512, 512] and row.spacing[0] == pytest.approx(10.0)
@@ -143,7 +143,7 @@ def test_dicom2nifti_failing_series_follow_policy(shared_data: Path, tmp_path: P
         "sliceincrement/002": ("ok", "non-uniform slice spacing", 5),
     }
     for case, (status, warning, slices) in expectations.items():
-        summary = convert_studies(failing / case, tmp_path / case / "out", salt=SALT, min_slices=2)
+        summary = convert_dir(failing / case, tmp_path / case / "out", salt=SALT, min_slices=2)
         row = only_row(summary)
         assert row.status == status, (case, row.reason)
         assert row.resampled and any(warning in w for w in row.warnings), row.warnings
@@ -151,16 +151,16 @@ def test_dicom2nifti_failing_series_follow_policy(shared_data: Path, tmp_path: P
         affine = np.array(row.affine).reshape(4, 4)[:3, :3]
         gram = affine.T @ affine
         assert np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6)  # orthogonal grid
-        strict = convert_studies(failing / case, tmp_path / case / "strict", salt=SALT, min_slices=2, strict=True)
+        strict = convert_dir(failing / case, tmp_path / case / "strict", salt=SALT, min_slices=2, strict=True)
         assert only_row(strict).status == "quarantined" and "strict mode" in only_row(strict).reason
-    summary = convert_studies(failing / "notavolume" / "001", tmp_path / "nav", salt=SALT, min_slices=2)
+    summary = convert_dir(failing / "notavolume" / "001", tmp_path / "nav", salt=SALT, min_slices=2)
     row = only_row(summary)
     assert row.status == "quarantined" and "not a volume" in row.reason
 
 
 def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(shared_data: Path, tmp_path: Path) -> None:
     failing = shared_data / "dicom2nifti" / "tests" / "data" / "failing"
-    row = only_row(convert_studies(failing / "sliceincrement" / "002", tmp_path / "out", salt=SALT, min_slices=2))
+    row = only_row(convert_dir(failing / "sliceincrement" / "002", tmp_path / "out", salt=SALT, min_slices=2))
     ours = nib.load(tmp_path / "out" / row.volume_path)
     truth = nib.as_closest_canonical(nib.load(failing / "sliceincrement" / "002_ground_truth.nii.gz"))
     assert ours.shape[2] == truth.shape[2] == 5
@@ -171,7 +171,7 @@ def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(shared_data: 
 
 
 def test_dcm_qa_ct_localizer_and_dose_pages_never_chosen(shared_data: Path, tmp_path: Path) -> None:
-    summary = convert_studies(shared_data / "dcm_qa_ct", tmp_path / "out", salt=SALT, min_slices=1)
+    summary = convert_dir(shared_data / "dcm_qa_ct", tmp_path / "out", salt=SALT, min_slices=1)
     row = only_row(summary)
     assert row.status == "quarantined"
     assert "localizer" in row.reason and "SOP class 1.2.840.10008.5.1.4.1.1.7" in row.reason
@@ -180,7 +180,7 @@ def test_dcm_qa_ct_localizer_and_dose_pages_never_chosen(shared_data: Path, tmp_
 
 
 def test_dcmqi_three_slice_series_converts(shared_data: Path, tmp_path: Path) -> None:
-    summary = convert_studies(shared_data / "dcmqi" / "segmentations", tmp_path / "out", salt=SALT, min_slices=3)
+    summary = convert_dir(shared_data / "dcmqi" / "segmentations", tmp_path / "out", salt=SALT, min_slices=3)
     row = only_row(summary)
     assert row.status == "ok", row.reason
     assert row.shape == [3, 512, 512] and row.spacing[0] == pytest.approx(1.0, abs=1e-4)

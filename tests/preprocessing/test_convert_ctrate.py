@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from core.privacy import pseudonym
-from preprocessing.ctrate import convert_ctrate, to_hu
+from preprocessing.ctrate import to_hu
+from tests.preprocessing.convert_job import convert_dir
 
 SALT = "ctrate-salt"
 META = {"XYSpacing": "[0.75, 0.75]", "ZSpacing": "1.5", "ImagePositionPatient": "[-190.0, -180.0, -300.0]",
@@ -52,7 +53,7 @@ def write_fixture(root: Path) -> dict[str, np.ndarray]:
 
 def test_ctrate_fixture_converts_with_recorded_rescale_decision(tmp_path: Path) -> None:
     expected = write_fixture(tmp_path / "ctrate")
-    summary = convert_ctrate(tmp_path / "ctrate", tmp_path / "ctrate" / "metadata.csv", tmp_path / "out", salt=SALT)
+    summary = convert_dir(tmp_path / "ctrate", tmp_path / "out", input_format="ctrate", metadata_csv=tmp_path / "ctrate" / "metadata.csv", salt=SALT)
     rows = {r.study_id: r for r in summary.rows}
     assert summary.n_studies == 4 and summary.n_ok == 2
     for name, hu in expected.items():
@@ -74,7 +75,7 @@ def test_ctrate_fixture_converts_with_recorded_rescale_decision(tmp_path: Path) 
     assert missing.status == "quarantined" and "no NIfTI file" in missing.reason
     orphan = rows[pseudonym("valid_7_b_1.nii.gz", SALT, kind="study")]
     assert orphan.status == "quarantined" and "no row in the metadata CSV" in orphan.reason
-    again = convert_ctrate(tmp_path / "ctrate", tmp_path / "ctrate" / "metadata.csv", tmp_path / "out", salt=SALT)
+    again = convert_dir(tmp_path / "ctrate", tmp_path / "out", input_format="ctrate", metadata_csv=tmp_path / "ctrate" / "metadata.csv", salt=SALT)
     assert again.n_reused == 2  # converted volumes reused; missing-file / missing-row checks are redone (cheap)
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from core.config import GridConfig, ShardConfig, SplitConfig
 from preprocessing.shard_schema import PREP_VERSION, decode_array, decode_metadata
-from preprocessing.shards import build_shards, reports_studies_path, shard_files
+from core.layout import reports_studies_path
+from preprocessing.shards import ShardJob, run_shard, shard_files
 from preprocessing.split import assign_split, patient_fraction
 from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 from tests.preprocessing.cohort_factory import ANATOMIES, make_cohort
@@ -31,7 +32,7 @@ SHARD = ShardConfig(rows_per_group=2)
 def build(cohort, out: Path, **overrides):
     kwargs = {"anatomy_set": "ctrate4", "grid": GRID, "split": SPLIT, "shard": SHARD}
     kwargs.update(overrides)
-    return build_shards(cohort.converted, cohort.segmented, cohort.reports, out, **kwargs)
+    return run_shard(ShardJob(cohort.converted, cohort.segmented, cohort.reports, out, **kwargs))
 
 
 def all_parts(out: Path) -> list[Path]:
@@ -266,7 +267,7 @@ KILL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import pyarrow.parquet as pq
     from core.config import GridConfig, ShardConfig, SplitConfig
-    from preprocessing.shards import build_shards
+    from preprocessing.shards import ShardJob, run_shard
     from tests.preprocessing.cohort_factory import make_cohort, Cohort
 
     root = Path(sys.argv[1])
@@ -277,9 +278,9 @@ KILL_SCRIPT = textwrap.dedent(
         real_write(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)      # killed between a row group and the rename
     pq.ParquetWriter.write_table = write_then_die
-    build_shards(cohort.converted, cohort.segmented, cohort.reports, root / "shards", anatomy_set="ctrate4",
-                 grid=GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), roi_margin_slices=1, roi_margin_voxels=4),
-                 split=SplitConfig(train=1.0, val=0.0, test=0.0), shard=ShardConfig(rows_per_group=2))
+    run_shard(ShardJob(cohort.converted, cohort.segmented, cohort.reports, root / "shards", anatomy_set="ctrate4",
+              grid=GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), roi_margin_slices=1, roi_margin_voxels=4),
+              split=SplitConfig(train=1.0, val=0.0, test=0.0), shard=ShardConfig(rows_per_group=2)))
     """
 )
 
@@ -361,3 +362,42 @@ def test_parallel_preparation_gives_the_same_shards(tmp_path: Path) -> None:
     parallel = build(cohort, tmp_path / "parallel", workers=2)
     assert parallel.prepared == 3 and parallel.content_hash == serial.content_hash
     assert parallel.quarantined == serial.quarantined and len(parallel.quarantined) == 1
+
+
+def test_cli_convert_to_nii_then_shard_shards_every_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`fvlm convert --output-extension .nii`, segment, parse-reports, then `fvlm shard`: shard reads the
+    volume convert recorded (``volume_path``) instead of assuming ``volumes/<id>.nii.gz`` (which used to
+    quarantine every study as "no volume file")."""
+    import json
+
+    from fvlm.cli import main
+    from preprocessing.synthetic import generate_cohort
+
+    monkeypatch.setenv("FVLM_NO_FLOWS", "1")
+    monkeypatch.setenv("FVLM_SALT", "test-salt")
+    demo = tmp_path / "demo"
+    generate_cohort(demo, studies=2, seed=0, size="demo", workers=1)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "grid: {spacing_zyx_mm: [8.0, 4.0, 4.0], crop_zyx: [32, 64, 96], roi_margin_slices: 1, roi_margin_voxels: 4}\n"
+        "split: {train: 1.0, val: 0.0, test: 0.0}\n"
+    )
+    converted, segmented, reports = tmp_path / "converted", tmp_path / "segmented", tmp_path / "reports.parquet"
+    cli = ["--params", str(params)]
+    assert main([*cli, "convert", str(demo / "dicom"), str(converted), "--workers", "1",
+                 "--output-extension", ".nii"]) == 0
+    assert len(list((converted / "volumes").glob("*.nii"))) == 2
+    assert not list((converted / "volumes").glob("*.nii.gz"))
+    assert main([*cli, "segment", str(converted), str(segmented), "--backend", "precomputed",
+                 "--masks", str(demo / "masks"), "--no-qc"]) == 0
+    assert main([*cli, "parse-reports", str(demo / "reports.csv"), str(reports)]) == 0
+    capsys.readouterr()
+    code = main([*cli, "shard", "--converted", str(converted), "--segmented", str(segmented),
+                 "--reports", str(reports), "--out", str(tmp_path / "shards"),
+                 "--metrics", str(tmp_path / "shard.json")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "no volume file" not in printed
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest["n_quarantined"] == 0 and manifest["splits"]["train"]["studies"] == 2

@@ -1,4 +1,4 @@
-"""`segment_studies` and `fvlm segment`: manifest, masks, QC, quarantine, idempotent reruns."""
+"""`run_segment` and `fvlm segment`: manifest, masks, QC, quarantine, idempotent reruns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import pytest
 from PIL import Image
 
 from core.privacy import pseudonym
-from segmentation.stage import segment_studies
+from segmentation.stage import SegmentJob, run_segment
+
+
+def segment(inputs, output_dir, **options):
+    return run_segment(SegmentJob(inputs=inputs, output_dir=output_dir, **options))
 
 SALT = "stage-test-salt"
 
@@ -44,7 +48,7 @@ def test_precomputed_cohort_manifest_masks_qc_and_rerun(tmp_path: Path, make_pha
     bad_id = list(keys)[2]
     (masks / f"{keys[bad_id]}.nii.gz").write_bytes(b"\x1f\x8b broken gzip")      # one unreadable mask
     out = tmp_path / "segmented"
-    summary = segment_studies(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
+    summary = segment(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
     assert (summary.n_ok, summary.n_quarantined, len(summary.rows)) == (2, 1, 3)
     table = pq.read_table(out / "segments.parquet").to_pylist()
     by_id = {row["study_id"]: row for row in table}
@@ -70,7 +74,7 @@ def test_precomputed_cohort_manifest_masks_qc_and_rerun(tmp_path: Path, make_pha
 
     # rerun with nothing new: every ok study is reused, the bad one is retried (still quarantined)
     mtime = (out / by_id[list(keys)[0]]["mask_path"]).stat().st_mtime_ns
-    again = segment_studies(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
+    again = segment(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
     assert (again.n_reused, again.n_quarantined) == (2, 1)
     assert (out / by_id[list(keys)[0]]["mask_path"]).stat().st_mtime_ns == mtime
 
@@ -79,7 +83,7 @@ def test_precomputed_cohort_manifest_masks_qc_and_rerun(tmp_path: Path, make_pha
     ids = np.asarray(nib.load(str(masks / f"{keys[first]}.nii.gz")).dataobj).copy()
     ids[ids == 51] = 0
     nib.save(nib.Nifti1Image(ids, np.diag([1.5, 1.5, 3.0, 1.0])), str(masks / f"{keys[first]}.nii.gz"))
-    third = segment_studies(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
+    third = segment(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
     redone = {row["study_id"] for row in third.rows if row["status"] == "ok" and not row["reused"]}
     assert redone == {first}
     assert "heart" in {r["study_id"]: r for r in third.rows}[first]["missing_anatomies"]
@@ -89,7 +93,7 @@ def test_missing_volume_and_list_input(tmp_path: Path, make_phantom) -> None:
     converted, masks, keys = _cohort(tmp_path, make_phantom, n=1)
     study_id = next(iter(keys))
     pairs = [(study_id, converted / "volumes" / f"{study_id}.nii.gz"), ("st_gone", tmp_path / "nope.nii.gz")]
-    summary = segment_studies(pairs, tmp_path / "out", backend="precomputed", precomputed_dir=masks, salt=SALT,
+    summary = segment(pairs, tmp_path / "out", backend="precomputed", precomputed_dir=masks, salt=SALT,
                               qc=False)
     rows = {row["study_id"]: row for row in summary.rows}
     assert rows[study_id]["status"] == "ok" and rows[study_id].get("qc_path") is None
@@ -99,7 +103,7 @@ def test_missing_volume_and_list_input(tmp_path: Path, make_phantom) -> None:
 def test_totalsegmentator_backend_through_the_stage(tmp_path: Path, make_phantom, totalseg_env: Path) -> None:
     converted, _, keys = _cohort(tmp_path, make_phantom, n=2)
     out = tmp_path / "segmented"
-    summary = segment_studies(converted, out, backend="totalsegmentator", device="cpu", totalseg_home=totalseg_env)
+    summary = segment(converted, out, backend="totalsegmentator", device="cpu", totalseg_home=totalseg_env)
     assert summary.n_ok == 2, summary.text()
     for row in summary.rows:
         mask = nib.load(str(out / row["mask_path"]))
@@ -112,7 +116,7 @@ def test_totalsegmentator_backend_through_the_stage(tmp_path: Path, make_phantom
     original = TotalSegmentatorBackend.load
     try:
         TotalSegmentatorBackend.load = lambda self: calls.append(1) or original(self)      # type: ignore[method-assign]
-        again = segment_studies(converted, out, backend="totalsegmentator", device="cpu", totalseg_home=totalseg_env)
+        again = segment(converted, out, backend="totalsegmentator", device="cpu", totalseg_home=totalseg_env)
     finally:
         TotalSegmentatorBackend.load = original                                            # type: ignore[method-assign]
     assert again.n_reused == 2 and calls == []
@@ -139,5 +143,5 @@ def test_cli_segment(tmp_path: Path, make_phantom, monkeypatch: pytest.MonkeyPat
 def test_missing_masks_folder_stops_the_stage(tmp_path: Path, make_phantom) -> None:
     converted, _, _ = _cohort(tmp_path, make_phantom, n=1)
     with pytest.raises(FileNotFoundError, match="precomputed masks folder not found"):
-        segment_studies(converted, tmp_path / "out", backend="precomputed", precomputed_dir=tmp_path / "none",
+        segment(converted, tmp_path / "out", backend="precomputed", precomputed_dir=tmp_path / "none",
                         salt=SALT)
