@@ -12,7 +12,7 @@ Three measurements, both sides measured alike:
   before, so every report brings one unseen sentence and one unseen word (in a real cohort a report's
   own measurements do that);
 * **cold first pass**: each round a fresh ``spacy.blank("en")`` and a fresh parser with every memo
-  forgotten (``report_parsing.sentence_cache.forget_everything``), over the 800 reports once: what
+  forgotten (``report_parsing.pipeline.forget_everything``), over the 800 reports once: what
   unseen reports cost before their sentences repeat (the sentence memo's hit rate is printed).
 
 Runs alternate (tokenizer, parser, tokenizer, parser ...) and the best round of each is kept, so a
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     import spacy
 
     from report_parsing.pipeline import USER_DATA_KEY, build_pipeline
-    from report_parsing.sentence_cache import forget_everything, sentence_cache_stats
+    from report_parsing.pipeline import forget_everything
+    from report_parsing.sentence_cache import sentence_cache_stats
 
     base = pd.read_csv(TRAIN_CSV)["report_text"].astype(str).tolist()
     texts = (base * (args.reports // len(base) + 1))[: args.reports]

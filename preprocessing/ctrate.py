@@ -34,7 +34,7 @@ import numpy as np
 from core import layout
 from core.batches import MapBatches
 from core.io import sha256_file
-from preprocessing.convert import (
+from preprocessing.conversion import (
     ConvertItem,
     ConvertJob,
     ConvertSettings,

@@ -1,4 +1,4 @@
-"""The Parquet shard schema (DESIGN.md "Shard rows") and the blob encoding of volumes and masks.
+"""The Parquet shard schema (docs/architecture.md "Shard rows") and the blob encoding of volumes and masks.
 
 One row per study. Volumes and masks are stored as zstd-compressed raw C-order bytes in
 ``large_binary`` columns (volume: int16 HU, mask: uint8 anatomy index 0..K, 0 = background), with the

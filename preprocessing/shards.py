@@ -504,11 +504,6 @@ class ShardJob:
         )
 
 
-def build_shards(*args: Any, **kwargs: Any) -> ShardSummary:
-    """``run_shard(ShardJob(*args, **kwargs))`` (kept for callers of the former keyword API)."""
-    return run_shard(ShardJob(*args, **kwargs))
-
-
 def run_shard(job: ShardJob) -> ShardSummary:
     """Build (or incrementally rebuild) the shards; see the module docstring for the layout."""
     from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set

@@ -213,3 +213,18 @@ def cyclic_gc_paused() -> Iterator[None]:
             _GC_PAUSES[0] -= 1
             if _GC_PAUSES[0] == 0 and _GC_PAUSES[1]:
                 gc.enable()
+
+
+def forget_everything() -> None:
+    """A cold start: the sentence memos, the per-clause / per-piece caches and the learnt word types
+    (benchmarks comparing a first pass over unseen reports)."""
+    from report_parsing import analyze, labels, sentences
+    from report_parsing.sentence_cache import clear_sentence_caches
+    from report_parsing.tokens import TYPE_TABLE
+
+    clear_sentence_caches()
+    for text_cache in (analyze.names_only_other_organ, labels.may_need_location, labels.labels_with_location,
+                       labels.resolve_effusion):
+        text_cache.cache_clear()
+    sentences.clear_text_caches()
+    TYPE_TABLE.forget()

@@ -68,20 +68,6 @@ def clear_sentence_caches() -> None:
         cache.clear()
 
 
-def forget_everything() -> None:
-    """A cold start: the sentence memos, the per-clause / per-piece caches and the learnt word types
-    (benchmarks comparing a first pass over unseen reports)."""
-    from report_parsing import analyze, labels, sentences
-    from report_parsing.tokens import TYPE_TABLE
-
-    clear_sentence_caches()
-    for text_cache in (analyze.names_only_other_organ, labels.may_need_location, labels.labels_with_location,
-                       labels.resolve_effusion):
-        text_cache.cache_clear()
-    sentences.clear_text_caches()
-    TYPE_TABLE.forget()
-
-
 def sentence_cache_stats() -> dict[str, float]:
     """Lookups, misses and hit rate summed over all memos."""
     lookups = sum(cache.lookups for cache in _CACHES.values())

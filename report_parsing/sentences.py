@@ -122,6 +122,6 @@ def _trimmed(piece: str) -> tuple[int, int] | None:
 
 
 def clear_text_caches() -> None:
-    """Empty this module's per-window / per-piece memos (a cold start, see ``sentence_cache.forget_everything``)."""
+    """Empty this module's per-window / per-piece memos (a cold start, see ``pipeline.forget_everything``)."""
     for text_cache in (_window_is_abbreviation, _trimmed, _piece_ending_in_dot):
         text_cache.cache_clear()

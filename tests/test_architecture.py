@@ -154,3 +154,39 @@ def test_no_cycle_between_files() -> None:
 def test_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+CHECKED_FOR_PRIVATES = (*PACKAGES, "benchmarks")
+
+
+def private_uses(path: Path, known: set[str]) -> list[str]:
+    """``from other_module import _name`` and ``other_module._name`` in ``path`` (other = a project module
+    that is not ``path`` itself)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    module_aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                target = f"{node.module}.{alias.name}"
+                if target in known:
+                    module_aliases[alias.asname or alias.name] = target
+                elif alias.name.startswith("_") and not alias.name.startswith("__") and node.module in known:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in known and alias.asname:
+                    module_aliases[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in module_aliases and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {module_aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    known = set(project_modules())
+    uses = [use for top in CHECKED_FOR_PRIVATES for path in sorted((REPO / top).rglob("*.py"))
+            for use in private_uses(path, known)]
+    assert not uses, "private names used across modules (make them public):\n" + "\n".join(uses)

@@ -8,7 +8,8 @@ import pytest
 
 from report_parsing.analyze import analyze_text, lower_keeping_offsets
 from report_parsing.pipeline import build_pipeline
-from report_parsing.sentence_cache import SentenceCache, forget_everything, sentence_cache_stats
+from report_parsing.pipeline import forget_everything
+from report_parsing.sentence_cache import SentenceCache, sentence_cache_stats
 from core.anatomy_sets import CTRATE_LABELS
 
 REPORTS = [

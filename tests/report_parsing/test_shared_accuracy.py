@@ -78,7 +78,7 @@ def test_memo_order_does_not_change_any_output(ctrate) -> None:
     # the sentence memo is a pure function of the sentence: a cold pass in reverse order (other
     # sentences memoised first) gives every report exactly what the module's pass gave
     from report_parsing.pipeline import analyze_many
-    from report_parsing.sentence_cache import forget_everything
+    from report_parsing.pipeline import forget_everything
 
     frame, analyses = ctrate
     forget_everything()

@@ -243,13 +243,13 @@ def test_shard_batches_equal_counts_on_every_rank(tmp_path: Path) -> None:
 
 def test_batch_contract_from_real_writer(tmp_path: Path) -> None:
     from core.config import GridConfig, ShardConfig, SplitConfig
-    from preprocessing.shards import build_shards
+    from preprocessing.shards import ShardJob, run_shard
     from tests.preprocessing.cohort_factory import make_cohort
 
     cohort = make_cohort(tmp_path / "in", 6)
-    build_shards(cohort.converted, cohort.segmented, cohort.reports, tmp_path / "shards", anatomy_set="ctrate4",
-                 grid=GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), roi_margin_slices=1, roi_margin_voxels=4),
-                 split=SplitConfig(train=1.0, val=0.0, test=0.0), shard=ShardConfig(rows_per_group=2))
+    run_shard(ShardJob(cohort.converted, cohort.segmented, cohort.reports, tmp_path / "shards", anatomy_set="ctrate4",
+                       grid=GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), roi_margin_slices=1, roi_margin_voxels=4),
+                       split=SplitConfig(train=1.0, val=0.0, test=0.0), shard=ShardConfig(rows_per_group=2)))
     metadata = read_shard_metadata(tmp_path / "shards")
     assert metadata["anatomy_names"] == list(ANATOMIES) and len(metadata["label_names"]) == 18
     dataset = ShardDataset.from_dir(tmp_path / "shards", "train", crop_zyx=(32, 64, 96))

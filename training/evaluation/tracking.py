@@ -33,7 +33,7 @@ MODEL_CONFIG_FILE = "fvlm_config.json"    # training.models.model.CONFIG_FILE (n
 EVAL_HASH_TAG = "eval_data_hash"
 MEAN_AUC_TAG = "mean_auc"
 _PARAM_VALUE_LIMIT = 6000
-# pip requirements of the logged pyfunc: passing them skips MLflow's slow dependency inference (ENV.md)
+# pip requirements of the logged pyfunc: passing them skips MLflow's slow dependency inference (shared/docs/ENV.md)
 PYFUNC_PIP_REQUIREMENTS = ("torch", "numpy", "pandas", "transformers", "tokenizers", "mlflow")
 
 
@@ -52,7 +52,7 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    """One MLflow run, addressed by id everywhere (the active run is thread-local, ENV.md)."""
+    """One MLflow run, addressed by id everywhere (the active run is thread-local, shared/docs/ENV.md)."""
 
     run_id: str  # always set once constructed
 

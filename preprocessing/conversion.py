@@ -1,0 +1,391 @@
+"""The convert stage's records and machinery, shared by the DICOM path (:mod:`preprocessing.convert`) and
+the CT-RATE adapter (:mod:`preprocessing.ctrate`): the hashed settings, manifest rows and their Parquet
+I/O, the stage job and summary, and the batched execution of per-study conversions.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from core import layout
+from core.batches import ItemOutcome, MapBatches
+from core.io import atomic_path
+from preprocessing.dicom_discovery import UnreadableFile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.config import FvlmConfig
+
+logger = logging.getLogger("preprocessing.convert")
+
+CONVERTER_VERSION = "convert-1"
+PLAUSIBLE_MAX_HU = 4000
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """Everything (besides the inputs) that changes what convert writes; hashed into ``config_hash``."""
+
+    salt: str
+    strict: bool = False
+    series_preference: tuple[str, ...] = ("thinnest", "soft_tissue_kernel", "most_slices")
+    min_slices: int = 10
+    max_spacing_deviation: float = 0.1
+    output_extension: str = ".nii.gz"
+    study_key_tag: str = "StudyInstanceUID"
+    pseudonym_length: int = 16
+    decode_threads: int = 1           # not part of the hash (does not change outputs)
+
+    def config_hash(self) -> str:
+        payload = {
+            "version": CONVERTER_VERSION,
+            "salt": hashlib.sha256(self.salt.encode()).hexdigest(),
+            "strict": self.strict,
+            "series_preference": list(self.series_preference),
+            "min_slices": self.min_slices,
+            "max_spacing_deviation": self.max_spacing_deviation,
+            "output_extension": self.output_extension,
+            "study_key_tag": self.study_key_tag,
+            "pseudonym_length": self.pseudonym_length,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ManifestRow:
+    study_id: str
+    patient_id: str | None
+    status: str                                   # ok | quarantined
+    reason: str = ""
+    series_id: str | None = None                  # pseudonym of the chosen SeriesInstanceUID
+    series_description: str = ""                  # scrubbed
+    series_number: int | None = None
+    convolution_kernel: str = ""
+    selection_policy: str = ""
+    alternatives: str = "[]"                      # JSON list: other series + why not chosen
+    slices: int = 0                               # slices in the output volume
+    n_input_slices: int = 0
+    shape: list[int] = field(default_factory=list)          # (z, y, x) of the RAS+ volume
+    spacing: list[float] = field(default_factory=list)      # (z, y, x) mm
+    affine: list[float] = field(default_factory=list)       # 16 floats, row-major, on-disk (x, y, z) -> RAS
+    warnings: list[str] = field(default_factory=list)
+    resampled: bool = False
+    n_input_files: int = 0
+    source_hash: str = ""
+    config_hash: str = ""
+    volume_path: str | None = None                # relative to the output dir
+    transfer_syntaxes: list[str] = field(default_factory=list)
+    hu_min: int | None = None
+    hu_max: int | None = None
+    input_format: str = "dicom"
+    rescale_decision: str = ""                    # CT-RATE adapter: whether / why values were rescaled
+    converter_version: str = CONVERTER_VERSION
+    seconds: float = 0.0
+    reused: bool = False                          # not stored: this run reused the previous result
+
+    @classmethod
+    def from_record(cls, record: dict) -> "ManifestRow":
+        names = {f.name for f in fields(cls)}
+        clean = {k: v for k, v in record.items() if k in names}
+        for key in ("shape", "spacing", "affine", "warnings", "transfer_syntaxes"):
+            if clean.get(key) is not None:
+                clean[key] = list(clean[key])
+        return cls(**clean)
+
+
+def manifest_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("study_id", pa.string()),
+            ("patient_id", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("series_id", pa.string()),
+            ("series_description", pa.string()),
+            ("series_number", pa.int64()),
+            ("convolution_kernel", pa.string()),
+            ("selection_policy", pa.string()),
+            ("alternatives", pa.string()),
+            ("slices", pa.int64()),
+            ("n_input_slices", pa.int64()),
+            ("shape", pa.list_(pa.int64())),
+            ("spacing", pa.list_(pa.float64())),
+            ("affine", pa.list_(pa.float64())),
+            ("warnings", pa.list_(pa.string())),
+            ("resampled", pa.bool_()),
+            ("n_input_files", pa.int64()),
+            ("source_hash", pa.string()),
+            ("config_hash", pa.string()),
+            ("volume_path", pa.string()),
+            ("transfer_syntaxes", pa.list_(pa.string())),
+            ("hu_min", pa.int64()),
+            ("hu_max", pa.int64()),
+            ("input_format", pa.string()),
+            ("rescale_decision", pa.string()),
+            ("converter_version", pa.string()),
+            ("seconds", pa.float64()),
+        ],
+        metadata={
+            b"fvlm.axis_order": b"shape and spacing are (z, y, x); NIfTI arrays on disk are (x, y, z), RAS+",
+            b"fvlm.converter_version": CONVERTER_VERSION.encode(),
+        },
+    )
+
+
+def write_manifest(rows: list[ManifestRow], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = manifest_schema()
+    records = []
+    for row in sorted(rows, key=lambda r: r.study_id):
+        record = asdict(row)
+        record.pop("reused")
+        records.append(record)
+    table = pa.Table.from_pylist(records, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, ManifestRow]:
+    """Previous manifest rows by study_id (empty when the file is missing or unreadable)."""
+    import pyarrow.parquet as pq
+
+    manifest = Path(path)
+    if not manifest.is_file():
+        return {}
+    try:
+        records = pq.read_table(manifest).to_pylist()
+    except Exception as error:
+        logger.warning("previous manifest %s unreadable (%s); converting everything", manifest, type(error).__name__)
+        return {}
+    return {record["study_id"]: ManifestRow.from_record(record) for record in records}
+
+
+def write_unreadable(items: list[UnreadableFile], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("relative_path", pa.string()), ("reason", pa.string())])
+    table = pa.Table.from_pylist([asdict(item) for item in items], schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def reusable(previous: ManifestRow | None, source_hash: str, config_hash: str, output_dir: Path) -> bool:
+    if previous is None or previous.source_hash != source_hash or previous.config_hash != config_hash:
+        return False
+    """True when ``previous`` (the last run's row) still holds for these input and settings hashes."""
+    if previous.status == "ok":
+        return bool(previous.volume_path) and (output_dir / str(previous.volume_path)).is_file()
+    return True
+
+
+def remove_stale_volumes(output_dir: Path, study_id: str, keep: str | None = None) -> None:
+    """Delete the study's volume files (all NIfTI extensions but ``keep``)."""
+    for extension in layout.NIFTI_EXTENSIONS:
+        stale = layout.volume_path(output_dir, study_id, extension)
+        if extension != keep and stale.exists():
+            stale.unlink()
+
+
+@dataclass
+class ConvertSummary:
+    n_studies: int
+    n_ok: int
+    n_quarantined: int
+    n_reused: int
+    n_unreadable_files: int
+    n_files_seen: int
+    manifest_path: Path
+    unreadable_path: Path | None
+    seconds: float
+    rows: list[ManifestRow]
+
+    def describe(self) -> str:
+        lines = [
+            f"convert: {self.n_studies} studies ({self.n_ok} ok, {self.n_quarantined} quarantined, "
+            f"{self.n_reused} reused), {self.n_files_seen} files seen, {self.n_unreadable_files} unreadable, "
+            f"{self.seconds:.1f} s",
+            f"manifest: {self.manifest_path}",
+        ]
+        for row in self.rows:
+            if row.status != "ok":
+                lines.append(f"  quarantined {row.study_id}: {row.reason}")
+        return "\n".join(lines)
+
+
+InputFormat = Literal["dicom", "ctrate"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertJob:
+    """The convert stage: what to read, where to write, how (build it with :meth:`from_config`)."""
+
+    input_dir: Path
+    output_dir: Path
+    settings: ConvertSettings
+    input_format: InputFormat = "dicom"
+    metadata_csv: Path | None = None      # CT-RATE metadata CSV (input_format "ctrate")
+    workers: int = 1                      # study processes (the local run; the flow's max_workers)
+    decode_threads: int | None = None     # pixel decode threads per study; None: CPUs / workers
+
+    @classmethod
+    def from_config(
+        cls,
+        config: "FvlmConfig",
+        *,
+        input_dir: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        input_format: InputFormat | None = None,
+        metadata_csv: str | os.PathLike[str] | None = None,
+        strict: bool | None = None,
+        workers: int | None = None,
+        min_slices: int | None = None,
+        output_extension: str | None = None,
+    ) -> "ConvertJob":
+        """The job of ``config`` (paths.raw_dicom -> paths.converted, convert.*, privacy.*); a ``None``
+        override keeps the configured value."""
+        from core.config import or_config
+
+        section = config.convert
+        metadata = or_config(metadata_csv, section.ctrate_metadata_csv)
+        return cls(
+            input_dir=config.path(or_config(input_dir, config.paths.raw_dicom)),
+            output_dir=config.path(or_config(output_dir, config.paths.converted)),
+            input_format=or_config(input_format, section.input_format),
+            metadata_csv=config.path(metadata) if metadata else None,
+            workers=or_config(workers, section.workers),
+            settings=ConvertSettings(
+                salt=config.privacy.salt,
+                strict=or_config(strict, section.strict),
+                series_preference=tuple(section.series_preference),
+                min_slices=or_config(min_slices, section.min_slices),
+                max_spacing_deviation=section.max_spacing_deviation,
+                output_extension=or_config(output_extension, section.output_extension),
+                study_key_tag=section.study_key_tag,
+                pseudonym_length=config.privacy.pseudonym_length,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ConvertItem:
+    """One unit of convert work: the study's pseudonym (the only identity in logs and artifacts), its
+    source (``StudyFiles`` or a CT-RATE volume; PHI in memory only) and the last run's row."""
+
+    study_id: str
+    source: object
+    previous: ManifestRow | None
+
+
+def item_key(item: ConvertItem) -> str:
+    return item.study_id
+
+
+def convert_batch(items: list[ConvertItem], output_dir: str, settings: ConvertSettings,
+                  convert_one: Callable[..., ManifestRow]) -> list[ItemOutcome]:
+    """Batch function: convert each item (reusing unchanged ones); bad data -> quarantined outcome."""
+    outcomes = []
+    for item in items:
+        row = convert_one(item.source, output_dir, settings, previous=item.previous)
+        if row.status == "ok":
+            status, reason = ("skipped", "unchanged (reused)") if row.reused else ("ok", "")
+        else:
+            status, reason = "quarantined", row.reason
+        outcomes.append(ItemOutcome(item.study_id, status, reason, payload=row))  # type: ignore[arg-type]
+    return outcomes
+
+
+def local_conversions(workers: int, crash_row: Callable[[ConvertItem, str], ManifestRow]) -> MapBatches:
+    """The library's own ``map_batches``: one study at a time, in a spawn process pool when
+    ``workers > 1``; a crashed worker quarantines its study (``crash_row``)."""
+
+    def map_batches(items: Sequence[ConvertItem], batch_fn: Callable[[list[ConvertItem]], Sequence[ItemOutcome]],
+                    key_fn: Callable[[ConvertItem], str]) -> list[ItemOutcome]:
+        outcomes: list[ItemOutcome] = []
+
+        def done(outcome: ItemOutcome) -> None:
+            outcomes.append(outcome)
+            row = outcome.payload
+            logger.info("[%d/%d] %s %s%s", len(outcomes), len(items), row.study_id, row.status,
+                        " (reused)" if row.reused else "")
+
+        if workers <= 1 or len(items) <= 1:
+            for item in items:
+                for outcome in batch_fn([item]):
+                    done(outcome)
+            return outcomes
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(batch_fn, [item]): item for item in items}
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    for outcome in future.result():
+                        done(outcome)
+                except Exception as error:
+                    row = crash_row(item, f"worker process failed ({type(error).__name__})")
+                    done(ItemOutcome(key_fn(item), "quarantined", row.reason, payload=row))
+        return outcomes
+
+    return map_batches
+
+
+def convert_items(
+    items: list[ConvertItem],
+    output_dir: Path,
+    settings: ConvertSettings,
+    convert_one: Callable[..., ManifestRow],
+    crash_row: Callable[[ConvertItem, str], ManifestRow],
+    workers: int,
+    map_batches: MapBatches | None,
+) -> list[ManifestRow]:
+    """Run the items through ``map_batches`` (default :func:`local_conversions`); one row per item (an
+    item whose batch crashed under orchestration is quarantined as ``conversion crashed: <type>``)."""
+    mapper = map_batches or local_conversions(workers, crash_row)
+    batch_fn = functools.partial(convert_batch, output_dir=str(output_dir), settings=settings, convert_one=convert_one)
+    by_id = {item.study_id: item for item in items}
+    rows: list[ManifestRow] = []
+    for outcome in mapper(items, batch_fn, item_key):
+        if outcome.payload is not None:
+            rows.append(outcome.payload)
+        elif outcome.status == "failed":  # a crash, not bad data: still one manifest row per input study
+            rows.append(crash_row(by_id[outcome.key], f"conversion crashed: {outcome.reason.split(':', 1)[0]}"))
+    return rows
+
+
+def finish_conversion(rows: list[ManifestRow], unreadable: list[UnreadableFile], n_files_seen: int, out: Path,
+                      started: float) -> ConvertSummary:
+    """The last step of every conversion run: write both manifests atomically and summarise."""
+    manifest_path = layout.converted_manifest(out)
+    write_manifest(rows, manifest_path)
+    unreadable_path = layout.unreadable_table(out)
+    write_unreadable(unreadable, unreadable_path)
+    for row in rows:
+        if row.status != "ok":
+            logger.warning("%s: quarantined: %s", row.study_id, row.reason)
+    return ConvertSummary(
+        n_studies=len(rows),
+        n_ok=sum(r.status == "ok" for r in rows),
+        n_quarantined=sum(r.status != "ok" for r in rows),
+        n_reused=sum(r.reused for r in rows),
+        n_unreadable_files=len(unreadable),
+        n_files_seen=n_files_seen,
+        manifest_path=manifest_path,
+        unreadable_path=unreadable_path,
+        seconds=time.perf_counter() - started,
+        rows=sorted(rows, key=lambda r: r.study_id),
+    )
