@@ -101,6 +101,9 @@ def summarize(series: SeriesFiles, *, min_slices: int) -> SeriesSummary:
         excluded = "derived secondary images (DERIVED\\SECONDARY)"
     elif first.samples_per_pixel != 1:
         excluded = f"{first.samples_per_pixel} samples per pixel (colour image, not a CT volume)"
+    elif any(s.defect for s in slices):
+        bad = next(s for s in slices if s.defect)
+        excluded = f"{bad.relative_path}: {bad.defect}"
     elif first.orientation is None or first.position_mm is None:
         excluded = "no ImageOrientationPatient / ImagePositionPatient (geometry unknown)"
     elif abs(slice_normal(first.orientation)[2]) < AXIAL_MIN_COS:

@@ -39,6 +39,82 @@ class AssemblyError(ValueError):
     """A series that cannot become a volume; the message is a quarantine reason a person can act on."""
 
 
+# Value / geometry sanity (every threshold is listed in docs/bad_inputs.md)
+MIN_ABS_SLOPE = 1e-3            # |RescaleSlope| outside [1e-3, 1e3] cannot give CT numbers from 8..16-bit data
+MAX_ABS_SLOPE = 1e3
+MAX_ABS_INTERCEPT = 1e5         # |RescaleIntercept| above 1e5 HU is far outside any CT scale
+MAX_ABS_POSITION_MM = 1e5       # ImagePositionPatient beyond +-100 m is a corrupt header
+MAX_PIXEL_SPACING_MM = 100.0    # PixelSpacing / SliceThickness in (0, 100] mm
+MAX_VOLUME_BYTES = 8 << 30      # the int16 volume (slices x rows x columns x 2) at most 8 GiB
+MAX_RESAMPLE_FACTOR = 4         # uniform resampling may produce at most 4 n + 16 slices
+HU_CLIP_SUSPECT = 31000         # above the extended CT scale (30710 HU): wrong rescale / mis-signed data
+MAX_CLIPPED_FRACTION = 0.01     # quarantine when more than 1 % of voxels are above HU_CLIP_SUSPECT
+MIN_HU_CEILING = -200           # a CT volume holds air or fat somewhere: min HU above this = wrong intercept
+MIN_HU_RANGE = 100              # max - min below 100 HU: blank series or a crushed rescale
+
+
+def _finite(values) -> bool:
+    return values is not None and all(math.isfinite(float(v)) for v in values)
+
+
+def _value_checks(slices: list[SliceHeader]) -> None:
+    """Rescale slope / intercept of every slice: finite, non-zero and in a plausible range."""
+    for s in slices:
+        if s.defect:
+            raise AssemblyError(f"{s.relative_path}: {s.defect}")
+        slope = 1.0 if s.rescale_slope is None else float(s.rescale_slope)
+        intercept = 0.0 if s.rescale_intercept is None else float(s.rescale_intercept)
+        if not math.isfinite(slope) or not MIN_ABS_SLOPE <= abs(slope) <= MAX_ABS_SLOPE:
+            raise AssemblyError(
+                f"{s.relative_path}: RescaleSlope {slope:g} is not a usable HU transform "
+                f"(must be finite with |slope| in [{MIN_ABS_SLOPE:g}, {MAX_ABS_SLOPE:g}])"
+            )
+        if not math.isfinite(intercept) or abs(intercept) > MAX_ABS_INTERCEPT:
+            raise AssemblyError(
+                f"{s.relative_path}: RescaleIntercept {intercept:g} is not a usable HU transform "
+                f"(must be finite, |intercept| <= {MAX_ABS_INTERCEPT:g})"
+            )
+
+
+def _geometry_value_checks(slices: list[SliceHeader]) -> None:
+    """NaN / inf / absurd values in the geometry tags (before any arithmetic on them)."""
+    for s in slices:
+        for name, values in (("ImagePositionPatient", s.position_mm), ("ImageOrientationPatient", s.orientation),
+                             ("PixelSpacing", s.pixel_spacing_mm)):
+            if values is not None and not _finite(values):
+                raise AssemblyError(f"{s.relative_path}: {name} contains NaN or infinity ({', '.join(f'{v:g}' for v in values)})")
+        if s.position_mm is not None and max(abs(v) for v in s.position_mm) > MAX_ABS_POSITION_MM:
+            raise AssemblyError(f"{s.relative_path}: ImagePositionPatient beyond +-{MAX_ABS_POSITION_MM:g} mm (corrupt header)")
+        if s.orientation is not None:
+            for label, vector in (("row", s.orientation[:3]), ("column", s.orientation[3:])):
+                norm = math.sqrt(sum(v * v for v in vector))
+                if not 0.9 <= norm <= 1.1:
+                    raise AssemblyError(f"{s.relative_path}: ImageOrientationPatient {label} direction is not a unit vector (norm {norm:.3g})")
+        if s.pixel_spacing_mm is not None and not all(0 < v <= MAX_PIXEL_SPACING_MM for v in s.pixel_spacing_mm):
+            raise AssemblyError(f"{s.relative_path}: PixelSpacing {s.pixel_spacing_mm} outside (0, {MAX_PIXEL_SPACING_MM:g}] mm")
+        thickness = s.slice_thickness_mm
+        if thickness is not None and (not math.isfinite(thickness) or thickness < 0 or thickness > MAX_PIXEL_SPACING_MM):
+            raise AssemblyError(f"{s.relative_path}: SliceThickness {thickness:g} is NaN, infinite or outside [0, {MAX_PIXEL_SPACING_MM:g}] mm")
+
+
+def _hu_range_checks(volume: np.ndarray) -> None:
+    """The assembled HU values must look like CT (air or fat somewhere, contrast, no mass clipping)."""
+    low, high = int(volume.min()), int(volume.max())
+    if high - low < MIN_HU_RANGE:
+        raise AssemblyError(f"implausible HU range {low}..{high} (under {MIN_HU_RANGE} HU of contrast): blank series or wrong rescale")
+    if low > MIN_HU_CEILING:
+        raise AssemblyError(
+            f"implausible HU range {low}..{high}: no voxel below {MIN_HU_CEILING} HU (no air or fat), missing or wrong RescaleIntercept?"
+        )
+    if high > HU_CLIP_SUSPECT:
+        fraction = float(np.count_nonzero(volume > HU_CLIP_SUSPECT)) / volume.size
+        if fraction > MAX_CLIPPED_FRACTION:
+            raise AssemblyError(
+                f"implausible HU range {low}..{high}: {100 * fraction:.1f}% of voxels above {HU_CLIP_SUSPECT} HU "
+                "(wrong RescaleSlope/Intercept or mis-signed pixel data)"
+            )
+
+
 @dataclass
 class AssembledVolume:
     hu_kji: np.ndarray                  # int16, (slices, rows, columns) in DICOM index order
@@ -271,7 +347,11 @@ def assemble_series(
         raise AssemblyError("series has no slices")
     if len(slices) < min_slices:
         raise AssemblyError(f"{len(slices)} slice(s), fewer than min_slices={min_slices}")
+    _value_checks(slices)
+    _geometry_value_checks(slices)
     row_cos, col_cos, (row_spacing, column_spacing), rows, columns = _geometry_checks(slices)
+    if len(slices) * rows * columns * 2 > MAX_VOLUME_BYTES:
+        raise AssemblyError(f"volume of {len(slices)} x {rows} x {columns} voxels above {MAX_VOLUME_BYTES >> 30} GiB (implausible header)")
     normal = np.cross(row_cos, col_cos)
     positions = np.array([s.position_mm for s in slices], dtype=np.float64)
     along = positions @ normal
@@ -309,6 +389,13 @@ def assemble_series(
         )
     if problems and strict:
         raise AssemblyError("strict mode: " + "; ".join(problems))
+    if not uniform:
+        needed = int(round(float(along[-1] - along[0]) / spacing_k)) + 1
+        if needed > MAX_RESAMPLE_FACTOR * n + 16:
+            raise AssemblyError(
+                f"slice positions span {float(along[-1] - along[0]):.4g} mm at a median step of {spacing_k:.3g} mm: "
+                f"resampling would need {needed} slices from {n} (corrupt ImagePositionPatient?)"
+            )
 
     # decode slice by slice into a preallocated int16 array (one file's dataset alive per thread)
     volume = np.empty((n, rows, columns), dtype=np.int16)
@@ -332,6 +419,7 @@ def assemble_series(
     else:
         syntaxes = [fill(path) for path in slices_by_file]
 
+    _hu_range_checks(volume)
     resampled = False
     if tilted:
         for k in range(n):
