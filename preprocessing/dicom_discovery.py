@@ -280,6 +280,21 @@ def pixel_data_defect(ds, file_size: int | None) -> str | None:
     return None
 
 
+def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
+    """Why an ImageOrientationPatient cannot be used (NaN / inf, not two unit vectors), or None."""
+    import math
+
+    if orientation is None:
+        return None
+    if not all(math.isfinite(v) for v in orientation):
+        return f"ImageOrientationPatient contains NaN or infinity ({', '.join(f'{v:g}' for v in orientation)})"
+    for label, vector in (("row", orientation[:3]), ("column", orientation[3:])):
+        norm = math.sqrt(sum(v * v for v in vector))
+        if not 0.9 <= norm <= 1.1:
+            return f"ImageOrientationPatient {label} direction is not a unit vector (norm {norm:.3g})"
+    return None
+
+
 def headers_from_dataset(ds, path: Path, relative_path: str, *, file_size: int | None = None) -> list[SliceHeader]:
     """One :class:`SliceHeader` per slice: one for classic images, one per frame for Enhanced CT.
 

@@ -14,16 +14,18 @@ or raise :class:`AssemblyError` in strict mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from preprocessing.dicom_discovery import SliceHeader
+from preprocessing.dicom_discovery import SliceHeader, orientation_problem
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +81,14 @@ def _value_checks(slices: list[SliceHeader]) -> None:
 def _geometry_value_checks(slices: list[SliceHeader]) -> None:
     """NaN / inf / absurd values in the geometry tags (before any arithmetic on them)."""
     for s in slices:
-        for name, values in (("ImagePositionPatient", s.position_mm), ("ImageOrientationPatient", s.orientation),
-                             ("PixelSpacing", s.pixel_spacing_mm)):
+        problem = orientation_problem(s.orientation)
+        if problem:
+            raise AssemblyError(f"{s.relative_path}: {problem}")
+        for name, values in (("ImagePositionPatient", s.position_mm), ("PixelSpacing", s.pixel_spacing_mm)):
             if values is not None and not _finite(values):
                 raise AssemblyError(f"{s.relative_path}: {name} contains NaN or infinity ({', '.join(f'{v:g}' for v in values)})")
         if s.position_mm is not None and max(abs(v) for v in s.position_mm) > MAX_ABS_POSITION_MM:
             raise AssemblyError(f"{s.relative_path}: ImagePositionPatient beyond +-{MAX_ABS_POSITION_MM:g} mm (corrupt header)")
-        if s.orientation is not None:
-            for label, vector in (("row", s.orientation[:3]), ("column", s.orientation[3:])):
-                norm = math.sqrt(sum(v * v for v in vector))
-                if not 0.9 <= norm <= 1.1:
-                    raise AssemblyError(f"{s.relative_path}: ImageOrientationPatient {label} direction is not a unit vector (norm {norm:.3g})")
         if s.pixel_spacing_mm is not None and not all(0 < v <= MAX_PIXEL_SPACING_MM for v in s.pixel_spacing_mm):
             raise AssemblyError(f"{s.relative_path}: PixelSpacing {s.pixel_spacing_mm} outside (0, {MAX_PIXEL_SPACING_MM:g}] mm")
         thickness = s.slice_thickness_mm
@@ -225,6 +224,37 @@ def read_native_pixels(header: SliceHeader) -> np.ndarray | None:
     return raw
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET_DEPTH = 0
+
+
+@contextlib.contextmanager
+def _quiet_decoder_logs():
+    """pydicom logs a full traceback (logger.exception) for every decoder plugin that fails on a
+    corrupt frame before raising; the raised error becomes the quarantine reason, so the tracebacks
+    are noise in the console. Silenced while decoding (thread-safe: counted)."""
+    global _QUIET_DEPTH
+    loggers = [logging.getLogger(name) for name in _DECODER_LOGGERS]
+    with _QUIET_LOCK:
+        if _QUIET_DEPTH == 0:
+            _QUIET_DEPTH_STATE[:] = [logger.disabled for logger in loggers]
+            for logger in loggers:
+                logger.disabled = True
+        _QUIET_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET_DEPTH -= 1
+            if _QUIET_DEPTH == 0:
+                for logger, state in zip(loggers, _QUIET_DEPTH_STATE):
+                    logger.disabled = state
+
+
+_DECODER_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.decoders", "pydicom.pixel_data_handlers")
+_QUIET_DEPTH_STATE: list[bool] = []
+
+
 def decode_frames(path: Path) -> tuple[object, np.ndarray]:
     """Full read of one file; returns (dataset without pixel bytes, frames as (F, rows, cols))."""
     import pydicom
@@ -237,7 +267,8 @@ def decode_frames(path: Path) -> tuple[object, np.ndarray]:
         raise AssemblyError(f"{path.name}: no pixel data in file")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     try:
-        raw = ds.pixel_array
+        with _quiet_decoder_logs():
+            raw = ds.pixel_array
     except Exception as error:
         name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", syntax)
         message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
