@@ -51,7 +51,7 @@ MAX_VOLUME_BYTES = 8 << 30      # the int16 volume (slices x rows x columns x 2)
 MAX_RESAMPLE_FACTOR = 4         # uniform resampling may produce at most 4 n + 16 slices
 HU_CLIP_SUSPECT = 31000         # above the extended CT scale (30710 HU): wrong rescale / mis-signed data
 MAX_CLIPPED_FRACTION = 0.01     # quarantine when more than 1 % of voxels are above HU_CLIP_SUSPECT
-MIN_HU_CEILING = -200           # a CT volume holds air or fat somewhere: min HU above this = wrong intercept
+MIN_HU_CEILING = -200           # a CT volume holds air or fat somewhere: min HU above this = suspect intercept
 MIN_HU_RANGE = 100              # max - min below 100 HU: blank series or a crushed rescale
 
 
@@ -96,15 +96,21 @@ def _geometry_value_checks(slices: list[SliceHeader]) -> None:
             raise AssemblyError(f"{s.relative_path}: SliceThickness {thickness:g} is NaN, infinite or outside [0, {MAX_PIXEL_SPACING_MM:g}] mm")
 
 
-def _hu_range_checks(volume: np.ndarray) -> None:
-    """The assembled HU values must look like CT (air or fat somewhere, contrast, no mass clipping)."""
+def _hu_range_checks(volume: np.ndarray, slices: list[SliceHeader]) -> list[str]:
+    """The assembled HU values must look like CT (contrast, no mass clipping; air or fat somewhere).
+
+    No air / fat at all quarantines only when RescaleIntercept is missing (stored values taken as HU);
+    with an intercept present it is a warning (real small-FOV / test exports exist, e.g. cornerstone3d
+    CT0012 at -14..1199 HU)."""
     low, high = int(volume.min()), int(volume.max())
     if high - low < MIN_HU_RANGE:
         raise AssemblyError(f"implausible HU range {low}..{high} (under {MIN_HU_RANGE} HU of contrast): blank series or wrong rescale")
+    warnings: list[str] = []
     if low > MIN_HU_CEILING:
-        raise AssemblyError(
-            f"implausible HU range {low}..{high}: no voxel below {MIN_HU_CEILING} HU (no air or fat), missing or wrong RescaleIntercept?"
-        )
+        message = f"implausible HU range {low}..{high}: no voxel below {MIN_HU_CEILING} HU (no air or fat)"
+        if any(s.rescale_intercept is None for s in slices):
+            raise AssemblyError(f"{message} and RescaleIntercept missing: stored values are not HU")
+        warnings.append(f"{message}: wrong RescaleIntercept or a field of view inside the body?")
     if high > HU_CLIP_SUSPECT:
         fraction = float(np.count_nonzero(volume > HU_CLIP_SUSPECT)) / volume.size
         if fraction > MAX_CLIPPED_FRACTION:
@@ -112,6 +118,7 @@ def _hu_range_checks(volume: np.ndarray) -> None:
                 f"implausible HU range {low}..{high}: {100 * fraction:.1f}% of voxels above {HU_CLIP_SUSPECT} HU "
                 "(wrong RescaleSlope/Intercept or mis-signed pixel data)"
             )
+    return warnings
 
 
 @dataclass
@@ -450,7 +457,7 @@ def assemble_series(
     else:
         syntaxes = [fill(path) for path in slices_by_file]
 
-    _hu_range_checks(volume)
+    warnings += _hu_range_checks(volume, ordered)
     resampled = False
     if tilted:
         for k in range(n):

@@ -204,7 +204,7 @@ class DicomCase:
     name: str
     build: Callable[[Path], str]
     status: str
-    reason: str          # substring of the manifest reason ("" for ok)
+    reason: str          # substring of the manifest reason (of a warning for ok)
 
 
 DICOM_CASES: list[DicomCase] = [
@@ -220,7 +220,8 @@ DICOM_CASES: list[DicomCase] = [
     DicomCase("rescale_intercept_nan", _edited(RescaleIntercept="NaN"), "quarantined", "RescaleIntercept nan"),
     DicomCase("rescale_intercept_absurd", _edited(RescaleIntercept="-1e7"), "quarantined", "RescaleIntercept -1e+07"),
     # resulting HU range
-    DicomCase("hu_missing_intercept", missing_intercept, "quarantined", "no voxel below -200 HU"),
+    DicomCase("hu_missing_intercept", missing_intercept, "quarantined", "no voxel below -200 HU (no air or fat) and RescaleIntercept missing"),
+    DicomCase("hu_no_air_with_intercept", _edited(RescaleIntercept="0"), "ok", "no voxel below -200 HU"),  # warning only
     DicomCase("hu_mass_clipping", slope_clipping, "quarantined", "implausible HU range"),
     DicomCase("hu_blank_series", blank_series, "quarantined", "under 100 HU of contrast"),
     # geometry values

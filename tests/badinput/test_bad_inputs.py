@@ -60,6 +60,7 @@ def test_dicom_case(cohort, case) -> None:
     assert row.status == case.status, row.reason
     if case.status == "ok":
         assert row.volume_path and (cohort["out"] / row.volume_path).is_file()
+        assert not case.reason or any(case.reason in warning for warning in row.warnings), row.warnings
     else:
         assert case.reason in row.reason, row.reason
         assert row.volume_path is None
