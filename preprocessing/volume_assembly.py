@@ -428,7 +428,7 @@ def assemble_series(
     if problems and strict:
         raise AssemblyError("strict mode: " + "; ".join(problems))
     if not uniform:
-        needed = int(round(float(along[-1] - along[0]) / spacing_k)) + 1
+        needed = round(float(along[-1] - along[0]) / spacing_k) + 1
         if needed > MAX_RESAMPLE_FACTOR * n + 16:
             raise AssemblyError(
                 f"slice positions span {float(along[-1] - along[0]):.4g} mm at a median step of {spacing_k:.3g} mm: "

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.badinput.corpus import edit, series, write_enhanced_ct
-
 from preprocessing.dicom_discovery import pixel_data_defect, scan_dicom_tree
 from preprocessing.volume_assembly import AssemblyError, assemble_series
+from tests.badinput.corpus import edit, series, write_enhanced_ct
 
 
 def _slices(root: Path):
