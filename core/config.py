@@ -162,6 +162,7 @@ class VisionConfig(_Section):
 class TextConfig(_Section):
     name_or_path: str | None = "microsoft/BiomedVLP-CXR-BERT-specialized"  # None -> small BERT from scratch
     vocab_size: int = Field(4096, ge=64)
+    vocab_min_reports: int = Field(5, ge=1)  # scratch WordPiece: a word needs >= this many distinct reports (privacy)
     hidden: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)

@@ -103,6 +103,7 @@ class SliceHeader:
     pixel_representation: int = 0
     padding_value: int | None = None
     padding_limit: int | None = None
+    defect: str | None = None        # header inconsistent with the file (quarantine reason); pixels never read
 
 
 @dataclass
@@ -235,9 +236,72 @@ def sop_class_of(ds) -> str:
     return value
 
 
-def headers_from_dataset(ds, path: Path, relative_path: str) -> list[SliceHeader]:
-    """One :class:`SliceHeader` per slice: one for classic images, one per frame for Enhanced CT."""
-    frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+# Pixel data sanity, checked on the header BEFORE any allocation / decoding (docs/bad_inputs.md)
+MAX_IMAGE_DIMENSION = 8192            # Rows / Columns above this are not a CT slice
+MAX_FRAMES_PER_FILE = 20000           # Enhanced CT files hold a series (~1-3000 frames), never more
+MAX_DECODED_BYTES_PER_FILE = 4 << 30  # 4 GiB of decoded pixels from one file
+MAX_COMPRESSION_RATIO = 5000          # decoded bytes / file bytes for encapsulated (compressed) syntaxes
+UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+
+
+def pixel_data_defect(ds, file_size: int | None) -> str | None:
+    """Why the header's pixel dimensions cannot match the file (None when plausible).
+
+    Uses only header values and the file size, so a header claiming a billion frames or 60000 x
+    60000 pixels over a few kilobytes is rejected in constant time, never decoded or allocated."""
+    rows = _int_or_none(ds.get("Rows")) or 0
+    columns = _int_or_none(ds.get("Columns")) or 0
+    raw_frames = _int_or_none(ds.get("NumberOfFrames"))
+    frames = 1 if raw_frames is None else raw_frames
+    if raw_frames is not None and raw_frames < 1:
+        return f"NumberOfFrames {raw_frames} (must be >= 1)"
+    if rows > MAX_IMAGE_DIMENSION or columns > MAX_IMAGE_DIMENSION:
+        return f"Rows x Columns {rows} x {columns} above {MAX_IMAGE_DIMENSION} (implausible image size in header)"
+    if frames > MAX_FRAMES_PER_FILE:
+        return f"NumberOfFrames {frames} above {MAX_FRAMES_PER_FILE} (implausible frame count in header)"
+    bits = _int_or_none(ds.get("BitsAllocated")) or 16
+    samples = _int_or_none(ds.get("SamplesPerPixel")) or 1
+    expected = (rows * columns * frames * samples * bits + 7) // 8
+    if expected > MAX_DECODED_BYTES_PER_FILE:
+        return f"header claims {expected} bytes of pixel data ({frames} frame(s) of {rows} x {columns}), above {MAX_DECODED_BYTES_PER_FILE}"
+    if file_size is None or expected == 0:
+        return None
+    syntax = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("TransferSyntaxUID", "") or "")
+    claim = f"header claims {frames} frame(s) of {rows} x {columns} x {bits} bits = {expected} bytes"
+    if syntax in UNCOMPRESSED_SYNTAXES or not syntax:
+        if expected > file_size:
+            return f"pixel data size inconsistent with header: {claim}, file holds only {file_size} bytes"
+    elif syntax != DEFLATED_SYNTAX:  # encapsulated: one item (>= 8 bytes) per frame at least
+        if frames * 8 > file_size or expected > file_size * MAX_COMPRESSION_RATIO:
+            return f"pixel data size inconsistent with header: {claim} from a {file_size}-byte compressed file"
+    elif expected > file_size * MAX_COMPRESSION_RATIO:
+        return f"pixel data size inconsistent with header: {claim} from a {file_size}-byte deflated file"
+    return None
+
+
+def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
+    """Why an ImageOrientationPatient cannot be used (NaN / inf, not two unit vectors), or None."""
+    import math
+
+    if orientation is None:
+        return None
+    if not all(math.isfinite(v) for v in orientation):
+        return f"ImageOrientationPatient contains NaN or infinity ({', '.join(f'{v:g}' for v in orientation)})"
+    for label, vector in (("row", orientation[:3]), ("column", orientation[3:])):
+        norm = math.sqrt(sum(v * v for v in vector))
+        if not 0.9 <= norm <= 1.1:
+            return f"ImageOrientationPatient {label} direction is not a unit vector (norm {norm:.3g})"
+    return None
+
+
+def headers_from_dataset(ds, path: Path, relative_path: str, *, file_size: int | None = None) -> list[SliceHeader]:
+    """One :class:`SliceHeader` per slice: one for classic images, one per frame for Enhanced CT.
+
+    A header whose pixel dimensions cannot fit the file gives ONE header carrying ``defect`` (so
+    the cost stays bounded by the file, not by what NumberOfFrames claims)."""
+    defect = pixel_data_defect(ds, file_size)
+    frames = 1 if defect else (_int_or_none(ds.get("NumberOfFrames")) or 1)
     common = dict(
         path=path,
         relative_path=relative_path,
@@ -257,8 +321,9 @@ def headers_from_dataset(ds, path: Path, relative_path: str) -> list[SliceHeader
         pixel_representation=_int_or_none(ds.get("PixelRepresentation")) or 0,
         padding_value=_padding(ds, "PixelPaddingValue"),
         padding_limit=_padding(ds, "PixelPaddingRangeLimit"),
+        defect=defect,
     )
-    enhanced = frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
+    enhanced = not defect and (frames > 1 or "PerFrameFunctionalGroupsSequence" in ds)
     if not enhanced:
         return [
             SliceHeader(
@@ -402,7 +467,7 @@ def _scan_one(root: Path, path: Path, study_key_tag: str, studies: dict[str, Stu
     if instance:
         seen_instances[instance] = relative
     try:
-        headers = headers_from_dataset(ds, path, relative)
+        headers = headers_from_dataset(ds, path, relative, file_size=size)
     except Exception as error:
         study.problems.append(f"{relative}: unusable header ({type(error).__name__})")
         return

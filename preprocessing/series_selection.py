@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from preprocessing.dicom_discovery import SeriesFiles, SliceHeader
+from preprocessing.dicom_discovery import SeriesFiles, SliceHeader, orientation_problem
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -101,8 +101,13 @@ def summarize(series: SeriesFiles, *, min_slices: int) -> SeriesSummary:
         excluded = "derived secondary images (DERIVED\\SECONDARY)"
     elif first.samples_per_pixel != 1:
         excluded = f"{first.samples_per_pixel} samples per pixel (colour image, not a CT volume)"
+    elif any(s.defect for s in slices):
+        bad = next(s for s in slices if s.defect)
+        excluded = f"{bad.relative_path}: {bad.defect}"
     elif first.orientation is None or first.position_mm is None:
         excluded = "no ImageOrientationPatient / ImagePositionPatient (geometry unknown)"
+    elif orientation_problem(first.orientation):
+        excluded = f"{first.relative_path}: {orientation_problem(first.orientation)}"
     elif abs(slice_normal(first.orientation)[2]) < AXIAL_MIN_COS:
         excluded = "not axial (slice normal more than 45 degrees from the head-foot axis)"
     elif len(slices) < min_slices:

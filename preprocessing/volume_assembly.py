@@ -14,16 +14,18 @@ or raise :class:`AssemblyError` in strict mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from preprocessing.dicom_discovery import SliceHeader
+from preprocessing.dicom_discovery import SliceHeader, orientation_problem
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,86 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 class AssemblyError(ValueError):
     """A series that cannot become a volume; the message is a quarantine reason a person can act on."""
+
+
+# Value / geometry sanity (every threshold is listed in docs/bad_inputs.md)
+MIN_ABS_SLOPE = 1e-3            # |RescaleSlope| outside [1e-3, 1e3] cannot give CT numbers from 8..16-bit data
+MAX_ABS_SLOPE = 1e3
+MAX_ABS_INTERCEPT = 1e5         # |RescaleIntercept| above 1e5 HU is far outside any CT scale
+MAX_ABS_POSITION_MM = 1e5       # ImagePositionPatient beyond +-100 m is a corrupt header
+MAX_PIXEL_SPACING_MM = 100.0    # PixelSpacing / SliceThickness in (0, 100] mm
+MAX_VOLUME_BYTES = 8 << 30      # the int16 volume (slices x rows x columns x 2) at most 8 GiB
+MAX_RESAMPLE_FACTOR = 4         # uniform resampling may produce at most 4 n + 16 slices
+HU_CLIP_SUSPECT = 31000         # above the extended CT scale (30710 HU): wrong rescale / mis-signed data
+MAX_CLIPPED_FRACTION = 0.01     # quarantine when more than 1 % of voxels are above HU_CLIP_SUSPECT
+MIN_HU_CEILING = -200           # a CT volume holds air or fat somewhere: min HU above this = suspect intercept
+MIN_HU_RANGE = 100              # max - min below 100 HU: blank series or a crushed rescale
+
+
+def _finite(values) -> bool:
+    return values is not None and all(math.isfinite(float(v)) for v in values)
+
+
+def _value_checks(slices: list[SliceHeader]) -> None:
+    """Rescale slope / intercept of every slice: finite, non-zero and in a plausible range."""
+    for s in slices:
+        if s.defect:
+            raise AssemblyError(f"{s.relative_path}: {s.defect}")
+        slope = 1.0 if s.rescale_slope is None else float(s.rescale_slope)
+        intercept = 0.0 if s.rescale_intercept is None else float(s.rescale_intercept)
+        if not math.isfinite(slope) or not MIN_ABS_SLOPE <= abs(slope) <= MAX_ABS_SLOPE:
+            raise AssemblyError(
+                f"{s.relative_path}: RescaleSlope {slope:g} is not a usable HU transform "
+                f"(must be finite with |slope| in [{MIN_ABS_SLOPE:g}, {MAX_ABS_SLOPE:g}])"
+            )
+        if not math.isfinite(intercept) or abs(intercept) > MAX_ABS_INTERCEPT:
+            raise AssemblyError(
+                f"{s.relative_path}: RescaleIntercept {intercept:g} is not a usable HU transform "
+                f"(must be finite, |intercept| <= {MAX_ABS_INTERCEPT:g})"
+            )
+
+
+def _geometry_value_checks(slices: list[SliceHeader]) -> None:
+    """NaN / inf / absurd values in the geometry tags (before any arithmetic on them)."""
+    for s in slices:
+        problem = orientation_problem(s.orientation)
+        if problem:
+            raise AssemblyError(f"{s.relative_path}: {problem}")
+        for name, values in (("ImagePositionPatient", s.position_mm), ("PixelSpacing", s.pixel_spacing_mm)):
+            if values is not None and not _finite(values):
+                raise AssemblyError(f"{s.relative_path}: {name} contains NaN or infinity ({', '.join(f'{v:g}' for v in values)})")
+        if s.position_mm is not None and max(abs(v) for v in s.position_mm) > MAX_ABS_POSITION_MM:
+            raise AssemblyError(f"{s.relative_path}: ImagePositionPatient beyond +-{MAX_ABS_POSITION_MM:g} mm (corrupt header)")
+        if s.pixel_spacing_mm is not None and not all(0 < v <= MAX_PIXEL_SPACING_MM for v in s.pixel_spacing_mm):
+            raise AssemblyError(f"{s.relative_path}: PixelSpacing {s.pixel_spacing_mm} outside (0, {MAX_PIXEL_SPACING_MM:g}] mm")
+        thickness = s.slice_thickness_mm
+        if thickness is not None and (not math.isfinite(thickness) or thickness < 0 or thickness > MAX_PIXEL_SPACING_MM):
+            raise AssemblyError(f"{s.relative_path}: SliceThickness {thickness:g} is NaN, infinite or outside [0, {MAX_PIXEL_SPACING_MM:g}] mm")
+
+
+def _hu_range_checks(volume: np.ndarray, slices: list[SliceHeader]) -> list[str]:
+    """The assembled HU values must look like CT (contrast, no mass clipping; air or fat somewhere).
+
+    No air / fat at all quarantines only when RescaleIntercept is missing (stored values taken as HU);
+    with an intercept present it is a warning (real small-FOV / test exports exist, e.g. cornerstone3d
+    CT0012 at -14..1199 HU)."""
+    low, high = int(volume.min()), int(volume.max())
+    if high - low < MIN_HU_RANGE:
+        raise AssemblyError(f"implausible HU range {low}..{high} (under {MIN_HU_RANGE} HU of contrast): blank series or wrong rescale")
+    warnings: list[str] = []
+    if low > MIN_HU_CEILING:
+        message = f"implausible HU range {low}..{high}: no voxel below {MIN_HU_CEILING} HU (no air or fat)"
+        if any(s.rescale_intercept is None for s in slices):
+            raise AssemblyError(f"{message} and RescaleIntercept missing: stored values are not HU")
+        warnings.append(f"{message}: wrong RescaleIntercept or a field of view inside the body?")
+    if high > HU_CLIP_SUSPECT:
+        fraction = float(np.count_nonzero(volume > HU_CLIP_SUSPECT)) / volume.size
+        if fraction > MAX_CLIPPED_FRACTION:
+            raise AssemblyError(
+                f"implausible HU range {low}..{high}: {100 * fraction:.1f}% of voxels above {HU_CLIP_SUSPECT} HU "
+                "(wrong RescaleSlope/Intercept or mis-signed pixel data)"
+            )
+    return warnings
 
 
 @dataclass
@@ -149,6 +231,37 @@ def read_native_pixels(header: SliceHeader) -> np.ndarray | None:
     return raw
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET_DEPTH = 0
+
+
+@contextlib.contextmanager
+def _quiet_decoder_logs():
+    """pydicom logs a full traceback (logger.exception) for every decoder plugin that fails on a
+    corrupt frame before raising; the raised error becomes the quarantine reason, so the tracebacks
+    are noise in the console. Silenced while decoding (thread-safe: counted)."""
+    global _QUIET_DEPTH
+    loggers = [logging.getLogger(name) for name in _DECODER_LOGGERS]
+    with _QUIET_LOCK:
+        if _QUIET_DEPTH == 0:
+            _QUIET_DEPTH_STATE[:] = [logger.disabled for logger in loggers]
+            for logger in loggers:
+                logger.disabled = True
+        _QUIET_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET_DEPTH -= 1
+            if _QUIET_DEPTH == 0:
+                for logger, state in zip(loggers, _QUIET_DEPTH_STATE):
+                    logger.disabled = state
+
+
+_DECODER_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.decoders", "pydicom.pixel_data_handlers")
+_QUIET_DEPTH_STATE: list[bool] = []
+
+
 def decode_frames(path: Path) -> tuple[object, np.ndarray]:
     """Full read of one file; returns (dataset without pixel bytes, frames as (F, rows, cols))."""
     import pydicom
@@ -161,7 +274,8 @@ def decode_frames(path: Path) -> tuple[object, np.ndarray]:
         raise AssemblyError(f"{path.name}: no pixel data in file")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     try:
-        raw = ds.pixel_array
+        with _quiet_decoder_logs():
+            raw = ds.pixel_array
     except Exception as error:
         name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", syntax)
         message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
@@ -271,7 +385,11 @@ def assemble_series(
         raise AssemblyError("series has no slices")
     if len(slices) < min_slices:
         raise AssemblyError(f"{len(slices)} slice(s), fewer than min_slices={min_slices}")
+    _value_checks(slices)
+    _geometry_value_checks(slices)
     row_cos, col_cos, (row_spacing, column_spacing), rows, columns = _geometry_checks(slices)
+    if len(slices) * rows * columns * 2 > MAX_VOLUME_BYTES:
+        raise AssemblyError(f"volume of {len(slices)} x {rows} x {columns} voxels above {MAX_VOLUME_BYTES >> 30} GiB (implausible header)")
     normal = np.cross(row_cos, col_cos)
     positions = np.array([s.position_mm for s in slices], dtype=np.float64)
     along = positions @ normal
@@ -309,6 +427,13 @@ def assemble_series(
         )
     if problems and strict:
         raise AssemblyError("strict mode: " + "; ".join(problems))
+    if not uniform:
+        needed = round(float(along[-1] - along[0]) / spacing_k) + 1
+        if needed > MAX_RESAMPLE_FACTOR * n + 16:
+            raise AssemblyError(
+                f"slice positions span {float(along[-1] - along[0]):.4g} mm at a median step of {spacing_k:.3g} mm: "
+                f"resampling would need {needed} slices from {n} (corrupt ImagePositionPatient?)"
+            )
 
     # decode slice by slice into a preallocated int16 array (one file's dataset alive per thread)
     volume = np.empty((n, rows, columns), dtype=np.int16)
@@ -332,6 +457,7 @@ def assemble_series(
     else:
         syntaxes = [fill(path) for path in slices_by_file]
 
+    warnings += _hu_range_checks(volume, ordered)
     resampled = False
     if tilted:
         for k in range(n):

@@ -197,6 +197,9 @@ def predict_study(
     from segmentation.model_grid import EmptyRoiError, prepare_model_grid
     from training.evaluation import tracking
 
+    for name, given in (("input", input_path), ("mask", mask_path)):  # fail fast, before any model download
+        if given is not None and not Path(given).exists():
+            raise PredictionError(f"{given}: no such file or directory ({name})")
     tracking_uri = tracking.tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri)
     try:
         model_dir = tracking.resolve_model_dir(model_ref, tracking_uri, Path(work_dir) / "model")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,19 @@ _FALLBACK_CORPUS = (
 )
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str]) -> Any:
+_LONG_DIGITS = re.compile(r"\d{5,}")  # record / accession numbers never become tokens
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str], min_reports: int = 5) -> Any:
     """Build a lower-casing BERT WordPiece tokenizer from ``texts``; save it to ``out_dir``; return it.
 
     The vocabulary is built deterministically (the ``tokenizers`` WordPiece trainer breaks frequency ties
     in hash order, so two builds on the same texts differ, and DVC could not reproduce a run): the special
     tokens, every character seen and its ``##`` continuation, then whole words by descending frequency
     (ties alphabetical) up to ``vocab_size``. Rare words split into characters, as WordPiece does.
+    Privacy (the vocabulary is a logged artifact): a word becomes a token only when it occurs in at least
+    ``min_reports`` distinct texts (``model.text.vocab_min_reports``), and never when it holds a run of
+    >= 5 digits (record / accession numbers); a name or MRN that slipped past the scrubber stays out.
     The result is a ``transformers.PreTrainedTokenizerFast`` that ``AutoTokenizer.from_pretrained(out_dir)``
     loads again.
     """
@@ -52,11 +59,17 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=True, strip_accents=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     word_counts: Counter[str] = Counter()
-    for text in [*texts, *_FALLBACK_CORPUS]:
+    report_counts: Counter[str] = Counter()    # distinct texts a word occurs in
+    fallback = len(_FALLBACK_CORPUS)
+    for index, text in enumerate([*_FALLBACK_CORPUS, *texts]):
         if text and text.strip():
             normalized = normalizer.normalize_str(text)
-            word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalized))
+            words = [word for word, _ in pre_tokenizer.pre_tokenize_str(normalized)]
+            word_counts.update(words)
+            report_counts.update({word: (min_reports if index < fallback else 1) for word in set(words)})
     characters = sorted({char for word in word_counts for char in word})
+    word_counts = Counter({word: count for word, count in word_counts.items()
+                           if report_counts[word] >= min_reports and not _LONG_DIGITS.search(word)})
     vocab_tokens = [*SPECIAL_TOKENS, *characters, *(f"##{char}" for char in characters)]
     known = set(vocab_tokens)
     for word, _ in sorted(word_counts.items(), key=lambda item: (-item[1], item[0])):

@@ -142,7 +142,7 @@ def prepare_tokenizer(config: FvlmConfig, out_dir: Path, corpus: Iterable[str] |
         texts = [t for t in (corpus or []) if t and t.strip()]
         if not texts:
             log.warning("no training texts for the tokenizer: character-level fallback vocabulary")
-        build_tokenizer(texts, config.model.text.vocab_size, tokenizer_dir)
+        build_tokenizer(texts, config.model.text.vocab_size, tokenizer_dir, min_reports=config.model.text.vocab_min_reports)
     barrier(env)
     return str(tokenizer_dir)
 
