@@ -493,3 +493,67 @@ def use_params_file(params_path: Path, overlay_path: Path, *, name: str | None =
     tmp.write_text(new_text)
     os.replace(tmp, params_path)
     return changed
+
+
+# --- one set of stores --------------------------------------------------------------------------------
+def _service_healthy(run_dir: Path, name: str, url: str, timeout_s: float = 0.5) -> bool:
+    """The service ``fvlm services up`` started (PID file, live process) answers its health URL."""
+    import json
+    import urllib.request
+
+    try:
+        pid = int(json.loads((run_dir / f"{name}.pid").read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - 127.0.0.1 service
+            return 200 <= response.status < 300
+    except OSError:
+        return False
+
+
+def services_environment(config: FvlmConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables that point a command at the stores ``fvlm services up`` serves.
+
+    Running services (PID file + health check): ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` of the
+    servers. Not running: ``PREFECT_HOME=<services.data_dir>/prefect`` (Prefect's ephemeral server then
+    opens the very database the server will serve later) and MLflow's ``tracking.mlflow_tracking_uri``
+    (by default the SQLite file under ``<services.data_dir>/mlflow/`` the MLflow server opens). Variables
+    already set in ``environ`` are left alone (returned dict holds only what would be added).
+    """
+    environ = dict(os.environ) if environ is None else environ
+    services = config.services
+    data_dir = config.path(services.data_dir)
+    run_dir = data_dir / "run"
+    added: dict[str, str] = {}
+    if not environ.get("PREFECT_API_URL"):
+        api = f"http://{services.host}:{services.prefect_port}/api"
+        if config.tracking.prefect_api_url:
+            added["PREFECT_API_URL"] = config.tracking.prefect_api_url
+        elif _service_healthy(run_dir, "prefect", f"{api}/health"):
+            added["PREFECT_API_URL"] = api
+        elif not environ.get("PREFECT_HOME"):
+            added["PREFECT_HOME"] = str(data_dir.resolve() / "prefect")
+    if not environ.get("MLFLOW_TRACKING_URI"):
+        url = f"http://{services.host}:{services.mlflow_port}"
+        if _service_healthy(run_dir, "mlflow", f"{url}/health"):
+            added["MLFLOW_TRACKING_URI"] = url
+    return added
+
+
+def apply_services_environment(config: FvlmConfig) -> FvlmConfig:
+    """Export :func:`services_environment` into ``os.environ``; the config reloaded when the URI changed."""
+    added = services_environment(config)
+    os.environ.update(added)
+    if "PREFECT_HOME" in added:
+        Path(added["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        config.path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if "MLFLOW_TRACKING_URI" in added:
+        tracking = config.tracking.model_copy(update={"mlflow_tracking_uri": added["MLFLOW_TRACKING_URI"]})
+        config = config.model_copy(update={"tracking": tracking})
+    return config
