@@ -39,7 +39,8 @@ TRAIN_DEPLOYMENT = "train-weekly"
 REJECTED_DIR = "rejected"            # watch_dir/rejected/<batch>/<file> + reasons.csv (kept, never deleted)
 REASONS_FILE = "reasons.csv"
 INGESTED_REPORTS_DIR = "ingested_reports"  # beside reports_csv: each merged incoming CSV as it came
-_RESERVED = {REJECTED_DIR, ".ingested", ".rejected"}
+MASKS_DIR = "masks"                  # watch_dir/masks/<StudyInstanceUID>.nii.gz -> paths.precomputed_masks
+_RESERVED = {REJECTED_DIR, MASKS_DIR, ".ingested", ".rejected"}
 _TMP_SUFFIX = ".fvlm-ingest-tmp"
 
 
@@ -261,6 +262,7 @@ def collect_incoming(
     record: Recorder | None = None,
     in_cache: Any = None,
     archive_dir: Path | None = None,
+    masks_dir: Path | None = None,
 ) -> IngestResult:
     """Add settled studies in ``watch_dir`` to ``raw_dir`` by DICOM identity; merge report CSVs.
 
@@ -279,6 +281,9 @@ def collect_incoming(
       them (``dvc add``), ``in_cache(path)`` confirms each ingested file is in the DVC cache, and only
       then is the file removed from the watch folder. If recording fails nothing is removed (a rerun
       finds the copies as duplicates and completes).
+    * ``watch_dir/masks/`` (when ``masks_dir`` is given): precomputed masks named like the raw dataset's
+      (``<StudyInstanceUID>.nii.gz``) are added to ``masks_dir``; a different mask under a name that
+      exists is rejected.
     * ``archive_dir``: also copy every ingested file (and incoming CSV) to ``archive_dir/<time>/`` (the
       recorded copy when ``raw_dir`` is outside the repository).
     """
@@ -307,6 +312,24 @@ def collect_incoming(
 
     # ---- plan: identity of every incoming file, destination in the raw tree
     planned: list[_Planned] = []
+    masks_in = watch_dir / MASKS_DIR
+    planned_masks: list[_Planned] = []
+    if masks_dir is not None and masks_in.is_dir() and now - _newest_mtime(masks_in) >= settle_s:
+        for path in sorted(p for p in masks_in.rglob("*") if p.is_file()):
+            if not path.name.endswith((".nii.gz", ".nii")):
+                _reject(watch_dir, batch, path, "masks/ holds <StudyInstanceUID>.nii.gz files only", result)
+                continue
+            sha = _sha256(path)
+            destination = masks_dir / path.name
+            if destination.exists() and _sha256(destination) != sha:
+                _reject(watch_dir, batch, path, "a different mask of this study is already in the dataset", result)
+                continue
+            item = _Planned(path, destination, sha, duplicate=destination.exists())
+            if archive_dir is not None:
+                item.archive = archive_dir / batch / path.relative_to(watch_dir)
+            planned_masks.append(item)
+    elif masks_dir is not None and masks_in.is_dir():
+        result.not_settled += sum(1 for p in masks_in.rglob("*") if p.is_file())
     if settled_dirs:
         known = _index_raw_tree(raw_dir)
         taken: set[Path] = set()
@@ -370,6 +393,7 @@ def collect_incoming(
 
     # ---- copy (checked) into the raw tree (and the archive)
     written: list[Path] = []
+    planned += planned_masks
     for item in planned:
         if not item.duplicate:
             _copy_verified(item.source, item.destination, item.sha256)
@@ -392,7 +416,7 @@ def collect_incoming(
     # ---- record, verify, and only then remove from the watch folder
     if not planned and not merged_csvs:
         return result
-    targets = [raw_dir]
+    targets = [raw_dir] + ([masks_dir] if planned_masks and masks_dir is not None else [])
     if merged_csvs and reports_csv is not None:
         targets += [reports_csv, merged_csvs[0][1].parent]
     if archive_dir is not None:
@@ -414,7 +438,7 @@ def collect_incoming(
     for entry, _kept in merged_csvs:
         entry.unlink()
     result.removed_from_watch = len(planned) + len(merged_csvs)
-    for folder in settled_dirs:  # empty folders the ingested files leave behind
+    for folder in [*settled_dirs, *([masks_in] if planned_masks else [])]:  # empty folders the ingested files leave behind
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             if not any(sub.iterdir()):
                 sub.rmdir()
@@ -511,6 +535,7 @@ def ingest_flow(
         record=dvc_recorder(root, raw_dataset, log),
         in_cache=lambda path: in_dvc_cache(path, cache_dir),
         archive_dir=None if inside else config.path(config.paths.ingest_archive),
+        masks_dir=config.path(config.paths.precomputed_masks),
     )
     log.info(
         "ingest: %d new studies, %d files added to known studies, %d files ingested (%d already present), "
