@@ -496,8 +496,9 @@ def dvc_recorder(root: Path, raw_dataset: Path | None, log: Any = None) -> Any:
             target = dvc_target_for(path, root, raw_dataset)
             if target is None:
                 continue  # outside the repository: the archive copy is the record
-            if target not in targets and not any(t in target.parents for t in targets):
+            if target not in targets:
                 targets.append(target)
+        targets = [t for t in targets if not any(other in t.parents for other in targets)]  # outermost only
         if targets:
             run_command([executable("dvc"), "add", "-q", *(str(t.relative_to(root.resolve())) for t in targets)],
                         cwd=root, env=child_env(), log=log)
