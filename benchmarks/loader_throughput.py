@@ -6,7 +6,7 @@ ellipse, lungs, noise; uint8 anatomy mask) are written as shards with the produc
 
 1. raw:     ``zstandard`` one-shot ``decompress()`` of the volume + mask blobs already in memory (one
             thread), and the reader's own decode routine (zstd straight into a numpy array) on them;
-2. reader:  :meth:`training.data.ShardDataset.read_unit` (mmap Parquet row-group read + zstd into
+2. reader:  :meth:`training.trainer.data.ShardDataset.read_unit` (mmap Parquet row-group read + zstd into
             numpy), one process = one DataLoader worker's decode path; ratio reader / raw (target >= 0.8);
 3. loader:  full training samples/s (decode + random crop to the paper crop 112 x 256 x 352 + window +
             flips + intact flags) through a DataLoader with 0, 1 and 2 workers;
@@ -131,7 +131,7 @@ def decode_comparison(files: list[Path], blobs: list[tuple[bytes, bytes]], shape
     """
     import statistics
 
-    from training.data import ShardDataset
+    from training.trainer.data import ShardDataset
 
     dataset = ShardDataset(files, crop_zyx=(112, 256, 352), mode="eval")
     raw_times, into_times, reader_times, decoded = [], [], [], 0
@@ -150,7 +150,8 @@ def decode_comparison(files: list[Path], blobs: list[tuple[bytes, bytes]], shape
 def loader_volumes_s(files: list[Path], workers: int, epochs: int) -> float:
     import torch
 
-    from training.data import ShardDataset, collate_batch
+    from training.trainer.batch import collate_batch
+    from training.trainer.data import ShardDataset
 
     dataset = ShardDataset(files, crop_zyx=(112, 256, 352), hu_window=(-1150, 350), shuffle_buffer=2)
     count = 0

@@ -1,4 +1,4 @@
-"""Training-loop overhead: `training.train.train` vs a bare optimisation loop on the same model and batches.
+"""Training-loop overhead: `training.trainer.loop.train` vs a bare optimisation loop on the same model and batches.
 
 Peers measured in the same run (same model, batches, threads):
 
@@ -49,13 +49,13 @@ def synthetic_samples(n: int, crop_zyx: tuple[int, int, int], n_anatomies: int, 
 def bare_loop(config, source, anatomy_names, steps: int, tokenizer_dir: str) -> float:  # noqa: ANN001
     import torch
 
-    from training.model import build_model
-    from training.train import LossModule, _param_groups
+    from training.models.model import build_model
+    from training.trainer.step import LossModule, param_groups
 
     torch.manual_seed(0)
     model = build_model(config.model, anatomy_names, config.grid.crop_zyx, tokenizer_dir=tokenizer_dir)
     loss_module = LossModule(model, config.train, gather=False)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.train.weight_decay), lr=config.train.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, config.train.weight_decay), lr=config.train.lr)
     batches = list(source.iter_epoch(0))
     seconds, samples = 0.0, 0
     for step in range(steps + 1):
@@ -82,8 +82,9 @@ def main() -> int:
 
     from core.config import load_config
     from core.env import apply_offline_env
-    from training.text import build_tokenizer
-    from training.train import InMemoryBatches, train
+    from training.models.text import build_tokenizer
+    from training.trainer.batch import InMemoryBatches
+    from training.trainer.loop import train
 
     apply_offline_env()
     base = load_config(REPO / "params.yaml", profile=args.profile)

@@ -6,9 +6,9 @@
 Both configurations run the same model (same weights), the same batch and the same optimiser step:
 
 * fast:     bf16 autocast (CUDA only), SDPA attention (flash / memory-efficient kernels), anatomy pooling
-            batched over samples x anatomies, loss batched over anatomies (training.losses.fvlm_loss);
+            batched over samples x anatomies, loss batched over anatomies (training.models.losses.fvlm_loss);
 * faithful: fp32, explicit softmax(QK^T)V attention, a per-patient Python loop for the pooling and a
-            per-anatomy / per-patient loop for the loss (training.losses.fvlm_loss_reference).
+            per-anatomy / per-patient loop for the loss (training.models.losses.fvlm_loss_reference).
 
 Reported: samples/s, FLOPs per step (torch.utils.flop_counter.FlopCounterMode, forward + backward),
 MFU against the H100 SXM dense bf16 peak (989 TFLOP/s; --peak-tflops to change, n/a on CPU), peak
@@ -28,9 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,8 +102,8 @@ def make_batch(batch: int, crop_zyx: tuple[int, int, int], seed: int = 0) -> dic
             "report_text": reports}
 
 
-def build(model_cfg: Any, crop_zyx: tuple[int, int, int], tokenizer_dir: str) -> torch.nn.Module:
-    from training.model import build_model
+def build(model_cfg: ModelConfig, crop_zyx: tuple[int, int, int], tokenizer_dir: str) -> torch.nn.Module:
+    from training.models.model import build_model
 
     torch.manual_seed(0)
     return build_model(model_cfg, ANATOMIES, crop_zyx, tokenizer_dir=tokenizer_dir if model_cfg.text.name_or_path is None else None)
@@ -108,7 +111,7 @@ def build(model_cfg: Any, crop_zyx: tuple[int, int, int], tokenizer_dir: str) ->
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any], fast: bool,
                device: torch.device) -> float:
-    from training.losses import fvlm_loss, fvlm_loss_reference
+    from training.models.losses import fvlm_loss, fvlm_loss_reference
 
     volume = batch["volume"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
@@ -142,7 +145,7 @@ def count_flops(model: torch.nn.Module, batch: dict[str, Any], device: torch.dev
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.losses import fvlm_loss
+    from training.models.losses import fvlm_loss
 
     configure(model, fast=True)
     model.set_attention("math")
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (3 if tiny else 10)
     batch = make_batch(batch_size, crop)
 
-    from training.text import build_tokenizer
+    from training.models.text import build_tokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
         corpus = [sentence for group in SENTENCES for sentence in group]

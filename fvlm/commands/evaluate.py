@@ -51,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
     metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "eval.json"
     model_ref = args.model or default_model_ref(config)
 
-    from core.io import sha256_file
-    from core.anatomy_sets import ANATOMY_SETS_FILE
     from torch.utils.data import DataLoader
 
-    from training.data import ShardDataset, collate_batch, shard_paths
-    from training.evaluate import data_hash, run_evaluation
+    from core.anatomy_sets import ANATOMY_SETS_FILE
+    from core.io import sha256_file
+    from training.evaluation.evaluate import data_hash, run_evaluation
+    from training.trainer.batch import collate_batch
+    from training.trainer.data import ShardDataset, shard_paths
 
     def batches(split: str):  # noqa: ANN202
         dataset = ShardDataset.from_dir(

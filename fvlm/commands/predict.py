@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from fvlm.commands import load_config_from_args
-    from training.predict import PredictionError, predict_study, write_prediction
+    from training.inference.predict import PredictionError, predict_study, write_prediction
 
     config = load_config_from_args(args)
     model_ref = args.model or f"models:/{config.tracking.registered_model}@{config.evaluate.promote_alias}"

@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     out = config.path(args.out or config.paths.models)
     metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "train.json"
 
-    from training.data import ShardBatches, ShardDataset, read_shard_metadata
-    from training.train import NonFiniteLossError, train
+    from training.trainer.data import ShardBatches, ShardDataset, read_shard_metadata
+    from training.trainer.loop import NonFiniteLossError, train
 
     try:
         metadata = read_shard_metadata(shards)

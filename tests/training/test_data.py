@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
-from training.data import (
+from training.trainer.batch import collate_batch
+from training.trainer.data import (
     ShardBatches,
     ShardDataset,
     ShardReadError,
-    collate_batch,
     read_shard_metadata,
     shard_paths,
 )
-from training.transforms import anatomy_intact, centred_starts, cut_faces, extract_crop, window_hu
+from training.trainer.transforms import anatomy_intact, centred_starts, cut_faces, extract_crop, window_hu
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
 LABELS = tuple(f"label_{i}" for i in range(18))
@@ -30,7 +30,7 @@ WIDE_WINDOW = (-32768.0, 32767.0)
 # the pytest process may run threads of earlier tests (the Prefect harness) that plain fork() copies
 # into the workers, which then occasionally die at exit.
 WORKER_CONTEXT = multiprocessing.get_context("forkserver")
-WORKER_CONTEXT.set_forkserver_preload(["torch", "pyarrow.parquet", "zstandard", "training.data", __name__])
+WORKER_CONTEXT.set_forkserver_preload(["torch", "pyarrow.parquet", "zstandard", "training.trainer.data", __name__])
 
 
 def as_list(samples):

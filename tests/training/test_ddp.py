@@ -42,7 +42,7 @@ def _inputs():
 
 
 def _loss(model: nn.Module, rows: slice, gather: bool) -> torch.Tensor:
-    from training.losses import clip_loss, fvlm_loss
+    from training.models.losses import clip_loss, fvlm_loss
 
     image_in, text_in, valid, abnormal, texts, peer = _inputs()
     image, text, scale = model(image_in[rows], text_in[rows])
@@ -89,7 +89,7 @@ def ddp_results(tmp_path_factory) -> Path:
     """Spawn 2 gloo ranks once; each writes its gradients for both checks below."""
     import torch.multiprocessing as mp
 
-    from training.text import build_tokenizer
+    from training.models.text import build_tokenizer
 
     out = tmp_path_factory.mktemp("ddp")
     build_tokenizer(["lungs clear", "heart normal nodule enlarged opacity", "normal study cardiomegaly"], 128, out / "tokenizer")
@@ -114,7 +114,7 @@ def test_gathered_loss_gradients_match_single_process(ddp_results):
 
 @pytest.mark.parametrize("shape", [(4, 3, 8), (4,)])
 def test_gather_is_identity_without_process_group(shape):
-    from training.distributed import gather_features, is_distributed
+    from training.models.distributed import gather_features, is_distributed
 
     assert not is_distributed()
     tensor = torch.randn(*shape)
@@ -123,7 +123,7 @@ def test_gather_is_identity_without_process_group(shape):
 
 def _tiny_fvlm(tokenizer_dir: str):
     from core.config import ModelConfig
-    from training.model import build_model
+    from training.models.model import build_model
 
     cfg = ModelConfig.model_validate({
         "vision": {"patch_zyx": [4, 8, 8], "embed_dim": 16, "depth": 2, "heads": 2, "pool_layers": [1]},
@@ -146,7 +146,7 @@ def _fvlm_batch():
 
 
 def _fvlm_step_loss(model, rows: slice, gather: bool) -> torch.Tensor:
-    from training.losses import clip_loss, fvlm_loss
+    from training.models.losses import clip_loss, fvlm_loss
 
     volume, mask, texts, abnormal, reports = _fvlm_batch()
     out = model(volume[rows], mask[rows], texts[rows], reports[rows])

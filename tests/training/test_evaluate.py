@@ -9,22 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import (
-    Embeddings,
-    ZeroShotSpec,
-    embed_batches,
-    plot_roc_curves,
-    score_splits,
-    zero_shot_probabilities,
-    zero_shot_spec,
-)
-from training.metrics import (
+from training.evaluation.evaluate import plot_roc_curves, score_splits
+from training.evaluation.metrics import (
     best_f1_threshold,
     binary_metrics,
     bootstrap_auc,
     roc_auc,
     roc_curve,
     youden_threshold,
+)
+from training.models.zero_shot import (
+    Embeddings,
+    ZeroShotSpec,
+    embed_batches,
+    zero_shot_probabilities,
+    zero_shot_spec,
 )
 
 

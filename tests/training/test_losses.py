@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.distributed import text_keys
-from training.losses import clip_loss, coteach_targets, fvlm_loss, fvlm_loss_reference, peer_logits, soft_targets
+from training.models.distributed import text_keys
+from training.models.losses import (
+    clip_loss,
+    coteach_targets,
+    fvlm_loss,
+    fvlm_loss_reference,
+    peer_logits,
+    soft_targets,
+)
 
 SCALE = torch.tensor(10.0)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from core.config import ModelConfig, load_config
-from training.losses import clip_loss, fvlm_loss
-from training.model import FVLM, build_model
-from training.pooling import AnatomyPooling, mask_to_patch_grid
-from training.text import build_tokenizer
-from training.vit3d import ViT3D
+from training.models.losses import clip_loss, fvlm_loss
+from training.models.model import FVLM, build_model
+from training.models.pooling import AnatomyPooling, mask_to_patch_grid
+from training.models.text import build_tokenizer
+from training.models.vit3d import ViT3D
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
 REPORTS = [
@@ -226,7 +226,7 @@ def test_text_tower_from_local_pretrained_dir(tmp_path):
 def test_text_tower_skips_a_masked_lm_head(tokenizer_dir):
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from training.text import TextTower
+    from training.models.text import TextTower
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
@@ -248,7 +248,8 @@ def test_training_package_imports_without_optional_stacks(repo_root):
         "import sys\n"
         "for name in ('transformers', 'tokenizers', 'prefect', 'mlflow', 'pandas', 'spacy'):\n"
         "    sys.modules[name] = None\n"
-        "import training.model, training.losses, training.pooling, training.vit3d, training.text, training.distributed\n"
+        "import training.models.model, training.models.losses, training.models.pooling, training.models.vit3d, training.models.text, training.models.distributed\n"
+        "import training.models.zero_shot\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True)
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
-from training.predict import PredictionError, center_crop_or_pad, predict_study
-from training.train import InMemoryBatches, train
+from training.inference.predict import PredictionError, center_crop_or_pad, predict_study
+from training.trainer.batch import InMemoryBatches
+from training.trainer.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.text import build_tokenizer
+from training.models.text import build_tokenizer
 
 TEXTS = [
     "A 7 mm nodule is seen in the right upper lobe.",

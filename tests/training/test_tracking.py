@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tests.training.test_train_support import ANATOMIES, CROP_ZYX, make_samples, tiny_config
-from training.train import InMemoryBatches, TrainResult, train
+from training.trainer.batch import InMemoryBatches
+from training.trainer.loop import TrainResult, train
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
 def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any]) -> None:
     import mlflow
 
-    from training.tracking import promote_if_better, resolve_model_dir
+    from training.evaluation.tracking import promote_if_better, resolve_model_dir
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -80,7 +81,7 @@ def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any]) ->
 
 
 def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> None:
-    from training.tracking import promote_if_better, register_model
+    from training.evaluation.tracking import promote_if_better, register_model
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -110,7 +111,7 @@ def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> No
 
 
 def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str, Any]) -> None:
-    from training.evaluate import run_evaluation
+    from training.evaluation.evaluate import run_evaluation
 
     root, config, result = tracked["root"], tracked["config"], tracked["result"]
     val, test = make_samples(8, seed=11), make_samples(8, seed=12)
@@ -139,7 +140,7 @@ def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str,
 
 
 def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path) -> None:
-    from training.tracking import NullTracker, make_tracker
+    from training.evaluation.tracking import NullTracker, make_tracker
 
     config = tiny_config(tmp_path, tracking={"enabled": True})
     tracker = make_tracker(config.tracking, config.root, is_main_process=False)
@@ -155,7 +156,7 @@ def test_result_type(tracked: dict[str, Any]) -> None:
 
 def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:
     from core.io import sha256_file
-    from training.tracking import provenance_tags, tracking_uri_for
+    from training.evaluation.tracking import provenance_tags, tracking_uri_for
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     (tmp_path / "shards").mkdir()

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
-from training.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
-from training.schedule import warmup_cosine_factor
-from training.train import InMemoryBatches, NonFiniteLossError, train
+from training.trainer.batch import InMemoryBatches
+from training.trainer.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
+from training.trainer.loop import NonFiniteLossError, train
+from training.trainer.schedule import warmup_cosine_factor
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples
     # 16 samples / batch 4 = 4 batches per epoch; 8 steps cross an epoch boundary; kill after step 3
     config = tiny_config(tmp_path, train={"checkpoint_every": 100, "coteaching_alpha": 0.5})
     # the WordPiece trainer orders equal-frequency pieces arbitrarily: give both runs one tokenizer
-    from training.text import build_tokenizer
+    from training.models.text import build_tokenizer
 
     build_tokenizer(_source(samples).texts(), config.model.text.vocab_size, tmp_path / "full" / "tokenizer")
     shutil.copytree(tmp_path / "full" / "tokenizer", tmp_path / "resumed" / "tokenizer")
@@ -66,7 +67,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples
                     corpus_texts=_source(samples).texts())
     assert resumed.resumed_from_step == 3
     assert resumed.losses == reference.losses          # bit-exact, steps 1..8
-    from training.model import FVLM
+    from training.models.model import FVLM
 
     a = FVLM.from_pretrained(tmp_path / "full" / "model").state_dict()
     b = FVLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()

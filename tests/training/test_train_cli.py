@@ -1,4 +1,4 @@
-"""`fvlm train` -> `fvlm evaluate` on real Parquet shards (shard schema + training.data reader)."""
+"""`fvlm train` -> `fvlm evaluate` on real Parquet shards (shard schema + training.trainer.data reader)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
 from core.anatomy_sets import CTRATE_LABELS
+from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
 from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
 
 HU_WINDOW = (-1150.0, 350.0)

@@ -23,7 +23,8 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
-    from training.train import InMemoryBatches, train
+    from training.trainer.batch import InMemoryBatches
+    from training.trainer.loop import train
 
     config = tiny_config(Path(root), train={"checkpoint_every": 2})
     source = InMemoryBatches(make_samples(16, seed=3), batch_size=2, rank=rank, world_size=world_size)
@@ -36,7 +37,7 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_train_in_lockstep(tmp_path: Path) -> None:
-    from training.checkpoint import load_checkpoint
+    from training.trainer.checkpoint import load_checkpoint
 
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     losses = [json.loads((tmp_path / f"losses_{rank}.json").read_text()) for rank in range(2)]

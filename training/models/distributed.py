@@ -1,9 +1,14 @@
-"""Gather helpers for contrastive losses under DDP (torch.distributed).
+"""The one DDP helper module: process-group setup for the trainer and feature gathers for the losses.
 
-``gather_features`` follows open_clip's ``gather_features(local_loss=False)``: every rank receives the
-whole global batch in rank order; the slice that came from this rank is the *original* tensor (it keeps
-its autograd graph), the other ranks' slices are detached copies, and every rank computes the same
-global loss.
+Process group (used by :mod:`training.trainer`): :func:`init_distributed` reads rank / world size /
+local rank from torchrun's environment, picks the device and initialises the process group (NCCL on
+CUDA, gloo on CPU) when the world is larger than one; :func:`barrier` and :func:`all_gather_object`
+are no-ops in a single process.
+
+Feature gathers (used by :mod:`training.models.losses`). ``gather_features`` follows open_clip's
+``gather_features(local_loss=False)``: every rank receives the whole global batch in rank order; the
+slice that came from this rank is the *original* tensor (it keeps its autograd graph), the other ranks'
+slices are detached copies, and every rank computes the same global loss.
 
 Gradient scale. Plain open_clip (``gather_with_grad=False``) gives each rank only the part of
 d(loss)/d(theta) that flows through its own samples; DDP then *averages* over ranks, so tower weights
@@ -21,9 +26,68 @@ Without an initialised process group every helper is the identity.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+
+# ------------------------------------------------------------------------------ process group
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the run: rank, world size, local rank and the device it trains on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(use_gpu: bool) -> DistEnv:
+    """Rank / world from torchrun's environment; initialise the process group when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    this_rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = use_gpu and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        this_rank, world = dist.get_rank(), dist.get_world_size()
+    return DistEnv(this_rank, world, local_rank, device)
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_gather_object(env: DistEnv, value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` in a single process)."""
+    if not env.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def is_distributed() -> bool:
@@ -45,16 +109,17 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+# ------------------------------------------------------------------------------ feature gathers
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by ``factor``."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: torch.Tensor, factor: float) -> torch.Tensor:
         ctx.factor = factor
         return tensor.view_as(tensor)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.factor, None
 
 

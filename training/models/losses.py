@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from training.distributed import gather_features, text_keys
+from training.models.distributed import gather_features, text_keys
 
 _MASKED_LOGIT = -1.0e9
 

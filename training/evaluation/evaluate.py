@@ -1,9 +1,8 @@
-"""Zero-shot evaluation: per-label (negative, positive) prompt pairs scored against anatomy embeddings.
+"""Zero-shot evaluation: metrics of the per-label zero-shot probabilities on the val / test splits.
 
-For a label whose anatomy is k (``core/anatomy_sets.yaml``), the probability of the positive
-class is ``softmax(logit_scale * [e_k . t_neg, e_k . t_pos])[1]`` with ``e_k`` the study's anatomy-k
-embedding (the global embedding for the CLIP baseline, and as a recorded fallback when anatomy k is
-absent from the crop) and ``t_*`` the prompt text embeddings. Unknown labels (-1) are left out per label.
+The probabilities come from :mod:`training.models.zero_shot` (prompt pairs scored against the anatomy
+embeddings; the global embedding for the CLIP baseline and as a recorded fallback for an absent
+anatomy). Unknown labels (-1) are left out per label.
 
 Two protocols are reported, never mixed:
 
@@ -23,189 +22,29 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from training.metrics import binary_metrics, bootstrap_auc, choose_threshold, youden_threshold
+from training.evaluation.metrics import binary_metrics, bootstrap_auc, choose_threshold, youden_threshold
+from training.models.zero_shot import (
+    ZeroShotSpec,
+    embed_batches,
+    load_zero_shot_model,
+    prompt_embeddings,
+    zero_shot_probabilities,
+    zero_shot_spec,
+)
+
+if TYPE_CHECKING:
+    from core.config import EvaluateConfig, FvlmConfig
+    from training.models.model import FVLM
 
 log = logging.getLogger(__name__)
-
-ZERO_SHOT_FILE = "zero_shot.json"
 METRIC_NAMES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "f1_weighted")
-
-
-# ------------------------------------------------------------------------------------ zero-shot spec
-@dataclass(frozen=True)
-class ZeroShotSpec:
-    anatomy_set: str
-    anatomy_names: tuple[str, ...]
-    labels: tuple[str, ...]                 # scored labels, CT-RATE order
-    label_columns: tuple[int, ...]          # column of each scored label in the 18-label vectors
-    anatomy_index: tuple[int, ...]          # anatomy slot k of each scored label
-    prompts: tuple[tuple[str, str], ...]    # (negative, positive) per scored label
-    use_global: bool = False                # CLIP baseline: score the global embedding
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "ZeroShotSpec":
-        return cls(
-            anatomy_set=raw["anatomy_set"],
-            anatomy_names=tuple(raw["anatomy_names"]),
-            labels=tuple(raw["labels"]),
-            label_columns=tuple(int(c) for c in raw["label_columns"]),
-            anatomy_index=tuple(int(k) for k in raw["anatomy_index"]),
-            prompts=tuple((str(p[0]), str(p[1])) for p in raw["prompts"]),
-            use_global=bool(raw.get("use_global", False)),
-        )
-
-
-def zero_shot_spec(
-    anatomy_set_name: str,
-    model_anatomy_names: Sequence[str] | None = None,
-    *,
-    use_global: bool = False,
-    prompts_file: str | Path | None = None,
-) -> ZeroShotSpec:
-    """Scored labels + prompt pairs of an anatomy set (``prompts_file``: YAML/JSON label -> [neg, pos])."""
-    from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
-
-    anatomy_set = load_anatomy_set(anatomy_set_name)
-    if model_anatomy_names is not None and tuple(model_anatomy_names) != anatomy_set.anatomy_names:
-        raise ValueError(
-            f"model anatomies {tuple(model_anatomy_names)} differ from anatomy set {anatomy_set_name!r} "
-            f"{anatomy_set.anatomy_names}"
-        )
-    prompts = dict(anatomy_set.prompts)
-    if prompts_file is not None:
-        import yaml
-
-        override = yaml.safe_load(Path(prompts_file).read_text()) or {}
-        for label, pair in override.items():
-            if label not in CTRATE_LABELS or len(pair) != 2:
-                raise ValueError(f"{prompts_file}: label {label!r} must be a CT-RATE label with [negative, positive]")
-            prompts[label] = (str(pair[0]), str(pair[1]))
-    labels = anatomy_set.scored_labels()
-    return ZeroShotSpec(
-        anatomy_set=anatomy_set.name,
-        anatomy_names=anatomy_set.anatomy_names,
-        labels=labels,
-        label_columns=tuple(CTRATE_LABELS.index(label) for label in labels),
-        anatomy_index=tuple(anatomy_set.index(anatomy_set.label_anatomy[label]) for label in labels),
-        prompts=tuple(prompts[label] for label in labels),
-        use_global=use_global,
-    )
-
-
-def write_zero_shot_spec(
-    model_dir: str | Path, spec: ZeroShotSpec, *, hu_window: Sequence[float], spacing_zyx_mm: Sequence[float]
-) -> Path:
-    """``zero_shot.json`` next to the saved model: the spec + the preprocessing the model expects."""
-    from core.io import atomic_write_text
-
-    payload = {**spec.to_json(), "hu_window": list(hu_window), "spacing_zyx_mm": list(spacing_zyx_mm)}
-    target = Path(model_dir) / ZERO_SHOT_FILE
-    atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
-    return target
-
-
-def read_zero_shot_spec(model_dir: str | Path) -> tuple[ZeroShotSpec, dict[str, Any]]:
-    source = Path(model_dir) / ZERO_SHOT_FILE
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: no zero-shot spec (model not saved by `fvlm train`?)")
-    raw = json.loads(source.read_text())
-    return ZeroShotSpec.from_json(raw), raw
-
-
-# ------------------------------------------------------------------------------------ embeddings
-@dataclass
-class Embeddings:
-    study_ids: list[str]
-    anatomy: np.ndarray       # (N, K, D) float32
-    global_: np.ndarray       # (N, D)
-    present: np.ndarray       # (N, K) bool
-    labels: np.ndarray        # (N, 18) int8, -1 unknown
-
-
-@torch.no_grad()
-def embed_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]]) -> Embeddings:
-    """Image embeddings of every study, in first-seen order.
-
-    Batches from the reader's ``eval_mode="anatomy"`` carry ``crop_anatomy`` (one crop per anatomy
-    present, centred on it): the anatomy-k embedding of a study is taken from its crop centred on k,
-    its global embedding is the mean over its crops (re-normalised). Otherwise one crop per study.
-    """
-    model.eval()
-    device = model.device
-    order: list[str] = []
-    rows: dict[str, dict[str, Any]] = {}
-    for batch in batches:
-        out = model.encode_image(batch["volume"].to(device), batch["mask"].to(device))
-        anatomy = out["anatomy"].float().cpu().numpy()
-        global_ = out["global_"].float().cpu().numpy()
-        present = out["anatomy_present"].cpu().numpy().astype(bool)
-        labels = torch.as_tensor(batch["labels"]).cpu().numpy().astype(np.int8)
-        crop_anatomy = batch.get("crop_anatomy")
-        for i, study_id in enumerate(batch["study_id"]):
-            if study_id not in rows:
-                order.append(study_id)
-                rows[study_id] = {"anatomy": np.zeros_like(anatomy[i]), "present": np.zeros_like(present[i]),
-                                  "global": [], "labels": labels[i]}
-            row = rows[study_id]
-            row["global"].append(global_[i])
-            if crop_anatomy is None:
-                row["anatomy"], row["present"] = anatomy[i], present[i]
-            else:
-                k = int(crop_anatomy[i])
-                row["anatomy"][k], row["present"][k] = anatomy[i, k], present[i, k]
-    if not order:
-        raise ValueError("no studies to evaluate (empty split)")
-    global_mean = np.stack([np.mean(rows[s]["global"], axis=0) for s in order])
-    global_mean /= np.maximum(np.linalg.norm(global_mean, axis=1, keepdims=True), 1e-12)
-    return Embeddings(
-        order,
-        np.stack([rows[s]["anatomy"] for s in order]),
-        global_mean.astype(np.float32),
-        np.stack([rows[s]["present"] for s in order]),
-        np.stack([rows[s]["labels"] for s in order]),
-    )
-
-
-@torch.no_grad()
-def prompt_embeddings(model: torch.nn.Module, spec: ZeroShotSpec) -> np.ndarray:
-    """(S, 2, D): (negative, positive) prompt embeddings per scored label."""
-    model.eval()
-    flat = [text for pair in spec.prompts for text in pair]
-    encoded = model.encode_text(flat).float().cpu().numpy()
-    return encoded.reshape(len(spec.prompts), 2, -1)
-
-
-def zero_shot_probabilities(
-    embeddings: Embeddings, prompt_emb: np.ndarray, spec: ZeroShotSpec, logit_scale: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S) positive-class probabilities and (N, S) bool 'scored on the global embedding (fallback)'."""
-    n = embeddings.anatomy.shape[0]
-    probabilities = np.zeros((n, len(spec.labels)), dtype=np.float64)
-    used_global = np.zeros((n, len(spec.labels)), dtype=bool)
-    for s, k in enumerate(spec.anatomy_index):
-        if spec.use_global:
-            image = embeddings.global_
-            used_global[:, s] = True
-        else:
-            absent = ~embeddings.present[:, k]
-            image = np.where(absent[:, None], embeddings.global_, embeddings.anatomy[:, k])
-            used_global[:, s] = absent
-        logits = logit_scale * image.astype(np.float64) @ prompt_emb[s].astype(np.float64).T  # (N, 2)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        probabilities[:, s] = exp[:, 1] / exp.sum(axis=1)
-    return probabilities, used_global
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -282,7 +121,7 @@ def plot_roc_curves(
     import matplotlib.pyplot as plt
 
     from core.io import atomic_path
-    from training.metrics import roc_auc, roc_curve
+    from training.evaluation.metrics import roc_auc, roc_curve
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -341,7 +180,7 @@ class SplitScores:
 
 
 def score_model_on(
-    model: torch.nn.Module, spec: ZeroShotSpec, batches: Iterable[dict[str, Any]]
+    model: FVLM, spec: ZeroShotSpec, batches: Iterable[Mapping[str, Any]]
 ) -> SplitScores:
     embeddings = embed_batches(model, batches)
     prompts = prompt_embeddings(model, spec)
@@ -352,11 +191,11 @@ def score_model_on(
 
 
 def evaluate_model(
-    model: torch.nn.Module,
+    model: FVLM,
     spec: ZeroShotSpec,
-    val_batches: Iterable[dict[str, Any]],
-    test_batches: Iterable[dict[str, Any]],
-    eval_cfg: Any,
+    val_batches: Iterable[Mapping[str, Any]],
+    test_batches: Iterable[Mapping[str, Any]],
+    eval_cfg: EvaluateConfig,
     *,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -403,7 +242,7 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------ the stage
 def run_evaluation(
-    config: Any,
+    config: FvlmConfig,
     model_ref: str | Path,
     val_batches: Callable[[], Iterable[dict[str, Any]]],
     test_batches: Callable[[], Iterable[dict[str, Any]]],
@@ -420,10 +259,9 @@ def run_evaluation(
     tracking on, the metrics go to an evaluation run linked to the training run (``mlflow.parentRunId``
     and ``train_run_id`` tags); when the model is a registered version, the evaluation-data hash and
     the mean AUC are tagged on it and ``evaluate.promote_alias`` moves to it only if it beats the
-    current holder on the same data (:func:`training.tracking.promote_if_better`).
+    current holder on the same data (:func:`training.evaluation.tracking.promote_if_better`).
     """
-    from training import tracking
-    from training.predict import load_zero_shot_model
+    from training.evaluation import tracking
 
     out = Path(out_dir)
     tracking_uri = tracking.tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri)

@@ -20,13 +20,16 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
 MODEL_DIR_ARTIFACT = "model_dir"
-MODEL_CONFIG_FILE = "fvlm_config.json"    # training.model.CONFIG_FILE (not imported: keeps this light)
+MODEL_CONFIG_FILE = "fvlm_config.json"    # training.models.model.CONFIG_FILE (not imported: keeps this light)
 EVAL_HASH_TAG = "eval_data_hash"
 MEAN_AUC_TAG = "mean_auc"
 _PARAM_VALUE_LIMIT = 6000
@@ -50,6 +53,8 @@ class NullTracker:
 
 class MlflowTracker(NullTracker):
     """One MLflow run, addressed by id everywhere (the active run is thread-local, ENV.md)."""
+
+    run_id: str  # always set once constructed
 
     def __init__(
         self,
@@ -146,7 +151,7 @@ class MlflowTracker(NullTracker):
 
 
 def make_tracker(
-    tracking_cfg: Any,
+    tracking_cfg: TrackingConfig,
     root: str | Path,
     *,
     is_main_process: bool,
@@ -204,7 +209,7 @@ def optional_file_hash(path: str | Path) -> str | None:
 
 def provenance_tags(root: str | Path, shards_dir: str | Path | None) -> dict[str, str]:
     """git commit, dvc.lock hash and shard manifest hash (keys absent when the thing is absent)."""
-    code_root = Path(__file__).resolve().parents[1]          # the commit of the code that ran
+    code_root = Path(__file__).resolve().parents[2]          # the commit of the code that ran (repo root)
     tags: dict[str, str | None] = {
         "git_commit": git_commit(code_root) or git_commit(root),
         "dvc_lock_sha256": optional_file_hash(Path(root) / "dvc.lock"),
@@ -219,18 +224,18 @@ def _pyfunc_class() -> type:
     """The pyfunc wrapper class, defined lazily so importing this module never imports mlflow."""
     import mlflow.pyfunc
 
-    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):
+    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         """Zero-shot per-label probabilities from (volume, mask) on the model grid."""
 
         def load_context(self, context):  # noqa: ANN001 - MLflow inspects type hints; keep none
-            from training.predict import load_zero_shot_model
+            from training.models.zero_shot import load_zero_shot_model
 
             self.bundle = load_zero_shot_model(context.artifacts[MODEL_DIR_ARTIFACT])
 
         def predict(self, context, model_input, params=None):  # noqa: ANN001
             import pandas as pd
 
-            from training.predict import predict_arrays
+            from training.models.zero_shot import predict_arrays
 
             probabilities = predict_arrays(self.bundle, model_input["volume"], model_input["mask"])
             return pd.DataFrame(probabilities, columns=list(self.bundle.spec.labels))

@@ -13,71 +13,26 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from training.evaluate import ZeroShotSpec, read_zero_shot_spec, zero_shot_probabilities, Embeddings
+from training.models.zero_shot import (
+    ZeroShotModel,
+    embed_arrays,
+    load_zero_shot_model,
+    zero_shot_probabilities,
+)
+
+if TYPE_CHECKING:
+    from core.config import FvlmConfig
 
 log = logging.getLogger(__name__)
 
 
 class PredictionError(RuntimeError):
     """A study that cannot be predicted; the message names the input and the reason (no PHI)."""
-
-
-@dataclass
-class ZeroShotModel:
-    model: torch.nn.Module
-    spec: ZeroShotSpec
-    meta: dict[str, Any]            # zero_shot.json (hu_window, spacing_zyx_mm, ...)
-    prompt_emb: np.ndarray          # (S, 2, D)
-    logit_scale: float
-    model_dir: Path
-
-    @property
-    def crop_zyx(self) -> tuple[int, int, int]:
-        return tuple(int(c) for c in self.model.crop_zyx)  # type: ignore[return-value]
-
-
-def load_zero_shot_model(model_dir: str | Path, device: str | torch.device = "cpu") -> ZeroShotModel:
-    """Load ``FVLM.save_pretrained`` dir + ``zero_shot.json``; prompt embeddings computed once."""
-    from training.evaluate import prompt_embeddings
-    from training.model import FVLM
-
-    folder = Path(model_dir)
-    model = FVLM.from_pretrained(folder, map_location=device).eval()
-    spec, meta = read_zero_shot_spec(folder)
-    return ZeroShotModel(model, spec, meta, prompt_embeddings(model, spec),
-                         float(model.logit_scale.detach().cpu()), folder)
-
-
-@torch.no_grad()
-def embed_arrays(bundle: ZeroShotModel, volume: Any, mask: Any) -> Embeddings:
-    device = bundle.model.device
-    volume_t = torch.as_tensor(np.asarray(volume), dtype=torch.float32, device=device)
-    mask_t = torch.as_tensor(np.asarray(mask).astype(np.int64), device=device)
-    if volume_t.dim() == 4:
-        volume_t = volume_t.unsqueeze(1)
-    out = bundle.model.encode_image(volume_t, mask_t)
-    n = volume_t.shape[0]
-    return Embeddings(
-        study_ids=[str(i) for i in range(n)],
-        anatomy=out["anatomy"].float().cpu().numpy(),
-        global_=out["global_"].float().cpu().numpy(),
-        present=out["anatomy_present"].cpu().numpy().astype(bool),
-        labels=np.full((n, 18), -1, dtype=np.int8),
-    )
-
-
-def predict_arrays(bundle: ZeroShotModel, volume: Any, mask: Any) -> np.ndarray:
-    """(B, S) positive-class probabilities for volume (B,1,Z,Y,X) in [0, 1] and mask (B,Z,Y,X) 0..K."""
-    embeddings = embed_arrays(bundle, volume, mask)
-    probabilities, _ = zero_shot_probabilities(embeddings, bundle.prompt_emb, bundle.spec, bundle.logit_scale)
-    return probabilities
 
 
 def window_hu(hu_zyx: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
@@ -113,8 +68,8 @@ def predict_prepared(
     hu_window = tuple(bundle.meta.get("hu_window", (-1150.0, 350.0)))
     found = np.argwhere(anatomy_mask_zyx > 0)
     center = tuple(((found.min(0) + found.max(0)) // 2).tolist()) if found.size else None
-    volume = center_crop_or_pad(window_hu(hu_zyx, hu_window), crop, 0.0, center)  # type: ignore[arg-type]
-    mask = center_crop_or_pad(anatomy_mask_zyx.astype(np.uint8), crop, 0, center)  # type: ignore[arg-type]
+    volume = center_crop_or_pad(window_hu(hu_zyx, hu_window), crop, 0.0, center)
+    mask = center_crop_or_pad(anatomy_mask_zyx.astype(np.uint8), crop, 0, center)
     embeddings = embed_arrays(bundle, volume[None, None], mask[None])
     probabilities, used_global = zero_shot_probabilities(embeddings, bundle.prompt_emb, bundle.spec, bundle.logit_scale)
     spec = bundle.spec
@@ -151,7 +106,7 @@ def write_prediction(payload: dict[str, Any], out_path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ the stage
-def load_input_image(input_path: str | Path, config: Any, work_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+def load_input_image(input_path: str | Path, config: FvlmConfig, work_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """A RAS+ nibabel HU image for a NIfTI file or a DICOM directory holding exactly one study.
 
     DICOM goes through the preprocessing library (series selection, HU, geometry, de-identification);
@@ -195,7 +150,7 @@ def load_input_image(input_path: str | Path, config: Any, work_dir: str | Path) 
                    "series_description": row.series_description}
 
 
-def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: Any, anatomy_set_name: str) -> Any:
+def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmConfig, anatomy_set_name: str) -> Any:
     """TotalSegmentator ``total`` ids (x, y, z) on the image's grid: from ``mask_path`` or the backend."""
     import nibabel as nib
     import numpy as np
@@ -231,7 +186,7 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: Any, 
 
 
 def predict_study(
-    config: Any,
+    config: FvlmConfig,
     model_ref: str | Path,
     input_path: str | Path,
     *,
@@ -240,7 +195,7 @@ def predict_study(
 ) -> dict[str, Any]:
     """DICOM dir / NIfTI (+ mask) -> prediction payload (per-anatomy, per-label probabilities)."""
     from segmentation.model_grid import EmptyRoiError, prepare_model_grid
-    from training import tracking
+    from training.evaluation import tracking
 
     tracking_uri = tracking.tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri)
     try:

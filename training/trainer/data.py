@@ -5,7 +5,7 @@ studies each) across DDP ranks x DataLoader workers: every epoch the row groups 
 one order by a ``(seed, epoch)`` generator, identical on every rank and worker, and global worker
 ``g = rank * num_workers + worker_id`` takes every ``world_size * num_workers``-th of them. Rows are
 decoded (zstd -> int16 / uint8 arrays) inside the workers, shuffled through a buffer seeded by
-``(seed, epoch, g)`` and transformed (:mod:`training.transforms`). Call :meth:`ShardDataset.set_epoch`
+``(seed, epoch, g)`` and transformed (:mod:`training.trainer.transforms`). Call :meth:`ShardDataset.set_epoch`
 before each epoch (do not use ``persistent_workers``: a worker keeps the epoch it was started with).
 
 Modes: ``"train"`` random crop + flips, one sample per study; ``"eval"`` deterministic, no flips,
@@ -13,10 +13,11 @@ no shuffle, with ``eval_mode`` ``"center"`` (crop centred on the union of the an
 (one sample per anatomy present, crop centred on that anatomy; ``sample["crop_anatomy"] = k``) or
 ``"full"`` (no crop: the whole stored volume, batch size 1 unless volumes share a shape).
 
-Batches (:func:`collate_batch`) follow the training batch contract: volume float32 (B, 1, Z, Y, X) in
-[0, 1]; mask uint8 (B, Z, Y, X) with 0 background, k+1 anatomy k; anatomy_intact / anatomy_abnormal
-bool (B, K); anatomy_text list[list[str]]; labels int8 (B, L), -1 unknown; report_text, study_id lists.
-Axis order is (z, y, x) throughout.
+Batches are made by :func:`training.trainer.batch.collate_batch` and follow the one batch contract
+(:class:`training.trainer.batch.Batch`: volume float32 (B, 1, Z, Y, X) in [0, 1]; mask uint8
+(B, Z, Y, X) with 0 background, k+1 anatomy k; anatomy_intact / anatomy_abnormal bool (B, K);
+anatomy_text list[list[str]]; labels int8 (B, L), -1 unknown; report_text, study_id lists; crop_anatomy
+in eval ``"anatomy"`` mode). Axis order is (z, y, x) throughout.
 
 :class:`ShardBatches` wraps it as the trainer's ``BatchSource`` (``iter_epoch(epoch)``), with equal
 batch counts on every DDP rank.
@@ -31,11 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from core.layout import SHARD_PART_GLOB, shard_parts
 from preprocessing.shard_schema import decode_array
-from training.transforms import (
+from training.trainer.batch import Batch, collate_batch
+from training.trainer.transforms import (
     anatomy_intact,
     centred_starts,
     cut_faces,
@@ -46,7 +48,7 @@ from training.transforms import (
     window_hu,
 )
 
-PART_GLOB = "part-*.parquet"
+PART_GLOB = SHARD_PART_GLOB
 METADATA_KEY = b"fvlm"
 ROW_COLUMNS: tuple[str, ...] = (
     "study_id", "volume", "shape", "mask", "anatomy_text", "anatomy_abnormal", "labels", "report_text",
@@ -59,7 +61,7 @@ class ShardReadError(RuntimeError):
 
 def shard_paths(shards_dir: str | os.PathLike[str], split: str) -> list[Path]:
     """Complete shard files of a split (hidden temp files of an unfinished write are never listed)."""
-    return sorted((Path(shards_dir) / split).glob(PART_GLOB))
+    return shard_parts(shards_dir, split)
 
 
 def _open(path: Path) -> Any:
@@ -153,7 +155,7 @@ class ShardDataset(IterableDataset):
         self.label_names: tuple[str, ...] = tuple(self.metadata.get("label_names", ()))
 
     @classmethod
-    def from_dir(cls, shards_dir: str | os.PathLike[str], split: str, **kwargs: Any) -> "ShardDataset":
+    def from_dir(cls, shards_dir: str | os.PathLike[str], split: str, **kwargs: Any) -> ShardDataset:
         files = shard_paths(shards_dir, split)
         if not files:
             raise FileNotFoundError(f"{Path(shards_dir) / split}: no shard files ({PART_GLOB})")
@@ -258,10 +260,11 @@ class ShardDataset(IterableDataset):
             yield self._sample(row, centred_starts(hu_volume.shape, self.crop_zyx, centre), rng, n_anatomies)
         else:  # anatomy-centred crops, one per present anatomy
             for k in range(n_anatomies):
-                centre = label_centre(anatomy_mask, k + 1)
-                if centre is None:
+                anatomy_centre = label_centre(anatomy_mask, k + 1)
+                if anatomy_centre is None:
                     continue
-                sample = self._sample(row, centred_starts(hu_volume.shape, self.crop_zyx, centre), rng, n_anatomies)
+                starts = centred_starts(hu_volume.shape, self.crop_zyx, anatomy_centre)
+                sample = self._sample(row, starts, rng, n_anatomies)
                 sample["crop_anatomy"] = k
                 yield sample
 
@@ -299,24 +302,6 @@ def _shuffled(stream: Iterator[dict[str, Any]], size: int, rng: np.random.Genera
         buffer[index] = sample
     for index in rng.permutation(len(buffer)):
         yield buffer[int(index)]
-
-
-def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into the training batch contract (tensors + lists of strings)."""
-    batch: dict[str, Any] = {
-        "volume": torch.from_numpy(np.stack([s["volume"] for s in samples])).float(),
-        "mask": torch.from_numpy(np.stack([s["mask"] for s in samples])),
-        "anatomy_intact": torch.from_numpy(np.stack([np.asarray(s["anatomy_intact"], dtype=bool) for s in samples])),
-        "anatomy_abnormal": torch.from_numpy(
-            np.stack([np.asarray(s["anatomy_abnormal"], dtype=bool) for s in samples])),
-        "anatomy_text": [list(s["anatomy_text"]) for s in samples],
-        "labels": torch.from_numpy(np.stack([np.asarray(s["labels"], dtype=np.int8) for s in samples])),
-        "report_text": [str(s["report_text"]) for s in samples],
-        "study_id": [str(s["study_id"]) for s in samples],
-    }
-    if all("crop_anatomy" in s for s in samples):
-        batch["crop_anatomy"] = torch.tensor([int(s["crop_anatomy"]) for s in samples], dtype=torch.int64)
-    return batch
 
 
 class ShardBatches:
@@ -370,7 +355,7 @@ class ShardBatches:
         rank, _ = self.dataset.rank_world()
         return min(counts) if self.equal_ranks else counts[rank]
 
-    def iter_epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
         self.dataset.set_epoch(epoch)
         counts = self.batches_per_rank(epoch)
         rank, _ = self.dataset.rank_world()

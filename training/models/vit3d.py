@@ -28,7 +28,8 @@ AttentionKind = Literal["sdpa", "math"]
 class PatchEmbed3D(nn.Module):
     def __init__(self, patch_zyx: Sequence[int], embed_dim: int, in_channels: int = 1) -> None:
         super().__init__()
-        self.patch_zyx = tuple(int(p) for p in patch_zyx)
+        pz, py, px = (int(p) for p in patch_zyx)
+        self.patch_zyx = (pz, py, px)
         self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=self.patch_zyx, stride=self.patch_zyx)
 
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -39,7 +40,7 @@ class PatchEmbed3D(nn.Module):
             raise ValueError(f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} on axis {','.join(bad)}")
         embedded = self.proj(volume)
         grid = tuple(embedded.shape[2:])
-        return embedded.flatten(2).transpose(1, 2), grid  # type: ignore[return-value]
+        return embedded.flatten(2).transpose(1, 2), grid
 
 
 class Attention(nn.Module):
@@ -116,7 +117,7 @@ class ViT3D(nn.Module):
 
     def set_attention(self, attention: AttentionKind) -> None:
         for block in self.blocks:
-            block.attn.attention = attention
+            block.attn.attention = attention  # type: ignore[union-attr]
 
     def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """(1, N, D) position embeddings for ``grid``, trilinearly resized from the trained grid."""

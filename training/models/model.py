@@ -28,15 +28,18 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.pooling import AnatomyPooling, mask_to_patch_grid
-from training.text import TextTower
-from training.vit3d import AttentionKind, ViT3D
+from training.models.pooling import AnatomyPooling, mask_to_patch_grid
+from training.models.text import TextTower
+from training.models.vit3d import AttentionKind, ViT3D
+
+if TYPE_CHECKING:
+    from core.config import ModelConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ MAX_TEMPERATURE = 0.5
 class FVLM(nn.Module):
     def __init__(
         self,
-        model_cfg: Any,
+        model_cfg: ModelConfig,
         anatomy_names: Sequence[str],
         crop_zyx: Sequence[int],
         text_tower: TextTower,
@@ -159,7 +162,7 @@ class FVLM(nn.Module):
         self.text.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         state = self.state_dict()
         if self.text_pretrained:
-            self.text.encoder.save_pretrained(str(out / TEXT_ENCODER_DIR))
+            self.text.encoder.save_pretrained(str(out / TEXT_ENCODER_DIR))  # type: ignore[operator]
             state = {key: value for key, value in state.items() if not key.startswith("text.encoder.")}
         with atomic_path(out / WEIGHTS_FILE) as tmp:
             torch.save(state, tmp)
@@ -175,7 +178,7 @@ class FVLM(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "FVLM":
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> FVLM:
         folder = Path(directory)
         config_file = folder / CONFIG_FILE
         if not config_file.is_file():
@@ -196,7 +199,7 @@ class FVLM(nn.Module):
 
 
 def build_model(
-    model_cfg: Any,
+    model_cfg: ModelConfig,
     anatomy_names: Sequence[str],
     crop_zyx: Sequence[int],
     tokenizer_dir: str | None = None,
@@ -208,10 +211,10 @@ def build_model(
     Text tower: ``model_cfg.text.name_or_path`` set -> pretrained encoder from that hub id / local path
     (``text_encoder_path`` overrides it, e.g. a saved model) and its tokenizer (or ``tokenizer_dir``);
     unset -> scratch BERT whose vocabulary comes from the WordPiece tokenizer in ``tokenizer_dir`` (built
-    by ``training.text.build_tokenizer`` from the training reports). Without ``tokenizer_dir`` a
+    by ``training.models.text.build_tokenizer`` from the training reports). Without ``tokenizer_dir`` a
     character-level fallback tokenizer is built (works, but train one on your reports).
     """
-    from training import text as text_module
+    from training.models import text as text_module
 
     text_cfg = model_cfg.text
     if text_cfg.name_or_path is not None:
@@ -240,7 +243,7 @@ def _vocab_size(tokenizer: Any) -> int:
     return len(tokenizer)
 
 
-def _config_to_dict(model_cfg: Any) -> dict[str, Any]:
+def _config_to_dict(model_cfg: ModelConfig) -> dict[str, Any]:
     if hasattr(model_cfg, "model_dump"):
         return model_cfg.model_dump(mode="json")
     return json.loads(json.dumps(model_cfg, default=lambda value: vars(value)))

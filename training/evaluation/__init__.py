@@ -1,0 +1,1 @@
+"""Zero-shot evaluation (``evaluate``, ``metrics``) and the MLflow tracking / registry code (``tracking``)."""

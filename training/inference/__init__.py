@@ -1,0 +1,1 @@
+"""Prediction: a new DICOM / NIfTI study -> per-anatomy, per-label zero-shot probabilities (``predict``)."""

@@ -1,0 +1,106 @@
+"""One optimisation step's parts: the model + loss module DDP wraps, AdamW parameter groups, the EMA peer
+update and the token counts behind the throughput figures (shared by the loop and the benchmarks)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from core.config import TrainConfig
+    from training.models.model import FVLM
+
+
+class LossModule(nn.Module):
+    """model + loss in one ``forward`` so DistributedDataParallel's hooks see every parameter use."""
+
+    def __init__(self, model: FVLM, train_cfg: TrainConfig, gather: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_kind = train_cfg.loss
+        self.normal_positives = train_cfg.normal_positives
+        self.alpha = float(train_cfg.coteaching_alpha)
+        self.gather = gather
+
+    def forward(
+        self, batch: Mapping[str, Any], peer: nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from training.models.losses import clip_loss, fvlm_loss, peer_logits
+
+        device = self.model.device
+        volume = batch["volume"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        if self.loss_kind == "clip":
+            out = self.model(volume, mask, report_text=batch["report_text"])
+            loss = clip_loss(out["global_"], out["text_global"], out["logit_scale"], gather=self.gather)
+            return loss, {}
+        out = self.model(volume, mask, anatomy_text=batch["anatomy_text"])
+        valid = batch["anatomy_intact"].to(device).bool() & out["anatomy_present"]
+        coteach = None
+        if peer is not None and self.alpha > 0.0:
+            with torch.no_grad():
+                peer_out = peer(volume, mask, anatomy_text=batch["anatomy_text"])
+            coteach = peer_logits(peer_out["anatomy"], peer_out["text_anatomy"], out["logit_scale"], gather=self.gather)
+        return fvlm_loss(
+            out["anatomy"],
+            out["text_anatomy"],
+            valid,
+            batch["anatomy_abnormal"].to(device),
+            batch["anatomy_text"],
+            out["logit_scale"],
+            normal_positives=self.normal_positives,
+            coteach_logits=coteach,
+            alpha=self.alpha,
+            gather=self.gather,
+            anatomy_names=self.model.anatomy_names,
+        )
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: [weight-decayed (>= 2-D) parameters, 1-D parameters without decay], in
+    ``named_parameters`` order (norms, biases, temperature, position embeddings, queries get no decay)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for _, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def ema_update(peer: nn.Module, model: nn.Module, decay: float) -> None:
+    """peer <- decay * peer + (1 - decay) * model (parameters); buffers copied."""
+    with torch.no_grad():
+        for peer_param, param in zip(peer.parameters(), model.parameters()):
+            peer_param.mul_(decay).add_(param.detach(), alpha=1.0 - decay)
+        for peer_buffer, buffer in zip(peer.buffers(), model.buffers()):
+            peer_buffer.copy_(buffer)
+
+
+def text_token_count(model: nn.Module, batch: Mapping[str, Any], loss_kind: str) -> int:
+    """Non-padding text tokens the step encodes (distinct anatomy texts, or the reports for clip)."""
+    tokenizer = getattr(getattr(model, "text", None), "tokenizer", None)
+    if loss_kind == "clip":
+        texts = list(batch["report_text"])
+    else:
+        texts = sorted({t.strip() for row in batch["anatomy_text"] for t in row if t.strip()})
+    if not texts:
+        return 0
+    if tokenizer is None:
+        return sum(len(t.split()) for t in texts)
+    max_length = getattr(model.text, "max_length", 512)
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    return int(sum(len(ids) for ids in encoded["input_ids"]))
+
+
+def image_token_count(model: nn.Module, batch: Mapping[str, Any]) -> int:
+    """Vision patch tokens of the batch (B x Z/pz x Y/py x X/px; 0 for a model without a patch size)."""
+    patch = getattr(getattr(model, "vision", None), "patch_zyx", None)
+    shape = batch["volume"].shape[2:]
+    if patch is None:
+        return 0
+    return int(batch["volume"].shape[0] * math.prod(s // p for s, p in zip(shape, patch)))
