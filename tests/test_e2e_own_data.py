@@ -127,8 +127,19 @@ def test_own_data_repro_ingest_experiments_plots(tmp_path: Path, repo_root: Path
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.email=e2e@test", "-c", "user.name=e2e", "commit", "-qm", "baseline"],
                    cwd=repo, check=True)
-    dry = _run([*dvc, "exp", "run", "--dry", "-S", "convert.strict=true"], repo, env)
-    assert "Running stage 'convert'" in dry
+    # a key of every stage: changing it makes exactly that stage (and what follows) stale for DVC
+    probes = {"convert": ("convert", "strict", True), "segment": ("segment", "mode", "full"),
+              "parse_reports": ("reports", "max_chars", 19999), "shard": ("shard", "zstd_level", 4),
+              "train": ("train", "lr", 1e-3), "evaluate": ("evaluate", "bootstrap", 11)}
+    committed = params_path.read_text()
+    for stage, (section, key, value) in probes.items():
+        changed = yaml.safe_load(committed)
+        changed[section][key] = value
+        params_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        status = json.loads(_run([*dvc, "status", "--json", stage], repo, env).strip().splitlines()[-1])
+        assert stage in status and "changed params" in json.dumps(status[stage]), (stage, status)
+        assert f"{section}.{key}" in json.dumps(status[stage]), (stage, status)
+    params_path.write_text(committed)
     _run([*dvc, "exp", "run", "-S", "train.steps=2"], repo, env)
     assert json.loads((repo / "metrics" / "train.json").read_text())["steps"] == 2
     shown = _run([*dvc, "exp", "show", "--csv"], repo, env)
