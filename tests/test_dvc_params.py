@@ -106,7 +106,8 @@ def test_paths_come_from_params_and_raw_inputs_are_no_stage_output(
                 outs.append(_resolve(item if isinstance(item, str) else next(iter(item)), params))
     for out in outs:
         for path in raw:
-            assert not (out == path or out.startswith(path.rstrip("/") + "/") or path.startswith(out + "/")), (out, path)
+            inside = out == path or out.startswith(path.rstrip("/") + "/") or path.startswith(out + "/")
+            assert not inside, (out, path)
     convert = dvc_yaml["stages"]["convert"]
     assert "${paths.raw_dicom}" in convert["cmd"] and "${paths.raw_dicom}" in convert["deps"]
     assert "${paths.reports_csv}" in dvc_yaml["stages"]["parse_reports"]["deps"]

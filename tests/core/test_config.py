@@ -41,7 +41,7 @@ def test_repo_params_are_the_demo_and_params_paper_the_paper(repo_root: Path, tm
     assert "train.steps" in changed and "paths.raw_dicom" not in changed
     # every crop axis divides into whole patches, at both scales
     for cfg in (demo, paper):
-        assert all(c % p == 0 for c, p in zip(cfg.grid.crop_zyx, cfg.model.vision.patch_zyx))
+        assert all(c % p == 0 for c, p in zip(cfg.grid.crop_zyx, cfg.model.vision.patch_zyx, strict=True))
     assert demo.root == repo_root
 
 
