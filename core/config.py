@@ -7,11 +7,14 @@ this object's YAML. Conventions that hold everywhere in the project:
 * volumes on disk are RAS+ NIfTI, int16 Hounsfield units;
 * relative paths are relative to the directory holding ``params.yaml`` (the repo root).
 
-``profiles.<name>`` holds overrides deep-merged onto the base keys; the active profile is
-``profile:`` in the file, or ``$FVLM_PROFILE``. Environment overrides for paths and URIs:
+What runs is what ``params.yaml`` says: there is no hidden profile merge (DVC tracks each stage's
+keys, so a value it does not see must not change a stage). Scales live in their own files,
+``params.<name>.yaml`` (``params.paper.yaml``, ``params.demo.yaml``): :func:`use_params_file`
+(``fvlm config use <name>``) writes their keys into ``params.yaml``, a visible diff. ``profile:`` is a
+label naming the last one applied. Environment overrides for paths and URIs (deployment settings,
+not model or data parameters):
 
 =============================  ===================================
-``FVLM_PROFILE``               profile name
 ``FVLM_DATA_DIR``              ``paths.data_dir``
 ``FVLM_SALT``                  ``privacy.salt`` (pseudonymisation key)
 ``MLFLOW_TRACKING_URI``        ``tracking.mlflow_tracking_uri``
@@ -38,23 +41,38 @@ class ConfigError(ValueError):
     """A params.yaml that cannot be used; the message names the file and the key."""
 
 
+_SECTION_PATHS: dict[int, str] = {}  # id(section) -> "train." while $FVLM_CONFIG_ACCESS_LOG is set
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if _SECTION_PATHS and not name.startswith("_") and name in type(self).model_fields:
+            prefix = _SECTION_PATHS.get(id(self))
+            if prefix is not None and not isinstance(value, _Section):
+                _record_access(prefix, name)
+        return value
 
 
 class PathsConfig(_Section):
     data_dir: str = "data"
     demo_dir: str = "data/demo"            # generated synthetic cohort (dicom/, reports.csv, labels.csv, masks/)
+    raw_dataset: str = "data/demo"         # the `dvc add`-ed folder holding raw_dicom / reports_csv / masks
     raw_dicom: str = "data/demo/dicom"     # input DICOM tree for `fvlm convert`
     reports_csv: str = "data/demo/reports.csv"
     labels_csv: str = "data/demo/labels.csv"
     precomputed_masks: str = "data/demo/masks"
     converted: str = "data/converted"      # volumes/<study_id>.nii.gz + studies.parquet
     segmented: str = "data/segmented"      # masks/<study_id>.nii.gz + segments.parquet + qc/
+    reports_dir: str = "data/reports"      # parse-reports stage output (holds reports_table)
     reports_table: str = "data/reports/reports.parquet"
     shards: str = "data/shards"
     models: str = "data/models"
+    eval: str = "data/eval"                # evaluation report (plots data, per-label tables)
     metrics: str = "metrics"
+    ingest_archive: str = "data/ingest_archive"  # `dvc add`-ed record of ingested files (raw_dicom outside the repo)
     dvc_remote: str = ".dvc-remote"
     quarantine: str = "data/quarantine"
 
@@ -209,7 +227,7 @@ class EvaluateConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_tracking_uri: str = "sqlite:///.fvlm-services/mlflow/mlflow.db"  # the store `fvlm services up` serves
     experiment: str = "fvlm"
     registered_model: str = "fvlm-ct"
     prefect_api_url: str | None = None
@@ -303,6 +321,32 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+# --- which config keys a stage reads ------------------------------------------------------------------
+# With $FVLM_CONFIG_ACCESS_LOG set, every configured value a command reads (``config.train.steps``) is
+# appended to that file as ``<fvlm subcommand>\t<section.key>``; tests check each stage's reads against
+# its dvc.yaml ``params:`` (a stage reading an undeclared key would not be re-run by DVC when it changes).
+ACCESS_LOG_ENV = "FVLM_CONFIG_ACCESS_LOG"
+# keys that choose *how* or *where* a stage runs (workers, servers), not what it computes: not stage params
+EXECUTION_KEYS: tuple[str, ...] = (
+    "orchestration", "services", "tracking.mlflow_tracking_uri", "tracking.prefect_api_url",
+    "convert.workers", "shard.workers", "demo_data.workers", "reports.n_process", "reports.batch_size",
+    "segment.device", "segment.totalseg_home", "segment.batch_size", "train.num_workers", "train.gpus",
+    "evaluate.batch_size", "paths.dvc_remote", "paths.data_dir", "profile", "root",
+)
+def _record_access(prefix: str, name: str) -> None:
+    target = os.environ.get(ACCESS_LOG_ENV)
+    if not target:
+        return
+    import sys
+
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "?")
+    try:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(f"{command}\t{prefix}{name}\n")
+    except OSError:
+        pass
+
+
 def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
@@ -324,15 +368,20 @@ def config_from_dict(
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
     data = copy.deepcopy(raw)
-    profiles = data.pop("profiles", {}) or {}
-    chosen = profile or environ.get("FVLM_PROFILE") or data.get("profile") or "demo"
-    if chosen not in profiles and chosen not in ("demo",):
-        known = ", ".join(sorted(profiles)) or "none"
-        raise ConfigError(f"{source}: key 'profile': unknown profile {chosen!r} (defined: {known})")
-    if not isinstance(profiles.get(chosen, {}), dict):
-        raise ConfigError(f"{source}: key 'profiles.{chosen}' must be a mapping")
-    data = _deep_merge(data, profiles.get(chosen, {}) or {})
-    data["profile"] = chosen
+    profiles = data.pop("profiles", None) or {}
+    if not isinstance(profiles, dict) or any(overrides for overrides in profiles.values()):
+        raise ConfigError(
+            f"{source}: key 'profiles': profiles are no longer merged over the base keys (DVC would not see "
+            "the values that run); put the values in params.yaml, or keep them in params.<name>.yaml and "
+            "apply them with `fvlm config use <name>`"
+        )
+    label = data.get("profile") or "demo"
+    if profile and profile != label:
+        raise ConfigError(
+            f"{source}: key 'profile': params.yaml holds {label!r}, not {profile!r}; "
+            f"`fvlm config use {profile}` writes params.{profile}.yaml into params.yaml"
+        )
+    data["profile"] = label
     for variable, (section, key) in _ENV_OVERRIDES.items():
         if environ.get(variable):
             data.setdefault(section, {})
@@ -341,9 +390,20 @@ def config_from_dict(
             data[section][key] = environ[variable]
     data["root"] = root
     try:
-        return FvlmConfig.model_validate(data)
+        config = FvlmConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(source, error)) from None
+    if environ.get(ACCESS_LOG_ENV):
+        _register_sections(config, "")
+    return config
+
+
+def _register_sections(section: _Section, prefix: str) -> None:
+    _SECTION_PATHS[id(section)] = prefix
+    for name in type(section).model_fields:
+        value = object.__getattribute__(section, name)
+        if isinstance(value, _Section):
+            _register_sections(value, f"{prefix}{name}.")
 
 
 def find_params(start: Path | None = None) -> Path | None:
@@ -377,3 +437,129 @@ def load_config(params_path: str | os.PathLike[str] | None = None, *, profile: s
 def or_config(override: Any, configured: Any) -> Any:
     """A stage job's ``from_config`` rule: a ``None`` override means "use the configured value"."""
     return configured if override is None else override
+
+
+# --- params.<name>.yaml: scales applied visibly -------------------------------------------------------
+def params_file_for(name: str, params_path: Path) -> Path:
+    return params_path.with_name(f"params.{name}.yaml")
+
+
+def use_params_file(params_path: Path, overlay_path: Path, *, name: str | None = None) -> list[str]:
+    """Write every key of ``overlay_path`` into ``params_path`` (comments and other keys kept).
+
+    Returns the ``section.key`` names whose value changed. The result is validated before it replaces
+    ``params.yaml`` (atomically); ``profile:`` is set to ``name`` as a label.
+    """
+    overlay = yaml.safe_load(overlay_path.read_text()) or {}
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{overlay_path}: top level must be a mapping")
+    text = params_path.read_text()
+    base = yaml.safe_load(text) or {}
+    changed: list[str] = []
+
+    def walk(prefix: str, old: Any, new: Any) -> None:
+        if isinstance(new, dict) and isinstance(old, dict):
+            for key, value in new.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), old.get(key), value)
+        elif old != new:
+            changed.append(prefix)
+
+    walk("", base, {**overlay, **({"profile": name} if name else {})})
+    merged_plain = _deep_merge(base, {**overlay, **({"profile": name} if name else {})})
+    config_from_dict(merged_plain, root=params_path.resolve().parent, source=str(overlay_path), environ={})
+    try:  # round trip: keep params.yaml's comments and layout (ruamel.yaml ships with DVC)
+        from ruamel.yaml import YAML
+
+        rt = YAML()
+        rt.preserve_quotes = True
+        rt.width = 4096
+        document = rt.load(text)
+
+        def update(target: Any, values: dict[str, Any]) -> None:
+            for key, value in values.items():
+                if isinstance(value, dict) and isinstance(target.get(key), dict):
+                    update(target[key], value)
+                else:
+                    target[key] = value
+
+        overlay_document = rt.load(overlay_path.read_text())  # flow-style lists stay flow style
+        if name:
+            overlay_document["profile"] = name
+        update(document, overlay_document)
+        import io
+
+        buffer = io.StringIO()
+        rt.dump(document, buffer)
+        new_text = buffer.getvalue()
+    except ImportError:
+        new_text = yaml.safe_dump(merged_plain, sort_keys=False)
+    if yaml.safe_load(new_text) != merged_plain:
+        raise ConfigError(f"{params_path}: rewriting with {overlay_path.name} did not give the expected values")
+    tmp = params_path.with_name(params_path.name + ".tmp")
+    tmp.write_text(new_text)
+    os.replace(tmp, params_path)
+    return changed
+
+
+# --- one set of stores --------------------------------------------------------------------------------
+def _service_healthy(run_dir: Path, name: str, url: str, timeout_s: float = 0.5) -> bool:
+    """The service ``fvlm services up`` started (PID file, live process) answers its health URL."""
+    import json
+    import urllib.request
+
+    try:
+        pid = int(json.loads((run_dir / f"{name}.pid").read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - 127.0.0.1 service
+            return 200 <= response.status < 300
+    except OSError:
+        return False
+
+
+def services_environment(config: FvlmConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables that point a command at the stores ``fvlm services up`` serves.
+
+    Running services (PID file + health check): ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` of the
+    servers. Not running: ``PREFECT_HOME=<services.data_dir>/prefect`` (Prefect's ephemeral server then
+    opens the very database the server will serve later) and MLflow's ``tracking.mlflow_tracking_uri``
+    (by default the SQLite file under ``<services.data_dir>/mlflow/`` the MLflow server opens). Variables
+    already set in ``environ`` are left alone (returned dict holds only what would be added).
+    """
+    environ = dict(os.environ) if environ is None else environ
+    services = config.services
+    data_dir = config.path(services.data_dir)
+    run_dir = data_dir / "run"
+    added: dict[str, str] = {}
+    if not environ.get("PREFECT_API_URL"):
+        api = f"http://{services.host}:{services.prefect_port}/api"
+        if config.tracking.prefect_api_url:
+            added["PREFECT_API_URL"] = config.tracking.prefect_api_url
+        elif _service_healthy(run_dir, "prefect", f"{api}/health"):
+            added["PREFECT_API_URL"] = api
+        elif not environ.get("PREFECT_HOME"):
+            added["PREFECT_HOME"] = str(data_dir.resolve() / "prefect")
+    if not environ.get("MLFLOW_TRACKING_URI"):
+        url = f"http://{services.host}:{services.mlflow_port}"
+        if _service_healthy(run_dir, "mlflow", f"{url}/health"):
+            added["MLFLOW_TRACKING_URI"] = url
+    return added
+
+
+def apply_services_environment(config: FvlmConfig) -> FvlmConfig:
+    """Export :func:`services_environment` into ``os.environ``; the config reloaded when the URI changed."""
+    added = services_environment(config)
+    os.environ.update(added)
+    if "PREFECT_HOME" in added:
+        Path(added["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        config.path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if "MLFLOW_TRACKING_URI" in added:
+        tracking = config.tracking.model_copy(update={"mlflow_tracking_uri": added["MLFLOW_TRACKING_URI"]})
+        config = config.model_copy(update={"tracking": tracking})
+    return config

@@ -13,6 +13,12 @@ apply_offline_env()
 # unit tests call the stage libraries directly; flows are tested in tests/flows and end to end in
 # tests/test_e2e_dvc.py (whose `fvlm demo` subprocess runs every stage command as its Prefect flow)
 os.environ.setdefault("FVLM_NO_FLOWS", "1")
+# `fvlm` commands called in-process point PREFECT_HOME at <root>/.fvlm-services/prefect unless it is set
+# (core.config.apply_services_environment): one home for the whole session, not a test's tmp dir
+if not os.environ.get("PREFECT_HOME"):
+    import tempfile
+
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fvlm-test-prefect-home-")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FVLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -29,9 +29,8 @@ COPY_IGNORE = shutil.ignore_patterns(
 def _tiny_params(params_path: Path) -> None:
     params = yaml.safe_load(params_path.read_text())
     params["demo_data"]["studies"] = 8
-    demo = params["profiles"]["demo"]
-    demo["train"].update(steps=3, batch_size=4, checkpoint_every=3)
-    demo["evaluate"]["bootstrap"] = 10
+    params["train"].update(steps=3, batch_size=4, checkpoint_every=3)
+    params["evaluate"]["bootstrap"] = 10
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -80,7 +79,10 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
     # the registered model carries the champion alias
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{demo_repo / 'mlflow.db'}")
+    # the store `fvlm services up` serves (one set of stores), and no second one beside it
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{demo_repo / '.fvlm-services' / 'mlflow' / 'mlflow.db'}")
+    assert not (demo_repo / "mlflow.db").exists() and not (demo_repo / "mlruns").exists()
+    assert client.get_experiment_by_name("fvlm") is not None
     version = client.get_model_version_by_alias("fvlm-ct", "champion")
     assert int(version.version) >= 1
 
@@ -103,6 +105,10 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
                         texts.append(json.dumps(table.column(name).to_pylist(), default=str))
             for needle in needles:
                 assert not any(needle in text for text in texts), f"planted PHI found in {path}"
+
+    # the raw dataset is `dvc add`-ed data, not a stage output
+    assert (demo_repo / "data" / "demo.dvc").is_file()
+    assert "data/demo" not in (demo_repo / "dvc.lock").read_text().split("outs:")[-1]
 
     # nothing changed -> dvc repro does no work
     second = _run([sys.executable, "-m", "dvc", "repro"], demo_repo)

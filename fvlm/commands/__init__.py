@@ -14,10 +14,15 @@ Summary = TypeVar("Summary")
 
 
 def load_config_from_args(args: argparse.Namespace) -> "FvlmConfig":
-    """The typed config for a command, honouring the global --params / --profile flags."""
-    from core.config import load_config
+    """The typed config for a command, honouring the global --params / --profile flags.
 
-    return load_config(getattr(args, "params", None), profile=getattr(args, "profile", None))
+    Also points the command at the stores ``fvlm services up`` serves (running servers, else the same
+    files: ``core.config.apply_services_environment``), so every command logs to one MLflow and one Prefect.
+    """
+    from core.config import apply_services_environment, load_config
+
+    config = load_config(getattr(args, "params", None), profile=getattr(args, "profile", None))
+    return apply_services_environment(config)
 
 
 def run_stage_as_flow(config: "FvlmConfig") -> bool:

@@ -1,21 +1,53 @@
-"""``fvlm config``: show or validate the effective configuration."""
+"""``fvlm config``: show / validate the configuration; ``fvlm config use NAME`` applies params.NAME.yaml.
+
+There is no run-time profile merge: what params.yaml says is what runs (and what DVC tracks). A scale
+such as the paper's lives in ``params.paper.yaml``; ``fvlm config use paper`` writes its keys into
+params.yaml (comments and the other keys, e.g. your paths, kept) and prints what changed, so switching
+is a visible params change (``git diff params.yaml``, ``dvc params diff``). ``fvlm config use demo``
+writes the demo scale back.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("config", help="show / validate the effective params.yaml config")
-    parser.add_argument("action", choices=["show", "validate"], nargs="?", default="show")
+    parser = subparsers.add_parser(
+        "config", help="show / validate params.yaml; `config use paper|demo` writes params.<name>.yaml into it"
+    )
+    parser.add_argument("action", choices=["show", "validate", "use"], nargs="?", default="show")
+    parser.add_argument("name", nargs="?", default=None, help="with `use`: params.<name>.yaml to apply")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args
+    from pathlib import Path
 
-    config = load_config_from_args(args)
+    from core.config import PARAMS_FILE, ConfigError, find_params, load_config, params_file_for, use_params_file
+
+    if args.action == "use":
+        if not args.name:
+            print("fvlm config use: name a params file, e.g. `fvlm config use paper`", file=sys.stderr)
+            return 2
+        params = Path(args.params) if getattr(args, "params", None) else (find_params() or Path(PARAMS_FILE))
+        overlay = params_file_for(args.name, params)
+        if not params.is_file() or not overlay.is_file():
+            missing = params if not params.is_file() else overlay
+            print(f"fvlm config use: {missing}: no such file", file=sys.stderr)
+            return 2
+        try:
+            changed = use_params_file(params, overlay, name=args.name)
+        except ConfigError as error:
+            print(f"fvlm config use: {error}", file=sys.stderr)
+            return 2
+        print(f"{params}: wrote {overlay.name} ({len(changed)} values changed)")
+        for key in changed:
+            print(f"  {key}")
+        return 0
+    config = load_config(getattr(args, "params", None), profile=getattr(args, "profile", None))
     if args.action == "validate":
         print(f"ok: profile {config.profile!r}, root {config.root}")
     else:

@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"fvlm evaluate: {error}", file=sys.stderr)
         return 1
+    from fvlm.plot_data import write_auc_per_label  # dvc.yaml plots: metrics/plots/auc_per_label.csv
+
+    write_auc_per_label(metrics, report)
     if not shard_paths(shards, "val"):
         print("warning: no val split; thresholds were chosen on test (optimistic)", file=sys.stderr)
     mean_val, mean_fvlm = report["mean_val_threshold"], report["mean_fvlm_protocol"]

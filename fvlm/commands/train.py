@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"fvlm train: {error}", file=sys.stderr)
         return 1
+    from fvlm.plot_data import write_loss_curve  # dvc.yaml plots: metrics/plots/train_loss.csv
+
+    write_loss_curve(metrics, result.losses, first_step=result.resumed_from_step + 1)
     print(f"trained {result.steps} steps (resumed from {result.resumed_from_step}); final loss "
           f"{result.final_loss:.4f} (last-10 mean {result.final_loss_avg:.4f})")
     print(f"throughput: {result.samples_per_s:.2f} samples/s, {result.tokens_per_s:.0f} tokens/s")

@@ -11,19 +11,69 @@ import yaml
 from core.config import ConfigError, config_from_dict, load_config
 
 
-def test_repo_params_load_both_profiles(repo_root: Path) -> None:
-    demo = load_config(repo_root / "params.yaml", profile="demo")
-    paper = load_config(repo_root / "params.yaml", profile="paper")
+def _scales(repo_root: Path, tmp_path: Path):
+    import shutil
+
+    from core.config import use_params_file
+
+    demo = load_config(repo_root / "params.yaml")
+    params = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", params)
+    changed = use_params_file(params, repo_root / "params.paper.yaml", name="paper")
+    return demo, load_config(params), params, changed
+
+
+def test_repo_params_are_the_demo_and_params_paper_the_paper(repo_root: Path, tmp_path: Path) -> None:
+    demo, paper, _, changed = _scales(repo_root, tmp_path)
     assert demo.profile == "demo" and paper.profile == "paper"
     assert paper.grid.crop_zyx == (112, 256, 352)
     assert paper.grid.spacing_zyx_mm == (3.0, 1.0, 1.0)
     assert paper.model.vision.patch_zyx == (16, 16, 32)
+    assert paper.model.text.name_or_path == "microsoft/BiomedVLP-CXR-BERT-specialized"
+    assert paper.train.steps == 20000 and paper.train.batch_size == 14 and paper.evaluate.bootstrap == 1000
     assert paper.grid.hu_window == (-1150.0, 350.0)
     assert demo.model.vision.embed_dim < paper.model.vision.embed_dim
-    # every crop axis divides into whole patches, in both profiles
+    # params.yaml's values are the demo values that ran before profiles were removed
+    assert demo.grid.crop_zyx == (48, 64, 96) and demo.grid.spacing_zyx_mm == (8.0, 4.0, 4.0)
+    assert demo.train.steps == 60 and demo.train.batch_size == 8 and demo.train.lr == 5e-4
+    assert demo.model.text.name_or_path is None and demo.model.text.max_length == 320
+    assert demo.evaluate.bootstrap == 200
+    assert "train.steps" in changed and "paths.raw_dicom" not in changed
+    # every crop axis divides into whole patches, at both scales
     for cfg in (demo, paper):
-        assert all(c % p == 0 for c, p in zip(cfg.grid.crop_zyx, cfg.model.vision.patch_zyx))
+        assert all(c % p == 0 for c, p in zip(cfg.grid.crop_zyx, cfg.model.vision.patch_zyx, strict=True))
     assert demo.root == repo_root
+
+
+def test_config_use_is_visible_and_reversible(repo_root: Path, tmp_path: Path) -> None:
+    """paper -> demo gives params.yaml back byte for byte; both files name the same keys."""
+    from fvlm.cli import main
+
+    _, _, params, _ = _scales(repo_root, tmp_path)
+    assert params.read_text() != (repo_root / "params.yaml").read_text()
+    (tmp_path / "params.demo.yaml").write_text((repo_root / "params.demo.yaml").read_text())
+    assert main(["--params", str(params), "config", "use", "demo"]) == 0
+    assert params.read_text() == (repo_root / "params.yaml").read_text()
+    paper = yaml.safe_load((repo_root / "params.paper.yaml").read_text())
+    demo = yaml.safe_load((repo_root / "params.demo.yaml").read_text())
+
+    def keys(data: dict, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for key, value in data.items():
+            out |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return out
+
+    assert keys(paper) == keys(demo)
+
+
+def test_no_hidden_profile_merge() -> None:
+    with pytest.raises(ConfigError, match=r"key 'profiles'"):
+        config_from_dict({"profiles": {"demo": {"train": {"steps": 3}}}}, environ={})
+    # an empty leftover is harmless; FVLM_PROFILE changes nothing
+    cfg = config_from_dict({"profiles": {"demo": {}}, "train": {"steps": 7}}, environ={"FVLM_PROFILE": "paper"})
+    assert cfg.train.steps == 7
+    with pytest.raises(ConfigError, match=r"fvlm config use paper"):
+        config_from_dict({"profile": "demo"}, profile="paper", environ={})
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

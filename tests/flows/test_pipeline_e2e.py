@@ -32,6 +32,9 @@ def _copy_repo(repo_root: Path, target: Path) -> Path:
     params = yaml.safe_load(params_path.read_text())
     params["demo_data"]["studies"] = 4
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    # the raw dataset is data the user owns (no stage writes it): generate the demo cohort and `dvc add` it
+    for command in (["-m", "fvlm.cli", "demo-data", "data/demo"], ["-m", "dvc", "add", "-q", "data/demo"]):
+        subprocess.run([sys.executable, *command], cwd=target, check=True, capture_output=True, timeout=900)
     return target
 
 
