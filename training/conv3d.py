@@ -6,13 +6,18 @@ grid ``crop // patch`` -- exactly the grid of :class:`training.vit3d.ViT3D` and 
 losses work unchanged. Token order is C-order over (gz, gy, gx), as in the ViT.
 
 Architecture: one stage per factor 2 of downsampling (``patch_zyx`` entries must be powers of two);
-stage ``i`` = strided 3x3x3 conv (stride 2 on the axes still to be reduced, else 1) + GroupNorm + GELU,
+stage ``i`` = strided 3x3x3 conv (stride 2 on the axes still to be reduced, else 1) + BatchNorm + GELU,
 followed by a residual 3x3x3 conv block from the second stage on (the first stage, at the highest
 resolution, stays one conv: it dominates the cost). Widths double per stage up to ``embed_dim``
 (``channels`` overrides them). The last stage's output is projected to ``embed_dim`` and LayerNorm'd
 (``final``); ``levels`` are the earlier stages' outputs, average-pooled to the token grid, projected and
 LayerNorm'd, for the stages listed in ``pool_layers`` (1-based stage numbers; an index past the number of
 stages is ignored), mirroring the ViT's multi-level features.
+
+BatchNorm, not GroupNorm: in the supervised probe (learnable cohort, 150 steps) GroupNorm stayed at
+test mean AUC 0.60 (train 0.60, barely below the BCE of the prevalence), BatchNorm reached 0.71 (train
+0.74). Under DistributedDataParallel convert it with ``nn.SyncBatchNorm.convert_sync_batchnorm`` if the
+per-GPU batch is small; evaluation uses the running statistics (``model.eval()``).
 
 Why a CNN: with a few hundred volumes, a convolutional encoder's locality and translation equivariance
 learn the synthetic findings where the demo ViT (8x16x16 patches, no inductive bias) stays at chance
@@ -27,13 +32,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def _groups(channels: int) -> int:
-    for groups in (8, 4, 2):
-        if channels % groups == 0 and channels // groups >= 2:
-            return groups
-    return 1
 
 
 def stage_strides(patch_zyx: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -52,7 +50,7 @@ class _ConvNormAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: Sequence[int]) -> None:
         super().__init__(
             nn.Conv3d(cin, cout, kernel_size=3, stride=tuple(stride), padding=1, bias=False),
-            nn.GroupNorm(_groups(cout), cout),
+            nn.BatchNorm3d(cout),
             nn.GELU(),
         )
 
@@ -61,7 +59,7 @@ class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, kernel_size=3, padding=1, bias=False)
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = nn.BatchNorm3d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x + self.norm(self.conv(x)))
