@@ -92,7 +92,7 @@ def load_cohort(cache: Path, seed: int, studies: int, difficulty: str, config: A
         started = time.perf_counter()
         grid_raw = config.grid.model_dump(mode="json")
         jobs = [(seed, i, difficulty, grid_raw, config.segment.anatomy_set) for i in missing]
-        for index, record in zip(missing, _pool_map(prepared_study, jobs, workers)):
+        for index, record in zip(missing, _pool_map(prepared_study, jobs, workers), strict=False):
             np.savez(folder / f"{index:04d}.npz", **record)
         print(f"  prepared {len(missing)} {difficulty} studies in {time.perf_counter() - started:.0f} s", flush=True)
     out = []
@@ -187,7 +187,7 @@ def run_probe(records: list[dict[str, Any]], config: Any, encoder_kind: str, ste
             "params": int(sum(p.numel() for p in encoder.parameters())),
             "test_auc": result.test_auc, "train_auc": result.train_auc,
             "test_mean_auc": result.test_mean_auc, "train_mean_auc": result.train_mean_auc,
-            "test_positives": {n: int(c) for n, c in zip(CTRATE_LABELS, test_labels.sum(axis=0))},
+            "test_positives": {n: int(c) for n, c in zip(CTRATE_LABELS, test_labels.sum(axis=0), strict=False)},
             "loss_first10": float(np.mean(result.losses[:10])), "loss_last10": float(np.mean(result.losses[-10:]))}
 
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         probes = [p for p in results.get("probes", [])]
         for difficulty in args.difficulty:
             records = load_cohort(out / "cache", args.seed, args.studies, difficulty, config, args.workers)
-            for encoder, lr in zip(args.encoders, lrs):
+            for encoder, lr in zip(args.encoders, lrs, strict=False):
                 print(f"probe: {difficulty} cohort, {encoder} encoder, lr {lr:g}, {args.steps} steps", flush=True)
                 row = run_probe(records, config, encoder, args.steps, args.batch_size, lr, args.test_fraction, args.seed,
                                 log_every=max(args.steps // 6, 1))

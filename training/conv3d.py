@@ -37,7 +37,7 @@ from torch import nn
 def stage_strides(patch_zyx: Sequence[int]) -> list[tuple[int, int, int]]:
     """Per-stage strides whose product per axis is ``patch_zyx`` (each entry a power of two)."""
     exponents = []
-    for axis, patch in zip("zyx", patch_zyx):
+    for axis, patch in zip("zyx", patch_zyx, strict=False):
         patch = int(patch)
         if patch < 1 or patch & (patch - 1):
             raise ValueError(f"conv encoder: patch_zyx must be powers of two, got {patch} on axis {axis}")
@@ -49,7 +49,8 @@ def stage_strides(patch_zyx: Sequence[int]) -> list[tuple[int, int, int]]:
 class _ConvNormAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: Sequence[int]) -> None:
         super().__init__(
-            nn.Conv3d(cin, cout, kernel_size=3, stride=tuple(stride), padding=1, bias=False),
+            nn.Conv3d(cin, cout, kernel_size=3, stride=(int(stride[0]), int(stride[1]), int(stride[2])), padding=1,
+                      bias=False),
             nn.BatchNorm3d(cout),
             nn.GELU(),
         )
@@ -78,10 +79,11 @@ class ConvEncoder3D(nn.Module):
         super().__init__()
         self.crop_zyx = tuple(int(c) for c in crop_zyx)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
-        bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx) if c % p]
+        bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx, strict=False) if c % p]
         if bad:
-            raise ValueError(f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} on axis {','.join(bad)}")
-        self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx))
+            raise ValueError(f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} "
+                             f"on axis {','.join(bad)}")
+        self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx, strict=False))
         self.embed_dim = int(embed_dim)
         strides = stage_strides(self.patch_zyx)
         n_stages = len(strides)
@@ -90,11 +92,12 @@ class ConvEncoder3D(nn.Module):
         else:
             widths = [int(c) for c in channels]
             if len(widths) != n_stages:
-                raise ValueError(f"conv_channels needs {n_stages} widths (one per stage of patch_zyx {self.patch_zyx}), got {len(widths)}")
+                raise ValueError(f"conv_channels needs {n_stages} widths (one per stage of patch_zyx "
+                                 f"{self.patch_zyx}), got {len(widths)}")
         self.widths = tuple(widths)
         stages: list[nn.Module] = []
         cin = in_channels
-        for index, (stride, width) in enumerate(zip(strides, widths)):
+        for index, (stride, width) in enumerate(zip(strides, widths, strict=False)):
             layers: list[nn.Module] = [_ConvNormAct(cin, width, stride)]
             if index > 0:
                 layers.append(_Residual(width))
@@ -114,10 +117,11 @@ class ConvEncoder3D(nn.Module):
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int, int]]:
         """(B, 1, Z, Y, X) -> (final tokens (B, N, D), [tokens per pool stage], grid (gz, gy, gx))."""
         spatial = tuple(volume.shape[2:])
-        bad = [axis for axis, (size, patch) in zip("zyx", zip(spatial, self.patch_zyx)) if size % patch]
+        bad = [axis for axis, size, patch in zip("zyx", spatial, self.patch_zyx, strict=False) if size % patch]
         if bad:
-            raise ValueError(f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} on axis {','.join(bad)}")
-        grid = tuple(size // patch for size, patch in zip(spatial, self.patch_zyx))
+            raise ValueError(f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} "
+                             f"on axis {','.join(bad)}")
+        grid = tuple(size // patch for size, patch in zip(spatial, self.patch_zyx, strict=False))
         features = volume
         saved: dict[int, torch.Tensor] = {}
         wanted = set(self.pool_layers)
@@ -126,8 +130,8 @@ class ConvEncoder3D(nn.Module):
             if number in wanted:
                 saved[number] = features
         levels = []
-        for layer, proj, norm in zip(self.pool_layers, self.level_proj, self.level_norms):
-            pooled = F.adaptive_avg_pool3d(saved[layer], grid)
+        for layer, proj, norm in zip(self.pool_layers, self.level_proj, self.level_norms, strict=False):
+            pooled = F.adaptive_avg_pool3d(saved[layer], (grid[0], grid[1], grid[2]))
             levels.append(norm(proj(pooled.flatten(2).transpose(1, 2))))
         final = self.norm(self.proj(features.flatten(2).transpose(1, 2)))
         return final, levels, grid  # type: ignore[return-value]

@@ -83,7 +83,7 @@ class ProbeModel(nn.Module):
     def __init__(self, encoder: nn.Module, n_labels: int) -> None:
         super().__init__()
         self.encoder = encoder
-        dim = int(getattr(encoder, "embed_dim"))
+        dim = int(getattr(encoder, "embed_dim"))  # noqa: B009 (nn.Module attribute typing)
         self.head = nn.Linear(2 * dim, n_labels)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
@@ -148,8 +148,9 @@ def fit_probe(
     rng = np.random.default_rng(seed)
     model = ProbeModel(encoder, len(label_names))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
     targets = torch.from_numpy(np.stack([s.labels for s in train]).astype(np.float32))
     losses: list[float] = []
     started = time.perf_counter()

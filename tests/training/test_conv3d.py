@@ -46,7 +46,8 @@ def test_token_grid_matches_the_vit_and_the_mask_grid() -> None:
 def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig.model_validate({
-        "vision": {"kind": "conv", "patch_zyx": list(PATCH), "embed_dim": 32, "depth": 1, "heads": 2, "pool_layers": [2]},
+        "vision": {"kind": "conv", "patch_zyx": list(PATCH), "embed_dim": 32, "depth": 1, "heads": 2,
+                   "pool_layers": [2]},
         "text": {"name_or_path": None, "vocab_size": 128, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
         "embed_dim": 16,
     })
@@ -60,7 +61,8 @@ def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
     out = model(volume, mask, anatomy_text=texts)
     assert out["anatomy"].shape == (3, 2, 16) and bool(out["anatomy_present"].all())
     abnormal = torch.tensor([[False, False], [True, False], [False, True]])
-    loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal, texts, out["logit_scale"])
+    loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal, texts,
+                        out["logit_scale"])
     loss.backward()
     first = model.vision.stages[0][0][0].weight
     assert first.grad is not None and float(first.grad.abs().sum()) > 0
