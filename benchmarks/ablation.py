@@ -95,8 +95,8 @@ def set_key(params: dict[str, Any], section: str, key: str, value: Any) -> None:
         profiles[profile][section][key] = value
 
 
-def demo_cohort_matches(demo_dir: Path, studies: int, seed: int) -> bool:
-    """True when DEMO_DIR holds a finished `fvlm demo-data` cohort of STUDIES studies from SEED."""
+def demo_cohort_matches(demo_dir: Path, studies: int, seed: int, difficulty: str = "learnable") -> bool:
+    """True when DEMO_DIR holds a finished `fvlm demo-data` cohort of STUDIES studies from SEED at DIFFICULTY."""
     cohort_file = demo_dir / "cohort.json"
     if not cohort_file.is_file():
         return False
@@ -106,7 +106,8 @@ def demo_cohort_matches(demo_dir: Path, studies: int, seed: int) -> bool:
         return False
     records = cohort.get("studies")
     count = len(records) if isinstance(records, list) else records
-    return cohort.get("seed") == seed and count == studies and (demo_dir / "reports.csv").is_file()
+    same_difficulty = cohort.get("difficulty", "paper") == difficulty  # cohorts before the option were "paper"
+    return cohort.get("seed") == seed and count == studies and same_difficulty and (demo_dir / "reports.csv").is_file()
 
 
 def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort_seed: int,
@@ -126,7 +127,8 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
     params["segment"] = {**params.get("segment", {}), "backend": "precomputed", "qc_pictures": False}
     params["convert"] = {**params.get("convert", {}), "workers": workers}
     params["tracking"] = {**params.get("tracking", {}), "enabled": False}
-    wanted = {"studies": studies, "cohort_seed": cohort_seed, "split": list(split),
+    difficulty = (params.get("demo_data") or {}).get("difficulty", "learnable")
+    wanted = {"studies": studies, "cohort_seed": cohort_seed, "split": list(split), "difficulty": difficulty,
               "profile": params.get("profile"), "grid": params.get("grid"),
               "profile_grid": (params.get("profiles") or {}).get(params.get("profile") or "", {}).get("grid")}
     marker = work / "cohort_done.json"
@@ -148,7 +150,7 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
         ("shard", ["shard"]),
     ]
     for name, args in stages:
-        if name == "demo-data" and demo_cohort_matches(work / "data" / "demo", studies, cohort_seed):
+        if name == "demo-data" and demo_cohort_matches(work / "data" / "demo", studies, cohort_seed, difficulty):
             print("cohort: reusing the generated demo cohort", flush=True)
             continue
         print(f"cohort: fvlm {name} ...", flush=True)

@@ -88,6 +88,7 @@ class DemoDataConfig(_Section):
     size: Literal["demo", "small", "real"] = "demo"
     abdomen_fraction: float = Field(0.3, ge=0.0, le=1.0)
     workers: int = Field(2, ge=1)  # parallel study processes
+    difficulty: Literal["learnable", "paper"] = "learnable"  # lesion size / contrast / prevalence (docs/learnability.md)
 
 
 class ConvertConfig(_Section):
@@ -168,6 +169,8 @@ class ShardConfig(_Section):
 
 
 class VisionConfig(_Section):
+    kind: Literal["vit", "conv"] = "vit"   # vit: the paper's 3D ViT; conv: small 3D CNN (training/models/conv3d.py), same token grid
+    conv_channels: list[int] | None = None  # conv: widths per stage (None: doubling up to embed_dim)
     patch_zyx: tuple[int, int, int] = (16, 16, 32)
     embed_dim: int = Field(768, ge=8)
     depth: int = Field(12, ge=1)

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="demo: 128^2 x ~70 slices of 5 mm; small: 256^2, 2.5 mm; real: 512^2, 1.25 mm")
     parser.add_argument("--abdomen-fraction", type=float, default=None, help="share of studies reaching the abdomen")
     parser.add_argument("--workers", type=int, default=None, help="parallel study processes")
+    parser.add_argument("--difficulty", choices=["learnable", "paper"], default=None,
+                        help="learnable (default): lesions large and contrasted enough for the demo grid; "
+                        "paper: realistic sizes and CT-RATE-like prevalence (docs/learnability.md)")
     parser.set_defaults(handler=run)
 
 
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             size=args.size or settings.size,
             workers=workers,
             abdomen_fraction=fraction,
+            difficulty=args.difficulty or settings.difficulty,
         )
     except OSError as error:
         print(f"fvlm demo-data: cannot write {out_dir}: {error}", file=sys.stderr)

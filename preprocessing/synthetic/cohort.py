@@ -63,7 +63,8 @@ def study_key(seed: int, index: int) -> str:
     return uid(seed, index, "study")
 
 
-def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdomen_fraction: float) -> dict[str, Any]:
+def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdomen_fraction: float,
+                   difficulty: str = "learnable") -> dict[str, Any]:
     """Make, write and describe study ``index``; returns its cohort.json record (+ report and PHI)."""
     import nibabel as nib
 
@@ -74,7 +75,8 @@ def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdome
 
     started = time.perf_counter()
     out = Path(out_dir)
-    phantom = make_phantom(seed, index, size, abdomen_fraction=abdomen_fraction)  # type: ignore[arg-type]
+    phantom = make_phantom(seed, index, size, abdomen_fraction=abdomen_fraction,  # type: ignore[arg-type]
+                           difficulty=difficulty)
     rngs = study_rngs(seed, index)
     key = study_key(seed, index)
     patient = patient_index(seed, index)
@@ -150,17 +152,21 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def generate_cohort(out_dir: str | Path, studies: int = 20, seed: int = 0, size: str = "demo", workers: int = 2,
-                    abdomen_fraction: float = 0.3) -> CohortSummary:
-    """Write the synthetic cohort to ``out_dir`` (see module doc); deterministic for ``seed``."""
+                    abdomen_fraction: float = 0.3, difficulty: str = "learnable") -> CohortSummary:
+    """Write the synthetic cohort to ``out_dir`` (see module doc); deterministic for ``seed`` and ``difficulty``
+    (``learnable`` / ``paper``: lesion sizes, contrast and prevalence, see ``preprocessing.synthetic.difficulty``)."""
     from core.anatomy_sets import CTRATE_LABELS
+
+    from preprocessing.synthetic.difficulty import lesion_spec
 
     if studies < 1:
         raise ValueError("studies must be >= 1")
+    lesion_spec(difficulty)  # unknown difficulty: fail before any work
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     indices = list(range(studies))
-    args = [(str(out), seed, index, size, abdomen_fraction) for index in indices]
+    args = [(str(out), seed, index, size, abdomen_fraction, difficulty) for index in indices]
     records: list[dict[str, Any]] = []
     if workers <= 1 or studies == 1:
         for arg in args:
@@ -191,7 +197,7 @@ def generate_cohort(out_dir: str | Path, studies: int = 20, seed: int = 0, size:
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     atomic_write_text(out / "cohort.json", json.dumps({
         "generator": "fvlm demo-data", "generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
-        "abdomen_fraction": abdomen_fraction, "axis_order": "zyx (RAS: z inferior->superior, y posterior->anterior, "
+        "difficulty": difficulty, "abdomen_fraction": abdomen_fraction, "axis_order": "zyx (RAS: z inferior->superior, y posterior->anterior, "
         "x left->right)", "labels": list(CTRATE_LABELS), "studies": public,
     }, indent=1, sort_keys=True))
 

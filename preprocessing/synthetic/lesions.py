@@ -24,6 +24,7 @@ from preprocessing.synthetic.anatomy import (
     smooth_field,
 )
 from preprocessing.synthetic.canvas import Canvas
+from preprocessing.synthetic.difficulty import DEFAULT_DIFFICULTY, lesion_spec
 from preprocessing.synthetic.geometry import capsule, catmull_rom, ellipsoid
 
 NORMAL_FRACTION = 0.30
@@ -51,32 +52,37 @@ TARGET_PREVALENCE: dict[str, float] = {
 Lesion = dict[str, Any]
 
 
-def sample_labels(rng: np.random.Generator) -> dict[str, int]:
-    """The 18 CT-RATE labels of one study (about 30 % entirely normal)."""
+def sample_labels(rng: np.random.Generator, difficulty: str = DEFAULT_DIFFICULTY) -> dict[str, int]:
+    """The 18 CT-RATE labels of one study (about 30 % entirely normal; 25 % for ``learnable``)."""
     from core.anatomy_sets import CTRATE_LABELS
 
+    spec = lesion_spec(difficulty)
+    normal_fraction, prevalence = spec["normal_fraction"], spec["prevalence"]
     labels = {name: 0 for name in CTRATE_LABELS}
-    if rng.random() < NORMAL_FRACTION:
+    if rng.random() < normal_fraction:
         return labels
     draws = rng.random(len(CTRATE_LABELS))
     for name, draw in zip(CTRATE_LABELS, draws):
-        labels[name] = int(draw < TARGET_PREVALENCE[name] / (1 - NORMAL_FRACTION) * 0.85)
+        labels[name] = int(draw < prevalence[name] / (1 - normal_fraction) * 0.85)
     if labels["Consolidation"] and rng.random() < 0.5:
         labels["Lung opacity"] = 1
     if labels["Pleural effusion"] and rng.random() < 0.55:
         labels["Atelectasis"] = 1
     if not any(labels.values()):
         names = list(CTRATE_LABELS)
-        weights = np.array([TARGET_PREVALENCE[n] for n in names])
+        weights = np.array([prevalence[n] for n in names])
         labels[names[int(rng.choice(len(names), p=weights / weights.sum()))]] = 1
     return labels
 
 
-def anatomy_findings(labels: dict[str, int], rng: np.random.Generator) -> AnatomyFindings:
+def anatomy_findings(labels: dict[str, int], rng: np.random.Generator,
+                     difficulty: str = DEFAULT_DIFFICULTY) -> AnatomyFindings:
+    spec = lesion_spec(difficulty)
     return AnatomyFindings(
-        cardiomegaly_scale=float(rng.uniform(1.22, 1.42)) if labels.get("Cardiomegaly") else 1.0,
-        pericardial_effusion_mm=float(rng.uniform(6.0, 18.0)) if labels.get("Pericardial effusion") else 0.0,
-        hiatal_hernia_mm=float(rng.uniform(30.0, 55.0)) if labels.get("Hiatal hernia") else 0.0,
+        cardiomegaly_scale=float(rng.uniform(*spec["cardiomegaly_scale"])) if labels.get("Cardiomegaly") else 1.0,
+        pericardial_effusion_mm=float(rng.uniform(*spec["pericardial_effusion_mm"]))
+        if labels.get("Pericardial effusion") else 0.0,
+        hiatal_hernia_mm=float(rng.uniform(*spec["hiatal_hernia_mm"])) if labels.get("Hiatal hernia") else 0.0,
     )
 
 
@@ -149,8 +155,9 @@ def _blob(center: np.ndarray, size_mm: float, rng: np.random.Generator, parts: i
 
 
 def draw_lesions(canvas: Canvas, anatomy: Anatomy, labels: dict[str, int], findings: AnatomyFindings,
-                 rng: np.random.Generator) -> list[Lesion]:
+                 rng: np.random.Generator, difficulty: str = DEFAULT_DIFFICULTY) -> list[Lesion]:
     """Draw one or more lesions for every positive label; returns their ground-truth records."""
+    spec = lesion_spec(difficulty)
     lesions: list[Lesion] = []
     ids = class_ids()
     lungs = lung_label_ids()
@@ -171,41 +178,43 @@ def draw_lesions(canvas: Canvas, anatomy: Anatomy, labels: dict[str, int], findi
         sides = [str(rng.choice(["right", "left"]))] if rng.random() < 0.55 else ["right", "left"]
         with_atelectasis = bool(labels.get("Atelectasis")) and rng.random() < 0.7
         for side in sides:
-            lesions.extend(_pleural_effusion(canvas, anatomy, side, float(rng.uniform(10, 42)), with_atelectasis, rng))
+            lesions.extend(_pleural_effusion(canvas, anatomy, side, float(rng.uniform(*spec["pleural_effusion_mm"])),
+                                           with_atelectasis, rng))
     if labels.get("Atelectasis") and not any(x["label"] == "Atelectasis" for x in lesions):
-        lesions.extend(_atelectasis(canvas, rng))
+        lesions.extend(_atelectasis(canvas, rng, spec))
     if labels.get("Lung nodule"):
         count = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
         for index in range(count):
-            diameter = float(rng.uniform(4, 20)) if index == 0 else float(rng.uniform(4, 9))
+            diameter = float(rng.uniform(*spec["nodule_first_mm"])) if index == 0 else float(
+                rng.uniform(*spec["nodule_extra_mm"]))
             lesion = _nodule(canvas, rng, diameter)
             if lesion:
                 lesions.append(lesion)
     if labels.get("Consolidation"):
         lesions.append(_patch(canvas, rng, "Consolidation", "consolidation",
                               {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1,
-                               "lung_upper_lobe_right": 1, "lung_upper_lobe_left": 1}, 25.0, (25, 45), "set"))
+                               "lung_upper_lobe_right": 1, "lung_upper_lobe_left": 1}, 25.0, spec["consolidation_mm"], "set"))
     if labels.get("Lung opacity"):
-        lesions.append(_patch(canvas, rng, "Lung opacity", "ground_glass_opacity", {n: 1 for n in ALL_LOBES}, -610.0,
-                              (25, 50), "max"))
+        lesions.append(_patch(canvas, rng, "Lung opacity", "ground_glass_opacity", {n: 1 for n in ALL_LOBES},
+                              spec["opacity_hu"], spec["opacity_mm"], "max"))
     if labels.get("Emphysema"):
-        lesions.append(_emphysema(canvas, rng))
+        lesions.append(_emphysema(canvas, rng, spec))
     if labels.get("Coronary artery wall calcification"):
-        lesions.append(_coronary_calcification(canvas, anatomy, rng))
+        lesions.append(_coronary_calcification(canvas, anatomy, rng, spec))
     if labels.get("Arterial wall calcification"):
-        lesions.append(_aortic_calcification(canvas, anatomy, rng))
+        lesions.append(_aortic_calcification(canvas, anatomy, rng, spec))
     if labels.get("Lymphadenopathy"):
-        lesions.extend(_lymph_nodes(canvas, rng, lungs))
+        lesions.extend(_lymph_nodes(canvas, rng, lungs, spec))
     if labels.get("Bronchiectasis"):
-        lesions.append(_bronchiectasis(canvas, anatomy, rng, lungs))
+        lesions.append(_bronchiectasis(canvas, anatomy, rng, lungs, spec))
     if labels.get("Peribronchial thickening"):
-        lesions.append(_peribronchial(canvas, anatomy, lungs))
+        lesions.append(_peribronchial(canvas, anatomy, lungs, spec))
     if labels.get("Interlobular septal thickening"):
-        lesions.append(_septal(canvas, anatomy, rng))
+        lesions.append(_septal(canvas, anatomy, rng, spec))
     if labels.get("Mosaic attenuation pattern"):
-        lesions.append(_mosaic(canvas, rng, lungs))
+        lesions.append(_mosaic(canvas, rng, lungs, spec))
     if labels.get("Pulmonary fibrotic sequela"):
-        lesions.append(_fibrotic(canvas, rng, lungs))
+        lesions.append(_fibrotic(canvas, rng, lungs, spec))
     if labels.get("Medical material"):
         lesions.append(_medical_material(canvas, anatomy, rng, ids))
     return [lesion for lesion in lesions if lesion]
@@ -285,7 +294,7 @@ def _pleural_effusion(canvas: Canvas, anatomy: Anatomy, side: str, thickness: fl
     return lesions
 
 
-def _atelectasis(canvas: Canvas, rng: np.random.Generator) -> list[Lesion]:
+def _atelectasis(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -> list[Lesion]:
     lobe = _pick_lobe(rng, {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1,
                             "lung_upper_lobe_left": 1})
     lobe_id = class_ids()[lobe]
@@ -293,8 +302,10 @@ def _atelectasis(canvas: Canvas, rng: np.random.Generator) -> list[Lesion]:
         center = _point(canvas, kji)
         angle = rng.uniform(0, np.pi)
         axes = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-        semi = (float(rng.uniform(20, 35)), float(rng.uniform(4, 7)), float(rng.uniform(8, 14)))
-        claimed = canvas.paint(ellipsoid(tuple(center), semi, axes), tuple(center - 36), tuple(center + 36),
+        ranges = spec["atelectasis_semi_mm"]
+        semi = (float(rng.uniform(*ranges[0])), float(rng.uniform(*ranges[1])), float(rng.uniform(*ranges[2])))
+        reach = max(36.0, semi[0] + 1.0)
+        claimed = canvas.paint(ellipsoid(tuple(center), semi, axes), tuple(center - reach), tuple(center + reach),
                                lambda u, v, w: 22.0 + 0 * u, None, only_labels=(lobe_id,))
         if claimed:
             return [{"label": "Atelectasis", "kind": "plate_atelectasis", "lobe": lobe, "side": _side_of_lobe(lobe),
@@ -302,7 +313,7 @@ def _atelectasis(canvas: Canvas, rng: np.random.Generator) -> list[Lesion]:
     return []
 
 
-def _emphysema(canvas: Canvas, rng: np.random.Generator) -> Lesion:
+def _emphysema(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     bilateral = rng.random() < 0.7
     lobes = ["lung_upper_lobe_right", "lung_upper_lobe_left"] if bilateral else [
         str(rng.choice(["lung_upper_lobe_right", "lung_upper_lobe_left"]))]
@@ -310,12 +321,13 @@ def _emphysema(canvas: Canvas, rng: np.random.Generator) -> Lesion:
         lobes += ["lung_lower_lobe_right", "lung_lower_lobe_left"] if bilateral else []
     lobe_ids = [class_ids()[n] for n in lobes]
     claimed, holes = 0, 0
-    count = int(rng.integers(25, 70))
+    count = int(rng.integers(*spec["emphysema_holes"]))
+    hole_hu = float(spec["emphysema_hu"])
     for kji in _random_voxels(canvas, rng, lobe_ids, count):
         center = _point(canvas, kji)
-        radius = float(rng.uniform(3.0, 9.0))
+        radius = float(rng.uniform(*spec["emphysema_radius_mm"]))
         got = canvas.paint(ellipsoid(tuple(center), (radius, radius, radius)), tuple(center - radius - 1),
-                           tuple(center + radius + 1), lambda u, v, w: -965.0 + 0 * u, None, only_labels=lobe_ids,
+                           tuple(center + radius + 1), lambda u, v, w: hole_hu + 0 * u, None, only_labels=lobe_ids,
                            mode="min")
         claimed += got
         holes += bool(got)
@@ -325,38 +337,42 @@ def _emphysema(canvas: Canvas, rng: np.random.Generator) -> Lesion:
             "center_body": _point(canvas, _random_voxels(canvas, rng, lobe_ids, 1)[0]).tolist()}
 
 
-def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
+def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator,
+                            spec: dict[str, Any]) -> Lesion:
     vessels = list(anatomy.coronary_paths)
     chosen = sorted({str(x) for x in rng.choice(vessels, size=int(rng.integers(1, 4)))})
     spots = []
     for name in chosen:
         path = anatomy.coronary_paths[name]
-        for _ in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(*spec["coronary_spots"]))):
             point = path[int(rng.integers(0, len(path) // 2 + 2))]
-            radius = float(rng.uniform(1.5, 3.0))
-            hu = float(rng.uniform(400, 1000))
-            canvas.paint(ellipsoid(tuple(point), (radius, radius, radius)), tuple(point - 4), tuple(point + 4),
+            radius = float(rng.uniform(*spec["coronary_radius_mm"]))
+            hu = float(rng.uniform(*spec["coronary_hu"]))
+            reach = max(4.0, radius + 1.0)
+            canvas.paint(ellipsoid(tuple(point), (radius, radius, radius)), tuple(point - reach), tuple(point + reach),
                          hu, None, soft=True, mode="max", only_labels=(0, class_ids()["heart"]))
             spots.append(point)
     return {"label": "Coronary artery wall calcification", "kind": "coronary_calcification", "vessels": chosen,
             "spots": len(spots), "center_body": np.mean(spots, axis=0).tolist()}
 
 
-def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
+def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator,
+                          spec: dict[str, Any]) -> Lesion:
     path, radii = anatomy.aorta_path, anatomy.aorta_radii
     n = len(path)
     segments: set[str] = set()
     spots = []
-    for _ in range(int(rng.integers(3, 12))):
+    for _ in range(int(rng.integers(*spec["aortic_spots"]))):
         index = int(rng.integers(n // 5, n - 2))
         tangent = path[min(index + 1, n - 1)] - path[max(index - 1, 0)]
         tangent /= np.linalg.norm(tangent)
         normal = np.cross(tangent, rng.normal(size=3))
         normal /= np.linalg.norm(normal)
         point = path[index] + normal * radii[index] * 0.95
-        radius = float(rng.uniform(1.5, 3.2))
-        canvas.paint(ellipsoid(tuple(point), (radius, radius, radius * 1.5), None), tuple(point - 6), tuple(point + 6),
-                     float(rng.uniform(300, 900)), None, soft=True, mode="max", only_labels=(0, class_ids()["aorta"]))
+        radius = float(rng.uniform(*spec["aortic_radius_mm"]))
+        reach = max(6.0, radius * 1.5 + 1.0)
+        canvas.paint(ellipsoid(tuple(point), (radius, radius, radius * 1.5), None), tuple(point - reach),
+                     tuple(point + reach), float(rng.uniform(*spec["aortic_hu"])), None, soft=True, mode="max", only_labels=(0, class_ids()["aorta"]))
         segments.add("ascending" if index < n * 0.3 else "arch" if index < n * 0.45 else "descending")
         spots.append(point)
     return {"label": "Arterial wall calcification", "kind": "aortic_wall_calcification",
@@ -374,16 +390,17 @@ NODE_STATIONS = {
 }
 
 
-def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int]) -> list[Lesion]:
+def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> list[Lesion]:
     names = list(NODE_STATIONS)
-    chosen = [names[i] for i in sorted(rng.choice(len(names), size=int(rng.integers(1, 4)), replace=False))]
+    chosen = [names[i] for i in sorted(rng.choice(len(names), size=int(rng.integers(*spec["node_count"])), replace=False))]
     lesions = []
     for station in chosen:
         center = np.asarray(NODE_STATIONS[station]) + rng.normal(0, 2.0, 3)
-        short = float(rng.uniform(12, 24))
+        short = float(rng.uniform(*spec["node_short_mm"]))
         semi = (short / 2, short / 2 * rng.uniform(1.0, 1.2), short / 2 * rng.uniform(1.2, 1.6))
         allowed = (0,) + tuple(lungs) if "hilar" in station else (0,)
-        claimed = canvas.paint(ellipsoid(tuple(center), semi), tuple(center - 20), tuple(center + 20),
+        reach = max(20.0, short * 0.8 + 1.0)
+        claimed = canvas.paint(ellipsoid(tuple(center), semi), tuple(center - reach), tuple(center + reach),
                                float(rng.uniform(20, 35)), None, only_labels=allowed)
         if claimed:
             lesions.append({"label": "Lymphadenopathy", "kind": "enlarged_lymph_node", "station": station,
@@ -391,19 +408,22 @@ def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int])
     return lesions
 
 
-def _bronchiectasis(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lungs: Sequence[int]) -> Lesion:
+def _bronchiectasis(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lungs: Sequence[int],
+                    spec: dict[str, Any]) -> Lesion:
     lobe = _pick_lobe(rng, {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 2,
                             "lung_upper_lobe_left": 1, "lung_upper_lobe_right": 1})
     lobe_id = class_ids()[lobe]
     claimed, points = 0, []
-    for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(4, 8))):
+    half, wall = float(spec["bronchiectasis_half_mm"]), float(spec["bronchiectasis_wall_mm"])
+    for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(*spec["bronchiectasis_count"]))):
         center = _point(canvas, kji)
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
-        p0, p1 = center - direction * 15, center + direction * 15
-        lumen = float(rng.uniform(3.5, 5.5))
-        lo, hi = tuple(np.minimum(p0, p1) - 10), tuple(np.maximum(p0, p1) + 10)
-        claimed += canvas.paint(capsule(p0, p1, lumen + 2.0), lo, hi, 15.0, None, soft=True, only_labels=(lobe_id,))
+        p0, p1 = center - direction * half, center + direction * half
+        lumen = float(rng.uniform(*spec["bronchiectasis_lumen_mm"]))
+        pad = max(10.0, lumen + wall + 2.0)
+        lo, hi = tuple(np.minimum(p0, p1) - pad), tuple(np.maximum(p0, p1) + pad)
+        claimed += canvas.paint(capsule(p0, p1, lumen + wall), lo, hi, 15.0, None, soft=True, only_labels=(lobe_id,))
         canvas.paint(capsule(p0, p1, lumen), lo, hi, -1000.0, None, soft=True, only_labels=(lobe_id,))
         points.append(center)
     return {"label": "Bronchiectasis", "kind": "cylindrical_bronchiectasis", "lobe": lobe, "side": _side_of_lobe(lobe),
@@ -411,20 +431,23 @@ def _bronchiectasis(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, 
             "voxels": claimed}
 
 
-def _peribronchial(canvas: Canvas, anatomy: Anatomy, lungs: Sequence[int]) -> Lesion:
+def _peribronchial(canvas: Canvas, anatomy: Anatomy, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
     claimed = 0
+    wall = float(spec["peribronchial_wall_mm"])
     for segment in anatomy.airway_segments:
         p0, p1, lumen = segment["p0"], segment["p1"], float(segment["lumen_mm"])
-        lo, hi = tuple(np.minimum(p0, p1) - lumen - 6), tuple(np.maximum(p0, p1) + lumen + 6)
-        claimed += canvas.paint(capsule(p0, p1, lumen + 3.2), lo, hi, 25.0, None, soft=True, only_labels=lungs)
+        pad = lumen + max(6.0, wall + 2.0)
+        lo, hi = tuple(np.minimum(p0, p1) - pad), tuple(np.maximum(p0, p1) + pad)
+        claimed += canvas.paint(capsule(p0, p1, lumen + wall), lo, hi, 25.0, None, soft=True, only_labels=lungs)
         canvas.paint(capsule(p0, p1, lumen), lo, hi, -1000.0, None, soft=True, only_labels=lungs)
     return {"label": "Peribronchial thickening", "kind": "peribronchial_thickening", "side": "both",
             "center_body": anatomy.carina.tolist(), "voxels": claimed}
 
 
-def _septal(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
+def _septal(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     sides = ["right", "left"] if rng.random() < 0.7 else [str(rng.choice(["right", "left"]))]
-    cell = float(rng.uniform(14, 20))
+    cell = float(rng.uniform(*spec["septal_cell_mm"]))
+    width, septal_hu, depth = float(spec["septal_width"]), float(spec["septal_hu"]), float(spec["septal_depth_mm"])
     claimed = 0
     for side in sides:
         lobe_id = class_ids()[LOBES[side][-1]]
@@ -433,39 +456,42 @@ def _septal(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -> Lesio
         if box is None:
             continue
         u, v, w = canvas.coords(box)
-        near_pleura = anatomy.lung_distance(side)(u, v, w) > -28.0
+        near_pleura = anatomy.lung_distance(side)(u, v, w) > -depth
         lattice = np.minimum(np.minimum(np.abs(np.sin(np.pi * u / cell)), np.abs(np.sin(np.pi * (v + 3.1) / cell))),
                              np.abs(np.sin(np.pi * (w + 7.3) / cell)))
-        septa = near_pleura & (lattice < 0.12) & (canvas.label[box] == lobe_id)
-        canvas.hu[box][septa] = np.maximum(canvas.hu[box][septa], -260.0)
+        septa = near_pleura & (lattice < width) & (canvas.label[box] == lobe_id)
+        canvas.hu[box][septa] = np.maximum(canvas.hu[box][septa], septal_hu)
         claimed += int(septa.sum())
     return {"label": "Interlobular septal thickening", "kind": "interlobular_septal_thickening",
             "side": "both" if len(sides) == 2 else sides[0], "lobes": [LOBES[s][-1] for s in sides],
             "center_body": anatomy.hila[sides[0]].tolist(), "voxels": claimed}
 
 
-def _mosaic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int]) -> Lesion:
+def _mosaic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
     field = smooth_field(rng, 1.0, (25.0, 60.0), modes=6)
     inside = np.isin(canvas.label, np.asarray(lungs, dtype=np.uint8))
     pattern = field(canvas.u[inside], canvas.v[inside], canvas.w[inside])
-    canvas.hu[inside] += np.where(pattern > 0.1, -60.0, np.where(pattern < -0.3, 70.0, 0.0)).astype(np.float32)
+    darker, brighter = spec["mosaic_hu"]
+    canvas.hu[inside] += np.where(pattern > 0.1, darker, np.where(pattern < -0.3, brighter, 0.0)).astype(np.float32)
     return {"label": "Mosaic attenuation pattern", "kind": "mosaic_attenuation", "side": "both",
             "center_body": [0.0, 10.0, -150.0], "voxels": int(inside.sum())}
 
 
-def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int]) -> Lesion:
+def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
     lobe = _pick_lobe(rng, {"lung_upper_lobe_right": 3, "lung_upper_lobe_left": 3, "lung_middle_lobe_right": 1,
                             "lung_lower_lobe_right": 1, "lung_lower_lobe_left": 1})
     lobe_id = class_ids()[lobe]
     claimed, points = 0, []
-    for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(2, 6))):
+    for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(*spec["fibrotic_count"]))):
         center = _point(canvas, kji)
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
-        half = float(rng.uniform(10, 25))
+        half = float(rng.uniform(*spec["fibrotic_half_mm"]))
         p0, p1 = center - direction * half, center + direction * half
-        claimed += canvas.paint(capsule(p0, p1, float(rng.uniform(1.2, 2.2))), tuple(np.minimum(p0, p1) - 4),
-                                tuple(np.maximum(p0, p1) + 4), -40.0, None, soft=True, only_labels=(lobe_id,))
+        radius = float(rng.uniform(*spec["fibrotic_radius_mm"]))
+        pad = max(4.0, radius + 2.0)
+        claimed += canvas.paint(capsule(p0, p1, radius), tuple(np.minimum(p0, p1) - pad),
+                                tuple(np.maximum(p0, p1) + pad), -40.0, None, soft=True, only_labels=(lobe_id,))
         points.append(center)
     return {"label": "Pulmonary fibrotic sequela", "kind": "fibrotic_bands", "lobe": lobe, "side": _side_of_lobe(lobe),
             "center_body": np.mean(points, axis=0).tolist() if points else [0.0, 0.0, -100.0], "voxels": claimed}

@@ -15,6 +15,7 @@ import numpy as np
 
 from preprocessing.synthetic.anatomy import AnatomyFindings, build_anatomy
 from preprocessing.synthetic.canvas import Canvas
+from preprocessing.synthetic.difficulty import DEFAULT_DIFFICULTY
 from preprocessing.synthetic.geometry import Grid, random_pose
 from preprocessing.synthetic.lesions import anatomy_findings, draw_lesions, sample_labels
 from preprocessing.synthetic.patients import patient_index
@@ -95,11 +96,14 @@ def _plan(rng: np.random.Generator, spec: SizeSpec, abdomen_fraction: float,
 
 
 def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_fraction: float = 0.3,
-                 labels: dict[str, int] | None = None, draw: bool = True) -> Phantom:
+                 labels: dict[str, int] | None = None, draw: bool = True,
+                 difficulty: str = DEFAULT_DIFFICULTY) -> Phantom:
     """Build study ``index`` of cohort ``seed`` in memory (no files).
 
     ``labels`` overrides the sampled findings (e.g. ``{"Lung nodule": 1}``, others 0) - for tests and
-    benchmarks; ``draw=False`` skips lesion drawing (the normal anatomy of the same patient).
+    benchmarks; ``draw=False`` skips lesion drawing (the normal anatomy of the same patient);
+    ``difficulty`` (``learnable`` / ``paper``) sets lesion sizes, contrast and label prevalence
+    (``preprocessing.synthetic.difficulty``).
     """
     from scipy import ndimage
 
@@ -108,10 +112,10 @@ def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_frac
     spec = SIZES[size]
     rngs = study_rngs(seed, index)
     plan = _plan(rngs["plan"], spec, abdomen_fraction, patient_scale(seed, patient_index(seed, index)))
-    sampled = sample_labels(rngs["labels"])
+    sampled = sample_labels(rngs["labels"], difficulty)
     if labels is not None:
         sampled = {name: int(bool(labels.get(name, 0))) for name in CTRATE_LABELS}
-    findings = anatomy_findings(sampled, rngs["labels"]) if draw else AnatomyFindings()
+    findings = anatomy_findings(sampled, rngs["labels"], difficulty) if draw else AnatomyFindings()
 
     scale = plan["scale"]
     center_x, center_y = plan["center_lps"]
@@ -129,7 +133,7 @@ def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_frac
     table_y = center_y + (5.0 + 128.0) * scale[1] + 2.0
     anatomy = build_anatomy(canvas, rngs["anatomy"], abdomen=plan["abdomen"], w_top=plan["w_top"],
                             w_bottom=plan["w_bottom"], table_y_lps=table_y, findings=findings)
-    lesions = draw_lesions(canvas, anatomy, sampled, findings, rngs["lesions"]) if draw else []
+    lesions = draw_lesions(canvas, anatomy, sampled, findings, rngs["lesions"], difficulty) if draw else []
     final_labels = {name: 0 for name in CTRATE_LABELS}
     if draw:
         for lesion in lesions:

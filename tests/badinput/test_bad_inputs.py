@@ -181,7 +181,7 @@ def test_predict_missing_mask_names_the_mask(tmp_path: Path, repo_root: Path) ->
 def test_predict_non_ct_study_names_the_folder(tmp_path: Path) -> None:
     from core.config import load_config
     from tests.badinput.corpus import non_ct
-    from training.predict import PredictionError, load_input_image
+    from training.inference.predict import PredictionError, load_input_image
 
     non_ct(tmp_path / "mr")
     config = load_config(None)
@@ -192,7 +192,7 @@ def test_predict_non_ct_study_names_the_folder(tmp_path: Path) -> None:
 
 def test_predict_not_nifti_names_the_file(tmp_path: Path) -> None:
     from core.config import load_config
-    from training.predict import PredictionError, load_input_image
+    from training.inference.predict import PredictionError, load_input_image
 
     bogus = tmp_path / "volume.txt"
     bogus.write_text("hello")

@@ -277,15 +277,33 @@ def test_lesions_change_only_the_voxels_they_claim() -> None:
     assert 0 <= float(np.median(effusion.hu_zyx[moved])) <= 25
 
 
-def test_label_sampling_prevalence_and_normal_fraction() -> None:
+@pytest.mark.parametrize(("difficulty", "normal_range", "prevalence_range"),
+                         [("paper", (0.25, 0.35), (0.05, 0.40)), ("learnable", (0.20, 0.30), (0.18, 0.40))])
+def test_label_sampling_prevalence_and_normal_fraction(difficulty: str, normal_range: tuple[float, float],
+                                                       prevalence_range: tuple[float, float]) -> None:
     from preprocessing.synthetic.lesions import sample_labels
     from core.anatomy_sets import CTRATE_LABELS
 
-    draws = [sample_labels(np.random.default_rng(i)) for i in range(3000)]
+    draws = [sample_labels(np.random.default_rng(i), difficulty) for i in range(3000)]
     normal = np.mean([not any(d.values()) for d in draws])
-    assert 0.25 <= normal <= 0.35
+    assert normal_range[0] <= normal <= normal_range[1]
     for name in CTRATE_LABELS:
-        assert 0.05 <= np.mean([d[name] for d in draws]) <= 0.40, name
+        assert prevalence_range[0] <= np.mean([d[name] for d in draws]) <= prevalence_range[1], name
+
+
+def test_paper_difficulty_is_the_previous_generator_and_learnable_lesions_are_larger() -> None:
+    from preprocessing.synthetic import make_phantom
+
+    forced = {"Lung nodule": 1, "Lymphadenopathy": 1}
+    paper = make_phantom(4, 1, "demo", labels=forced, difficulty="paper")
+    learnable = make_phantom(4, 1, "demo", labels=forced, difficulty="learnable")
+    assert np.array_equal(paper.labels_zyx, learnable.labels_zyx)          # same patient, same anatomy
+    def size(phantom, label):
+        return sum(x.get("voxels", 0) for x in phantom.lesions if x["label"] == label)
+    for label in forced:
+        assert size(learnable, label) > 2 * size(paper, label) > 0, label
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        make_phantom(4, 1, "demo", difficulty="hard")
 
 
 def test_cli_demo_data_writes_a_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

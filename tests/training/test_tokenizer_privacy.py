@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.text import build_tokenizer
+from training.models.text import build_tokenizer
 
 CLINICAL = [
     "A 7 mm nodule is seen in the right upper lobe.",

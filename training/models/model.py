@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.conv3d import ConvEncoder3D
 from training.models.pooling import AnatomyPooling, mask_to_patch_grid
 from training.models.text import TextTower
 from training.models.vit3d import AttentionKind, ViT3D
@@ -67,17 +68,22 @@ class FVLM(nn.Module):
         self.crop_zyx = tuple(int(c) for c in crop_zyx)
         self.model_cfg_dict = _config_to_dict(model_cfg)
         self.text_pretrained = model_cfg.text.name_or_path is not None
-        self.vision = ViT3D(
-            crop_zyx=self.crop_zyx,
-            patch_zyx=vision.patch_zyx,
-            embed_dim=vision.embed_dim,
-            depth=vision.depth,
-            heads=vision.heads,
-            mlp_ratio=vision.mlp_ratio,
-            pool_layers=vision.pool_layers,
-            grad_checkpointing=vision.grad_checkpointing,
-            attention=attention,
-        )
+        self.vision: ViT3D | ConvEncoder3D
+        if getattr(vision, "kind", "vit") == "conv":  # small 3D CNN, same token grid (training/models/conv3d.py)
+            self.vision = ConvEncoder3D(self.crop_zyx, vision.patch_zyx, vision.embed_dim,
+                                        getattr(vision, "conv_channels", None), vision.pool_layers)
+        else:
+            self.vision = ViT3D(
+                crop_zyx=self.crop_zyx,
+                patch_zyx=vision.patch_zyx,
+                embed_dim=vision.embed_dim,
+                depth=vision.depth,
+                heads=vision.heads,
+                mlp_ratio=vision.mlp_ratio,
+                pool_layers=vision.pool_layers,
+                grad_checkpointing=vision.grad_checkpointing,
+                attention=attention,
+            )
         self.pooling = AnatomyPooling(len(self.anatomy_names), vision.embed_dim, model_cfg.embed_dim, vision.heads)
         self.global_proj = nn.Linear(vision.embed_dim, model_cfg.embed_dim)
         self.text = text_tower

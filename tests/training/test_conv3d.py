@@ -1,0 +1,74 @@
+"""Conv image encoder: the ViT's token grid and outputs, so anatomy pooling and the losses work unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.config import ModelConfig
+from training.models.conv3d import ConvEncoder3D, stage_strides
+from training.models.losses import fvlm_loss
+from training.models.model import build_model
+from training.models.pooling import mask_to_patch_grid
+from training.models.vit3d import ViT3D
+
+CROP, PATCH = (16, 32, 32), (4, 8, 8)
+
+
+def test_stage_strides_multiply_to_the_patch() -> None:
+    strides = stage_strides((8, 16, 16))
+    assert len(strides) == 4 and strides[-1] == (1, 2, 2)
+    for axis, patch in enumerate((8, 16, 16)):
+        product = 1
+        for stride in strides:
+            product *= stride[axis]
+        assert product == patch
+    with pytest.raises(ValueError, match="powers of two"):
+        stage_strides((6, 16, 16))
+
+
+def test_token_grid_matches_the_vit_and_the_mask_grid() -> None:
+    torch.manual_seed(0)
+    conv = ConvEncoder3D(CROP, PATCH, 32, pool_layers=[1, 2, 5])
+    vit = ViT3D(CROP, PATCH, 32, depth=1, heads=2)
+    volume = torch.rand(2, 1, *CROP)
+    final, levels, grid = conv(volume)
+    vit_final, _, vit_grid = vit(volume)
+    assert grid == vit_grid == (4, 4, 4) and final.shape == vit_final.shape == (2, 64, 32)
+    assert len(levels) == 2 and all(level.shape == final.shape for level in levels)  # stage 5 does not exist
+    mask = torch.zeros(2, *CROP, dtype=torch.uint8)
+    mask[:, :4, :8, :8] = 1                                   # anatomy 0 = the first token only
+    membership = mask_to_patch_grid(mask, 2, PATCH)
+    assert membership.shape == (2, 2, final.shape[1]) and membership[:, 0].sum(dim=1).tolist() == [1, 1]
+    assert bool(membership[0, 0, 0])                          # C-order (gz, gy, gx): token 0 = patch (0, 0, 0)
+
+
+def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig.model_validate({
+        "vision": {"kind": "conv", "patch_zyx": list(PATCH), "embed_dim": 32, "depth": 1, "heads": 2,
+                   "pool_layers": [2]},
+        "text": {"name_or_path": None, "vocab_size": 128, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
+        "embed_dim": 16,
+    })
+    model = build_model(cfg, ("lung", "heart"), CROP)
+    assert isinstance(model.vision, ConvEncoder3D)
+    volume = torch.rand(3, 1, *CROP)
+    mask = torch.zeros(3, *CROP, dtype=torch.uint8)
+    mask[:, :8] = 1
+    mask[:, 8:, :16] = 2
+    texts = [["clear lung", "normal heart"], ["a nodule in the lung", "normal heart"], ["clear lung", "enlarged heart"]]
+    out = model(volume, mask, anatomy_text=texts)
+    assert out["anatomy"].shape == (3, 2, 16) and bool(out["anatomy_present"].all())
+    abnormal = torch.tensor([[False, False], [True, False], [False, True]])
+    loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal, texts,
+                        out["logit_scale"])
+    loss.backward()
+    first = model.vision.stages[0][0][0].weight
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0
+    saved = model.save_pretrained(tmp_path / "m")
+    again = type(model).from_pretrained(saved)
+    assert isinstance(again.vision, ConvEncoder3D)
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(volume, mask)["anatomy"], again.encode_image(volume, mask)["anatomy"])

@@ -1,0 +1,186 @@
+"""Supervised probe: can an image encoder learn the labels at all? (no text, no contrastive loss)
+
+The probe trains ``encoder -> [mean | max over patch tokens] -> linear -> 18 logits`` with BCE on the
+study labels, then reports the per-label ROC AUC on held-out studies. Inputs go through the training
+loader's own transform functions (``training.trainer.transforms``: random crop + HU window + random flips for
+training, the anatomy-centred crop for evaluation) on the arrays the shard stage stores (the model grid
+of ``segmentation.model_grid.prepare_model_grid``), so what the probe sees is what fVLM sees.
+
+If the probe cannot reach a useful AUC on a label, contrastive training will not either: it is the
+learnability check of ``benchmarks/learnability.py`` (docs/learnability.md), and its ViT-vs-CNN
+comparison chose the demo image encoder.
+
+API::
+
+    encoder = vision_encoder(model_cfg.vision, crop_zyx)             # ViT3D or ConvEncoder3D
+    result = fit_probe(encoder, train_studies, test_studies, crop_zyx=..., hu_window=..., steps=...)
+    result.test_auc        # {label: AUC} (NaN where the test split holds one class only)
+
+A study is a :class:`ProbeStudy` (``hu_zyx`` int16, ``anatomy_zyx`` uint8, ``labels`` float (L,)).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.conv3d import ConvEncoder3D
+from training.evaluation.metrics import roc_auc
+from training.trainer.transforms import centred_starts, extract_crop, label_centre, random_flips, random_starts
+from training.models.vit3d import ViT3D
+
+
+@dataclass
+class ProbeStudy:
+    hu_zyx: np.ndarray        # int16 HU on the model grid (what the shards store)
+    anatomy_zyx: np.ndarray   # uint8 anatomy index + 1 (0 background)
+    labels: np.ndarray        # float32 (L,) 0/1
+
+
+@dataclass
+class ProbeResult:
+    label_names: list[str]
+    test_auc: dict[str, float]
+    train_auc: dict[str, float]
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+    @property
+    def test_mean_auc(self) -> float:
+        return _nanmean(self.test_auc.values())
+
+    @property
+    def train_mean_auc(self) -> float:
+        return _nanmean(self.train_auc.values())
+
+
+def _nanmean(values: Any) -> float:
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def vision_encoder(vision: Any, crop_zyx: Sequence[int]) -> nn.Module:
+    """The image encoder ``training.models.model.FVLM`` builds for ``model.vision`` (kind vit or conv)."""
+    if getattr(vision, "kind", "vit") == "conv":
+        return ConvEncoder3D(crop_zyx, vision.patch_zyx, vision.embed_dim, getattr(vision, "conv_channels", None),
+                             vision.pool_layers)
+    return ViT3D(crop_zyx=crop_zyx, patch_zyx=vision.patch_zyx, embed_dim=vision.embed_dim, depth=vision.depth,
+                 heads=vision.heads, mlp_ratio=getattr(vision, "mlp_ratio", 4.0), pool_layers=vision.pool_layers)
+
+
+class ProbeModel(nn.Module):
+    """encoder tokens -> concat(mean, max) over tokens -> linear logits."""
+
+    def __init__(self, encoder: nn.Module, n_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        dim = int(getattr(encoder, "embed_dim"))  # noqa: B009 (nn.Module attribute typing)
+        self.head = nn.Linear(2 * dim, n_labels)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        final, _, _ = self.encoder(volume)
+        return self.head(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
+
+
+def crop_study(study: ProbeStudy, crop_zyx: Sequence[int], hu_window: Sequence[float],
+               rng: np.random.Generator | None = None, flip_prob: float = 0.0) -> np.ndarray:
+    """The loader's crop: random (+ flips) when ``rng`` is given, else centred on the anatomies' union."""
+    if rng is not None:
+        starts = random_starts(study.hu_zyx.shape, crop_zyx, rng)
+    else:
+        centre = label_centre(study.anatomy_zyx) or tuple((n - 1) / 2.0 for n in study.hu_zyx.shape)
+        starts = centred_starts(study.hu_zyx.shape, crop_zyx, centre)
+    volume, mask, _ = extract_crop(study.hu_zyx, study.anatomy_zyx, starts, crop_zyx, hu_window)
+    if rng is not None and flip_prob > 0:
+        volume, mask = random_flips(volume, mask, rng, flip_prob)
+    return volume
+
+
+@torch.no_grad()
+def predict_probe(model: ProbeModel, studies: Sequence[ProbeStudy], crop_zyx: Sequence[int],
+                  hu_window: Sequence[float], batch_size: int = 8) -> np.ndarray:
+    model.eval()
+    scores = []
+    for start in range(0, len(studies), batch_size):
+        chunk = studies[start:start + batch_size]
+        volume = torch.from_numpy(np.stack([crop_study(s, crop_zyx, hu_window) for s in chunk]))[:, None]
+        scores.append(torch.sigmoid(model(volume)).numpy())
+    return np.concatenate(scores) if scores else np.zeros((0, 0), dtype=np.float32)
+
+
+def per_label_auc(labels: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for index, name in enumerate(names):
+        column = labels[:, index]
+        out[name] = float(roc_auc(column, scores[:, index])) if 0 < column.sum() < len(column) else float("nan")
+    return out
+
+
+def fit_probe(
+    encoder: nn.Module,
+    train: Sequence[ProbeStudy],
+    test: Sequence[ProbeStudy],
+    *,
+    label_names: Sequence[str],
+    crop_zyx: Sequence[int],
+    hu_window: Sequence[float],
+    steps: int = 300,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    flip_prob: float = 0.2,
+    seed: int = 0,
+    log_every: int = 0,
+) -> ProbeResult:
+    """Train the probe for ``steps`` AdamW steps (cosine decay) and report train / test AUC per label."""
+    if not train:
+        raise ValueError("fit_probe: no training studies")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = ProbeModel(encoder, len(label_names))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    targets = torch.from_numpy(np.stack([s.labels for s in train]).astype(np.float32))
+    losses: list[float] = []
+    started = time.perf_counter()
+    order = rng.permutation(len(train))
+    cursor = 0
+    for step in range(steps):
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(len(train)), 0
+        index = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        volume = torch.from_numpy(np.stack([crop_study(train[i], crop_zyx, hu_window, rng, flip_prob) for i in index]))
+        model.train()
+        logits = model(volume[:, None])
+        loss = F.binary_cross_entropy_with_logits(logits, targets[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if log_every and (step + 1) % log_every == 0:
+            print(f"  probe step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.4f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    train_scores = predict_probe(model, train, crop_zyx, hu_window)
+    test_scores = predict_probe(model, test, crop_zyx, hu_window) if test else np.zeros((0, len(label_names)))
+    train_labels = targets.numpy()
+    test_labels = np.stack([s.labels for s in test]) if test else np.zeros((0, len(label_names)))
+    return ProbeResult(
+        label_names=list(label_names),
+        test_auc=per_label_auc(test_labels, test_scores, label_names),
+        train_auc=per_label_auc(train_labels, train_scores, label_names),
+        losses=losses, seconds=time.perf_counter() - started, steps=steps,
+    )
