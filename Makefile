@@ -44,6 +44,7 @@ test-all: setup
 # ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) over the tree; mypy on core/ and training/
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Regenerate requirements.lock: resolve pyproject.toml from scratch in a throw-away venv (torch, installed

@@ -110,31 +110,61 @@ def demo_cohort_matches(demo_dir: Path, studies: int, seed: int, difficulty: str
     return cohort.get("seed") == seed and count == studies and same_difficulty and (demo_dir / "reports.csv").is_file()
 
 
-def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort_seed: int,
-                   split: tuple[float, float, float], workers: int, log: Path) -> dict[str, Any]:
+def prepare_cohort(
+    work: Path,
+    base_params: dict[str, Any],
+    studies: int,
+    cohort_seed: int,
+    split: tuple[float, float, float],
+    workers: int,
+    log: Path,
+) -> dict[str, Any]:
     """Build (or reuse) the synthetic cohort and its shards in WORK; returns the cohort record."""
     work.mkdir(parents=True, exist_ok=True)
     params = copy.deepcopy(base_params)
-    params["paths"] = {**params.get("paths", {}), "data_dir": "data", "demo_dir": "data/demo",
-                       "raw_dicom": "data/demo/dicom", "reports_csv": "data/demo/reports.csv",
-                       "labels_csv": "data/demo/labels.csv", "precomputed_masks": "data/demo/masks",
-                       "converted": "data/converted", "segmented": "data/segmented",
-                       "reports_table": "data/reports/reports.parquet", "shards": "data/shards",
-                       "models": "data/models", "metrics": "metrics"}
+    params["paths"] = {
+        **params.get("paths", {}),
+        "data_dir": "data",
+        "demo_dir": "data/demo",
+        "raw_dicom": "data/demo/dicom",
+        "reports_csv": "data/demo/reports.csv",
+        "labels_csv": "data/demo/labels.csv",
+        "precomputed_masks": "data/demo/masks",
+        "converted": "data/converted",
+        "segmented": "data/segmented",
+        "reports_table": "data/reports/reports.parquet",
+        "shards": "data/shards",
+        "models": "data/models",
+        "metrics": "metrics",
+    }
     train_fraction, val_fraction, test_fraction = split
-    params["split"] = {**params.get("split", {}), "train": train_fraction, "val": val_fraction,
-                       "test": test_fraction, "seed": cohort_seed}
+    params["split"] = {
+        **params.get("split", {}),
+        "train": train_fraction,
+        "val": val_fraction,
+        "test": test_fraction,
+        "seed": cohort_seed,
+    }
     params["segment"] = {**params.get("segment", {}), "backend": "precomputed", "qc_pictures": False}
     params["convert"] = {**params.get("convert", {}), "workers": workers}
     params["tracking"] = {**params.get("tracking", {}), "enabled": False}
     difficulty = (params.get("demo_data") or {}).get("difficulty", "learnable")
-    wanted = {"studies": studies, "cohort_seed": cohort_seed, "split": list(split), "difficulty": difficulty,
-              "profile": params.get("profile"), "grid": params.get("grid"),
-              "profile_grid": (params.get("profiles") or {}).get(params.get("profile") or "", {}).get("grid")}
+    wanted = {
+        "studies": studies,
+        "cohort_seed": cohort_seed,
+        "split": list(split),
+        "difficulty": difficulty,
+        "profile": params.get("profile"),
+        "grid": params.get("grid"),
+        "profile_grid": (params.get("profiles") or {}).get(params.get("profile") or "", {}).get("grid"),
+    }
     marker = work / "cohort_done.json"
     params_path = work / "params.yaml"
-    if marker.is_file() and json.loads(marker.read_text()).get("settings") == json.loads(json.dumps(wanted)) \
-            and params_path.is_file():
+    if (
+        marker.is_file()
+        and json.loads(marker.read_text()).get("settings") == json.loads(json.dumps(wanted))
+        and params_path.is_file()
+    ):
         record = json.loads(marker.read_text())
         print(f"reusing cohort in {work} ({studies} studies, prepared in {record['wall_s']:.0f} s)", flush=True)
         return {**record, "reused": True}
@@ -142,8 +172,19 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
     started = time.perf_counter()
     stage_walls: dict[str, float] = {}
     stages = [
-        ("demo-data", ["demo-data", "data/demo", "--studies", str(studies), "--seed", str(cohort_seed),
-                       "--workers", str(workers)]),
+        (
+            "demo-data",
+            [
+                "demo-data",
+                "data/demo",
+                "--studies",
+                str(studies),
+                "--seed",
+                str(cohort_seed),
+                "--workers",
+                str(workers),
+            ],
+        ),
         ("convert", ["convert", "data/demo/dicom", "data/converted"]),
         ("segment", ["segment", "data/converted", "data/segmented", "--masks", "data/demo/masks"]),
         ("parse-reports", ["parse-reports", "data/demo/reports.csv", "data/reports/reports.parquet"]),
@@ -159,10 +200,15 @@ def prepare_cohort(work: Path, base_params: dict[str, Any], studies: int, cohort
 
     manifest_path = shard_manifest(work / "data" / "shards")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    record = {"settings": wanted, "wall_s": round(time.perf_counter() - started, 1), "stage_wall_s": stage_walls,
-              "shard_metrics": json.loads((work / "metrics" / "shard.json").read_text())
-              if (work / "metrics" / "shard.json").is_file() else {},
-              "manifest_splits": manifest.get("splits") or manifest.get("counts")}
+    record = {
+        "settings": wanted,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "stage_wall_s": stage_walls,
+        "shard_metrics": json.loads((work / "metrics" / "shard.json").read_text())
+        if (work / "metrics" / "shard.json").is_file()
+        else {},
+        "manifest_splits": manifest.get("splits") or manifest.get("counts"),
+    }
     from core.io import atomic_write_text
 
     atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
@@ -189,25 +235,57 @@ def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Pat
     run_dir = work / "runs" / f"{variant.replace('+', '_')}_s{seed}"
     for leftover in ("train.json", "eval.json"):
         (run_dir / leftover).unlink(missing_ok=True)
-    train_wall = run_fvlm(params, ["train", "--shards", "data/shards", "--out", str(run_dir / "model_out"),
-                                   "--steps", str(steps), "--metrics", str(run_dir / "train.json"),
-                                   "--no-tracking"], log)
-    eval_wall = run_fvlm(params, ["evaluate", "--shards", "data/shards", "--model", str(run_dir / "model_out" / "model"),
-                                  "--out", str(run_dir / "eval"), "--metrics", str(run_dir / "eval.json"),
-                                  "--no-promote", "--no-tracking"], log)
+    train_wall = run_fvlm(
+        params,
+        [
+            "train",
+            "--shards",
+            "data/shards",
+            "--out",
+            str(run_dir / "model_out"),
+            "--steps",
+            str(steps),
+            "--metrics",
+            str(run_dir / "train.json"),
+            "--no-tracking",
+        ],
+        log,
+    )
+    eval_wall = run_fvlm(
+        params,
+        [
+            "evaluate",
+            "--shards",
+            "data/shards",
+            "--model",
+            str(run_dir / "model_out" / "model"),
+            "--out",
+            str(run_dir / "eval"),
+            "--metrics",
+            str(run_dir / "eval.json"),
+            "--no-promote",
+            "--no-tracking",
+        ],
+        log,
+    )
     train_metrics = json.loads((run_dir / "train.json").read_text())
     eval_metrics = json.loads((run_dir / "eval.json").read_text())
     report = json.loads((run_dir / "eval" / "eval_report.json").read_text())
     return {
-        "variant": variant, "seed": seed, "steps": steps,
+        "variant": variant,
+        "seed": seed,
+        "steps": steps,
         "mean_auc": eval_metrics.get("mean_auc", report.get("mean_auc")),
         "mean_auc_ci": eval_metrics.get("mean_auc_ci", report.get("mean_auc_ci")),
         "per_label_auc": eval_metrics.get("per_label_auc", {}),
-        "n_test": report.get("n_test"), "scored_labels": report.get("scored_labels"),
+        "n_test": report.get("n_test"),
+        "scored_labels": report.get("scored_labels"),
         "skipped_labels": report.get("skipped_labels"),
-        "final_loss": train_metrics.get("final_loss"), "final_loss_avg": train_metrics.get("final_loss_avg"),
+        "final_loss": train_metrics.get("final_loss"),
+        "final_loss_avg": train_metrics.get("final_loss_avg"),
         "samples_per_s": train_metrics.get("samples_per_s"),
-        "train_wall_s": round(train_wall, 1), "eval_wall_s": round(eval_wall, 1),
+        "train_wall_s": round(train_wall, 1),
+        "eval_wall_s": round(eval_wall, 1),
     }
 
 
@@ -225,19 +303,27 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         values = [r["mean_auc"] for r in runs if r["variant"] == variant]
         finite = [v for v in values if v is not None and not math.isnan(v)]
         summary[variant] = {
-            "n": len(finite), "n_runs": len(values),
+            "n": len(finite),
+            "n_runs": len(values),
             "mean": statistics.fmean(finite) if finite else float("nan"),
             "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
             "values": values,
         }
     clip_mean = summary["clip"]["mean"]
-    for variant, row in summary.items():
+    for row in summary.values():
         row["delta_vs_clip"] = row["mean"] - clip_mean
     # paired by seed: fine-grained minus CLIP on the same seed
     for variant in VARIANTS:
-        diffs = [a["mean_auc"] - b["mean_auc"] for a in runs for b in runs
-                 if a["variant"] == variant and b["variant"] == "clip" and a["seed"] == b["seed"]
-                 and a["mean_auc"] is not None and b["mean_auc"] is not None]
+        diffs = [
+            a["mean_auc"] - b["mean_auc"]
+            for a in runs
+            for b in runs
+            if a["variant"] == variant
+            and b["variant"] == "clip"
+            and a["seed"] == b["seed"]
+            and a["mean_auc"] is not None
+            and b["mean_auc"] is not None
+        ]
         summary[variant]["paired_delta_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     return summary
 
@@ -263,11 +349,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="scratch dir for the cohort and runs (default: OUT/work)")
     parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"), help="params.yaml to start from")
     parser.add_argument("--cohort-seed", type=int, default=0, help="seed of the synthetic cohort and split")
-    parser.add_argument("--split", type=float, nargs=3, default=[0.6, 0.1, 0.3], metavar=("TRAIN", "VAL", "TEST"),
-                        help="patient split fractions (a large test split makes the AUC less noisy)")
+    parser.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=[0.6, 0.1, 0.3],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="patient split fractions (a large test split makes the AUC less noisy)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
-    parser.add_argument("--crop", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
-                        help="override grid.crop_zyx (voxels of the profile's grid)")
+    parser.add_argument(
+        "--crop",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="override grid.crop_zyx (voxels of the profile's grid)",
+    )
     parser.add_argument("--lr", type=float, default=None, help="override train.lr")
     parser.add_argument("--warmup-steps", type=int, default=None, help="override train.warmup_steps")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -284,13 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     base_params = load_yaml(Path(args.params))
     if args.crop:
         set_key(base_params, "grid", "crop_zyx", list(args.crop))
-    train_overrides = {key: value for key, value in (("batch_size", args.batch_size), ("lr", args.lr),
-                                                     ("warmup_steps", args.warmup_steps)) if value is not None}
+    train_overrides = {
+        key: value
+        for key, value in (("batch_size", args.batch_size), ("lr", args.lr), ("warmup_steps", args.warmup_steps))
+        if value is not None
+    }
     for key, value in train_overrides.items():
         set_key(base_params, "train", key, value)
     try:
-        cohort = prepare_cohort(work, base_params, args.studies, args.cohort_seed, tuple(args.split),
-                                args.workers, log)
+        cohort = prepare_cohort(work, base_params, args.studies, args.cohort_seed, tuple(args.split), args.workers, log)
         if train_overrides:  # a reused cohort keeps its params.yaml; these are training keys
             params = load_yaml(work / "params.yaml")
             for key, value in train_overrides.items():
@@ -302,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: training {variant} for {args.steps} steps ...", flush=True)
                 result = train_and_evaluate(work, variant, seed, args.steps, log)
                 runs.append(result)
-                print(f"  {variant} seed {seed}: test mean AUC {fmt(result['mean_auc'])} on {result['n_test']} "
-                      f"studies; final loss {fmt(result['final_loss_avg'])}; train {result['train_wall_s']:.0f} s, "
-                      f"eval {result['eval_wall_s']:.0f} s", flush=True)
+                print(
+                    f"  {variant} seed {seed}: test mean AUC {fmt(result['mean_auc'])} on {result['n_test']} "
+                    f"studies; final loss {fmt(result['final_loss_avg'])}; train {result['train_wall_s']:.0f} s, "
+                    f"eval {result['eval_wall_s']:.0f} s",
+                    flush=True,
+                )
     except RuntimeError as error:
         print(f"ablation: {error}", file=sys.stderr)
         return 1
@@ -312,31 +415,54 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise_subset(runs, args.variants)
     config_params = load_yaml(work / "params.yaml")
     profile = config_params.get("profile")
-    batch_size = ((config_params.get("profiles") or {}).get(profile, {}).get("train", {}).get("batch_size")
-                  or config_params.get("train", {}).get("batch_size"))
-    command = ("python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
-        s=args.studies, t=args.steps, seeds=" ".join(map(str, args.seeds)),
+    batch_size = (config_params.get("profiles") or {}).get(profile, {}).get("train", {}).get(
+        "batch_size"
+    ) or config_params.get("train", {}).get("batch_size")
+    command = "python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
+        s=args.studies,
+        t=args.steps,
+        seeds=" ".join(map(str, args.seeds)),
         bs=(f" --batch-size {args.batch_size}" if args.batch_size else "")
         + (f" --crop {' '.join(map(str, args.crop))}" if args.crop else "")
         + (f" --lr {args.lr:g}" if args.lr is not None else "")
         + (f" --warmup-steps {args.warmup_steps}" if args.warmup_steps is not None else "")
         + (f" --cohort-seed {args.cohort_seed}" if args.cohort_seed != parser.get_default("cohort_seed") else "")
-        + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else "")))
+        + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else ""),
+    )
     n_test = runs[0]["n_test"] if runs else None
-    header = (f"`{command}` — cohort {args.studies} synthetic studies (profile `{profile}`, cohort seed "
-              f"{args.cohort_seed}, split {'/'.join(map(str, args.split))}, {n_test} test studies), "
-              f"{args.steps} steps of batch {batch_size} per run, seeds {', '.join(map(str, args.seeds))}; "
-              f"wall {wall / 60:.1f} min (cohort {'reused; first built in' if cohort.get('reused') else 'built in'} "
-              f"{cohort['wall_s']:.0f} s).")
+    header = (
+        f"`{command}` — cohort {args.studies} synthetic studies (profile `{profile}`, cohort seed "
+        f"{args.cohort_seed}, split {'/'.join(map(str, args.split))}, {n_test} test studies), "
+        f"{args.steps} steps of batch {batch_size} per run, seeds {', '.join(map(str, args.seeds))}; "
+        f"wall {wall / 60:.1f} min (cohort {'reused; first built in' if cohort.get('reused') else 'built in'} "
+        f"{cohort['wall_s']:.0f} s)."
+    )
     table = markdown_table(summary, args.seeds)
     text = header + "\n\n" + table + "\n"
     from core.io import atomic_write_text
 
     atomic_write_text(out / "ablation.md", text)
-    atomic_write_text(out / "ablation.json", json.dumps(
-        {"command": command, "studies": args.studies, "steps": args.steps, "seeds": args.seeds,
-         "batch_size": batch_size, "split": args.split, "cohort_seed": args.cohort_seed, "wall_s": round(wall, 1),
-         "cohort": cohort, "summary": summary, "runs": runs}, indent=2, default=str) + "\n")
+    atomic_write_text(
+        out / "ablation.json",
+        json.dumps(
+            {
+                "command": command,
+                "studies": args.studies,
+                "steps": args.steps,
+                "seeds": args.seeds,
+                "batch_size": batch_size,
+                "split": args.split,
+                "cohort_seed": args.cohort_seed,
+                "wall_s": round(wall, 1),
+                "cohort": cohort,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n",
+    )
     print()
     print(text)
     print(f"results: {out / 'ablation.json'}, {out / 'ablation.md'}")
@@ -354,10 +480,15 @@ def summarise_subset(runs: list[dict[str, Any]], variants: list[str]) -> dict[st
     for variant in variants:
         values = [r["mean_auc"] for r in runs if r["variant"] == variant]
         finite = [v for v in values if v is not None and not math.isnan(v)]
-        result[variant] = {"n": len(finite), "n_runs": len(values),
-                           "mean": statistics.fmean(finite) if finite else float("nan"),
-                           "std": statistics.stdev(finite) if len(finite) > 1 else 0.0, "values": values,
-                           "delta_vs_clip": float("nan"), "paired_delta_std": 0.0}
+        result[variant] = {
+            "n": len(finite),
+            "n_runs": len(values),
+            "mean": statistics.fmean(finite) if finite else float("nan"),
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "values": values,
+            "delta_vs_clip": float("nan"),
+            "paired_delta_std": 0.0,
+        }
     return result
 
 

@@ -13,6 +13,7 @@ ours / tool: below 1.0 means ours is faster.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -46,7 +47,7 @@ def write_series(folder: Path, *, slices: int, size: int, syntax: str, seed: int
         hu = np.where(body, 40, -1000).astype(np.float32)
         hu[lungs & body] = -850
         hu += rng.normal(0, 12, size=hu.shape).astype(np.float32) * body
-        hu[int(size * 0.7):int(size * 0.75), int(size * 0.48):int(size * 0.52)] = 700 + k  # spine-ish
+        hu[int(size * 0.7) : int(size * 0.75), int(size * 0.48) : int(size * 0.52)] = 700 + k  # spine-ish
         stored = np.rint(hu + 1024).astype(np.int16)
         stored[~fov] = -2000  # padding outside the reconstruction circle
         ds = Dataset()
@@ -90,8 +91,13 @@ def run_process(command: list[str], capture: bool = False) -> tuple[float, float
     figure on a shared machine; wall time is what a user waits."""
     cpu_before = children_cpu_seconds()
     started = time.perf_counter()
-    result = subprocess.run(command, check=True, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
+    result = subprocess.run(
+        command,
+        check=True,
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     return time.perf_counter() - started, children_cpu_seconds() - cpu_before, result.stdout or ""
 
 
@@ -104,7 +110,7 @@ def ours(input_dir: Path, output_dir: Path, extension: str, threads: int) -> dic
     """Run our converter in a fresh child process (interpreter start + imports + conversion, like the
     CLI); returns the whole process wall time, the library-call time and the peak RSS."""
     code = (
-        "import json, resource, sys, time; sys.path.insert(0, %r)\n"
+        "import json, resource, sys, time; sys.path.insert(0, %r)\n"  # noqa: UP031 (a code template: its braces stay literal)
         "t = time.perf_counter()\n"
         "from pathlib import Path\n"
         "from preprocessing.convert import ConvertJob, ConvertSettings, run_convert\n"
@@ -141,8 +147,11 @@ def canonical(path: Path):
 
 def compare(reference, other) -> dict:
     if reference.shape != other.shape:
-        return {"shape": list(other.shape), "same_shape": False,
-                "affine_max_diff_mm": float(np.abs(reference.affine - other.affine).max())}
+        return {
+            "shape": list(other.shape),
+            "same_shape": False,
+            "affine_max_diff_mm": float(np.abs(reference.affine - other.affine).max()),
+        }
     a = np.asanyarray(reference.dataobj).astype(np.float32)
     b = other.get_fdata(dtype=np.float32)
     inside = a > -1024  # outside the FOV: we write air, others keep padding / their own fill
@@ -163,7 +172,9 @@ def main() -> int:
     parser.add_argument("--skip-dicom2nifti", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool; the fastest counts")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--input", default=None, help="convert this existing one-series folder instead of generating one")
+    parser.add_argument(
+        "--input", default=None, help="convert this existing one-series folder instead of generating one"
+    )
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fvlm-bench-"))
     series = Path(args.input) if args.input else work / "dicom"
@@ -175,10 +186,12 @@ def main() -> int:
         path.read_bytes()
     results: dict[str, dict] = {}
     for extension, gz in ((".nii", "n"), (".nii.gz", "y")):
-        results[f"ours {extension}"] = best_of(args.repeat, lambda: ours(series, work / f"ours{extension}", extension, args.threads))
+        results[f"ours {extension}"] = best_of(
+            args.repeat, functools.partial(ours, series, work / f"ours{extension}", extension, args.threads)
+        )
         out = work / f"dcm2niix{extension}"
 
-        def run_dcm2niix() -> dict:
+        def run_dcm2niix(out: Path = out, gz: str = gz, extension: str = extension) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             report = timed([dcm2niix, "-z", gz, "-b", "n", "-f", "vol", "-o", str(out), str(series)])
@@ -192,14 +205,23 @@ def main() -> int:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             target = out / "vol.nii.gz"
-            code = f"import dicom2nifti; dicom2nifti.dicom_series_to_nifti({str(series)!r}, {str(target)!r}, reorient_nifti=True)"
+            code = (
+                f"import dicom2nifti; dicom2nifti.dicom_series_to_nifti({str(series)!r}, "
+                f"{str(target)!r}, reorient_nifti=True)"
+            )
             return {**timed([sys.executable, "-c", code]), "path": str(target)}
 
         results["dicom2nifti .nii.gz"] = best_of(max(1, args.repeat // 2), run_dicom2nifti)
     print()
-    described = f"{series} ({len(list(series.iterdir()))} files)" if args.input else (
-        f"{args.slices} slices {args.size}x{args.size}, transfer syntax {args.syntax}")
-    print(f"series: {described}, decode threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    described = (
+        f"{series} ({len(list(series.iterdir()))} files)"
+        if args.input
+        else (f"{args.slices} slices {args.size}x{args.size}, transfer syntax {args.syntax}")
+    )
+    print(
+        f"series: {described}, decode threads {args.threads}, load "
+        f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print(f"{'tool':22s} {'wall s':>7s} {'ours/tool':>9s} {'cpu s':>7s} {'ours/tool':>9s}  geometry / HU vs ours")
     for extension in (".nii", ".nii.gz"):
         reference = canonical(Path(results[f"ours {extension}"]["path"]))
@@ -208,10 +230,19 @@ def main() -> int:
                 continue
             ratio = results[f"ours {extension}"]["seconds"] / item["seconds"]
             cpu_ratio = results[f"ours {extension}"]["cpu_seconds"] / item["cpu_seconds"]
-            detail = compare(reference, canonical(Path(item["path"]))) if not name.startswith("ours") else {
-                "imports_s": round(item["import_seconds"], 2), "convert_call_s": round(item["call_seconds"], 2),
-                "peak_rss_mb": round(item["peak_rss_mb"])}
-            print(f"{name:22s} {item['seconds']:7.2f} {ratio:9.2f} {item['cpu_seconds']:7.2f} {cpu_ratio:9.2f}  {json.dumps(detail)}")
+            detail = (
+                compare(reference, canonical(Path(item["path"])))
+                if not name.startswith("ours")
+                else {
+                    "imports_s": round(item["import_seconds"], 2),
+                    "convert_call_s": round(item["call_seconds"], 2),
+                    "peak_rss_mb": round(item["peak_rss_mb"]),
+                }
+            )
+            print(
+                f"{name:22s} {item['seconds']:7.2f} {ratio:9.2f} "
+                f"{item['cpu_seconds']:7.2f} {cpu_ratio:9.2f}  {json.dumps(detail)}"
+            )
     print(f"(outputs kept under {work})")
     return 0
 

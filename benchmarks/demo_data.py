@@ -51,21 +51,47 @@ def main() -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="fvlm-demo-bench-"))
     print(f"cpus: {os.cpu_count()}, output under {root}")
     try:
-        summary, wall2, cpu2 = _timed(f"{args.studies} demo studies, workers=2", generate_cohort, root / "w2",
-                                      studies=args.studies, seed=args.seed, size="demo", workers=2)
-        _, wall1, cpu1 = _timed(f"{args.studies} demo studies, workers=1 (peer)", generate_cohort, root / "w1",
-                                studies=args.studies, seed=args.seed, size="demo", workers=1)
+        summary, wall2, cpu2 = _timed(
+            f"{args.studies} demo studies, workers=2",
+            generate_cohort,
+            root / "w2",
+            studies=args.studies,
+            seed=args.seed,
+            size="demo",
+            workers=2,
+        )
+        _, wall1, cpu1 = _timed(
+            f"{args.studies} demo studies, workers=1 (peer)",
+            generate_cohort,
+            root / "w1",
+            studies=args.studies,
+            seed=args.seed,
+            size="demo",
+            workers=1,
+        )
         size_mb = sum(p.stat().st_size for p in (root / "w2").rglob("*") if p.is_file()) / 1e6
-        print(f"  demo cohort: {summary.dicom_files} DICOM files, {size_mb:.0f} MB, "
-              f"{wall2 / args.studies:.2f} s wall per study with 2 workers")
+        print(
+            f"  demo cohort: {summary.dicom_files} DICOM files, {size_mb:.0f} MB, "
+            f"{wall2 / args.studies:.2f} s wall per study with 2 workers"
+        )
         print(f"  ratio workers=1 / workers=2 wall: {wall1 / wall2:.2f}x  (cpu {cpu1 / max(cpu2, 1e-9):.2f}x)")
         if not args.skip_real:
             phantom, wall_mem, cpu_mem = _timed("1 real study, phantom in memory", make_phantom, args.seed, 0, "real")
             print(f"  real grid: {phantom.hu_zyx.shape} voxels (z, y, x), spacing {phantom.spacing_zyx} mm")
             del phantom
-            _, wall_disk, cpu_disk = _timed("1 real study, phantom + DICOM + mask (peer)", generate_cohort,
-                                            root / "real", studies=1, seed=args.seed, size="real", workers=1)
-            print(f"  ratio on-disk / in-memory wall: {wall_disk / wall_mem:.2f}x  (cpu {cpu_disk / max(cpu_mem, 1e-9):.2f}x)")
+            _, wall_disk, cpu_disk = _timed(
+                "1 real study, phantom + DICOM + mask (peer)",
+                generate_cohort,
+                root / "real",
+                studies=1,
+                seed=args.seed,
+                size="real",
+                workers=1,
+            )
+            print(
+                f"  ratio on-disk / in-memory wall: {wall_disk / wall_mem:.2f}x "
+                f" (cpu {cpu_disk / max(cpu_mem, 1e-9):.2f}x)"
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

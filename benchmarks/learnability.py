@@ -49,9 +49,15 @@ def demo_config(params: str | None = None) -> Any:
 def _prepare(hu_zyx: np.ndarray, ids_zyx: np.ndarray, affine: np.ndarray, grid: Any, anatomy_set: str):
     from segmentation.model_grid import prepare_model_grid
 
-    return prepare_model_grid(hu_zyx.transpose(2, 1, 0), ids_zyx.transpose(2, 1, 0), anatomy_set,
-                              tuple(grid.spacing_zyx_mm), grid.roi_margin_slices, grid.roi_margin_voxels,
-                              affine=affine)
+    return prepare_model_grid(
+        hu_zyx.transpose(2, 1, 0),
+        ids_zyx.transpose(2, 1, 0),
+        anatomy_set,
+        tuple(grid.spacing_zyx_mm),
+        grid.roi_margin_slices,
+        grid.roi_margin_voxels,
+        affine=affine,
+    )
 
 
 def prepared_study(job: tuple[int, int, str, dict[str, Any], str]) -> dict[str, Any]:
@@ -68,9 +74,12 @@ def prepared_study(job: tuple[int, int, str, dict[str, Any], str]) -> dict[str, 
     grid = GridConfig.model_validate(grid_raw)
     phantom = make_phantom(seed, index, "demo", difficulty=difficulty)
     model_grid = _prepare(phantom.hu_zyx, phantom.labels_zyx, phantom.affine_ras, grid, anatomy_set)
-    return {"hu": np.asarray(model_grid.hu_zyx, dtype=np.int16), "anatomy": np.asarray(model_grid.anatomy_index_zyx, dtype=np.uint8),
-            "labels": np.array([phantom.labels[n] for n in CTRATE_LABELS], dtype=np.float32),
-            "patient": patient_index(seed, index)}
+    return {
+        "hu": np.asarray(model_grid.hu_zyx, dtype=np.int16),
+        "anatomy": np.asarray(model_grid.anatomy_index_zyx, dtype=np.uint8),
+        "labels": np.array([phantom.labels[n] for n in CTRATE_LABELS], dtype=np.float32),
+        "patient": patient_index(seed, index),
+    }
 
 
 def _pool_map(function: Any, jobs: list[Any], workers: int) -> list[Any]:
@@ -83,7 +92,9 @@ def _pool_map(function: Any, jobs: list[Any], workers: int) -> list[Any]:
         return list(pool.map(function, jobs, chunksize=4))
 
 
-def load_cohort(cache: Path, seed: int, studies: int, difficulty: str, config: Any, workers: int) -> list[dict[str, Any]]:
+def load_cohort(
+    cache: Path, seed: int, studies: int, difficulty: str, config: Any, workers: int
+) -> list[dict[str, Any]]:
     """Prepared studies 0..studies-1 of cohort ``seed`` (cached as one npz per study)."""
     folder = cache / f"{difficulty}_s{seed}_{'x'.join(f'{s:g}' for s in config.grid.spacing_zyx_mm)}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,23 +133,35 @@ def visibility_job(job: tuple[int, int, str, str, dict[str, Any], str, float]) -
     starts = centred_starts(base.hu_zyx.shape, grid.crop_zyx, centre)
     window = tuple(grid.hu_window)
     a, _, _ = extract_crop(np.asarray(base.hu_zyx), np.asarray(base.anatomy_index_zyx), starts, grid.crop_zyx, window)
-    b, _, _ = extract_crop(np.asarray(with_lesion.hu_zyx), np.asarray(base.anatomy_index_zyx), starts, grid.crop_zyx, window)
+    b, _, _ = extract_crop(
+        np.asarray(with_lesion.hu_zyx), np.asarray(base.anatomy_index_zyx), starts, grid.crop_zyx, window
+    )
     delta = np.abs(b - a) * float(window[1] - window[0])  # HU after windowing
     # the same lesion at native resolution (before resampling / crop / window), for comparison
     native = np.abs(lesion.hu_zyx.astype(np.float32) - normal.hu_zyx.astype(np.float32))
     footprint = delta >= threshold
-    return {"label": label, "drawn": drawn, "voxels": int(footprint.sum()),
-            "mean_hu": float(delta[footprint].mean()) if footprint.any() else 0.0,
-            "max_hu": float(delta.max()), "native_voxels": int((native >= threshold).sum()),
-            "native_max_hu": float(native.max())}
+    return {
+        "label": label,
+        "drawn": drawn,
+        "voxels": int(footprint.sum()),
+        "mean_hu": float(delta[footprint].mean()) if footprint.any() else 0.0,
+        "max_hu": float(delta.max()),
+        "native_voxels": int((native >= threshold).sum()),
+        "native_max_hu": float(native.max()),
+    }
 
 
-def visibility(difficulty: str, config: Any, per_label: int, threshold: float, workers: int, seed: int = 900) -> dict[str, dict[str, float]]:
+def visibility(
+    difficulty: str, config: Any, per_label: int, threshold: float, workers: int, seed: int = 900
+) -> dict[str, dict[str, float]]:
     from core.anatomy_sets import CTRATE_LABELS
 
     grid_raw = config.grid.model_dump(mode="json")
-    jobs = [(seed, i, label, difficulty, grid_raw, config.segment.anatomy_set, threshold)
-            for label in CTRATE_LABELS for i in range(per_label)]
+    jobs = [
+        (seed, i, label, difficulty, grid_raw, config.segment.anatomy_set, threshold)
+        for label in CTRATE_LABELS
+        for i in range(per_label)
+    ]
     started = time.perf_counter()
     rows = _pool_map(visibility_job, jobs, workers)
     print(f"  visibility ({difficulty}): {len(jobs)} pairs in {time.perf_counter() - started:.0f} s", flush=True)
@@ -165,8 +188,17 @@ def split_by_patient(records: list[dict[str, Any]], test_fraction: float, seed: 
     return train, test
 
 
-def run_probe(records: list[dict[str, Any]], config: Any, encoder_kind: str, steps: int, batch_size: int, lr: float,
-              test_fraction: float, seed: int, log_every: int) -> dict[str, Any]:
+def run_probe(
+    records: list[dict[str, Any]],
+    config: Any,
+    encoder_kind: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    test_fraction: float,
+    seed: int,
+    log_every: int,
+) -> dict[str, Any]:
     import torch
 
     from core.anatomy_sets import CTRATE_LABELS
@@ -177,18 +209,38 @@ def run_probe(records: list[dict[str, Any]], config: Any, encoder_kind: str, ste
     train_idx, test_idx = split_by_patient(records, test_fraction, seed)
     vision = config.model.vision.model_copy(update={"kind": encoder_kind})
     encoder = vision_encoder(vision, config.grid.crop_zyx)
-    result = fit_probe(encoder, [studies[i] for i in train_idx], [studies[i] for i in test_idx],
-                       label_names=list(CTRATE_LABELS), crop_zyx=config.grid.crop_zyx, hu_window=config.grid.hu_window,
-                       steps=steps, batch_size=batch_size, lr=lr, flip_prob=config.grid.flip_prob, seed=seed,
-                       log_every=log_every)
+    result = fit_probe(
+        encoder,
+        [studies[i] for i in train_idx],
+        [studies[i] for i in test_idx],
+        label_names=list(CTRATE_LABELS),
+        crop_zyx=config.grid.crop_zyx,
+        hu_window=config.grid.hu_window,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        flip_prob=config.grid.flip_prob,
+        seed=seed,
+        log_every=log_every,
+    )
     test_labels = np.stack([studies[i].labels for i in test_idx])
-    return {"encoder": encoder_kind, "steps": steps, "lr": lr, "batch_size": batch_size,
-            "n_train": len(train_idx), "n_test": len(test_idx), "seconds": round(result.seconds, 1),
-            "params": int(sum(p.numel() for p in encoder.parameters())),
-            "test_auc": result.test_auc, "train_auc": result.train_auc,
-            "test_mean_auc": result.test_mean_auc, "train_mean_auc": result.train_mean_auc,
-            "test_positives": {n: int(c) for n, c in zip(CTRATE_LABELS, test_labels.sum(axis=0), strict=False)},
-            "loss_first10": float(np.mean(result.losses[:10])), "loss_last10": float(np.mean(result.losses[-10:]))}
+    return {
+        "encoder": encoder_kind,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "n_train": len(train_idx),
+        "n_test": len(test_idx),
+        "seconds": round(result.seconds, 1),
+        "params": int(sum(p.numel() for p in encoder.parameters())),
+        "test_auc": result.test_auc,
+        "train_auc": result.train_auc,
+        "test_mean_auc": result.test_mean_auc,
+        "train_mean_auc": result.train_mean_auc,
+        "test_positives": {n: int(c) for n, c in zip(CTRATE_LABELS, test_labels.sum(axis=0), strict=False)},
+        "loss_first10": float(np.mean(result.losses[:10])),
+        "loss_last10": float(np.mean(result.losses[-10:])),
+    }
 
 
 def _f(value: float, digits: int = 2) -> str:
@@ -202,9 +254,11 @@ def markdown(results: dict[str, Any]) -> str:
     vis = results.get("visibility", {})
     if vis:
         diffs = list(vis)
-        lines.append(f"Lesion visibility on the model input (median over studies; footprint = model voxels changed by "
-                     f">= {results['threshold_hu']:g} HU after resampling to {results['spacing']} mm, crop {results['crop']} "
-                     f"and HU window {results['hu_window']}):\n")
+        lines.append(
+            f"Lesion visibility on the model input (median over studies; footprint = model voxels changed by "
+            f">= {results['threshold_hu']:g} HU after resampling to {results['spacing']} mm, crop {results['crop']} "
+            f"and HU window {results['hu_window']}):\n"
+        )
         header = "| label | " + " | ".join(f"{d}: voxels | {d}: mean / max Δ HU" for d in diffs) + " |"
         lines += [header, "|---|" + "---|---|" * len(diffs)]
         for label in CTRATE_LABELS:
@@ -224,10 +278,16 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("| **test mean AUC** | " + " | ".join(f"**{_f(p['test_mean_auc'], 3)}**" for p in probes) + " |")
         lines.append("| train mean AUC | " + " | ".join(_f(p["train_mean_auc"], 3) for p in probes) + " |")
-        lines.append("| BCE first-10 -> last-10 | " + " | ".join(f"{p['loss_first10']:.3f} -> {p['loss_last10']:.3f}"
-                                                          for p in probes) + " |")
-        lines.append("| train / test studies, steps, s | " + " | ".join(
-            f"{p['n_train']} / {p['n_test']}, {p['steps']}, {p['seconds']:.0f}" for p in probes) + " |")
+        lines.append(
+            "| BCE first-10 -> last-10 | "
+            + " | ".join(f"{p['loss_first10']:.3f} -> {p['loss_last10']:.3f}" for p in probes)
+            + " |"
+        )
+        lines.append(
+            "| train / test studies, steps, s | "
+            + " | ".join(f"{p['n_train']} / {p['n_test']}, {p['steps']}, {p['seconds']:.0f}" for p in probes)
+            + " |"
+        )
         lines.append("\n(in brackets: positives in the test split)")
     return "\n".join(lines) + "\n"
 
@@ -240,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="cohort seed")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, nargs="+", default=None,
-                        help="probe lr per encoder (default: conv 2e-3, vit 5e-4)")
+    parser.add_argument(
+        "--lr", type=float, nargs="+", default=None, help="probe lr per encoder (default: conv 2e-3, vit 5e-4)"
+    )
     parser.add_argument("--test-fraction", type=float, default=0.3)
     parser.add_argument("--per-label", type=int, default=4, help="visibility: studies per label")
     parser.add_argument("--threshold-hu", type=float, default=30.0)
@@ -262,13 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "learnability.json"
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    results.update({"threshold_hu": args.threshold_hu, "spacing": "x".join(f"{s:g}" for s in config.grid.spacing_zyx_mm),
-                    "crop": "x".join(str(c) for c in config.grid.crop_zyx),
-                    "hu_window": list(config.grid.hu_window)})
+    results.update(
+        {
+            "threshold_hu": args.threshold_hu,
+            "spacing": "x".join(f"{s:g}" for s in config.grid.spacing_zyx_mm),
+            "crop": "x".join(str(c) for c in config.grid.crop_zyx),
+            "hu_window": list(config.grid.hu_window),
+        }
+    )
     if not args.no_visibility:
         results.setdefault("visibility", {})
         for difficulty in args.difficulty:
-            results["visibility"][difficulty] = visibility(difficulty, config, args.per_label, args.threshold_hu, args.workers)
+            results["visibility"][difficulty] = visibility(
+                difficulty, config, args.per_label, args.threshold_hu, args.workers
+            )
         results_file.write_text(json.dumps(results, indent=1))
     if not args.visibility_only:
         default_lr = {"conv": 2e-3, "vit": 5e-4}
@@ -278,14 +346,26 @@ def main(argv: list[str] | None = None) -> int:
             records = load_cohort(out / "cache", args.seed, args.studies, difficulty, config, args.workers)
             for encoder, lr in zip(args.encoders, lrs, strict=False):
                 print(f"probe: {difficulty} cohort, {encoder} encoder, lr {lr:g}, {args.steps} steps", flush=True)
-                row = run_probe(records, config, encoder, args.steps, args.batch_size, lr, args.test_fraction, args.seed,
-                                log_every=max(args.steps // 6, 1))
+                row = run_probe(
+                    records,
+                    config,
+                    encoder,
+                    args.steps,
+                    args.batch_size,
+                    lr,
+                    args.test_fraction,
+                    args.seed,
+                    log_every=max(args.steps // 6, 1),
+                )
                 row.update({"difficulty": difficulty, "studies": args.studies, "cohort_seed": args.seed})
                 probes = [p for p in probes if not (p["difficulty"] == difficulty and p["encoder"] == encoder)] + [row]
                 results["probes"] = probes
                 results_file.write_text(json.dumps(results, indent=1))
-                print(f"  test mean AUC {row['test_mean_auc']:.3f} (train {row['train_mean_auc']:.3f}), {row['seconds']:.0f} s",
-                      flush=True)
+                print(
+                    f"  test mean AUC {row['test_mean_auc']:.3f} (train "
+                    f"{row['train_mean_auc']:.3f}), {row['seconds']:.0f} s",
+                    flush=True,
+                )
     table = markdown(results)
     (out / "learnability.md").write_text(table)
     print(table)

@@ -41,13 +41,15 @@ def synthetic_ct(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple
     body = ((y - cy) / (0.45 * ny)) ** 2 + ((x - cx) / (0.48 * nx)) ** 2 <= 1.0
     lung_l = ((y - cy) / (0.3 * ny)) ** 2 + ((x - 0.3 * nx) / (0.15 * nx)) ** 2 <= 1.0
     lung_r = ((y - cy) / (0.3 * ny)) ** 2 + ((x - 0.7 * nx) / (0.15 * nx)) ** 2 <= 1.0
-    heart = ((y - 0.55 * ny) / (0.12 * ny)) ** 2 + ((x - 0.5 * nx) / (0.1 * nx)) ** 2 + ((z - nz / 2) / (0.2 * nz)) ** 2 <= 1
+    heart = ((y - 0.55 * ny) / (0.12 * ny)) ** 2 + ((x - 0.5 * nx) / (0.1 * nx)) ** 2 + (
+        (z - nz / 2) / (0.2 * nz)
+    ) ** 2 <= 1
     hu = np.full(shape, -1000, dtype=np.int16)
     hu[np.broadcast_to(body, shape)] = 30
     lungs = np.broadcast_to(lung_l | lung_r, shape) & (z > 5) & (z < nz - 5)
     hu[lungs] = -850
     hu[heart] = 45
-    hu += rng.normal(0, 25, size=shape).astype(np.int16)          # CT noise: what makes CT compress ~2-3x
+    hu += rng.normal(0, 25, size=shape).astype(np.int16)  # CT noise: what makes CT compress ~2-3x
     mask = np.zeros(shape, dtype=np.uint8)
     mask[lungs] = 1
     mask[heart] = 2
@@ -56,16 +58,22 @@ def synthetic_ct(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple
     return hu, mask
 
 
-def write_shards(root: Path, volumes: int, shape: tuple[int, int, int], level: int, rows_per_group: int) -> tuple[
-        list[Path], list[tuple[bytes, bytes]], float]:
+def write_shards(
+    root: Path, volumes: int, shape: tuple[int, int, int], level: int, rows_per_group: int
+) -> tuple[list[Path], list[tuple[bytes, bytes]], float]:
     import pyarrow as pa
 
     from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
     from preprocessing.shards import open_writer
 
     rng = np.random.default_rng(0)
-    metadata = build_metadata(anatomy_set="ctrate4", anatomy_names=ANATOMIES, label_names=[f"l{i}" for i in range(18)],
-                              grid={"spacing_zyx_mm": [3.0, 1.0, 1.0]}, zstd_level=level)
+    metadata = build_metadata(
+        anatomy_set="ctrate4",
+        anatomy_names=ANATOMIES,
+        label_names=[f"l{i}" for i in range(18)],
+        grid={"spacing_zyx_mm": [3.0, 1.0, 1.0]},
+        zstd_level=level,
+    )
     schema = shard_schema(4, 18, metadata)
     blobs, rows = [], []
     encode_seconds = 0.0
@@ -75,12 +83,24 @@ def write_shards(root: Path, volumes: int, shape: tuple[int, int, int], level: i
         pair = (encode_array(hu, level), encode_array(mask, level))
         encode_seconds += time.perf_counter() - start
         blobs.append(pair)
-        rows.append({
-            "study_id": f"st_{index:04d}", "patient_id": f"pa_{index:04d}", "split": "train", "volume": pair[0],
-            "shape": list(shape), "spacing_mm": [3.0, 1.0, 1.0], "affine": np.eye(4).reshape(16).tolist(),
-            "mask": pair[1], "anatomy_text": ["a", "b", "c", "d"], "anatomy_abnormal": [False] * 4,
-            "labels": [0] * 18, "report_text": "report", "prep_version": "bench", "source_hash": "x",
-        })
+        rows.append(
+            {
+                "study_id": f"st_{index:04d}",
+                "patient_id": f"pa_{index:04d}",
+                "split": "train",
+                "volume": pair[0],
+                "shape": list(shape),
+                "spacing_mm": [3.0, 1.0, 1.0],
+                "affine": np.eye(4).reshape(16).tolist(),
+                "mask": pair[1],
+                "anatomy_text": ["a", "b", "c", "d"],
+                "anatomy_abnormal": [False] * 4,
+                "labels": [0] * 18,
+                "report_text": "report",
+                "prep_version": "bench",
+                "source_hash": "x",
+            }
+        )
     path = root / "train" / "part-00000.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = open_writer(path, schema)
@@ -113,7 +133,7 @@ def raw_readinto_seconds(blobs: list[tuple[bytes, bytes]], shape: tuple[int, int
     return time.perf_counter() - start, decoded
 
 
-def reader_decode_seconds(dataset: "object") -> tuple[float, int]:
+def reader_decode_seconds(dataset: object) -> tuple[float, int]:
     decoded = 0
     start = time.perf_counter()
     handles: dict = {}
@@ -123,8 +143,9 @@ def reader_decode_seconds(dataset: "object") -> tuple[float, int]:
     return time.perf_counter() - start, decoded
 
 
-def decode_comparison(files: list[Path], blobs: list[tuple[bytes, bytes]], shape: tuple[int, int, int],
-                      rounds: int) -> tuple[float, float, float]:
+def decode_comparison(
+    files: list[Path], blobs: list[tuple[bytes, bytes]], shape: tuple[int, int, int], rounds: int
+) -> tuple[float, float, float]:
     """Interleaved rounds (this machine is shared: noise is large); MB/s from the median round of each.
 
     Returns (raw ``decompress()`` MB/s, raw decode-into-array MB/s, reader MB/s).
@@ -143,8 +164,10 @@ def decode_comparison(files: list[Path], blobs: list[tuple[bytes, bytes]], shape
         seconds, reader_decoded = reader_decode_seconds(dataset)
         assert reader_decoded == decoded
         reader_times.append(seconds)
-    return tuple(decoded / 1e6 / statistics.median(times)  # type: ignore[return-value]
-                 for times in (raw_times, into_times, reader_times))
+    return tuple(
+        decoded / 1e6 / statistics.median(times)  # type: ignore[return-value]
+        for times in (raw_times, into_times, reader_times)
+    )
 
 
 def loader_volumes_s(files: list[Path], workers: int, epochs: int) -> float:
@@ -164,8 +187,9 @@ def loader_volumes_s(files: list[Path], workers: int, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def tensor_column_mb_s(root: Path, blobs: list[tuple[bytes, bytes]], shape: tuple[int, int, int], level: int,
-                       repeats: int) -> tuple[float, int]:
+def tensor_column_mb_s(
+    root: Path, blobs: list[tuple[bytes, bytes]], shape: tuple[int, int, int], level: int, repeats: int
+) -> tuple[float, int]:
     """Same volumes as list<int16> with Parquet zstd (no blob layer): read + to numpy."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -174,8 +198,15 @@ def tensor_column_mb_s(root: Path, blobs: list[tuple[bytes, bytes]], shape: tupl
     path = root / "tensor.parquet"
     volumes = [np.frombuffer(zstandard.ZstdDecompressor().decompress(v), dtype=np.int16) for v, _ in blobs]
     table = pa.table({"volume": pa.array(volumes, type=pa.large_list(pa.int16()))})
-    pq.write_table(table, path, compression="zstd", compression_level=level, row_group_size=2,
-                   use_dictionary=False, write_statistics=False)
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        compression_level=level,
+        row_group_size=2,
+        use_dictionary=False,
+        write_statistics=False,
+    )
     import statistics
 
     times, decoded = [], 0
@@ -206,8 +237,11 @@ def main() -> int:
     config = load_config(REPO / "params.yaml")
     level = config.shard.zstd_level
     shape = tuple(args.shape)
-    results: dict[str, float | int | str] = {"shape_zyx": "x".join(map(str, shape)), "volumes": args.volumes,
-                                             "zstd_level": level}
+    results: dict[str, float | int | str] = {
+        "shape_zyx": "x".join(map(str, shape)),
+        "volumes": args.volumes,
+        "zstd_level": level,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files, blobs, encode_seconds = write_shards(root, args.volumes, shape, level, config.shard.rows_per_group)

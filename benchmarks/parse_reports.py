@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import spacy
 
-    from report_parsing.pipeline import USER_DATA_KEY, build_pipeline
-    from report_parsing.pipeline import forget_everything
+    from report_parsing.pipeline import USER_DATA_KEY, build_pipeline, forget_everything
     from report_parsing.sentence_cache import sentence_cache_stats
 
     base = pd.read_csv(TRAIN_CSV)["report_text"].astype(str).tolist()
@@ -63,20 +62,27 @@ def main(argv: list[str] | None = None) -> int:
         return sum(1 for doc in parser_nlp.pipe(batch, batch_size=256) if doc.user_data[USER_DATA_KEY] is not None)
 
     chars = sum(map(len, texts)) / len(texts)
-    print(f"{len(base)} CT-RATE reports (mean {chars:.0f} characters), 1 process, best of {args.rounds} alternating"
-          f" rounds (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"{len(base)} CT-RATE reports (mean {chars:.0f} characters), 1 process, best of {args.rounds} alternating"
+        f" rounds (load average {os.getloadavg()[0]:.1f})"
+    )
     print("                                    wall-clock      CPU time")
-    tok = _compare(f"steady state: {len(texts)} reports ({len(base)} repeated; caches warm)",
-                   [(lambda: tokenize, texts)] * args.rounds, [(lambda: parse, texts)] * args.rounds)
+    tok = _compare(
+        f"steady state: {len(texts)} reports ({len(base)} repeated; caches warm)",
+        [(lambda: tokenize, texts)] * args.rounds,
+        [(lambda: parse, texts)] * args.rounds,
+    )
 
     # every copy gets one sentence (and one word) nobody has seen: the memo and the vocabulary miss once
     # per report, as a report's own measurements make them miss in a real cohort
     def distinct(round_number: int) -> list[str]:
         return [f"{text} Series {round_number * len(texts) + i + 1} was reviewed." for i, text in enumerate(texts)]
 
-    _compare(f"distinct: the same {len(texts)} reports, each with one unseen sentence and word",
-             [(lambda: tokenize, distinct(2 * r)) for r in range(args.rounds)],
-             [(lambda: parse, distinct(2 * r + 1)) for r in range(args.rounds)])
+    _compare(
+        f"distinct: the same {len(texts)} reports, each with one unseen sentence and word",
+        [(lambda: tokenize, distinct(2 * r)) for r in range(args.rounds)],
+        [(lambda: parse, distinct(2 * r + 1)) for r in range(args.rounds)],
+    )
 
     # cold: fresh pipelines, every memo forgotten, each round (set up outside the timing)
     def fresh_tokenizer():
@@ -88,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         nlp = build_pipeline("ctrate4")
         return lambda batch: sum(1 for _ in nlp.pipe(batch, batch_size=256))
 
-    _compare(f"cold first pass: the {len(base)} reports once, fresh pipelines, memos forgotten",
-             [(fresh_tokenizer, base)] * args.rounds, [(fresh_parser, base)] * args.rounds)
+    _compare(
+        f"cold first pass: the {len(base)} reports once, fresh pipelines, memos forgotten",
+        [(fresh_tokenizer, base)] * args.rounds,
+        [(fresh_parser, base)] * args.rounds,
+    )
     print(f"(cold sentence memo hit rate: {sentence_cache_stats()['hit_rate']:.2f})")
     if args.negspacy:
         sample = texts[:1000]
@@ -99,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             return sum(1 for _ in negex_nlp.pipe(batch, batch_size=256))
 
         rate = max(_rates(lambda: negex, sample)[0] for _ in range(2))
-        print(f"EntityRuler + negspacy NegEx     : {rate:9.0f} reports/s  (ratio to tokenizer {rate / tok:.2f};"
-              f" entities + negation only, no sections/anatomy/labels)")
+        print(
+            f"EntityRuler + negspacy NegEx     : {rate:9.0f} reports/s  (ratio to tokenizer {rate / tok:.2f};"
+            f" entities + negation only, no sections/anatomy/labels)"
+        )
     return 0
 
 
@@ -118,7 +129,9 @@ def _compare(title: str, tokenizer_runs: list, parser_runs: list) -> float:
     """Alternate tokenizer and parser runs (``(prepare, texts)`` pairs, see :func:`_rates`), keep the
     best of each, print the block; returns the tokenizer's best wall-clock rate."""
     tokenizer_rates, parser_rates = [], []
-    for (prepare_tokenizer, tokenizer_texts), (prepare_parser, parser_texts) in zip(tokenizer_runs, parser_runs):
+    for (prepare_tokenizer, tokenizer_texts), (prepare_parser, parser_texts) in zip(
+        tokenizer_runs, parser_runs, strict=False
+    ):
         tokenizer_rates.append(_rates(prepare_tokenizer, tokenizer_texts))
         parser_rates.append(_rates(prepare_parser, parser_texts))
     tok, full = max(r[0] for r in tokenizer_rates), max(r[0] for r in parser_rates)
@@ -141,8 +154,21 @@ def _negspacy_pipeline():
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
     terms = [label.lower() for label in CTRATE_LABELS] + [
-        "effusion", "nodule", "nodules", "atelectasis", "consolidation", "ground glass", "calcification",
-        "lymph node", "lymph nodes", "catheter", "sequelae", "opacity", "hernia", "emphysema", "bronchiectasis",
+        "effusion",
+        "nodule",
+        "nodules",
+        "atelectasis",
+        "consolidation",
+        "ground glass",
+        "calcification",
+        "lymph node",
+        "lymph nodes",
+        "catheter",
+        "sequelae",
+        "opacity",
+        "hernia",
+        "emphysema",
+        "bronchiectasis",
     ]
     ruler.add_patterns([{"label": "FINDING", "pattern": term} for term in terms])
     nlp.add_pipe("negex", config={"chunk_prefix": ["no"]})

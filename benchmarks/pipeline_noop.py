@@ -40,8 +40,9 @@ def write_manifest(path: Path, rows: list[tuple[str, str]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"study_id": [r[0] for r in rows], "source_hash": [r[1] for r in rows],
-                      "status": ["ok"] * len(rows)})
+    table = pa.table(
+        {"study_id": [r[0] for r in rows], "source_hash": [r[1] for r in rows], "status": ["ok"] * len(rows)}
+    )
     pq.write_table(table, path)
 
 
@@ -62,8 +63,9 @@ def incremental_stage(manifest: str, n_studies: int, n_new: int) -> dict[str, in
     table = pq.read_table(manifest, columns=["study_id", "source_hash"]).to_pydict()
     done = {f"{s}:{h}" for s, h in zip(table["study_id"], table["source_hash"], strict=True)}
     items = synthetic_inputs(n_studies + n_new)
-    summary = run_batched(items, trivial_batch, batch_size=16, stage="noop-bench", item_key=_key, skip_keys=done,
-                          retry_delay_s=0)
+    summary = run_batched(
+        items, trivial_batch, batch_size=16, stage="noop-bench", item_key=_key, skip_keys=done, retry_delay_s=0
+    )
     if summary.counts["ok"]:
         write_manifest(Path(manifest), [p for p in summary.payloads()] + [i for i in items if _key(i) in done])
     return summary.counts
@@ -117,7 +119,10 @@ def main() -> int:
             started = time.perf_counter()
             child = subprocess.run(
                 [sys.executable, __file__, "--child", str(manifest), str(args.studies), str(args.new)],
-                capture_output=True, text=True, env={**os.environ, "PREFECT_API_URL": api_url}, check=True,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PREFECT_API_URL": api_url},
+                check=True,
             )
             timings["noop_fresh_process"] = time.perf_counter() - started
             started = time.perf_counter()
@@ -129,11 +134,15 @@ def main() -> int:
     print(f"prefect server start (fresh SQLite):           {server_s:6.2f} s")
     print(f"0 new, flow call in a warm process:            {timings['noop_in_process']:6.2f} s")
     print(f"{args.new} new, flow call in a warm process:           {timings['k_new_in_process']:6.2f} s")
-    print(f"0 new, fresh process (as DVC starts it):       {timings['noop_fresh_process']:6.2f} s"
-          f"   [{child.stdout.strip()}]")
+    print(
+        f"0 new, fresh process (as DVC starts it):       {timings['noop_fresh_process']:6.2f} s"
+        f"   [{child.stdout.strip()}]"
+    )
     print(f"  of which `python -c 'import prefect'`:       {timings['python_import_prefect']:6.2f} s")
-    print(f"ratio 0-new / {args.new}-new (warm):                   "
-          f"{timings['noop_in_process'] / timings['k_new_in_process']:6.2f}")
+    print(
+        f"ratio 0-new / {args.new}-new (warm):                   "
+        f"{timings['noop_in_process'] / timings['k_new_in_process']:6.2f}"
+    )
     target = 10.0
     verdict = "PASS" if timings["noop_fresh_process"] < target else "FAIL"
     print(f"target: 0-new fresh process < {target:.0f} s: {verdict}")

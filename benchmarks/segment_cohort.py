@@ -35,8 +35,7 @@ def cohort(n: int, source: str | None) -> list:
         data = np.full((120, 100, 40), -1000, dtype=np.int16)
         data[10:110, 10:90, :] = 40
         affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    return [nib.Nifti1Image((data + rng.integers(-5, 5, size=data.shape)).astype(np.int16), affine)
-            for _ in range(n)]
+    return [nib.Nifti1Image((data + rng.integers(-5, 5, size=data.shape)).astype(np.int16), affine) for _ in range(n)]
 
 
 def main() -> int:
@@ -62,8 +61,10 @@ def main() -> int:
     from segmentation.totalseg import TotalSegmentatorBackend, segment_with_totalsegmentator_api
 
     images = cohort(args.n, args.ct)
-    print(f"cohort: {args.n} x {images[0].shape} voxels, mode {args.mode}, device {args.device}, "
-          f"weights {'real: ' + str(home) if args.home else 'stand-in (random)'}")
+    print(
+        f"cohort: {args.n} x {images[0].shape} voxels, mode {args.mode}, device {args.device}, "
+        f"weights {'real: ' + str(home) if args.home else 'stand-in (random)'}"
+    )
 
     started = time.perf_counter()
     backend = TotalSegmentatorBackend(mode=args.mode, device=args.device, home_dir=home)
@@ -84,19 +85,25 @@ def main() -> int:
         cold_times.append(time.perf_counter() - tick)
     cold_total = time.perf_counter() - started
 
-    warm_per_study = warm_total / args.n              # model load amortised over the cohort
+    warm_per_study = warm_total / args.n  # model load amortised over the cohort
     cold_per_study = cold_total / args.n
-    print(f"warm backend      : load {load_s:.2f} s once, per study median {statistics.median(warm_times):.2f} s "
-          f"(min {min(warm_times):.2f}, max {max(warm_times):.2f}); cohort {warm_total:.1f} s "
-          f"= {warm_per_study:.2f} s/study incl. load")
-    print(f"totalsegmentator(): per study median {statistics.median(cold_times):.2f} s "
-          f"(min {min(cold_times):.2f}, max {max(cold_times):.2f}); cohort {cold_total:.1f} s "
-          f"= {cold_per_study:.2f} s/study")
-    print(f"ratio per study (cold / warm, load amortised): {cold_per_study / warm_per_study:.2f}x; "
-          f"median steady-state: {statistics.median(cold_times) / statistics.median(warm_times):.2f}x")
+    print(
+        f"warm backend      : load {load_s:.2f} s once, per study median {statistics.median(warm_times):.2f} s "
+        f"(min {min(warm_times):.2f}, max {max(warm_times):.2f}); cohort {warm_total:.1f} s "
+        f"= {warm_per_study:.2f} s/study incl. load"
+    )
+    print(
+        f"totalsegmentator(): per study median {statistics.median(cold_times):.2f} s "
+        f"(min {min(cold_times):.2f}, max {max(cold_times):.2f}); cohort {cold_total:.1f} s "
+        f"= {cold_per_study:.2f} s/study"
+    )
+    print(
+        f"ratio per study (cold / warm, load amortised): {cold_per_study / warm_per_study:.2f}x; "
+        f"median steady-state: {statistics.median(cold_times) / statistics.median(warm_times):.2f}x"
+    )
     scratch.cleanup()
     return 0
 
 
-if __name__ == "__main__":   # nnU-Net spawns workers: keep the guard
+if __name__ == "__main__":  # nnU-Net spawns workers: keep the guard
     raise SystemExit(main())

@@ -39,10 +39,21 @@ def synthetic_samples(n: int, crop_zyx: tuple[int, int, int], n_anatomies: int, 
         for k in range(n_anatomies):
             mask[:, (k * y) // n_anatomies : ((k + 1) * y) // n_anatomies, x // 4 : 3 * x // 4] = k + 1
         abnormal = rng.random(n_anatomies) < 0.4
-        texts = [("Abnormal finding in anatomy %d." if a else "Anatomy %d is normal.") % k for k, a in enumerate(abnormal)]
-        samples.append({"volume": volume, "mask": mask, "anatomy_intact": np.ones(n_anatomies, bool),
-                        "anatomy_abnormal": abnormal, "anatomy_text": texts,
-                        "labels": np.zeros(18, np.int8), "report_text": " ".join(texts), "study_id": f"s{index}"})
+        texts = [
+            ("Abnormal finding in anatomy %d." if a else "Anatomy %d is normal.") % k for k, a in enumerate(abnormal)
+        ]
+        samples.append(
+            {
+                "volume": volume,
+                "mask": mask,
+                "anatomy_intact": np.ones(n_anatomies, bool),
+                "anatomy_abnormal": abnormal,
+                "anatomy_text": texts,
+                "labels": np.zeros(18, np.int8),
+                "report_text": " ".join(texts),
+                "study_id": f"s{index}",
+            }
+        )
     return samples
 
 
@@ -66,7 +77,7 @@ def bare_loop(config, source, anatomy_names, steps: int, tokenizer_dir: str) -> 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
-        if step > 0:                               # step 0 = warm-up, as in train()
+        if step > 0:  # step 0 = warm-up, as in train()
             seconds += time.perf_counter() - started
             samples += batch["volume"].shape[0]
     return samples / seconds
@@ -92,8 +103,10 @@ def main() -> int:
     crop = tuple(base.grid.crop_zyx)
     batch_size = base.train.batch_size
     samples = synthetic_samples(batch_size * 4, crop, len(anatomy_names))
-    print(f"profile {args.profile}: crop {crop}, batch {batch_size}, vision {base.model.vision.embed_dim}x"
-          f"{base.model.vision.depth}, {torch.get_num_threads()} threads, {args.steps} steps")
+    print(
+        f"profile {args.profile}: crop {crop}, batch {batch_size}, vision {base.model.vision.embed_dim}x"
+        f"{base.model.vision.depth}, {torch.get_num_threads()} threads, {args.steps} steps"
+    )
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -103,9 +116,13 @@ def main() -> int:
 
         def configured(tracking: bool):  # noqa: ANN202
             update_train = base.train.model_copy(update={"checkpoint_every": 10**6, "steps": args.steps})
-            update_tracking = base.tracking.model_copy(update={
-                "enabled": tracking, "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-                "artifact_location": str(root / "artifacts")})
+            update_tracking = base.tracking.model_copy(
+                update={
+                    "enabled": tracking,
+                    "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+                    "artifact_location": str(root / "artifacts"),
+                }
+            )
             return base.model_copy(update={"train": update_train, "tracking": update_tracking, "root": root})
 
         def run_train(tracking: bool, name: str) -> tuple[float, float]:
@@ -125,8 +142,10 @@ def main() -> int:
     print(f"train()          {loop:8.2f} samples/s   ({loop / bare:.2f} of bare)   wall {loop_wall:.1f} s")
     print(f"train()+mlflow   {tracked:8.2f} samples/s   ({tracked / bare:.2f} of bare)   wall {tracked_wall:.1f} s")
     fixed = tracked_wall - loop_wall
-    print(f"MLflow fixed cost (run, params, checkpoints, pyfunc log + register): ~{fixed:.1f} s "
-          f"(= {fixed / step_seconds:.0f} bare steps)")
+    print(
+        f"MLflow fixed cost (run, params, checkpoints, pyfunc log + register): ~{fixed:.1f} s "
+        f"(= {fixed / step_seconds:.0f} bare steps)"
+    )
     if not all(math.isfinite(v) for v in (bare, loop, tracked)):
         return 1
     return 0

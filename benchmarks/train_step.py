@@ -44,7 +44,11 @@ SENTENCES = (
     ("The lungs are clear.", "A 6 mm nodule in the right upper lobe.", "Ground-glass opacity in the left lower lobe."),
     ("Heart size is normal.", "Cardiomegaly.", "Pericardial effusion is present."),
     ("The esophagus is unremarkable.", "Small hiatal hernia.", "Esophageal wall thickening."),
-    ("The aorta is of normal calibre.", "Atherosclerotic calcification of the aortic wall.", "Ectatic ascending aorta."),
+    (
+        "The aorta is of normal calibre.",
+        "Atherosclerotic calcification of the aortic wall.",
+        "Ectatic ascending aorta.",
+    ),
 )
 
 
@@ -55,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="samples per step (default: train.batch_size)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--peak-tflops", type=float, default=None, help=f"accelerator peak (default {H100_BF16_DENSE_TFLOPS} on CUDA)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help=f"accelerator peak (default {H100_BF16_DENSE_TFLOPS} on CUDA)"
+    )
     parser.add_argument("--text-path", default=None, help="local pretrained text encoder (e.g. CXR-BERT copy)")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--skip-faithful", action="store_true")
@@ -73,8 +79,14 @@ def make_config(tiny: bool, text_path: str | None, grad_checkpointing: bool) -> 
     elif text_path:
         text_update = {"name_or_path": text_path}
     else:  # BERT-base shape, random weights: the FLOPs and memory of CXR-BERT without a download
-        text_update = {"name_or_path": None, "vocab_size": 30522, "hidden": 768, "layers": 12, "heads": 12,
-                       "max_length": text.max_length}
+        text_update = {
+            "name_or_path": None,
+            "vocab_size": 30522,
+            "hidden": 768,
+            "layers": 12,
+            "heads": 12,
+            "max_length": text.max_length,
+        }
     vision = config.model.vision.model_copy(update={"grad_checkpointing": grad_checkpointing})
     model_cfg = config.model.model_copy(update={"text": text.model_copy(update=text_update), "vision": vision})
     return config, model_cfg
@@ -91,26 +103,39 @@ def make_batch(batch: int, crop_zyx: tuple[int, int, int], seed: int = 0) -> dic
         row = []
         for k in range(len(ANATOMIES)):
             size = [max(2, int(extent * 0.4)) for extent in (z, y, x)]
-            start = [int(torch.randint(0, extent - s + 1, (1,), generator=generator)) for extent, s in zip((z, y, x), size)]
-            mask[sample, start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]] = k + 1
+            start = [
+                int(torch.randint(0, extent - s + 1, (1,), generator=generator))
+                for extent, s in zip((z, y, x), size, strict=False)
+            ]
+            mask[
+                sample, start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
+            ] = k + 1
             choice = int(torch.randint(0, 3, (1,), generator=generator))
             abnormal[sample, k] = choice > 0
             row.append(SENTENCES[k][choice])
         anatomy_text.append(row)
     reports = [" ".join(row) for row in anatomy_text]
-    return {"volume": volume, "mask": mask, "anatomy_text": anatomy_text, "anatomy_abnormal": abnormal,
-            "report_text": reports}
+    return {
+        "volume": volume,
+        "mask": mask,
+        "anatomy_text": anatomy_text,
+        "anatomy_abnormal": abnormal,
+        "report_text": reports,
+    }
 
 
 def build(model_cfg: ModelConfig, crop_zyx: tuple[int, int, int], tokenizer_dir: str) -> torch.nn.Module:
     from training.models.model import build_model
 
     torch.manual_seed(0)
-    return build_model(model_cfg, ANATOMIES, crop_zyx, tokenizer_dir=tokenizer_dir if model_cfg.text.name_or_path is None else None)
+    return build_model(
+        model_cfg, ANATOMIES, crop_zyx, tokenizer_dir=tokenizer_dir if model_cfg.text.name_or_path is None else None
+    )
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any], fast: bool,
-               device: torch.device) -> float:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any], fast: bool, device: torch.device
+) -> float:
     from training.models.losses import fvlm_loss, fvlm_loss_reference
 
     volume = batch["volume"].to(device, non_blocking=True)
@@ -121,11 +146,22 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         valid = out["anatomy_present"]
         abnormal = batch["anatomy_abnormal"].to(device)
         if fast:
-            loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], valid, abnormal, batch["anatomy_text"],
-                                out["logit_scale"], True, None, 0.0, False)
+            loss, _ = fvlm_loss(
+                out["anatomy"],
+                out["text_anatomy"],
+                valid,
+                abnormal,
+                batch["anatomy_text"],
+                out["logit_scale"],
+                True,
+                None,
+                0.0,
+                False,
+            )
         else:
-            loss = fvlm_loss_reference(out["anatomy"], out["text_anatomy"], valid, abnormal, batch["anatomy_text"],
-                                       out["logit_scale"], True)
+            loss = fvlm_loss_reference(
+                out["anatomy"], out["text_anatomy"], valid, abnormal, batch["anatomy_text"], out["logit_scale"], True
+            )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -152,16 +188,26 @@ def count_flops(model: torch.nn.Module, batch: dict[str, Any], device: torch.dev
     counter = FlopCounterMode(display=False)
     with counter:
         out = model(batch["volume"].to(device), batch["mask"].to(device), batch["anatomy_text"])
-        loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"],
-                            batch["anatomy_abnormal"].to(device), batch["anatomy_text"], out["logit_scale"],
-                            True, None, 0.0, False)
+        loss, _ = fvlm_loss(
+            out["anatomy"],
+            out["text_anatomy"],
+            out["anatomy_present"],
+            batch["anatomy_abnormal"].to(device),
+            batch["anatomy_text"],
+            out["logit_scale"],
+            True,
+            None,
+            0.0,
+            False,
+        )
         loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
-def measure(model: torch.nn.Module, batch: dict[str, Any], fast: bool, device: torch.device, steps: int,
-            warmup: int) -> dict[str, float]:
+def measure(
+    model: torch.nn.Module, batch: dict[str, Any], fast: bool, device: torch.device, steps: int, warmup: int
+) -> dict[str, float]:
     configure(model, fast)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     if device.type == "cuda":
@@ -180,7 +226,12 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], fast: bool, device: t
         durations.append(time.perf_counter() - start)
     step_s = statistics.median(durations)
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"step_s": step_s, "samples_per_s": batch["volume"].shape[0] / step_s, "peak_mem_gib": peak_gib, "loss": loss}
+    return {
+        "step_s": step_s,
+        "samples_per_s": batch["volume"].shape[0] / step_s,
+        "peak_mem_gib": peak_gib,
+        "loss": loss,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 figures = measure(model, batch, fast, device, steps, args.warmup)
             except torch.OutOfMemoryError:
-                figures = {"step_s": float("nan"), "samples_per_s": float("nan"), "peak_mem_gib": float("nan"), "loss": float("nan"), "oom": 1.0}
+                figures = {
+                    "step_s": float("nan"),
+                    "samples_per_s": float("nan"),
+                    "peak_mem_gib": float("nan"),
+                    "loss": float("nan"),
+                    "oom": 1.0,
+                }
                 torch.cuda.empty_cache()
             figures["tflops_per_s"] = flops / figures["step_s"] / 1e12
             figures["mfu"] = flops / figures["step_s"] / peak if math.isfinite(peak) else float("nan")
@@ -230,18 +287,28 @@ def main(argv: list[str] | None = None) -> int:
 
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     params = sum(p.numel() for p in model.parameters())
-    print(f"device: {device_name}  profile: {'tiny (demo)' if tiny else 'paper'}  crop_zyx={crop}  "
-          f"patch_zyx={tuple(model_cfg.vision.patch_zyx)}  batch={batch_size}  params={params / 1e6:.1f}M  "
-          f"flops/step={flops / 1e9:.2f} GFLOP  torch={torch.__version__}")
+    print(
+        f"device: {device_name}  profile: {'tiny (demo)' if tiny else 'paper'}  crop_zyx={crop}  "
+        f"patch_zyx={tuple(model_cfg.vision.patch_zyx)}  batch={batch_size}  params={params / 1e6:.1f}M  "
+        f"flops/step={flops / 1e9:.2f} GFLOP  torch={torch.__version__}"
+    )
     print(f"{'config':<10}{'step s':>10}{'samples/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}{'loss':>9}")
     for name, figures in results.items():
-        print(f"{name:<10}{figures['step_s']:>10.4f}{figures['samples_per_s']:>12.2f}{figures['tflops_per_s']:>10.3f}"
-              f"{figures['mfu']:>8.3f}{figures['peak_mem_gib']:>10.2f}{figures['loss']:>9.4f}")
+        print(
+            f"{name:<10}{figures['step_s']:>10.4f}{figures['samples_per_s']:>12.2f}{figures['tflops_per_s']:>10.3f}"
+            f"{figures['mfu']:>8.3f}{figures['peak_mem_gib']:>10.2f}{figures['loss']:>9.4f}"
+        )
     if "faithful" in results:
         ratio = results["fast"]["samples_per_s"] / results["faithful"]["samples_per_s"]
         print(f"ratio fast/faithful samples/s: {ratio:.2f}x")
     if args.json:
-        payload = {"device": device_name, "tiny": tiny, "batch": batch_size, "flops_per_step": flops, "results": results}
+        payload = {
+            "device": device_name,
+            "tiny": tiny,
+            "batch": batch_size,
+            "flops_per_step": flops,
+            "results": results,
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return 0
 

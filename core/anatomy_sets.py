@@ -41,8 +41,8 @@ CTRATE_LABELS: tuple[str, ...] = (
 @dataclass(frozen=True)
 class Anatomy:
     name: str
-    classes: tuple[str, ...]          # TotalSegmentator `total` class names
-    vocabulary: tuple[str, ...]       # lower-case words / phrases
+    classes: tuple[str, ...]  # TotalSegmentator `total` class names
+    vocabulary: tuple[str, ...]  # lower-case words / phrases
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class AnatomySet:
     name: str
     description: str
     anatomies: tuple[Anatomy, ...]
-    label_anatomy: dict[str, str | None]          # CT-RATE label -> anatomy name (None: not in this set)
-    prompts: dict[str, tuple[str, str]]           # label -> (negative prompt, positive prompt)
+    label_anatomy: dict[str, str | None]  # CT-RATE label -> anatomy name (None: not in this set)
+    prompts: dict[str, tuple[str, str]]  # label -> (negative prompt, positive prompt)
 
     @property
     def anatomy_names(self) -> tuple[str, ...]:

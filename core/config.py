@@ -58,19 +58,19 @@ class _Section(BaseModel):
 
 class PathsConfig(_Section):
     data_dir: str = "data"
-    demo_dir: str = "data/demo"            # generated synthetic cohort (dicom/, reports.csv, labels.csv, masks/)
-    raw_dataset: str = "data/demo"         # the `dvc add`-ed folder holding raw_dicom / reports_csv / masks
-    raw_dicom: str = "data/demo/dicom"     # input DICOM tree for `fvlm convert`
+    demo_dir: str = "data/demo"  # generated synthetic cohort (dicom/, reports.csv, labels.csv, masks/)
+    raw_dataset: str = "data/demo"  # the `dvc add`-ed folder holding raw_dicom / reports_csv / masks
+    raw_dicom: str = "data/demo/dicom"  # input DICOM tree for `fvlm convert`
     reports_csv: str = "data/demo/reports.csv"
     labels_csv: str = "data/demo/labels.csv"
     precomputed_masks: str = "data/demo/masks"
-    converted: str = "data/converted"      # volumes/<study_id>.nii.gz + studies.parquet
-    segmented: str = "data/segmented"      # masks/<study_id>.nii.gz + segments.parquet + qc/
-    reports_dir: str = "data/reports"      # parse-reports stage output (holds reports_table)
+    converted: str = "data/converted"  # volumes/<study_id>.nii.gz + studies.parquet
+    segmented: str = "data/segmented"  # masks/<study_id>.nii.gz + segments.parquet + qc/
+    reports_dir: str = "data/reports"  # parse-reports stage output (holds reports_table)
     reports_table: str = "data/reports/reports.parquet"
     shards: str = "data/shards"
     models: str = "data/models"
-    eval: str = "data/eval"                # evaluation report (plots data, per-label tables)
+    eval: str = "data/eval"  # evaluation report (plots data, per-label tables)
     metrics: str = "metrics"
     ingest_archive: str = "data/ingest_archive"  # `dvc add`-ed record of ingested files (raw_dicom outside the repo)
     dvc_remote: str = ".dvc-remote"
@@ -88,12 +88,14 @@ class DemoDataConfig(_Section):
     size: Literal["demo", "small", "real"] = "demo"
     abdomen_fraction: float = Field(0.3, ge=0.0, le=1.0)
     workers: int = Field(2, ge=1)  # parallel study processes
-    difficulty: Literal["learnable", "paper"] = "learnable"  # lesion size / contrast / prevalence (docs/learnability.md)
+    difficulty: Literal["learnable", "paper"] = (
+        "learnable"  # lesion size / contrast / prevalence (docs/learnability.md)
+    )
 
 
 class ConvertConfig(_Section):
     input_format: Literal["dicom", "ctrate"] = "dicom"
-    strict: bool = False                       # quarantine tilted / gappy series instead of resampling
+    strict: bool = False  # quarantine tilted / gappy series instead of resampling
     workers: int = Field(2, ge=1)
     series_preference: list[str] = ["thinnest", "soft_tissue_kernel", "most_slices"]
     min_slices: int = Field(10, ge=1)
@@ -110,7 +112,7 @@ class SegmentConfig(_Section):
     mode: Literal["fast", "full", "fastest"] = "fast"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     roi_subset: bool = True
-    roi_subset_robust: bool = True     # rough crop with the 3 mm model (small organs), not the 6 mm one
+    roi_subset_robust: bool = True  # rough crop with the 3 mm model (small organs), not the 6 mm one
     totalseg_home: str | None = None
     batch_size: int = Field(8, ge=1)
     qc_pictures: bool = True
@@ -123,9 +125,9 @@ class ReportsConfig(_Section):
     text_column: str | None = None
     batch_size: int = Field(256, ge=1)
     n_process: int = Field(1, ge=1)
-    max_chars: int = Field(20000, ge=100)       # longer reports: status "truncated", first max_chars parsed
-    scrub_phi: bool = True                      # replace names / dates / ids / phones / institutions
-    uncertain_is_positive: bool = True          # "?" / "suspicious for" findings count as present
+    max_chars: int = Field(20000, ge=100)  # longer reports: status "truncated", first max_chars parsed
+    scrub_phi: bool = True  # replace names / dates / ids / phones / institutions
+    uncertain_is_positive: bool = True  # "?" / "suspicious for" findings count as present
 
 
 class GridConfig(_Section):
@@ -162,14 +164,16 @@ class SplitConfig(_Section):
 
 class ShardConfig(_Section):
     rows_per_group: int = Field(4, ge=1)
-    target_file_mb: float = Field(1024, gt=0)   # roll to a new part file once this many MB of blobs are in one
+    target_file_mb: float = Field(1024, gt=0)  # roll to a new part file once this many MB of blobs are in one
     zstd_level: int = Field(3, ge=1, le=22)
-    workers: int = Field(1, ge=1)                # processes preparing studies (resample + crop + encode)
-    shuffle_buffer: int = Field(16, ge=1)        # reader: samples held for shuffling in each worker
+    workers: int = Field(1, ge=1)  # processes preparing studies (resample + crop + encode)
+    shuffle_buffer: int = Field(16, ge=1)  # reader: samples held for shuffling in each worker
 
 
 class VisionConfig(_Section):
-    kind: Literal["vit", "conv"] = "vit"   # vit: the paper's 3D ViT; conv: small 3D CNN (training/models/conv3d.py), same token grid
+    kind: Literal["vit", "conv"] = (
+        "vit"  # vit: the paper's 3D ViT; conv: small 3D CNN (training/models/conv3d.py), same token grid
+    )
     conv_channels: list[int] | None = None  # conv: widths per stage (None: doubling up to embed_dim)
     patch_zyx: tuple[int, int, int] = (16, 16, 32)
     embed_dim: int = Field(768, ge=8)
@@ -213,16 +217,16 @@ class TrainConfig(_Section):
     gpus: int = Field(1, ge=0)
     checkpoint_every: int = Field(100, ge=1)
     seed: int = 0
-    log_every: int = Field(1, ge=1)               # MLflow metric logging interval (steps)
+    log_every: int = Field(1, ge=1)  # MLflow metric logging interval (steps)
     coteaching_ema: float = Field(0.99, ge=0.0, lt=1.0)  # EMA decay of the co-teaching peer model
-    deterministic: bool = False                   # torch.use_deterministic_algorithms (CPU tests / exact resume)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU tests / exact resume)
 
 
 class EvaluateConfig(_Section):
     bootstrap: int = Field(1000, ge=0)
     prompts_file: str | None = None
     promote_alias: str = "champion"
-    eval_mode: Literal["anatomy", "center"] = "anatomy"   # reader's deterministic crop for evaluation
+    eval_mode: Literal["anatomy", "center"] = "anatomy"  # reader's deterministic crop for evaluation
     batch_size: int = Field(4, ge=1)
     threshold_method: Literal["youden", "f1"] = "youden"  # chosen on val, applied to test
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
@@ -234,27 +238,27 @@ class TrackingConfig(_Section):
     experiment: str = "fvlm"
     registered_model: str = "fvlm-ct"
     prefect_api_url: str | None = None
-    enabled: bool = True                          # False: no MLflow at all (metrics files still written)
-    register_model: bool = True                   # log + register the final model as a new version
-    log_checkpoints: bool = True                  # checkpoints (last, best) as run artifacts
-    system_metrics: bool = False                  # mlflow system metrics (needs psutil; off by default)
-    artifact_location: str | None = None          # new experiments' artifact root (default: MLflow's)
+    enabled: bool = True  # False: no MLflow at all (metrics files still written)
+    register_model: bool = True  # log + register the final model as a new version
+    log_checkpoints: bool = True  # checkpoints (last, best) as run artifacts
+    system_metrics: bool = False  # mlflow system metrics (needs psutil; off by default)
+    artifact_location: str | None = None  # new experiments' artifact root (default: MLflow's)
 
 
 class OrchestrationConfig(_Section):
-    stage_flows: bool = True                    # `fvlm convert/segment/shard` run their Prefect flows
+    stage_flows: bool = True  # `fvlm convert/segment/shard` run their Prefect flows
     task_runner: Literal["threads", "processes", "dask"] = "threads"
-    batch_size: int = Field(16, ge=1)           # studies per Prefect task
+    batch_size: int = Field(16, ge=1)  # studies per Prefect task
     max_workers: int = Field(2, ge=1)
     retries: int = Field(2, ge=0)
-    retry_delay_s: float = Field(10.0, ge=0)     # exponential backoff base for transient failures
+    retry_delay_s: float = Field(10.0, ge=0)  # exponential backoff base for transient failures
     ingest_cron: str = "0 2 * * *"
     train_cron: str = "0 4 * * 6"
     watch_dir: str = "data/incoming"
-    dask_address: str | None = None             # tcp://scheduler:8786; None -> LocalCluster of max_workers
+    dask_address: str | None = None  # tcp://scheduler:8786; None -> LocalCluster of max_workers
     gpu_concurrency_limit: str | None = "fvlm-gpu"  # Prefect global concurrency limit held per GPU batch
-    work_pool: str = "fvlm-process"             # process work pool for prefect.yaml deployments
-    timezone: str = "UTC"                       # of the cron schedules
+    work_pool: str = "fvlm-process"  # process work pool for prefect.yaml deployments
+    timezone: str = "UTC"  # of the cron schedules
 
 
 class ServicesConfig(_Section):
@@ -331,11 +335,28 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 ACCESS_LOG_ENV = "FVLM_CONFIG_ACCESS_LOG"
 # keys that choose *how* or *where* a stage runs (workers, servers), not what it computes: not stage params
 EXECUTION_KEYS: tuple[str, ...] = (
-    "orchestration", "services", "tracking.mlflow_tracking_uri", "tracking.prefect_api_url",
-    "convert.workers", "shard.workers", "demo_data.workers", "reports.n_process", "reports.batch_size",
-    "segment.device", "segment.totalseg_home", "segment.batch_size", "train.num_workers", "train.gpus",
-    "evaluate.batch_size", "paths.dvc_remote", "paths.data_dir", "profile", "root",
+    "orchestration",
+    "services",
+    "tracking.mlflow_tracking_uri",
+    "tracking.prefect_api_url",
+    "convert.workers",
+    "shard.workers",
+    "demo_data.workers",
+    "reports.n_process",
+    "reports.batch_size",
+    "segment.device",
+    "segment.totalseg_home",
+    "segment.batch_size",
+    "train.num_workers",
+    "train.gpus",
+    "evaluate.batch_size",
+    "paths.dvc_remote",
+    "paths.data_dir",
+    "profile",
+    "root",
 )
+
+
 def _record_access(prefix: str, name: str) -> None:
     target = os.environ.get(ACCESS_LOG_ENV)
     if not target:

@@ -318,9 +318,11 @@ def run_batched(
     isolated = 0
     progress_id = None
     if batches:
-        runner = make_task_runner(task_runner, max_workers, dask_address=dask_address) if isinstance(
-            task_runner, str
-        ) else task_runner
+        runner = (
+            make_task_runner(task_runner, max_workers, dask_address=dask_address)
+            if isinstance(task_runner, str)
+            else task_runner
+        )
         batch_task = _batch_task(stage, retries, retry_delay_s, tags)
         if artifact and _in_prefect_run():
             progress_id = _safe_progress(None, 0.0, stage)
@@ -360,7 +362,12 @@ def run_batched(
                 items_done += len(batch)
                 log.info(
                     "%s: batch %d/%d done (%d/%d items, %.1f s)",
-                    stage, done, len(batches), items_done, len(pending), time.perf_counter() - started,
+                    stage,
+                    done,
+                    len(batches),
+                    items_done,
+                    len(pending),
+                    time.perf_counter() - started,
                 )
                 if progress_id is not None:
                     _safe_progress(progress_id, 100.0 * done / len(batches), stage)
@@ -439,9 +446,7 @@ def _safe_markdown(summary: RunSummary) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(
-            summary.markdown, key=summary.artifact_key, description=summary.one_line()
-        )
+        create_markdown_artifact(summary.markdown, key=summary.artifact_key, description=summary.one_line())
     except Exception as error:
         logger.warning("%s: markdown artifact not written: %s", summary.stage, error)
 
@@ -460,7 +465,7 @@ class FanOut:
     gpu_concurrency_limit: str | None
 
     @classmethod
-    def from_config(cls, orchestration: "OrchestrationConfig | None" = None, **overrides: Any) -> "FanOut":
+    def from_config(cls, orchestration: OrchestrationConfig | None = None, **overrides: Any) -> FanOut:
         """The fan-out of ``orchestration`` (default: the built-in config); ``None`` overrides are ignored."""
         from core.config import OrchestrationConfig
 

@@ -39,10 +39,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 INGEST_DEPLOYMENT = "ingest-nightly"
 TRAIN_DEPLOYMENT = "train-weekly"
-REJECTED_DIR = "rejected"            # watch_dir/rejected/<batch>/<file> + reasons.csv (kept, never deleted)
+REJECTED_DIR = "rejected"  # watch_dir/rejected/<batch>/<file> + reasons.csv (kept, never deleted)
 REASONS_FILE = "reasons.csv"
 INGESTED_REPORTS_DIR = "ingested_reports"  # beside reports_csv: each merged incoming CSV as it came
-MASKS_DIR = "masks"                  # watch_dir/masks/<StudyInstanceUID>.nii.gz -> paths.precomputed_masks
+MASKS_DIR = "masks"  # watch_dir/masks/<StudyInstanceUID>.nii.gz -> paths.precomputed_masks
 _RESERVED = {REJECTED_DIR, MASKS_DIR, ".ingested", ".rejected"}
 _TMP_SUFFIX = ".fvlm-ingest-tmp"
 
@@ -55,16 +55,16 @@ class IngestError(RuntimeError):
 class IngestResult:
     """Every file found in the watch folder is counted once: ingested, rejected, or not settled."""
 
-    studies_moved: int = 0                # new studies (by StudyInstanceUID) added to the raw dataset
-    files_added_to_existing: int = 0      # files of known studies (e.g. an extra series)
-    files_ingested: int = 0               # files now in the raw dataset (copied, or already there byte for byte)
-    duplicates: int = 0                   # of those: identical files the dataset already held
+    studies_moved: int = 0  # new studies (by StudyInstanceUID) added to the raw dataset
+    files_added_to_existing: int = 0  # files of known studies (e.g. an extra series)
+    files_ingested: int = 0  # files now in the raw dataset (copied, or already there byte for byte)
+    duplicates: int = 0  # of those: identical files the dataset already held
     report_rows_added: int = 0
     report_rows_skipped: int = 0
-    not_settled: int = 0                  # files left in place (their folder is still being copied)
+    not_settled: int = 0  # files left in place (their folder is still being copied)
     rejected: list[str] = field(default_factory=list)  # "<file>: <reason>" (no study names: may hold PHI)
     new_study_dirs: list[str] = field(default_factory=list)  # raw dataset folders created (relative)
-    recorded: list[str] = field(default_factory=list)         # `dvc add` targets
+    recorded: list[str] = field(default_factory=list)  # `dvc add` targets
     removed_from_watch: int = 0
 
     @property
@@ -84,7 +84,7 @@ class _Planned:
     source: Path
     destination: Path
     sha256: str
-    duplicate: bool = False     # identical bytes already at the destination
+    duplicate: bool = False  # identical bytes already at the destination
     archive: Path | None = None  # extra copy in the ingest archive (raw tree outside the repository)
 
 
@@ -115,7 +115,8 @@ def read_identity(path: Path) -> _Header | str:
 
     try:
         dataset = pydicom.dcmread(
-            path, stop_before_pixels=True,
+            path,
+            stop_before_pixels=True,
             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
         )
     except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
@@ -130,7 +131,7 @@ def read_identity(path: Path) -> _Header | str:
 
 @dataclass
 class _Known:
-    study_dirs: dict[str, Path] = field(default_factory=dict)   # StudyInstanceUID -> top folder in raw_dir
+    study_dirs: dict[str, Path] = field(default_factory=dict)  # StudyInstanceUID -> top folder in raw_dir
     sops: dict[tuple[str, str], Path] = field(default_factory=dict)  # (study, SOPInstanceUID) -> file
 
 
@@ -336,7 +337,7 @@ def collect_incoming(
     if settled_dirs:
         known = _index_raw_tree(raw_dir)
         taken: set[Path] = set()
-        new_dirs: dict[str, Path] = {}            # StudyInstanceUID -> new folder (this run)
+        new_dirs: dict[str, Path] = {}  # StudyInstanceUID -> new folder (this run)
         seen_sops: dict[tuple[str, str], _Planned] = {}
         for folder in settled_dirs:
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -353,8 +354,9 @@ def collect_incoming(
                     if seen_sops[key].sha256 == sha:
                         planned.append(_Planned(path, seen_sops[key].destination, sha, duplicate=True))
                     else:
-                        _reject(watch_dir, batch, path,
-                                "SOPInstanceUID twice in the drop with different content", result)
+                        _reject(
+                            watch_dir, batch, path, "SOPInstanceUID twice in the drop with different content", result
+                        )
                     continue
                 if header.sop and key in known.sops:
                     existing = known.sops[key]
@@ -363,8 +365,13 @@ def collect_incoming(
                         planned.append(item)
                         seen_sops[key] = item
                     else:
-                        _reject(watch_dir, batch, path,
-                                "SOPInstanceUID already in the raw dataset with different content", result)
+                        _reject(
+                            watch_dir,
+                            batch,
+                            path,
+                            "SOPInstanceUID already in the raw dataset with different content",
+                            result,
+                        )
                     continue
                 if header.study in known.study_dirs:
                     study_dir = known.study_dirs[header.study]
@@ -405,14 +412,18 @@ def collect_incoming(
             _copy_verified(item.source, item.archive, item.sha256)
     merged_csvs: list[tuple[Path, Path]] = []  # (incoming CSV, its recorded copy)
     for entry in csv_files:
-        reason = (_merge_reports(entry, reports_csv, id_column, result) if reports_csv is not None
-                  else "no reports table")
+        reason = (
+            _merge_reports(entry, reports_csv, id_column, result) if reports_csv is not None else "no reports table"
+        )
         if reason:
             _reject(watch_dir, batch, entry, reason, result)
             continue
         assert reports_csv is not None
-        kept = (archive_dir / batch / entry.name if archive_dir is not None
-                else reports_csv.parent / INGESTED_REPORTS_DIR / f"{batch}-{entry.name}")
+        kept = (
+            archive_dir / batch / entry.name
+            if archive_dir is not None
+            else reports_csv.parent / INGESTED_REPORTS_DIR / f"{batch}-{entry.name}"
+        )
         _copy_verified(entry, kept, _sha256(entry))
         merged_csvs.append((entry, kept))
 
@@ -429,8 +440,9 @@ def collect_incoming(
     for item in planned:
         copies = [item.destination] + ([item.archive] if item.archive is not None else [])
         if in_cache is not None and not any(in_cache(copy) for copy in copies):
-            raise IngestError(f"{item.source.relative_to(watch_dir)}: not in the DVC cache after recording; "
-                              "left in the watch folder")
+            raise IngestError(
+                f"{item.source.relative_to(watch_dir)}: not in the DVC cache after recording; left in the watch folder"
+            )
     for entry, kept in merged_csvs:
         if in_cache is not None and not in_cache(kept):
             raise IngestError(f"{entry.name}: not in the DVC cache after recording; left in the watch folder")
@@ -441,7 +453,10 @@ def collect_incoming(
     for entry, _kept in merged_csvs:
         entry.unlink()
     result.removed_from_watch = len(planned) + len(merged_csvs)
-    for folder in [*settled_dirs, *([masks_in] if planned_masks else [])]:  # empty folders the ingested files leave behind
+    for folder in [
+        *settled_dirs,
+        *([masks_in] if planned_masks else []),
+    ]:  # empty folders the ingested files leave behind
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             if not any(sub.iterdir()):
                 sub.rmdir()
@@ -478,8 +493,9 @@ def dvc_target_for(path: Path, root: Path, raw_dataset: Path | None = None) -> P
 def dvc_cache_dir(root: Path) -> Path:
     import subprocess
 
-    result = subprocess.run([executable("dvc"), "cache", "dir"], cwd=root, capture_output=True, text=True,
-                            env=child_env())
+    result = subprocess.run(
+        [executable("dvc"), "cache", "dir"], cwd=root, capture_output=True, text=True, env=child_env()
+    )
     text = result.stdout.strip()
     return Path(text) if result.returncode == 0 and text else root / ".dvc" / "cache"
 
@@ -503,8 +519,12 @@ def dvc_recorder(root: Path, raw_dataset: Path | None, log: Any = None) -> Any:
                 targets.append(target)
         targets = [t for t in targets if not any(other in t.parents for other in targets)]  # outermost only
         if targets:
-            run_command([executable("dvc"), "add", "-q", *(str(t.relative_to(root.resolve())) for t in targets)],
-                        cwd=root, env=child_env(), log=log)
+            run_command(
+                [executable("dvc"), "add", "-q", *(str(t.relative_to(root.resolve())) for t in targets)],
+                cwd=root,
+                env=child_env(),
+                log=log,
+            )
         return targets
 
     return record
@@ -544,8 +564,14 @@ def ingest_flow(
     log.info(
         "ingest: %d new studies, %d files added to known studies, %d files ingested (%d already present), "
         "%d report rows added (%d skipped), %d files still being copied, %d rejected; recorded: %s",
-        incoming.studies_moved, incoming.files_added_to_existing, incoming.files_ingested, incoming.duplicates,
-        incoming.report_rows_added, incoming.report_rows_skipped, incoming.not_settled, len(incoming.rejected),
+        incoming.studies_moved,
+        incoming.files_added_to_existing,
+        incoming.files_ingested,
+        incoming.duplicates,
+        incoming.report_rows_added,
+        incoming.report_rows_skipped,
+        incoming.not_settled,
+        len(incoming.rejected),
         ", ".join(incoming.recorded) or "-",
     )
     for line in incoming.rejected:

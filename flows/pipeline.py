@@ -17,7 +17,6 @@ land on the same Prefect server as this one.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +56,8 @@ class PipelineReport:
             f"- DVC remote: {self.remote or 'none configured'}"
             + (f" (pulled{'; ' + self.pull_note if self.pull_note else ''})" if self.pulled else ""),
             f"- dvc repro: {'done' if self.reproduced else 'not run'}; dvc push: {'done' if self.pushed else 'no'}",
-            f"- MLflow run: {self.mlflow_run_id or '-'}" + (f" (evaluation run {self.eval_run_id})" if self.eval_run_id else ""),
+            f"- MLflow run: {self.mlflow_run_id or '-'}"
+            + (f" (evaluation run {self.eval_run_id})" if self.eval_run_id else ""),
             f"- registered model: {self.registered_model or '-'} version {self.registry_version or '-'}"
             + (f" (promoted to `{self.promoted_alias}`)" if self.promoted_alias else ""),
         ]
@@ -96,7 +96,8 @@ def dvc_remote(repo_root: Path) -> str | None:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read([repo_root / ".dvc" / "config", repo_root / ".dvc" / "config.local"])
     remotes = [
-        section.split('"')[1] for section in parser.sections()
+        section.split('"')[1]
+        for section in parser.sections()
         if section.startswith("'remote ") or section.startswith("remote ")
         if section.count('"') >= 2
     ]
@@ -110,7 +111,10 @@ def dvc_remote(repo_root: Path) -> str | None:
 def dvc_pull(repo_root: str, remote: str) -> str:
     log = run_logger()
     result = run_command(
-        [executable("dvc"), "pull", "--allow-missing", "-r", remote], cwd=repo_root, env=child_env(), log=log,
+        [executable("dvc"), "pull", "--allow-missing", "-r", remote],
+        cwd=repo_root,
+        env=child_env(),
+        log=log,
         check=False,
     )
     if result.returncode != 0:  # e.g. nothing pushed yet: the repro below produces it
@@ -268,4 +272,3 @@ def pipeline_flow(
         report.registry_version or "-",
     )
     return report.as_dict()
-

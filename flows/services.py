@@ -108,8 +108,16 @@ def service_specs(
     return {
         "prefect": ServiceSpec(
             name="prefect",
-            command=[_executable("prefect"), "server", "start", "--host", host, "--port", str(prefect_port),
-                     "--analytics-off"],
+            command=[
+                _executable("prefect"),
+                "server",
+                "start",
+                "--host",
+                host,
+                "--port",
+                str(prefect_port),
+                "--analytics-off",
+            ],
             env={**prefect_env, "PREFECT_API_URL": ""},
             url=f"http://{host}:{prefect_port}",
             health_url=f"{prefect_api}/health",
@@ -120,9 +128,19 @@ def service_specs(
         "mlflow": ServiceSpec(
             name="mlflow",
             command=[
-                _executable("mlflow"), "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                "--artifacts-destination", str(mlflow_dir / "artifacts"), "--serve-artifacts",
+                _executable("mlflow"),
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(mlflow_dir / "artifacts"),
+                "--serve-artifacts",
             ],
             env={**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
             url=f"http://{host}:{mlflow_port}",
@@ -294,7 +312,9 @@ def start(
                     env=env,
                     cwd=str(cwd or data_dir),
                     start_new_session=True,
-                    preexec_fn=die_with_parent_on_linux if die_with_parent and sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                    preexec_fn=die_with_parent_on_linux
+                    if die_with_parent and sys.platform.startswith("linux")
+                    else None,  # noqa: PLW1509
                 )
             finally:
                 log_handle.close()
@@ -302,8 +322,15 @@ def start(
             launch_times[name] = time.monotonic()
             atomic_write_text(
                 _pid_file(data_dir, name),
-                json.dumps({"pid": process.pid, "command": spec.command, "url": spec.url, "marker": spec.marker,
-                            "started": time.time()}),
+                json.dumps(
+                    {
+                        "pid": process.pid,
+                        "command": spec.command,
+                        "url": spec.url,
+                        "marker": spec.marker,
+                        "started": time.time(),
+                    }
+                ),
             )
         deadline = time.monotonic() + timeout_s
         waiting = set(launched)
@@ -322,8 +349,7 @@ def start(
                     waiting.discard(name)
             if waiting and time.monotonic() > deadline:
                 raise ServiceError(
-                    f"{', '.join(sorted(waiting))}: not healthy after {timeout_s:.0f} s; "
-                    f"see {data_dir / 'logs'}"
+                    f"{', '.join(sorted(waiting))}: not healthy after {timeout_s:.0f} s; see {data_dir / 'logs'}"
                 )
             if waiting:
                 time.sleep(0.5)

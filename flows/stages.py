@@ -62,16 +62,18 @@ def in_stage_worker() -> bool:
 @flow(name="fvlm-convert")
 def convert_flow(job: ConvertJob, fan_out: FanOut | None = None) -> ConvertSummary:
     """DICOM tree (or CT-RATE) -> volumes/ + studies.parquet + unreadable.parquet, batches of studies as tasks."""
-    mapper = prefect_batches(fan_out or FanOut.from_config(), stage="convert",
-                             redact_errors=True)  # exception messages may quote DICOM paths / values
+    mapper = prefect_batches(
+        fan_out or FanOut.from_config(), stage="convert", redact_errors=True
+    )  # exception messages may quote DICOM paths / values
     return run_convert(job, map_batches=mapper)
 
 
 @flow(name="fvlm-segment")
 def segment_flow(job: SegmentJob, fan_out: FanOut | None = None) -> SegmentSummary:
     """Volumes -> masks/ + segments.parquet + qc/*.png, batches of volumes as tasks (one warm backend each)."""
-    mapper = prefect_batches(fan_out or FanOut.from_config(), stage="segment", gpu=job.uses_gpu(),
-                             fatal_errors=job.fatal_errors())
+    mapper = prefect_batches(
+        fan_out or FanOut.from_config(), stage="segment", gpu=job.uses_gpu(), fatal_errors=job.fatal_errors()
+    )
     return run_segment(job, map_batches=mapper)
 
 
@@ -82,8 +84,9 @@ def parse_reports_flow(job: ParseReportsJob, fan_out: FanOut | None = None) -> P
     spaCy is pure Python: use ``task_runner="processes"`` for more than one core (or ``n_process``
     inside one task).
     """
-    mapper = prefect_batches(fan_out or FanOut.from_config(), stage="parse-reports",
-                             redact_errors=True)  # report text is PHI until scrubbed
+    mapper = prefect_batches(
+        fan_out or FanOut.from_config(), stage="parse-reports", redact_errors=True
+    )  # report text is PHI until scrubbed
     return run_parse_reports(job, map_batches=mapper)
 
 
@@ -129,8 +132,9 @@ def torchrun_command(
     if gpus < 1:
         return [sys.executable, "-m", "fvlm.cli", *cli_args]
     rendezvous = (
-        ["--standalone"] if nnodes == 1 else
-        [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint or 'localhost:29400'}"]
+        ["--standalone"]
+        if nnodes == 1
+        else [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint or 'localhost:29400'}"]
     )
     return [executable("torchrun"), *rendezvous, f"--nproc-per-node={gpus}", "-m", "fvlm.cli", *cli_args]
 
@@ -166,8 +170,11 @@ def train_flow(
     run_logger().info("launching: %s", " ".join(command))
     _launch_training(command, cwd or (str(Path(params_path).resolve().parent) if params_path else os.getcwd()), env)
     metrics = _read_json(Path(metrics_path)) if metrics_path else {}
-    _markdown("train-summary", "# train\n\n```json\n" + json.dumps(metrics, indent=2, default=str)[:4000]
-              + "\n```\n", "training metrics")
+    _markdown(
+        "train-summary",
+        "# train\n\n```json\n" + json.dumps(metrics, indent=2, default=str)[:4000] + "\n```\n",
+        "training metrics",
+    )
     return metrics
 
 
@@ -187,13 +194,22 @@ def evaluate_flow(
     """Zero-shot evaluation + promotion gate (``fvlm evaluate`` in a subprocess); returns metrics/eval.json."""
     import sys
 
-    command = [sys.executable, "-m", "fvlm.cli", *(["--params", params_path] if params_path else []), "evaluate",
-               *(extra_args or [])]
+    command = [
+        sys.executable,
+        "-m",
+        "fvlm.cli",
+        *(["--params", params_path] if params_path else []),
+        "evaluate",
+        *(extra_args or []),
+    ]
     env = child_env({STAGE_WORKER_ENV: "1"}, tracking_uri=tracking_uri)
     _launch_evaluation(command, cwd or (str(Path(params_path).resolve().parent) if params_path else os.getcwd()), env)
     metrics = _read_json(Path(metrics_path)) if metrics_path else {}
-    _markdown("evaluate-summary", "# evaluate\n\n```json\n" + json.dumps(metrics, indent=2, default=str)[:4000]
-              + "\n```\n", "evaluation metrics")
+    _markdown(
+        "evaluate-summary",
+        "# evaluate\n\n```json\n" + json.dumps(metrics, indent=2, default=str)[:4000] + "\n```\n",
+        "evaluation metrics",
+    )
     return metrics
 
 

@@ -13,8 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fvlm import __version__
 from core.env import apply_offline_env
+from fvlm import __version__
 
 # order = order in --help
 COMMAND_MODULES: tuple[str, ...] = (

@@ -44,7 +44,7 @@ class ConvertSettings:
     output_extension: str = ".nii.gz"
     study_key_tag: str = "StudyInstanceUID"
     pseudonym_length: int = 16
-    decode_threads: int = 1           # not part of the hash (does not change outputs)
+    decode_threads: int = 1  # not part of the hash (does not change outputs)
 
     def config_hash(self) -> str:
         payload = {
@@ -65,36 +65,36 @@ class ConvertSettings:
 class ManifestRow:
     study_id: str
     patient_id: str | None
-    status: str                                   # ok | quarantined
+    status: str  # ok | quarantined
     reason: str = ""
-    series_id: str | None = None                  # pseudonym of the chosen SeriesInstanceUID
-    series_description: str = ""                  # scrubbed
+    series_id: str | None = None  # pseudonym of the chosen SeriesInstanceUID
+    series_description: str = ""  # scrubbed
     series_number: int | None = None
     convolution_kernel: str = ""
     selection_policy: str = ""
-    alternatives: str = "[]"                      # JSON list: other series + why not chosen
-    slices: int = 0                               # slices in the output volume
+    alternatives: str = "[]"  # JSON list: other series + why not chosen
+    slices: int = 0  # slices in the output volume
     n_input_slices: int = 0
-    shape: list[int] = field(default_factory=list)          # (z, y, x) of the RAS+ volume
-    spacing: list[float] = field(default_factory=list)      # (z, y, x) mm
-    affine: list[float] = field(default_factory=list)       # 16 floats, row-major, on-disk (x, y, z) -> RAS
+    shape: list[int] = field(default_factory=list)  # (z, y, x) of the RAS+ volume
+    spacing: list[float] = field(default_factory=list)  # (z, y, x) mm
+    affine: list[float] = field(default_factory=list)  # 16 floats, row-major, on-disk (x, y, z) -> RAS
     warnings: list[str] = field(default_factory=list)
     resampled: bool = False
     n_input_files: int = 0
     source_hash: str = ""
     config_hash: str = ""
-    volume_path: str | None = None                # relative to the output dir
+    volume_path: str | None = None  # relative to the output dir
     transfer_syntaxes: list[str] = field(default_factory=list)
     hu_min: int | None = None
     hu_max: int | None = None
     input_format: str = "dicom"
-    rescale_decision: str = ""                    # CT-RATE adapter: whether / why values were rescaled
+    rescale_decision: str = ""  # CT-RATE adapter: whether / why values were rescaled
     converter_version: str = CONVERTER_VERSION
     seconds: float = 0.0
-    reused: bool = False                          # not stored: this run reused the previous result
+    reused: bool = False  # not stored: this run reused the previous result
 
     @classmethod
-    def from_record(cls, record: dict) -> "ManifestRow":
+    def from_record(cls, record: dict) -> ManifestRow:
         names = {f.name for f in fields(cls)}
         clean = {k: v for k, v in record.items() if k in names}
         for key in ("shape", "spacing", "affine", "warnings", "transfer_syntaxes"):
@@ -238,14 +238,14 @@ class ConvertJob:
     output_dir: Path
     settings: ConvertSettings
     input_format: InputFormat = "dicom"
-    metadata_csv: Path | None = None      # CT-RATE metadata CSV (input_format "ctrate")
-    workers: int = 1                      # study processes (the local run; the flow's max_workers)
-    decode_threads: int | None = None     # pixel decode threads per study; None: CPUs / workers
+    metadata_csv: Path | None = None  # CT-RATE metadata CSV (input_format "ctrate")
+    workers: int = 1  # study processes (the local run; the flow's max_workers)
+    decode_threads: int | None = None  # pixel decode threads per study; None: CPUs / workers
 
     @classmethod
     def from_config(
         cls,
-        config: "FvlmConfig",
+        config: FvlmConfig,
         *,
         input_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
@@ -255,7 +255,7 @@ class ConvertJob:
         workers: int | None = None,
         min_slices: int | None = None,
         output_extension: str | None = None,
-    ) -> "ConvertJob":
+    ) -> ConvertJob:
         """The job of ``config`` (paths.raw_dicom -> paths.converted, convert.*, privacy.*); a ``None``
         override keeps the configured value."""
         from core.config import or_config
@@ -295,8 +295,9 @@ def item_key(item: ConvertItem) -> str:
     return item.study_id
 
 
-def convert_batch(items: list[ConvertItem], output_dir: str, settings: ConvertSettings,
-                  convert_one: Callable[..., ManifestRow]) -> list[ItemOutcome]:
+def convert_batch(
+    items: list[ConvertItem], output_dir: str, settings: ConvertSettings, convert_one: Callable[..., ManifestRow]
+) -> list[ItemOutcome]:
     """Batch function: convert each item (reusing unchanged ones); bad data -> quarantined outcome."""
     outcomes = []
     for item in items:
@@ -313,15 +314,24 @@ def local_conversions(workers: int, crash_row: Callable[[ConvertItem, str], Mani
     """The library's own ``map_batches``: one study at a time, in a spawn process pool when
     ``workers > 1``; a crashed worker quarantines its study (``crash_row``)."""
 
-    def map_batches(items: Sequence[ConvertItem], batch_fn: Callable[[list[ConvertItem]], Sequence[ItemOutcome]],
-                    key_fn: Callable[[ConvertItem], str]) -> list[ItemOutcome]:
+    def map_batches(
+        items: Sequence[ConvertItem],
+        batch_fn: Callable[[list[ConvertItem]], Sequence[ItemOutcome]],
+        key_fn: Callable[[ConvertItem], str],
+    ) -> list[ItemOutcome]:
         outcomes: list[ItemOutcome] = []
 
         def done(outcome: ItemOutcome) -> None:
             outcomes.append(outcome)
             row = outcome.payload
-            logger.info("[%d/%d] %s %s%s", len(outcomes), len(items), row.study_id, row.status,
-                        " (reused)" if row.reused else "")
+            logger.info(
+                "[%d/%d] %s %s%s",
+                len(outcomes),
+                len(items),
+                row.study_id,
+                row.status,
+                " (reused)" if row.reused else "",
+            )
 
         if workers <= 1 or len(items) <= 1:
             for item in items:
@@ -367,8 +377,9 @@ def convert_items(
     return rows
 
 
-def finish_conversion(rows: list[ManifestRow], unreadable: list[UnreadableFile], n_files_seen: int, out: Path,
-                      started: float) -> ConvertSummary:
+def finish_conversion(
+    rows: list[ManifestRow], unreadable: list[UnreadableFile], n_files_seen: int, out: Path, started: float
+) -> ConvertSummary:
     """The last step of every conversion run: write both manifests atomically and summarise."""
     manifest_path = layout.converted_manifest(out)
     write_manifest(rows, manifest_path)

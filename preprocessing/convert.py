@@ -61,6 +61,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def convert_study(
     study: StudyFiles,
     output_dir: str | os.PathLike[str],
@@ -102,7 +103,9 @@ def convert_study(
     if row.patient_id is None:
         row.warnings.append("no PatientID: patient_id left empty")
     try:
-        selection = select_series(list(study.series.values()), preference=list(settings.series_preference), min_slices=settings.min_slices)
+        selection = select_series(
+            list(study.series.values()), preference=list(settings.series_preference), min_slices=settings.min_slices
+        )
     except ValueError as error:
         row.reason = clean(str(error))
         return row
@@ -168,7 +171,9 @@ def convert_study(
     row.transfer_syntaxes = assembled.transfer_syntaxes
     row.hu_min, row.hu_max = written.hu_min, written.hu_max
     if written.hu_max > PLAUSIBLE_MAX_HU:
-        row.warnings.append(f"HU maximum {written.hu_max} above {PLAUSIBLE_MAX_HU}: metal, or corrupt / mis-signed pixel data")
+        row.warnings.append(
+            f"HU maximum {written.hu_max} above {PLAUSIBLE_MAX_HU}: metal, or corrupt / mis-signed pixel data"
+        )
     row.seconds = round(time.perf_counter() - started, 3)
     return row
 

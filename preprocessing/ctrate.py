@@ -50,8 +50,15 @@ from preprocessing.deid import patient_pseudonym, scrub_text, study_pseudonym
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("VolumeName", "XYSpacing", "ZSpacing", "ImagePositionPatient", "ImageOrientationPatient",
-                    "RescaleSlope", "RescaleIntercept")
+REQUIRED_COLUMNS = (
+    "VolumeName",
+    "XYSpacing",
+    "ZSpacing",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
 _PATIENT = re.compile(r"^((?:train|valid|val|test)_\d+)", re.IGNORECASE)
 
 
@@ -61,7 +68,7 @@ class CtrateError(ValueError):
 
 @dataclass(frozen=True)
 class CtrateVolume:
-    volume_name: str             # the study key (VolumeName column)
+    volume_name: str  # the study key (VolumeName column)
     path: Path | None
     metadata: dict[str, str] | None
 
@@ -81,7 +88,11 @@ def patient_key(volume_name: str) -> str | None:
 
 def _numbers(text: str, count: int, column: str) -> list[float]:
     try:
-        value = ast.literal_eval(str(text).strip()) if str(text).strip().startswith(("[", "(")) else [float(v) for v in re.split(r"[\\,\s]+", str(text).strip()) if v]
+        value = (
+            ast.literal_eval(str(text).strip())
+            if str(text).strip().startswith(("[", "("))
+            else [float(v) for v in re.split(r"[\\,\s]+", str(text).strip()) if v]
+        )
         values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     except (ValueError, SyntaxError):
         raise CtrateError(f"metadata column {column}: cannot parse {str(text)[:40]!r}") from None
@@ -108,7 +119,11 @@ def find_ctrate_volumes(input_dir: str | os.PathLike[str], metadata: dict[str, d
     """Pair every NIfTI under ``input_dir`` with its metadata row (either may be missing)."""
     files: dict[str, Path] = {}
     for path in sorted(Path(input_dir).rglob("*")):
-        if path.is_file() and (path.name.endswith(".nii.gz") or path.name.endswith(".nii")) and ".tmp-" not in path.name:
+        if (
+            path.is_file()
+            and (path.name.endswith(".nii.gz") or path.name.endswith(".nii"))
+            and ".tmp-" not in path.name
+        ):
             files.setdefault(volume_stem(path.name), path)
     names = sorted(set(files) | set(metadata))
     return [
@@ -134,7 +149,7 @@ def ctrate_affine_ras(metadata: dict[str, str]) -> np.ndarray:
     if abs(np.linalg.norm(normal) - 1) > 1e-3:
         raise CtrateError("metadata ImageOrientationPatient is not two orthonormal directions")
     affine = np.eye(4)
-    affine[:3, 0] = row_cos * xy[1]   # column spacing along the row direction
+    affine[:3, 0] = row_cos * xy[1]  # column spacing along the row direction
     affine[:3, 1] = col_cos * xy[0]
     affine[:3, 2] = normal * z
     affine[:3, 3] = origin
@@ -149,7 +164,9 @@ def to_hu(stored: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarra
     wins. Without air in either reading, a negative minimum means HU (raw CT values are >= 0 unless
     signed padding is present).
     """
-    sample = np.asarray(stored[:: max(1, stored.shape[0] // 64), :: 4, :: max(1, stored.shape[2] // 64)], dtype=np.float64)
+    sample = np.asarray(
+        stored[:: max(1, stored.shape[0] // 64), ::4, :: max(1, stored.shape[2] // 64)], dtype=np.float64
+    )
     low, high = float(stored.min()), float(stored.max())
     identity = slope == 1.0 and intercept == 0.0
     air_as_stored = float(np.mean((sample >= -1100) & (sample <= -900)))
@@ -158,9 +175,16 @@ def to_hu(stored: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarra
     if identity:
         apply, why = False, "metadata rescale is the identity"
     elif air_as_stored > air_rescaled:
-        apply, why = False, f"already HU: {air_as_stored:.0%} of voxels in the air band as stored vs {air_rescaled:.0%} rescaled"
+        apply, why = (
+            False,
+            f"already HU: {air_as_stored:.0%} of voxels in the air band as stored vs {air_rescaled:.0%} rescaled",
+        )
     elif air_rescaled > air_as_stored:
-        apply, why = True, f"raw stored values: {air_rescaled:.0%} of voxels in the air band after rescale vs {air_as_stored:.0%} as stored"
+        apply, why = (
+            True,
+            f"raw stored values: {air_rescaled:.0%} of voxels in the "
+            f"air band after rescale vs {air_as_stored:.0%} as stored",
+        )
     else:
         apply = low >= 0
         why = f"no air band either way; stored minimum {low:g} {'>= 0: raw values' if apply else '< 0: already HU'}"
@@ -175,8 +199,13 @@ def to_hu(stored: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarra
     return np.clip(hu, -1024, 32767).astype(np.int16), decision
 
 
-def convert_ctrate_volume(volume: CtrateVolume, output_dir: str | os.PathLike[str], settings: ConvertSettings,
-                          *, previous: ManifestRow | None = None) -> ManifestRow:
+def convert_ctrate_volume(
+    volume: CtrateVolume,
+    output_dir: str | os.PathLike[str],
+    settings: ConvertSettings,
+    *,
+    previous: ManifestRow | None = None,
+) -> ManifestRow:
     """One CT-RATE volume -> RAS int16 HU NIfTI; bad input gives a quarantined row."""
     import nibabel as nib
 
@@ -245,8 +274,13 @@ def convert_ctrate_volume(volume: CtrateVolume, output_dir: str | os.PathLike[st
 def ctrate_settings(settings: ConvertSettings) -> ConvertSettings:
     """What CT-RATE conversion hashes: the salt, pseudonym length and output extension of ``settings``
     (series selection and assembly options do not apply to a ready-made volume)."""
-    return ConvertSettings(salt=settings.salt, output_extension=settings.output_extension, study_key_tag="VolumeName",
-                           pseudonym_length=settings.pseudonym_length, series_preference=("ctrate",))
+    return ConvertSettings(
+        salt=settings.salt,
+        output_extension=settings.output_extension,
+        study_key_tag="VolumeName",
+        pseudonym_length=settings.pseudonym_length,
+        series_preference=("ctrate",),
+    )
 
 
 def run_ctrate(job: ConvertJob, map_batches: MapBatches | None = None) -> ConvertSummary:
@@ -268,9 +302,15 @@ def run_ctrate(job: ConvertJob, map_batches: MapBatches | None = None) -> Conver
 
     def crash_row(item: ConvertItem, reason: str) -> ManifestRow:
         volume: CtrateVolume = item.source  # type: ignore[assignment]
-        return ManifestRow(study_id=item.study_id, patient_id=patient_pseudonym(patient_key(volume.volume_name), salt, length),
-                           status="quarantined", reason=reason, n_input_files=1 if volume.path else 0,
-                           config_hash=settings.config_hash(), input_format="ctrate")
+        return ManifestRow(
+            study_id=item.study_id,
+            patient_id=patient_pseudonym(patient_key(volume.volume_name), salt, length),
+            status="quarantined",
+            reason=reason,
+            n_input_files=1 if volume.path else 0,
+            config_hash=settings.config_hash(),
+            input_format="ctrate",
+        )
 
     rows = convert_items(items, out, settings, convert_ctrate_volume, crash_row, job.workers, map_batches)
     return finish_conversion(rows, [], sum(1 for v in volumes if v.path), out, started)

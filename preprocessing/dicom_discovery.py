@@ -11,9 +11,9 @@ pseudonymised (PatientID) or scrubbed from free text (the rest); they never leav
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +78,16 @@ PHI_TAGS: tuple[str, ...] = (
 class SliceHeader:
     """What one file (or one frame of a multi-frame file) tells us before its pixels are read."""
 
-    path: Path                       # absolute path
-    relative_path: str               # relative to the input root (for messages / manifests)
-    frame_index: int | None          # None for single-frame files, else 0-based frame
+    path: Path  # absolute path
+    relative_path: str  # relative to the input root (for messages / manifests)
+    frame_index: int | None  # None for single-frame files, else 0-based frame
     sop_instance_uid: str
     sop_class_uid: str
     modality: str
     image_type: tuple[str, ...]
-    position_mm: tuple[float, float, float] | None           # ImagePositionPatient (LPS)
+    position_mm: tuple[float, float, float] | None  # ImagePositionPatient (LPS)
     orientation: tuple[float, float, float, float, float, float] | None  # IOP (LPS)
-    pixel_spacing_mm: tuple[float, float] | None              # (row spacing, column spacing)
+    pixel_spacing_mm: tuple[float, float] | None  # (row spacing, column spacing)
     slice_thickness_mm: float | None
     rows: int
     columns: int
@@ -103,7 +103,7 @@ class SliceHeader:
     pixel_representation: int = 0
     padding_value: int | None = None
     padding_limit: int | None = None
-    defect: str | None = None        # header inconsistent with the file (quarantine reason); pixels never read
+    defect: str | None = None  # header inconsistent with the file (quarantine reason); pixels never read
 
 
 @dataclass
@@ -125,12 +125,12 @@ class SeriesFiles:
 class StudyFiles:
     """All series of one study plus the PHI values needed to pseudonymise / scrub it."""
 
-    study_key: str                          # value of the configured study key tag (hashed before output)
-    patient_key: str | None                 # PatientID (hashed before output)
+    study_key: str  # value of the configured study key tag (hashed before output)
+    patient_key: str | None  # PatientID (hashed before output)
     series: dict[str, SeriesFiles] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)      # every file attributed to the study
-    problems: list[str] = field(default_factory=list)    # per-file problems seen during discovery
-    phi_terms: set[str] = field(default_factory=set)     # text to scrub from anything written
+    files: list[Path] = field(default_factory=list)  # every file attributed to the study
+    problems: list[str] = field(default_factory=list)  # per-file problems seen during discovery
+    phi_terms: set[str] = field(default_factory=set)  # text to scrub from anything written
 
     @property
     def n_files(self) -> int:
@@ -237,10 +237,10 @@ def sop_class_of(ds) -> str:
 
 
 # Pixel data sanity, checked on the header BEFORE any allocation / decoding (docs/bad_inputs.md)
-MAX_IMAGE_DIMENSION = 8192            # Rows / Columns above this are not a CT slice
-MAX_FRAMES_PER_FILE = 20000           # Enhanced CT files hold a series (~1-3000 frames), never more
+MAX_IMAGE_DIMENSION = 8192  # Rows / Columns above this are not a CT slice
+MAX_FRAMES_PER_FILE = 20000  # Enhanced CT files hold a series (~1-3000 frames), never more
 MAX_DECODED_BYTES_PER_FILE = 4 << 30  # 4 GiB of decoded pixels from one file
-MAX_COMPRESSION_RATIO = 5000          # decoded bytes / file bytes for encapsulated (compressed) syntaxes
+MAX_COMPRESSION_RATIO = 5000  # decoded bytes / file bytes for encapsulated (compressed) syntaxes
 UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 
@@ -264,7 +264,10 @@ def pixel_data_defect(ds, file_size: int | None) -> str | None:
     samples = _int_or_none(ds.get("SamplesPerPixel")) or 1
     expected = (rows * columns * frames * samples * bits + 7) // 8
     if expected > MAX_DECODED_BYTES_PER_FILE:
-        return f"header claims {expected} bytes of pixel data ({frames} frame(s) of {rows} x {columns}), above {MAX_DECODED_BYTES_PER_FILE}"
+        return (
+            f"header claims {expected} bytes of pixel data ({frames} frame(s) "
+            f"of {rows} x {columns}), above {MAX_DECODED_BYTES_PER_FILE}"
+        )
     if file_size is None or expected == 0:
         return None
     syntax = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("TransferSyntaxUID", "") or "")
@@ -315,7 +318,9 @@ def headers_from_dataset(ds, path: Path, relative_path: str, *, file_size: int |
         samples_per_pixel=_int_or_none(ds.get("SamplesPerPixel")) or 1,
         gantry_tilt_deg=_float_or_none(ds.get("GantryDetectorTilt")),
         slice_thickness_mm=_float_or_none(ds.get("SliceThickness")),
-        transfer_syntax=str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("TransferSyntaxUID", "") or ""),
+        transfer_syntax=str(
+            getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("TransferSyntaxUID", "") or ""
+        ),
         bits_allocated=_int_or_none(ds.get("BitsAllocated")) or 16,
         bits_stored=_int_or_none(ds.get("BitsStored")) or _int_or_none(ds.get("BitsAllocated")) or 16,
         pixel_representation=_int_or_none(ds.get("PixelRepresentation")) or 0,
@@ -357,8 +362,7 @@ def headers_from_dataset(ds, path: Path, relative_path: str, *, file_size: int |
                 ),  # type: ignore[arg-type]
                 instance_number=_int_or_none(ds.get("InstanceNumber")),
                 rescale_slope=_float_or_none(
-                    _functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
-                    or ds.get("RescaleSlope")
+                    _functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope") or ds.get("RescaleSlope")
                 ),
                 rescale_intercept=_float_or_none(
                     _functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept")
@@ -414,8 +418,14 @@ def scan_dicom_tree(input_dir: str | os.PathLike[str], *, study_key_tag: str = "
     return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=n_files)
 
 
-def _scan_one(root: Path, path: Path, study_key_tag: str, studies: dict[str, StudyFiles],
-              unreadable: list[UnreadableFile], seen_instances: dict[str, str]) -> None:
+def _scan_one(
+    root: Path,
+    path: Path,
+    study_key_tag: str,
+    studies: dict[str, StudyFiles],
+    unreadable: list[UnreadableFile],
+    seen_instances: dict[str, str],
+) -> None:
     """Read one file's header and file it under its study / series (or as unreadable)."""
     relative = path.relative_to(root).as_posix()
     try:
@@ -436,7 +446,9 @@ def _scan_one(root: Path, path: Path, study_key_tag: str, studies: dict[str, Stu
         return
     media_class = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("MediaStorageSOPClassUID", ""))
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        unreadable.append(UnreadableFile(relative, "DICOMDIR index file (skipped; images are found by walking the tree)"))
+        unreadable.append(
+            UnreadableFile(relative, "DICOMDIR index file (skipped; images are found by walking the tree)")
+        )
         return
     if not sop_class_of(ds):
         unreadable.append(UnreadableFile(relative, "not a DICOM image (no SOPClassUID; cannot attribute to a study)"))

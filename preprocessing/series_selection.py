@@ -37,7 +37,9 @@ _SOFT_KERNEL = re.compile(
     r"^(B[0-9]?[1-4][0-9]|BR[1-4][0-9]|I[1-4][0-9]|Q[1-4][0-9]|STANDARD|STND|SOFT|BODY|FC0?[0-9]|FC1[0-9]|A|B|C|UB)F?",
     re.IGNORECASE,
 )
-_SHARP_KERNEL = re.compile(r"(LUNG|BONE|SHARP|DETAIL|EDGE|B[5-9][0-9]|BR[5-9][0-9]|BL[5-9][0-9]|I[5-9][0-9]|FC5[0-9]|YC|YD)", re.IGNORECASE)
+_SHARP_KERNEL = re.compile(
+    r"(LUNG|BONE|SHARP|DETAIL|EDGE|B[5-9][0-9]|BR[5-9][0-9]|BL[5-9][0-9]|I[5-9][0-9]|FC5[0-9]|YC|YD)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class SeriesSummary:
     spacing_mm: float | None
     coverage_mm: float
     original: bool
-    kernel_class: str                 # soft | sharp | unknown
-    excluded: str | None              # reason, or None when eligible
+    kernel_class: str  # soft | sharp | unknown
+    excluded: str | None  # reason, or None when eligible
 
 
 def slice_normal(orientation: tuple[float, ...]) -> tuple[float, float, float]:
@@ -78,14 +80,14 @@ def _positions_along_normal(slices: list[SliceHeader]) -> list[float]:
     if not with_geometry:
         return []
     normal = slice_normal(with_geometry[0].orientation)  # type: ignore[arg-type]
-    return sorted(sum(p * n for p, n in zip(s.position_mm, normal)) for s in with_geometry)  # type: ignore[arg-type]
+    return sorted(sum(p * n for p, n in zip(s.position_mm, normal, strict=False)) for s in with_geometry)  # type: ignore[arg-type]
 
 
 def summarize(series: SeriesFiles, *, min_slices: int) -> SeriesSummary:
     slices = series.slices
     first = slices[0]
     positions = _positions_along_normal(slices)
-    steps = [b - a for a, b in zip(positions, positions[1:]) if b - a > 1e-3]
+    steps = [b - a for a, b in zip(positions, positions[1:], strict=False) if b - a > 1e-3]
     spacing = sorted(steps)[len(steps) // 2] if steps else first.slice_thickness_mm
     coverage = positions[-1] - positions[0] if positions else 0.0
     image_type = set(first.image_type)
@@ -94,7 +96,9 @@ def summarize(series: SeriesFiles, *, min_slices: int) -> SeriesSummary:
     if first.modality != "CT":
         excluded = f"modality {first.modality or 'missing'} (not CT)"
     elif first.sop_class_uid not in ACCEPTED_SOP_CLASSES:
-        excluded = f"SOP class {first.sop_class_uid or 'missing'} is not a CT image (secondary capture / dose report / other)"
+        excluded = (
+            f"SOP class {first.sop_class_uid or 'missing'} is not a CT image (secondary capture / dose report / other)"
+        )
     elif image_type & EXCLUDED_IMAGE_TYPES:
         excluded = f"localizer/scout image type ({'/'.join(sorted(image_type & EXCLUDED_IMAGE_TYPES))})"
     elif len(first.image_type) > 1 and first.image_type[0] == "DERIVED" and first.image_type[1] == "SECONDARY":
@@ -144,7 +148,7 @@ def _sort_key(summary: SeriesSummary, preference: list[str]) -> tuple:
 @dataclass(frozen=True)
 class Selection:
     chosen: SeriesSummary | None
-    candidates: list[SeriesSummary]       # every series of the study, chosen first, then by rank
+    candidates: list[SeriesSummary]  # every series of the study, chosen first, then by rank
     policy: str
 
     @property
@@ -154,7 +158,9 @@ class Selection:
             return ""
         if not self.candidates:
             return "no image series in study"
-        reasons = "; ".join(f"series {c.series_number if c.series_number is not None else '?'}: {c.excluded}" for c in self.candidates)
+        reasons = "; ".join(
+            f"series {c.series_number if c.series_number is not None else '?'}: {c.excluded}" for c in self.candidates
+        )
         return f"no eligible axial CT series ({reasons})"
 
 
@@ -165,6 +171,8 @@ def select_series(series: list[SeriesFiles], *, preference: list[str], min_slice
         raise ValueError(f"unknown series_preference {unknown}; known: {', '.join(KNOWN_PREFERENCES)}")
     summaries = [summarize(s, min_slices=min_slices) for s in series if s.slices]
     eligible = sorted((s for s in summaries if s.excluded is None), key=lambda s: _sort_key(s, preference))
-    rejected = sorted((s for s in summaries if s.excluded is not None), key=lambda s: (s.series_number or 0, s.series_uid))
+    rejected = sorted(
+        (s for s in summaries if s.excluded is not None), key=lambda s: (s.series_number or 0, s.series_uid)
+    )
     policy = "original_first," + ",".join(preference) + f";min_slices={min_slices}"
     return Selection(chosen=eligible[0] if eligible else None, candidates=eligible + rejected, policy=policy)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-PREP_VERSION = "shard-prep-1"       # bump when the prepared arrays change for the same inputs
-FORMAT_VERSION = 1                  # bump when the row layout changes
+PREP_VERSION = "shard-prep-1"  # bump when the prepared arrays change for the same inputs
+FORMAT_VERSION = 1  # bump when the row layout changes
 METADATA_KEY = b"fvlm"
 VOLUME_DTYPE = "int16"
 MASK_DTYPE = "uint8"
@@ -29,7 +29,7 @@ BLOB_COLUMNS: tuple[str, ...] = ("volume", "mask")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def shard_schema(n_anatomies: int, n_labels: int, metadata: Mapping[str, Any] | None = None) -> "pa.Schema":
+def shard_schema(n_anatomies: int, n_labels: int, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
     """Arrow schema of a shard file; ``metadata`` is stored as JSON under :data:`METADATA_KEY`."""
     import pyarrow as pa
 
@@ -84,13 +84,18 @@ def build_metadata(
         "axis_order": "zyx",
         "affine_convention": "RAS+ NIfTI affine of index (x, y, z) = (volume[z, y, x] position)",
         "volume_encoding": {"codec": "zstd", "dtype": VOLUME_DTYPE, "order": "C", "units": "HU", "level": zstd_level},
-        "mask_encoding": {"codec": "zstd", "dtype": MASK_DTYPE, "order": "C",
-                          "values": "0 background, k+1 = anatomy_names[k]", "level": zstd_level},
+        "mask_encoding": {
+            "codec": "zstd",
+            "dtype": MASK_DTYPE,
+            "order": "C",
+            "values": "0 background, k+1 = anatomy_names[k]",
+            "level": zstd_level,
+        },
         "grid": dict(grid),
     }
 
 
-def encode_array(array: "np.ndarray", level: int) -> bytes:
+def encode_array(array: np.ndarray, level: int) -> bytes:
     """zstd frame (content size in the header) of the array's C-order raw bytes; deterministic."""
     import numpy as np
     import zstandard
@@ -99,7 +104,7 @@ def encode_array(array: "np.ndarray", level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True, threads=0).compress(raw.data)
 
 
-def decode_array(blob: Any, shape: Sequence[int], dtype: str) -> "np.ndarray":
+def decode_array(blob: Any, shape: Sequence[int], dtype: str) -> np.ndarray:
     """Inverse of :func:`encode_array` (``blob``: bytes or any buffer, e.g. a pyarrow Buffer).
 
     Decompresses straight into the output array (``stream_reader.readinto``): ~20% faster than

@@ -182,7 +182,7 @@ class PrepParams:
         return json.dumps(payload, sort_keys=True)
 
 
-def _load_xyz(path: Path, what: str) -> tuple["np.ndarray", "np.ndarray"]:
+def _load_xyz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI's stored (x, y, z) array and affine; a clear error naming the file when unreadable."""
     import nibabel as nib
     import numpy as np
@@ -316,13 +316,13 @@ class _HashMemo:
 @dataclass
 class ShardSummary:
     out_dir: Path
-    studies: dict[str, int]                      # split -> rows written
-    patients: dict[str, int]                     # split -> distinct patients
-    files: list[str]                             # shard files, relative to out_dir
-    quarantined: list[dict[str, str]]            # {study_id, reason}
-    upstream_not_ok: int                         # studies convert did not pass (not re-listed)
-    prepared: int                                # studies prepared in this run
-    reused: int                                  # studies taken from the cache
+    studies: dict[str, int]  # split -> rows written
+    patients: dict[str, int]  # split -> distinct patients
+    files: list[str]  # shard files, relative to out_dir
+    quarantined: list[dict[str, str]]  # {study_id, reason}
+    upstream_not_ok: int  # studies convert did not pass (not re-listed)
+    prepared: int  # studies prepared in this run
+    reused: int  # studies taken from the cache
     content_hash: str
     manifest_path: Path
     abnormal_rate: dict[str, float] = field(default_factory=dict)
@@ -454,7 +454,7 @@ def _content_hash(out_dir: Path, files: Iterable[str]) -> tuple[str, dict[str, s
     return digest.hexdigest(), per_file
 
 
-def _lookup_tuple(anatomy_set: "AnatomySet") -> tuple[int, ...]:
+def _lookup_tuple(anatomy_set: AnatomySet) -> tuple[int, ...]:
     return tuple(int(v) for v in anatomy_set.lookup_table())
 
 
@@ -472,12 +472,12 @@ class ShardJob:
     split: SplitConfig = SplitConfig()
     shard: ShardConfig = ShardConfig()
     metrics_path: Path | None = None
-    workers: int | None = None          # preparation processes; None: shard.workers
+    workers: int | None = None  # preparation processes; None: shard.workers
 
     @classmethod
     def from_config(
         cls,
-        config: "FvlmConfig",
+        config: FvlmConfig,
         *,
         converted_dir: str | os.PathLike[str] | None = None,
         segmented_dir: str | os.PathLike[str] | None = None,
@@ -485,7 +485,7 @@ class ShardJob:
         out_dir: str | os.PathLike[str] | None = None,
         metrics_path: str | os.PathLike[str] | None = None,
         workers: int | None = None,
-    ) -> "ShardJob":
+    ) -> ShardJob:
         """The job of ``config`` (paths.*, segment.anatomy_set, grid / split / shard); a ``None`` override
         keeps the configured value (metrics: ``<paths.metrics>/shard.json``)."""
         from core.config import or_config
@@ -560,8 +560,16 @@ def run_shard(job: ShardJob) -> ShardSummary:
         row_split = assign_split(study.patient_id, split.train, split.val, split.test, seed=split.seed)
         candidates.append(_Row(study, row_split, report, cache_file))
         if not cache_file.is_file():
-            jobs.append((study.study_id, str(study.volume_path), str(study.mask_path), str(cache_file), params,
-                         len(anatomy_names)))
+            jobs.append(
+                (
+                    study.study_id,
+                    str(study.volume_path),
+                    str(study.mask_path),
+                    str(cache_file),
+                    params,
+                    len(anatomy_names),
+                )
+            )
     memo.save()
 
     failures = _run_jobs(jobs, job.workers if job.workers is not None else job.shard.workers)
@@ -603,8 +611,7 @@ def run_shard(job: ShardJob) -> ShardSummary:
     content_hash, per_file = _content_hash(out, files)
 
     reused = len(rows) - (len(jobs) - len(failures))
-    summary = _summarise(out, rows, anatomy_names, files, quarantined, upstream_not_ok, len(jobs), reused,
-                         content_hash)
+    summary = _summarise(out, rows, anatomy_names, files, quarantined, upstream_not_ok, len(jobs), reused, content_hash)
     manifest = {
         "format_version": metadata["format_version"],
         "prep_version": PREP_VERSION,
@@ -714,4 +721,3 @@ def _summarise(
 def shard_files(shards_dir: str | os.PathLike[str], split: str) -> list[Path]:
     """The complete shard files of one split, in order (hidden temp files are never listed)."""
     return layout.shard_parts(shards_dir, split)
-

@@ -33,7 +33,13 @@ AIR_HU = -1024
 MAX_HU = 32767
 POSITION_TOLERANCE_MM = 0.01
 ORIENTATION_TOLERANCE = 1e-3
-J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+J2K_SYNTAXES = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -42,17 +48,17 @@ class AssemblyError(ValueError):
 
 
 # Value / geometry sanity (every threshold is listed in docs/bad_inputs.md)
-MIN_ABS_SLOPE = 1e-3            # |RescaleSlope| outside [1e-3, 1e3] cannot give CT numbers from 8..16-bit data
+MIN_ABS_SLOPE = 1e-3  # |RescaleSlope| outside [1e-3, 1e3] cannot give CT numbers from 8..16-bit data
 MAX_ABS_SLOPE = 1e3
-MAX_ABS_INTERCEPT = 1e5         # |RescaleIntercept| above 1e5 HU is far outside any CT scale
-MAX_ABS_POSITION_MM = 1e5       # ImagePositionPatient beyond +-100 m is a corrupt header
-MAX_PIXEL_SPACING_MM = 100.0    # PixelSpacing / SliceThickness in (0, 100] mm
-MAX_VOLUME_BYTES = 8 << 30      # the int16 volume (slices x rows x columns x 2) at most 8 GiB
-MAX_RESAMPLE_FACTOR = 4         # uniform resampling may produce at most 4 n + 16 slices
-HU_CLIP_SUSPECT = 31000         # above the extended CT scale (30710 HU): wrong rescale / mis-signed data
-MAX_CLIPPED_FRACTION = 0.01     # quarantine when more than 1 % of voxels are above HU_CLIP_SUSPECT
-MIN_HU_CEILING = -200           # a CT volume holds air or fat somewhere: min HU above this = suspect intercept
-MIN_HU_RANGE = 100              # max - min below 100 HU: blank series or a crushed rescale
+MAX_ABS_INTERCEPT = 1e5  # |RescaleIntercept| above 1e5 HU is far outside any CT scale
+MAX_ABS_POSITION_MM = 1e5  # ImagePositionPatient beyond +-100 m is a corrupt header
+MAX_PIXEL_SPACING_MM = 100.0  # PixelSpacing / SliceThickness in (0, 100] mm
+MAX_VOLUME_BYTES = 8 << 30  # the int16 volume (slices x rows x columns x 2) at most 8 GiB
+MAX_RESAMPLE_FACTOR = 4  # uniform resampling may produce at most 4 n + 16 slices
+HU_CLIP_SUSPECT = 31000  # above the extended CT scale (30710 HU): wrong rescale / mis-signed data
+MAX_CLIPPED_FRACTION = 0.01  # quarantine when more than 1 % of voxels are above HU_CLIP_SUSPECT
+MIN_HU_CEILING = -200  # a CT volume holds air or fat somewhere: min HU above this = suspect intercept
+MIN_HU_RANGE = 100  # max - min below 100 HU: blank series or a crushed rescale
 
 
 def _finite(values) -> bool:
@@ -86,14 +92,25 @@ def _geometry_value_checks(slices: list[SliceHeader]) -> None:
             raise AssemblyError(f"{s.relative_path}: {problem}")
         for name, values in (("ImagePositionPatient", s.position_mm), ("PixelSpacing", s.pixel_spacing_mm)):
             if values is not None and not _finite(values):
-                raise AssemblyError(f"{s.relative_path}: {name} contains NaN or infinity ({', '.join(f'{v:g}' for v in values)})")
+                raise AssemblyError(
+                    f"{s.relative_path}: {name} contains NaN or infinity ({', '.join(f'{v:g}' for v in values)})"
+                )
         if s.position_mm is not None and max(abs(v) for v in s.position_mm) > MAX_ABS_POSITION_MM:
-            raise AssemblyError(f"{s.relative_path}: ImagePositionPatient beyond +-{MAX_ABS_POSITION_MM:g} mm (corrupt header)")
+            raise AssemblyError(
+                f"{s.relative_path}: ImagePositionPatient beyond +-{MAX_ABS_POSITION_MM:g} mm (corrupt header)"
+            )
         if s.pixel_spacing_mm is not None and not all(0 < v <= MAX_PIXEL_SPACING_MM for v in s.pixel_spacing_mm):
-            raise AssemblyError(f"{s.relative_path}: PixelSpacing {s.pixel_spacing_mm} outside (0, {MAX_PIXEL_SPACING_MM:g}] mm")
+            raise AssemblyError(
+                f"{s.relative_path}: PixelSpacing {s.pixel_spacing_mm} outside (0, {MAX_PIXEL_SPACING_MM:g}] mm"
+            )
         thickness = s.slice_thickness_mm
-        if thickness is not None and (not math.isfinite(thickness) or thickness < 0 or thickness > MAX_PIXEL_SPACING_MM):
-            raise AssemblyError(f"{s.relative_path}: SliceThickness {thickness:g} is NaN, infinite or outside [0, {MAX_PIXEL_SPACING_MM:g}] mm")
+        if thickness is not None and (
+            not math.isfinite(thickness) or thickness < 0 or thickness > MAX_PIXEL_SPACING_MM
+        ):
+            raise AssemblyError(
+                f"{s.relative_path}: SliceThickness {thickness:g} is NaN, "
+                f"infinite or outside [0, {MAX_PIXEL_SPACING_MM:g}] mm"
+            )
 
 
 def _hu_range_checks(volume: np.ndarray, slices: list[SliceHeader]) -> list[str]:
@@ -104,7 +121,9 @@ def _hu_range_checks(volume: np.ndarray, slices: list[SliceHeader]) -> list[str]
     CT0012 at -14..1199 HU)."""
     low, high = int(volume.min()), int(volume.max())
     if high - low < MIN_HU_RANGE:
-        raise AssemblyError(f"implausible HU range {low}..{high} (under {MIN_HU_RANGE} HU of contrast): blank series or wrong rescale")
+        raise AssemblyError(
+            f"implausible HU range {low}..{high} (under {MIN_HU_RANGE} HU of contrast): blank series or wrong rescale"
+        )
     warnings: list[str] = []
     if low > MIN_HU_CEILING:
         message = f"implausible HU range {low}..{high}: no voxel below {MIN_HU_CEILING} HU (no air or fat)"
@@ -123,8 +142,8 @@ def _hu_range_checks(volume: np.ndarray, slices: list[SliceHeader]) -> list[str]
 
 @dataclass
 class AssembledVolume:
-    hu_kji: np.ndarray                  # int16, (slices, rows, columns) in DICOM index order
-    affine_ras_ijk: np.ndarray          # 4x4, voxel (i, j, k) -> RAS mm
+    hu_kji: np.ndarray  # int16, (slices, rows, columns) in DICOM index order
+    affine_ras_ijk: np.ndarray  # 4x4, voxel (i, j, k) -> RAS mm
     warnings: list[str] = field(default_factory=list)
     resampled: bool = False
     n_input_slices: int = 0
@@ -134,7 +153,9 @@ class AssembledVolume:
 def _geometry_checks(slices: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray, tuple[float, float], int, int]:
     missing = [s.relative_path for s in slices if s.orientation is None or s.position_mm is None]
     if missing:
-        raise AssemblyError(f"{len(missing)} slice(s) without ImagePositionPatient/ImageOrientationPatient (first: {missing[0]})")
+        raise AssemblyError(
+            f"{len(missing)} slice(s) without ImagePositionPatient/ImageOrientationPatient (first: {missing[0]})"
+        )
     orientations = np.array([s.orientation for s in slices], dtype=np.float64)
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
         worst = int(np.abs(orientations - orientations[0]).max(axis=1).argmax())
@@ -200,8 +221,13 @@ def read_native_pixels(header: SliceHeader) -> np.ndarray | None:
     """Fast path for uncompressed little-endian 16-bit single-frame files: the pixel data element is
     the file's tail; read it directly (verified by its tag and length) instead of parsing the file
     again. Returns None when the layout is anything else (the caller then decodes with pydicom)."""
-    if (header.transfer_syntax not in NATIVE_LITTLE_ENDIAN or header.bits_allocated != 16 or header.frame_index is not None
-            or header.samples_per_pixel != 1 or header.number_of_frames != 1):
+    if (
+        header.transfer_syntax not in NATIVE_LITTLE_ENDIAN
+        or header.bits_allocated != 16
+        or header.frame_index is not None
+        or header.samples_per_pixel != 1
+        or header.number_of_frames != 1
+    ):
         return None
     count = header.rows * header.columns * 2
     explicit = header.transfer_syntax == "1.2.840.10008.1.2.1"
@@ -216,7 +242,7 @@ def read_native_pixels(header: SliceHeader) -> np.ndarray | None:
             block = handle.read(count + prefix)
     except OSError:
         return None
-    if block[:4] != _PIXEL_DATA_TAG or int.from_bytes(block[prefix - 4:prefix], "little") != count:
+    if block[:4] != _PIXEL_DATA_TAG or int.from_bytes(block[prefix - 4 : prefix], "little") != count:
         return None
     if explicit and block[4:6] not in (b"OW", b"OB"):
         return None
@@ -254,7 +280,7 @@ def _quiet_decoder_logs():
         with _QUIET_LOCK:
             _QUIET_DEPTH -= 1
             if _QUIET_DEPTH == 0:
-                for logger, state in zip(loggers, _QUIET_DEPTH_STATE):
+                for logger, state in zip(loggers, _QUIET_DEPTH_STATE, strict=False):
                     logger.disabled = state
 
 
@@ -291,7 +317,9 @@ def decode_frames(path: Path) -> tuple[object, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=64)
-def _hu_lookup(kind: str, bits: int, slope: float, intercept: float, pad_low: int | None, pad_high: int | None) -> np.ndarray:
+def _hu_lookup(
+    kind: str, bits: int, slope: float, intercept: float, pad_low: int | None, pad_high: int | None
+) -> np.ndarray:
     """Stored value -> int16 HU for every possible 8/16-bit value (rounded, clipped, padding -> air),
     indexed by the stored bits read as unsigned."""
     unsigned = np.arange(1 << bits, dtype=np.int64)
@@ -302,7 +330,9 @@ def _hu_lookup(kind: str, bits: int, slope: float, intercept: float, pad_low: in
     return np.clip(hu, AIR_HU, MAX_HU).astype(np.int16)
 
 
-def _to_hu_integer(raw: np.ndarray, slope: float, intercept: float, pad: tuple[int, int] | None, out: np.ndarray) -> bool:
+def _to_hu_integer(
+    raw: np.ndarray, slope: float, intercept: float, pad: tuple[int, int] | None, out: np.ndarray
+) -> bool:
     """Common case, done in int16 in place: slope 1, integral intercept, no overflow possible."""
     if slope != 1.0 or not float(intercept).is_integer() or raw.dtype not in (np.int16, np.uint16):
         return False
@@ -337,8 +367,12 @@ def _to_hu(raw: np.ndarray, slope: float, intercept: float, pad: tuple[int, int]
     out[...] = hu
 
 
-def _fill(volume: np.ndarray, order: dict[tuple[Path, int | None], int], slices_by_file: dict[Path, list[SliceHeader]],
-          path: Path) -> str:
+def _fill(
+    volume: np.ndarray,
+    order: dict[tuple[Path, int | None], int],
+    slices_by_file: dict[Path, list[SliceHeader]],
+    path: Path,
+) -> str:
     headers = slices_by_file[path]
     if len(headers) == 1:
         native = read_native_pixels(headers[0])
@@ -351,7 +385,9 @@ def _fill(volume: np.ndarray, order: dict[tuple[Path, int | None], int], slices_
     ds, raw = decode_frames(path)
     rows, columns = volume.shape[1:]
     if raw.shape[1:] != (rows, columns):
-        raise AssemblyError(f"{headers[0].relative_path}: pixel array {raw.shape[1:]} does not match Rows/Columns {(rows, columns)}")
+        raise AssemblyError(
+            f"{headers[0].relative_path}: pixel array {raw.shape[1:]} does not match Rows/Columns {(rows, columns)}"
+        )
     for header in headers:
         frame = 0 if header.frame_index is None else header.frame_index
         if frame >= raw.shape[0]:
@@ -359,7 +395,9 @@ def _fill(volume: np.ndarray, order: dict[tuple[Path, int | None], int], slices_
         frame_raw = raw[frame]
         slope = header.rescale_slope if header.rescale_slope is not None else 1.0
         intercept = header.rescale_intercept if header.rescale_intercept is not None else 0.0
-        _to_hu(frame_raw, slope, intercept, _padding_range(header, frame_raw), volume[order[(path, header.frame_index)]])
+        _to_hu(
+            frame_raw, slope, intercept, _padding_range(header, frame_raw), volume[order[(path, header.frame_index)]]
+        )
     return str(ds.file_meta.get("TransferSyntaxUID", ""))
 
 
@@ -368,7 +406,9 @@ def _shift_slice(hu_slice: np.ndarray, shift_rows: float, shift_columns: float) 
 
     if abs(shift_rows) < 1e-3 and abs(shift_columns) < 1e-3:
         return
-    shifted = ndimage.shift(hu_slice.astype(np.float32), (shift_rows, shift_columns), order=1, mode="constant", cval=AIR_HU)
+    shifted = ndimage.shift(
+        hu_slice.astype(np.float32), (shift_rows, shift_columns), order=1, mode="constant", cval=AIR_HU
+    )
     hu_slice[...] = np.rint(shifted).astype(np.int16)
 
 
@@ -389,7 +429,10 @@ def assemble_series(
     _geometry_value_checks(slices)
     row_cos, col_cos, (row_spacing, column_spacing), rows, columns = _geometry_checks(slices)
     if len(slices) * rows * columns * 2 > MAX_VOLUME_BYTES:
-        raise AssemblyError(f"volume of {len(slices)} x {rows} x {columns} voxels above {MAX_VOLUME_BYTES >> 30} GiB (implausible header)")
+        raise AssemblyError(
+            f"volume of {len(slices)} x {rows} x {columns} voxels "
+            f"above {MAX_VOLUME_BYTES >> 30} GiB (implausible header)"
+        )
     normal = np.cross(row_cos, col_cos)
     positions = np.array([s.position_mm for s in slices], dtype=np.float64)
     along = positions @ normal
@@ -404,7 +447,10 @@ def assemble_series(
         raise AssemblyError(f"not a volume: all {n} slices are at the same position")
     if n > 1 and np.any(steps < POSITION_TOLERANCE_MM):
         duplicates = int(np.sum(steps < POSITION_TOLERANCE_MM))
-        raise AssemblyError(f"{duplicates} slice(s) share a position with another slice (mixed acquisitions or duplicates in one series)")
+        raise AssemblyError(
+            f"{duplicates} slice(s) share a position with another "
+            "slice (mixed acquisitions or duplicates in one series)"
+        )
     if n == 1:
         spacing_k = ordered[0].slice_thickness_mm or 1.0
         warnings.append(f"single slice: slice spacing taken from SliceThickness ({spacing_k:g} mm)")
@@ -420,10 +466,14 @@ def assemble_series(
     problems = []
     if tilted:
         per_mm = max_shear_mm / max(float(along[-1] - along[0]), 1e-6)
-        problems.append(f"gantry tilt ({math.degrees(math.atan(per_mm)):.1f} degrees: slice positions sheared against the slice normal)")
+        problems.append(
+            f"gantry tilt ({math.degrees(math.atan(per_mm)):.1f} "
+            "degrees: slice positions sheared against the slice normal)"
+        )
     if not uniform:
         problems.append(
-            f"non-uniform slice spacing (steps {float(steps.min()):.3g}..{float(steps.max()):.3g} mm, median {spacing_k:.3g} mm: missing slices?)"
+            f"non-uniform slice spacing (steps {float(steps.min()):.3g}..{float(steps.max()):.3g} "
+            f"mm, median {spacing_k:.3g} mm: missing slices?)"
         )
     if problems and strict:
         raise AssemblyError("strict mode: " + "; ".join(problems))

@@ -17,7 +17,7 @@ class WrittenVolume:
     path: Path
     shape_zyx: tuple[int, int, int]
     spacing_zyx_mm: tuple[float, float, float]
-    affine_ras: np.ndarray            # 4x4 for the on-disk (x, y, z) axes
+    affine_ras: np.ndarray  # 4x4 for the on-disk (x, y, z) axes
     hu_min: int
     hu_max: int
 
@@ -85,7 +85,7 @@ def _fortran_chunks(data: np.ndarray, chunk_bytes: int):
     slab_bytes = data.shape[0] * data.shape[1] * data.itemsize
     per_chunk = max(1, chunk_bytes // max(1, slab_bytes))
     for start in range(0, data.shape[2], per_chunk):
-        block = data[:, :, start:start + per_chunk]
+        block = data[:, :, start : start + per_chunk]
         yield np.ascontiguousarray(block.transpose(2, 1, 0)).tobytes()
 
 

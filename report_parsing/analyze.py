@@ -37,7 +37,7 @@ from report_parsing.sentence_cache import sentence_cache
 from report_parsing.sentences import sentence_spans
 from report_parsing.tokens import Limits, TokenView
 
-_EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)   # applied to lower-case text
+_EXTRAPULMONARY = re.compile(EXTRAPULMONARY_CONTEXT)  # applied to lower-case text
 _PULMONARY = re.compile(PULMONARY_CONTEXT)
 
 # labels that state a device, not a disease: they never make an anatomy abnormal
@@ -46,12 +46,14 @@ NOT_DISEASE_LABELS: frozenset[str] = frozenset({"Medical material"})
 
 @dataclass
 class ReportAnalysis:
-    sentences: list[tuple[int, int]] = field(default_factory=list)       # char spans in the text
-    sentence_sections: list[str] = field(default_factory=list)           # findings | impression | other
-    sentence_anatomies: list[list[int]] = field(default_factory=list)    # anatomy indices per sentence
+    sentences: list[tuple[int, int]] = field(default_factory=list)  # char spans in the text
+    sentence_sections: list[str] = field(default_factory=list)  # findings | impression | other
+    sentence_anatomies: list[list[int]] = field(default_factory=list)  # anatomy indices per sentence
     sentence_abnormal: list[bool] = field(default_factory=list)
-    mentions: list[tuple[int, int, list[str], int, str]] = field(default_factory=list)  # start, end, labels, sentence, polarity
-    labels: list[int] = field(default_factory=lambda: [0] * len(CTRATE_LABELS))          # CT-RATE order, 0/1
+    mentions: list[tuple[int, int, list[str], int, str]] = field(
+        default_factory=list
+    )  # start, end, labels, sentence, polarity
+    labels: list[int] = field(default_factory=lambda: [0] * len(CTRATE_LABELS))  # CT-RATE order, 0/1
     anatomy_abnormal: list[bool] = field(default_factory=list)
     has_findings: bool = False
     has_impression: bool = False
@@ -61,7 +63,7 @@ class ReportAnalysis:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ReportAnalysis":
+    def from_dict(cls, raw: dict) -> ReportAnalysis:
         analysis = cls(**raw)
         analysis.sentences = [tuple(span) for span in analysis.sentences]
         return analysis
@@ -76,10 +78,10 @@ class ReportScratch:
     view: TokenView
     keys: list[str] = field(default_factory=list)
     sentence_hits: list[tuple[tuple[int, tuple[int, ...]], ...]] = field(default_factory=list)
-    missed_view: tuple[tuple[int, ...], TokenView] | None = None   # (missed sentences, their tokens)
+    missed_view: tuple[tuple[int, ...], TokenView] | None = None  # (missed sentences, their tokens)
 
     @classmethod
-    def of(cls, text: str, view: TokenView) -> "ReportScratch":
+    def of(cls, text: str, view: TokenView) -> ReportScratch:
         return cls(lower_keeping_offsets(text), view)
 
 
@@ -139,7 +141,7 @@ def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_
     cache = sentence_cache("anatomy", anatomy_set_name)
     keys = _sentence_keys(analysis, scratch)
     get = cache.entries.get
-    results = [get(key) for key in keys]   # (anatomies, hits relative to the sentence start)
+    results = [get(key) for key in keys]  # (anatomies, hits relative to the sentence start)
     missed = [index for index, result in enumerate(results) if result is None]
     cache.count(len(keys), len(missed))
     if missed:
@@ -159,7 +161,7 @@ def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_
     analysis.anatomy_abnormal = [False] * len(matcher.anatomy_names)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _label_anatomy(anatomy_set_name: str) -> tuple[int, dict[str, int]]:
     """(number of anatomies, label -> anatomy index) of an anatomy set."""
     from core.anatomy_sets import load_anatomy_set
@@ -172,10 +174,10 @@ def _label_anatomy(anatomy_set_name: str) -> tuple[int, dict[str, int]]:
 class SentenceFindings(NamedTuple):
     """The findings of one sentence (offsets relative to its start); immutable: it is memoised."""
 
-    mentions: tuple[tuple[int, int, tuple[str, ...], str], ...]   # start, end, labels, polarity
-    anatomies: tuple[int, ...]            # the sentence's anatomies, grown by its findings
+    mentions: tuple[tuple[int, int, tuple[str, ...], str], ...]  # start, end, labels, polarity
+    anatomies: tuple[int, ...]  # the sentence's anatomies, grown by its findings
     abnormal: bool
-    label_indices: tuple[int, ...]        # CT-RATE labels present (indices into CTRATE_LABELS)
+    label_indices: tuple[int, ...]  # CT-RATE labels present (indices into CTRATE_LABELS)
     abnormal_anatomies: tuple[int, ...]
 
 
@@ -196,13 +198,13 @@ def add_findings(
     cache.count(len(keys), len(missed))
     if missed:
         computed = _findings_of_sentences(analysis, scratch, missed, anatomy_set_name, uncertain_is_positive)
-        for index, result in zip(missed, computed):
+        for index, result in zip(missed, computed, strict=False):
             results[index] = result
             cache.put(keys[index], result)
     mentions = analysis.mentions
     labels_out = analysis.labels
     anatomy_abnormal = analysis.anatomy_abnormal
-    for index, ((offset, _), result) in enumerate(zip(analysis.sentences, results)):
+    for index, ((offset, _), result) in enumerate(zip(analysis.sentences, results, strict=False)):
         for start, end, labels, polarity in result.mentions:
             mentions.append((start + offset, end + offset, list(labels), index, polarity))
         for label_index in result.label_indices:
@@ -214,7 +216,11 @@ def add_findings(
 
 
 def _findings_of_sentences(
-    analysis: ReportAnalysis, scratch: ReportScratch, missed: list[int], anatomy_set_name: str, uncertain_is_positive: bool
+    analysis: ReportAnalysis,
+    scratch: ReportScratch,
+    missed: list[int],
+    anatomy_set_name: str,
+    uncertain_is_positive: bool,
 ) -> list[SentenceFindings]:
     """:class:`SentenceFindings` of the ``missed`` sentences (every expression bounded by its sentence)."""
     _, label_anatomy = _label_anatomy(anatomy_set_name)
@@ -225,7 +231,7 @@ def _findings_of_sentences(
     starts, ends = limits.starts, limits.ends
     cues_in_report = report_cues(lower_text, view, limits)
     mentions_of: list[list[tuple[int, int, tuple[str, ...], str]]] = [[] for _ in missed]
-    grown: dict[int, set[int]] = {}   # slot -> anatomies, for sentences a finding extends
+    grown: dict[int, set[int]] = {}  # slot -> anatomies, for sentences a finding extends
     abnormal = [False] * len(missed)
     label_indices: list[set[int]] = [set() for _ in missed]
     abnormal_anatomies: list[set[int]] = [set() for _ in missed]
@@ -267,8 +273,12 @@ def _findings_of_sentences(
             if label in label_anatomy:
                 target = {label_anatomy[label]}
             else:  # generic finding (or a label without anatomy in this set): the anatomies of its clause
-                target = {i for position, indices in scratch.sentence_hits[index]
-                          if clause_start <= position < clause_end for i in indices}
+                target = {
+                    i
+                    for position, indices in scratch.sentence_hits[index]
+                    if clause_start <= position < clause_end
+                    for i in indices
+                }
                 if not target:
                     target = set(grown[slot] if slot in grown else base)
             found = grown.get(slot)
@@ -288,7 +298,7 @@ def _findings_of_sentences(
     ]
 
 
-@functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
+@functools.lru_cache(maxsize=1 << 14)  # pure; report templates repeat the same clauses
 def names_only_other_organ(lower_clause: str) -> bool:
     """The clause names an organ outside the lungs and nothing pulmonary (thyroid nodule ...)."""
     return bool(_EXTRAPULMONARY.search(lower_clause)) and not _PULMONARY.search(lower_clause)
@@ -305,8 +315,10 @@ def anatomy_sentence_indices(analysis: ReportAnalysis, n_anatomies: int) -> list
     """Per anatomy (plus a last slot for ``other``), the indices of its sentences in report order,
     Findings before Impression."""
     section_rank = {FINDINGS: 1, IMPRESSION: 2}
-    order = sorted(range(len(analysis.sentences)),
-                   key=lambda i: (section_rank.get(analysis.sentence_sections[i], 0), analysis.sentences[i][0]))
+    order = sorted(
+        range(len(analysis.sentences)),
+        key=lambda i: (section_rank.get(analysis.sentence_sections[i], 0), analysis.sentences[i][0]),
+    )
     per_anatomy: list[list[int]] = [[] for _ in range(n_anatomies + 1)]
     for index in order:
         for target in analysis.sentence_anatomies[index] or [n_anatomies]:

@@ -31,15 +31,16 @@ def _has_lead(text: str, found: list[tuple[int, tuple[int, ...]]]) -> bool:
     # any hit at a non-alphanumeric character (str.isalnum of the joined characters: all of them are)
     return not "".join([text[p] for p, _ in found if p < length]).isalnum()
 
+
 OTHER_ANATOMY = "other"
 
 
 @dataclass
 class AnatomyMatcher:
     anatomy_names: tuple[str, ...]
-    single: dict[str, tuple[int, ...]]             # one-word vocabulary -> anatomy indices
-    phrase_pattern: re.Pattern[str] | None         # multi-word phrases (lower-case text)
-    phrase_anatomies: dict[str, tuple[int, ...]]   # normalised phrase -> anatomy indices
+    single: dict[str, tuple[int, ...]]  # one-word vocabulary -> anatomy indices
+    phrase_pattern: re.Pattern[str] | None  # multi-word phrases (lower-case text)
+    phrase_anatomies: dict[str, tuple[int, ...]]  # normalised phrase -> anatomy indices
     phrase_first_words: frozenset[str]
     type_filter: WordTypeFilter = field(init=False)
     code_column: int = field(init=False)
@@ -83,7 +84,7 @@ class AnatomyMatcher:
         decoded, decode = self.decoded, self.decode
         found: list[tuple[int, tuple[int, ...]]] = [
             (position, decoded[code] if code in decoded else decode(code))
-            for position, code in zip(view.starts[single_tokens].tolist(), codes[single_tokens].tolist())
+            for position, code in zip(view.starts[single_tokens].tolist(), codes[single_tokens].tolist(), strict=False)
         ]
         if self.phrase_pattern is not None:
             end_of = (limits or Limits.whole(lower_text)).end_of
@@ -111,7 +112,7 @@ def _norm(phrase: str) -> str:
     return re.sub(r"[\s-]+", " ", phrase.lower())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def anatomy_matcher(anatomy_set_name: str) -> AnatomyMatcher:
     from core.anatomy_sets import load_anatomy_set
 

@@ -12,7 +12,9 @@ TUNE_SIZE = 600
 SPLIT_SEED = 0
 
 
-def tune_holdout_indices(n_rows: int, tune_size: int = TUNE_SIZE, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def tune_holdout_indices(
+    n_rows: int, tune_size: int = TUNE_SIZE, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random split of row positions: (tune, held-out), each sorted."""
     order = np.random.RandomState(seed).permutation(n_rows)
     return np.sort(order[:tune_size]), np.sort(order[tune_size:])
@@ -23,8 +25,11 @@ def label_report(gold: np.ndarray, predicted: np.ndarray, label_names: Sequence[
     from sklearn.metrics import classification_report
 
     return classification_report(
-        np.asarray(gold, dtype=int), np.asarray(predicted, dtype=int), target_names=list(label_names),
-        output_dict=True, zero_division=0,
+        np.asarray(gold, dtype=int),
+        np.asarray(predicted, dtype=int),
+        target_names=list(label_names),
+        output_dict=True,
+        zero_division=0,
     )
 
 
@@ -36,5 +41,8 @@ def format_label_report(report: dict[str, dict[str, float]], label_names: Sequen
             lines.append("")
             continue
         row = report[name]
-        lines.append(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1-score']:8.3f}  {int(row['support']):7d}")
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f} "
+            f" {row['f1-score']:8.3f}  {int(row['support']):7d}"
+        )
     return "\n".join(lines)

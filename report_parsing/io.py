@@ -16,9 +16,9 @@ class ReportsFileError(ValueError):
 
 @dataclass
 class ReportRow:
-    line: int                  # 1-based line number of the row in the file (header = line 1)
+    line: int  # 1-based line number of the row in the file (header = line 1)
     values: dict[str, str]
-    malformed: str = ""        # why the row is malformed ("" = fine)
+    malformed: str = ""  # why the row is malformed ("" = fine)
 
 
 def read_report_rows(path: str | Path, required_columns: list[str]) -> tuple[list[str], list[ReportRow]]:

@@ -12,18 +12,18 @@ import functools
 import re
 from dataclasses import dataclass
 
+from core.anatomy_sets import CTRATE_LABELS
 from report_parsing.lexicon import (
+    ARTERIAL_PLACE,
     EFFUSION_BY_LOCATION,
     EXTRAPULMONARY_CONTEXT,
     FINDING_ENTRIES,
     GENERIC_ABNORMAL,
-    ARTERIAL_PLACE,
     LOCATION_RULES,
     NOT_ARTERIAL_PLACE,
     TRIGGER_STEMS,
 )
 from report_parsing.tokens import Limits, TokenView, WordTypeFilter, glued_word_starts
-from core.anatomy_sets import CTRATE_LABELS
 
 LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(CTRATE_LABELS)}
 
@@ -114,26 +114,35 @@ _ARTERIAL_PLACE = re.compile(ARTERIAL_PLACE, re.IGNORECASE)
 _NOT_ARTERIAL_PLACE = re.compile(NOT_ARTERIAL_PLACE, re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
+@functools.lru_cache(maxsize=1 << 14)  # pure; report templates repeat the same clauses
 def labels_with_location(mention_text: str, clause_text: str, labels: tuple[str, ...]) -> tuple[str, ...]:
     """``labels`` plus those a location rule adds for this mention in this clause; an arterial wall
     calcification placed only in the coronaries / a valve / the pleura is dropped."""
-    added = [label for mention, location, label in location_rules()
-             if label not in labels and mention.search(mention_text) and location.search(clause_text)]
+    added = [
+        label
+        for mention, location, label in location_rules()
+        if label not in labels and mention.search(mention_text) and location.search(clause_text)
+    ]
     labels = labels + tuple(added) if added else labels
-    if _ARTERIAL in labels and _NOT_ARTERIAL_PLACE.search(clause_text) and not _ARTERIAL_PLACE.search(
-        _NOT_ARTERIAL_PLACE.sub(" ", clause_text)
+    if (
+        _ARTERIAL in labels
+        and _NOT_ARTERIAL_PLACE.search(clause_text)
+        and not _ARTERIAL_PLACE.search(_NOT_ARTERIAL_PLACE.sub(" ", clause_text))
     ):
         labels = tuple(label for label in labels if label != _ARTERIAL) or (GENERIC_ABNORMAL,)
     return labels
 
 
 _PERICARDIAL_PLACE = re.compile(r"\bpericardi\w*", re.IGNORECASE)
-_PLEURAL_PLACE = re.compile(r"\bpleura\w*|hemithora\w*|\bthora\w*|\bcostophrenic|\bsinus(?:es)?\b|\blungs?\b|\bfissures?\b", re.IGNORECASE)
-_ELSEWHERE = re.compile(EXTRAPULMONARY_CONTEXT + r"|\bcysts?\b|\blesions?\b|\bjoints?\b|\bperitone\w*|\bascites\b", re.IGNORECASE)
+_PLEURAL_PLACE = re.compile(
+    r"\bpleura\w*|hemithora\w*|\bthora\w*|\bcostophrenic|\bsinus(?:es)?\b|\blungs?\b|\bfissures?\b", re.IGNORECASE
+)
+_ELSEWHERE = re.compile(
+    EXTRAPULMONARY_CONTEXT + r"|\bcysts?\b|\blesions?\b|\bjoints?\b|\bperitone\w*|\bascites\b", re.IGNORECASE
+)
 
 
-@functools.lru_cache(maxsize=1 << 14)   # pure; report templates repeat the same clauses
+@functools.lru_cache(maxsize=1 << 14)  # pure; report templates repeat the same clauses
 def resolve_effusion(mention_text: str, location: str, labels: tuple[str, ...]) -> tuple[str, ...]:
     """A bare effusion / fluid: pericardial when its place is the pericardium, pleural when it is the
     pleura / hemithorax (or, for 'effusion', unspecified), a generic finding otherwise."""

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import bisect
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 from report_parsing.tokens import TYPE_TABLE, Limits, glued_word_starts
 
@@ -98,18 +98,57 @@ def clause_bounds(
 # The words (lower-case tokens) each cue expression can start with: the expressions are only tried at
 # such tokens (tests check this finds what a full scan finds).
 _CUE_PATTERNS: dict[str, re.Pattern[str]] = {
-    "breaks": _CLAUSE_BREAK, "pseudo": _PSEUDO, "pre": _PRE_NEGATION, "post": _POST_NEGATION,
-    "uncertain": _UNCERTAIN, "uncertain_over_negation": _UNCERTAIN_OVER_NEGATION,
+    "breaks": _CLAUSE_BREAK,
+    "pseudo": _PSEUDO,
+    "pre": _PRE_NEGATION,
+    "post": _POST_NEGATION,
+    "uncertain": _UNCERTAIN,
+    "uncertain_over_negation": _UNCERTAIN_OVER_NEGATION,
 }
 _AUXILIARIES = {"was", "were", "is", "are", "has", "have", "had", "been", "be", "could", "can", "did", "does", "do"}
 _CUE_FIRST_WORDS: dict[str, frozenset[str]] = {
-    "breaks": frozenset({";", ":", ",", "but", "however", "although", "whereas", "except", "apart", "other", "while", "and"}),
+    "breaks": frozenset(
+        {";", ":", ",", "but", "however", "although", "whereas", "except", "apart", "other", "while", "and"}
+    ),
     "pseudo": frozenset({"no", "not"} | _AUXILIARIES),
-    "pre": frozenset({"no", "not", "without", "neither", "nor", "absence", "absent", "negative", "free", "rather", "instead"}),
-    "post": frozenset({"not", "absent", "within", "appears", "appear", "appeared", "resolved", "disappeared", "regressed",
-                       "ruled", "excluded", "negative"} | _AUXILIARIES),
-    "uncertain": frozenset({"suspicious", "may", "might", "could", "cannot", "can", "not", "in", "differential", "versus",
-                            "vs", "likely", "equivocal", "doubtful"}),
+    "pre": frozenset(
+        {"no", "not", "without", "neither", "nor", "absence", "absent", "negative", "free", "rather", "instead"}
+    ),
+    "post": frozenset(
+        {
+            "not",
+            "absent",
+            "within",
+            "appears",
+            "appear",
+            "appeared",
+            "resolved",
+            "disappeared",
+            "regressed",
+            "ruled",
+            "excluded",
+            "negative",
+        }
+        | _AUXILIARIES
+    ),
+    "uncertain": frozenset(
+        {
+            "suspicious",
+            "may",
+            "might",
+            "could",
+            "cannot",
+            "can",
+            "not",
+            "in",
+            "differential",
+            "versus",
+            "vs",
+            "likely",
+            "equivocal",
+            "doubtful",
+        }
+    ),
     "uncertain_over_negation": frozenset({"cannot", "can", "could", "not"}),
 }
 _CUE_STEMS: dict[str, tuple[str, ...]] = {
@@ -119,8 +158,11 @@ _CUE_STEMS: dict[str, tuple[str, ...]] = {
 
 def _cue_names(word: str) -> tuple[str, ...]:
     word = word.strip("-\u2013\u2014\u00b7\u2022*\"'()\u201c\u201d/.") or word
-    return tuple(name for name in _CUE_PATTERNS
-                 if word in _CUE_FIRST_WORDS[name] or word.startswith(_CUE_STEMS.get(name, ("\0",))))
+    return tuple(
+        name
+        for name in _CUE_PATTERNS
+        if word in _CUE_FIRST_WORDS[name] or word.startswith(_CUE_STEMS.get(name, ("\0",)))
+    )
 
 
 _CUE_NAMES: tuple[str, ...] = tuple(_CUE_PATTERNS)
@@ -142,7 +184,7 @@ _CUE_COLUMN = TYPE_TABLE.register(_cue_code, np.int64)
 _LEAD_COLUMN = TYPE_TABLE.register(_cue_lead, bool)
 
 
-def report_cues(lower_text: str, view: "TokenView", limits: Limits | None = None) -> dict[str, list[tuple[int, int]]]:
+def report_cues(lower_text: str, view: TokenView, limits: Limits | None = None) -> dict[str, list[tuple[int, int]]]:
     """Spans of every cue kind in a lower-case report, found at candidate tokens only; each match is
     bounded by its span of ``limits`` (default: the whole text)."""
     end_of = (limits or Limits.whole(lower_text)).end_of
@@ -172,7 +214,7 @@ def report_cues(lower_text: str, view: "TokenView", limits: Limits | None = None
             ends = np.full(positions.shape, len(lower_text), dtype=np.int64)
         for number in range(len(_CUE_NAMES)):
             selected = (codes & (1 << number)) != 0
-            candidates_of[number] = list(zip(positions[selected].tolist(), ends[selected].tolist()))
+            candidates_of[number] = list(zip(positions[selected].tolist(), ends[selected].tolist(), strict=False))
     glued = glued_word_starts(lower_text)
     if glued:
         for mark, word_start, word in glued:
@@ -224,7 +266,9 @@ class SentenceCues:
 
     __slots__ = ("sentence", "offset", "cues", "breaks")
 
-    def __init__(self, lower_sentence: str, cues: dict[str, list[tuple[int, int]]] | None = None, offset: int = 0) -> None:
+    def __init__(
+        self, lower_sentence: str, cues: dict[str, list[tuple[int, int]]] | None = None, offset: int = 0
+    ) -> None:
         self.sentence = lower_sentence
         if cues is None:
             cues, offset = report_cues_full_scan(lower_sentence), 0
@@ -247,7 +291,10 @@ class SentenceCues:
     def _is_pseudo(self, start: int, end: int) -> bool:
         spans = self.cues["pseudo"]
         index = bisect.bisect_right(spans, (self.offset + start, 1 << 62))
-        return any(p_start <= self.offset + start and self.offset + end <= p_end for p_start, p_end in spans[max(0, index - 3) : index])
+        return any(
+            p_start <= self.offset + start and self.offset + end <= p_end
+            for p_start, p_end in spans[max(0, index - 3) : index]
+        )
 
     def classify(self, mention_start: int, mention_end: int) -> str:
         return self.classify_in_clause(mention_start, mention_end)[0]

@@ -85,7 +85,7 @@ def _store(doc: Any, analysis: ReportAnalysis, *, final: bool = False) -> None:
     doc.user_data[USER_DATA_KEY] = analysis.to_dict() if final else analysis
 
 
-_NOT_SENT_START = (1 << 64) - 1   # -1 as uint64
+_NOT_SENT_START = (1 << 64) - 1  # -1 as uint64
 
 
 class SentenceComponent:
@@ -101,9 +101,11 @@ class SentenceComponent:
             # -1 (not a start) as uint64, the dtype Doc.from_array takes
             sent_start = np.full(len(doc), _NOT_SENT_START, dtype=np.uint64)
             if analysis.sentences:
-                first_tokens = _scratch(doc).view.starts.searchsorted([start for start, _ in analysis.sentences], side="right")
+                first_tokens = _scratch(doc).view.starts.searchsorted(
+                    [start for start, _ in analysis.sentences], side="right"
+                )
                 first_tokens -= 1
-                sent_start[np.maximum(first_tokens, 0, out=first_tokens)] = 1   # token of each sentence start
+                sent_start[np.maximum(first_tokens, 0, out=first_tokens)] = 1  # token of each sentence start
             sent_start[0] = 1
             doc.from_array(self.attrs, sent_start.reshape(-1, 1))
         _store(doc, analysis)
@@ -130,7 +132,7 @@ class FindingsComponent:
         analysis = _state(doc)
         add_findings(analysis, _scratch(doc), self.anatomy_set, uncertain_is_positive=self.uncertain_is_positive)
         _store(doc, analysis, final=True)
-        doc.user_data.pop(TEXT_KEY, None)   # transient: not serialised with the Doc
+        doc.user_data.pop(TEXT_KEY, None)  # transient: not serialised with the Doc
         doc.user_data.pop(SCRATCH_KEY, None)
         return doc
 
@@ -177,7 +179,11 @@ def build_pipeline(anatomy_set: str = "ctrate4", *, uncertain_is_positive: bool 
 
 
 def analyze_many(
-    texts: Iterable[str], anatomy_set: str = "ctrate4", *, batch_size: int = 256, n_process: int = 1,
+    texts: Iterable[str],
+    anatomy_set: str = "ctrate4",
+    *,
+    batch_size: int = 256,
+    n_process: int = 1,
     uncertain_is_positive: bool = True,
 ) -> Iterator[ReportAnalysis]:
     """ReportAnalysis per text, in order, through ``nlp.pipe`` (multi-process when n_process > 1)."""
@@ -186,10 +192,8 @@ def analyze_many(
         yield _state(doc)
 
 
-
-
 _GC_LOCK = threading.Lock()
-_GC_PAUSES = [0, False]   # [active pauses, whether the collector was enabled before the first]
+_GC_PAUSES = [0, False]  # [active pauses, whether the collector was enabled before the first]
 
 
 @contextlib.contextmanager
@@ -223,8 +227,12 @@ def forget_everything() -> None:
     from report_parsing.tokens import TYPE_TABLE
 
     clear_sentence_caches()
-    for text_cache in (analyze.names_only_other_organ, labels.may_need_location, labels.labels_with_location,
-                       labels.resolve_effusion):
+    for text_cache in (
+        analyze.names_only_other_organ,
+        labels.may_need_location,
+        labels.labels_with_location,
+        labels.resolve_effusion,
+    ):
         text_cache.cache_clear()
     sentences.clear_text_caches()
     TYPE_TABLE.forget()

@@ -75,8 +75,8 @@ _CTRATE_IMPRESSION = re.compile(r"[.!?](\s*[\"\u201c\u201d\u2022]\s*(?=\S))")
 
 @dataclass(frozen=True)
 class Section:
-    name: str    # findings | impression | other
-    start: int   # character offsets into the report text (header words excluded)
+    name: str  # findings | impression | other
+    start: int  # character offsets into the report text (header words excluded)
     end: int
 
 

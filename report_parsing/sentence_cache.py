@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-DEFAULT_MAX_ENTRIES = 1 << 17   # ~130k sentences per (stage, anatomy set, policy): tens of MB
+DEFAULT_MAX_ENTRIES = 1 << 17  # ~130k sentences per (stage, anatomy set, policy): tens of MB
 
 
 class SentenceCache:
@@ -26,7 +26,7 @@ class SentenceCache:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.entries: dict[str, Any] = {}
         self.max_entries = max_entries
-        self.lookups = 0   # statistics (approximate under threads; see sentence_cache_stats)
+        self.lookups = 0  # statistics (approximate under threads; see sentence_cache_stats)
         self.misses = 0
         self._lock = threading.Lock()
 
@@ -35,7 +35,7 @@ class SentenceCache:
         if len(entries) >= self.max_entries:
             with self._lock:
                 if len(entries) >= self.max_entries:
-                    for old in list(entries)[: max(1, len(entries) // 2)]:   # list(dict): one C call
+                    for old in list(entries)[: max(1, len(entries) // 2)]:  # list(dict): one C call
                         entries.pop(old, None)
         entries[key] = value
 

@@ -18,9 +18,43 @@ import re
 
 ABBREVIATIONS: frozenset[str] = frozenset(
     {
-        "dr", "mr", "mrs", "ms", "prof", "e.g", "i.e", "eg", "ie", "vs", "approx", "appr", "etc", "cf",
-        "no", "nos", "fig", "st", "sr", "jr", "incl", "resp", "ref",
-        "al", "pt", "pts", "hx", "dx", "sec", "vol", "ant", "post", "sup", "inf", "lat", "med", "bil",
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "prof",
+        "e.g",
+        "i.e",
+        "eg",
+        "ie",
+        "vs",
+        "approx",
+        "appr",
+        "etc",
+        "cf",
+        "no",
+        "nos",
+        "fig",
+        "st",
+        "sr",
+        "jr",
+        "incl",
+        "resp",
+        "ref",
+        "al",
+        "pt",
+        "pts",
+        "hx",
+        "dx",
+        "sec",
+        "vol",
+        "ant",
+        "post",
+        "sup",
+        "inf",
+        "lat",
+        "med",
+        "bil",
     }
 )
 
@@ -69,7 +103,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
         if stop == position + 1:
             char = text[position]
             if char == ".":
-                if position - piece_start >= 12:   # the abbreviation window lies inside the piece: one lookup
+                if position - piece_start >= 12:  # the abbreviation window lies inside the piece: one lookup
                     is_abbreviation, trimmed = _piece_ending_in_dot(text[piece_start:stop])
                     if not is_abbreviation:
                         if trimmed is not None:
@@ -78,7 +112,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
                     continue
                 if _is_abbreviation(text, position):
                     continue
-            elif char not in ".!?;":   # a line break, a bullet or an opening quote: cut before it
+            elif char not in ".!?;":  # a line break, a bullet or an opening quote: cut before it
                 if char in _QUOTES and position > start and not text[position - 1].isspace():
                     continue
                 _append(text, piece_start, position, spans)
@@ -90,7 +124,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     return spans
 
 
-@functools.lru_cache(maxsize=1 << 16)   # pure; report templates repeat the same sentences
+@functools.lru_cache(maxsize=1 << 16)  # pure; report templates repeat the same sentences
 def _piece_ending_in_dot(piece: str) -> tuple[bool, tuple[int, int] | None]:
     """(the final '.' ends an abbreviation / list number, :func:`_trimmed` of the piece) of a piece of
     at least 13 characters ending in '.'."""
@@ -108,7 +142,7 @@ def _append(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> No
             spans.append((start + trimmed[0], start + trimmed[1]))
 
 
-@functools.lru_cache(maxsize=1 << 16)   # pure; report templates repeat the same pieces
+@functools.lru_cache(maxsize=1 << 16)  # pure; report templates repeat the same pieces
 def _trimmed(piece: str) -> tuple[int, int] | None:
     """(start, end) of a piece without its leading list number / quotes / bullets and trailing white
     space / quotes; None when what is left has no letter or digit (not a sentence)."""

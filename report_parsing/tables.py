@@ -51,7 +51,7 @@ class ParseOptions:
     id_column: str = "study_key"
     findings_column: str | None = "Findings"
     impression_column: str | None = "Impression"
-    text_column: str | None = None           # one text holding Findings (+ Impression): wins when set
+    text_column: str | None = None  # one text holding Findings (+ Impression): wins when set
     anatomy_set: str = "ctrate4"
     salt: str = "fvlm-demo-salt-change-me"
     pseudonym_length: int = 16
@@ -60,12 +60,12 @@ class ParseOptions:
     uncertain_is_positive: bool = True
     batch_size: int = 256
     n_process: int = 1
-    hash_ids: bool = True                    # False: keep the id as is (label-reports keeps the input id)
+    hash_ids: bool = True  # False: keep the id as is (label-reports keeps the input id)
 
     @classmethod
     def from_config(
         cls,
-        config: "FvlmConfig",
+        config: FvlmConfig,
         *,
         id_column: str | None = None,
         findings_column: str | None = None,
@@ -75,7 +75,7 @@ class ParseOptions:
         batch_size: int | None = None,
         n_process: int | None = None,
         hash_ids: bool = True,
-    ) -> "ParseOptions":
+    ) -> ParseOptions:
         """The options of ``config`` (reports.*, segment.anatomy_set, privacy.*); a ``None`` override keeps
         the configured value. A text column (given or configured) wins unless a findings / impression
         column is given explicitly."""
@@ -114,14 +114,14 @@ class ParseOptions:
 
 @dataclass
 class StudyRecord:
-    key: str                      # the input id (never written when hash_ids: may be PHI)
+    key: str  # the input id (never written when hash_ids: may be PHI)
     study_id: str
     line: int
     status: str = "ok"
     reason: str = ""
-    report_text: str = ""         # PHI-scrubbed text that was parsed (offsets refer to it)
+    report_text: str = ""  # PHI-scrubbed text that was parsed (offsets refer to it)
     phi_replacements: int = 0
-    analysis: Any = None          # ReportAnalysis for parsed rows
+    analysis: Any = None  # ReportAnalysis for parsed rows
     labels: list[int] = field(default_factory=lambda: [-1] * len(CTRATE_LABELS))
 
 
@@ -145,7 +145,11 @@ def prepare_records(rows: list[ReportRow], options: ParseOptions) -> list[StudyR
     seen: set[str] = set()
     for row in rows:
         key = row.values.get(options.id_column, "").strip()
-        study_id = pseudonym(key, options.salt, kind="study", length=options.pseudonym_length) if key and options.hash_ids else key
+        study_id = (
+            pseudonym(key, options.salt, kind="study", length=options.pseudonym_length)
+            if key and options.hash_ids
+            else key
+        )
         record = StudyRecord(key, study_id, row.line)
         records.append(record)
         if row.malformed:
@@ -174,8 +178,10 @@ def prepare_records(rows: list[ReportRow], options: ParseOptions) -> list[StudyR
         function_share, ascii_share, n_words = english_ratio(text)
         if n_words >= 3 and (ascii_share < 0.8 or (n_words >= 8 and function_share < 0.05)):
             record.status = "non_english"
-            record.reason = (f"line {row.line}: does not look like English "
-                             f"(function words {function_share:.0%}, ASCII letters {ascii_share:.0%})")
+            record.reason = (
+                f"line {row.line}: does not look like English "
+                f"(function words {function_share:.0%}, ASCII letters {ascii_share:.0%})"
+            )
             text = ""
         if options.scrub_phi and text:
             scrubbed = scrub_phi(text)
@@ -191,10 +197,13 @@ def parse_records(records: list[StudyRecord], options: ParseOptions) -> None:
     todo = [record for record in records if record.status in PARSED_STATUSES]
     with cyclic_gc_paused():
         analyses = analyze_many(
-            (record.report_text for record in todo), options.anatomy_set, batch_size=options.batch_size,
-            n_process=options.n_process, uncertain_is_positive=options.uncertain_is_positive,
+            (record.report_text for record in todo),
+            options.anatomy_set,
+            batch_size=options.batch_size,
+            n_process=options.n_process,
+            uncertain_is_positive=options.uncertain_is_positive,
         )
-        for record, analysis in zip(todo, analyses):
+        for record, analysis in zip(todo, analyses, strict=False):
             record.analysis = analysis
             record.labels = list(analysis.labels)
 
@@ -225,7 +234,8 @@ def anatomy_rows(records: list[StudyRecord], anatomy_set: str) -> Iterator[dict[
                 "anatomy": name,
                 "anatomy_index": index,
                 "text": " ".join(record.report_text[a:b] for a, b in spans),
-                "abnormal": bool(analysis.anatomy_abnormal[index]) if index < len(names)
+                "abnormal": bool(analysis.anatomy_abnormal[index])
+                if index < len(names)
                 else any(analysis.sentence_abnormal[i] for i in sentence_indices),
                 "n_sentences": len(sentence_indices),
                 "sentence_starts": [a for a, _ in spans],
@@ -256,17 +266,29 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
     }
     long_schema = pa.schema(
         [
-            ("study_id", pa.string()), ("anatomy", pa.string()), ("anatomy_index", pa.int16()), ("text", pa.string()),
-            ("abnormal", pa.bool_()), ("n_sentences", pa.int32()), ("sentence_starts", pa.list_(pa.int32())),
-            ("sentence_ends", pa.list_(pa.int32())), ("sentence_sections", pa.list_(pa.string())),
+            ("study_id", pa.string()),
+            ("anatomy", pa.string()),
+            ("anatomy_index", pa.int16()),
+            ("text", pa.string()),
+            ("abnormal", pa.bool_()),
+            ("n_sentences", pa.int32()),
+            ("sentence_starts", pa.list_(pa.int32())),
+            ("sentence_ends", pa.list_(pa.int32())),
+            ("sentence_sections", pa.list_(pa.string())),
             ("sentence_abnormal", pa.list_(pa.bool_())),
         ],
         metadata=metadata,
     )
     long_table = pa.Table.from_pylist(list(anatomy_rows(records, anatomy_set)), schema=long_schema)
     study_columns: dict[str, list[Any]] = {
-        "study_id": [], "status": [], "reason": [], "report_text": [], "n_sentences": [], "has_findings": [],
-        "has_impression": [], "phi_replacements": [],
+        "study_id": [],
+        "status": [],
+        "reason": [],
+        "report_text": [],
+        "n_sentences": [],
+        "has_findings": [],
+        "has_impression": [],
+        "phi_replacements": [],
     }
     label_columns: dict[str, list[int]] = {label: [] for label in CTRATE_LABELS}
     for record in records:
@@ -281,13 +303,19 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
         study_columns["has_findings"].append(bool(analysis and analysis.has_findings))
         study_columns["has_impression"].append(bool(analysis and analysis.has_impression))
         study_columns["phi_replacements"].append(record.phi_replacements)
-        for label, value in zip(CTRATE_LABELS, record.labels):
+        for label, value in zip(CTRATE_LABELS, record.labels, strict=False):
             label_columns[label].append(value)
     study_schema = pa.schema(
         [
-            ("study_id", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("report_text", pa.string()),
-            ("n_sentences", pa.int32()), ("has_findings", pa.bool_()), ("has_impression", pa.bool_()),
-            ("phi_replacements", pa.int32()), *[(label, pa.int8()) for label in CTRATE_LABELS],
+            ("study_id", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("report_text", pa.string()),
+            ("n_sentences", pa.int32()),
+            ("has_findings", pa.bool_()),
+            ("has_impression", pa.bool_()),
+            ("phi_replacements", pa.int32()),
+            *[(label, pa.int8()) for label in CTRATE_LABELS],
         ],
         metadata=metadata,
     )
@@ -311,12 +339,12 @@ class ParseReportsJob:
     @classmethod
     def from_config(
         cls,
-        config: "FvlmConfig",
+        config: FvlmConfig,
         *,
         reports_csv: str | os.PathLike[str] | None = None,
         out_parquet: str | os.PathLike[str] | None = None,
         **options: Any,
-    ) -> "ParseReportsJob":
+    ) -> ParseReportsJob:
         """paths.reports_csv -> paths.reports_table by default; ``options``: the overrides of
         :meth:`ParseOptions.from_config`."""
         from core.config import or_config
@@ -346,8 +374,9 @@ def parse_batch(records: list[StudyRecord], options: ParseOptions) -> list[ItemO
     outcomes = []
     for record in records:
         if record.status in PARSED_STATUSES:
-            outcomes.append(ItemOutcome(record_key(record), "ok", record.reason,
-                                        payload=(record.analysis, list(record.labels))))
+            outcomes.append(
+                ItemOutcome(record_key(record), "ok", record.reason, payload=(record.analysis, list(record.labels)))
+            )
         else:
             outcomes.append(ItemOutcome(record_key(record), "quarantined", f"{record.status}: {record.reason}"))
     return outcomes

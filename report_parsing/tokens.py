@@ -7,12 +7,11 @@ numpy operations instead of a regular-expression scan of every character.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
-
 import bisect
 import re
 import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,11 +23,11 @@ class TokenView:
     __slots__ = ("starts", "_lowers", "strings", "_doc", "_typed")
 
     def __init__(self, starts: np.ndarray, lowers: np.ndarray | None, strings: Any, doc: Any = None) -> None:
-        self.starts = starts        # int64 char offset of each token
-        self._lowers = lowers       # uint64 hash of each token's lower-case form (None: read from doc)
-        self.strings = strings      # spaCy StringStore (hash -> text)
+        self.starts = starts  # int64 char offset of each token
+        self._lowers = lowers  # uint64 hash of each token's lower-case form (None: read from doc)
+        self.strings = strings  # spaCy StringStore (hash -> text)
         self._doc = doc
-        self._typed: tuple[np.ndarray, _TypeState] | None = None   # (type row of each token, table state)
+        self._typed: tuple[np.ndarray, _TypeState] | None = None  # (type row of each token, table state)
 
     @property
     def lowers(self) -> np.ndarray:
@@ -40,33 +39,37 @@ class TokenView:
         return self._lowers
 
     @classmethod
-    def from_doc(cls, doc: Any) -> "TokenView":
+    def from_doc(cls, doc: Any) -> TokenView:
         from spacy.attrs import IDX
 
         if len(doc) == 0:
             return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64), doc.vocab.strings)
         return cls(doc.to_array(IDX).astype(np.int64), None, doc.vocab.strings, doc)
 
-    def tokens_within(self, starts: list[int], ends: list[int]) -> "TokenView":
+    def tokens_within(self, starts: list[int], ends: list[int]) -> TokenView:
         """A view of the tokens starting inside the spans ``[starts[i], ends[i])`` (ascending,
         disjoint), each span with the token before it (it may run into the span)."""
         firsts = (self.starts.searchsorted(starts, side="right") - 1).tolist()
         stops = self.starts.searchsorted(ends, side="left").tolist()
         ranges: list[tuple[int, int]] = []
         covered = 0
-        for first, stop in zip(firsts, stops):
-            first = max(first, covered)   # the token before a span may close the previous one
+        for first, stop in zip(firsts, stops, strict=False):
+            first = max(first, covered)  # the token before a span may close the previous one
             if stop > first:
                 ranges.append((first, stop))
                 covered = stop
         if len(ranges) == 1:
             first, stop = ranges[0]
             return TokenView(self.starts[first:stop], self.lowers[first:stop], self.strings)
-        index = np.concatenate([np.arange(first, stop) for first, stop in ranges]) if ranges else np.zeros(0, dtype=np.int64)
+        index = (
+            np.concatenate([np.arange(first, stop) for first, stop in ranges])
+            if ranges
+            else np.zeros(0, dtype=np.int64)
+        )
         return TokenView(self.starts[index], self.lowers[index], self.strings)
 
     @classmethod
-    def from_text(cls, text: str) -> "TokenView":
+    def from_text(cls, text: str) -> TokenView:
         """For callers without a Doc (tests, one-off use): tokenise with spaCy's English tokenizer."""
         return cls.from_doc(_tokenizer()(text))
 
@@ -83,7 +86,7 @@ class Limits:
         self.ends = ends
 
     @classmethod
-    def whole(cls, text: str) -> "Limits":
+    def whole(cls, text: str) -> Limits:
         return cls([0], [len(text)])
 
     def ends_for(self, positions: np.ndarray) -> np.ndarray:
@@ -106,15 +109,19 @@ class Limits:
 class _TypeState(NamedTuple):
     """One immutable snapshot of the type table (swapped whole, so threads never see a half update)."""
 
-    known: np.ndarray                # every word-type hash seen so far, sorted
-    rows: np.ndarray                 # the row (order of first sight) of each sorted hash
-    words: list[str]                 # lower-case forms, by row
+    known: np.ndarray  # every word-type hash seen so far, sorted
+    rows: np.ndarray  # the row (order of first sight) of each sorted hash
+    words: list[str]  # lower-case forms, by row
     columns: tuple[np.ndarray, ...]  # one value per row, per classifier
 
 
 def _empty_state(dtypes: list[Any]) -> _TypeState:
-    return _TypeState(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64), [],
-                      tuple(np.zeros(0, dtype=dtype) for dtype in dtypes))
+    return _TypeState(
+        np.zeros(0, dtype=np.uint64),
+        np.zeros(0, dtype=np.int64),
+        [],
+        tuple(np.zeros(0, dtype=dtype) for dtype in dtypes),
+    )
 
 
 class TypeTable:
@@ -174,8 +181,10 @@ class TypeTable:
         state.words.extend(new_words)
         new_rows = np.arange(first_row, first_row + len(new_words), dtype=np.int64)
         columns = tuple(
-            np.concatenate([column, np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))])
-            for (classify, dtype), column in zip(self.classifiers, state.columns)
+            np.concatenate(
+                [column, np.fromiter((classify(word) for word in new_words), dtype=dtype, count=len(new_words))]
+            )
+            for (classify, dtype), column in zip(self.classifiers, state.columns, strict=False)
         )
         at = state.known.searchsorted(new_hashes)
         known, rows = np.insert(state.known, at, new_hashes), np.insert(state.rows, at, new_rows)
@@ -205,7 +214,7 @@ def glued_word_starts(text: str) -> list[tuple[int, int, str]]:
     """(punctuation offset, word offset, lower-case word) for each word glued after punctuation
     (the last text's result is kept: the finding and the cue scans ask for the same report)."""
     global _LAST_GLUED
-    last = _LAST_GLUED   # one read: other threads may swap the global in between
+    last = _LAST_GLUED  # one read: other threads may swap the global in between
     if text is last[0]:
         return last[1]
     found = []

@@ -28,14 +28,13 @@ class EmptyRoiError(ValueError):
 
 
 class ModelGrid(NamedTuple):
-    hu_zyx: Any                     # int16 (z, y, x)
-    anatomy_index_zyx: Any          # uint8 (z, y, x); 0 = background, k + 1 = anatomy k of the set
+    hu_zyx: Any  # int16 (z, y, x)
+    anatomy_index_zyx: Any  # uint8 (z, y, x); 0 = background, k + 1 = anatomy k of the set
     spacing_zyx: tuple[float, float, float]
-    affine: Any                     # 4 x 4 float64, NIfTI convention (x, y, z indices -> RAS mm)
+    affine: Any  # 4 x 4 float64, NIfTI convention (x, y, z indices -> RAS mm)
 
 
-def canonical_zyx(volume: Any, mask_ids: Any, affine: Any | None, lookup: Any | None = None
-                   ) -> tuple[Any, Any, Any]:
+def canonical_zyx(volume: Any, mask_ids: Any, affine: Any | None, lookup: Any | None = None) -> tuple[Any, Any, Any]:
     """(hu_zyx, ids_zyx, canonical affine) views from nibabel images or (x, y, z) arrays + affine.
 
     ``lookup``: optional table applied to the mask ids first (e.g. id -> anatomy index).
@@ -49,11 +48,15 @@ def canonical_zyx(volume: Any, mask_ids: Any, affine: Any | None, lookup: Any | 
         if affine is None:
             raise ValueError("an (x, y, z) array volume needs its affine")
         image = nib.Nifti1Image(np.asarray(volume), np.asarray(affine, dtype=np.float64))
-    mask_data = np.asarray(mask_ids.dataobj) if isinstance(mask_ids, nib.spatialimages.SpatialImage) \
-        else np.asarray(mask_ids)
-    if lookup is not None:      # map ids on the stored (contiguous) array: much faster than on a view
-        mask_data = lookup[mask_data] if mask_data.dtype == np.uint8 else \
-            lookup[np.clip(mask_data, 0, len(lookup) - 1).astype(np.intp)]
+    mask_data = (
+        np.asarray(mask_ids.dataobj) if isinstance(mask_ids, nib.spatialimages.SpatialImage) else np.asarray(mask_ids)
+    )
+    if lookup is not None:  # map ids on the stored (contiguous) array: much faster than on a view
+        mask_data = (
+            lookup[mask_data]
+            if mask_data.dtype == np.uint8
+            else lookup[np.clip(mask_data, 0, len(lookup) - 1).astype(np.intp)]
+        )
     if mask_data.shape != tuple(image.shape[:3]):
         raise ValueError(f"mask shape {mask_data.shape} differs from volume shape {tuple(image.shape[:3])}")
     ornt = nib.orientations.io_orientation(image.affine)
@@ -94,16 +97,27 @@ def roi_box_zyx(anatomy_index_zyx: Any, margins_zyx: tuple[int, int, int]) -> tu
     """Bounding box of all anatomy voxels widened by ``margins_zyx`` source voxels, clipped to the volume."""
     import numpy as np
 
-    occupied = [np.flatnonzero(anatomy_index_zyx.any(axis=tuple(a for a in range(3) if a != axis)))
-                for axis in range(3)]
+    occupied = [
+        np.flatnonzero(anatomy_index_zyx.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+    ]
     if any(len(o) == 0 for o in occupied):
         raise EmptyRoiError("mask holds no anatomy of the set: nothing to crop to")
-    return tuple(slice(max(0, int(o[0]) - m), min(n, int(o[-1]) + 1 + m))
-                 for o, m, n in zip(occupied, margins_zyx, anatomy_index_zyx.shape))
+    return tuple(
+        slice(max(0, int(o[0]) - m), min(n, int(o[-1]) + 1 + m))
+        for o, m, n in zip(occupied, margins_zyx, anatomy_index_zyx.shape, strict=False)
+    )
 
 
-def prepare_model_grid(volume: Any, mask_ids: Any, anatomy_set: Any, spacing_zyx_mm: tuple[float, float, float],
-                       margin_slices: int, margin_voxels: int, *, affine: Any | None = None) -> ModelGrid:
+def prepare_model_grid(
+    volume: Any,
+    mask_ids: Any,
+    anatomy_set: Any,
+    spacing_zyx_mm: tuple[float, float, float],
+    margin_slices: int,
+    margin_voxels: int,
+    *,
+    affine: Any | None = None,
+) -> ModelGrid:
     """Crop to the set's anatomies (+ margins) and resample to ``spacing_zyx_mm``.
 
     ``volume``: a nibabel image (any orientation) or an (x, y, z) HU array with ``affine``;
@@ -122,8 +136,9 @@ def prepare_model_grid(volume: Any, mask_ids: Any, anatomy_set: Any, spacing_zyx
     target_spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
 
     margins_model = np.array([margin_slices, margin_voxels, margin_voxels], dtype=np.float64)
-    margins_src = tuple(int(math.ceil(m * t / s - 1e-6)) for m, t, s in zip(margins_model, target_spacing,
-                                                                             source_spacing))
+    margins_src = tuple(
+        int(math.ceil(m * t / s - 1e-6)) for m, t, s in zip(margins_model, target_spacing, source_spacing, strict=False)
+    )
     try:
         crop = roi_box_zyx(index_zyx, margins_src)
     except EmptyRoiError:
@@ -132,12 +147,15 @@ def prepare_model_grid(volume: Any, mask_ids: Any, anatomy_set: Any, spacing_zyx
     # output grid: starts on the crop's first voxel, steps by exactly the target spacing, and reaches
     # the crop's last voxel (so no anatomy voxel is dropped) without sampling past the volume's end
     # (there, less than one model voxel of a FOV-cut anatomy can fall off)
-    step = target_spacing / source_spacing          # source voxels per model voxel, per (z, y, x)
-    counts = [min(int(math.ceil((c.stop - c.start - 1) / st - 1e-6)),
-                  int(math.floor((n - 1 - c.start) / st + 1e-6))) + 1
-              for c, st, n in zip(crop, step, hu_zyx.shape)]
-    reach = tuple(slice(c.start, min(n, c.start + int(math.ceil((k - 1) * st)) + 1))
-                  for c, k, st, n in zip(crop, counts, step, hu_zyx.shape))
+    step = target_spacing / source_spacing  # source voxels per model voxel, per (z, y, x)
+    counts = [
+        min(int(math.ceil((c.stop - c.start - 1) / st - 1e-6)), int(math.floor((n - 1 - c.start) / st + 1e-6))) + 1
+        for c, st, n in zip(crop, step, hu_zyx.shape, strict=False)
+    ]
+    reach = tuple(
+        slice(c.start, min(n, c.start + int(math.ceil((k - 1) * st)) + 1))
+        for c, k, st, n in zip(crop, counts, step, hu_zyx.shape, strict=False)
+    )
     # work in the stored (x, y, z) memory order (fast, contiguous) and transpose only the small result;
     # the axis with the largest step goes first so the data shrinks early
     hu_crop_xyz = np.ascontiguousarray(hu_zyx[reach].transpose(2, 1, 0))
@@ -159,5 +177,6 @@ def prepare_model_grid(volume: Any, mask_ids: Any, anatomy_set: Any, spacing_zyx
     translate[:3, 3] = np.array(start[::-1], dtype=np.float64)
     out_affine = canonical_affine @ translate @ np.diag([*step[::-1], 1.0])
     spacing_out = tuple(float(v) for v in target_spacing)
-    return ModelGrid(np.ascontiguousarray(hu_out), np.ascontiguousarray(index_out.astype(np.uint8)), spacing_out,
-                     out_affine)
+    return ModelGrid(
+        np.ascontiguousarray(hu_out), np.ascontiguousarray(index_out.astype(np.uint8)), spacing_out, out_affine
+    )

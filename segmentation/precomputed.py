@@ -35,7 +35,7 @@ class MaskLabels:
     ids: Any
     affine: Any
     warnings: list[str] = field(default_factory=list)
-    sparse: bool = False          # DICOM SEG: frames may cover only part of the volume (rest = background)
+    sparse: bool = False  # DICOM SEG: frames may cover only part of the volume (rest = background)
 
 
 def _stem(path: Path) -> str:
@@ -135,12 +135,11 @@ def load_dicom_seg(path: Path) -> MaskLabels:
         volume = seg.get_volume(segment_numbers=numbers, combine_segments=True, relabel=True)
     except Exception as error:  # noqa: BLE001
         raise MaskSourceError(f"{path.name}: SEG frames do not form a regular volume ({error})") from None
-    relabelled = np.asarray(volume.array)            # 1..len(numbers) in the order of `numbers`
+    relabelled = np.asarray(volume.array)  # 1..len(numbers) in the order of `numbers`
     lut = np.zeros(len(numbers) + 1, dtype=np.uint8)
     lut[1:] = class_ids
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    return MaskLabels(lut[relabelled], lps_to_ras @ np.asarray(volume.affine, dtype=np.float64), warnings,
-                      sparse=True)
+    return MaskLabels(lut[relabelled], lps_to_ras @ np.asarray(volume.affine, dtype=np.float64), warnings, sparse=True)
 
 
 def load_mask_source(path: str | os.PathLike[str]) -> MaskLabels:
@@ -180,7 +179,7 @@ class PrecomputedBackend:
     def model_id(self) -> str:
         return "precomputed"
 
-    def load(self) -> "PrecomputedBackend":
+    def load(self) -> PrecomputedBackend:
         self.index()
         return self
 
@@ -234,8 +233,14 @@ class PrecomputedBackend:
         shown = self.display_name(study_id, source)
         try:
             labels = load_mask_source(source)
-            ids = resample_labels_to_grid(labels.ids, labels.affine, tuple(image.shape[:3]), image.affine,
-                                          what=f"mask {source.name}", require_coverage=not labels.sparse)
+            ids = resample_labels_to_grid(
+                labels.ids,
+                labels.affine,
+                tuple(image.shape[:3]),
+                image.affine,
+                what=f"mask {source.name}",
+                require_coverage=not labels.sparse,
+            )
         except (MaskSourceError, MaskGeometryError) as error:
             raise MaskSourceError(str(error).replace(source.name, shown)) from None
         warnings = [w.replace(source.name, shown) for w in labels.warnings]

@@ -61,7 +61,7 @@ class SegmentSummary:
     n_ok: int = 0
     n_reused: int = 0
     n_quarantined: int = 0
-    study_seconds: list[float] = field(default_factory=list)   # segmented (not reused) studies only
+    study_seconds: list[float] = field(default_factory=list)  # segmented (not reused) studies only
 
     @property
     def ok(self) -> bool:
@@ -69,9 +69,11 @@ class SegmentSummary:
 
     def text(self) -> str:
         per_study = (sum(self.study_seconds) / len(self.study_seconds)) if self.study_seconds else 0.0
-        lines = [f"segment: {len(self.rows)} studies: {self.n_ok} ok ({self.n_reused} unchanged, reused), "
-                 f"{self.n_quarantined} quarantined; {self.seconds:.1f} s"
-                 + (f", {per_study:.2f} s per segmented study" if self.study_seconds else "")]
+        lines = [
+            f"segment: {len(self.rows)} studies: {self.n_ok} ok ({self.n_reused} unchanged, reused), "
+            f"{self.n_quarantined} quarantined; {self.seconds:.1f} s"
+            + (f", {per_study:.2f} s per segmented study" if self.study_seconds else "")
+        ]
         for row in self.rows:
             if row["status"] != "ok":
                 lines.append(f"  quarantined {row['study_id']}: {row['reason']}")
@@ -108,7 +110,7 @@ class SegmentJob:
     @classmethod
     def from_config(
         cls,
-        config: "FvlmConfig",
+        config: FvlmConfig,
         *,
         input_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
@@ -120,7 +122,7 @@ class SegmentJob:
         roi_subset: bool | None = None,
         qc: bool | None = None,
         force: bool | None = None,
-    ) -> "SegmentJob":
+    ) -> SegmentJob:
         """The job of ``config`` (paths.converted -> paths.segmented, segment.*, privacy.*); a ``None``
         override keeps the configured value."""
         from core.config import or_config
@@ -164,16 +166,24 @@ class SegmentJob:
 
         return (WeightsMissingError, FileNotFoundError)
 
-    def make_backend(self) -> "SegmentBackend":
+    def make_backend(self) -> SegmentBackend:
         aset = _anatomy_set(self.anatomy_set)
         subset: list[Any] | None
         if self.roi_subset is True:
             subset = sorted({c for a in aset.anatomies for c in a.classes})
         else:
             subset = list(self.roi_subset) if self.roi_subset else None
-        return make_backend(self.backend, mode=self.mode, device=self.device, roi_subset=subset,
-                            roi_subset_robust=self.roi_subset_robust, precomputed_dir=self.precomputed_dir,
-                            salt=self.salt, pseudonym_length=self.pseudonym_length, totalseg_home=self.totalseg_home)
+        return make_backend(
+            self.backend,
+            mode=self.mode,
+            device=self.device,
+            roi_subset=subset,
+            roi_subset_robust=self.roi_subset_robust,
+            precomputed_dir=self.precomputed_dir,
+            salt=self.salt,
+            pseudonym_length=self.pseudonym_length,
+            totalseg_home=self.totalseg_home,
+        )
 
 
 def _anatomy_set(name: str) -> Any:
@@ -183,8 +193,9 @@ def _anatomy_set(name: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def collect_inputs(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | os.PathLike[str]]]
-                   ) -> list[tuple[str, Path]]:
+def collect_inputs(
+    inputs: str | os.PathLike[str] | Sequence[tuple[str, str | os.PathLike[str]]],
+) -> list[tuple[str, Path]]:
     """(study_id, volume path) pairs from a convert output folder, a folder of volumes, or a list.
 
     A folder with ``studies.parquet`` (the convert stage's manifest) yields its ``status == ok`` rows
@@ -210,8 +221,11 @@ def collect_inputs(inputs: str | os.PathLike[str] | Sequence[tuple[str, str | os
                 pairs.append((study_id, path or layout.volume_path(folder, study_id)))
         return pairs
     volumes = folder / layout.VOLUMES_DIR if (folder / layout.VOLUMES_DIR).is_dir() else folder
-    return [(layout.nifti_stem(path.name), path) for path in sorted(volumes.iterdir())
-            if path.name.endswith(layout.NIFTI_EXTENSIONS) and not path.name.startswith(".")]
+    return [
+        (layout.nifti_stem(path.name), path)
+        for path in sorted(volumes.iterdir())
+        if path.name.endswith(layout.NIFTI_EXTENSIONS) and not path.name.startswith(".")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -219,25 +233,44 @@ def manifest_schema(anatomy_names: Sequence[str]) -> Any:
     import pyarrow as pa
 
     fields = [
-        ("study_id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-        ("backend", pa.string()), ("model_id", pa.string()), ("anatomy_set", pa.string()),
-        ("config_hash", pa.string()), ("input_sha256", pa.string()), ("mask_path", pa.string()),
-        ("mask_sha256", pa.string()), ("qc_path", pa.string()),
-        ("shape", pa.list_(pa.int32())), ("spacing_mm", pa.list_(pa.float32())),
+        ("study_id", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("backend", pa.string()),
+        ("model_id", pa.string()),
+        ("anatomy_set", pa.string()),
+        ("config_hash", pa.string()),
+        ("input_sha256", pa.string()),
+        ("mask_path", pa.string()),
+        ("mask_sha256", pa.string()),
+        ("qc_path", pa.string()),
+        ("shape", pa.list_(pa.int32())),
+        ("spacing_mm", pa.list_(pa.float32())),
         ("classes_present", pa.list_(pa.int32())),
-        ("missing_anatomies", pa.list_(pa.string())), ("cut_anatomies", pa.list_(pa.string())),
-        ("missing_classes", pa.list_(pa.string())), ("warnings", pa.list_(pa.string())),
-        ("seconds", pa.float32()), ("reused", pa.bool_()), ("stage_version", pa.string()),
+        ("missing_anatomies", pa.list_(pa.string())),
+        ("cut_anatomies", pa.list_(pa.string())),
+        ("missing_classes", pa.list_(pa.string())),
+        ("warnings", pa.list_(pa.string())),
+        ("seconds", pa.float32()),
+        ("reused", pa.bool_()),
+        ("stage_version", pa.string()),
     ]
     for name in anatomy_names:
-        fields += [(f"{name}_voxels", pa.int64()), (f"{name}_volume_ml", pa.float32()),
-                   (f"{name}_bbox_zyx", pa.list_(pa.int32())), (f"{name}_cut_by_fov", pa.bool_()),
-                   (f"{name}_touches", pa.list_(pa.string()))]
-    return pa.schema(fields, metadata={
-        b"fvlm.stage": STAGE_VERSION.encode(),
-        b"fvlm.axes": b"bbox_zyx = (z0, y0, x0, z1, y1, x1), ends exclusive, RAS canonical volume as (z, y, x)",
-        b"fvlm.anatomies": json.dumps(list(anatomy_names)).encode(),
-    })
+        fields += [
+            (f"{name}_voxels", pa.int64()),
+            (f"{name}_volume_ml", pa.float32()),
+            (f"{name}_bbox_zyx", pa.list_(pa.int32())),
+            (f"{name}_cut_by_fov", pa.bool_()),
+            (f"{name}_touches", pa.list_(pa.string())),
+        ]
+    return pa.schema(
+        fields,
+        metadata={
+            b"fvlm.stage": STAGE_VERSION.encode(),
+            b"fvlm.axes": b"bbox_zyx = (z0, y0, x0, z1, y1, x1), ends exclusive, RAS canonical volume as (z, y, x)",
+            b"fvlm.anatomies": json.dumps(list(anatomy_names)).encode(),
+        },
+    )
 
 
 def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
@@ -275,10 +308,18 @@ def merge_into_manifest(rows: Sequence[dict[str, Any]], path: Path, anatomy_name
     return write_manifest([*kept, *rows], path, anatomy_names)
 
 
-def make_backend(backend: str | SegmentBackend, *, mode: str = "fast", device: str = "auto",
-                 roi_subset: list[str] | None = None, roi_subset_robust: bool = True,
-                 precomputed_dir: str | os.PathLike[str] | None = None, salt: str | None = None,
-                 pseudonym_length: int = 16, totalseg_home: str | os.PathLike[str] | None = None) -> SegmentBackend:
+def make_backend(
+    backend: str | SegmentBackend,
+    *,
+    mode: str = "fast",
+    device: str = "auto",
+    roi_subset: list[str] | None = None,
+    roi_subset_robust: bool = True,
+    precomputed_dir: str | os.PathLike[str] | None = None,
+    salt: str | None = None,
+    pseudonym_length: int = 16,
+    totalseg_home: str | os.PathLike[str] | None = None,
+) -> SegmentBackend:
     if not isinstance(backend, str):
         return backend
     if backend == "precomputed":
@@ -290,8 +331,9 @@ def make_backend(backend: str | SegmentBackend, *, mode: str = "fast", device: s
     if backend == "totalsegmentator":
         from segmentation.totalseg import TotalSegmentatorBackend
 
-        return TotalSegmentatorBackend(mode=mode, device=device, roi_subset=roi_subset,
-                                       roi_subset_robust=roi_subset_robust, home_dir=totalseg_home)
+        return TotalSegmentatorBackend(
+            mode=mode, device=device, roi_subset=roi_subset, roi_subset_robust=roi_subset_robust, home_dir=totalseg_home
+        )
     raise ValueError(f"unknown segmentation backend {backend!r}; use precomputed or totalsegmentator")
 
 
@@ -301,8 +343,15 @@ def _config_hash(fingerprint: dict[str, Any], anatomy_set: str, qc: bool) -> str
 
 
 # ---------------------------------------------------------------------------------------------- per study
-def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, output_dir: Path, aset: Any,
-                 qc: bool, base_row: dict[str, Any]) -> dict[str, Any]:
+def _segment_one(
+    backend: SegmentBackend,
+    study_id: str,
+    volume_path: Path,
+    output_dir: Path,
+    aset: Any,
+    qc: bool,
+    base_row: dict[str, Any],
+) -> dict[str, Any]:
     import nibabel as nib
     import numpy as np
 
@@ -331,20 +380,25 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
         nib.save(mask_image, str(tmp))
 
     hu_zyx, ids_zyx, canonical_affine = canonical_zyx(image, ids, None)
-    _, index_zyx, _ = canonical_zyx(image, ids, None, lookup=aset.lookup_table())   # lookup on stored order
+    _, index_zyx, _ = canonical_zyx(image, ids, None, lookup=aset.lookup_table())  # lookup on stored order
     spacing_zyx = tuple(float(v) for v in np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0))[::-1])
     class_counts = label_counts(ids)
     stats = anatomy_stats(ids_zyx, aset, spacing_zyx, class_counts=class_counts, anatomy_index_zyx=index_zyx)
     row = dict(base_row)
-    row.update({
-        "status": "ok", "reason": None, "mask_path": layout.mask_relpath(study_id),
-        "mask_sha256": sha256_file(mask_path), "shape": [int(v) for v in image.shape],
-        "spacing_mm": [float(v) for v in image.header.get_zooms()[:3]],
-        "classes_present": [int(v) for v in np.flatnonzero(class_counts) if v > 0],
-        "missing_anatomies": [n for n, s in stats.items() if not s.present],
-        "cut_anatomies": [n for n, s in stats.items() if s.cut_by_fov],
-        "missing_classes": sorted({c for s in stats.values() for c in s.missing_classes}),
-    })
+    row.update(
+        {
+            "status": "ok",
+            "reason": None,
+            "mask_path": layout.mask_relpath(study_id),
+            "mask_sha256": sha256_file(mask_path),
+            "shape": [int(v) for v in image.shape],
+            "spacing_mm": [float(v) for v in image.header.get_zooms()[:3]],
+            "classes_present": [int(v) for v in np.flatnonzero(class_counts) if v > 0],
+            "missing_anatomies": [n for n, s in stats.items() if not s.present],
+            "cut_anatomies": [n for n, s in stats.items() if s.cut_by_fov],
+            "missing_classes": sorted({c for s in stats.values() for c in s.missing_classes}),
+        }
+    )
     for name in row["missing_anatomies"]:
         warnings.append(f"anatomy {name} missing from the mask")
     for name, item in stats.items():
@@ -357,17 +411,23 @@ def _segment_one(backend: SegmentBackend, study_id: str, volume_path: Path, outp
         from segmentation.qc import write_qc_png
 
         qc_path = output_dir / layout.qc_relpath(study_id)
-        write_qc_png(hu_zyx, index_zyx, aset.anatomy_names, spacing_zyx, qc_path,
-                     title=f"{study_id}  [{base_row['model_id']}]" if base_row["model_id"] != base_row["backend"]
-                     else f"{study_id}  [{base_row['backend']}]",
-                     voxel_counts={n: s.voxels for n, s in stats.items()})
+        write_qc_png(
+            hu_zyx,
+            index_zyx,
+            aset.anatomy_names,
+            spacing_zyx,
+            qc_path,
+            title=f"{study_id}  [{base_row['model_id']}]"
+            if base_row["model_id"] != base_row["backend"]
+            else f"{study_id}  [{base_row['backend']}]",
+            voxel_counts={n: s.voxels for n, s in stats.items()},
+        )
         row["qc_path"] = layout.qc_relpath(study_id)
     row["warnings"] = warnings
     return row
 
 
-def _reusable(previous: dict[str, Any] | None, input_sha256: str, config_hash: str, output_dir: Path,
-              qc: bool) -> bool:
+def _reusable(previous: dict[str, Any] | None, input_sha256: str, config_hash: str, output_dir: Path, qc: bool) -> bool:
     if not previous or previous.get("status") != "ok":
         return False
     if previous.get("input_sha256") != input_sha256 or previous.get("config_hash") != config_hash:
@@ -377,8 +437,9 @@ def _reusable(previous: dict[str, Any] | None, input_sha256: str, config_hash: s
     return not qc or bool(previous.get("qc_path") and (output_dir / previous["qc_path"]).is_file())
 
 
-def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Progress | None = None
-                  ) -> list[ItemOutcome]:
+def segment_batch(
+    pairs: list[tuple[str, Path]], job: SegmentJob, progress: Progress | None = None
+) -> list[ItemOutcome]:
     """Batch function: one (warm) backend segments the batch; quarantined studies come back as outcomes.
 
     Raises only for stage-level problems (unknown backend, missing weights / masks folder).
@@ -389,7 +450,7 @@ def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Prog
     aset = _anatomy_set(job.anatomy_set)
     engine = job.make_backend()
     if pairs and hasattr(engine, "index"):
-        engine.index()          # precomputed: a missing masks folder stops the stage, not each study
+        engine.index()  # precomputed: a missing masks folder stops the stage, not each study
     previous = read_manifest(layout.segments_manifest(out))
     outcomes: list[ItemOutcome] = []
     loaded = False
@@ -397,8 +458,14 @@ def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Prog
         for position, (study_id, volume_path) in enumerate(pairs, start=1):
             volume_path = Path(volume_path)
             tick = time.perf_counter()
-            base_row: dict[str, Any] = {"study_id": study_id, "backend": engine.name, "anatomy_set": aset.name,
-                                        "stage_version": STAGE_VERSION, "reused": False, "warnings": []}
+            base_row: dict[str, Any] = {
+                "study_id": study_id,
+                "backend": engine.name,
+                "anatomy_set": aset.name,
+                "stage_version": STAGE_VERSION,
+                "reused": False,
+                "warnings": [],
+            }
             try:
                 if not volume_path.is_file():
                     raise FileNotFoundError(f"volume file missing: {volume_path.name}")
@@ -406,8 +473,11 @@ def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Prog
                 base_row["model_id"] = engine.model_id
                 base_row["config_hash"] = _config_hash(engine.config_fingerprint(study_id), aset.name, job.qc)
                 prior = previous.get(study_id)
-                if not job.force and prior is not None and _reusable(
-                        prior, base_row["input_sha256"], base_row["config_hash"], out, job.qc):
+                if (
+                    not job.force
+                    and prior is not None
+                    and _reusable(prior, base_row["input_sha256"], base_row["config_hash"], out, job.qc)
+                ):
                     row = {**prior, "reused": True}
                 else:
                     if not loaded:
@@ -422,8 +492,12 @@ def segment_batch(pairs: list[tuple[str, Path]], job: SegmentJob, progress: Prog
                     raise
                 reason = f"{type(error).__name__}: {error}"
                 LOGGER.warning("study %s quarantined: %s", study_id, reason)
-                row = {**base_row, "status": "quarantined", "reason": reason,
-                       "seconds": round(time.perf_counter() - tick, 3)}
+                row = {
+                    **base_row,
+                    "status": "quarantined",
+                    "reason": reason,
+                    "seconds": round(time.perf_counter() - tick, 3),
+                }
             outcomes.append(_outcome(row, out))
             if progress:
                 progress(position, len(pairs), row)
@@ -438,12 +512,18 @@ def _outcome(row: dict[str, Any], out: Path) -> ItemOutcome:
     else:
         status, reason = "quarantined", str(row.get("reason", ""))
     qc = row.get("qc_path")
-    return ItemOutcome(row["study_id"], status, reason,  # type: ignore[arg-type]
-                       qc_path=str(out / qc) if qc else None, payload=row)
+    return ItemOutcome(
+        row["study_id"],
+        status,
+        reason,  # type: ignore[arg-type]
+        qc_path=str(out / qc) if qc else None,
+        payload=row,
+    )
 
 
-def run_segment(job: SegmentJob, map_batches: MapBatches | None = None, *, progress: Progress | None = None
-                ) -> SegmentSummary:
+def run_segment(
+    job: SegmentJob, map_batches: MapBatches | None = None, *, progress: Progress | None = None
+) -> SegmentSummary:
     """The segment stage: segment every input study (reusing unchanged ones), then merge this run's rows
     into ``segments.parquet`` atomically (studies this run did not touch keep their row).
 
@@ -465,14 +545,26 @@ def run_segment(job: SegmentJob, map_batches: MapBatches | None = None, *, progr
         if outcome.payload is not None:
             rows.append(outcome.payload)
         elif outcome.status == "failed":
-            rows.append({"study_id": outcome.key, "status": "quarantined", "backend": job.backend,
-                         "anatomy_set": job.anatomy_set, "reason": outcome.reason, "reused": False, "warnings": []})
+            rows.append(
+                {
+                    "study_id": outcome.key,
+                    "status": "quarantined",
+                    "backend": job.backend,
+                    "anatomy_set": job.anatomy_set,
+                    "reason": outcome.reason,
+                    "reused": False,
+                    "warnings": [],
+                }
+            )
     manifest_path = merge_into_manifest(rows, layout.segments_manifest(out), aset.anatomy_names)
     summary = SegmentSummary(rows=rows, manifest_path=manifest_path, seconds=0.0)
     summary.n_reused = sum(1 for row in rows if row.get("reused"))
     summary.n_ok = sum(1 for row in rows if row.get("status") == "ok")
     summary.n_quarantined = len(rows) - summary.n_ok
-    summary.study_seconds = [float(r["seconds"]) for r in rows if r.get("status") == "ok" and not r.get("reused")
-                             and r.get("seconds") is not None]
+    summary.study_seconds = [
+        float(r["seconds"])
+        for r in rows
+        if r.get("status") == "ok" and not r.get("reused") and r.get("seconds") is not None
+    ]
     summary.seconds = time.perf_counter() - started
     return summary

@@ -73,7 +73,11 @@ def _plans(dataset_name: str, spacing_mm: float) -> dict:
                 "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
                 "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
                 "resampling_fn_probabilities_kwargs": {
-                    "is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+                    "is_seg": False,
+                    "order": 1,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
                 "architecture": {
                     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                     "arch_kwargs": {
@@ -100,18 +104,26 @@ def _plans(dataset_name: str, spacing_mm: float) -> dict:
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
-            "0": {"max": 3071.0, "mean": 100.0, "median": 60.0, "min": -1024.0,
-                  "percentile_00_5": -1000.0, "percentile_99_5": 1500.0, "std": 350.0}
+            "0": {
+                "max": 3071.0,
+                "mean": 100.0,
+                "median": 60.0,
+                "min": -1024.0,
+                "percentile_00_5": -1000.0,
+                "percentile_99_5": 1500.0,
+                "std": 350.0,
+            }
         },
     }
 
 
-def build_standin_model(weights_dir: str | os.PathLike[str], task_id: int, trainer: str, spacing_mm: float,
-                        *, seed: int = 0) -> Path:
+def build_standin_model(
+    weights_dir: str | os.PathLike[str], task_id: int, trainer: str, spacing_mm: float, *, seed: int = 0
+) -> Path:
     """Write one random-weight nnU-Net v2 model folder (dataset.json, plans.json, fold_0 checkpoint)."""
     import torch
 
-    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):   # quiets nnunetv2's import
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):  # quiets nnunetv2's import
         os.environ.setdefault(variable, str(weights_dir))
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
@@ -129,14 +141,20 @@ def build_standin_model(weights_dir: str | os.PathLike[str], task_id: int, train
     }
     plans = _plans(folder.parent.name, spacing_mm)
     trainer_class = recursive_find_python_class(
-        str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"), trainer, "nnunetv2.training.nnUNetTrainer")
+        str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"), trainer, "nnunetv2.training.nnUNetTrainer"
+    )
     if trainer_class is None:
         raise RuntimeError(f"nnU-Net trainer {trainer!r} not found in this nnunetv2 install")
     architecture = plans["configurations"][CONFIGURATION]["architecture"]
     torch.manual_seed(seed + task_id)
     network = trainer_class.build_network_architecture(
-        architecture["network_class_name"], architecture["arch_kwargs"], architecture["_kw_requires_import"],
-        1, max(labels) + 1, enable_deep_supervision=False)
+        architecture["network_class_name"],
+        architecture["arch_kwargs"],
+        architecture["_kw_requires_import"],
+        1,
+        max(labels) + 1,
+        enable_deep_supervision=False,
+    )
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
@@ -153,8 +171,9 @@ def build_standin_model(weights_dir: str | os.PathLike[str], task_id: int, train
     return folder
 
 
-def build_standin_weights(weights_dir: str | os.PathLike[str], modes: tuple[str, ...] = ("fast",),
-                          *, include_roi_crop_model: bool = False) -> Path:
+def build_standin_weights(
+    weights_dir: str | os.PathLike[str], modes: tuple[str, ...] = ("fast",), *, include_roi_crop_model: bool = False
+) -> Path:
     """Stand-in models for the given modes of task `total` under ``weights_dir`` (idempotent).
 
     ``include_roi_crop_model`` also writes the 6 mm model (298) that TotalSegmentator uses for its

@@ -17,8 +17,8 @@ class AnatomyStats:
     anatomy: str
     voxels: int
     volume_ml: float
-    bbox_zyx: tuple[int, int, int, int, int, int] | None   # (z0, y0, x0, z1, y1, x1), ends exclusive
-    touches: tuple[str, ...]             # FOV faces the anatomy touches: "z_first", "z_last", "y_first", ...
+    bbox_zyx: tuple[int, int, int, int, int, int] | None  # (z0, y0, x0, z1, y1, x1), ends exclusive
+    touches: tuple[str, ...]  # FOV faces the anatomy touches: "z_first", "z_last", "y_first", ...
     missing_classes: tuple[str, ...] = field(default=())  # classes of the anatomy absent from the mask
 
     @property
@@ -68,14 +68,19 @@ def label_counts(labels: Any) -> Any:
     if labels.dtype != np.uint8:
         raise ValueError(f"label_counts wants uint8 labels, got {labels.dtype}")
     if not labels.flags.c_contiguous and labels.T.flags.c_contiguous:
-        labels = labels.T                      # counting ignores order: walk memory in storage order
+        labels = labels.T  # counting ignores order: walk memory in storage order
     flat = torch.from_numpy(np.ascontiguousarray(labels).reshape(-1))
     return torch.bincount(flat, minlength=256).numpy()[:256].astype(np.int64)
 
 
-def anatomy_stats(mask_ids_zyx: Any, anatomy_set: Any, spacing_zyx_mm: tuple[float, float, float],
-                  *, class_counts: Any | None = None, anatomy_index_zyx: Any | None = None
-                  ) -> dict[str, AnatomyStats]:
+def anatomy_stats(
+    mask_ids_zyx: Any,
+    anatomy_set: Any,
+    spacing_zyx_mm: tuple[float, float, float],
+    *,
+    class_counts: Any | None = None,
+    anatomy_index_zyx: Any | None = None,
+) -> dict[str, AnatomyStats]:
     """Per anatomy of the set: voxel count, volume, bounding box, FOV faces it touches, missing classes.
 
     ``class_counts`` (:func:`label_counts` of the mask) and ``anatomy_index_zyx``
@@ -108,13 +113,16 @@ def anatomy_stats(mask_ids_zyx: Any, anatomy_set: Any, spacing_zyx_mm: tuple[flo
         touches: list[str] = []
         if box is not None:
             bbox = tuple(int(s.start) for s in box) + tuple(int(s.stop) for s in box)
-            for axis, (part, size) in enumerate(zip(box, ids.shape)):
+            for axis, (part, size) in enumerate(zip(box, ids.shape, strict=False)):
                 if part.start == 0:
                     touches.append(f"{AXES[axis]}_first")
                 if part.stop == size:
                     touches.append(f"{AXES[axis]}_last")
-        missing = tuple(name for name, cid in zip(anatomy.classes, class_ids[anatomy.name]) if cid not in present_ids)
+        missing = tuple(
+            name for name, cid in zip(anatomy.classes, class_ids[anatomy.name], strict=False) if cid not in present_ids
+        )
         voxels = int(counts[k + 1])
-        out[anatomy.name] = AnatomyStats(anatomy.name, voxels, round(voxels * voxel_ml, 3), bbox, tuple(touches),
-                                         missing)
+        out[anatomy.name] = AnatomyStats(
+            anatomy.name, voxels, round(voxels * voxel_ml, 3), bbox, tuple(touches), missing
+        )
     return out

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 TASK = "total"
-ROI_CROP_ADDON_MM = (20, 20, 20)          # TotalSegmentator's crop_addon for roi_subset
-TILE_STEP_SIZE = 0.8                      # TotalSegmentator's step size for the `total` models
+ROI_CROP_ADDON_MM = (20, 20, 20)  # TotalSegmentator's crop_addon for roi_subset
+TILE_STEP_SIZE = 0.8  # TotalSegmentator's step size for the `total` models
 
 # mode -> (trainer, model spacing mm, task ids); TotalSegmentator's map_tasks_config for task `total`
 MODE_MODELS: dict[str, tuple[str, float, tuple[int, ...]]] = {
@@ -48,8 +48,8 @@ class _LoadedModel:
     task_id: int
     spacing_mm: float
     predictor: Any
-    lut: Any                      # uint8 array: model channel -> `total` id
-    class_names: dict[int, str]   # model channel -> class name
+    lut: Any  # uint8 array: model channel -> `total` id
+    class_names: dict[int, str]  # model channel -> class name
 
 
 def totalseg_weights_dir(home_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -103,8 +103,7 @@ def parts_for_classes(mode: str, class_names: list[str] | None) -> tuple[int, ..
     if mode != "full" or not class_names:
         return task_ids
     wanted = set(class_names)
-    return tuple(tid for tid in task_ids
-                 if wanted & set(class_map_5_parts[map_taskid_to_partname_ct[tid]].values()))
+    return tuple(tid for tid in task_ids if wanted & set(class_map_5_parts[map_taskid_to_partname_ct[tid]].values()))
 
 
 class TotalSegmentatorBackend:
@@ -119,9 +118,16 @@ class TotalSegmentatorBackend:
 
     name = "totalsegmentator"
 
-    def __init__(self, *, mode: str = "fast", device: str = "auto", roi_subset: list[str] | None = None,
-                 roi_subset_robust: bool = True, home_dir: str | os.PathLike[str] | None = None,
-                 quiet: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        mode: str = "fast",
+        device: str = "auto",
+        roi_subset: list[str] | None = None,
+        roi_subset_robust: bool = True,
+        home_dir: str | os.PathLike[str] | None = None,
+        quiet: bool = True,
+    ) -> None:
         if mode not in MODE_MODELS:
             raise ValueError(f"unknown TotalSegmentator mode {mode!r}; use one of {sorted(MODE_MODELS)}")
         self.mode = mode
@@ -160,8 +166,11 @@ class TotalSegmentatorBackend:
 
     def check_weights(self) -> list[Path]:
         """Raise :class:`WeightsMissingError` (with install instructions) unless every model is on disk."""
-        missing = [d for d in self.required_model_dirs()
-                   if not (d / "fold_0" / "checkpoint_final.pth").is_file() or not (d / "plans.json").is_file()]
+        missing = [
+            d
+            for d in self.required_model_dirs()
+            if not (d / "fold_0" / "checkpoint_final.pth").is_file() or not (d / "plans.json").is_file()
+        ]
         if missing:
             weights = totalseg_weights_dir(self.home_dir)
             names = ", ".join(d.parent.name for d in missing)
@@ -171,7 +180,8 @@ class TotalSegmentatorBackend:
                 f"`TOTALSEG_HOME_DIR={weights.parent.parent} totalseg_download_weights -t "
                 f"{DOWNLOAD_TASK_NAME[self.mode]}`; on an air-gapped site, copy the weights zip there and run "
                 f"`totalseg_import_weights -i <weights.zip>` (same TOTALSEG_HOME_DIR), or point "
-                f"TOTALSEG_WEIGHTS_PATH / segment.totalseg_home at a folder that holds them.")
+                f"TOTALSEG_WEIGHTS_PATH / segment.totalseg_home at a folder that holds them."
+            )
         return self.required_model_dirs()
 
     def _setup_environment(self) -> None:
@@ -179,27 +189,35 @@ class TotalSegmentatorBackend:
 
         apply_offline_env()
         home = self.home_dir or Path(os.environ.get("TOTALSEG_HOME_DIR") or Path.home() / ".totalsegmentator")
-        ensure_totalseg_config(home)        # usage statistics off before TotalSegmentator reads its config
+        ensure_totalseg_config(home)  # usage statistics off before TotalSegmentator reads its config
         configure_nnunet_paths(totalseg_weights_dir(self.home_dir))
 
     def _load_model(self, folder: Path, task_id: int, spacing_mm: float, device: str) -> _LoadedModel:
+        import contextlib
+        import io
+
         import numpy as np
         import torch
         import totalsegmentator.nnunet  # noqa: F401  (registers TotalSegmentator's custom trainers + patches)
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from segmentation.standin_weights import task_labels
 
-        import contextlib
-        import io
+        from segmentation.standin_weights import task_labels
 
         # nnU-Net prints a notice for every CPU predictor; keep the stage's output readable when quiet
         with contextlib.redirect_stdout(io.StringIO()) if self.quiet else contextlib.nullcontext():
             predictor = nnUNetPredictor(
-                tile_step_size=TILE_STEP_SIZE, use_gaussian=True, use_mirroring=False,
-                perform_everything_on_device=device == "cuda", device=torch.device(device),
-                verbose=False, verbose_preprocessing=False, allow_tqdm=not self.quiet)
-            predictor.initialize_from_trained_model_folder(str(folder), use_folds=[0],
-                                                           checkpoint_name="checkpoint_final.pth")
+                tile_step_size=TILE_STEP_SIZE,
+                use_gaussian=True,
+                use_mirroring=False,
+                perform_everything_on_device=device == "cuda",
+                device=torch.device(device),
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=not self.quiet,
+            )
+            predictor.initialize_from_trained_model_folder(
+                str(folder), use_folds=[0], checkpoint_name="checkpoint_final.pth"
+            )
         from totalsegmentator.map_to_binary import class_map
 
         class_names = task_labels(task_id)
@@ -209,7 +227,7 @@ class TotalSegmentatorBackend:
             lut[channel] = total_id[name]
         return _LoadedModel(task_id, spacing_mm, predictor, lut, class_names)
 
-    def load(self) -> "TotalSegmentatorBackend":
+    def load(self) -> TotalSegmentatorBackend:
         """Check weights, switch telemetry off, build the predictors once (idempotent)."""
         if self._models:
             return self
@@ -222,7 +240,7 @@ class TotalSegmentatorBackend:
         self.device = resolve_device(self.device_request)
         torch.set_num_threads(multiprocessing.cpu_count() if self.device == "cpu" else 1)
         spacing = MODE_MODELS[self.mode][1]
-        for folder, task_id in zip(dirs, self.main_task_ids):
+        for folder, task_id in zip(dirs, self.main_task_ids, strict=False):
             self._models.append(self._load_model(folder, task_id, spacing, self.device))
         if self.crop_task_id is not None:
             crop_spacing = 3.0 if self.crop_task_id == 297 else 6.0
@@ -244,15 +262,24 @@ class TotalSegmentatorBackend:
                 stat = checkpoint.stat()
                 digest.update(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
             standin = any((folder / "fvlm_standin.json").is_file() for folder in dirs)
-            self._model_id = (f"{TASK}/{self.mode}/" + "+".join(str(t) for t in self.main_task_ids)
-                              + (f"/crop{self.crop_task_id}" if self.crop_task_id else "")
-                              + f"/{digest.hexdigest()[:12]}" + ("/STANDIN-random-weights" if standin else ""))
+            self._model_id = (
+                f"{TASK}/{self.mode}/"
+                + "+".join(str(t) for t in self.main_task_ids)
+                + (f"/crop{self.crop_task_id}" if self.crop_task_id else "")
+                + f"/{digest.hexdigest()[:12]}"
+                + ("/STANDIN-random-weights" if standin else "")
+            )
         return str(self._model_id)
 
     def config_fingerprint(self, study_id: str | None = None) -> dict[str, Any]:
         """What determines a study's mask besides its volume (used for idempotent reruns)."""
-        return {"backend": self.name, "mode": self.mode, "roi_subset": self.roi_subset,
-                "roi_subset_robust": self.roi_subset_robust, "model_id": self.model_id}
+        return {
+            "backend": self.name,
+            "mode": self.mode,
+            "roi_subset": self.roi_subset,
+            "roi_subset_robust": self.roi_subset_robust,
+            "model_id": self.model_id,
+        }
 
     def segment_study(self, study_id: str, image: Any) -> tuple[Any, list[str]]:
         """Backend protocol: (uint8 `total` ids on the image grid, warnings)."""
@@ -272,13 +299,15 @@ class TotalSegmentatorBackend:
         from totalsegmentator.resampling import change_spacing
 
         use_gpu = self.device == "cuda"
-        resampled = change_spacing(canonical_img, [model.spacing_mm] * 3, order=1, dtype=np.int32,
-                                   nr_cpus=1, use_gpu=use_gpu)
+        resampled = change_spacing(
+            canonical_img, [model.spacing_mm] * 3, order=1, dtype=np.int32, nr_cpus=1, use_gpu=use_gpu
+        )
         data_xyz = np.asarray(resampled.dataobj, dtype=np.float32)
         spacing_xyz = [float(s) for s in resampled.header.get_zooms()[:3]]
         # nnU-Net was trained on SimpleITK-read arrays: axes (z, y, x), spacing reversed
         channels_zyx = model.predictor.predict_single_npy_array(
-            data_xyz.transpose(2, 1, 0)[None], {"spacing": spacing_xyz[::-1]})
+            data_xyz.transpose(2, 1, 0)[None], {"spacing": spacing_xyz[::-1]}
+        )
         channels_xyz = np.asarray(channels_zyx).transpose(2, 1, 0)
         ids = model.lut[np.clip(channels_xyz, 0, len(model.lut) - 1).astype(np.int64)]
         return nib.Nifti1Image(ids.astype(np.uint8), resampled.affine), canonical_img.shape
@@ -294,12 +323,19 @@ class TotalSegmentatorBackend:
             data = np.asarray(low_res.dataobj)
             if combined is None:
                 combined = data.copy()
-            else:   # later parts overwrite where they predict a class (TotalSegmentator's combination)
+            else:  # later parts overwrite where they predict a class (TotalSegmentator's combination)
                 np.copyto(combined, data, where=data != 0)
         low_res = nib.Nifti1Image(combined, low_res.affine)
-        back = change_spacing(low_res, [self._models[0].spacing_mm] * 3, canonical_img.shape, order=0,
-                              dtype=np.uint8, nr_cpus=1, force_affine=canonical_img.affine,
-                              use_gpu=self.device == "cuda")
+        back = change_spacing(
+            low_res,
+            [self._models[0].spacing_mm] * 3,
+            canonical_img.shape,
+            order=0,
+            dtype=np.uint8,
+            nr_cpus=1,
+            force_affine=canonical_img.affine,
+            use_gpu=self.device == "cuda",
+        )
         return np.asarray(back.dataobj).astype(np.uint8)
 
     def segment(self, image: Any) -> Any:
@@ -324,14 +360,22 @@ class TotalSegmentatorBackend:
             rough, _ = self._predict(self._crop_model, canonical)
             from totalsegmentator.resampling import change_spacing
 
-            rough_full = change_spacing(rough, [self._crop_model.spacing_mm] * 3, canonical.shape, order=0,
-                                        dtype=np.uint8, nr_cpus=1, force_affine=canonical.affine)
+            rough_full = change_spacing(
+                rough,
+                [self._crop_model.spacing_mm] * 3,
+                canonical.shape,
+                order=0,
+                dtype=np.uint8,
+                nr_cpus=1,
+                force_affine=canonical.affine,
+            )
             rough_full = undo_canonical(rough_full, original)
             crop_mask = np.isin(np.asarray(rough_full.dataobj), keep_ids).astype(np.uint8)
-            if crop_mask.sum() == 0:    # nothing of the subset here: empty result, like TotalSegmentator
+            if crop_mask.sum() == 0:  # nothing of the subset here: empty result, like TotalSegmentator
                 return np.zeros(image.shape, dtype=np.uint8)
-            work, bbox = crop_to_mask(original, nib.Nifti1Image(crop_mask, original.affine),
-                                      addon=list(ROI_CROP_ADDON_MM), dtype=np.float32)
+            work, bbox = crop_to_mask(
+                original, nib.Nifti1Image(crop_mask, original.affine), addon=list(ROI_CROP_ADDON_MM), dtype=np.float32
+            )
         canonical = as_closest_canonical(work)
         labels_canonical = self._segment_canonical(canonical)
         labels = undo_canonical(nib.Nifti1Image(labels_canonical, canonical.affine), work)
@@ -345,8 +389,9 @@ class TotalSegmentatorBackend:
         return ids.astype(np.uint8)
 
 
-def segment_with_totalsegmentator_api(image: Any, *, mode: str = "fast", device: str = "cpu",
-                                      roi_subset: list[str] | None = None, quiet: bool = True) -> Any:
+def segment_with_totalsegmentator_api(
+    image: Any, *, mode: str = "fast", device: str = "cpu", roi_subset: list[str] | None = None, quiet: bool = True
+) -> Any:
     """One study through TotalSegmentator's own ``totalsegmentator()`` (cold: model built per call).
 
     The reference the warm backend is benchmarked and checked against.
@@ -359,7 +404,15 @@ def segment_with_totalsegmentator_api(image: Any, *, mode: str = "fast", device:
     home = os.environ.get("TOTALSEG_HOME_DIR") or str(Path.home() / ".totalsegmentator")
     ensure_totalseg_config(home)
     configure_nnunet_paths(totalseg_weights_dir(home))
-    out = totalsegmentator(image, None, ml=True, fast=mode == "fast", fastest=mode == "fastest",
-                           device="gpu" if device in ("gpu", "cuda") else "cpu", roi_subset=roi_subset,
-                           nr_thr_saving=1, quiet=quiet)
+    out = totalsegmentator(
+        image,
+        None,
+        ml=True,
+        fast=mode == "fast",
+        fastest=mode == "fastest",
+        device="gpu" if device in ("gpu", "cuda") else "cpu",
+        roi_subset=roi_subset,
+        nr_thr_saving=1,
+        quiet=quiet,
+    )
     return np.asarray(out.dataobj).astype(np.uint8)

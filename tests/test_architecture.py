@@ -87,7 +87,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -125,14 +125,16 @@ def test_libraries_do_not_import_cli_or_flows(library: str) -> None:
 
 
 def test_core_imports_only_core() -> None:
-    upward = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if package_of(m) == "core"
-                    for d in deps if package_of(d) != "core")
+    upward = sorted(
+        f"{m} -> {d}" for m, deps in GRAPH.items() if package_of(m) == "core" for d in deps if package_of(d) != "core"
+    )
     assert not upward, "core is the bottom layer:\n" + "\n".join(upward)
 
 
 def test_flows_do_not_import_cli() -> None:
-    upward = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if package_of(m) == "flows"
-                    for d in deps if package_of(d) == "fvlm")
+    upward = sorted(
+        f"{m} -> {d}" for m, deps in GRAPH.items() if package_of(m) == "flows" for d in deps if package_of(d) == "fvlm"
+    )
     assert not upward, "\n".join(upward)
 
 
@@ -178,15 +180,23 @@ def private_uses(path: Path, known: set[str]) -> list[str]:
                 if alias.name in known and alias.asname:
                     module_aliases[alias.asname] = alias.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in module_aliases and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in module_aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{path.relative_to(REPO)}:{node.lineno}: {module_aliases[node.value.id]}.{node.attr}")
     return found
 
 
 def test_no_module_uses_another_modules_private_names() -> None:
     known = set(project_modules())
-    uses = [use for top in CHECKED_FOR_PRIVATES for path in sorted((REPO / top).rglob("*.py"))
-            for use in private_uses(path, known)]
+    uses = [
+        use
+        for top in CHECKED_FOR_PRIVATES
+        for path in sorted((REPO / top).rglob("*.py"))
+        for use in private_uses(path, known)
+    ]
     assert not uses, "private names used across modules (make them public):\n" + "\n".join(uses)

@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOP = ("core", "fvlm", "flows", "preprocessing", "segmentation", "report_parsing", "training", "benchmarks",
-       "tests", "docs")
+TOP = (
+    "core",
+    "fvlm",
+    "flows",
+    "preprocessing",
+    "segmentation",
+    "report_parsing",
+    "training",
+    "benchmarks",
+    "tests",
+    "docs",
+)
 PATH_PATTERN = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP) + r")/[\w./-]*\w)")
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
 
@@ -18,7 +28,7 @@ def named_paths(text: str) -> set[str]:
     found = set()
     for match in PATH_PATTERN.finditer(text):
         path = match.group(1)
-        if any(mark in text[match.end(): match.end() + 1] for mark in "<*{"):
+        if any(mark in text[match.end() : match.end() + 1] for mark in "<*{"):
             continue  # a pattern such as volumes/<study_id>.nii.gz or part-*.parquet
         found.add(path)
     return found
@@ -26,7 +36,9 @@ def named_paths(text: str) -> set[str]:
 
 def test_pattern_reads_paths() -> None:
     assert named_paths("see `training/trainer/loop.py` and core/layout.py.") == {
-        "training/trainer/loop.py", "core/layout.py"}
+        "training/trainer/loop.py",
+        "core/layout.py",
+    }
     assert named_paths("data/converted/volumes/<id>.nii.gz") == set()
 
 
@@ -44,6 +56,9 @@ SOURCES = sorted([*DOCS, REPO / "dvc.yaml", *(p for top in TOP[:8] for p in (REP
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
 def test_markdown_references_resolve(source: Path) -> None:
     """A bare ``NAME.md`` must be a page of docs/ or of the repo root (DESIGN.md lives outside it)."""
-    missing = sorted(name for name in set(MD_PATTERN.findall(source.read_text()))
-                     if name not in OUTPUT_PAGES and not (REPO / "docs" / name).exists() and not (REPO / name).exists())
+    missing = sorted(
+        name
+        for name in set(MD_PATTERN.findall(source.read_text()))
+        if name not in OUTPUT_PAGES and not (REPO / "docs" / name).exists() and not (REPO / name).exists()
+    )
     assert not missing, f"{source.relative_to(REPO)} refers to pages that are not in the repo: {missing}"

@@ -16,8 +16,14 @@ import yaml
 
 from core.config import ACCESS_LOG_ENV, EXECUTION_KEYS, config_from_dict, load_config
 
-COMMAND_STAGE = {"convert": "convert", "segment": "segment", "parse-reports": "parse_reports", "shard": "shard",
-                 "train": "train", "evaluate": "evaluate"}
+COMMAND_STAGE = {
+    "convert": "convert",
+    "segment": "segment",
+    "parse-reports": "parse_reports",
+    "shard": "shard",
+    "train": "train",
+    "evaluate": "evaluate",
+}
 _TEMPLATE = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")
 
 
@@ -121,7 +127,7 @@ def test_metrics_are_git_tracked_and_plots_declared(repo_root: Path, dvc_yaml: d
     assert "/metrics/" not in ignored and "/data/" not in ignored
     for name in ("shard", "train", "evaluate"):
         for item in dvc_yaml["stages"][name]["metrics"]:
-            (path, options), = item.items()
+            ((path, options),) = item.items()
             assert options.get("cache") is False, path  # small JSON in git, as DVC recommends
     train_plots = dvc_yaml["stages"]["train"]["plots"]
     assert any("train_loss.csv" in next(iter(p)) for p in train_plots)
@@ -131,15 +137,22 @@ def test_metrics_are_git_tracked_and_plots_declared(repo_root: Path, dvc_yaml: d
 
 def test_stage_params_cover_the_keys_that_matter(dvc_yaml: dict[str, Any]) -> None:
     """`dvc exp run -S key=value` re-runs the stage that reads key: one key per stage (static side)."""
-    probes = {"convert": "convert.strict", "segment": "segment.backend", "parse_reports": "reports.max_chars",
-              "shard": "shard.zstd_level", "train": "train.steps", "evaluate": "evaluate.bootstrap"}
+    probes = {
+        "convert": "convert.strict",
+        "segment": "segment.backend",
+        "parse_reports": "reports.max_chars",
+        "shard": "shard.zstd_level",
+        "train": "train.steps",
+        "evaluate": "evaluate.bootstrap",
+    }
     for stage, key in probes.items():
         assert covered(key, declared_keys(dvc_yaml["stages"][stage])), (stage, key)
     assert covered("train.loss", declared_keys(dvc_yaml["stages"]["train"]))
 
 
-def test_access_log_names_what_a_command_reads(repo_root: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch, dvc_yaml: dict[str, Any]) -> None:
+def test_access_log_names_what_a_command_reads(
+    repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dvc_yaml: dict[str, Any]
+) -> None:
     log = tmp_path / "access.log"
     monkeypatch.setenv(ACCESS_LOG_ENV, str(log))
     monkeypatch.setattr("sys.argv", ["fvlm", "train"])

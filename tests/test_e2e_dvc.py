@@ -21,8 +21,19 @@ import pytest
 import yaml
 
 COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "metrics", "mlflow.db", "mlruns", "mlartifacts", ".dvc-remote", "__pycache__",
-    ".pytest_cache", "*.egg-info", "tmp", "cache",
+    ".venv",
+    ".git",
+    "data",
+    "metrics",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    ".dvc-remote",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    "tmp",
+    "cache",
 )
 
 
@@ -67,7 +78,7 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
     assert sum(len(p) for p in patients_by_split.values()) > 0
     splits = list(patients_by_split.values())
     for i, a in enumerate(splits):
-        for b in splits[i + 1:]:
+        for b in splits[i + 1 :]:
             assert not a & b
 
     # metrics for DVC, with the MLflow run id recorded

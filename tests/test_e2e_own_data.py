@@ -32,8 +32,21 @@ from tests.test_dvc_params import undeclared_reads
 pytestmark = pytest.mark.slow
 
 COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "metrics", "mlflow.db", "mlruns", "mlartifacts", ".dvc-remote", "__pycache__",
-    ".pytest_cache", "*.egg-info", "tmp", "cache", ".fvlm-services", "dvc.lock",
+    ".venv",
+    ".git",
+    "data",
+    "metrics",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    ".dvc-remote",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    "tmp",
+    "cache",
+    ".fvlm-services",
+    "dvc.lock",
 )
 
 
@@ -82,8 +95,12 @@ def test_own_data_repro_ingest_experiments_plots(tmp_path: Path, repo_root: Path
     _run([*fvlm, "demo-data", str(hospital), "--studies", "8", "--seed", "0"], repo, env)
     params_path = repo / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    params["paths"].update(raw_dataset=str(hospital), raw_dicom=str(hospital / "dicom"),
-                           reports_csv=str(hospital / "reports.csv"), precomputed_masks=str(hospital / "masks"))
+    params["paths"].update(
+        raw_dataset=str(hospital),
+        raw_dicom=str(hospital / "dicom"),
+        reports_csv=str(hospital / "reports.csv"),
+        precomputed_masks=str(hospital / "masks"),
+    )
     params["train"].update(steps=3, batch_size=4, checkpoint_every=3)
     params["evaluate"]["bootstrap"] = 10
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -106,15 +123,20 @@ def test_own_data_repro_ingest_experiments_plots(tmp_path: Path, repo_root: Path
     shutil.copy(new / "reports.csv", watch / "new_reports.csv")
     shutil.copytree(new / "masks", watch / "masks")
     incoming = {p: _sha(p) for p in _files(watch)}
-    script = ("import json; from flows.deployments import ingest_flow; "
-              "print('INGEST=' + json.dumps(ingest_flow(settle_s=0, push=False)['ingest']))")
+    script = (
+        "import json; from flows.deployments import ingest_flow; "
+        "print('INGEST=' + json.dumps(ingest_flow(settle_s=0, push=False)['ingest']))"
+    )
     out = _run([sys.executable, "-c", script], repo, env)
     result = json.loads(out.split("INGEST=", 1)[1].splitlines()[0])
     assert result["studies_moved"] == 2 and result["files_added_to_existing"] == 0, result
     assert not result["rejected"], result
     # nothing of the hospital tree was overwritten or removed
-    assert all(path.is_file() and _sha(path) == digest for path, digest in hospital_before.items()
-               if "reports.csv" not in path.name)
+    assert all(
+        path.is_file() and _sha(path) == digest
+        for path, digest in hospital_before.items()
+        if "reports.csv" not in path.name
+    )
     # every incoming file is in the DVC cache; the watch folder holds nothing else
     cache = {_sha(p) for p in _files(repo / ".dvc" / "cache" / "files") if not p.name.endswith(".dir")}
     assert all(digest in cache for digest in incoming.values()), "an ingested file is not in the DVC cache"
@@ -125,12 +147,18 @@ def test_own_data_repro_ingest_experiments_plots(tmp_path: Path, repo_root: Path
 
     # experiments: -S reaches the stage; the baseline's metrics are there to compare
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.email=e2e@test", "-c", "user.name=e2e", "commit", "-qm", "baseline"],
-                   cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=e2e@test", "-c", "user.name=e2e", "commit", "-qm", "baseline"], cwd=repo, check=True
+    )
     # a key of every stage: changing it makes exactly that stage (and what follows) stale for DVC
-    probes = {"convert": ("convert", "strict", True), "segment": ("segment", "mode", "full"),
-              "parse_reports": ("reports", "max_chars", 19999), "shard": ("shard", "zstd_level", 4),
-              "train": ("train", "lr", 1e-3), "evaluate": ("evaluate", "bootstrap", 11)}
+    probes = {
+        "convert": ("convert", "strict", True),
+        "segment": ("segment", "mode", "full"),
+        "parse_reports": ("reports", "max_chars", 19999),
+        "shard": ("shard", "zstd_level", 4),
+        "train": ("train", "lr", 1e-3),
+        "evaluate": ("evaluate", "bootstrap", 11),
+    }
     committed = params_path.read_text()
     for stage, (section, key, value) in probes.items():
         changed = yaml.safe_load(committed)
@@ -139,8 +167,11 @@ def test_own_data_repro_ingest_experiments_plots(tmp_path: Path, repo_root: Path
         out = _run([*dvc, "status", "--json", stage], repo, env)
         status = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
         # {"convert": [{"changed deps": {"params.yaml": {"convert": "modified"}}}]}
-        changed_params = [entry.get("changed deps", {}).get("params.yaml", {}) for entry in status.get(stage, [])
-                          if isinstance(entry, dict)]
+        changed_params = [
+            entry.get("changed deps", {}).get("params.yaml", {})
+            for entry in status.get(stage, [])
+            if isinstance(entry, dict)
+        ]
         assert any(section in names or f"{section}.{key}" in names for names in changed_params), (stage, status)
     params_path.write_text(committed)
     _run([*dvc, "exp", "run", "-S", "train.steps=2"], repo, env)

@@ -36,8 +36,14 @@ STUDIES = 6
 
 def fvlm(project: Path, *args: str, **popen: object) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FVLM_NO_FLOWS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fvlm.cli", *args], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)  # type: ignore[arg-type]
+    return subprocess.Popen(
+        [sys.executable, "-m", "fvlm.cli", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **popen,
+    )  # type: ignore[arg-type]
 
 
 def run_ok(project: Path, *args: str) -> float:

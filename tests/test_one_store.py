@@ -44,10 +44,11 @@ def test_running_services_are_used(tmp_path: Path) -> None:
         run.mkdir(parents=True)
         for name in ("prefect", "mlflow"):
             (run / f"{name}.pid").write_text(json.dumps({"pid": os.getpid(), "command": ["x"], "url": ""}))
-        config = config_from_dict({"services": {"prefect_port": port, "mlflow_port": port}}, root=tmp_path,
-                                  environ={})
+        config = config_from_dict({"services": {"prefect_port": port, "mlflow_port": port}}, root=tmp_path, environ={})
         added = services_environment(config, environ={})
-        assert added == {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-                         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        assert added == {
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        }
     finally:
         server.shutdown()

@@ -13,7 +13,7 @@ Job = TypeVar("Job")
 Summary = TypeVar("Summary")
 
 
-def load_config_from_args(args: argparse.Namespace) -> "FvlmConfig":
+def load_config_from_args(args: argparse.Namespace) -> FvlmConfig:
     """The typed config for a command, honouring the global --params / --profile flags.
 
     Also points the command at the stores ``fvlm services up`` serves (running servers, else the same
@@ -25,7 +25,7 @@ def load_config_from_args(args: argparse.Namespace) -> "FvlmConfig":
     return apply_services_environment(config)
 
 
-def run_stage_as_flow(config: "FvlmConfig") -> bool:
+def run_stage_as_flow(config: FvlmConfig) -> bool:
     """Stage commands run their Prefect flow (flows/stages.py) unless turned off.
 
     ``orchestration.stage_flows: false`` or ``FVLM_NO_FLOWS=1`` runs the library directly (no Prefect
@@ -41,7 +41,7 @@ def run_stage_as_flow(config: "FvlmConfig") -> bool:
 
 
 def run_stage(
-    config: "FvlmConfig",
+    config: FvlmConfig,
     job: Job,
     library: Callable[[Job], Summary],
     flow_name: str,

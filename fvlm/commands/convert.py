@@ -18,15 +18,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", nargs="?", default=None, help="input folder (default: paths.raw_dicom)")
     parser.add_argument("output", nargs="?", default=None, help="output folder (default: paths.converted)")
-    parser.add_argument("--format", dest="input_format", choices=["dicom", "ctrate"], default=None,
-                        help="input layout (default: convert.input_format)")
-    parser.add_argument("--metadata-csv", default=None, help="CT-RATE metadata CSV (default: convert.ctrate_metadata_csv)")
+    parser.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["dicom", "ctrate"],
+        default=None,
+        help="input layout (default: convert.input_format)",
+    )
+    parser.add_argument(
+        "--metadata-csv", default=None, help="CT-RATE metadata CSV (default: convert.ctrate_metadata_csv)"
+    )
     strict = parser.add_mutually_exclusive_group()
-    strict.add_argument("--strict", dest="strict", action="store_true", default=None,
-                        help="quarantine tilted / gappy series instead of resampling them")
+    strict.add_argument(
+        "--strict",
+        dest="strict",
+        action="store_true",
+        default=None,
+        help="quarantine tilted / gappy series instead of resampling them",
+    )
     strict.add_argument("--no-strict", dest="strict", action="store_false")
     parser.add_argument("--workers", type=int, default=None, help="parallel study workers (default: convert.workers)")
-    parser.add_argument("--min-slices", type=int, default=None, help="fewest slices a series may have (default: convert.min_slices)")
+    parser.add_argument(
+        "--min-slices", type=int, default=None, help="fewest slices a series may have (default: convert.min_slices)"
+    )
     parser.add_argument("--output-extension", choices=[".nii.gz", ".nii"], default=None)
     parser.set_defaults(handler=run)
 

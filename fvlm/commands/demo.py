@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="run the whole pipeline on the synthetic demo cohort (dataset, dvc repro, dvc push)"
     )
     parser.add_argument("--no-push", action="store_true", help="skip `dvc push` to the local remote")
-    parser.add_argument("--regenerate", action="store_true",
-                        help="generate the demo dataset anew (params demo_data) and `dvc add` it")
+    parser.add_argument(
+        "--regenerate", action="store_true", help="generate the demo dataset anew (params demo_data) and `dvc add` it"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -57,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         relative = str(dataset.resolve().relative_to(root.resolve()))
     except ValueError:
-        print(f"fvlm demo: paths.raw_dataset {dataset} is outside the repository; the demo generates its "
-              "dataset inside it (README, 'Your own data', for a dataset elsewhere)", file=sys.stderr)
+        print(
+            f"fvlm demo: paths.raw_dataset {dataset} is outside the repository; the demo generates its "
+            "dataset inside it (README, 'Your own data', for a dataset elsewhere)",
+            file=sys.stderr,
+        )
         return 2
     tracked = dataset.with_name(dataset.name + ".dvc")
     if args.regenerate and dataset.exists():

@@ -16,13 +16,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out_dir", nargs="?", default=None, help="output folder (default: paths.demo_dir)")
     parser.add_argument("--studies", type=int, default=None, help="number of studies")
     parser.add_argument("--seed", type=int, default=None, help="cohort seed (same seed -> same bytes)")
-    parser.add_argument("--size", choices=["demo", "small", "real"], default=None,
-                        help="demo: 128^2 x ~70 slices of 5 mm; small: 256^2, 2.5 mm; real: 512^2, 1.25 mm")
+    parser.add_argument(
+        "--size",
+        choices=["demo", "small", "real"],
+        default=None,
+        help="demo: 128^2 x ~70 slices of 5 mm; small: 256^2, 2.5 mm; real: 512^2, 1.25 mm",
+    )
     parser.add_argument("--abdomen-fraction", type=float, default=None, help="share of studies reaching the abdomen")
     parser.add_argument("--workers", type=int, default=None, help="parallel study processes")
-    parser.add_argument("--difficulty", choices=["learnable", "paper"], default=None,
-                        help="learnable (default): lesions large and contrasted enough for the demo grid; "
-                        "paper: realistic sizes and CT-RATE-like prevalence (docs/learnability.md)")
+    parser.add_argument(
+        "--difficulty",
+        choices=["learnable", "paper"],
+        default=None,
+        help="learnable (default): lesions large and contrasted enough for the demo grid; "
+        "paper: realistic sizes and CT-RATE-like prevalence (docs/learnability.md)",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -16,26 +16,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`fvlm services up` and PREFECT_API_URL (or tracking.prefect_api_url). For a work pool instead, "
         "use `prefect deploy --all` with prefect.yaml.",
     )
-    parser.add_argument("--only", choices=["ingest", "train"], action="append", default=None,
-                        help="serve only this deployment (repeatable)")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="schedule every N seconds instead of the cron expressions (testing)")
+    parser.add_argument(
+        "--only",
+        choices=["ingest", "train"],
+        action="append",
+        default=None,
+        help="serve only this deployment (repeatable)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="schedule every N seconds instead of the cron expressions (testing)",
+    )
     parser.add_argument("--watch-dir", default=None, help="ingest watch folder (default orchestration.watch_dir)")
-    parser.add_argument("--settle", type=float, default=None,
-                        help="seconds a watched folder must be unchanged before it is ingested (default 60)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds a watched folder must be unchanged before it is ingested (default 60)",
+    )
     parser.add_argument("--no-push", action="store_true", help="deployments do not `dvc push`")
-    parser.add_argument("--targets", nargs="+", default=None,
-                        help="dvc.yaml stages the ingest deployment reproduces (default: shard)")
+    parser.add_argument(
+        "--targets", nargs="+", default=None, help="dvc.yaml stages the ingest deployment reproduces (default: shard)"
+    )
     parser.add_argument("--limit", type=int, default=1, help="flow runs executing at once in this process")
     parser.add_argument("--dry-run", action="store_true", help="print the deployments and exit")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args
     from pathlib import Path
 
     from core.config import find_params
+    from fvlm.commands import load_config_from_args
 
     config = load_config_from_args(args)
     import logging
@@ -68,13 +82,22 @@ def run(args: argparse.Namespace) -> int:
     from flows.deployments import build_deployments
 
     deployments = build_deployments(
-        config, params_path, which=which, interval_s=args.interval,
-        ingest_parameters=ingest_parameters, train_parameters=train_parameters,
+        config,
+        params_path,
+        which=which,
+        interval_s=args.interval,
+        ingest_parameters=ingest_parameters,
+        train_parameters=train_parameters,
     )
     for deployment in deployments:
-        schedules = [str(getattr(s.schedule, "cron", None) or getattr(s.schedule, "interval", "")) for s in deployment.schedules or []]
-        print(f"deployment {deployment.flow_name}/{deployment.name}: schedule {', '.join(schedules)}; "
-              f"parameters {deployment.parameters}")
+        schedules = [
+            str(getattr(s.schedule, "cron", None) or getattr(s.schedule, "interval", ""))
+            for s in deployment.schedules or []
+        ]
+        print(
+            f"deployment {deployment.flow_name}/{deployment.name}: schedule {', '.join(schedules)}; "
+            f"parameters {deployment.parameters}"
+        )
     if args.dry_run:
         return 0
     print(f"serving on {api_url} (Ctrl-C to stop)")

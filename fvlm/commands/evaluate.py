@@ -18,10 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--shards", default=None, help="shards dir (default: paths.shards)")
-    parser.add_argument("--model", default=None,
-                        help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a local model dir "
-                             "(default: the version recorded in <paths.metrics>/train.json, else paths.models)")
-    parser.add_argument("--out", default=None, help="report dir (default: <paths.data_dir>/eval; kept out of the train stage's outs)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a local model dir "
+        "(default: the version recorded in <paths.metrics>/train.json, else paths.models)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="report dir (default: <paths.data_dir>/eval; kept out of the train stage's outs)"
+    )
     parser.add_argument("--metrics", default=None, help="metrics JSON (default: <paths.metrics>/eval.json)")
     parser.add_argument("--no-promote", action="store_true", help="record the score, never move the alias")
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow (local model dir only)")
@@ -61,13 +66,21 @@ def run(args: argparse.Namespace) -> int:
 
     def batches(split: str):  # noqa: ANN202
         dataset = ShardDataset.from_dir(
-            shards, split, crop_zyx=config.grid.crop_zyx, hu_window=config.grid.hu_window,
-            mode="eval", eval_mode=config.evaluate.eval_mode,
+            shards,
+            split,
+            crop_zyx=config.grid.crop_zyx,
+            hu_window=config.grid.hu_window,
+            mode="eval",
+            eval_mode=config.evaluate.eval_mode,
         )
         # a plain DataLoader: ShardBatches caps batches at one sample per row, and eval_mode="anatomy"
         # yields one crop per anatomy present (several per study)
-        return DataLoader(dataset, batch_size=config.evaluate.batch_size, collate_fn=collate_batch,
-                          num_workers=config.train.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=config.evaluate.batch_size,
+            collate_fn=collate_batch,
+            num_workers=config.train.num_workers,
+        )
 
     files = shard_paths(shards, "val") + shard_paths(shards, "test")
     if not shard_paths(shards, "test"):
@@ -78,15 +91,19 @@ def run(args: argparse.Namespace) -> int:
         "crop_zyx": list(config.grid.crop_zyx),
         "hu_window": list(config.grid.hu_window),
         "threshold_method": config.evaluate.threshold_method,
-        "prompts": sha256_file(config.path(config.evaluate.prompts_file) if config.evaluate.prompts_file
-                               else ANATOMY_SETS_FILE),
+        "prompts": sha256_file(
+            config.path(config.evaluate.prompts_file) if config.evaluate.prompts_file else ANATOMY_SETS_FILE
+        ),
     }
     try:
         report = run_evaluation(
-            config, model_ref,
+            config,
+            model_ref,
             (lambda: batches("val")) if shard_paths(shards, "val") else (lambda: batches("test")),
             lambda: batches("test"),
-            eval_data_hash=data_hash(files, protocol), out_dir=out, metrics_path=metrics,
+            eval_data_hash=data_hash(files, protocol),
+            out_dir=out,
+            metrics_path=metrics,
             promote=not args.no_promote,
         )
     except (FileNotFoundError, RuntimeError, ValueError) as error:
@@ -100,16 +117,24 @@ def run(args: argparse.Namespace) -> int:
     mean_val, mean_fvlm = report["mean_val_threshold"], report["mean_fvlm_protocol"]
     ci = report.get("mean_auc_ci")
     ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else ""
-    print(f"model {model_ref}: {report['n_test']} test studies, {len(report['scored_labels'])} labels scored "
-          f"({len(report['skipped_labels'])} skipped: single class)")
+    print(
+        f"model {model_ref}: {report['n_test']} test studies, {len(report['scored_labels'])} labels scored "
+        f"({len(report['skipped_labels'])} skipped: single class)"
+    )
     print(f"mean AUC {mean_val['auc']:.3f}{ci_text}")
-    print("val-chosen thresholds:  " + ", ".join(f"{k} {mean_val[k]:.3f}" for k in
-                                                 ("accuracy", "sensitivity", "specificity", "f1", "f1_weighted")))
-    print("fVLM protocol (test):   " + ", ".join(f"{k} {mean_fvlm[k]:.3f}" for k in
-                                                 ("accuracy", "sensitivity", "specificity", "f1", "f1_weighted")))
+    print(
+        "val-chosen thresholds:  "
+        + ", ".join(f"{k} {mean_val[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "f1", "f1_weighted"))
+    )
+    print(
+        "fVLM protocol (test):   "
+        + ", ".join(f"{k} {mean_fvlm[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "f1", "f1_weighted"))
+    )
     if report.get("promotion"):
         decision = report["promotion"]
-        print(f"{config.evaluate.promote_alias}: {'promoted' if decision['promoted'] else 'kept'} ({decision['reason']})")
+        print(
+            f"{config.evaluate.promote_alias}: {'promoted' if decision['promoted'] else 'kept'} ({decision['reason']})"
+        )
     if report.get("run_id"):
         print(f"MLflow eval run: {report['run_id']}")
     print(f"report: {out / 'eval_report.json'}; metrics: {metrics}")

@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--no-status", action="store_true", help="omit the per-row status column")
     label.set_defaults(handler=run_label)
 
-    evaluate = subparsers.add_parser("eval-labels", help="per-label precision / recall / F1 of predicted vs gold labels")
+    evaluate = subparsers.add_parser(
+        "eval-labels", help="per-label precision / recall / F1 of predicted vs gold labels"
+    )
     evaluate.add_argument("pred_csv")
     evaluate.add_argument("gold_csv")
     evaluate.add_argument("--id-column", default=None, help="join column (default: first column of GOLD.csv)")
@@ -37,14 +39,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_eval)
 
 
-def _add_text_options(parser: argparse.ArgumentParser, text_default: str | None = None, id_default: str | None = None) -> None:
+def _add_text_options(
+    parser: argparse.ArgumentParser, text_default: str | None = None, id_default: str | None = None
+) -> None:
     parser.add_argument("--id-column", default=id_default, help="id column (default: reports.id_column)")
     parser.add_argument("--findings-column", default=None, help="findings column (default: reports.findings_column)")
-    parser.add_argument("--impression-column", default=None, help="impression column (default: reports.impression_column)")
-    parser.add_argument("--text-column", default=text_default,
-                        help="one column holding the whole report (Findings then Impression); wins over the two above")
-    parser.add_argument("--n-process", type=int, default=None, help="spaCy worker processes (default: reports.n_process)")
-    parser.add_argument("--batch-size", type=int, default=None, help="nlp.pipe batch size (default: reports.batch_size)")
+    parser.add_argument(
+        "--impression-column", default=None, help="impression column (default: reports.impression_column)"
+    )
+    parser.add_argument(
+        "--text-column",
+        default=text_default,
+        help="one column holding the whole report (Findings then Impression); wins over the two above",
+    )
+    parser.add_argument(
+        "--n-process", type=int, default=None, help="spaCy worker processes (default: reports.n_process)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="nlp.pipe batch size (default: reports.batch_size)"
+    )
 
 
 def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,19 +89,21 @@ def run_parse(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     config = load_config_from_args(args)
-    job = ParseReportsJob.from_config(config, reports_csv=args.reports_csv, out_parquet=args.out_parquet,
-                                      **_option_overrides(args))
+    job = ParseReportsJob.from_config(
+        config, reports_csv=args.reports_csv, out_parquet=args.out_parquet, **_option_overrides(args)
+    )
     try:
-        result = run_stage(config, job, run_parse_reports, "parse_reports_flow",
-                           {"batch_size": job.options.batch_size})
+        result = run_stage(config, job, run_parse_reports, "parse_reports_flow", {"batch_size": job.options.batch_size})
     except (ReportsFileError, ValueError, KeyError) as error:
         print(f"fvlm: {error}", file=sys.stderr)
         return 2
     records = result.records
     seconds = time.perf_counter() - started
     parsed = sum(record.status in PARSED_STATUSES for record in records)
-    print(f"parse-reports: {len(records)} rows ({_status_summary(records)}) in {seconds:.1f} s, "
-          f"anatomy set {job.options.anatomy_set}")
+    print(
+        f"parse-reports: {len(records)} rows ({_status_summary(records)}) in {seconds:.1f} s, "
+        f"anatomy set {job.options.anatomy_set}"
+    )
     print(f"  {result.long_path}  ({parsed} studies x anatomies)")
     print(f"  {result.studies_path}")
     for record in records:
@@ -144,7 +159,7 @@ def run_eval(args: argparse.Namespace) -> int:
             return 2
     pred, gold = frames["pred"], frames["gold"]
     id_column = args.id_column or gold.columns[0]
-    for name, frame, path in (("pred", pred, args.pred_csv), ("gold", gold, args.gold_csv)):
+    for frame, path in ((pred, args.pred_csv), (gold, args.gold_csv)):
         if id_column not in frame.columns:
             print(f"fvlm: {path}: no id column {id_column!r}", file=sys.stderr)
             return 2
@@ -162,8 +177,10 @@ def run_eval(args: argparse.Namespace) -> int:
         return (values.to_numpy() > 0).astype(int)
 
     report = label_report(matrix("_gold"), matrix("_pred"), labels)
-    print(f"eval-labels: {len(merged)} reports matched on {id_column!r} "
-          f"({len(gold) - len(merged)} gold rows without prediction), {len(labels)} labels")
+    print(
+        f"eval-labels: {len(merged)} reports matched on {id_column!r} "
+        f"({len(gold) - len(merged)} gold rows without prediction), {len(labels)} labels"
+    )
     print(format_label_report(report, labels))
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report, indent=2))

@@ -52,13 +52,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    print(f"pipeline: repro done in {report['seconds'].get('repro', 0):.1f} s; "
-          f"remote {report['remote'] or 'none'} (pulled: {report['pulled']}, pushed: {report['pushed']})")
-    print(f"MLflow run: {report['mlflow_run_id'] or '-'}"
-          + (f" (evaluation run {report['eval_run_id']})" if report["eval_run_id"] else ""))
-    print(f"registered model: {report['registered_model']} version {report['registry_version'] or '-'}"
-          + (f", promoted to @{report['promoted_alias']}" if report["promoted_alias"] else "")
-          + (f"; champion is version {report['champion_version']}" if report["champion_version"] else ""))
+    print(
+        f"pipeline: repro done in {report['seconds'].get('repro', 0):.1f} s; "
+        f"remote {report['remote'] or 'none'} (pulled: {report['pulled']}, pushed: {report['pushed']})"
+    )
+    print(
+        f"MLflow run: {report['mlflow_run_id'] or '-'}"
+        + (f" (evaluation run {report['eval_run_id']})" if report["eval_run_id"] else "")
+    )
+    print(
+        f"registered model: {report['registered_model']} version {report['registry_version'] or '-'}"
+        + (f", promoted to @{report['promoted_alias']}" if report["promoted_alias"] else "")
+        + (f"; champion is version {report['champion_version']}" if report["champion_version"] else "")
+    )
     for name, values in sorted(report["metrics"].items()):
         print(f"metrics/{name}.json: {json.dumps(values, default=str)[:200]}")
     return 0

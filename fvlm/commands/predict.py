@@ -17,9 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("input", help="a DICOM folder holding one study, or a NIfTI HU volume (.nii/.nii.gz)")
-    parser.add_argument("--model", default=None,
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model dir "
-                             "(default: models:/<tracking.registered_model>@<evaluate.promote_alias>)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model dir "
+        "(default: models:/<tracking.registered_model>@<evaluate.promote_alias>)",
+    )
     parser.add_argument("--mask", default=None, help="precomputed TotalSegmentator mask on the volume's grid")
     parser.add_argument("--out", default=None, help="output JSON (default: stdout)")
     parser.set_defaults(handler=run)

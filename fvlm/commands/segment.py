@@ -22,15 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", nargs="?", default=None, help="convert output folder (default: paths.converted)")
     parser.add_argument("output", nargs="?", default=None, help="output folder (default: paths.segmented)")
-    parser.add_argument("--backend", choices=["precomputed", "totalsegmentator"], default=None,
-                        help="default: segment.backend")
+    parser.add_argument(
+        "--backend", choices=["precomputed", "totalsegmentator"], default=None, help="default: segment.backend"
+    )
     parser.add_argument("--masks", default=None, help="precomputed masks folder (default: paths.precomputed_masks)")
     parser.add_argument("--anatomy-set", default=None, help="default: segment.anatomy_set")
     parser.add_argument("--mode", choices=["fast", "full", "fastest"], default=None, help="default: segment.mode")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="default: segment.device")
     roi = parser.add_mutually_exclusive_group()
-    roi.add_argument("--roi-subset", dest="roi_subset", action="store_true", default=None,
-                     help="limit TotalSegmentator to the anatomy set's classes where faster and safe")
+    roi.add_argument(
+        "--roi-subset",
+        dest="roi_subset",
+        action="store_true",
+        default=None,
+        help="limit TotalSegmentator to the anatomy set's classes where faster and safe",
+    )
     roi.add_argument("--no-roi-subset", dest="roi_subset", action="store_false")
     qc = parser.add_mutually_exclusive_group()
     qc.add_argument("--qc", dest="qc", action="store_true", default=None, help="write qc/<study_id>.png")
@@ -67,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{position}/{total}] {row['study_id']}: {state}", file=sys.stderr, flush=True)
 
     try:
-        summary = run_stage(config, job, functools.partial(run_segment, progress=progress), "segment_flow",
-                            {"batch_size": config.segment.batch_size})
+        summary = run_stage(
+            config,
+            job,
+            functools.partial(run_segment, progress=progress),
+            "segment_flow",
+            {"batch_size": config.segment.batch_size},
+        )
     except WeightsMissingError as error:
         print(f"fvlm segment: {error}", file=sys.stderr)
         return 2

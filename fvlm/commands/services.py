@@ -15,7 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument(
-        "--only", action="append", choices=["prefect", "mlflow", "worker"], default=None,
+        "--only",
+        action="append",
+        choices=["prefect", "mlflow", "worker"],
+        default=None,
         help="act on this service only (repeatable; default: prefect and mlflow, plus the worker with --worker)",
     )
     parser.add_argument("--worker", action="store_true", help="also start a Prefect process worker for the work pool")
@@ -27,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args
     from flows import services
+    from fvlm.commands import load_config_from_args
 
     config = load_config_from_args(args)
     cfg = config.services
@@ -63,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
         from core.io import atomic_write_text
 
         atomic_write_text(env_file, "".join(f"export {key}={value}\n" for key, value in env.items()))
-        print("   ".join(f"{name.capitalize() if name == 'prefect' else 'MLflow'} UI: {specs[name].url}"
-                         for name in ("prefect", "mlflow") if name in names))
+        print(
+            "   ".join(
+                f"{name.capitalize() if name == 'prefect' else 'MLflow'} UI: {specs[name].url}"
+                for name in ("prefect", "mlflow")
+                if name in names
+            )
+        )
         print(f"clients: source {env_file}   (or export {' '.join(f'{k}={v}' for k, v in env.items())})")
         return 0
     if args.action == "down":

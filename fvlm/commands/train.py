@@ -46,8 +46,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         metadata = read_shard_metadata(shards)
         dataset = ShardDataset.from_dir(
-            shards, "train", crop_zyx=config.grid.crop_zyx, hu_window=config.grid.hu_window,
-            mode="train", seed=config.train.seed, flip_prob=config.grid.flip_prob,
+            shards,
+            "train",
+            crop_zyx=config.grid.crop_zyx,
+            hu_window=config.grid.hu_window,
+            mode="train",
+            seed=config.train.seed,
+            flip_prob=config.grid.flip_prob,
             shuffle_buffer=config.shard.shuffle_buffer,
         )
     except (FileNotFoundError, RuntimeError, ValueError) as error:
@@ -56,16 +61,30 @@ def run(args: argparse.Namespace) -> int:
     anatomy_names = tuple(metadata.get("anatomy_names") or dataset.anatomy_names)
     source = ShardBatches(dataset, config.train.batch_size, num_workers=config.train.num_workers)
     if len(source) == 0:
-        print(f"fvlm train: {shards}/train has {dataset.num_rows} studies, fewer than one batch of "
-              f"{config.train.batch_size}", file=sys.stderr)
+        print(
+            f"fvlm train: {shards}/train has {dataset.num_rows} studies, fewer than one batch of "
+            f"{config.train.batch_size}",
+            file=sys.stderr,
+        )
         return 1
-    logging.getLogger(__name__).info("training on %d studies (%d batches/epoch), anatomies %s",
-                                     dataset.num_rows, len(source), ", ".join(anatomy_names))
+    logging.getLogger(__name__).info(
+        "training on %d studies (%d batches/epoch), anatomies %s",
+        dataset.num_rows,
+        len(source),
+        ", ".join(anatomy_names),
+    )
     try:
         result = train(
-            config, source, anatomy_names, out,
-            steps=args.steps, resume=args.resume, corpus_texts=source.texts(), shards_dir=shards,
-            metrics_path=metrics, zero_shot_anatomy_set=metadata.get("anatomy_set") or config.segment.anatomy_set,
+            config,
+            source,
+            anatomy_names,
+            out,
+            steps=args.steps,
+            resume=args.resume,
+            corpus_texts=source.texts(),
+            shards_dir=shards,
+            metrics_path=metrics,
+            zero_shot_anatomy_set=metadata.get("anatomy_set") or config.segment.anatomy_set,
         )
     except NonFiniteLossError as error:
         print(f"fvlm train: {error}", file=sys.stderr)
@@ -73,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from fvlm.plot_data import write_loss_curve  # dvc.yaml plots: metrics/plots/train_loss.csv
 
     write_loss_curve(metrics, result.losses, first_step=result.resumed_from_step + 1)
-    print(f"trained {result.steps} steps (resumed from {result.resumed_from_step}); final loss "
-          f"{result.final_loss:.4f} (last-10 mean {result.final_loss_avg:.4f})")
+    print(
+        f"trained {result.steps} steps (resumed from {result.resumed_from_step}); final loss "
+        f"{result.final_loss:.4f} (last-10 mean {result.final_loss_avg:.4f})"
+    )
     print(f"throughput: {result.samples_per_s:.2f} samples/s, {result.tokens_per_s:.0f} tokens/s")
     print(f"model: {result.model_dir}")
     if result.run_id:

@@ -88,7 +88,7 @@ class Anatomy:
     carina: np.ndarray
     hila: dict[str, np.ndarray]
     airway_segments: list[dict[str, object]] = field(default_factory=list)
-    vertebrae: dict[str, float] = field(default_factory=dict)   # name -> centre w
+    vertebrae: dict[str, float] = field(default_factory=dict)  # name -> centre w
     heart_width_mm: float = 0.0
     thorax_width_mm: float = 0.0
     cavity_half: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
@@ -104,8 +104,11 @@ class Anatomy:
         if side == "right":
             lower = w < f["right_oblique"] - (90.0 - v) * f["right_slope"]
             upper = w > f["right_horizontal"] + 0.15 * v
-            return np.where(lower, ids["lung_lower_lobe_right"],
-                            np.where(upper, ids["lung_upper_lobe_right"], ids["lung_middle_lobe_right"])).astype(np.uint8)
+            return np.where(
+                lower,
+                ids["lung_lower_lobe_right"],
+                np.where(upper, ids["lung_upper_lobe_right"], ids["lung_middle_lobe_right"]),
+            ).astype(np.uint8)
         lower = w < f["left_oblique"] - (90.0 - v) * f["left_slope"]
         return np.where(lower, ids["lung_lower_lobe_left"], ids["lung_upper_lobe_left"]).astype(np.uint8)
 
@@ -124,8 +127,12 @@ def smooth_field(rng: np.random.Generator, amplitude: float, wavelength: tuple[f
     def texture(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
         out = np.zeros(np.broadcast_shapes(u.shape, v.shape, w.shape), dtype=np.float32)
         for index in range(modes):
-            out += np.sin(u * np.float32(k[index, 0]) + v * np.float32(k[index, 1]) + w * np.float32(k[index, 2])
-                          + np.float32(phase[index]))
+            out += np.sin(
+                u * np.float32(k[index, 0])
+                + v * np.float32(k[index, 1])
+                + w * np.float32(k[index, 2])
+                + np.float32(phase[index])
+            )
         return out * weight
 
     return texture
@@ -151,8 +158,16 @@ def _lung_distance(anatomy: Anatomy, sign: float, u: np.ndarray, v: np.ndarray, 
     return np.maximum(np.maximum(cavity, medial), np.maximum(floor, apex_sd)).astype(np.float32)
 
 
-def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_top: float, w_bottom: float,
-                  table_y_lps: float, findings: AnatomyFindings) -> Anatomy:
+def build_anatomy(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    *,
+    abdomen: bool,
+    w_top: float,
+    w_bottom: float,
+    table_y_lps: float,
+    findings: AnatomyFindings,
+) -> Anatomy:
     ids = class_ids()
     fat_mm = float(np.clip(rng.gamma(6.0, 2.8), 7.0, 35.0))
     wall_mm = 20.0 + fat_mm
@@ -174,9 +189,11 @@ def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_
 
     w_lo, w_hi = w_bottom - 30.0, w_top + 30.0
     fissures = {
-        "right_oblique": -65.0 + rng.uniform(-10, 10), "right_slope": rng.uniform(0.85, 1.15),
+        "right_oblique": -65.0 + rng.uniform(-10, 10),
+        "right_slope": rng.uniform(0.85, 1.15),
         "right_horizontal": -125.0 + rng.uniform(-8, 8),
-        "left_oblique": -55.0 + rng.uniform(-10, 10), "left_slope": rng.uniform(0.85, 1.15),
+        "left_oblique": -55.0 + rng.uniform(-10, 10),
+        "left_slope": rng.uniform(0.85, 1.15),
     }
 
     # --- table (scanner frame: a plate under the patient, not moved by the pose) ---------------------
@@ -198,49 +215,87 @@ def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_
         def half(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             a, b = _body_half(w)
             return a - np.float32(mm), b - np.float32(mm)
+
         return half
 
     lo, hi = (-200.0, -140.0, w_lo), (200.0, 150.0, w_hi)
     canvas.paint(superellipse_section(body_center, _body_half, BODY_EXPONENT, (w_lo, w_hi)), lo, hi, HU_FAT, 0)
     canvas.paint(superellipse_section(body_center, shrink(fat_mm), BODY_EXPONENT, (w_lo, w_hi)), lo, hi, HU_MUSCLE, 0)
-    canvas.paint(superellipse_section(body_center, shrink(fat_mm + 10.0), BODY_EXPONENT, (w_lo, w_hi)), lo, hi,
-                 lambda u, v, w: -90.0 + fat_texture(u, v, w), 0)
+    canvas.paint(
+        superellipse_section(body_center, shrink(fat_mm + 10.0), BODY_EXPONENT, (w_lo, w_hi)),
+        lo,
+        hi,
+        lambda u, v, w: -90.0 + fat_texture(u, v, w),
+        0,
+    )
 
     # --- below the diaphragm: abdominal content and organs --------------------------------------------
     inner = superellipse_section(body_center, shrink(fat_mm + 10.0), BODY_EXPONENT, (w_lo, w_hi))
     bowel_texture = smooth_field(rng, 45.0, (15.0, 40.0), modes=4)
     below_diaphragm = lambda u, v, w: np.maximum(inner(u, v, w), w - (diaphragm(u, v) - 4.0))  # noqa: E731
-    canvas.paint(lambda u, v, w: np.maximum(inner(u, v, w), w - diaphragm(u, v)), lo, (200.0, 150.0, -150.0),
-                 HU_MUSCLE, 0)
-    canvas.paint(below_diaphragm, lo, (200.0, 150.0, -150.0),
-                 lambda u, v, w: np.clip(5.0 + bowel_texture(u, v, w), -90.0, 45.0), 0)
+    canvas.paint(
+        lambda u, v, w: np.maximum(inner(u, v, w), w - diaphragm(u, v)), lo, (200.0, 150.0, -150.0), HU_MUSCLE, 0
+    )
+    canvas.paint(
+        below_diaphragm,
+        lo,
+        (200.0, 150.0, -150.0),
+        lambda u, v, w: np.clip(5.0 + bowel_texture(u, v, w), -90.0, 45.0),
+        0,
+    )
     organ_texture = smooth_field(rng, 4.0, (15.0, 40.0), modes=2)
 
     def under(shape):
         return lambda u, v, w: np.maximum(shape(u, v, w), below_diaphragm(u, v, w))
 
     liver = ellipsoid((-48.0, 12.0, -285.0), (100.0, 88.0, 95.0))
-    canvas.paint(under(liver), (-150, -80, -390), (60, 105, -170), lambda u, v, w: HU_LIVER + organ_texture(u, v, w),
-                 ids["liver"])
+    canvas.paint(
+        under(liver),
+        (-150, -80, -390),
+        (60, 105, -170),
+        lambda u, v, w: HU_LIVER + organ_texture(u, v, w),
+        ids["liver"],
+    )
     spleen = ellipsoid((88.0, 58.0, -282.0), (30.0, 42.0, 50.0))
-    canvas.paint(under(spleen), (55, 15, -335), (120, 100, -230), lambda u, v, w: HU_SPLEEN + organ_texture(u, v, w),
-                 ids["spleen"])
+    canvas.paint(
+        under(spleen),
+        (55, 15, -335),
+        (120, 100, -230),
+        lambda u, v, w: HU_SPLEEN + organ_texture(u, v, w),
+        ids["spleen"],
+    )
     stomach_center, stomach_semi = np.array([60.0, -8.0, -272.0]), np.array([45.0, 40.0, 50.0])
     _paint_stomach(canvas, under, stomach_center, stomach_semi, ids["stomach"])
     for side, sign in SIDES.items():
         center = (sign * 68.0, 64.0, -372.0 if side == "left" else -382.0)
         kidney = ellipsoid(center, (27.0, 25.0, 50.0))
-        canvas.paint(kidney, (center[0] - 30, 36, center[2] - 55), (center[0] + 30, 92, center[2] + 55),
-                     HU_KIDNEY, ids[f"kidney_{side}"], only_labels=(0,))
+        canvas.paint(
+            kidney,
+            (center[0] - 30, 36, center[2] - 55),
+            (center[0] + 30, 92, center[2] + 55),
+            HU_KIDNEY,
+            ids[f"kidney_{side}"],
+            only_labels=(0,),
+        )
 
     # --- lungs -------------------------------------------------------------------------------------------
     anatomy = Anatomy(
-        abdomen=abdomen, fat_mm=fat_mm, w_top=w_top, w_bottom=w_bottom, fissures=fissures,
-        heart_center=np.zeros(3), heart_semi=np.zeros(3), heart_axes=np.eye(3), coronary_paths={},
-        aorta_path=np.zeros((0, 3)), aorta_radii=np.zeros(0), esophagus_path=np.zeros((0, 3)),
+        abdomen=abdomen,
+        fat_mm=fat_mm,
+        w_top=w_top,
+        w_bottom=w_bottom,
+        fissures=fissures,
+        heart_center=np.zeros(3),
+        heart_semi=np.zeros(3),
+        heart_axes=np.eye(3),
+        coronary_paths={},
+        aorta_path=np.zeros((0, 3)),
+        aorta_radii=np.zeros(0),
+        esophagus_path=np.zeros((0, 3)),
         carina=np.array([0.0, 14.0, -68.0]),
         hila={"right": np.array([-48.0, 14.0, -100.0]), "left": np.array([50.0, 16.0, -108.0])},
-        cavity_half=cavity_half, diaphragm=diaphragm,
+        cavity_half=cavity_half,
+        diaphragm=diaphragm,
     )
     lung_texture = smooth_field(rng, 14.0, (10.0, 40.0), modes=3)
 
@@ -271,15 +326,35 @@ def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_
     heart_lo, heart_hi = tuple(center - reach), tuple(center + reach)
     if findings.pericardial_effusion_mm > 0:
         t = findings.pericardial_effusion_mm
-        canvas.paint(ellipsoid(tuple(center + np.array([0, 3.0, -3.0])), tuple(semi + 5.0 + t), axes), heart_lo, heart_hi,
-                     lambda u, v, w: HU_FLUID + 0 * u, 0)
-    canvas.paint(ellipsoid(tuple(center), tuple(semi + 5.0), axes), heart_lo, heart_hi,
-                 lambda u, v, w: -88.0 + fat_texture(u, v, w), 0)
-    canvas.paint(ellipsoid(tuple(center), tuple(semi), axes), heart_lo, heart_hi,
-                 lambda u, v, w: HU_BLOOD + organ_texture(u, v, w), ids["heart"])
+        canvas.paint(
+            ellipsoid(tuple(center + np.array([0, 3.0, -3.0])), tuple(semi + 5.0 + t), axes),
+            heart_lo,
+            heart_hi,
+            lambda u, v, w: HU_FLUID + 0 * u,
+            0,
+        )
+    canvas.paint(
+        ellipsoid(tuple(center), tuple(semi + 5.0), axes),
+        heart_lo,
+        heart_hi,
+        lambda u, v, w: -88.0 + fat_texture(u, v, w),
+        0,
+    )
+    canvas.paint(
+        ellipsoid(tuple(center), tuple(semi), axes),
+        heart_lo,
+        heart_hi,
+        lambda u, v, w: HU_BLOOD + organ_texture(u, v, w),
+        ids["heart"],
+    )
     laa_center = center + axes @ np.array([-0.15 * semi[0], 0.35 * semi[1], 0.9 * semi[2]])
-    canvas.paint(ellipsoid(tuple(laa_center), (13.0, 9.0, 10.0)), tuple(laa_center - 15), tuple(laa_center + 15),
-                 HU_BLOOD, ids["atrial_appendage_left"])
+    canvas.paint(
+        ellipsoid(tuple(laa_center), (13.0, 9.0, 10.0)),
+        tuple(laa_center - 15),
+        tuple(laa_center + 15),
+        HU_BLOOD,
+        ids["atrial_appendage_left"],
+    )
     coronary_paths = _coronary_paths(center, semi * 1.045, axes)
     for path in coronary_paths.values():
         canvas.paint_tube(path, 1.6, HU_BLOOD, None, soft=True)
@@ -293,10 +368,21 @@ def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_
     pa = catmull_rom([(10, -42, -135), (14, -24, -100), (4, -2, -92)], 5)
     canvas.paint_tube(pa, 13.0, HU_BLOOD, 0, only_labels=(0,))
     for target in ((-44, 10, -100), (44, 12, -96)):
-        canvas.paint_tube(catmull_rom([(4, -2, -92), (target[0] * 0.5, 4, -96), target], 4), 10.0, HU_BLOOD, 0,
-                          only_labels=(0,))
-    aorta_ctrl = [(-2, -18, -158), (-14, -28, -115), (-10, -22, -76), (4, -5, -52), (20, 16, -58), (26, 32, -88),
-                  (26, 36, -150), (20, 38, -230), (12, 40, -300), (6, 38, -440)]
+        canvas.paint_tube(
+            catmull_rom([(4, -2, -92), (target[0] * 0.5, 4, -96), target], 4), 10.0, HU_BLOOD, 0, only_labels=(0,)
+        )
+    aorta_ctrl = [
+        (-2, -18, -158),
+        (-14, -28, -115),
+        (-10, -22, -76),
+        (4, -5, -52),
+        (20, 16, -58),
+        (26, 32, -88),
+        (26, 36, -150),
+        (20, 38, -230),
+        (12, 40, -300),
+        (6, 38, -440),
+    ]
     aorta_r = [14, 15.5, 15, 13, 12.5, 12, 12, 11.5, 11, 10]
     aorta_path = catmull_rom(aorta_ctrl, 5)
     aorta_radii = np.interp(np.linspace(0, len(aorta_r) - 1, len(aorta_path)), np.arange(len(aorta_r)), aorta_r)
@@ -309,10 +395,16 @@ def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_
         ("subclavian_artery_left", [(16, 6, -56), (28, 8, 5), (62, 12, 35)], 5.0),
     ):
         canvas.paint_tube(catmull_rom(ctrl, 4), radius, HU_BLOOD, ids[name])
-    canvas.paint_tube(catmull_rom([(-32, -10, 60), (-32, -12, -80), (-24, -10, -140)], 5), 10.0, HU_BLOOD,
-                      ids["superior_vena_cava"])
-    canvas.paint_tube(catmull_rom([(-22, 4, -198), (-25, 28, -300), (-22, 34, -450)], 5), 11.0, HU_BLOOD,
-                      ids["inferior_vena_cava"], only_labels=(0, ids["liver"]))
+    canvas.paint_tube(
+        catmull_rom([(-32, -10, 60), (-32, -12, -80), (-24, -10, -140)], 5), 10.0, HU_BLOOD, ids["superior_vena_cava"]
+    )
+    canvas.paint_tube(
+        catmull_rom([(-22, 4, -198), (-25, 28, -300), (-22, 34, -450)], 5),
+        11.0,
+        HU_BLOOD,
+        ids["inferior_vena_cava"],
+        only_labels=(0, ids["liver"]),
+    )
 
     # --- airways and esophagus ---------------------------------------------------------------------------
     trachea = catmull_rom([(0, -8, 70), (-1, -4, 0), (0, 6, -40), anatomy.carina], 5)
@@ -341,26 +433,61 @@ def build_anatomy(canvas: Canvas, rng: np.random.Generator, *, abdomen: bool, w_
         for segment in _vessel_tree(rng, anatomy, side, generations):
             p0, p1, radius, generation = segment["p0"], segment["p1"], segment["radius"], segment["generation"]
             lo_box, hi_box = np.minimum(p0, p1) - radius - 2, np.maximum(p0, p1) + radius + 2
-            canvas.paint(capsule(p0, p1, radius, radius * 0.85), tuple(lo_box), tuple(hi_box), HU_BLOOD, None,
-                         soft=True, only_labels=lungs)
+            canvas.paint(
+                capsule(p0, p1, radius, radius * 0.85),
+                tuple(lo_box),
+                tuple(hi_box),
+                HU_BLOOD,
+                None,
+                soft=True,
+                only_labels=lungs,
+            )
             if generation <= 2:
                 offset = segment["offset"]
                 b0, b1 = p0 + offset * (radius + 2.5), p1 + offset * (radius + 2.5)
                 lumen = radius * 0.85
-                canvas.paint(capsule(b0, b1, lumen + 1.2), tuple(lo_box - 5), tuple(hi_box + 5), 20.0, None,
-                             soft=True, only_labels=lungs)
-                canvas.paint(capsule(b0, b1, lumen), tuple(lo_box - 5), tuple(hi_box + 5), HU_AIR, None,
-                             soft=True, only_labels=lungs)
-                anatomy.airway_segments.append({"side": side, "p0": b0, "p1": b1, "lumen_mm": lumen,
-                                                "generation": generation, "lobe": segment["lobe"]})
+                canvas.paint(
+                    capsule(b0, b1, lumen + 1.2),
+                    tuple(lo_box - 5),
+                    tuple(hi_box + 5),
+                    20.0,
+                    None,
+                    soft=True,
+                    only_labels=lungs,
+                )
+                canvas.paint(
+                    capsule(b0, b1, lumen),
+                    tuple(lo_box - 5),
+                    tuple(hi_box + 5),
+                    HU_AIR,
+                    None,
+                    soft=True,
+                    only_labels=lungs,
+                )
+                anatomy.airway_segments.append(
+                    {
+                        "side": side,
+                        "p0": b0,
+                        "p1": b1,
+                        "lumen_mm": lumen,
+                        "generation": generation,
+                        "lobe": segment["lobe"],
+                    }
+                )
 
     # --- normal small mediastinal lymph nodes -----------------------------------------------------------
     for station in ((-16, -4, -32), (15, -2, -45), (0, 30, -88), (-6, -40, -70), (16, -6, -76)):
         if rng.random() < 0.6:
             node = np.asarray(station, dtype=float) + rng.normal(0, 2.0, 3)
             size = rng.uniform(2.5, 4.5)
-            canvas.paint(ellipsoid(tuple(node), (size, size * 0.8, size * 1.2)), tuple(node - 8), tuple(node + 8), 30.0,
-                         None, only_labels=(0,))
+            canvas.paint(
+                ellipsoid(tuple(node), (size, size * 0.8, size * 1.2)),
+                tuple(node - 8),
+                tuple(node + 8),
+                30.0,
+                None,
+                only_labels=(0,),
+            )
 
     # --- spine, ribs, sternum ----------------------------------------------------------------------------
     anatomy.vertebrae = _paint_spine(canvas, rng, w_lo, w_hi, ids)
@@ -372,8 +499,13 @@ def _paint_stomach(canvas: Canvas, under, center: np.ndarray, semi: np.ndarray, 
     lo, hi = tuple(center - semi - 5), tuple(center + semi + 5)
     canvas.paint(under(ellipsoid(tuple(center), tuple(semi))), lo, hi, 40.0, label)
     air_level = np.float32(center[2] + 0.45 * semi[2])
-    canvas.paint(under(ellipsoid(tuple(center), tuple(semi - 3.5))), lo, hi,
-                 lambda u, v, w: np.where(w > air_level, HU_AIR, 15.0).astype(np.float32), label)
+    canvas.paint(
+        under(ellipsoid(tuple(center), tuple(semi - 3.5))),
+        lo,
+        hi,
+        lambda u, v, w: np.where(w > air_level, HU_AIR, 15.0).astype(np.float32),
+        label,
+    )
 
 
 def _paint_hiatal_hernia(canvas: Canvas, anatomy: Anatomy, size_mm: float, label: int) -> None:
@@ -384,13 +516,18 @@ def _paint_hiatal_hernia(canvas: Canvas, anatomy: Anatomy, size_mm: float, label
     lo, hi = tuple(center - semi - 4), tuple(center + semi + 4)
     canvas.paint(ellipsoid(tuple(center), tuple(semi)), lo, hi, 40.0, label)
     air_level = np.float32(center[2] + 0.2 * semi[2])
-    canvas.paint(ellipsoid(tuple(center), tuple(semi - 3.0)), lo, hi,
-                 lambda u, v, w: np.where(w > air_level, HU_AIR, 18.0).astype(np.float32), label)
+    canvas.paint(
+        ellipsoid(tuple(center), tuple(semi - 3.0)),
+        lo,
+        hi,
+        lambda u, v, w: np.where(w > air_level, HU_AIR, 18.0).astype(np.float32),
+        label,
+    )
 
 
 def _coronary_paths(center: np.ndarray, semi: np.ndarray, axes: np.ndarray) -> dict[str, np.ndarray]:
     def on_surface(x_frac: np.ndarray, angle: np.ndarray) -> np.ndarray:
-        ring = np.sqrt(np.clip(1 - x_frac ** 2, 0, 1))
+        ring = np.sqrt(np.clip(1 - x_frac**2, 0, 1))
         local = np.stack([x_frac * semi[0], ring * semi[1] * np.cos(angle), ring * semi[2] * np.sin(angle)], axis=1)
         return center + local @ axes.T
 
@@ -421,15 +558,17 @@ def _vessel_tree(rng: np.random.Generator, anatomy: Anatomy, side: str, generati
         perpendicular = np.cross(direction, rng.normal(size=3))
         perpendicular /= np.linalg.norm(perpendicular) + 1e-9
         lobe = int(anatomy.lobe_of(side, *(np.array([x], dtype=np.float32) for x in end))[0])
-        segments.append({"p0": start, "p1": end, "radius": radius, "generation": generation,
-                         "offset": perpendicular, "lobe": lobe})
+        segments.append(
+            {"p0": start, "p1": end, "radius": radius, "generation": generation, "offset": perpendicular, "lobe": lobe}
+        )
         if generation >= generations:
             continue
         for turn in (-1.0, 1.0):
             angle = np.deg2rad(rng.uniform(22, 38)) * turn
             child = direction * np.cos(angle) + perpendicular * np.sin(angle) + rng.normal(0, 0.08, 3)
-            stack.append((end, child / np.linalg.norm(child), length * rng.uniform(0.72, 0.85), radius * 0.7,
-                          generation + 1))
+            stack.append(
+                (end, child / np.linalg.norm(child), length * rng.uniform(0.72, 0.85), radius * 0.7, generation + 1)
+            )
     return segments
 
 
@@ -438,7 +577,9 @@ def _spine_v(w: np.ndarray | float) -> np.ndarray:
     return 44.0 + 8.0 * np.sin(np.pi * np.clip((28.0 - w) / 300.0, 0, 1)) - 10.0 * np.clip((-250.0 - w) / 150.0, 0, 1)
 
 
-def _paint_spine(canvas: Canvas, rng: np.random.Generator, w_lo: float, w_hi: float, ids: dict[str, int]) -> dict[str, float]:
+def _paint_spine(
+    canvas: Canvas, rng: np.random.Generator, w_lo: float, w_hi: float, ids: dict[str, int]
+) -> dict[str, float]:
     names = [f"vertebrae_T{k}" for k in range(1, 13)] + [f"vertebrae_L{k}" for k in range(1, 6)]
     centers, pitch, w = [], [], 28.0
     for index, name in enumerate(names):
@@ -449,14 +590,20 @@ def _paint_spine(canvas: Canvas, rng: np.random.Generator, w_lo: float, w_hi: fl
         pitch.append(step)
     # paraspinal muscles along the whole range
     for side, sign in SIDES.items():
+
         def muscle_center(w_: np.ndarray, s=sign):
             return np.float32(s * 31.0), (_spine_v(w_) + 45.0).astype(np.float32)
-        canvas.paint(superellipse_section(muscle_center, (23.0, 17.0), 2.5, (w_lo, w_hi)),
-                     (sign * 31 - 30, 55, w_lo), (sign * 31 + 30, 120, w_hi), HU_MUSCLE,
-                     ids[f"autochthon_{side}"])
+
+        canvas.paint(
+            superellipse_section(muscle_center, (23.0, 17.0), 2.5, (w_lo, w_hi)),
+            (sign * 31 - 30, 55, w_lo),
+            (sign * 31 + 30, 120, w_hi),
+            HU_MUSCLE,
+            ids[f"autochthon_{side}"],
+        )
     placed: dict[str, float] = {}
     canal_points = []
-    for index, (name, center_w, step) in enumerate(zip(names, centers, pitch)):
+    for index, (name, center_w, step) in enumerate(zip(names, centers, pitch, strict=False)):
         if center_w + step < w_lo or center_w - step > w_hi:
             continue
         label = ids[name]
@@ -465,13 +612,29 @@ def _paint_spine(canvas: Canvas, rng: np.random.Generator, w_lo: float, w_hi: fl
         disc = 4.0 if name.startswith("vertebrae_T") else 8.0
         half_h = (step - disc) / 2
         lo, hi = (-ru - 40, vc - rv - 5, center_w - step), (ru + 40, vc + rv + 60, center_w + step)
-        canvas.paint(superellipse_section((0.0, vc), (ru + 1, rv + 1), 2.5, (center_w - step / 2, center_w + step / 2)),
-                     lo, hi, 80.0, 0)  # discs (the body paints over its own height)
-        canvas.paint(superellipse_section((0.0, vc), (ru, rv), 2.5, (center_w - half_h, center_w + half_h)), lo, hi,
-                     HU_CORTICAL, label)
-        canvas.paint(superellipse_section((0.0, vc), (ru - 2.2, rv - 2.2), 2.2,
-                                          (center_w - half_h + 1.8, center_w + half_h - 1.8)), lo, hi,
-                     HU_CANCELLOUS + rng.uniform(-40, 40), label)
+        canvas.paint(
+            superellipse_section((0.0, vc), (ru + 1, rv + 1), 2.5, (center_w - step / 2, center_w + step / 2)),
+            lo,
+            hi,
+            80.0,
+            0,
+        )  # discs (the body paints over its own height)
+        canvas.paint(
+            superellipse_section((0.0, vc), (ru, rv), 2.5, (center_w - half_h, center_w + half_h)),
+            lo,
+            hi,
+            HU_CORTICAL,
+            label,
+        )
+        canvas.paint(
+            superellipse_section(
+                (0.0, vc), (ru - 2.2, rv - 2.2), 2.2, (center_w - half_h + 1.8, center_w + half_h - 1.8)
+            ),
+            lo,
+            hi,
+            HU_CANCELLOUS + rng.uniform(-40, 40),
+            label,
+        )
         canal_v = vc + rv + 9.0
         canal_points.append((0.0, canal_v, center_w))
         lumbar = name.startswith("vertebrae_L")
@@ -479,14 +642,24 @@ def _paint_spine(canvas: Canvas, rng: np.random.Generator, w_lo: float, w_hi: fl
         for sign in (-1.0, 1.0):
             parts.append(((sign * ru * 0.55, vc + rv - 3, center_w), (sign * 10.5, canal_v, center_w), 3.8))
             parts.append(((sign * 10.5, canal_v, center_w), (sign * 5.0, canal_v + 10.0, center_w - 2), 3.2))
-            parts.append(((sign * 10.5, canal_v, center_w + 2), (sign * (32.0 if lumbar else 27.0), canal_v + 6.0,
-                                                                  center_w + 4), 4.0))
+            parts.append(
+                (
+                    (sign * 10.5, canal_v, center_w + 2),
+                    (sign * (32.0 if lumbar else 27.0), canal_v + 6.0, center_w + 4),
+                    4.0,
+                )
+            )
         tip = (0.0, canal_v + (33.0 if lumbar else 30.0), center_w - (5.0 if lumbar else 16.0))
         parts.append(((0.0, canal_v + 9.0, center_w - 2), tip, 5.0 if lumbar else 4.0))
         for p0, p1, radius in parts:
             p0a, p1a = np.asarray(p0), np.asarray(p1)
-            canvas.paint(capsule(p0a, p1a, radius), tuple(np.minimum(p0a, p1a) - radius - 1),
-                         tuple(np.maximum(p0a, p1a) + radius + 1), 420.0, label)
+            canvas.paint(
+                capsule(p0a, p1a, radius),
+                tuple(np.minimum(p0a, p1a) - radius - 1),
+                tuple(np.maximum(p0a, p1a) + radius + 1),
+                420.0,
+                label,
+            )
         placed[name] = center_w
     if len(canal_points) >= 2:
         canal = catmull_rom(canal_points, 3)
@@ -531,8 +704,13 @@ def _paint_ribs_and_sternum(canvas: Canvas, anatomy: Anatomy, cavity_half, ids: 
                 level = float(np.clip(end[2] - 8.0, sternum_bottom + 10, sternum_top - 5))
                 b_here = float(cavity_half(np.array([level], dtype=np.float32))[1][0])
                 target = np.array([sign * 16.0, CAVITY_CENTER_V - b_here - 5.0, level])
-                canvas.paint_tube(np.vstack([end, (end + target) / 2 + np.array([0, -4.0, 0]), target]), 5.0,
-                                  HU_CARTILAGE, ids["costal_cartilages"], only_labels=(0,))
+                canvas.paint_tube(
+                    np.vstack([end, (end + target) / 2 + np.array([0, -4.0, 0]), target]),
+                    5.0,
+                    HU_CARTILAGE,
+                    ids["costal_cartilages"],
+                    only_labels=(0,),
+                )
 
     def sternum_center(w: np.ndarray):
         _, b = cavity_half(w)
@@ -547,7 +725,17 @@ def _paint_ribs_and_sternum(canvas: Canvas, anatomy: Anatomy, cavity_half, ids: 
         return width - 2.0, depth - 2.0
 
     lo, hi = (-40.0, -150.0, sternum_bottom), (40.0, -40.0, sternum_top)
-    canvas.paint(superellipse_section(sternum_center, sternum_half, 2.5, (sternum_bottom, sternum_top)), lo, hi,
-                 HU_CORTICAL - 100.0, ids["sternum"])
-    canvas.paint(superellipse_section(sternum_center, sternum_inner, 2.5, (sternum_bottom + 2, sternum_top - 2)), lo,
-                 hi, HU_CANCELLOUS - 20.0, ids["sternum"])
+    canvas.paint(
+        superellipse_section(sternum_center, sternum_half, 2.5, (sternum_bottom, sternum_top)),
+        lo,
+        hi,
+        HU_CORTICAL - 100.0,
+        ids["sternum"],
+    )
+    canvas.paint(
+        superellipse_section(sternum_center, sternum_inner, 2.5, (sternum_bottom + 2, sternum_top - 2)),
+        lo,
+        hi,
+        HU_CANCELLOUS - 20.0,
+        ids["sternum"],
+    )

@@ -101,8 +101,14 @@ class Canvas:
             self.label[box][inside] = label
         return int(region.sum())
 
-    def paint_tube(self, points: np.ndarray, radii: Sequence[float] | float, hu: HuValue | None, label: int | None,
-                   **options: object) -> int:
+    def paint_tube(
+        self,
+        points: np.ndarray,
+        radii: Sequence[float] | float,
+        hu: HuValue | None,
+        label: int | None,
+        **options: object,
+    ) -> int:
         """A tube along a polyline (union of capsules), radius per point."""
         pts = np.asarray(points, dtype=np.float64)
         rad = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(pts),))
@@ -111,8 +117,9 @@ class Canvas:
             r0, r1 = float(rad[index]), float(rad[index + 1])
             lo = np.minimum(pts[index], pts[index + 1]) - max(r0, r1)
             hi = np.maximum(pts[index], pts[index + 1]) + max(r0, r1)
-            claimed += self.paint(capsule(pts[index], pts[index + 1], r0, r1), tuple(lo), tuple(hi), hu, label,
-                                  **options)  # type: ignore[arg-type]
+            claimed += self.paint(
+                capsule(pts[index], pts[index + 1], r0, r1), tuple(lo), tuple(hi), hu, label, **options
+            )  # type: ignore[arg-type]
         return claimed
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -128,4 +135,3 @@ class Canvas:
         x0, y0, z0 = self.grid.origin_lps
         dz, dy, dx = self.grid.spacing_kji
         return (float(x0 + i * dx), float(y0 + j * dy), float(z0 + k * dz))
-

@@ -51,7 +51,8 @@ class CohortSummary:
         positive = ", ".join(f"{name}: {count}" for name, count in self.label_counts.items() if count)
         return [
             f"demo-data: {self.studies} studies (seed {self.seed}, size {self.size}) -> {self.out_dir}",
-            f"  normal studies: {self.normal_studies}, lesions drawn: {self.lesion_count}, DICOM files: {self.dicom_files}",
+            f"  normal studies: {self.normal_studies}, lesions drawn: "
+            f"{self.lesion_count}, DICOM files: {self.dicom_files}",
             f"  positives per label: {positive or 'none'}",
             f"  time: {self.seconds:.1f} s",
         ]
@@ -63,8 +64,9 @@ def study_key(seed: int, index: int) -> str:
     return uid(seed, index, "study")
 
 
-def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdomen_fraction: float,
-                   difficulty: str = "learnable") -> dict[str, Any]:
+def generate_study(
+    out_dir: str | Path, seed: int, index: int, size: str, abdomen_fraction: float, difficulty: str = "learnable"
+) -> dict[str, Any]:
     """Make, write and describe study ``index``; returns its cohort.json record (+ report and PHI)."""
     import nibabel as nib
 
@@ -75,8 +77,13 @@ def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdome
 
     started = time.perf_counter()
     out = Path(out_dir)
-    phantom = make_phantom(seed, index, size, abdomen_fraction=abdomen_fraction,  # type: ignore[arg-type]
-                           difficulty=difficulty)
+    phantom = make_phantom(
+        seed,
+        index,
+        size,
+        abdomen_fraction=abdomen_fraction,  # type: ignore[arg-type]
+        difficulty=difficulty,
+    )
     rngs = study_rngs(seed, index)
     key = study_key(seed, index)
     patient = patient_index(seed, index)
@@ -111,8 +118,10 @@ def generate_study(out_dir: str | Path, seed: int, index: int, size: str, abdome
         "series": series,
         "dicom_variant": {
             "transfer_syntax": "implicit_vr_le" if variant.implicit_vr else "explicit_vr_le",
-            "rescale_intercept": variant.intercept, "pixel_representation": int(variant.signed),
-            "shuffled_files": variant.shuffle_files, "shuffled_instance_numbers": variant.shuffle_instance_numbers,
+            "rescale_intercept": variant.intercept,
+            "pixel_representation": int(variant.signed),
+            "shuffled_files": variant.shuffle_files,
+            "shuffled_instance_numbers": variant.shuffle_instance_numbers,
         },
         "plan": plan,
         "labels": phantom.labels,
@@ -151,12 +160,18 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
     return buffer.getvalue()
 
 
-def generate_cohort(out_dir: str | Path, studies: int = 20, seed: int = 0, size: str = "demo", workers: int = 2,
-                    abdomen_fraction: float = 0.3, difficulty: str = "learnable") -> CohortSummary:
+def generate_cohort(
+    out_dir: str | Path,
+    studies: int = 20,
+    seed: int = 0,
+    size: str = "demo",
+    workers: int = 2,
+    abdomen_fraction: float = 0.3,
+    difficulty: str = "learnable",
+) -> CohortSummary:
     """Write the synthetic cohort to ``out_dir`` (see module doc); deterministic for ``seed`` and ``difficulty``
     (``learnable`` / ``paper``: lesion sizes, contrast and prevalence, see ``preprocessing.synthetic.difficulty``)."""
     from core.anatomy_sets import CTRATE_LABELS
-
     from preprocessing.synthetic.difficulty import lesion_spec
 
     if studies < 1:
@@ -178,7 +193,7 @@ def generate_cohort(out_dir: str | Path, studies: int = 20, seed: int = 0, size:
 
         context = multiprocessing.get_context("spawn")  # safe next to threads (Prefect) and torch
         with ProcessPoolExecutor(max_workers=min(workers, studies), mp_context=context) as pool:
-            for record in pool.map(generate_study, *zip(*args)):
+            for record in pool.map(generate_study, *zip(*args, strict=False)):
                 records.append(record)
                 LOG.info("study %d/%d written", len(records), studies)
     keys = [r["study_key"] for r in records]
@@ -190,22 +205,47 @@ def generate_cohort(out_dir: str | Path, studies: int = 20, seed: int = 0, size:
     atomic_write_text(out / "labels.csv", _csv_text(["study_key", *CTRATE_LABELS], label_rows))
     phi = {r["study_key"]: r["_phi"] for r in records}
     # every string value in this file is planted PHI (leak tests collect them all): no prose, no field lists
-    atomic_write_text(out / "phi_planted.json", json.dumps({
-        "studies": phi,
-        "all_search_values": sorted({v for entry in phi.values() for v in entry["search_values"]}),
-    }, indent=1, sort_keys=True))
+    atomic_write_text(
+        out / "phi_planted.json",
+        json.dumps(
+            {
+                "studies": phi,
+                "all_search_values": sorted({v for entry in phi.values() for v in entry["search_values"]}),
+            },
+            indent=1,
+            sort_keys=True,
+        ),
+    )
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-    atomic_write_text(out / "cohort.json", json.dumps({
-        "generator": "fvlm demo-data", "generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
-        "difficulty": difficulty, "abdomen_fraction": abdomen_fraction, "axis_order": "zyx (RAS: z inferior->superior, y posterior->anterior, "
-        "x left->right)", "labels": list(CTRATE_LABELS), "studies": public,
-    }, indent=1, sort_keys=True))
+    atomic_write_text(
+        out / "cohort.json",
+        json.dumps(
+            {
+                "generator": "fvlm demo-data",
+                "generator_version": GENERATOR_VERSION,
+                "seed": seed,
+                "size": size,
+                "difficulty": difficulty,
+                "abdomen_fraction": abdomen_fraction,
+                "axis_order": "zyx (RAS: z inferior->superior, y posterior->anterior, x left->right)",
+                "labels": list(CTRATE_LABELS),
+                "studies": public,
+            },
+            indent=1,
+            sort_keys=True,
+        ),
+    )
 
     counts = {name: sum(r["labels"][name] for r in records) for name in CTRATE_LABELS}
     return CohortSummary(
-        out_dir=out, seed=seed, size=size, studies=len(records),
-        normal_studies=sum(1 for r in records if r["normal"]), label_counts=counts,
+        out_dir=out,
+        seed=seed,
+        size=size,
+        studies=len(records),
+        normal_studies=sum(1 for r in records if r["normal"]),
+        label_counts=counts,
         lesion_count=sum(len(r["lesions"]) for r in records),
         dicom_files=sum(s["slices"] for r in records for s in r["series"]),
-        seconds=time.perf_counter() - started, study_keys=keys,
+        seconds=time.perf_counter() - started,
+        study_keys=keys,
     )

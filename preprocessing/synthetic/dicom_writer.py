@@ -18,12 +18,33 @@ from core.io import atomic_path
 from preprocessing.synthetic.phantom import SIZES, Phantom
 
 VENDORS = (
-    {"Manufacturer": "SIEMENS", "ManufacturerModelName": "SOMATOM Definition AS", "soft": "Br40", "sharp": "Bl57",
-     "thin_desc": "Thorax {t} Br40", "thick_desc": "Lung {t} Bl57", "scout": "Topogram 0.6 T20f"},
-    {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturerModelName": "Revolution CT", "soft": "STANDARD", "sharp": "LUNG",
-     "thin_desc": "{t}mm STND", "thick_desc": "{t}mm LUNG", "scout": "Scout"},
-    {"Manufacturer": "Philips", "ManufacturerModelName": "Ingenuity CT", "soft": "B", "sharp": "L",
-     "thin_desc": "Chest {t}mm B", "thick_desc": "Chest {t}mm L", "scout": "Surview"},
+    {
+        "Manufacturer": "SIEMENS",
+        "ManufacturerModelName": "SOMATOM Definition AS",
+        "soft": "Br40",
+        "sharp": "Bl57",
+        "thin_desc": "Thorax {t} Br40",
+        "thick_desc": "Lung {t} Bl57",
+        "scout": "Topogram 0.6 T20f",
+    },
+    {
+        "Manufacturer": "GE MEDICAL SYSTEMS",
+        "ManufacturerModelName": "Revolution CT",
+        "soft": "STANDARD",
+        "sharp": "LUNG",
+        "thin_desc": "{t}mm STND",
+        "thick_desc": "{t}mm LUNG",
+        "scout": "Scout",
+    },
+    {
+        "Manufacturer": "Philips",
+        "ManufacturerModelName": "Ingenuity CT",
+        "soft": "B",
+        "sharp": "L",
+        "thin_desc": "Chest {t}mm B",
+        "thick_desc": "Chest {t}mm L",
+        "scout": "Surview",
+    },
 )
 
 
@@ -32,16 +53,16 @@ class DicomVariant:
     """How one study is encoded (drawn per study from its own random stream)."""
 
     implicit_vr: bool
-    intercept: int            # -1024 or -1000
-    signed: bool              # PixelRepresentation 1 (int16) or 0 (uint16)
-    shuffle_files: bool       # file names not in slice order
+    intercept: int  # -1024 or -1000
+    signed: bool  # PixelRepresentation 1 (int16) or 0 (uint16)
+    shuffle_files: bool  # file names not in slice order
     shuffle_instance_numbers: bool
     vendor: int
     kvp: int
     tube_current_ma: int
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> "DicomVariant":
+    def draw(cls, rng: np.random.Generator) -> DicomVariant:
         intercept = -1000 if rng.random() < 0.2 else -1024
         signed = True if intercept == -1000 else bool(rng.random() < 0.6)  # unsigned only with -1024
         return cls(
@@ -139,8 +160,16 @@ def sharp_kernel(slab: np.ndarray) -> np.ndarray:
     return slab + 0.7 * (slab - smooth)
 
 
-def write_study(phantom: Phantom, study_dir: Path, *, seed: int, study_uid: str, phi: dict[str, Any],
-                variant: DicomVariant, rng: np.random.Generator) -> list[dict[str, Any]]:
+def write_study(
+    phantom: Phantom,
+    study_dir: Path,
+    *,
+    seed: int,
+    study_uid: str,
+    phi: dict[str, Any],
+    variant: DicomVariant,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
     """Write the three series of one study under ``study_dir``; returns one summary per series."""
     index = phantom.index
     spec = SIZES[phantom.size]
@@ -152,8 +181,16 @@ def write_study(phantom: Phantom, study_dir: Path, *, seed: int, study_uid: str,
     x0, y0, z0 = grid.origin_lps
     series_out: list[dict[str, Any]] = []
 
-    def axial_series(number: int, volume: np.ndarray, thickness: float, z_first: float, kernel: str,
-                     description: str, window: tuple[int, int], image_type: list[str]) -> dict[str, Any]:
+    def axial_series(
+        number: int,
+        volume: np.ndarray,
+        thickness: float,
+        z_first: float,
+        kernel: str,
+        description: str,
+        window: tuple[int, int],
+        image_type: list[str],
+    ) -> dict[str, Any]:
         series_uid = uid(seed, index, "series", number)
         folder = study_dir / f"series_{number}"
         count = volume.shape[0]
@@ -190,22 +227,48 @@ def write_study(phantom: Phantom, study_dir: Path, *, seed: int, study_uid: str,
             _set_pixels(ds, stored, variant.signed, 16 if variant.signed else 12)
             sop = uid(seed, index, "sop", number, k)
             _write(ds, folder / f"IM{int(file_numbers[order]) + 1:04d}.dcm", variant, sop)
-        return {"series_number": number, "series_uid": series_uid, "description": description, "kernel": kernel,
-                "slices": count, "slice_thickness_mm": thickness, "folder": folder.relative_to(study_dir.parent).as_posix()}
+        return {
+            "series_number": number,
+            "series_uid": series_uid,
+            "description": description,
+            "kernel": kernel,
+            "slices": count,
+            "slice_thickness_mm": thickness,
+            "folder": folder.relative_to(study_dir.parent).as_posix(),
+        }
 
     thin_mm = spec.thin_mm
     t_label = f"{thin_mm:g}"
-    series_out.append(axial_series(2, native, thin_mm, z0, vendor["soft"], vendor["thin_desc"].format(t=t_label),
-                                   (40, 400), ["ORIGINAL", "PRIMARY", "AXIAL"]))
+    series_out.append(
+        axial_series(
+            2,
+            native,
+            thin_mm,
+            z0,
+            vendor["soft"],
+            vendor["thin_desc"].format(t=t_label),
+            (40, 400),
+            ["ORIGINAL", "PRIMARY", "AXIAL"],
+        )
+    )
     factor = spec.thick_factor
     slabs = native.shape[0] // factor
     thick = native[: slabs * factor].astype(np.float32).reshape(slabs, factor, *native.shape[1:]).mean(axis=1)
     thick = np.clip(np.rint(sharp_kernel(thick)), -1024, 3071).astype(np.int16)
     thick_mm = thin_mm * factor
     z_thick = z0 + (factor - 1) / 2 * thin_mm
-    series_out.append(axial_series(3, thick, thick_mm, z_thick, vendor["sharp"],
-                                   vendor["thick_desc"].format(t=f"{thick_mm:g}"), (-600, 1500),
-                                   ["DERIVED", "SECONDARY", "AXIAL"]))
+    series_out.append(
+        axial_series(
+            3,
+            thick,
+            thick_mm,
+            z_thick,
+            vendor["sharp"],
+            vendor["thick_desc"].format(t=f"{thick_mm:g}"),
+            (-600, 1500),
+            ["DERIVED", "SECONDARY", "AXIAL"],
+        )
+    )
 
     # localizer: one coronal projection (rows superior -> inferior, columns R -> L as LPS +x)
     attenuation = np.clip(native.astype(np.float32) + 1000.0, 0, None) / 1000.0
@@ -229,7 +292,16 @@ def write_study(phantom: Phantom, study_dir: Path, *, seed: int, study_uid: str,
     ds.RescaleType = "US"
     _set_pixels(ds, image, False, 12)
     _write(ds, study_dir / "series_1" / "IM0001.dcm", variant, uid(seed, index, "sop", 1, 0))
-    series_out.insert(0, {"series_number": 1, "series_uid": scout_uid, "description": vendor["scout"],
-                          "kernel": vendor["soft"], "slices": 1, "slice_thickness_mm": None,
-                          "folder": (study_dir / "series_1").relative_to(study_dir.parent).as_posix()})
+    series_out.insert(
+        0,
+        {
+            "series_number": 1,
+            "series_uid": scout_uid,
+            "description": vendor["scout"],
+            "kernel": vendor["soft"],
+            "slices": 1,
+            "slice_thickness_mm": None,
+            "folder": (study_dir / "series_1").relative_to(study_dir.parent).as_posix(),
+        },
+    )
     return series_out

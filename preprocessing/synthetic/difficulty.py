@@ -26,12 +26,24 @@ DEFAULT_DIFFICULTY: Difficulty = "learnable"
 _PAPER: dict[str, Any] = {
     "normal_fraction": 0.30,
     "prevalence": {
-        "Medical material": 0.10, "Arterial wall calcification": 0.22, "Cardiomegaly": 0.10,
-        "Pericardial effusion": 0.07, "Coronary artery wall calcification": 0.18, "Hiatal hernia": 0.10,
-        "Lymphadenopathy": 0.18, "Emphysema": 0.17, "Atelectasis": 0.13, "Lung nodule": 0.32,
-        "Lung opacity": 0.15, "Pulmonary fibrotic sequela": 0.15, "Pleural effusion": 0.11,
-        "Mosaic attenuation pattern": 0.07, "Peribronchial thickening": 0.07, "Consolidation": 0.10,
-        "Bronchiectasis": 0.08, "Interlobular septal thickening": 0.07,
+        "Medical material": 0.10,
+        "Arterial wall calcification": 0.22,
+        "Cardiomegaly": 0.10,
+        "Pericardial effusion": 0.07,
+        "Coronary artery wall calcification": 0.18,
+        "Hiatal hernia": 0.10,
+        "Lymphadenopathy": 0.18,
+        "Emphysema": 0.17,
+        "Atelectasis": 0.13,
+        "Lung nodule": 0.32,
+        "Lung opacity": 0.15,
+        "Pulmonary fibrotic sequela": 0.15,
+        "Pleural effusion": 0.11,
+        "Mosaic attenuation pattern": 0.07,
+        "Peribronchial thickening": 0.07,
+        "Consolidation": 0.10,
+        "Bronchiectasis": 0.08,
+        "Interlobular septal thickening": 0.07,
     },
     "cardiomegaly_scale": (1.22, 1.42),
     "pericardial_effusion_mm": (6.0, 18.0),
@@ -79,14 +91,14 @@ _LEARNABLE: dict[str, Any] = {
     "pericardial_effusion_mm": (12.0, 24.0),
     "hiatal_hernia_mm": (45.0, 65.0),
     "pleural_effusion_mm": (20.0, 45.0),
-    "nodule_first_mm": (20.0, 34.0),        # mass-like (> 3 cm is a "mass" clinically; still solid, round, in one lobe)
+    "nodule_first_mm": (20.0, 34.0),  # mass-like (> 3 cm is a "mass" clinically; still solid, round, in one lobe)
     "nodule_extra_mm": (14.0, 22.0),
     "consolidation_mm": (45.0, 70.0),
     "opacity_mm": (50.0, 75.0),
-    "opacity_hu": -420.0,                   # dense ground glass (vessels still visible through -300..-700 HU)
+    "opacity_hu": -420.0,  # dense ground glass (vessels still visible through -300..-700 HU)
     "atelectasis_semi_mm": ((30.0, 45.0), (9.0, 13.0), (15.0, 22.0)),
     "emphysema_holes": (45, 80),
-    "emphysema_radius_mm": (9.0, 16.0),     # bullous / panlobular-sized air spaces
+    "emphysema_radius_mm": (9.0, 16.0),  # bullous / panlobular-sized air spaces
     "emphysema_hu": -1000.0,
     "coronary_spots": (3, 6),
     "coronary_radius_mm": (3.5, 5.5),
@@ -95,7 +107,7 @@ _LEARNABLE: dict[str, Any] = {
     "aortic_radius_mm": (4.0, 6.0),
     "aortic_hu": (800.0, 1400.0),
     "node_count": (3, 5),
-    "node_short_mm": (24.0, 36.0),          # bulky adenopathy
+    "node_short_mm": (24.0, 36.0),  # bulky adenopathy
     "bronchiectasis_count": (8, 12),
     "bronchiectasis_lumen_mm": (6.0, 9.0),
     "bronchiectasis_wall_mm": 3.5,

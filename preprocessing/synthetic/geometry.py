@@ -27,9 +27,9 @@ DistanceFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 class Grid:
     """An axis-aligned CT grid (axial slices, HFS, no tilt)."""
 
-    shape_kji: tuple[int, int, int]          # (slices, rows, columns)
+    shape_kji: tuple[int, int, int]  # (slices, rows, columns)
     spacing_kji: tuple[float, float, float]  # (slice spacing, row spacing, column spacing) mm
-    origin_lps: Vec3                         # LPS of the centre of native voxel (0, 0, 0)
+    origin_lps: Vec3  # LPS of the centre of native voxel (0, 0, 0)
 
     def axis_lps(self, axis: int) -> np.ndarray:
         """1-D LPS coordinate (mm) of voxel centres along native axis 0 (z), 1 (y) or 2 (x)."""
@@ -65,11 +65,11 @@ class Pose:
     """Body frame -> LPS: ``lps = R @ (scale * body) + translation``, plus a smooth deformation."""
 
     scale: Vec3
-    rotation: np.ndarray            # 3x3
+    rotation: np.ndarray  # 3x3
     translation_lps: Vec3
     deform_amplitude_mm: np.ndarray  # (3, modes)
-    deform_wavevector: np.ndarray    # (3, modes, 3) rad/mm
-    deform_phase: np.ndarray         # (3, modes)
+    deform_wavevector: np.ndarray  # (3, modes, 3) rad/mm
+    deform_phase: np.ndarray  # (3, modes)
 
     @property
     def max_deformation_mm(self) -> float:
@@ -135,9 +135,11 @@ def ellipsoid(center: Vec3, semi_axes: Vec3, axes: np.ndarray | None = None) -> 
         du, dv, dw = u - np.float32(cu), v - np.float32(cv), w - np.float32(cw)
         if axes is not None:
             m = axes.astype(np.float32)
-            du, dv, dw = (m[0, 0] * du + m[1, 0] * dv + m[2, 0] * dw,
-                          m[0, 1] * du + m[1, 1] * dv + m[2, 1] * dw,
-                          m[0, 2] * du + m[1, 2] * dv + m[2, 2] * dw)
+            du, dv, dw = (
+                m[0, 0] * du + m[1, 0] * dv + m[2, 0] * dw,
+                m[0, 1] * du + m[1, 1] * dv + m[2, 1] * dw,
+                m[0, 2] * du + m[1, 2] * dv + m[2, 2] * dw,
+            )
         q = (du / np.float32(a)) ** 2 + (dv / np.float32(b)) ** 2 + (dw / np.float32(c)) ** 2
         return (np.sqrt(q) - 1.0) * np.float32(smallest)
 
@@ -164,9 +166,12 @@ def abs_pow(x: np.ndarray, exponent: float) -> np.ndarray:
     return np.abs(x) ** np.float32(exponent)
 
 
-def superellipse_section(center_uv: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | tuple[float, float],
-                         half_axes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | tuple[float, float],
-                         exponent: float, w_range: tuple[float, float]) -> DistanceFn:
+def superellipse_section(
+    center_uv: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | tuple[float, float],
+    half_axes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | tuple[float, float],
+    exponent: float,
+    w_range: tuple[float, float],
+) -> DistanceFn:
     """A prism of superellipse cross-section (size and centre may vary with w), cut to ``w_range``."""
 
     def distance(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -206,11 +211,13 @@ def catmull_rom(points: Sequence[Sequence[float]], samples_per_segment: int = 6)
     padded = np.vstack([2 * control[0] - control[1], control, 2 * control[-1] - control[-2]])
     out = []
     for index in range(1, len(padded) - 2):
-        p0, p1, p2, p3 = padded[index - 1:index + 3]
+        p0, p1, p2, p3 = padded[index - 1 : index + 3]
         for t in np.linspace(0, 1, samples_per_segment, endpoint=False):
             t2, t3 = t * t, t * t * t
-            out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
-                              + (-p0 + 3 * p1 - 3 * p2 + p3) * t3))
+            out.append(
+                0.5
+                * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t3)
+            )
     out.append(control[-1])
     return np.asarray(out)
 

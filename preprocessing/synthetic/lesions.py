@@ -62,7 +62,7 @@ def sample_labels(rng: np.random.Generator, difficulty: str = DEFAULT_DIFFICULTY
     if rng.random() < normal_fraction:
         return labels
     draws = rng.random(len(CTRATE_LABELS))
-    for name, draw in zip(CTRATE_LABELS, draws):
+    for name, draw in zip(CTRATE_LABELS, draws, strict=False):
         labels[name] = int(draw < prevalence[name] / (1 - normal_fraction) * 0.85)
     if labels["Consolidation"] and rng.random() < 0.5:
         labels["Lung opacity"] = 1
@@ -75,13 +75,15 @@ def sample_labels(rng: np.random.Generator, difficulty: str = DEFAULT_DIFFICULTY
     return labels
 
 
-def anatomy_findings(labels: dict[str, int], rng: np.random.Generator,
-                     difficulty: str = DEFAULT_DIFFICULTY) -> AnatomyFindings:
+def anatomy_findings(
+    labels: dict[str, int], rng: np.random.Generator, difficulty: str = DEFAULT_DIFFICULTY
+) -> AnatomyFindings:
     spec = lesion_spec(difficulty)
     return AnatomyFindings(
         cardiomegaly_scale=float(rng.uniform(*spec["cardiomegaly_scale"])) if labels.get("Cardiomegaly") else 1.0,
         pericardial_effusion_mm=float(rng.uniform(*spec["pericardial_effusion_mm"]))
-        if labels.get("Pericardial effusion") else 0.0,
+        if labels.get("Pericardial effusion")
+        else 0.0,
         hiatal_hernia_mm=float(rng.uniform(*spec["hiatal_hernia_mm"])) if labels.get("Hiatal hernia") else 0.0,
     )
 
@@ -94,7 +96,9 @@ def _point(canvas: Canvas, kji: Sequence[int]) -> np.ndarray:
     return np.array([canvas.u[k, j, i], canvas.v[k, j, i], canvas.w[k, j, i]], dtype=float)
 
 
-def _random_voxels(canvas: Canvas, rng: np.random.Generator, labels: Sequence[int], count: int) -> list[tuple[int, int, int]]:
+def _random_voxels(
+    canvas: Canvas, rng: np.random.Generator, labels: Sequence[int], count: int
+) -> list[tuple[int, int, int]]:
     flat = np.flatnonzero(np.isin(canvas.label, np.asarray(labels, dtype=np.uint8)))
     if flat.size == 0:
         return []
@@ -107,7 +111,7 @@ def _fits(canvas: Canvas, center: np.ndarray, radius: float, allowed: Sequence[i
     if box is None:
         return False
     u, v, w = canvas.coords(box)
-    inside = (u - center[0]) ** 2 + (v - center[1]) ** 2 + (w - center[2]) ** 2 <= radius ** 2
+    inside = (u - center[0]) ** 2 + (v - center[1]) ** 2 + (w - center[2]) ** 2 <= radius**2
     return bool(inside.any() and np.isin(canvas.label[box][inside], np.asarray(allowed, dtype=np.uint8)).all())
 
 
@@ -131,8 +135,13 @@ def _pick_lobe(rng: np.random.Generator, weights: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
-ALL_LOBES = ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "lung_upper_lobe_left",
-             "lung_lower_lobe_left")
+ALL_LOBES = (
+    "lung_upper_lobe_right",
+    "lung_middle_lobe_right",
+    "lung_lower_lobe_right",
+    "lung_upper_lobe_left",
+    "lung_lower_lobe_left",
+)
 
 
 def _blob(center: np.ndarray, size_mm: float, rng: np.random.Generator, parts: int = 4):
@@ -154,49 +163,103 @@ def _blob(center: np.ndarray, size_mm: float, rng: np.random.Generator, parts: i
 # ------------------------------------------------------------------------------------------- drawing
 
 
-def draw_lesions(canvas: Canvas, anatomy: Anatomy, labels: dict[str, int], findings: AnatomyFindings,
-                 rng: np.random.Generator, difficulty: str = DEFAULT_DIFFICULTY) -> list[Lesion]:
+def draw_lesions(
+    canvas: Canvas,
+    anatomy: Anatomy,
+    labels: dict[str, int],
+    findings: AnatomyFindings,
+    rng: np.random.Generator,
+    difficulty: str = DEFAULT_DIFFICULTY,
+) -> list[Lesion]:
     """Draw one or more lesions for every positive label; returns their ground-truth records."""
     spec = lesion_spec(difficulty)
     lesions: list[Lesion] = []
     ids = class_ids()
     lungs = lung_label_ids()
     if findings.cardiomegaly_scale > 1.0:
-        lesions.append({"label": "Cardiomegaly", "kind": "cardiomegaly", "center_body": anatomy.heart_center.tolist(),
-                        "cardiothoracic_ratio": round(anatomy.heart_width_mm / anatomy.thorax_width_mm, 2),
-                        "scale": round(findings.cardiomegaly_scale, 3)})
+        lesions.append(
+            {
+                "label": "Cardiomegaly",
+                "kind": "cardiomegaly",
+                "center_body": anatomy.heart_center.tolist(),
+                "cardiothoracic_ratio": round(anatomy.heart_width_mm / anatomy.thorax_width_mm, 2),
+                "scale": round(findings.cardiomegaly_scale, 3),
+            }
+        )
     if findings.pericardial_effusion_mm > 0:
-        lesions.append({"label": "Pericardial effusion", "kind": "pericardial_effusion",
-                        "center_body": anatomy.heart_center.tolist(),
-                        "thickness_mm": round(findings.pericardial_effusion_mm, 1)})
+        lesions.append(
+            {
+                "label": "Pericardial effusion",
+                "kind": "pericardial_effusion",
+                "center_body": anatomy.heart_center.tolist(),
+                "thickness_mm": round(findings.pericardial_effusion_mm, 1),
+            }
+        )
     if findings.hiatal_hernia_mm > 0:
         base = anatomy.esophagus_path[-6]
-        lesions.append({"label": "Hiatal hernia", "kind": "hiatal_hernia", "center_body": base.tolist(),
-                        "size_mm": round(findings.hiatal_hernia_mm, 1)})
+        lesions.append(
+            {
+                "label": "Hiatal hernia",
+                "kind": "hiatal_hernia",
+                "center_body": base.tolist(),
+                "size_mm": round(findings.hiatal_hernia_mm, 1),
+            }
+        )
 
     if labels.get("Pleural effusion"):
         sides = [str(rng.choice(["right", "left"]))] if rng.random() < 0.55 else ["right", "left"]
         with_atelectasis = bool(labels.get("Atelectasis")) and rng.random() < 0.7
         for side in sides:
-            lesions.extend(_pleural_effusion(canvas, anatomy, side, float(rng.uniform(*spec["pleural_effusion_mm"])),
-                                           with_atelectasis, rng))
+            lesions.extend(
+                _pleural_effusion(
+                    canvas, anatomy, side, float(rng.uniform(*spec["pleural_effusion_mm"])), with_atelectasis, rng
+                )
+            )
     if labels.get("Atelectasis") and not any(x["label"] == "Atelectasis" for x in lesions):
         lesions.extend(_atelectasis(canvas, rng, spec))
     if labels.get("Lung nodule"):
         count = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
         for index in range(count):
-            diameter = float(rng.uniform(*spec["nodule_first_mm"])) if index == 0 else float(
-                rng.uniform(*spec["nodule_extra_mm"]))
+            diameter = (
+                float(rng.uniform(*spec["nodule_first_mm"]))
+                if index == 0
+                else float(rng.uniform(*spec["nodule_extra_mm"]))
+            )
             lesion = _nodule(canvas, rng, diameter)
             if lesion:
                 lesions.append(lesion)
     if labels.get("Consolidation"):
-        lesions.append(_patch(canvas, rng, "Consolidation", "consolidation",
-                              {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1,
-                               "lung_upper_lobe_right": 1, "lung_upper_lobe_left": 1}, 25.0, spec["consolidation_mm"], "set"))
+        lesions.append(
+            _patch(
+                canvas,
+                rng,
+                "Consolidation",
+                "consolidation",
+                {
+                    "lung_lower_lobe_right": 3,
+                    "lung_lower_lobe_left": 3,
+                    "lung_middle_lobe_right": 1,
+                    "lung_upper_lobe_right": 1,
+                    "lung_upper_lobe_left": 1,
+                },
+                25.0,
+                spec["consolidation_mm"],
+                "set",
+            )
+        )
     if labels.get("Lung opacity"):
-        lesions.append(_patch(canvas, rng, "Lung opacity", "ground_glass_opacity", {n: 1 for n in ALL_LOBES},
-                              spec["opacity_hu"], spec["opacity_mm"], "max"))
+        lesions.append(
+            _patch(
+                canvas,
+                rng,
+                "Lung opacity",
+                "ground_glass_opacity",
+                {n: 1 for n in ALL_LOBES},
+                spec["opacity_hu"],
+                spec["opacity_mm"],
+                "max",
+            )
+        )
     if labels.get("Emphysema"):
         lesions.append(_emphysema(canvas, rng, spec))
     if labels.get("Coronary artery wall calcification"):
@@ -221,8 +284,16 @@ def draw_lesions(canvas: Canvas, anatomy: Anatomy, labels: dict[str, int], findi
 
 
 def _nodule(canvas: Canvas, rng: np.random.Generator, diameter: float) -> Lesion | None:
-    lobe = _pick_lobe(rng, {"lung_upper_lobe_right": 3, "lung_middle_lobe_right": 1, "lung_lower_lobe_right": 2,
-                            "lung_upper_lobe_left": 3, "lung_lower_lobe_left": 2})
+    lobe = _pick_lobe(
+        rng,
+        {
+            "lung_upper_lobe_right": 3,
+            "lung_middle_lobe_right": 1,
+            "lung_lower_lobe_right": 2,
+            "lung_upper_lobe_left": 3,
+            "lung_lower_lobe_left": 2,
+        },
+    )
     side_lobes = [class_ids()[n] for n in LOBES[_side_of_lobe(lobe)]]
     radius = diameter / 2
     for kji in _random_voxels(canvas, rng, [class_ids()[lobe]], 40):
@@ -231,33 +302,70 @@ def _nodule(canvas: Canvas, rng: np.random.Generator, diameter: float) -> Lesion
             continue
         semi = radius * rng.uniform(0.9, 1.1, 3)
         hu = float(rng.uniform(25, 50))
-        claimed = canvas.paint(ellipsoid(tuple(center), tuple(semi)), tuple(center - radius - 2), tuple(center + radius + 2),
-                               hu, None, soft=True, only_labels=side_lobes)
+        claimed = canvas.paint(
+            ellipsoid(tuple(center), tuple(semi)),
+            tuple(center - radius - 2),
+            tuple(center + radius + 2),
+            hu,
+            None,
+            soft=True,
+            only_labels=side_lobes,
+        )
         if claimed:
-            return {"label": "Lung nodule", "kind": "solid_nodule", "lobe": lobe, "side": _side_of_lobe(lobe),
-                    "center_body": center.tolist(), "diameter_mm": round(diameter, 1), "hu": round(hu),
-                    "voxels": claimed}
+            return {
+                "label": "Lung nodule",
+                "kind": "solid_nodule",
+                "lobe": lobe,
+                "side": _side_of_lobe(lobe),
+                "center_body": center.tolist(),
+                "diameter_mm": round(diameter, 1),
+                "hu": round(hu),
+                "voxels": claimed,
+            }
     return None
 
 
-def _patch(canvas: Canvas, rng: np.random.Generator, label: str, kind: str, weights: dict[str, float], hu: float,
-           size_range: tuple[float, float], mode: str) -> Lesion:
+def _patch(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    label: str,
+    kind: str,
+    weights: dict[str, float],
+    hu: float,
+    size_range: tuple[float, float],
+    mode: str,
+) -> Lesion:
     lobe = _pick_lobe(rng, weights)
     lobe_id = class_ids()[lobe]
     size = float(rng.uniform(*size_range))
     texture = smooth_field(rng, 25.0, (8.0, 20.0))
     for kji in _random_voxels(canvas, rng, [lobe_id], 10):
         center = _point(canvas, kji)
-        claimed = canvas.paint(_blob(center, size, rng), tuple(center - size), tuple(center + size),
-                               lambda u, v, w: hu + texture(u, v, w), None, only_labels=(lobe_id,), mode=mode)
+        claimed = canvas.paint(
+            _blob(center, size, rng),
+            tuple(center - size),
+            tuple(center + size),
+            lambda u, v, w: hu + texture(u, v, w),
+            None,
+            only_labels=(lobe_id,),
+            mode=mode,
+        )
         if claimed:
-            return {"label": label, "kind": kind, "lobe": lobe, "side": _side_of_lobe(lobe),
-                    "center_body": center.tolist(), "size_mm": round(size, 1), "voxels": claimed}
+            return {
+                "label": label,
+                "kind": kind,
+                "lobe": lobe,
+                "side": _side_of_lobe(lobe),
+                "center_body": center.tolist(),
+                "size_mm": round(size, 1),
+                "voxels": claimed,
+            }
     return {}
 
 
-def _pleural_effusion(canvas: Canvas, anatomy: Anatomy, side: str, thickness: float, with_atelectasis: bool,
-                      rng: np.random.Generator) -> list[Lesion]:
+def _pleural_effusion(
+    canvas: Canvas, anatomy: Anatomy, side: str, thickness: float, with_atelectasis: bool, rng: np.random.Generator
+) -> list[Lesion]:
     sign = SIDES[side]
     lobes = np.asarray([class_ids()[n] for n in LOBES[side]], dtype=np.uint8)
     box = canvas.voxel_box((min(0, sign * 170), -100, anatomy.w_bottom - 40), (max(0, sign * 170), 120, 40))
@@ -283,20 +391,39 @@ def _pleural_effusion(canvas: Canvas, anatomy: Anatomy, side: str, thickness: fl
         if band.any():
             canvas.hu[box][band] = 28.0 + rng.normal(0, 4, int(band.sum())).astype(np.float32)
             center = _centroid(u, v, w, band)
-            lesions.append({"label": "Atelectasis", "kind": "compressive_atelectasis", "side": side,
-                            "lobe": LOBES[side][-1], "center_body": center.tolist(), "voxels": int(band.sum())})
+            lesions.append(
+                {
+                    "label": "Atelectasis",
+                    "kind": "compressive_atelectasis",
+                    "side": side,
+                    "lobe": LOBES[side][-1],
+                    "center_body": center.tolist(),
+                    "voxels": int(band.sum()),
+                }
+            )
     canvas.hu[box][fluid] = 10.0 + rng.normal(0, 3, int(fluid.sum())).astype(np.float32)
     canvas.label[box][fluid] = 0
     center = _centroid(u, v, w, fluid)
-    lesions.insert(0, {"label": "Pleural effusion", "kind": "pleural_effusion", "side": side,
-                       "center_body": center.tolist(), "thickness_mm": round(thickness, 1),
-                       "volume_ml": round(volume_ml, 1), "voxels": int(fluid.sum())})
+    lesions.insert(
+        0,
+        {
+            "label": "Pleural effusion",
+            "kind": "pleural_effusion",
+            "side": side,
+            "center_body": center.tolist(),
+            "thickness_mm": round(thickness, 1),
+            "volume_ml": round(volume_ml, 1),
+            "voxels": int(fluid.sum()),
+        },
+    )
     return lesions
 
 
 def _atelectasis(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -> list[Lesion]:
-    lobe = _pick_lobe(rng, {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1,
-                            "lung_upper_lobe_left": 1})
+    lobe = _pick_lobe(
+        rng,
+        {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 1, "lung_upper_lobe_left": 1},
+    )
     lobe_id = class_ids()[lobe]
     for kji in _random_voxels(canvas, rng, [lobe_id], 10):
         center = _point(canvas, kji)
@@ -305,18 +432,36 @@ def _atelectasis(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any])
         ranges = spec["atelectasis_semi_mm"]
         semi = (float(rng.uniform(*ranges[0])), float(rng.uniform(*ranges[1])), float(rng.uniform(*ranges[2])))
         reach = max(36.0, semi[0] + 1.0)
-        claimed = canvas.paint(ellipsoid(tuple(center), semi, axes), tuple(center - reach), tuple(center + reach),
-                               lambda u, v, w: 22.0 + 0 * u, None, only_labels=(lobe_id,))
+        claimed = canvas.paint(
+            ellipsoid(tuple(center), semi, axes),
+            tuple(center - reach),
+            tuple(center + reach),
+            lambda u, v, w: 22.0 + 0 * u,
+            None,
+            only_labels=(lobe_id,),
+        )
         if claimed:
-            return [{"label": "Atelectasis", "kind": "plate_atelectasis", "lobe": lobe, "side": _side_of_lobe(lobe),
-                     "center_body": center.tolist(), "length_mm": round(2 * semi[0]), "voxels": claimed}]
+            return [
+                {
+                    "label": "Atelectasis",
+                    "kind": "plate_atelectasis",
+                    "lobe": lobe,
+                    "side": _side_of_lobe(lobe),
+                    "center_body": center.tolist(),
+                    "length_mm": round(2 * semi[0]),
+                    "voxels": claimed,
+                }
+            ]
     return []
 
 
 def _emphysema(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     bilateral = rng.random() < 0.7
-    lobes = ["lung_upper_lobe_right", "lung_upper_lobe_left"] if bilateral else [
-        str(rng.choice(["lung_upper_lobe_right", "lung_upper_lobe_left"]))]
+    lobes = (
+        ["lung_upper_lobe_right", "lung_upper_lobe_left"]
+        if bilateral
+        else [str(rng.choice(["lung_upper_lobe_right", "lung_upper_lobe_left"]))]
+    )
     if rng.random() < 0.3:
         lobes += ["lung_lower_lobe_right", "lung_lower_lobe_left"] if bilateral else []
     lobe_ids = [class_ids()[n] for n in lobes]
@@ -326,19 +471,30 @@ def _emphysema(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -
     for kji in _random_voxels(canvas, rng, lobe_ids, count):
         center = _point(canvas, kji)
         radius = float(rng.uniform(*spec["emphysema_radius_mm"]))
-        got = canvas.paint(ellipsoid(tuple(center), (radius, radius, radius)), tuple(center - radius - 1),
-                           tuple(center + radius + 1), lambda u, v, w: hole_hu + 0 * u, None, only_labels=lobe_ids,
-                           mode="min")
+        got = canvas.paint(
+            ellipsoid(tuple(center), (radius, radius, radius)),
+            tuple(center - radius - 1),
+            tuple(center + radius + 1),
+            lambda u, v, w: hole_hu + 0 * u,
+            None,
+            only_labels=lobe_ids,
+            mode="min",
+        )
         claimed += got
         holes += bool(got)
-    return {"label": "Emphysema", "kind": "centrilobular_emphysema", "lobes": lobes,
-            "side": "both" if bilateral else _side_of_lobe(lobes[0]),
-            "severity": "moderate" if count > 50 else "mild", "regions": holes, "voxels": claimed,
-            "center_body": _point(canvas, _random_voxels(canvas, rng, lobe_ids, 1)[0]).tolist()}
+    return {
+        "label": "Emphysema",
+        "kind": "centrilobular_emphysema",
+        "lobes": lobes,
+        "side": "both" if bilateral else _side_of_lobe(lobes[0]),
+        "severity": "moderate" if count > 50 else "mild",
+        "regions": holes,
+        "voxels": claimed,
+        "center_body": _point(canvas, _random_voxels(canvas, rng, lobe_ids, 1)[0]).tolist(),
+    }
 
 
-def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator,
-                            spec: dict[str, Any]) -> Lesion:
+def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     vessels = list(anatomy.coronary_paths)
     chosen = sorted({str(x) for x in rng.choice(vessels, size=int(rng.integers(1, 4)))})
     spots = []
@@ -349,15 +505,27 @@ def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gen
             radius = float(rng.uniform(*spec["coronary_radius_mm"]))
             hu = float(rng.uniform(*spec["coronary_hu"]))
             reach = max(4.0, radius + 1.0)
-            canvas.paint(ellipsoid(tuple(point), (radius, radius, radius)), tuple(point - reach), tuple(point + reach),
-                         hu, None, soft=True, mode="max", only_labels=(0, class_ids()["heart"]))
+            canvas.paint(
+                ellipsoid(tuple(point), (radius, radius, radius)),
+                tuple(point - reach),
+                tuple(point + reach),
+                hu,
+                None,
+                soft=True,
+                mode="max",
+                only_labels=(0, class_ids()["heart"]),
+            )
             spots.append(point)
-    return {"label": "Coronary artery wall calcification", "kind": "coronary_calcification", "vessels": chosen,
-            "spots": len(spots), "center_body": np.mean(spots, axis=0).tolist()}
+    return {
+        "label": "Coronary artery wall calcification",
+        "kind": "coronary_calcification",
+        "vessels": chosen,
+        "spots": len(spots),
+        "center_body": np.mean(spots, axis=0).tolist(),
+    }
 
 
-def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator,
-                          spec: dict[str, Any]) -> Lesion:
+def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     path, radii = anatomy.aorta_path, anatomy.aorta_radii
     n = len(path)
     segments: set[str] = set()
@@ -371,12 +539,25 @@ def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gener
         point = path[index] + normal * radii[index] * 0.95
         radius = float(rng.uniform(*spec["aortic_radius_mm"]))
         reach = max(6.0, radius * 1.5 + 1.0)
-        canvas.paint(ellipsoid(tuple(point), (radius, radius, radius * 1.5), None), tuple(point - reach),
-                     tuple(point + reach), float(rng.uniform(*spec["aortic_hu"])), None, soft=True, mode="max", only_labels=(0, class_ids()["aorta"]))
+        canvas.paint(
+            ellipsoid(tuple(point), (radius, radius, radius * 1.5), None),
+            tuple(point - reach),
+            tuple(point + reach),
+            float(rng.uniform(*spec["aortic_hu"])),
+            None,
+            soft=True,
+            mode="max",
+            only_labels=(0, class_ids()["aorta"]),
+        )
         segments.add("ascending" if index < n * 0.3 else "arch" if index < n * 0.45 else "descending")
         spots.append(point)
-    return {"label": "Arterial wall calcification", "kind": "aortic_wall_calcification",
-            "segments": sorted(segments), "spots": len(spots), "center_body": np.mean(spots, axis=0).tolist()}
+    return {
+        "label": "Arterial wall calcification",
+        "kind": "aortic_wall_calcification",
+        "segments": sorted(segments),
+        "spots": len(spots),
+        "center_body": np.mean(spots, axis=0).tolist(),
+    }
 
 
 NODE_STATIONS = {
@@ -392,7 +573,9 @@ NODE_STATIONS = {
 
 def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> list[Lesion]:
     names = list(NODE_STATIONS)
-    chosen = [names[i] for i in sorted(rng.choice(len(names), size=int(rng.integers(*spec["node_count"])), replace=False))]
+    chosen = [
+        names[i] for i in sorted(rng.choice(len(names), size=int(rng.integers(*spec["node_count"])), replace=False))
+    ]
     lesions = []
     for station in chosen:
         center = np.asarray(NODE_STATIONS[station]) + rng.normal(0, 2.0, 3)
@@ -400,18 +583,41 @@ def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int],
         semi = (short / 2, short / 2 * rng.uniform(1.0, 1.2), short / 2 * rng.uniform(1.2, 1.6))
         allowed = (0,) + tuple(lungs) if "hilar" in station else (0,)
         reach = max(20.0, short * 0.8 + 1.0)
-        claimed = canvas.paint(ellipsoid(tuple(center), semi), tuple(center - reach), tuple(center + reach),
-                               float(rng.uniform(20, 35)), None, only_labels=allowed)
+        claimed = canvas.paint(
+            ellipsoid(tuple(center), semi),
+            tuple(center - reach),
+            tuple(center + reach),
+            float(rng.uniform(20, 35)),
+            None,
+            only_labels=allowed,
+        )
         if claimed:
-            lesions.append({"label": "Lymphadenopathy", "kind": "enlarged_lymph_node", "station": station,
-                            "center_body": center.tolist(), "short_axis_mm": round(short), "voxels": claimed})
+            lesions.append(
+                {
+                    "label": "Lymphadenopathy",
+                    "kind": "enlarged_lymph_node",
+                    "station": station,
+                    "center_body": center.tolist(),
+                    "short_axis_mm": round(short),
+                    "voxels": claimed,
+                }
+            )
     return lesions
 
 
-def _bronchiectasis(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lungs: Sequence[int],
-                    spec: dict[str, Any]) -> Lesion:
-    lobe = _pick_lobe(rng, {"lung_lower_lobe_right": 3, "lung_lower_lobe_left": 3, "lung_middle_lobe_right": 2,
-                            "lung_upper_lobe_left": 1, "lung_upper_lobe_right": 1})
+def _bronchiectasis(
+    canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]
+) -> Lesion:
+    lobe = _pick_lobe(
+        rng,
+        {
+            "lung_lower_lobe_right": 3,
+            "lung_lower_lobe_left": 3,
+            "lung_middle_lobe_right": 2,
+            "lung_upper_lobe_left": 1,
+            "lung_upper_lobe_right": 1,
+        },
+    )
     lobe_id = class_ids()[lobe]
     claimed, points = 0, []
     half, wall = float(spec["bronchiectasis_half_mm"]), float(spec["bronchiectasis_wall_mm"])
@@ -426,9 +632,14 @@ def _bronchiectasis(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, 
         claimed += canvas.paint(capsule(p0, p1, lumen + wall), lo, hi, 15.0, None, soft=True, only_labels=(lobe_id,))
         canvas.paint(capsule(p0, p1, lumen), lo, hi, -1000.0, None, soft=True, only_labels=(lobe_id,))
         points.append(center)
-    return {"label": "Bronchiectasis", "kind": "cylindrical_bronchiectasis", "lobe": lobe, "side": _side_of_lobe(lobe),
-            "center_body": np.mean(points, axis=0).tolist() if points else anatomy.hila["right"].tolist(),
-            "voxels": claimed}
+    return {
+        "label": "Bronchiectasis",
+        "kind": "cylindrical_bronchiectasis",
+        "lobe": lobe,
+        "side": _side_of_lobe(lobe),
+        "center_body": np.mean(points, axis=0).tolist() if points else anatomy.hila["right"].tolist(),
+        "voxels": claimed,
+    }
 
 
 def _peribronchial(canvas: Canvas, anatomy: Anatomy, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
@@ -440,8 +651,13 @@ def _peribronchial(canvas: Canvas, anatomy: Anatomy, lungs: Sequence[int], spec:
         lo, hi = tuple(np.minimum(p0, p1) - pad), tuple(np.maximum(p0, p1) + pad)
         claimed += canvas.paint(capsule(p0, p1, lumen + wall), lo, hi, 25.0, None, soft=True, only_labels=lungs)
         canvas.paint(capsule(p0, p1, lumen), lo, hi, -1000.0, None, soft=True, only_labels=lungs)
-    return {"label": "Peribronchial thickening", "kind": "peribronchial_thickening", "side": "both",
-            "center_body": anatomy.carina.tolist(), "voxels": claimed}
+    return {
+        "label": "Peribronchial thickening",
+        "kind": "peribronchial_thickening",
+        "side": "both",
+        "center_body": anatomy.carina.tolist(),
+        "voxels": claimed,
+    }
 
 
 def _septal(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
@@ -457,14 +673,21 @@ def _septal(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: di
             continue
         u, v, w = canvas.coords(box)
         near_pleura = anatomy.lung_distance(side)(u, v, w) > -depth
-        lattice = np.minimum(np.minimum(np.abs(np.sin(np.pi * u / cell)), np.abs(np.sin(np.pi * (v + 3.1) / cell))),
-                             np.abs(np.sin(np.pi * (w + 7.3) / cell)))
+        lattice = np.minimum(
+            np.minimum(np.abs(np.sin(np.pi * u / cell)), np.abs(np.sin(np.pi * (v + 3.1) / cell))),
+            np.abs(np.sin(np.pi * (w + 7.3) / cell)),
+        )
         septa = near_pleura & (lattice < width) & (canvas.label[box] == lobe_id)
         canvas.hu[box][septa] = np.maximum(canvas.hu[box][septa], septal_hu)
         claimed += int(septa.sum())
-    return {"label": "Interlobular septal thickening", "kind": "interlobular_septal_thickening",
-            "side": "both" if len(sides) == 2 else sides[0], "lobes": [LOBES[s][-1] for s in sides],
-            "center_body": anatomy.hila[sides[0]].tolist(), "voxels": claimed}
+    return {
+        "label": "Interlobular septal thickening",
+        "kind": "interlobular_septal_thickening",
+        "side": "both" if len(sides) == 2 else sides[0],
+        "lobes": [LOBES[s][-1] for s in sides],
+        "center_body": anatomy.hila[sides[0]].tolist(),
+        "voxels": claimed,
+    }
 
 
 def _mosaic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
@@ -473,13 +696,26 @@ def _mosaic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec
     pattern = field(canvas.u[inside], canvas.v[inside], canvas.w[inside])
     darker, brighter = spec["mosaic_hu"]
     canvas.hu[inside] += np.where(pattern > 0.1, darker, np.where(pattern < -0.3, brighter, 0.0)).astype(np.float32)
-    return {"label": "Mosaic attenuation pattern", "kind": "mosaic_attenuation", "side": "both",
-            "center_body": [0.0, 10.0, -150.0], "voxels": int(inside.sum())}
+    return {
+        "label": "Mosaic attenuation pattern",
+        "kind": "mosaic_attenuation",
+        "side": "both",
+        "center_body": [0.0, 10.0, -150.0],
+        "voxels": int(inside.sum()),
+    }
 
 
 def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
-    lobe = _pick_lobe(rng, {"lung_upper_lobe_right": 3, "lung_upper_lobe_left": 3, "lung_middle_lobe_right": 1,
-                            "lung_lower_lobe_right": 1, "lung_lower_lobe_left": 1})
+    lobe = _pick_lobe(
+        rng,
+        {
+            "lung_upper_lobe_right": 3,
+            "lung_upper_lobe_left": 3,
+            "lung_middle_lobe_right": 1,
+            "lung_lower_lobe_right": 1,
+            "lung_lower_lobe_left": 1,
+        },
+    )
     lobe_id = class_ids()[lobe]
     claimed, points = 0, []
     for kji in _random_voxels(canvas, rng, [lobe_id], int(rng.integers(*spec["fibrotic_count"]))):
@@ -490,11 +726,24 @@ def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], sp
         p0, p1 = center - direction * half, center + direction * half
         radius = float(rng.uniform(*spec["fibrotic_radius_mm"]))
         pad = max(4.0, radius + 2.0)
-        claimed += canvas.paint(capsule(p0, p1, radius), tuple(np.minimum(p0, p1) - pad),
-                                tuple(np.maximum(p0, p1) + pad), -40.0, None, soft=True, only_labels=(lobe_id,))
+        claimed += canvas.paint(
+            capsule(p0, p1, radius),
+            tuple(np.minimum(p0, p1) - pad),
+            tuple(np.maximum(p0, p1) + pad),
+            -40.0,
+            None,
+            soft=True,
+            only_labels=(lobe_id,),
+        )
         points.append(center)
-    return {"label": "Pulmonary fibrotic sequela", "kind": "fibrotic_bands", "lobe": lobe, "side": _side_of_lobe(lobe),
-            "center_body": np.mean(points, axis=0).tolist() if points else [0.0, 0.0, -100.0], "voxels": claimed}
+    return {
+        "label": "Pulmonary fibrotic sequela",
+        "kind": "fibrotic_bands",
+        "lobe": lobe,
+        "side": _side_of_lobe(lobe),
+        "center_body": np.mean(points, axis=0).tolist() if points else [0.0, 0.0, -100.0],
+        "voxels": claimed,
+    }
 
 
 def _medical_material(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, ids: dict[str, int]) -> Lesion:
@@ -505,11 +754,21 @@ def _medical_material(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator
         for w in np.linspace(-20, -150, int(rng.integers(4, 7))):
             _, b = anatomy.cavity_half(np.array([w], dtype=np.float32))
             center = np.array([0.0, CAVITY_CENTER_V - float(b[0]) - 6.0, w])
-            claimed += canvas.paint(ellipsoid(tuple(center), (14.0, 8.5, 1.2)), tuple(center - 16), tuple(center + 16),
-                                    3000.0, None, soft=True)
+            claimed += canvas.paint(
+                ellipsoid(tuple(center), (14.0, 8.5, 1.2)),
+                tuple(center - 16),
+                tuple(center + 16),
+                3000.0,
+                None,
+                soft=True,
+            )
             spots.append(center)
-        return {"label": "Medical material", "kind": kind, "center_body": np.mean(spots, axis=0).tolist(),
-                "voxels": claimed}
+        return {
+            "label": "Medical material",
+            "kind": kind,
+            "center_body": np.mean(spots, axis=0).tolist(),
+            "voxels": claimed,
+        }
     sign = 1.0 if kind == "pacemaker" else -1.0
     w_device = -15.0
     skin_v = 5.0 - 112.0 - 3.0 * np.clip((w_device + 200) / 260, 0, 1)
@@ -520,5 +779,10 @@ def _medical_material(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator
     route = [device, (sign * 45.0, -55.0, 25.0), (-30.0, -12.0, 20.0), (-30.0, -12.0, -90.0)]
     route += [tuple(heart_apex)] if kind == "pacemaker" else [(-24.0, -10.0, -150.0)]
     claimed += canvas.paint_tube(catmull_rom(route, 6), 1.3, 2600.0, None, soft=True)
-    return {"label": "Medical material", "kind": kind, "side": "left" if sign > 0 else "right",
-            "center_body": device.tolist(), "voxels": claimed}
+    return {
+        "label": "Medical material",
+        "kind": kind,
+        "side": "left" if sign > 0 else "right",
+        "center_body": device.tolist(),
+        "voxels": claimed,
+    }

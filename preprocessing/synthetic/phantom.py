@@ -25,9 +25,9 @@ SizeName = Literal["demo", "small", "real"]
 
 @dataclass(frozen=True)
 class SizeSpec:
-    matrix: int          # rows = columns of the axial images
-    thin_mm: float       # slice thickness = spacing of the thin series
-    thick_factor: int    # the second reconstruction averages this many thin slices
+    matrix: int  # rows = columns of the axial images
+    thin_mm: float  # slice thickness = spacing of the thin series
+    thick_factor: int  # the second reconstruction averages this many thin slices
 
 
 SIZES: dict[str, SizeSpec] = {
@@ -42,7 +42,7 @@ STREAMS = ("plan", "anatomy", "labels", "lesions", "noise", "dicom", "report")
 def study_rngs(seed: int, index: int) -> dict[str, np.random.Generator]:
     """Independent random streams of one study; they depend only on (seed, index)."""
     children = np.random.SeedSequence([int(seed), int(index), 0xF1A7]).spawn(len(STREAMS))
-    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
+    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children, strict=False)}
 
 
 @dataclass
@@ -50,12 +50,12 @@ class Phantom:
     index: int
     seed: int
     size: str
-    hu_zyx: np.ndarray            # int16 HU, RAS (z, y, x)
-    labels_zyx: np.ndarray        # uint8 TotalSegmentator `total` ids, same grid
+    hu_zyx: np.ndarray  # int16 HU, RAS (z, y, x)
+    labels_zyx: np.ndarray  # uint8 TotalSegmentator `total` ids, same grid
     spacing_zyx: tuple[float, float, float]
-    affine_ras: np.ndarray        # 4x4 affine of the (x, y, z) = transpose(2, 1, 0) array
-    grid: Grid                    # native DICOM-order grid (for the DICOM writer)
-    labels: dict[str, int]        # the 18 CT-RATE labels
+    affine_ras: np.ndarray  # 4x4 affine of the (x, y, z) = transpose(2, 1, 0) array
+    grid: Grid  # native DICOM-order grid (for the DICOM writer)
+    labels: dict[str, int]  # the 18 CT-RATE labels
     lesions: list[dict[str, Any]]
     abdomen: bool
     plan: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +75,9 @@ def patient_scale(seed: int, patient: int) -> tuple[float, float, float]:
     return (float(rng.uniform(0.86, 1.1)), float(rng.uniform(0.86, 1.12)), float(rng.uniform(0.93, 1.07)))
 
 
-def _plan(rng: np.random.Generator, spec: SizeSpec, abdomen_fraction: float,
-          scale: tuple[float, float, float]) -> dict[str, Any]:
+def _plan(
+    rng: np.random.Generator, spec: SizeSpec, abdomen_fraction: float, scale: tuple[float, float, float]
+) -> dict[str, Any]:
     abdomen = bool(rng.random() < abdomen_fraction)
     rng.uniform(size=3)  # keeps the stream layout stable
     body_width = 2 * 165.0 * scale[0]
@@ -88,16 +89,29 @@ def _plan(rng: np.random.Generator, spec: SizeSpec, abdomen_fraction: float,
     w_top = 45.0 + float(rng.uniform(-5, 12))
     w_bottom = (-420.0 if abdomen else -305.0) + float(rng.uniform(-12, 12))
     return {
-        "abdomen": abdomen, "scale": scale, "fov_mm": round(spec.matrix * pixel, 3), "pixel_mm": pixel,
-        "center_lps": (center_x, center_y), "table_z_mm": float(rng.uniform(-160.0, -60.0)),
-        "w_top": w_top, "w_bottom": w_bottom, "noise_hu": float(rng.uniform(10.0, 20.0)),
+        "abdomen": abdomen,
+        "scale": scale,
+        "fov_mm": round(spec.matrix * pixel, 3),
+        "pixel_mm": pixel,
+        "center_lps": (center_x, center_y),
+        "table_z_mm": float(rng.uniform(-160.0, -60.0)),
+        "w_top": w_top,
+        "w_bottom": w_bottom,
+        "noise_hu": float(rng.uniform(10.0, 20.0)),
         "rotation_max_deg": 4.0,
     }
 
 
-def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_fraction: float = 0.3,
-                 labels: dict[str, int] | None = None, draw: bool = True,
-                 difficulty: str = DEFAULT_DIFFICULTY) -> Phantom:
+def make_phantom(
+    seed: int,
+    index: int,
+    size: SizeName = "demo",
+    *,
+    abdomen_fraction: float = 0.3,
+    labels: dict[str, int] | None = None,
+    draw: bool = True,
+    difficulty: str = DEFAULT_DIFFICULTY,
+) -> Phantom:
     """Build study ``index`` of cohort ``seed`` in memory (no files).
 
     ``labels`` overrides the sampled findings (e.g. ``{"Lung nodule": 1}``, others 0) - for tests and
@@ -127,12 +141,22 @@ def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_frac
     slices = int(np.floor((z_top - z_bottom) / spec.thin_mm)) + 1
     slices -= slices % spec.thick_factor  # whole thick slabs
     half = (spec.matrix - 1) / 2 * pixel
-    grid = Grid((slices, spec.matrix, spec.matrix), (spec.thin_mm, pixel, pixel),
-                (round(-half, 4), round(-half, 4), round(z_bottom, 3)))
+    grid = Grid(
+        (slices, spec.matrix, spec.matrix),
+        (spec.thin_mm, pixel, pixel),
+        (round(-half, 4), round(-half, 4), round(z_bottom, 3)),
+    )
     canvas = Canvas(grid, pose)
     table_y = center_y + (5.0 + 128.0) * scale[1] + 2.0
-    anatomy = build_anatomy(canvas, rngs["anatomy"], abdomen=plan["abdomen"], w_top=plan["w_top"],
-                            w_bottom=plan["w_bottom"], table_y_lps=table_y, findings=findings)
+    anatomy = build_anatomy(
+        canvas,
+        rngs["anatomy"],
+        abdomen=plan["abdomen"],
+        w_top=plan["w_top"],
+        w_bottom=plan["w_bottom"],
+        table_y_lps=table_y,
+        findings=findings,
+    )
     lesions = draw_lesions(canvas, anatomy, sampled, findings, rngs["lesions"], difficulty) if draw else []
     final_labels = {name: 0 for name in CTRATE_LABELS}
     if draw:
@@ -161,11 +185,18 @@ def make_phantom(seed: int, index: int, size: SizeName = "demo", *, abdomen_frac
         lesion["center_body"] = [round(float(x), 2) for x in lesion["center_body"]]
 
     return Phantom(
-        index=index, seed=seed, size=size,
+        index=index,
+        seed=seed,
+        size=size,
         hu_zyx=np.ascontiguousarray(native[:, ::-1, ::-1]),
         labels_zyx=np.ascontiguousarray(canvas.label[:, ::-1, ::-1]),
-        spacing_zyx=grid.spacing_kji, affine_ras=grid.ras_affine(), grid=grid,
-        labels=final_labels, lesions=lesions, abdomen=plan["abdomen"], plan=plan,
+        spacing_zyx=grid.spacing_kji,
+        affine_ras=grid.ras_affine(),
+        grid=grid,
+        labels=final_labels,
+        lesions=lesions,
+        abdomen=plan["abdomen"],
+        plan=plan,
     )
 
 
@@ -174,7 +205,7 @@ def _nearest_voxel(canvas: Canvas, body: np.ndarray) -> tuple[int, int, int]:
     k0, j0, i0 = canvas.body_point_to_native(body)
     shape = canvas.grid.shape_kji
     reach = [int(np.ceil((canvas.pose.max_deformation_mm + 3) / s)) + 1 for s in canvas.grid.spacing_kji]
-    box = tuple(slice(max(c - r, 0), min(c + r + 1, n)) for c, r, n in zip((k0, j0, i0), reach, shape))
+    box = tuple(slice(max(c - r, 0), min(c + r + 1, n)) for c, r, n in zip((k0, j0, i0), reach, shape, strict=False))
     if any(b.stop <= b.start for b in box):
         return (int(np.clip(k0, 0, shape[0] - 1)), int(np.clip(j0, 0, shape[1] - 1)), int(np.clip(i0, 0, shape[2] - 1)))
     u, v, w = canvas.coords(box)

@@ -7,14 +7,67 @@ from typing import Any
 
 import numpy as np
 
-FIRST_NAMES = ("Alma", "Bruno", "Cecilia", "Dario", "Edith", "Fabian", "Greta", "Hugo", "Ilse", "Jonas", "Klara",
-               "Lorenz", "Mira", "Nils", "Oda", "Pavel", "Quirin", "Rosa", "Sven", "Tilda", "Ulrik", "Vera", "Wim",
-               "Xenia", "Yannick", "Zora")
-LAST_NAMES = ("Abernathy", "Bellweather", "Castellan", "Drummond", "Everhart", "Fairbrook", "Galloway", "Hollister",
-              "Ingleby", "Juniper", "Kettering", "Lindqvist", "Marchetti", "Northcott", "Oakenshaw", "Pemberton",
-              "Quimby", "Rothwell", "Stanhope", "Thistlewood", "Underhill", "Vandermeer", "Whitcombe", "Yardley")
-INSTITUTIONS = ("Saint Aurelia Imaging Center", "Riverbend Fictional Hospital", "Northfield Synthetic Clinic",
-                "Harborview Phantom Institute", "Meadowlark County Hospital")
+FIRST_NAMES = (
+    "Alma",
+    "Bruno",
+    "Cecilia",
+    "Dario",
+    "Edith",
+    "Fabian",
+    "Greta",
+    "Hugo",
+    "Ilse",
+    "Jonas",
+    "Klara",
+    "Lorenz",
+    "Mira",
+    "Nils",
+    "Oda",
+    "Pavel",
+    "Quirin",
+    "Rosa",
+    "Sven",
+    "Tilda",
+    "Ulrik",
+    "Vera",
+    "Wim",
+    "Xenia",
+    "Yannick",
+    "Zora",
+)
+LAST_NAMES = (
+    "Abernathy",
+    "Bellweather",
+    "Castellan",
+    "Drummond",
+    "Everhart",
+    "Fairbrook",
+    "Galloway",
+    "Hollister",
+    "Ingleby",
+    "Juniper",
+    "Kettering",
+    "Lindqvist",
+    "Marchetti",
+    "Northcott",
+    "Oakenshaw",
+    "Pemberton",
+    "Quimby",
+    "Rothwell",
+    "Stanhope",
+    "Thistlewood",
+    "Underhill",
+    "Vandermeer",
+    "Whitcombe",
+    "Yardley",
+)
+INSTITUTIONS = (
+    "Saint Aurelia Imaging Center",
+    "Riverbend Fictional Hospital",
+    "Northfield Synthetic Clinic",
+    "Harborview Phantom Institute",
+    "Meadowlark County Hospital",
+)
 DOCTOR_TITLES = ("Dr.", "Dr.", "Prof. Dr.")
 
 
@@ -63,14 +116,34 @@ def study_phi(rng: np.random.Generator, patient: dict[str, str]) -> dict[str, An
     }
 
 
-DICOM_PHI_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StudyDate",
-                    "StudyTime", "ReferringPhysicianName", "OperatorsName", "StudyID", "PatientAge")
+DICOM_PHI_FIELDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "OperatorsName",
+    "StudyID",
+    "PatientAge",
+)
 
 
 def searchable_values(phi: dict[str, Any], in_report: dict[str, bool]) -> list[str]:
     """Distinctive planted strings that must not survive de-identification (times are too generic)."""
-    values = [phi["PatientID"], phi["AccessionNumber"], phi["InstitutionName"], phi["PatientBirthDate"], phi["StudyDate"],
-              phi["PatientName"], phi["PatientNameText"], phi["ReferringPhysicianName"], phi["OperatorsName"]]
+    values = [
+        phi["PatientID"],
+        phi["AccessionNumber"],
+        phi["InstitutionName"],
+        phi["PatientBirthDate"],
+        phi["StudyDate"],
+        phi["PatientName"],
+        phi["PatientNameText"],
+        phi["ReferringPhysicianName"],
+        phi["OperatorsName"],
+    ]
     for key in ("PatientName", "ReferringPhysicianName", "OperatorsName"):
         values.append(phi[key].split("^")[0])  # surnames are distinctive; short first names are not
     if in_report.get("prior_date"):

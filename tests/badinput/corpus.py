@@ -60,6 +60,7 @@ def series(folder: Path, **kwargs):
 
 # --- DICOM cases: folder -> study uid -------------------------------------------------------------
 
+
 def good(folder: Path) -> str:
     return series(folder).study_uid
 
@@ -128,8 +129,9 @@ def outlier_position(folder: Path) -> str:  # one slice 90 m away: resampling wo
 def inconsistent_sizes(folder: Path) -> str:
     study = new_uid()
     fixture = series(folder / "a", study_uid=study)
-    other = series(folder / "b", study_uid=study, rows=20, columns=20, n_slices=1, seed=3,
-                   origin=(-100.0, -120.0, -50.0 + 4 * 2.5))
+    other = series(
+        folder / "b", study_uid=study, rows=20, columns=20, n_slices=1, seed=3, origin=(-100.0, -120.0, -50.0 + 4 * 2.5)
+    )
     import pydicom
 
     ds = pydicom.dcmread(other.files[0])
@@ -204,46 +206,99 @@ class DicomCase:
     name: str
     build: Callable[[Path], str]
     status: str
-    reason: str          # substring of the manifest reason (of a warning for ok)
+    reason: str  # substring of the manifest reason (of a warning for ok)
 
 
 DICOM_CASES: list[DicomCase] = [
     DicomCase("good_series", good, "ok", ""),
     # rescale
-    DicomCase("rescale_slope_zero", _edited(RescaleSlope="0"), "quarantined", "RescaleSlope 0 is not a usable HU transform"),
-    DicomCase("rescale_slope_nan", _edited(RescaleSlope="NaN"), "quarantined", "RescaleSlope nan is not a usable HU transform"),
+    DicomCase(
+        "rescale_slope_zero", _edited(RescaleSlope="0"), "quarantined", "RescaleSlope 0 is not a usable HU transform"
+    ),
+    DicomCase(
+        "rescale_slope_nan", _edited(RescaleSlope="NaN"), "quarantined", "RescaleSlope nan is not a usable HU transform"
+    ),
     DicomCase("rescale_slope_nan_one_slice", slope_nan_one_slice, "quarantined", "RescaleSlope nan"),
     DicomCase("rescale_slope_absurd", _edited(RescaleSlope="1e6"), "quarantined", "RescaleSlope 1e+06 is not a usable"),
     DicomCase("rescale_slope_tiny", _edited(RescaleSlope="1e-6"), "quarantined", "RescaleSlope 1e-06 is not a usable"),
     DicomCase("rescale_slope_negative_huge", _edited(RescaleSlope="-5000"), "quarantined", "RescaleSlope -5000"),
-    DicomCase("rescale_intercept_inf", _edited(RescaleIntercept="inf"), "quarantined", "RescaleIntercept inf is not a usable"),
+    DicomCase(
+        "rescale_intercept_inf", _edited(RescaleIntercept="inf"), "quarantined", "RescaleIntercept inf is not a usable"
+    ),
     DicomCase("rescale_intercept_nan", _edited(RescaleIntercept="NaN"), "quarantined", "RescaleIntercept nan"),
     DicomCase("rescale_intercept_absurd", _edited(RescaleIntercept="-1e7"), "quarantined", "RescaleIntercept -1e+07"),
     # resulting HU range
-    DicomCase("hu_missing_intercept", missing_intercept, "quarantined", "no voxel below -200 HU (no air or fat) and RescaleIntercept missing"),
-    DicomCase("hu_no_air_with_intercept", _edited(RescaleIntercept="0"), "ok", "no voxel below -200 HU"),  # warning only
+    DicomCase(
+        "hu_missing_intercept",
+        missing_intercept,
+        "quarantined",
+        "no voxel below -200 HU (no air or fat) and RescaleIntercept missing",
+    ),
+    DicomCase(
+        "hu_no_air_with_intercept", _edited(RescaleIntercept="0"), "ok", "no voxel below -200 HU"
+    ),  # warning only
     DicomCase("hu_mass_clipping", slope_clipping, "quarantined", "implausible HU range"),
     DicomCase("hu_blank_series", blank_series, "quarantined", "under 100 HU of contrast"),
     # geometry values
-    DicomCase("ipp_nan", _edited_first(ImagePositionPatient=["NaN", "0", "0"]), "quarantined", "ImagePositionPatient contains NaN or infinity"),
-    DicomCase("ipp_inf", _edited_first(ImagePositionPatient=["0", "0", "inf"]), "quarantined", "ImagePositionPatient contains NaN or infinity"),
-    DicomCase("ipp_absurd", _edited_first(ImagePositionPatient=["0", "0", "1e9"]), "quarantined", "ImagePositionPatient beyond"),
-    DicomCase("iop_nan", _edited(ImageOrientationPatient=["1", "0", "NaN", "0", "1", "0"]), "quarantined", "ImageOrientationPatient contains NaN"),
-    DicomCase("iop_zero_vector", _edited(ImageOrientationPatient=[0, 0, 0, 0, 1, 0]), "quarantined", "not a unit vector"),
+    DicomCase(
+        "ipp_nan",
+        _edited_first(ImagePositionPatient=["NaN", "0", "0"]),
+        "quarantined",
+        "ImagePositionPatient contains NaN or infinity",
+    ),
+    DicomCase(
+        "ipp_inf",
+        _edited_first(ImagePositionPatient=["0", "0", "inf"]),
+        "quarantined",
+        "ImagePositionPatient contains NaN or infinity",
+    ),
+    DicomCase(
+        "ipp_absurd",
+        _edited_first(ImagePositionPatient=["0", "0", "1e9"]),
+        "quarantined",
+        "ImagePositionPatient beyond",
+    ),
+    DicomCase(
+        "iop_nan",
+        _edited(ImageOrientationPatient=["1", "0", "NaN", "0", "1", "0"]),
+        "quarantined",
+        "ImageOrientationPatient contains NaN",
+    ),
+    DicomCase(
+        "iop_zero_vector", _edited(ImageOrientationPatient=[0, 0, 0, 0, 1, 0]), "quarantined", "not a unit vector"
+    ),
     DicomCase("pixel_spacing_nan", _edited(PixelSpacing=["NaN", "0.8"]), "quarantined", "PixelSpacing contains NaN"),
-    DicomCase("pixel_spacing_zero", _edited(PixelSpacing=["0", "0.8"]), "quarantined", "PixelSpacing (0.0, 0.8) outside"),
+    DicomCase(
+        "pixel_spacing_zero", _edited(PixelSpacing=["0", "0.8"]), "quarantined", "PixelSpacing (0.0, 0.8) outside"
+    ),
     DicomCase("slice_thickness_nan", _edited(SliceThickness="NaN"), "quarantined", "SliceThickness nan"),
     DicomCase("slice_positions_outlier", outlier_position, "quarantined", "resampling would need"),
     # pixel data size vs header (checked before allocation / decoding)
-    DicomCase("multiframe_claims_1e8_frames", _enhanced(NumberOfFrames=100_000_000), "quarantined", "above 20000 (implausible frame count in header)"),
-    DicomCase("multiframe_claims_more_frames", _enhanced(NumberOfFrames=5000), "quarantined", "pixel data size inconsistent with header"),
+    DicomCase(
+        "multiframe_claims_1e8_frames",
+        _enhanced(NumberOfFrames=100_000_000),
+        "quarantined",
+        "above 20000 (implausible frame count in header)",
+    ),
+    DicomCase(
+        "multiframe_claims_more_frames",
+        _enhanced(NumberOfFrames=5000),
+        "quarantined",
+        "pixel data size inconsistent with header",
+    ),
     DicomCase("multiframe_zero_frames", _enhanced(NumberOfFrames=0), "quarantined", "NumberOfFrames 0"),
     DicomCase("huge_dimensions", _edited(Rows=60000, Columns=60000), "quarantined", "above 8192"),
-    DicomCase("dimensions_over_tiny_data", dims_over_tiny_data, "quarantined", "pixel data size inconsistent with header"),
+    DicomCase(
+        "dimensions_over_tiny_data", dims_over_tiny_data, "quarantined", "pixel data size inconsistent with header"
+    ),
     # structure (pre-existing behaviour, kept under test)
     DicomCase("missing_pixel_data", no_pixel_data, "quarantined", "no pixel data"),
-    DicomCase("missing_geometry", _edited(ImagePositionPatient=None, ImageOrientationPatient=None), "quarantined",
-              "no ImageOrientationPatient / ImagePositionPatient"),
+    DicomCase(
+        "missing_geometry",
+        _edited(ImagePositionPatient=None, ImageOrientationPatient=None),
+        "quarantined",
+        "no ImageOrientationPatient / ImagePositionPatient",
+    ),
     DicomCase("missing_pixel_spacing", _edited_first(PixelSpacing=None), "quarantined", "without PixelSpacing"),
     DicomCase("duplicate_positions", duplicate_positions, "quarantined", "share a position"),
     DicomCase("all_same_position", all_same_position, "quarantined", "all 4 slices are at the same position"),
@@ -268,11 +323,12 @@ UNREADABLE_CASES: dict[str, tuple[bytes, str]] = {
 
 # --- report CSV cases -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ReportCase:
     name: str
     content: bytes
-    error: str | None = None           # ReportsFileError text (file-level), else per-row statuses
+    error: str | None = None  # ReportsFileError text (file-level), else per-row statuses
     statuses: tuple[str, ...] = ()
 
 
@@ -288,16 +344,27 @@ REPORT_CASES: list[ReportCase] = [
     ReportCase("empty_id", _HEADER + _OK + b",Heart size normal.,Normal.\n", statuses=("ok", "missing_id")),
     ReportCase("duplicate_ids", _HEADER + _OK + _OK.replace(b"clear", b"hazy"), statuses=("ok", "duplicate_id")),
     ReportCase("wrong_field_count", _HEADER + _OK + b"S3,only findings\n", statuses=("ok", "malformed")),
-    ReportCase("non_utf8_bytes", _HEADER + _OK + "S4,Nodule in the r\u00e9ght lobe.,Normal.\n".encode("latin-1"), statuses=("ok", "ok")),
-    ReportCase("huge_report", _HEADER + b"S5,\"" + b"The lungs are clear. " * 2000 + b"\",Normal.\n", statuses=("truncated",)),
-    ReportCase("non_english", _HEADER + "S6,\u041b\u0451\u0433\u043a\u0438\u0435 \u0431\u0435\u0437 \u043e\u0441\u043e\u0431\u0435\u043d\u043d\u043e\u0441\u0442\u0435\u0439 \u0438 \u043e\u0447\u0430\u0433\u043e\u0432,\u041d\u043e\u0440\u043c\u0430\n".encode(), statuses=("non_english",)),
+    ReportCase(
+        "non_utf8_bytes",
+        _HEADER + _OK + "S4,Nodule in the r\u00e9ght lobe.,Normal.\n".encode("latin-1"),
+        statuses=("ok", "ok"),
+    ),
+    ReportCase(
+        "huge_report", _HEADER + b"S5,\"" + b"The lungs are clear. " * 2000 + b"\",Normal.\n", statuses=("truncated",)
+    ),
+    ReportCase(
+        "non_english",
+        _HEADER
+        + "S6,\u041b\u0451\u0433\u043a\u0438\u0435 \u0431\u0435\u0437 \u043e\u0441\u043e\u0431\u0435\u043d\u043d\u043e\u0441\u0442\u0435\u0439 \u0438 \u043e\u0447\u0430\u0433\u043e\u0432,\u041d\u043e\u0440\u043c\u0430\n".encode(),  # noqa: E501 (one CSV row of Cyrillic text)
+        statuses=("non_english",),
+    ),
     ReportCase("unterminated_quote", _HEADER + _OK + b"S7,\"never closed,Normal.\n", statuses=("ok", "malformed")),
 ]
 
 
 # --- params.yaml cases ----------------------------------------------------------------------------
 
-PARAMS_CASES: list[tuple[str, str, str]] = [   # (name, yaml text, expected error substring)
+PARAMS_CASES: list[tuple[str, str, str]] = [  # (name, yaml text, expected error substring)
     ("unknown_key", "convert:\n  workerz: 2\n", "key 'convert.workerz'"),
     ("wrong_type", "convert:\n  min_slices: many\n", "key 'convert.min_slices'"),
     ("bad_yaml", "convert: [unclosed\n", "not valid YAML"),

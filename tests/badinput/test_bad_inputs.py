@@ -98,6 +98,7 @@ def test_dicom_cohort_prints_no_traceback_and_no_numpy_warning(cohort) -> None:
 
 # --- report CSVs ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", REPORT_CASES, ids=[case.name for case in REPORT_CASES])
 def test_reports_case(tmp_path: Path, case) -> None:
     from report_parsing.io import ReportsFileError, read_report_rows
@@ -113,7 +114,7 @@ def test_reports_case(tmp_path: Path, case) -> None:
         return
     _, rows = read_report_rows(path, options.required_columns())
     records = prepare_records(rows, options)
-    assert len(records) == len(rows) == len(case.statuses)   # inputs == processed + quarantined
+    assert len(records) == len(rows) == len(case.statuses)  # inputs == processed + quarantined
     assert tuple(record.status for record in records) == case.statuses
     for record in records:
         if record.status not in ("ok",):
@@ -121,6 +122,7 @@ def test_reports_case(tmp_path: Path, case) -> None:
 
 
 # --- params.yaml ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("name", "text", "expected"), PARAMS_CASES, ids=[case[0] for case in PARAMS_CASES])
 def test_params_case(tmp_path: Path, name: str, text: str, expected: str) -> None:
@@ -151,6 +153,7 @@ def test_params_missing_file(tmp_path: Path) -> None:
 
 
 # --- predict inputs (few: training is being refactored) ---------------------------------------------
+
 
 def _predict(repo_root: Path, *args: str) -> tuple[int, str]:
     import contextlib

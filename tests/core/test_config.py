@@ -121,9 +121,16 @@ def test_cli_help_version_and_startup_time(repo_root: Path) -> None:
     assert "fvlm-pipeline" in version.stdout
     # not a timing assertion on the work itself: a guard that no heavy import sneaked into --help
     heavy = subprocess.run(
-        [sys.executable, "-c", "import sys, fvlm.cli as c; c.build_parser(); "
-         "print(sorted(m for m in ('torch','prefect','mlflow','spacy','totalsegmentator','pydicom') if m in sys.modules))"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, fvlm.cli as c; c.build_parser(); "
+            "heavy = ('torch', 'prefect', 'mlflow', 'spacy', 'totalsegmentator', 'pydicom'); "
+            "print(sorted(m for m in heavy if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert heavy.stdout.strip() == "[]", heavy.stdout
     assert elapsed < 10

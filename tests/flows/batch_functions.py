@@ -11,8 +11,7 @@ from flows.batching import ItemOutcome, TransientError
 def square_batch(batch: list[int]) -> list[ItemOutcome]:
     """ok for even numbers, quarantined for odd ones (bad data is an outcome, not an exception)."""
     return [
-        ItemOutcome(str(n), "ok") if n % 2 == 0 else ItemOutcome(str(n), "quarantined", "odd number")
-        for n in batch
+        ItemOutcome(str(n), "ok") if n % 2 == 0 else ItemOutcome(str(n), "quarantined", "odd number") for n in batch
     ]
 
 

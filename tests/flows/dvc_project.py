@@ -41,8 +41,9 @@ def make_dvc_project(root: Path, *, with_remote: bool = True) -> Path:
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
     subprocess.run([dvc, "config", "core.analytics", "false"], cwd=root, check=True)
     if with_remote:
-        subprocess.run([dvc, "remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote")], cwd=root,
-                       check=True)
+        subprocess.run(
+            [dvc, "remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote")], cwd=root, check=True
+        )
     (root / "stage.py").write_text(STAGE_SCRIPT)
     (root / "dvc.yaml").write_text(DVC_YAML)
     (root / "data").mkdir(exist_ok=True)

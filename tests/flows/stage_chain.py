@@ -6,8 +6,12 @@ import sys
 from pathlib import Path
 
 SALT = "test-salt"
-DEMO_GRID = {"spacing_zyx_mm": [8.0, 4.0, 4.0], "crop_zyx": [32, 64, 96], "roi_margin_slices": 1,
-             "roi_margin_voxels": 4}
+DEMO_GRID = {
+    "spacing_zyx_mm": [8.0, 4.0, 4.0],
+    "crop_zyx": [32, 64, 96],
+    "roi_margin_slices": 1,
+    "roi_margin_voxels": 4,
+}
 
 
 def fan_out(**overrides: object):
@@ -26,8 +30,7 @@ def convert_job(dicom: Path, out: Path, salt: str = SALT):
 def segment_job(converted: Path, out: Path, masks: Path, **options: object):
     from segmentation.stage import SegmentJob
 
-    return SegmentJob(inputs=Path(converted), output_dir=Path(out), precomputed_dir=Path(masks), salt=SALT,
-                      **options)
+    return SegmentJob(inputs=Path(converted), output_dir=Path(out), precomputed_dir=Path(masks), salt=SALT, **options)
 
 
 def parse_job(reports_csv: Path, out: Path, **options: object):
@@ -40,8 +43,15 @@ def shard_job(converted: Path, segmented: Path, reports: Path, out: Path):
     from core.config import GridConfig, SplitConfig
     from preprocessing.shards import ShardJob
 
-    return ShardJob(Path(converted), Path(segmented), Path(reports), Path(out), grid=GridConfig(**DEMO_GRID),
-                    split=SplitConfig(train=0.34, val=0.33, test=0.33), workers=1)
+    return ShardJob(
+        Path(converted),
+        Path(segmented),
+        Path(reports),
+        Path(out),
+        grid=GridConfig(**DEMO_GRID),
+        split=SplitConfig(train=0.34, val=0.33, test=0.33),
+        workers=1,
+    )
 
 
 def run_chain(cohort: Path, work: Path) -> str:
@@ -51,8 +61,9 @@ def run_chain(cohort: Path, work: Path) -> str:
     convert_flow(convert_job(cohort / "dicom", work / "converted"), fan_out(batch_size=1))
     segment_flow(segment_job(work / "converted", work / "segmented", cohort / "masks"), fan_out(batch_size=1))
     parse_reports_flow(parse_job(cohort / "reports.csv", work / "reports" / "reports.parquet"), fan_out())
-    summary = shard_flow(shard_job(work / "converted", work / "segmented", work / "reports" / "reports.parquet",
-                                   work / "shards"))
+    summary = shard_flow(
+        shard_job(work / "converted", work / "segmented", work / "reports" / "reports.parquet", work / "shards")
+    )
     return summary.content_hash
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,8 +58,14 @@ def test_collect_incoming_by_dicom_identity_not_folder_name(tmp_path: Path) -> N
 
     recorded: list[list[Path]] = []
     cached: set[str] = set()
-    result = collect_incoming(watch, raw, reports, settle_s=0, record=_fake_record(recorded),
-                              in_cache=lambda path: cached.add(_sha(path)) or True)
+    result = collect_incoming(
+        watch,
+        raw,
+        reports,
+        settle_s=0,
+        record=_fake_record(recorded),
+        in_cache=lambda path: cached.add(_sha(path)) or True,
+    )
 
     assert result.studies_moved == 1 and result.files_added_to_existing == 2
     assert result.files_ingested == 5 and result.duplicates == 0
@@ -136,8 +142,9 @@ def test_deploy_dry_run_lists_cron_schedules(tmp_path: Path, capsys: pytest.Capt
     assert "ingest-nightly: schedule 5 1 * * *" in out and "train-weekly: schedule 0 3 * * 0" in out
 
 
-def test_deploy_without_server_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_without_server_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from fvlm.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -149,8 +156,9 @@ def test_deploy_without_server_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 
 def _completed_runs(api_url: str) -> list[dict]:
     body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}).encode()
-    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=body,
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"{api_url}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -171,9 +179,27 @@ def test_interval_deployment_fires_and_completes_on_a_real_server(tmp_path: Path
         env = {**os.environ, "PREFECT_API_URL": api_url}
         env.pop("PREFECT_HOME", None)
         serve = subprocess.Popen(
-            [sys.executable, "-m", "fvlm.cli", "--params", str(project / "params.yaml"), "deploy", "--only", "ingest",
-             "--interval", "5", "--settle", "0", "--targets", "evaluate", "--no-push"],
-            cwd=project, env=env, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "fvlm.cli",
+                "--params",
+                str(project / "params.yaml"),
+                "deploy",
+                "--only",
+                "ingest",
+                "--interval",
+                "5",
+                "--settle",
+                "0",
+                "--targets",
+                "evaluate",
+                "--no-push",
+            ],
+            cwd=project,
+            env=env,
+            stdout=open(tmp_path / "serve.log", "wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + 240
@@ -207,12 +233,21 @@ def test_prefect_yaml_registers_both_scheduled_deployments(tmp_path: Path, repo_
     env = {**os.environ, "PREFECT_API_URL": specs["prefect"].health_url.removesuffix("/health")}
     prefect = str(Path(sys.executable).parent / "prefect")
     try:
-        subprocess.run([prefect, "work-pool", "create", "fvlm-process", "--type", "process"], env=env, check=True,
-                       capture_output=True, cwd=repo_root)
-        deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, capture_output=True,
-                                text=True, cwd=repo_root)
+        subprocess.run(
+            [prefect, "work-pool", "create", "fvlm-process", "--type", "process"],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=repo_root,
+        )
+        deploy = subprocess.run(
+            [prefect, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True, cwd=repo_root
+        )
         assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
-        for name, cron in (("fvlm-ingest/ingest-nightly", "0 2 * * *"), ("fvlm-train-evaluate/train-weekly", "0 4 * * 6")):
+        for name, cron in (
+            ("fvlm-ingest/ingest-nightly", "0 2 * * *"),
+            ("fvlm-train-evaluate/train-weekly", "0 4 * * 6"),
+        ):
             shown = subprocess.run([prefect, "deployment", "inspect", name], env=env, capture_output=True, text=True)
             assert shown.returncode == 0, shown.stderr
             assert f"'cron': '{cron}'" in shown.stdout and "fvlm-process" in shown.stdout
@@ -234,13 +269,31 @@ def test_work_pool_deployment_runs_on_a_process_worker(tmp_path: Path, repo_root
     prefect = str(Path(sys.executable).parent / "prefect")
     try:
         services.start(data_dir, specs, ["prefect", "worker"], timeout_s=150, cwd=project, die_with_parent=True)
-        deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--name", "ingest-nightly"], env=env,
-                                capture_output=True, text=True, cwd=project)
+        deploy = subprocess.run(
+            [prefect, "--no-prompt", "deploy", "--name", "ingest-nightly"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=project,
+        )
         assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
         started = subprocess.run(
-            [prefect, "deployment", "run", "fvlm-ingest/ingest-nightly", "--param", 'targets=["evaluate"]',
-             "--param", "push=false", "--param", "settle_s=0"],
-            env=env, capture_output=True, text=True, cwd=project,
+            [
+                prefect,
+                "deployment",
+                "run",
+                "fvlm-ingest/ingest-nightly",
+                "--param",
+                'targets=["evaluate"]',
+                "--param",
+                "push=false",
+                "--param",
+                "settle_s=0",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=project,
         )
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         deadline = time.monotonic() + 240

@@ -17,8 +17,13 @@ def test_find_key_searches_nested_metrics() -> None:
 
 
 def test_report_markdown_lists_run_and_metrics() -> None:
-    report = PipelineReport(repo_root="/r", mlflow_run_id="abc", registry_version="2", registered_model="m",
-                            metrics={"eval": {"mean": {"auc": 0.5}}})
+    report = PipelineReport(
+        repo_root="/r",
+        mlflow_run_id="abc",
+        registry_version="2",
+        registered_model="m",
+        metrics={"eval": {"mean": {"auc": 0.5}}},
+    )
     text = report.markdown()
     assert "abc" in text and "version 2" in text and "| mean.auc | 0.5 |" in text
 
@@ -74,7 +79,8 @@ def test_champion_version_comes_from_the_registry(tmp_path: Path) -> None:
     version = client.create_model_version("fvlm-ct", source=str(tmp_path / "model"))
     client.set_registered_model_alias("fvlm-ct", "champion", version.version)
     report = PipelineReport(repo_root=str(tmp_path), metrics={"train": {"run_id": "t1"}, "eval": {"promoted": False}})
-    fill_mlflow_fields(report, tracking_uri="sqlite:///mlflow.db", registered_model="fvlm-ct", alias="champion",
-                       root=tmp_path)
+    fill_mlflow_fields(
+        report, tracking_uri="sqlite:///mlflow.db", registered_model="fvlm-ct", alias="champion", root=tmp_path
+    )
     assert report.mlflow_run_id == "t1" and report.champion_version == str(version.version)
     assert report.promoted_alias is None

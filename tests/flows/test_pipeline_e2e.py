@@ -20,8 +20,21 @@ import yaml
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "metrics", "mlflow.db", "mlruns", "mlartifacts", ".dvc-remote", "__pycache__",
-    ".pytest_cache", "*.egg-info", "tmp", "cache", ".fvlm-services", "dvc.lock",
+    ".venv",
+    ".git",
+    "data",
+    "metrics",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    ".dvc-remote",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    "tmp",
+    "cache",
+    ".fvlm-services",
+    "dvc.lock",
 )
 
 
@@ -57,9 +70,7 @@ def _shard_hash(repo: Path) -> str:
     return json.loads((repo / "metrics" / "shard.json").read_text())["content_hash"]
 
 
-def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(
-    tmp_path: Path, repo_root: Path
-) -> None:
+def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(tmp_path: Path, repo_root: Path) -> None:
     env = _env()
     reference = _copy_repo(repo_root, tmp_path / "reference")
     started = time.monotonic()
@@ -72,8 +83,14 @@ def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(
     assert "Running stage" not in again.stdout + again.stderr, "a rerun with nothing new ran a stage"
 
     victim = _copy_repo(repo_root, tmp_path / "victim")
-    run = subprocess.Popen(_pipeline(victim), cwd=victim, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(
+        _pipeline(victim),
+        cwd=victim,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         delay = random.Random(os.environ.get("FVLM_KILL_SEED", "0")).uniform(5.0, reference_seconds * 0.8)
         time.sleep(delay)

@@ -42,8 +42,9 @@ def test_stage_flows_are_incremental(cohort: Path, tmp_path: Path) -> None:
 
     def run_stages() -> tuple[object, object, object]:
         converted_summary = convert_flow(convert_job(dicom, converted), fan_out(batch_size=1))
-        segmented_summary = segment_flow(segment_job(converted, segmented, cohort / "masks", qc=True),
-                                         fan_out(batch_size=1))
+        segmented_summary = segment_flow(
+            segment_job(converted, segmented, cohort / "masks", qc=True), fan_out(batch_size=1)
+        )
         shard_summary = shard_flow(shard_job(converted, segmented, Path(reports), tmp_path / "shards"))
         return converted_summary, segmented_summary, shard_summary
 
@@ -116,13 +117,17 @@ def _stage_state(converted: Path, segmented: Path) -> dict[str, object]:
     state: dict[str, object] = {}
     for name, manifest in (("convert", converted / "studies.parquet"), ("segment", segmented / "segments.parquet")):
         rows = pq.read_table(manifest).to_pylist()
-        state[name] = sorted((tuple(sorted((k, repr(v)) for k, v in row.items() if k not in volatile)) for row in rows))
+        state[name] = sorted(tuple(sorted((k, repr(v)) for k, v in row.items() if k not in volatile)) for row in rows)
     for folder in (converted / "volumes", segmented / "masks"):
         for path in sorted(folder.glob("*.nii.gz")):
             image = nib.load(path)
             data = np.asarray(image.dataobj)
-            state[f"{folder.name}/{path.name}"] = (data.dtype.str, data.shape, data.tobytes().__hash__(),
-                                                  image.affine.round(6).tobytes())
+            state[f"{folder.name}/{path.name}"] = (
+                data.dtype.str,
+                data.shape,
+                data.tobytes().__hash__(),
+                image.affine.round(6).tobytes(),
+            )
     return state
 
 
@@ -149,8 +154,12 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(cohort: Path, tmp_path: 
 
     converted, segmented = tmp_path / "run" / "converted", tmp_path / "run" / "segmented"
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(cohort / "dicom"), str(converted), str(segmented),
-                              masks], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(cohort / "dicom"), str(converted), str(segmented), masks],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # kill somewhere between the first volume written and the end of a normal run
     rng = random.Random(os.environ.get("FVLM_KILL_SEED", "0"))
     deadline = time.monotonic() + 120
@@ -178,8 +187,9 @@ def test_parse_reports_flow_matches_the_library(cohort: Path, tmp_path: Path) ->
     reports = tmp_path / "reports.csv"
     reports.write_text("\n".join([*lines, "emptykey,,", lines[1]]) + "\n")  # + an empty report, a duplicate
     options = {"salt": "test-salt"}
-    result = parse_reports_flow(parse_job(reports, tmp_path / "flow" / "reports.parquet", **options),
-                                fan_out(batch_size=2))
+    result = parse_reports_flow(
+        parse_job(reports, tmp_path / "flow" / "reports.parquet", **options), fan_out(batch_size=2)
+    )
     records = parse_reports_file(reports, ParseOptions(**options))
     library_long, library_studies = write_tables(records, tmp_path / "lib" / "reports.parquet", "ctrate4")
     assert pq.read_table(result.long_path).equals(pq.read_table(library_long))
@@ -208,8 +218,12 @@ def test_kill_9_of_the_stage_chain_then_rerun_gives_the_same_shards(cohort: Path
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     work = tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-m", "tests.flows.stage_chain", str(cohort), str(work)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.flows.stage_chain", str(cohort), str(work)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rng = random.Random(os.environ.get("FVLM_KILL_SEED", "1"))
     deadline = time.monotonic() + 120
     while child.poll() is None and time.monotonic() < deadline and not list((work / "converted").rglob("*.nii.gz")):
@@ -231,8 +245,12 @@ def test_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> No
     params = tmp_path / "params.yaml"
     params.write_text("paths: {shards: no-shards-here, models: models, metrics: metrics}\n")
     with pytest.raises(CommandError) as info:
-        train_flow(params_path=str(params), gpus=0, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                   metrics_path=str(tmp_path / "metrics" / "train.json"))
+        train_flow(
+            params_path=str(params),
+            gpus=0,
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            metrics_path=str(tmp_path / "metrics" / "train.json"),
+        )
     assert info.value.command[1:4] == ["-m", "fvlm.cli", "--params"] and "train" in info.value.command
     assert "fvlm train" in info.value.tail
 

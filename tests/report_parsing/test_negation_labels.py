@@ -75,7 +75,8 @@ def test_effusion_is_placed_by_its_location() -> None:
 def test_coronary_only_calcification_is_not_arterial_wall_calcification() -> None:
     assert _labels("Calcified atheroma plaques in the coronary arteries.") == {"Coronary artery wall calcification"}
     assert _labels("Wall calcifications in the aorta and coronary arteries.") == {
-        "Coronary artery wall calcification", "Arterial wall calcification",
+        "Coronary artery wall calcification",
+        "Arterial wall calcification",
     }
 
 
@@ -87,7 +88,7 @@ def test_lung_labels_need_a_lung_context() -> None:
 def test_anatomy_assignment_and_other() -> None:
     text = "Nodule in the right lung and aortic wall calcification. Liver is normal."
     analysis = analyze_text(text, "ctrate4")
-    assert analysis.sentence_anatomies == [[0, 3], []]     # lung + aorta; the liver sentence is `other`
+    assert analysis.sentence_anatomies == [[0, 3], []]  # lung + aorta; the liver sentence is `other`
     assert analysis.anatomy_abnormal == [True, False, False, True]
     normal = analyze_text("The heart is normal in size. No pleural effusion in either lung.", "ctrate4")
     assert normal.anatomy_abnormal == [False, False, False, False]
@@ -95,14 +96,20 @@ def test_anatomy_assignment_and_other() -> None:
 
 def test_abnormal_only_in_findings_still_counts() -> None:
     # fVLM's impression-only rule would call the lung normal here
-    analysis = analyze_text('Findings: Subsegmental atelectasis in the left lung.\nImpression: No acute finding.', "ctrate4")
+    analysis = analyze_text(
+        'Findings: Subsegmental atelectasis in the left lung.\nImpression: No acute finding.', "ctrate4"
+    )
     assert analysis.anatomy_abnormal[0] is True
 
 
 def test_candidate_scan_equals_full_scan_on_written_text() -> None:
-    text = ("-Budding tree appearance in the right lung. Calcified plaques (aorta). Pleural or pericardial effusion "
-            "was not observed; lymph nodes that did not reach pathological size. Cardiothoracic index increased.")
+    text = (
+        "-Budding tree appearance in the right lung. Calcified plaques (aorta). Pleural or pericardial effusion "
+        "was not observed; lymph nodes that did not reach pathological size. Cardiothoracic index increased."
+    )
     view = TokenView.from_text(text)
-    assert [m.span() for m in finding_matches(text.lower(), view)] == [m.span() for m in finding_matches_full_scan(text)]
+    assert [m.span() for m in finding_matches(text.lower(), view)] == [
+        m.span() for m in finding_matches_full_scan(text)
+    ]
     lower = text.lower()
     assert report_cues(lower, TokenView.from_text(lower)) == report_cues_full_scan(lower)

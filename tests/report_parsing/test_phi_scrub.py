@@ -95,12 +95,12 @@ def test_scrubbing_ctrate_reports_keeps_every_label(ctrate_texts: list[str]) -> 
     from report_parsing.pipeline import analyze_many
 
     scrubbed = [scrub_phi(text).text for text in ctrate_texts]
-    changed = [i for i, (a, b) in enumerate(zip(ctrate_texts, scrubbed)) if a != b]
+    changed = [i for i, (a, b) in enumerate(zip(ctrate_texts, scrubbed, strict=False)) if a != b]
     assert len(changed) < 0.3 * len(ctrate_texts)
     measurements = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mm|cm)\b|\b[TLC]\d{1,2}\b")
     for index in changed:
         assert measurements.findall(ctrate_texts[index]) == measurements.findall(scrubbed[index])
     before = list(analyze_many([ctrate_texts[i] for i in changed], "ctrate4"))
     after = list(analyze_many([scrubbed[i] for i in changed], "ctrate4"))
-    differing = [i for i, a, b in zip(changed, before, after) if list(a.labels) != list(b.labels)]
+    differing = [i for i, a, b in zip(changed, before, after, strict=False) if list(a.labels) != list(b.labels)]
     assert not differing, differing[:5]

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from report_parsing.analyze import analyze_text, lower_keeping_offsets
-from report_parsing.pipeline import build_pipeline
-from report_parsing.pipeline import forget_everything
-from report_parsing.sentence_cache import SentenceCache, sentence_cache_stats
 from core.anatomy_sets import CTRATE_LABELS
+from report_parsing.analyze import analyze_text, lower_keeping_offsets
+from report_parsing.pipeline import build_pipeline, forget_everything
+from report_parsing.sentence_cache import SentenceCache, sentence_cache_stats
 
 REPORTS = [
     "Findings: Trachea and both main bronchi are open. No pleural effusion was detected. "
@@ -27,7 +26,9 @@ REPORTS = [
 
 def _parse(texts: list[str], anatomy_set: str = "ctrate4", uncertain_is_positive: bool = True) -> list[dict]:
     nlp = build_pipeline(anatomy_set, uncertain_is_positive=uncertain_is_positive)
-    return [dict(doc._.fvlm.to_dict(), sents=[(s.start_char, s.end_char) for s in doc.sents]) for doc in nlp.pipe(texts)]
+    return [
+        dict(doc._.fvlm.to_dict(), sents=[(s.start_char, s.end_char) for s in doc.sents]) for doc in nlp.pipe(texts)
+    ]
 
 
 @pytest.mark.parametrize("anatomy_set", ["ctrate4", "radgenome_chest"])
@@ -35,23 +36,25 @@ def _parse(texts: list[str], anatomy_set: str = "ctrate4", uncertain_is_positive
 def test_memoised_sentences_give_what_fresh_ones_give(anatomy_set: str, uncertain_is_positive: bool) -> None:
     forget_everything()
     cold = _parse(REPORTS, anatomy_set, uncertain_is_positive)
-    assert 0 < sentence_cache_stats()["hit_rate"] < 1   # the template sentences repeat across the reports
+    assert 0 < sentence_cache_stats()["hit_rate"] < 1  # the template sentences repeat across the reports
     warm = _parse(REPORTS, anatomy_set, uncertain_is_positive)
     assert warm == cold
     forget_everything()
-    reverse = _parse(REPORTS[::-1], anatomy_set, uncertain_is_positive)[::-1]   # other sentences memoised first
+    reverse = _parse(REPORTS[::-1], anatomy_set, uncertain_is_positive)[::-1]  # other sentences memoised first
     assert reverse == cold
-    assert [analyze_text(text, anatomy_set, uncertain_is_positive=uncertain_is_positive).to_dict() for text in REPORTS] == [
-        {key: value for key, value in row.items() if key != "sents"} for row in cold
-    ]
+    assert [
+        analyze_text(text, anatomy_set, uncertain_is_positive=uncertain_is_positive).to_dict() for text in REPORTS
+    ] == [{key: value for key, value in row.items() if key != "sents"} for row in cold]
 
 
 def test_a_match_never_crosses_a_sentence_end() -> None:
     # "pericardium ... fluid" may span a few words, but not a line break that ends the sentence
     analysis = analyze_text("Pericardium normal\nFluid in the abdomen.", "ctrate4")
     assert analysis.labels[CTRATE_LABELS.index("Pericardial effusion")] == 0
-    assert all(analysis.sentences[sentence][0] <= start and end <= analysis.sentences[sentence][1]
-               for start, end, _, sentence, _ in analysis.mentions)
+    assert all(
+        analysis.sentences[sentence][0] <= start and end <= analysis.sentences[sentence][1]
+        for start, end, _, sentence, _ in analysis.mentions
+    )
 
 
 def test_lower_case_keeps_offsets_for_every_character() -> None:
@@ -82,12 +85,12 @@ def test_gc_pause_nests_and_restores_the_collector() -> None:
         assert not gc.isenabled()
         with cyclic_gc_paused():
             assert not gc.isenabled()
-        assert not gc.isenabled()   # the outer pause still holds
+        assert not gc.isenabled()  # the outer pause still holds
     assert gc.isenabled()
     gc.disable()
     try:
         with cyclic_gc_paused():
             pass
-        assert not gc.isenabled()   # a collector the caller had disabled stays disabled
+        assert not gc.isenabled()  # a collector the caller had disabled stays disabled
     finally:
         gc.enable()

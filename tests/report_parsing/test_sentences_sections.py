@@ -11,8 +11,10 @@ def _sentences(text: str) -> list[str]:
 
 
 def test_measurements_vertebrae_and_lists_do_not_split() -> None:
-    text = ("1. A 3.5 mm nodule in the right lobe; 22x14.5 mm mass. 2. Fracture of T12. "
-            "Pericardial effusion-thickening was not observed.")
+    text = (
+        "1. A 3.5 mm nodule in the right lobe; 22x14.5 mm mass. 2. Fracture of T12. "
+        "Pericardial effusion-thickening was not observed."
+    )
     assert _sentences(text) == [
         "A 3.5 mm nodule in the right lobe;",
         "22x14.5 mm mass.",
@@ -30,7 +32,10 @@ def test_abbreviations_do_not_split() -> None:
 
 def test_semicolon_question_mark_and_bullets_split() -> None:
     assert _sentences("When examined in the lung window; Nodules are seen. Hernia? \u2022 Atelectasis") == [
-        "When examined in the lung window;", "Nodules are seen.", "Hernia?", "Atelectasis",
+        "When examined in the lung window;",
+        "Nodules are seen.",
+        "Hernia?",
+        "Atelectasis",
     ]
 
 
@@ -40,19 +45,23 @@ def test_ctrate_quote_starts_impression_items() -> None:
     assert [s.name for s in sections] == [FINDINGS, IMPRESSION]
     impression = sections[1]
     assert [text[a:b] for a, b in sentence_spans(text, impression.start, impression.end)] == [
-        "Thoracic CT examination within normal limits", "Minimal effusion.",
+        "Thoracic CT examination within normal limits",
+        "Minimal effusion.",
     ]
 
 
 def test_separate_columns_and_headers() -> None:
     text = join_columns("No effusion. Heart normal.", "Normal study.")
     sections = detect_sections(text)
-    assert [(s.name, text[s.start:s.end].strip()) for s in sections] == [
-        (FINDINGS, "No effusion. Heart normal."), (IMPRESSION, "Normal study."),
+    assert [(s.name, text[s.start : s.end].strip()) for s in sections] == [
+        (FINDINGS, "No effusion. Heart normal."),
+        (IMPRESSION, "Normal study."),
     ]
     text = "Clinical history: cough. FINDINGS: Small nodule.\nCONCLUSION: Nodule."
-    assert [(s.name, text[s.start:s.end].strip()) for s in detect_sections(text)] == [
-        (OTHER, "cough."), (FINDINGS, "Small nodule."), (IMPRESSION, "Nodule."),
+    assert [(s.name, text[s.start : s.end].strip()) for s in detect_sections(text)] == [
+        (OTHER, "cough."),
+        (FINDINGS, "Small nodule."),
+        (IMPRESSION, "Nodule."),
     ]
 
 

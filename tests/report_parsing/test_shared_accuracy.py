@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from report_parsing.evaluation import label_report, tune_holdout_indices
 from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
+from report_parsing.evaluation import label_report, tune_holdout_indices
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,10 @@ def test_label_f1_on_ctrate_reports(ctrate) -> None:
     _, held_out = tune_holdout_indices(len(frame))
     everything = label_report(gold, predicted, CTRATE_LABELS)
     held = label_report(gold[held_out], predicted[held_out], CTRATE_LABELS)
-    assert everything["macro avg"]["f1-score"] >= 0.94            # measured 0.948
-    assert min(everything[label]["f1-score"] for label in CTRATE_LABELS) >= 0.83   # measured 0.844
-    assert held["macro avg"]["f1-score"] >= 0.93                  # measured 0.940 on the held-out 200
-    assert min(held[label]["f1-score"] for label in CTRATE_LABELS) >= 0.82         # measured 0.838
+    assert everything["macro avg"]["f1-score"] >= 0.94  # measured 0.948
+    assert min(everything[label]["f1-score"] for label in CTRATE_LABELS) >= 0.83  # measured 0.844
+    assert held["macro avg"]["f1-score"] >= 0.93  # measured 0.940 on the held-out 200
+    assert min(held[label]["f1-score"] for label in CTRATE_LABELS) >= 0.82  # measured 0.838
 
 
 def test_anatomy_abnormal_agrees_with_mapped_labels(ctrate) -> None:
@@ -69,7 +69,9 @@ def test_ctrate_texts_are_english_and_parsed(ctrate) -> None:
 
     frame, analyses = ctrate
     assert all(analysis.sentences for analysis in analyses)
-    assert sum(analysis.has_impression for analysis in analyses) >= 0.85 * len(analyses)   # the rest join Findings and Impression with no mark
+    assert sum(analysis.has_impression for analysis in analyses) >= 0.85 * len(
+        analyses
+    )  # the rest join Findings and Impression with no mark
     shares = [english_ratio(text) for text in frame["report_text"].astype(str)]
     assert min(ascii for _, ascii, _ in shares) > 0.95
 
@@ -77,8 +79,7 @@ def test_ctrate_texts_are_english_and_parsed(ctrate) -> None:
 def test_memo_order_does_not_change_any_output(ctrate) -> None:
     # the sentence memo is a pure function of the sentence: a cold pass in reverse order (other
     # sentences memoised first) gives every report exactly what the module's pass gave
-    from report_parsing.pipeline import analyze_many
-    from report_parsing.pipeline import forget_everything
+    from report_parsing.pipeline import analyze_many, forget_everything
 
     frame, analyses = ctrate
     forget_everything()

@@ -10,7 +10,7 @@ from report_parsing.tokens import TYPE_TABLE, TokenView, WordTypeFilter
 
 
 def test_classifier_registered_late_classifies_known_types() -> None:
-    view = TokenView.from_text("Zyxwv qrstu zyxwv, effusion.")   # types learnt by the table now
+    view = TokenView.from_text("Zyxwv qrstu zyxwv, effusion.")  # types learnt by the table now
     TYPE_TABLE.typed(view)
     late = WordTypeFilter(lambda word: word == "zyxwv")
     assert late.indices(view).tolist() == [0, 2]
@@ -30,8 +30,8 @@ def test_ctrate_quote_starts_impression_only_after_sentence_end() -> None:
     text = 'Lungs are clear. " No acute finding. Size "large" noted.'
     sections = detect_sections(text)
     assert [s.name for s in sections] == ["findings", "impression"]
-    assert text[sections[0].start:sections[0].end] == "Lungs are clear."
-    assert text[sections[1].start:].lstrip().startswith('" No acute')
+    assert text[sections[0].start : sections[0].end] == "Lungs are clear."
+    assert text[sections[1].start :].lstrip().startswith('" No acute')
     assert [s.name for s in detect_sections('Size "large" noted and clear.')] == ["findings"]
 
 
@@ -41,10 +41,13 @@ def test_threads_share_the_table_safely() -> None:
 
     from report_parsing.analyze import analyze_text
 
-    texts = [f"Nodule{i}x in the lung{i}y; no effusion{i}z. Word{i}a{j} is clear. Calcified plaques in the aorta{j}."
-             for i in range(40) for j in range(3)]
+    texts = [
+        f"Nodule{i}x in the lung{i}y; no effusion{i}z. Word{i}a{j} is clear. Calcified plaques in the aorta{j}."
+        for i in range(40)
+        for j in range(3)
+    ]
     expected = [analyze_text(text, "ctrate4").to_dict() for text in texts]
-    fresh = [text.replace("Word", "Fresh") for text in texts]       # word types the table has not seen
+    fresh = [text.replace("Word", "Fresh") for text in texts]  # word types the table has not seen
     expected_fresh = [analyze_text(text, "ctrate4").to_dict() for text in fresh]
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda text: analyze_text(text, "ctrate4").to_dict(), texts))

@@ -18,12 +18,12 @@ def phantom(shape_xyz: tuple[int, int, int] = (48, 40, 24), *, seed: int = 0) ->
     nx, ny, nz = shape_xyz
     hu = np.full(shape_xyz, -1000, dtype=np.int16)
     ids = np.zeros(shape_xyz, dtype=np.uint8)
-    hu[4:nx - 4, 4:ny - 4, :] = 40
-    ids[6:nx // 2 - 2, 8:ny - 8, 2:nz - 2] = LUNG_UPPER_LEFT   # RAS: low x = patient right... values only
-    ids[nx // 2 + 2:nx - 6, 8:ny - 8, 2:nz - 2] = LUNG_UPPER_RIGHT
-    ids[nx // 2 + 2:nx - 6, 8:ny - 8, 0:4] = LUNG_LOWER_LEFT      # touches the first slice
-    ids[nx // 2 - 4:nx // 2 + 4, 10:18, 4:12] = HEART
-    ids[nx // 2 - 1:nx // 2 + 2, ny - 12:ny - 9, 3:nz - 3] = AORTA
+    hu[4 : nx - 4, 4 : ny - 4, :] = 40
+    ids[6 : nx // 2 - 2, 8 : ny - 8, 2 : nz - 2] = LUNG_UPPER_LEFT  # RAS: low x = patient right... values only
+    ids[nx // 2 + 2 : nx - 6, 8 : ny - 8, 2 : nz - 2] = LUNG_UPPER_RIGHT
+    ids[nx // 2 + 2 : nx - 6, 8 : ny - 8, 0:4] = LUNG_LOWER_LEFT  # touches the first slice
+    ids[nx // 2 - 4 : nx // 2 + 4, 10:18, 4:12] = HEART
+    ids[nx // 2 - 1 : nx // 2 + 2, ny - 12 : ny - 9, 3 : nz - 3] = AORTA
     hu[ids > 0] = -800
     hu[ids == HEART] = 45
     hu[ids == AORTA] = 200

@@ -20,14 +20,14 @@ def test_shapes_dtypes_spacing_and_every_anatomy_kept(make_phantom) -> None:
     assert grid.hu_zyx.dtype == np.int16 and grid.anatomy_index_zyx.dtype == np.uint8
     assert grid.hu_zyx.shape == grid.anatomy_index_zyx.shape
     assert grid.spacing_zyx == (3.0, 1.0, 1.0)
-    assert set(np.unique(grid.anatomy_index_zyx)) == {0, 1, 2, 4}        # lung, heart, aorta; no esophagus
+    assert set(np.unique(grid.anatomy_index_zyx)) == {0, 1, 2, 4}  # lung, heart, aorta; no esophagus
     # every anatomy's physical extent survives the crop: compare bbox extents in mm
     src_index = ids
     for k, classes in ((1, (10, 11, 12)), (2, (51,)), (4, (52,))):
         src = np.argwhere(np.isin(src_index, classes))
-        src_mm = (src.max(0) - src.min(0) + 1) * np.array([0.8, 0.8, 1.5])      # x, y, z
+        src_mm = (src.max(0) - src.min(0) + 1) * np.array([0.8, 0.8, 1.5])  # x, y, z
         out = np.argwhere(grid.anatomy_index_zyx == k)
-        out_mm = (out.max(0) - out.min(0) + 1) * np.array([3.0, 1.0, 1.0])    # z, y, x
+        out_mm = (out.max(0) - out.min(0) + 1) * np.array([3.0, 1.0, 1.0])  # z, y, x
         assert np.all(out_mm[::-1] >= src_mm - np.array([1.0, 1.0, 3.0]))
 
 
@@ -64,7 +64,7 @@ def test_fractional_steps_match_scipy_linear_and_nearest(make_phantom) -> None:
 def test_orientation_does_not_change_the_result(make_phantom) -> None:
     hu, ids = make_phantom((32, 28, 16), seed=5)
     ras = _image(hu, (1.0, 1.0, 2.0))
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])          # LPS-style storage of the same voxels
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS-style storage of the same voxels
     flip[:3, 3] = [hu.shape[0] - 1, hu.shape[1] - 1, 0]
     lps = nib.Nifti1Image(hu[::-1, ::-1].copy(), ras.affine @ flip)
     a = prepare_model_grid(ras, ids, "ctrate4", (2.0, 1.0, 1.0), 1, 2)
@@ -76,11 +76,11 @@ def test_orientation_does_not_change_the_result(make_phantom) -> None:
 def test_array_input_and_empty_roi() -> None:
     hu = np.zeros((8, 8, 8), dtype=np.int16)
     ids = np.zeros((8, 8, 8), dtype=np.uint8)
-    ids[2:4, 2:4, 2:4] = 5                            # liver: not in ctrate4
+    ids[2:4, 2:4, 2:4] = 5  # liver: not in ctrate4
     with pytest.raises(EmptyRoiError, match="ctrate4"):
         prepare_model_grid(hu, ids, "ctrate4", (1.0, 1.0, 1.0), 0, 0, affine=np.eye(4))
     ids[2:4, 2:4, 2:4] = 15
     grid = prepare_model_grid(hu, ids, "ctrate4", (1.0, 1.0, 1.0), 1, 1, affine=np.eye(4))
     assert grid.anatomy_index_zyx.shape == (4, 4, 4) and grid.anatomy_index_zyx.max() == 3
-    hu_zyx, index_zyx, spacing, affine = grid              # the tuple the shard stage unpacks
+    hu_zyx, index_zyx, spacing, affine = grid  # the tuple the shard stage unpacks
     assert spacing == (1.0, 1.0, 1.0) and np.allclose(affine[:3, 3], (1, 1, 1))

@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.privacy import pseudonym
 from core.anatomy_sets import load_anatomy_set, totalseg_name_to_id
+from core.privacy import pseudonym
 from segmentation.precomputed import MaskSourceError, PrecomputedBackend, load_mask_source
 from segmentation.stats import anatomy_stats
 
@@ -35,7 +35,7 @@ def test_ctrate4_grouping_on_a_real_mask(shared_data: Path) -> None:
     assert stats["lung"].voxels == sum(int((ids_xyz == i).sum()) for i in lobes) > 0
     assert stats["aorta"].voxels == int((ids_xyz == 52).sum()) > 0
     assert stats["lung"].volume_ml == pytest.approx(stats["lung"].voxels * 27 / 1000)
-    assert stats["aorta"].cut_by_fov     # the 30-slice crop cuts the aorta at both ends
+    assert stats["aorta"].cut_by_fov  # the 30-slice crop cuts the aorta at both ends
     assert {"z_first", "z_last"} <= set(stats["aorta"].touches)
 
 
@@ -54,7 +54,7 @@ def _ct_from_dicom(files: list[Path]) -> tuple[nib.Nifti1Image, dict[str, int]]:
     affine_lps[:3, 2] = positions[1] - positions[0]
     affine_lps[:3, 3] = positions[0]
     hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in datasets], axis=-1)
-    hu_xyz = hu.transpose(1, 0, 2).astype(np.int16)          # (row, col, slice) -> (col, row, slice)
+    hu_xyz = hu.transpose(1, 0, 2).astype(np.int16)  # (row, col, slice) -> (col, row, slice)
     image = nib.Nifti1Image(hu_xyz, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps)
     return image, {d.SOPInstanceUID: k for k, d in enumerate(datasets)}
 
@@ -62,7 +62,7 @@ def _ct_from_dicom(files: list[Path]) -> tuple[nib.Nifti1Image, dict[str, int]]:
 def test_dicom_seg_liver_lands_on_its_ct_voxels(shared_data: Path, tmp_path: Path) -> None:
     folder = shared_data / "dcmqi" / "segmentations"
     ct_dicom, slice_of = _ct_from_dicom(sorted((folder / "ct-3slice").glob("*.dcm")))
-    volume = nib.as_closest_canonical(ct_dicom)              # what `fvlm convert` writes: RAS canonical
+    volume = nib.as_closest_canonical(ct_dicom)  # what `fvlm convert` writes: RAS canonical
     study_id = "st_dcmqi"
     masks = tmp_path / "masks"
     masks.mkdir()
@@ -76,7 +76,7 @@ def test_dicom_seg_liver_lands_on_its_ct_voxels(shared_data: Path, tmp_path: Pat
     seg = pydicom.dcmread(str(folder / "liver.dcm"))
     frames = seg.pixel_array
     expected = np.zeros(ct_dicom.shape, dtype=np.uint8)
-    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=False):
         source_uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         expected[:, :, slice_of[source_uid]] = (frame.T > 0) * totalseg_name_to_id()["liver"]
     expected_canonical = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(expected, ct_dicom.affine)).dataobj)
@@ -97,7 +97,7 @@ def test_study_matched_by_id_or_by_pseudonymised_key(shared_data: Path, tmp_path
     with pytest.raises(MaskSourceError, match="no precomputed mask for study st_other"):
         backend.source_for("st_other")
     # messages never show the raw key
-    volume = nib.load(str(shared_data / "totalsegmentator" / "example_ct.nii.gz"))   # 112 slices vs 30
+    volume = nib.load(str(shared_data / "totalsegmentator" / "example_ct.nii.gz"))  # 112 slices vs 30
     with pytest.raises(MaskSourceError) as error:
         backend.segment_study(keyed, volume)
     assert "does not cover the volume" in str(error.value) and raw_key not in str(error.value)
@@ -110,7 +110,7 @@ def test_mask_on_another_grid_is_resampled_nearest(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     nib.save(coarse, str(tmp_path / "m" / "st_a.nii.gz"))
     fine_affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    fine_affine[:3, 3] = -0.5                                  # same field of view, twice the resolution
+    fine_affine[:3, 3] = -0.5  # same field of view, twice the resolution
     volume = nib.Nifti1Image(np.zeros((20, 20, 20), dtype=np.int16), fine_affine)
     out, warnings = PrecomputedBackend(tmp_path / "m", salt=SALT).segment_study("st_a", volume)
     assert out.shape == (20, 20, 20) and int((out == 51).sum()) == 8 * ids.astype(bool).sum()
@@ -134,14 +134,15 @@ def test_dicom_seg_covering_part_of_a_longer_volume(shared_data: Path, tmp_path:
     ct_dicom, _ = _ct_from_dicom(sorted((folder / "ct-3slice").glob("*.dcm")))
     volume = nib.as_closest_canonical(ct_dicom)
     data = np.asarray(volume.dataobj)
-    longer = nib.Nifti1Image(np.concatenate([data, data[..., :2]], axis=2), volume.affine)   # 2 more slices
+    longer = nib.Nifti1Image(np.concatenate([data, data[..., :2]], axis=2), volume.affine)  # 2 more slices
     (tmp_path / "masks").mkdir()
     shutil.copy(folder / "liver.dcm", tmp_path / "masks" / "st_long.dcm")
     backend = PrecomputedBackend(tmp_path / "masks", salt=SALT)
     ids, _ = backend.segment_study("st_long", longer)
     reference, _ = PrecomputedBackend(tmp_path / "masks", salt=SALT).segment_study("st_long", volume)
     assert ids.shape == longer.shape and np.array_equal(ids[..., :3], reference) and not ids[..., 3:].any()
-    shifted = nib.Nifti1Image(data, volume.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 50],
-                                                              [0, 0, 0, 1.0]]))
+    shifted = nib.Nifti1Image(
+        data, volume.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 50], [0, 0, 0, 1.0]])
+    )
     with pytest.raises(MaskSourceError, match="lies outside the volume"):
         backend.segment_study("st_long", shifted)

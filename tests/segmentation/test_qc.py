@@ -12,8 +12,15 @@ from segmentation.stats import anatomy_index_map
 def test_qc_mosaic_is_a_png_with_anatomy_colours(tmp_path: Path, make_phantom) -> None:
     hu, ids = make_phantom((48, 40, 24))
     hu_zyx, index_zyx = hu.transpose(2, 1, 0), anatomy_index_map(ids.transpose(2, 1, 0), "ctrate4")
-    path = write_qc_png(hu_zyx, index_zyx, ("lung", "heart", "esophagus", "aorta"), (3.0, 1.0, 1.0),
-                        tmp_path / "qc" / "st_1.png", title="st_1", voxel_counts={"lung": 10})
+    path = write_qc_png(
+        hu_zyx,
+        index_zyx,
+        ("lung", "heart", "esophagus", "aorta"),
+        (3.0, 1.0, 1.0),
+        tmp_path / "qc" / "st_1.png",
+        title="st_1",
+        voxel_counts={"lung": 10},
+    )
     assert path == tmp_path / "qc" / "st_1.png" and not list((tmp_path / "qc").glob(".*tmp*"))
     with Image.open(path) as picture:
         rgb = np.asarray(picture.convert("RGB")).astype(int)

@@ -18,6 +18,7 @@ from segmentation.stage import SegmentJob, run_segment
 def segment(inputs, output_dir, **options):
     return run_segment(SegmentJob(inputs=inputs, output_dir=output_dir, **options))
 
+
 SALT = "stage-test-salt"
 
 
@@ -35,7 +36,7 @@ def _cohort(tmp_path: Path, make_phantom, n: int = 3) -> tuple[Path, Path, dict[
         affine = np.diag([1.5, 1.5, 3.0, 1.0])
         nib.save(nib.Nifti1Image(hu, affine), str(converted / "volumes" / f"{study_id}.nii.gz"))
         if k == 1:
-            ids[ids == 52] = 0                        # the second study's mask lacks the aorta
+            ids[ids == 52] = 0  # the second study's mask lacks the aorta
         nib.save(nib.Nifti1Image(ids, affine), str(masks / f"{key}.nii.gz"))
         rows.append({"study_id": study_id, "status": "ok"})
     rows.append({"study_id": "st_quarantined_at_convert", "status": "quarantined"})
@@ -46,18 +47,18 @@ def _cohort(tmp_path: Path, make_phantom, n: int = 3) -> tuple[Path, Path, dict[
 def test_precomputed_cohort_manifest_masks_qc_and_rerun(tmp_path: Path, make_phantom) -> None:
     converted, masks, keys = _cohort(tmp_path, make_phantom)
     bad_id = list(keys)[2]
-    (masks / f"{keys[bad_id]}.nii.gz").write_bytes(b"\x1f\x8b broken gzip")      # one unreadable mask
+    (masks / f"{keys[bad_id]}.nii.gz").write_bytes(b"\x1f\x8b broken gzip")  # one unreadable mask
     out = tmp_path / "segmented"
     summary = segment(converted, out, backend="precomputed", precomputed_dir=masks, salt=SALT)
     assert (summary.n_ok, summary.n_quarantined, len(summary.rows)) == (2, 1, 3)
     table = pq.read_table(out / "segments.parquet").to_pylist()
     by_id = {row["study_id"]: row for row in table}
-    assert set(by_id) == set(keys)                                   # the convert-quarantined study is not input
+    assert set(by_id) == set(keys)  # the convert-quarantined study is not input
     bad = by_id[bad_id]
     assert bad["status"] == "quarantined" and "not a readable NIfTI" in bad["reason"]
     for study_id, row in by_id.items():
         text = repr(row)
-        assert keys[study_id] not in text                            # no raw study key anywhere
+        assert keys[study_id] not in text  # no raw study key anywhere
         if row["status"] != "ok":
             continue
         mask = nib.load(str(out / row["mask_path"]))
@@ -93,8 +94,7 @@ def test_missing_volume_and_list_input(tmp_path: Path, make_phantom) -> None:
     converted, masks, keys = _cohort(tmp_path, make_phantom, n=1)
     study_id = next(iter(keys))
     pairs = [(study_id, converted / "volumes" / f"{study_id}.nii.gz"), ("st_gone", tmp_path / "nope.nii.gz")]
-    summary = segment(pairs, tmp_path / "out", backend="precomputed", precomputed_dir=masks, salt=SALT,
-                              qc=False)
+    summary = segment(pairs, tmp_path / "out", backend="precomputed", precomputed_dir=masks, salt=SALT, qc=False)
     rows = {row["study_id"]: row for row in summary.rows}
     assert rows[study_id]["status"] == "ok" and rows[study_id].get("qc_path") is None
     assert rows["st_gone"]["status"] == "quarantined" and "volume file missing" in rows["st_gone"]["reason"]
@@ -115,10 +115,10 @@ def test_totalsegmentator_backend_through_the_stage(tmp_path: Path, make_phantom
     calls: list[int] = []
     original = TotalSegmentatorBackend.load
     try:
-        TotalSegmentatorBackend.load = lambda self: calls.append(1) or original(self)      # type: ignore[method-assign]
+        TotalSegmentatorBackend.load = lambda self: calls.append(1) or original(self)  # type: ignore[method-assign]
         again = segment(converted, out, backend="totalsegmentator", device="cpu", totalseg_home=totalseg_env)
     finally:
-        TotalSegmentatorBackend.load = original                                            # type: ignore[method-assign]
+        TotalSegmentatorBackend.load = original  # type: ignore[method-assign]
     assert again.n_reused == 2 and calls == []
 
 
@@ -143,5 +143,4 @@ def test_cli_segment(tmp_path: Path, make_phantom, monkeypatch: pytest.MonkeyPat
 def test_missing_masks_folder_stops_the_stage(tmp_path: Path, make_phantom) -> None:
     converted, _, _ = _cohort(tmp_path, make_phantom, n=1)
     with pytest.raises(FileNotFoundError, match="precomputed masks folder not found"):
-        segment(converted, tmp_path / "out", backend="precomputed", precomputed_dir=tmp_path / "none",
-                        salt=SALT)
+        segment(converted, tmp_path / "out", backend="precomputed", precomputed_dir=tmp_path / "none", salt=SALT)

@@ -6,10 +6,10 @@ from segmentation.stats import anatomy_index_map, anatomy_stats
 
 
 def test_counts_bbox_volume_and_fov_cut() -> None:
-    ids = np.zeros((10, 20, 30), dtype=np.uint8)          # (z, y, x)
-    ids[0:4, 5:10, 5:15] = 10                              # lung lobe touching the first slice
-    ids[2:5, 12:15, 20:25] = 51                            # heart, inside the FOV
-    ids[3:6, 0:3, 0:2] = 52                                # aorta touching y_first and x_first
+    ids = np.zeros((10, 20, 30), dtype=np.uint8)  # (z, y, x)
+    ids[0:4, 5:10, 5:15] = 10  # lung lobe touching the first slice
+    ids[2:5, 12:15, 20:25] = 51  # heart, inside the FOV
+    ids[3:6, 0:3, 0:2] = 52  # aorta touching y_first and x_first
     stats = anatomy_stats(ids, "ctrate4", (2.0, 1.0, 0.5))
     lung, heart, esophagus, aorta = (stats[name] for name in ("lung", "heart", "esophagus", "aorta"))
     assert lung.voxels == 4 * 5 * 10
@@ -20,8 +20,12 @@ def test_counts_bbox_volume_and_fov_cut() -> None:
     assert heart.missing_classes == ("atrial_appendage_left",)
     assert set(aorta.touches) == {"y_first", "x_first"}
     assert not esophagus.present and esophagus.bbox_zyx is None and esophagus.missing_classes == ("esophagus",)
-    assert set(lung.missing_classes) == {"lung_lower_lobe_left", "lung_upper_lobe_right",
-                                         "lung_middle_lobe_right", "lung_lower_lobe_right"}
+    assert set(lung.missing_classes) == {
+        "lung_lower_lobe_left",
+        "lung_upper_lobe_right",
+        "lung_middle_lobe_right",
+        "lung_lower_lobe_right",
+    }
 
 
 def test_lobes_group_into_lung_and_unrelated_classes_are_background() -> None:

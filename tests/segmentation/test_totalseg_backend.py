@@ -14,7 +14,7 @@ from segmentation.totalseg import TotalSegmentatorBackend, WeightsMissingError, 
 def _small_ct(make_phantom, *, lps: bool = False) -> nib.Nifti1Image:
     hu, _ = make_phantom((40, 36, 20))
     affine = np.diag([2.5, 2.5, 4.0, 1.0])
-    if lps:                                     # stored as L->R / P->A flipped: not canonical
+    if lps:  # stored as L->R / P->A flipped: not canonical
         affine = np.diag([-2.5, -2.5, 4.0, 1.0])
     affine[:3, 3] = (10.0, -20.0, 30.0)
     return nib.Nifti1Image(hu, affine)
@@ -27,11 +27,11 @@ def test_warm_backend_end_to_end_on_a_small_ct(totalseg_env: Path, make_phantom)
     assert ids.shape == image.shape and ids.dtype == np.uint8
     from totalsegmentator.map_to_binary import class_map
 
-    assert set(np.unique(ids).tolist()) <= {0, *class_map["total"]}      # labels are noise, ids are valid
+    assert set(np.unique(ids).tolist()) <= {0, *class_map["total"]}  # labels are noise, ids are valid
     assert "STANDIN" in backend.model_id and "total/fast/297" in backend.model_id
     assert any("stand-in" in w for w in warnings)
     predictor = backend._models[0].predictor
-    again = backend.segment(image)                                     # warm: the same predictor object
+    again = backend.segment(image)  # warm: the same predictor object
     assert backend._models[0].predictor is predictor and np.array_equal(again, ids)
 
 
@@ -61,17 +61,17 @@ def test_missing_weights_say_how_to_install_and_download_nothing(tmp_path: Path,
     message = str(error.value)
     assert "totalseg_download_weights -t total_fast" in message and "totalseg_import_weights" in message
     assert "Dataset297_TotalSegmentator_total_3mm_1559subj" in message
-    assert not (tmp_path / "home" / "nnunet").exists()               # nothing created, nothing fetched
+    assert not (tmp_path / "home" / "nnunet").exists()  # nothing created, nothing fetched
     config = (tmp_path / "home" / "config.json").read_text()
     assert '"send_usage_stats": false' in config
 
 
 def test_roi_subset_runs_only_the_needed_parts_and_crops_only_when_cheaper() -> None:
     lung_heart = ["lung_upper_lobe_left", "heart", "aorta", "esophagus"]
-    assert parts_for_classes("full", lung_heart) == (291, 293)            # organs + cardiac of 5 parts
+    assert parts_for_classes("full", lung_heart) == (291, 293)  # organs + cardiac of 5 parts
     assert parts_for_classes("full", None) == (291, 292, 293, 294, 295)
     assert parts_for_classes("fast", lung_heart) == (297,)
-    assert TotalSegmentatorBackend(mode="fast", roi_subset=lung_heart).crop_task_id is None   # 3 mm = 3 mm
+    assert TotalSegmentatorBackend(mode="fast", roi_subset=lung_heart).crop_task_id is None  # 3 mm = 3 mm
     assert TotalSegmentatorBackend(mode="fast", roi_subset=lung_heart, roi_subset_robust=False).crop_task_id == 298
     assert TotalSegmentatorBackend(mode="full", roi_subset=lung_heart).crop_task_id == 297
     assert TotalSegmentatorBackend(mode="full").crop_task_id is None
@@ -93,5 +93,5 @@ def test_full_mode_with_roi_subset_runs_two_parts_on_a_crop(totalseg_env: Path, 
     ids = backend.segment(image)
     assert ids.shape == image.shape and ids.dtype == np.uint8
     allowed = {0, *(totalseg_name_to_id()[name] for name in subset)}
-    assert set(np.unique(ids).tolist()) <= allowed                  # only the subset's classes survive
+    assert set(np.unique(ids).tolist()) <= allowed  # only the subset's classes survive
     assert "total/full/291+293/crop297" in backend.model_id

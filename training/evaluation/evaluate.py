@@ -73,8 +73,11 @@ def score_splits(
         test_known = test_truth[:, s] >= 0
         y_val, p_val = val_truth[val_known, s], val_scores[val_known, s]
         y_test, p_test = test_truth[test_known, s], test_scores[test_known, s]
-        entry: dict[str, Any] = {"n_val": int(y_val.size), "n_test": int(y_test.size),
-                                 "n_test_positive": int((y_test == 1).sum())}
+        entry: dict[str, Any] = {
+            "n_val": int(y_val.size),
+            "n_test": int(y_test.size),
+            "n_test_positive": int((y_test == 1).sum()),
+        }
         if y_test.size == 0 or len(np.unique(y_test)) < 2:
             skipped.append(label)
             entry["skipped"] = "test split has a single class (AUC undefined)"
@@ -97,8 +100,8 @@ def score_splits(
         "labels": per_label,
         "scored_labels": scored,
         "skipped_labels": skipped,
-        "mean_val_threshold": {m: _mean(per_label[l]["val_threshold"][m] for l in scored) for m in METRIC_NAMES},
-        "mean_fvlm_protocol": {m: _mean(per_label[l]["fvlm_protocol"][m] for l in scored) for m in METRIC_NAMES},
+        "mean_val_threshold": {m: _mean(per_label[x]["val_threshold"][m] for x in scored) for m in METRIC_NAMES},
+        "mean_fvlm_protocol": {m: _mean(per_label[x]["fvlm_protocol"][m] for x in scored) for m in METRIC_NAMES},
     }
     report["mean_auc"] = report["mean_val_threshold"]["auc"]
     if bootstrap > 0 and scored:
@@ -151,7 +154,7 @@ def plot_roc_curves(
         figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), dpi=70, squeeze=False)
         for axis in axes.flat:
             axis.set_visible(False)
-        for axis, (label, fpr, tpr, auc) in zip(axes.flat, curves):
+        for axis, (label, fpr, tpr, auc) in zip(axes.flat, curves, strict=False):
             axis.set_visible(True)
             axis.plot(fpr, tpr, lw=1.5)
             axis.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
@@ -173,15 +176,13 @@ def _slug(label: str) -> str:
 # ------------------------------------------------------------------------------------ one model
 @dataclass
 class SplitScores:
-    truth: np.ndarray          # (N, S) 1/0/-1 of the scored labels
-    scores: np.ndarray         # (N, S)
-    used_global: np.ndarray    # (N, S)
+    truth: np.ndarray  # (N, S) 1/0/-1 of the scored labels
+    scores: np.ndarray  # (N, S)
+    used_global: np.ndarray  # (N, S)
     study_ids: list[str]
 
 
-def score_model_on(
-    model: FVLM, spec: ZeroShotSpec, batches: Iterable[Mapping[str, Any]]
-) -> SplitScores:
+def score_model_on(model: FVLM, spec: ZeroShotSpec, batches: Iterable[Mapping[str, Any]]) -> SplitScores:
     embeddings = embed_batches(model, batches)
     prompts = prompt_embeddings(model, spec)
     scale = float(model.logit_scale.detach().cpu())
@@ -203,16 +204,24 @@ def evaluate_model(
     val = score_model_on(model, spec, val_batches)
     test = score_model_on(model, spec, test_batches)
     report = score_splits(
-        spec.labels, val.truth, val.scores, test.truth, test.scores,
-        threshold_method=eval_cfg.threshold_method, bootstrap=eval_cfg.bootstrap,
-        ci_level=eval_cfg.ci_level, seed=eval_cfg.seed,
+        spec.labels,
+        val.truth,
+        val.scores,
+        test.truth,
+        test.scores,
+        threshold_method=eval_cfg.threshold_method,
+        bootstrap=eval_cfg.bootstrap,
+        ci_level=eval_cfg.ci_level,
+        seed=eval_cfg.seed,
     )
     report["embedding"] = "global" if spec.use_global else "anatomy"
-    report["anatomy_absent_fallbacks_test"] = {
-        label: int(test.used_global[:, s].sum()) for s, label in enumerate(spec.labels)
-    } if not spec.use_global else {}
+    report["anatomy_absent_fallbacks_test"] = (
+        {label: int(test.used_global[:, s].sum()) for s, label in enumerate(spec.labels)} if not spec.use_global else {}
+    )
     if out_dir is not None:
-        report["roc_pngs"] = [str(p) for p in plot_roc_curves(spec.labels, test.truth, test.scores, Path(out_dir) / "roc")]
+        report["roc_pngs"] = [
+            str(p) for p in plot_roc_curves(spec.labels, test.truth, test.scores, Path(out_dir) / "roc")
+        ]
     return report
 
 
@@ -272,12 +281,21 @@ def run_evaluation(
     bundle = load_zero_shot_model(model_dir)
     spec = bundle.spec
     if config.evaluate.prompts_file:
-        spec = zero_shot_spec(spec.anatomy_set, spec.anatomy_names, use_global=spec.use_global,
-                              prompts_file=config.path(config.evaluate.prompts_file))
+        spec = zero_shot_spec(
+            spec.anatomy_set,
+            spec.anatomy_names,
+            use_global=spec.use_global,
+            prompts_file=config.path(config.evaluate.prompts_file),
+        )
     report = evaluate_model(bundle.model, spec, val_batches(), test_batches(), config.evaluate, out_dir=out)
-    report.update({"model": str(model_ref), "eval_data_hash": eval_data_hash,
-                   "registered_model": registered[0] if registered else None,
-                   "model_version": registered[1] if registered else None})
+    report.update(
+        {
+            "model": str(model_ref),
+            "eval_data_hash": eval_data_hash,
+            "registered_model": registered[0] if registered else None,
+            "model_version": registered[1] if registered else None,
+        }
+    )
 
     run_id = None
     if uses_mlflow:
@@ -286,33 +304,53 @@ def run_evaluation(
 
             version = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(*registered)
             train_run_id = version.run_id
-        tracker = tracking.make_tracker(config.tracking, config.root, is_main_process=True,
-                                        run_name=f"eval-{registered[1] if registered else 'local'}")
+        tracker = tracking.make_tracker(
+            config.tracking,
+            config.root,
+            is_main_process=True,
+            run_name=f"eval-{registered[1] if registered else 'local'}",
+        )
         run_id = tracker.run_id
         try:
-            tracker.set_tags({"stage": "evaluate", "eval_data_hash": eval_data_hash, "model": str(model_ref),
-                              "train_run_id": train_run_id, "mlflow.parentRunId": train_run_id})
+            tracker.set_tags(
+                {
+                    "stage": "evaluate",
+                    "eval_data_hash": eval_data_hash,
+                    "model": str(model_ref),
+                    "train_run_id": train_run_id,
+                    "mlflow.parentRunId": train_run_id,
+                }
+            )
             tracker.log_params({"evaluate." + k: v for k, v in config.evaluate.model_dump().items()})
             tracker.log_metrics(flat_metrics(report))
             for png in report.get("roc_pngs", []):
                 tracker.log_artifact(png, "roc")
             if registered and promote:
+
                 def champion_auc(version: str) -> float:
                     champion_dir = tracking.resolve_model_dir(
-                        f"models:/{registered[0]}/{version}", tracking_uri, download_root / f"v{version}")
+                        f"models:/{registered[0]}/{version}", tracking_uri, download_root / f"v{version}"
+                    )
                     champion = load_zero_shot_model(champion_dir)
-                    return float(evaluate_model(champion.model, spec, val_batches(), test_batches(),
-                                                config.evaluate)["mean_auc"])
+                    return float(
+                        evaluate_model(champion.model, spec, val_batches(), test_batches(), config.evaluate)["mean_auc"]
+                    )
 
                 decision = tracking.promote_if_better(
-                    tracking_uri, registered[0], registered[1], float(report["mean_auc"]), eval_data_hash,
-                    alias=config.evaluate.promote_alias, evaluate_version=champion_auc,
+                    tracking_uri,
+                    registered[0],
+                    registered[1],
+                    float(report["mean_auc"]),
+                    eval_data_hash,
+                    alias=config.evaluate.promote_alias,
+                    evaluate_version=champion_auc,
                 )
                 report["promotion"] = decision.as_dict()
                 tracker.set_tags({"promoted": decision.promoted, "promotion_reason": decision.reason[:500]})
             elif registered:
-                tracking.record_evaluation(tracking_uri, registered[0], registered[1],
-                                           float(report["mean_auc"]), eval_data_hash)
+                tracking.record_evaluation(
+                    tracking_uri, registered[0], registered[1], float(report["mean_auc"]), eval_data_hash
+                )
             tracker.log_dict(_json_safe(report), "eval_report.json")
         except BaseException:
             tracker.end("FAILED")
@@ -323,7 +361,9 @@ def run_evaluation(
 
     atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     if metrics_path is not None:
-        atomic_write_text(metrics_path, json.dumps(_json_safe(summary_metrics(report)), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            metrics_path, json.dumps(_json_safe(summary_metrics(report)), indent=2, sort_keys=True) + "\n"
+        )
     return report
 
 

@@ -79,11 +79,11 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, method: Literal["you
 class BinaryMetrics:
     auc: float
     accuracy: float
-    sensitivity: float      # recall of the positive class
+    sensitivity: float  # recall of the positive class
     specificity: float
     precision: float
-    f1: float               # binary F1 of the positive class
-    f1_weighted: float      # F1 of both classes weighted by support (sklearn average="weighted", fVLM's)
+    f1: float  # binary F1 of the positive class
+    f1_weighted: float  # F1 of both classes weighted by support (sklearn average="weighted", fVLM's)
     threshold: float
     n: int
     n_positive: int

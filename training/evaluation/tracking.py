@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
 MODEL_DIR_ARTIFACT = "model_dir"
-MODEL_CONFIG_FILE = "fvlm_config.json"    # training.models.model.CONFIG_FILE (not imported: keeps this light)
+MODEL_CONFIG_FILE = "fvlm_config.json"  # training.models.model.CONFIG_FILE (not imported: keeps this light)
 EVAL_HASH_TAG = "eval_data_hash"
 MEAN_AUC_TAG = "mean_auc"
 _PARAM_VALUE_LIMIT = 6000
@@ -193,7 +193,10 @@ def git_commit(root: str | Path) -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -209,7 +212,7 @@ def optional_file_hash(path: str | Path) -> str | None:
 
 def provenance_tags(root: str | Path, shards_dir: str | Path | None) -> dict[str, str]:
     """git commit, dvc.lock hash and shard manifest hash (keys absent when the thing is absent)."""
-    code_root = Path(__file__).resolve().parents[2]          # the commit of the code that ran (repo root)
+    code_root = Path(__file__).resolve().parents[2]  # the commit of the code that ran (repo root)
     tags: dict[str, str | None] = {
         "git_commit": git_commit(code_root) or git_commit(root),
         "dvc_lock_sha256": optional_file_hash(Path(root) / "dvc.lock"),
@@ -295,7 +298,9 @@ def register_model(tracking_uri: str, model_uri: str, name: str, tags: Mapping[s
     return str(version.version)
 
 
-def resolve_model_dir(model: str | Path, tracking_uri: str | None = None, download_root: str | Path | None = None) -> Path:
+def resolve_model_dir(
+    model: str | Path, tracking_uri: str | None = None, download_root: str | Path | None = None
+) -> Path:
     """A local ``FVLM.save_pretrained`` directory for a local path or an MLflow model URI.
 
     Accepted: a save_pretrained dir; a training output dir (uses ``<dir>/model``); ``models:/...``,
@@ -406,7 +411,9 @@ def promote_if_better(
         return PromotionDecision(True, f"no '{alias}' yet", mean_auc)
     champion_version = str(champion.version)
     if champion_version == str(version):
-        return PromotionDecision(True, f"version {version} already holds '{alias}'", mean_auc, champion_version, mean_auc)
+        return PromotionDecision(
+            True, f"version {version} already holds '{alias}'", mean_auc, champion_version, mean_auc
+        )
     champion_tag = champion.tags.get(_auc_tag(eval_hash))
     champion_auc = float(champion_tag) if champion_tag is not None else None
     if champion_auc is None and evaluate_version is not None:
@@ -420,13 +427,17 @@ def promote_if_better(
         return PromotionDecision(
             False,
             f"mean AUC {mean_auc:.4f} does not beat champion v{champion_version} ({champion_auc:.4f})",
-            mean_auc, champion_version, champion_auc,
+            mean_auc,
+            champion_version,
+            champion_auc,
         )
     client.set_registered_model_alias(name, alias, version)
     return PromotionDecision(
         True,
         f"mean AUC {mean_auc:.4f} beats champion v{champion_version} ({champion_auc:.4f})",
-        mean_auc, champion_version, champion_auc,
+        mean_auc,
+        champion_version,
+        champion_auc,
     )
 
 
@@ -436,4 +447,3 @@ def tracking_uri_for(root: str | Path, uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((Path(root) / uri[len(prefix) :]).resolve())
     return uri
-

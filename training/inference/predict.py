@@ -40,7 +40,9 @@ def window_hu(hu_zyx: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
     return ((np.clip(hu_zyx.astype(np.float32), low, high) - low) / (high - low)).astype(np.float32)
 
 
-def center_crop_or_pad(array: np.ndarray, size_zyx: tuple[int, int, int], fill: float, center: tuple[int, int, int] | None = None) -> np.ndarray:
+def center_crop_or_pad(
+    array: np.ndarray, size_zyx: tuple[int, int, int], fill: float, center: tuple[int, int, int] | None = None
+) -> np.ndarray:
     """Crop (around ``center``, default the array centre) / pad with ``fill`` to exactly ``size_zyx``."""
     out = np.full(size_zyx, fill, dtype=array.dtype)
     src_slices, dst_slices = [], []
@@ -57,9 +59,7 @@ def center_crop_or_pad(array: np.ndarray, size_zyx: tuple[int, int, int], fill: 
     return out
 
 
-def predict_prepared(
-    bundle: ZeroShotModel, hu_zyx: np.ndarray, anatomy_mask_zyx: np.ndarray
-) -> dict[str, Any]:
+def predict_prepared(bundle: ZeroShotModel, hu_zyx: np.ndarray, anatomy_mask_zyx: np.ndarray) -> dict[str, Any]:
     """Score one study already on the model grid: HU (z,y,x) and anatomy-index mask (z,y,x), 0..K.
 
     The crop is centred on the union of the anatomies (padded with air when smaller than the crop).
@@ -92,8 +92,11 @@ def predict_prepared(
         "anatomies_found": [name for name in spec.anatomy_names if anatomies[name]["found"]],
         "anatomies": anatomies,
         "labels": {label: round(float(probabilities[0, s]), 6) for s, label in enumerate(spec.labels)},
-        "model_grid": {"crop_zyx": list(crop), "spacing_zyx_mm": bundle.meta.get("spacing_zyx_mm"),
-                       "hu_window": list(hu_window)},
+        "model_grid": {
+            "crop_zyx": list(crop),
+            "spacing_zyx_mm": bundle.meta.get("spacing_zyx_mm"),
+            "hu_window": list(hu_window),
+        },
     }
 
 
@@ -137,17 +140,25 @@ def load_input_image(input_path: str | Path, config: FvlmConfig, work_dir: str |
     if len(studies) > 1:
         raise PredictionError(f"{source}: holds {len(studies)} studies; pass the folder of one study")
     settings = ConvertSettings(
-        salt=config.privacy.salt, strict=config.convert.strict,
-        series_preference=tuple(config.convert.series_preference), min_slices=config.convert.min_slices,
-        max_spacing_deviation=config.convert.max_spacing_deviation, output_extension=".nii.gz",
-        study_key_tag=config.convert.study_key_tag, pseudonym_length=config.privacy.pseudonym_length,
+        salt=config.privacy.salt,
+        strict=config.convert.strict,
+        series_preference=tuple(config.convert.series_preference),
+        min_slices=config.convert.min_slices,
+        max_spacing_deviation=config.convert.max_spacing_deviation,
+        output_extension=".nii.gz",
+        study_key_tag=config.convert.study_key_tag,
+        pseudonym_length=config.privacy.pseudonym_length,
     )
     row = convert_study(studies[0], work_dir, settings)
     if row.status != "ok" or not row.volume_path:
         raise PredictionError(f"{source}: cannot convert study {row.study_id}: {row.reason}")
     image = nib.load(str(Path(work_dir) / row.volume_path))
-    return image, {"input_kind": "dicom", "study_id": row.study_id, "warnings": list(row.warnings),
-                   "series_description": row.series_description}
+    return image, {
+        "input_kind": "dicom",
+        "study_id": row.study_id,
+        "warnings": list(row.warnings),
+        "series_description": row.series_description,
+    }
 
 
 def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmConfig, anatomy_set_name: str) -> Any:
@@ -162,8 +173,10 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmC
         except Exception as error:  # noqa: BLE001
             raise PredictionError(f"{source}: cannot read mask ({type(error).__name__}: {error})") from None
         if tuple(mask_image.shape) != tuple(image.shape):
-            raise PredictionError(f"{source}: mask shape {tuple(mask_image.shape)} differs from the volume's "
-                                  f"{tuple(image.shape)} (masks must be on the volume's grid)")
+            raise PredictionError(
+                f"{source}: mask shape {tuple(mask_image.shape)} differs from the volume's "
+                f"{tuple(image.shape)} (masks must be on the volume's grid)"
+            )
         if not np.allclose(mask_image.affine, image.affine, atol=1e-3):
             raise PredictionError(f"{source}: mask affine differs from the volume's (not the same grid)")
         return np.asarray(mask_image.dataobj).astype(np.uint8)
@@ -172,15 +185,18 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmC
 
     classes = sorted({c for anatomy in load_anatomy_set(anatomy_set_name).anatomies for c in anatomy.classes})
     backend = TotalSegmentatorBackend(
-        mode=config.segment.mode, device=config.segment.device,
+        mode=config.segment.mode,
+        device=config.segment.device,
         roi_subset=classes if config.segment.roi_subset else None,
         home_dir=config.path(config.segment.totalseg_home) if config.segment.totalseg_home else None,
     )
     try:
         return backend.segment(image)
     except Exception as error:  # noqa: BLE001 - weights missing, nnU-Net failure, ...
-        raise PredictionError(f"segmentation failed ({type(error).__name__}: {error}); pass --mask with a "
-                              f"precomputed TotalSegmentator mask or install the weights") from None
+        raise PredictionError(
+            f"segmentation failed ({type(error).__name__}: {error}); pass --mask with a "
+            f"precomputed TotalSegmentator mask or install the weights"
+        ) from None
     finally:
         backend.close()
 
@@ -210,8 +226,9 @@ def predict_study(
     ids = load_or_segment_mask(image, mask_path, config, bundle.spec.anatomy_set)
     spacing = tuple(bundle.meta.get("spacing_zyx_mm") or config.grid.spacing_zyx_mm)
     try:
-        grid = prepare_model_grid(image, ids, bundle.spec.anatomy_set, spacing,
-                                  config.grid.roi_margin_slices, config.grid.roi_margin_voxels)
+        grid = prepare_model_grid(
+            image, ids, bundle.spec.anatomy_set, spacing, config.grid.roi_margin_slices, config.grid.roi_margin_voxels
+        )
     except EmptyRoiError as error:
         raise PredictionError(f"{input_path}: {error}") from None
     payload = predict_prepared(bundle, np.asarray(grid.hu_zyx), np.asarray(grid.anatomy_index_zyx))

@@ -49,8 +49,9 @@ def stage_strides(patch_zyx: Sequence[int]) -> list[tuple[int, int, int]]:
 class _ConvNormAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: Sequence[int]) -> None:
         super().__init__(
-            nn.Conv3d(cin, cout, kernel_size=3, stride=(int(stride[0]), int(stride[1]), int(stride[2])), padding=1,
-                      bias=False),
+            nn.Conv3d(
+                cin, cout, kernel_size=3, stride=(int(stride[0]), int(stride[1]), int(stride[2])), padding=1, bias=False
+            ),
             nn.BatchNorm3d(cout),
             nn.GELU(),
         )
@@ -81,8 +82,9 @@ class ConvEncoder3D(nn.Module):
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
         bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx, strict=False) if c % p]
         if bad:
-            raise ValueError(f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} "
-                             f"on axis {','.join(bad)}")
+            raise ValueError(
+                f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} on axis {','.join(bad)}"
+            )
         self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx, strict=False))
         self.embed_dim = int(embed_dim)
         strides = stage_strides(self.patch_zyx)
@@ -92,8 +94,10 @@ class ConvEncoder3D(nn.Module):
         else:
             widths = [int(c) for c in channels]
             if len(widths) != n_stages:
-                raise ValueError(f"conv_channels needs {n_stages} widths (one per stage of patch_zyx "
-                                 f"{self.patch_zyx}), got {len(widths)}")
+                raise ValueError(
+                    f"conv_channels needs {n_stages} widths (one per stage of patch_zyx "
+                    f"{self.patch_zyx}), got {len(widths)}"
+                )
         self.widths = tuple(widths)
         stages: list[nn.Module] = []
         cin = in_channels
@@ -119,8 +123,9 @@ class ConvEncoder3D(nn.Module):
         spatial = tuple(volume.shape[2:])
         bad = [axis for axis, size, patch in zip("zyx", spatial, self.patch_zyx, strict=False) if size % patch]
         if bad:
-            raise ValueError(f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} "
-                             f"on axis {','.join(bad)}")
+            raise ValueError(
+                f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} on axis {','.join(bad)}"
+            )
         grid = tuple(size // patch for size, patch in zip(spatial, self.patch_zyx, strict=False))
         features = volume
         saved: dict[int, torch.Tensor] = {}

@@ -37,7 +37,7 @@ def soft_targets(
 
     ``keys`` (B, K) int64 identifies texts (equal key = identical text). Rows of invalid samples are 0.
     """
-    valid_kb = valid.t().bool()                                  # (K, B)
+    valid_kb = valid.t().bool()  # (K, B)
     normal_kb = (~abnormal.bool()).t()
     keys_kb = keys.t()
     batch = valid.shape[0]
@@ -65,21 +65,19 @@ def coteach_targets(
     if alpha == 0.0:
         return targets
     valid_kb = valid.t().bool()
-    column_ok = valid_kb.unsqueeze(1)                            # (K, 1, B)
+    column_ok = valid_kb.unsqueeze(1)  # (K, 1, B)
     peer = peer_logits.detach().float().masked_fill(~column_ok, _MASKED_LOGIT)
     peer_distribution = torch.softmax(peer, dim=2) * column_ok
-    blend_rows = (abnormal.t().bool() & valid_kb).unsqueeze(2)   # (K, B, 1)
+    blend_rows = (abnormal.t().bool() & valid_kb).unsqueeze(2)  # (K, B, 1)
     blended = (1.0 - alpha) * targets + alpha * peer_distribution
     return torch.where(blend_rows, blended, targets)
 
 
-def _soft_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, valid_kb: torch.Tensor
-) -> torch.Tensor:
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, valid_kb: torch.Tensor) -> torch.Tensor:
     """Mean over valid rows of CE(targets, softmax(logits)), per anatomy: (K, B, B) -> (K,)."""
     masked = logits.masked_fill(~valid_kb.unsqueeze(1), _MASKED_LOGIT)
     log_prob = torch.log_softmax(masked, dim=2)
-    per_row = -(targets * log_prob).sum(dim=2)                  # invalid rows: targets 0 -> 0
+    per_row = -(targets * log_prob).sum(dim=2)  # invalid rows: targets 0 -> 0
     per_row = per_row * valid_kb
     return per_row.sum(dim=1) / valid_kb.sum(dim=1).clamp_min(1)
 
@@ -105,10 +103,14 @@ def fvlm_loss(
     DDP ranks first (the local slice keeps its gradient). Returns (total, {anatomy name: loss_k}).
     """
     if image_emb.shape != text_emb.shape or image_emb.dim() != 3:
-        raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} must both be (B, K, D)")
+        raise ValueError(
+            f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} must both be (B, K, D)"
+        )
     batch, n_anatomies, _ = image_emb.shape
     if tuple(valid.shape) != (batch, n_anatomies) or tuple(abnormal.shape) != (batch, n_anatomies):
-        raise ValueError(f"valid {tuple(valid.shape)} / abnormal {tuple(abnormal.shape)} must be (B, K)=({batch}, {n_anatomies})")
+        raise ValueError(
+            f"valid {tuple(valid.shape)} / abnormal {tuple(abnormal.shape)} must be (B, K)=({batch}, {n_anatomies})"
+        )
     if len(texts) != batch or any(len(row) != n_anatomies for row in texts):
         raise ValueError(f"texts must be {batch} lists of {n_anatomies} strings")
     keys = text_keys(texts, device=image_emb.device)
@@ -124,11 +126,13 @@ def fvlm_loss(
 
     logits = logit_scale.float() * torch.einsum("ikd,jkd->kij", image_emb.float(), text_emb.float())
     targets = soft_targets(valid, abnormal, keys, normal_positives)
-    targets_t2i = targets                                        # positives are symmetric
+    targets_t2i = targets  # positives are symmetric
     if coteach_logits is not None and alpha > 0.0:
         expected = (n_anatomies, global_batch, global_batch)
         if tuple(coteach_logits.shape) != expected:
-            raise ValueError(f"coteach_logits must be (K, B, B)={expected} on the gathered batch, got {tuple(coteach_logits.shape)}")
+            raise ValueError(
+                f"coteach_logits must be (K, B, B)={expected} on the gathered batch, got {tuple(coteach_logits.shape)}"
+            )
         peer = coteach_logits.to(logits.device)
         targets = coteach_targets(targets, peer, valid, abnormal, alpha)
         targets_t2i = coteach_targets(targets_t2i, peer.transpose(1, 2), valid, abnormal, alpha)
@@ -136,7 +140,7 @@ def fvlm_loss(
     valid_kb = valid.t()
     image_to_text = _soft_cross_entropy(logits, targets, valid_kb)
     text_to_image = _soft_cross_entropy(logits.transpose(1, 2), targets_t2i, valid_kb)
-    per_anatomy = 0.5 * (image_to_text + text_to_image)         # (K,), 0 where no valid row
+    per_anatomy = 0.5 * (image_to_text + text_to_image)  # (K,), 0 where no valid row
     names = list(anatomy_names) if anatomy_names is not None else [f"anatomy_{k}" for k in range(n_anatomies)]
     if len(names) != n_anatomies:
         raise ValueError(f"anatomy_names has {len(names)} names for K={n_anatomies}")
@@ -161,7 +165,9 @@ def clip_loss(
 ) -> torch.Tensor:
     """Symmetric InfoNCE with identity targets (whole volume vs whole report), CLIP-style."""
     if image_global.shape != text_global.shape or image_global.dim() != 2:
-        raise ValueError(f"image_global {tuple(image_global.shape)} and text_global {tuple(text_global.shape)} must both be (B, D)")
+        raise ValueError(
+            f"image_global {tuple(image_global.shape)} and text_global {tuple(text_global.shape)} must both be (B, D)"
+        )
     if gather:
         image_global = gather_features(image_global)
         text_global = gather_features(text_global)

@@ -70,8 +70,13 @@ class FVLM(nn.Module):
         self.text_pretrained = model_cfg.text.name_or_path is not None
         self.vision: ViT3D | ConvEncoder3D
         if getattr(vision, "kind", "vit") == "conv":  # small 3D CNN, same token grid (training/models/conv3d.py)
-            self.vision = ConvEncoder3D(self.crop_zyx, vision.patch_zyx, vision.embed_dim,
-                                        getattr(vision, "conv_channels", None), vision.pool_layers)
+            self.vision = ConvEncoder3D(
+                self.crop_zyx,
+                vision.patch_zyx,
+                vision.embed_dim,
+                getattr(vision, "conv_channels", None),
+                vision.pool_layers,
+            )
         else:
             self.vision = ViT3D(
                 crop_zyx=self.crop_zyx,
@@ -111,7 +116,9 @@ class FVLM(nn.Module):
         if volume.dim() != 5 or volume.shape[1] != 1:
             raise ValueError(f"volume must be (B, 1, Z, Y, X), got {tuple(volume.shape)}")
         if mask.dim() != 4 or tuple(mask.shape) != (volume.shape[0], *volume.shape[2:]):
-            raise ValueError(f"mask must be (B, Z, Y, X) matching volume {tuple(volume.shape)}, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be (B, Z, Y, X) matching volume {tuple(volume.shape)}, got {tuple(mask.shape)}"
+            )
         tokens, final, _ = self.image_tokens(volume)
         membership = mask_to_patch_grid(mask.to(tokens.device), len(self.anatomy_names), self.vision.patch_zyx)
         pool = self.pooling.forward_loop if self.pool_loop else self.pooling
@@ -193,14 +200,20 @@ class FVLM(nn.Module):
         model_cfg = _config_from_dict(saved["model"])
         text_source = folder / TEXT_ENCODER_DIR if model_cfg.text.name_or_path is not None else None
         model = build_model(
-            model_cfg, saved["anatomy_names"], saved["crop_zyx"],
-            tokenizer_dir=str(folder / TOKENIZER_DIR), text_encoder_path=text_source,
+            model_cfg,
+            saved["anatomy_names"],
+            saved["crop_zyx"],
+            tokenizer_dir=str(folder / TOKENIZER_DIR),
+            text_encoder_path=text_source,
         )
         state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if not (text_source is not None and key.startswith("text.encoder."))]
         if missing or unexpected:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: state dict does not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(
+                f"{folder / WEIGHTS_FILE}: state dict does not match the "
+                f"config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         return model.to(map_location)
 
 
@@ -235,7 +248,11 @@ def build_model(
             with tempfile.TemporaryDirectory() as scratch:
                 tokenizer = text_module.build_tokenizer([], text_cfg.vocab_size, scratch)
         encoder = text_module.scratch_bert(
-            _vocab_size(tokenizer), text_cfg.hidden, text_cfg.layers, text_cfg.heads, text_cfg.max_length,
+            _vocab_size(tokenizer),
+            text_cfg.hidden,
+            text_cfg.layers,
+            text_cfg.heads,
+            text_cfg.max_length,
             pad_token_id=int(tokenizer.pad_token_id or 0),
         )
     pooling = getattr(text_cfg, "pooling", "auto")

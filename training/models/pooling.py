@@ -27,8 +27,7 @@ def mask_to_patch_grid(mask: torch.Tensor, n_anatomies: int, patch_zyx: Sequence
         raise ValueError(f"mask shape (z,y,x)={(z, y, x)} is not divisible by patch_zyx={(pz, py, px)}")
     patches = mask.reshape(batch, z // pz, pz, y // py, py, x // px, px)
     members = [
-        (patches == anatomy + 1).any(dim=6).any(dim=4).any(dim=2).reshape(batch, -1)
-        for anatomy in range(n_anatomies)
+        (patches == anatomy + 1).any(dim=6).any(dim=4).any(dim=2).reshape(batch, -1) for anatomy in range(n_anatomies)
     ]
     return torch.stack(members, dim=1)
 
@@ -64,7 +63,9 @@ class AnatomyPooling(nn.Module):
         pooled = F.scaled_dot_product_attention(query, key, value, attn_mask=attend.unsqueeze(1))
         pooled = self.out_proj(pooled.transpose(1, 2).reshape(batch, self.n_anatomies, dim))
         pooled = self.norm(pooled)
-        projected = torch.einsum("bkd,kde->bke", pooled, self.proj_weight.to(pooled.dtype)) + self.proj_bias.to(pooled.dtype)
+        projected = torch.einsum("bkd,kde->bke", pooled, self.proj_weight.to(pooled.dtype)) + self.proj_bias.to(
+            pooled.dtype
+        )
         embeddings = F.normalize(projected.float(), dim=-1) * present.unsqueeze(2)
         return embeddings, present
 
@@ -83,7 +84,7 @@ class AnatomyPooling(nn.Module):
                 if not bool(present[sample, anatomy]):
                     row.append(embeddings[sample, anatomy])
                     continue
-                selected = tokens[sample][membership[sample, anatomy]]            # (n, D)
+                selected = tokens[sample][membership[sample, anatomy]]  # (n, D)
                 key = self.k_proj(selected).view(-1, self.heads, head_dim).transpose(0, 1)
                 value = self.v_proj(selected).view(-1, self.heads, head_dim).transpose(0, 1)
                 query = queries[anatomy].view(self.heads, 1, head_dim)

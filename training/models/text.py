@@ -37,7 +37,9 @@ _FALLBACK_CORPUS = (
 _LONG_DIGITS = re.compile(r"\d{5,}")  # record / accession numbers never become tokens
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str], min_reports: int = 5) -> Any:
+def build_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str], min_reports: int = 5
+) -> Any:
     """Build a lower-casing BERT WordPiece tokenizer from ``texts``; save it to ``out_dir``; return it.
 
     The vocabulary is built deterministically (the ``tokenizers`` WordPiece trainer breaks frequency ties
@@ -59,7 +61,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=True, strip_accents=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     word_counts: Counter[str] = Counter()
-    report_counts: Counter[str] = Counter()    # distinct texts a word occurs in
+    report_counts: Counter[str] = Counter()  # distinct texts a word occurs in
     fallback = len(_FALLBACK_CORPUS)
     for index, text in enumerate([*_FALLBACK_CORPUS, *texts]):
         if text and text.strip():
@@ -68,8 +70,13 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
             word_counts.update(words)
             report_counts.update({word: (min_reports if index < fallback else 1) for word in set(words)})
     characters = sorted({char for word in word_counts for char in word})
-    word_counts = Counter({word: count for word, count in word_counts.items()
-                           if report_counts[word] >= min_reports and not _LONG_DIGITS.search(word)})
+    word_counts = Counter(
+        {
+            word: count
+            for word, count in word_counts.items()
+            if report_counts[word] >= min_reports and not _LONG_DIGITS.search(word)
+        }
+    )
     vocab_tokens = [*SPECIAL_TOKENS, *characters, *(f"##{char}" for char in characters)]
     known = set(vocab_tokens)
     for word, _ in sorted(word_counts.items(), key=lambda item: (-item[1], item[0])):
@@ -90,7 +97,11 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
     out = Path(out_dir)
@@ -105,7 +116,9 @@ def load_tokenizer(name_or_path: str | os.PathLike[str], trust_remote_code: bool
     return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
 
 
-def scratch_bert(vocab_size: int, hidden: int, layers: int, heads: int, max_length: int, pad_token_id: int = 0) -> nn.Module:
+def scratch_bert(
+    vocab_size: int, hidden: int, layers: int, heads: int, max_length: int, pad_token_id: int = 0
+) -> nn.Module:
     """A small randomly initialised ``BertModel`` (no pooler)."""
     from transformers import BertConfig, BertModel
 

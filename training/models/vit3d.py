@@ -35,9 +35,15 @@ class PatchEmbed3D(nn.Module):
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, C, Z, Y, X) -> tokens (B, N, D), patch grid (gz, gy, gx)."""
         spatial = tuple(volume.shape[2:])
-        bad = [axis for axis, (size, patch) in zip("zyx", zip(spatial, self.patch_zyx)) if size % patch]
+        bad = [
+            axis
+            for axis, (size, patch) in zip("zyx", zip(spatial, self.patch_zyx, strict=False), strict=False)
+            if size % patch
+        ]
         if bad:
-            raise ValueError(f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} on axis {','.join(bad)}")
+            raise ValueError(
+                f"volume shape (z,y,x)={spatial} is not divisible by patch_zyx={self.patch_zyx} on axis {','.join(bad)}"
+            )
         embedded = self.proj(volume)
         grid = tuple(embedded.shape[2:])
         return embedded.flatten(2).transpose(1, 2), grid
@@ -56,7 +62,7 @@ class Attention(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, length, dim = tokens.shape
         qkv = self.qkv(tokens).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)                        # (B, h, N, dh)
+        query, key, value = qkv.unbind(0)  # (B, h, N, dh)
         if self.attention == "sdpa":
             out = F.scaled_dot_product_attention(query, key, value)
         else:
@@ -96,10 +102,12 @@ class ViT3D(nn.Module):
         super().__init__()
         self.crop_zyx = tuple(int(c) for c in crop_zyx)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
-        bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx) if c % p]
+        bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx, strict=False) if c % p]
         if bad:
-            raise ValueError(f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} on axis {','.join(bad)}")
-        self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx))
+            raise ValueError(
+                f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} on axis {','.join(bad)}"
+            )
+        self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx, strict=False))
         self.pool_layers = tuple(int(layer) for layer in pool_layers)
         out_of_range = [layer for layer in self.pool_layers if not 1 <= layer <= depth]
         if out_of_range:

@@ -35,11 +35,11 @@ ZERO_SHOT_FILE = "zero_shot.json"
 class ZeroShotSpec:
     anatomy_set: str
     anatomy_names: tuple[str, ...]
-    labels: tuple[str, ...]                 # scored labels, CT-RATE order
-    label_columns: tuple[int, ...]          # column of each scored label in the 18-label vectors
-    anatomy_index: tuple[int, ...]          # anatomy slot k of each scored label
-    prompts: tuple[tuple[str, str], ...]    # (negative, positive) per scored label
-    use_global: bool = False                # CLIP baseline: score the global embedding
+    labels: tuple[str, ...]  # scored labels, CT-RATE order
+    label_columns: tuple[int, ...]  # column of each scored label in the 18-label vectors
+    anatomy_index: tuple[int, ...]  # anatomy slot k of each scored label
+    prompts: tuple[tuple[str, str], ...]  # (negative, positive) per scored label
+    use_global: bool = False  # CLIP baseline: score the global embedding
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,10 +121,10 @@ class Embeddings:
     """Image embeddings of N studies (:func:`embed_batches`)."""
 
     study_ids: list[str]
-    anatomy: np.ndarray       # (N, K, D) float32
-    global_: np.ndarray       # (N, D)
-    present: np.ndarray       # (N, K) bool
-    labels: np.ndarray        # (N, 18) int8, -1 unknown
+    anatomy: np.ndarray  # (N, K, D) float32
+    global_: np.ndarray  # (N, D)
+    present: np.ndarray  # (N, K) bool
+    labels: np.ndarray  # (N, 18) int8, -1 unknown
 
 
 @torch.no_grad()
@@ -149,8 +149,12 @@ def embed_batches(model: FVLM, batches: Iterable[Mapping[str, Any]]) -> Embeddin
         for i, study_id in enumerate(batch["study_id"]):
             if study_id not in rows:
                 order.append(study_id)
-                rows[study_id] = {"anatomy": np.zeros_like(anatomy[i]), "present": np.zeros_like(present[i]),
-                                  "global": [], "labels": labels[i]}
+                rows[study_id] = {
+                    "anatomy": np.zeros_like(anatomy[i]),
+                    "present": np.zeros_like(present[i]),
+                    "global": [],
+                    "labels": labels[i],
+                }
             row = rows[study_id]
             row["global"].append(global_[i])
             if crop_anatomy is None:
@@ -209,8 +213,8 @@ class ZeroShotModel:
 
     model: FVLM
     spec: ZeroShotSpec
-    meta: dict[str, Any]            # zero_shot.json (hu_window, spacing_zyx_mm, ...)
-    prompt_emb: np.ndarray          # (S, 2, D)
+    meta: dict[str, Any]  # zero_shot.json (hu_window, spacing_zyx_mm, ...)
+    prompt_emb: np.ndarray  # (S, 2, D)
     logit_scale: float
     model_dir: Path
 
@@ -227,8 +231,9 @@ def load_zero_shot_model(model_dir: str | Path, device: str | torch.device = "cp
     folder = Path(model_dir)
     model = FVLM.from_pretrained(folder, map_location=device).eval()
     spec, meta = read_zero_shot_spec(folder)
-    return ZeroShotModel(model, spec, meta, prompt_embeddings(model, spec),
-                         float(model.logit_scale.detach().cpu()), folder)
+    return ZeroShotModel(
+        model, spec, meta, prompt_embeddings(model, spec), float(model.logit_scale.detach().cpu()), folder
+    )
 
 
 @torch.no_grad()

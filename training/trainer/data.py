@@ -51,7 +51,14 @@ from training.trainer.transforms import (
 PART_GLOB = SHARD_PART_GLOB
 METADATA_KEY = b"fvlm"
 ROW_COLUMNS: tuple[str, ...] = (
-    "study_id", "volume", "shape", "mask", "anatomy_text", "anatomy_abnormal", "labels", "report_text",
+    "study_id",
+    "volume",
+    "shape",
+    "mask",
+    "anatomy_text",
+    "anatomy_abnormal",
+    "labels",
+    "report_text",
 )
 
 
@@ -199,8 +206,9 @@ class ShardDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, global_worker, 1])
         stream = self._samples(units, rng)
         if self.shuffle:
-            stream = _shuffled(stream, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch,
-                                                                                   global_worker, 2]))
+            stream = _shuffled(
+                stream, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, global_worker, 2])
+            )
         return stream
 
     def _samples(self, units: Sequence[RowGroupUnit], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
@@ -227,15 +235,17 @@ class ShardDataset(IterableDataset):
             reports = table.column("report_text").to_pylist()
             for i in range(table.num_rows):
                 shape = shapes[i]
-                rows.append({
-                    "study_id": study_ids[i],
-                    "hu_volume": decode_array(volumes[i].as_buffer(), shape, "int16"),
-                    "anatomy_mask": decode_array(masks[i].as_buffer(), shape, "uint8"),
-                    "anatomy_text": [t or "" for t in texts[i]],
-                    "anatomy_abnormal": np.asarray(abnormal[i], dtype=bool),
-                    "labels": np.asarray(labels[i], dtype=np.int8),
-                    "report_text": reports[i] or "",
-                })
+                rows.append(
+                    {
+                        "study_id": study_ids[i],
+                        "hu_volume": decode_array(volumes[i].as_buffer(), shape, "int16"),
+                        "anatomy_mask": decode_array(masks[i].as_buffer(), shape, "uint8"),
+                        "anatomy_text": [t or "" for t in texts[i]],
+                        "anatomy_abnormal": np.asarray(abnormal[i], dtype=bool),
+                        "labels": np.asarray(labels[i], dtype=np.int8),
+                        "report_text": reports[i] or "",
+                    }
+                )
         except ShardReadError:
             raise
         except Exception as error:
@@ -268,10 +278,12 @@ class ShardDataset(IterableDataset):
                 sample["crop_anatomy"] = k
                 yield sample
 
-    def _sample(self, row: dict[str, Any], starts: Sequence[int], rng: np.random.Generator,
-                n_anatomies: int) -> dict[str, Any]:
-        volume, mask, valid_box = extract_crop(row["hu_volume"], row["anatomy_mask"], starts, self.crop_zyx,
-                                               self.hu_window)
+    def _sample(
+        self, row: dict[str, Any], starts: Sequence[int], rng: np.random.Generator, n_anatomies: int
+    ) -> dict[str, Any]:
+        volume, mask, valid_box = extract_crop(
+            row["hu_volume"], row["anatomy_mask"], starts, self.crop_zyx, self.hu_window
+        )
         intact = anatomy_intact(mask, valid_box, n_anatomies, cut_faces(row["hu_volume"].shape, starts, self.crop_zyx))
         if self.flip_prob > 0:
             volume, mask = random_flips(volume, mask, rng, self.flip_prob)
@@ -380,8 +392,9 @@ class ShardBatches:
         out: list[str] = []
         for path in self.dataset.files:
             table = _open(path).read(columns=["report_text", "anatomy_text"])
-            for report, anatomy_texts in zip(table.column("report_text").to_pylist(),
-                                             table.column("anatomy_text").to_pylist()):
+            for report, anatomy_texts in zip(
+                table.column("report_text").to_pylist(), table.column("anatomy_text").to_pylist(), strict=False
+            ):
                 out.append(report or "")
                 out.extend(text for text in anatomy_texts if text)
         return out

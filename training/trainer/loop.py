@@ -70,9 +70,9 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     steps: int
     final_loss: float
-    final_loss_avg: float                 # mean of the last min(10, steps) step losses
+    final_loss_avg: float  # mean of the last min(10, steps) step losses
     samples_per_s: float
-    tokens_per_s: float                   # vision patch tokens + non-padding text tokens per second
+    tokens_per_s: float  # vision patch tokens + non-padding text tokens per second
     # both: wall clock from the end of the process's first step to the end of its last step
     run_id: str | None
     model_dir: str
@@ -142,7 +142,9 @@ def prepare_tokenizer(config: FvlmConfig, out_dir: Path, corpus: Iterable[str] |
         texts = [t for t in (corpus or []) if t and t.strip()]
         if not texts:
             log.warning("no training texts for the tokenizer: character-level fallback vocabulary")
-        build_tokenizer(texts, config.model.text.vocab_size, tokenizer_dir, min_reports=config.model.text.vocab_min_reports)
+        build_tokenizer(
+            texts, config.model.text.vocab_size, tokenizer_dir, min_reports=config.model.text.vocab_min_reports
+        )
     barrier(env)
     return str(tokenizer_dir)
 
@@ -196,8 +198,11 @@ def restore_train_state(
         state.peer.load_state_dict(payload["peer"])
     rank_states = payload["rng"]
     if len(rank_states) != env.world_size:
-        log.warning("checkpoint has RNG states of %d ranks, running %d: RNG not restored exactly",
-                    len(rank_states), env.world_size)
+        log.warning(
+            "checkpoint has RNG states of %d ranks, running %d: RNG not restored exactly",
+            len(rank_states),
+            env.world_size,
+        )
     mine = rank_states[env.rank % len(rank_states)]
     return mine["epoch_start"], mine["step"]
 
@@ -213,17 +218,20 @@ def start_tracker(
     """The run's tracker (MLflow on rank 0; a resumed run reopens its run), params and provenance tags."""
     from training.evaluation import tracking
 
-    tracker = tracking.make_tracker(config.tracking, config.root, is_main_process=env.is_main,
-                                    run_id=progress.run_id, run_name=out.name)
+    tracker = tracking.make_tracker(
+        config.tracking, config.root, is_main_process=env.is_main, run_id=progress.run_id, run_name=out.name
+    )
     progress.run_id = tracker.run_id
     tracker.log_params(config.flat())
-    tracker.set_tags({
-        **tracking.provenance_tags(config.root, shards_dir),
-        "loss": config.train.loss,
-        "total_steps": total_steps,
-        "world_size": env.world_size,
-        "device": env.device.type,
-    })
+    tracker.set_tags(
+        {
+            **tracking.provenance_tags(config.root, shards_dir),
+            "loss": config.train.loss,
+            "total_steps": total_steps,
+            "world_size": env.world_size,
+            "device": env.device.type,
+        }
+    )
     return tracker
 
 
@@ -234,9 +242,9 @@ class _StepStats:
     per_anatomy: dict[str, torch.Tensor]
     grad_norm: float
     lr: float
-    elapsed: float          # seconds of the step's compute (forward, backward, update)
-    batch_size: int         # global (all ranks)
-    tokens: int             # global (all ranks)
+    elapsed: float  # seconds of the step's compute (forward, backward, update)
+    batch_size: int  # global (all ranks)
+    tokens: int  # global (all ranks)
 
 
 @dataclass
@@ -349,8 +357,9 @@ def optimisation_step(run: _Run, batch: Batch) -> _StepStats:
         torch.cuda.synchronize(env.device)
     elapsed = time.perf_counter() - started
     batch_size = int(batch["volume"].shape[0]) * env.world_size
-    tokens = (image_token_count(state.model, batch)
-              + text_token_count(state.model, batch, train_cfg.loss)) * env.world_size
+    tokens = (
+        image_token_count(state.model, batch) + text_token_count(state.model, batch, train_cfg.loss)
+    ) * env.world_size
     progress.step = step_number
     progress.batch_in_epoch += 1
     progress.loss_history.append(loss_value)
@@ -374,8 +383,14 @@ def record_step(run: _Run, stats: _StepStats, epoch_start_rng: dict[str, Any], s
         metrics.update({f"train/loss_{name}": float(v.detach()) for name, v in stats.per_anatomy.items()})
         run.tracker.log_metrics(metrics, step=progress.step)
     if run.env.is_main and (progress.step % 10 == 0 or progress.step == run.total_steps or progress.step == 1):
-        log.info("step %d/%d loss %.4f lr %.2e %.2f samples/s", progress.step, run.total_steps,
-                 stats.loss, stats.lr, per_second)
+        log.info(
+            "step %d/%d loss %.4f lr %.2e %.2f samples/s",
+            progress.step,
+            run.total_steps,
+            stats.loss,
+            stats.lr,
+            per_second,
+        )
     at_checkpoint = progress.step % train_cfg.checkpoint_every == 0 or progress.step == run.total_steps
     if at_checkpoint or stopping:
         window_mean = sum(run.window_losses) / len(run.window_losses)
@@ -456,11 +471,26 @@ def train(
     step_rng: dict[str, Any] | None = None
     if payload is not None:
         epoch_rng, step_rng = restore_train_state(state, payload, env)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)",
-                 checkpoint_dir / LAST_NAME, progress.step, progress.epoch, progress.batch_in_epoch)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            checkpoint_dir / LAST_NAME,
+            progress.step,
+            progress.epoch,
+            progress.batch_in_epoch,
+        )
     tracker = start_tracker(config, env, out, progress, shards_dir, total_steps)
-    run = _Run(config, env, state, progress, tracker, checkpoint_dir, total_steps, stop_after,
-               resumed_from=progress.step, autocast_enabled=bool(train_cfg.amp and env.device.type == "cuda"))
+    run = _Run(
+        config,
+        env,
+        state,
+        progress,
+        tracker,
+        checkpoint_dir,
+        total_steps,
+        stop_after,
+        resumed_from=progress.step,
+        autocast_enabled=bool(train_cfg.amp and env.device.type == "cuda"),
+    )
     status = "FAILED"
     try:
         finished = run_epochs(run, source, epoch_rng, step_rng)
@@ -480,8 +510,9 @@ def train(
         tracker.end(status)
 
 
-def _result(progress: TrainProgress, throughput: _Throughput, run_id: str | None, model_dir: Path,
-            resumed_from: int) -> TrainResult:
+def _result(
+    progress: TrainProgress, throughput: _Throughput, run_id: str | None, model_dir: Path, resumed_from: int
+) -> TrainResult:
     history = progress.loss_history
     tail = history[-10:]
     samples_per_s, tokens_per_s = throughput.rates()
@@ -510,9 +541,14 @@ def finish_run(
 ) -> None:
     """Rank 0 at the end: save + log + register the model, log the summary metrics, write metrics JSON."""
     save_final_model(config, tracker, model, out, result, anatomy_set_name)
-    tracker.log_metrics({"train/final_loss": result.final_loss,
-                         "train/samples_per_s_avg": result.samples_per_s,
-                         "train/tokens_per_s_avg": result.tokens_per_s}, step=result.steps)
+    tracker.log_metrics(
+        {
+            "train/final_loss": result.final_loss,
+            "train/samples_per_s_avg": result.samples_per_s,
+            "train/tokens_per_s_avg": result.tokens_per_s,
+        },
+        step=result.steps,
+    )
     if metrics_path is not None:
         from core.io import atomic_write_text
 
@@ -524,8 +560,9 @@ def finish_run(
         atomic_write_text(metrics_path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def save_final_model(config: FvlmConfig, tracker: NullTracker, model: FVLM, out: Path, result: TrainResult,
-                     anatomy_set_name: str | None) -> None:
+def save_final_model(
+    config: FvlmConfig, tracker: NullTracker, model: FVLM, out: Path, result: TrainResult, anatomy_set_name: str | None
+) -> None:
     """Save the final model (+ zero-shot spec), log checkpoints and the pyfunc, register a version."""
     from training.evaluation import tracking
     from training.models.zero_shot import write_zero_shot_spec, zero_shot_spec
@@ -533,23 +570,28 @@ def save_final_model(config: FvlmConfig, tracker: NullTracker, model: FVLM, out:
     model_dir = out / MODEL_DIR_NAME
     checkpoint_dir = out / CHECKPOINT_DIR_NAME
     model.save_pretrained(model_dir)
-    spec = zero_shot_spec(anatomy_set_name or config.segment.anatomy_set, model.anatomy_names,
-                          use_global=config.train.loss == "clip")
-    write_zero_shot_spec(model_dir, spec, hu_window=config.grid.hu_window,
-                         spacing_zyx_mm=config.grid.spacing_zyx_mm)
+    spec = zero_shot_spec(
+        anatomy_set_name or config.segment.anatomy_set, model.anatomy_names, use_global=config.train.loss == "clip"
+    )
+    write_zero_shot_spec(model_dir, spec, hu_window=config.grid.hu_window, spacing_zyx_mm=config.grid.spacing_zyx_mm)
     if config.tracking.log_checkpoints:
         for name in (LAST_NAME, BEST_NAME):
             if (checkpoint_dir / name).is_file():
                 tracker.log_artifact(checkpoint_dir / name, "checkpoints")
     if config.tracking.register_model and isinstance(tracker, tracking.MlflowTracker):
         result.model_uri = tracking.log_model(
-            tracker, model_dir, crop_zyx=config.grid.crop_zyx, labels=spec.labels,
+            tracker,
+            model_dir,
+            crop_zyx=config.grid.crop_zyx,
+            labels=spec.labels,
             example_zyx=config.model.vision.patch_zyx,
         )
         if result.model_uri:
             result.registered_model = config.tracking.registered_model
             result.model_version = tracking.register_model(
-                tracker.tracking_uri, result.model_uri, config.tracking.registered_model,
+                tracker.tracking_uri,
+                result.model_uri,
+                config.tracking.registered_model,
                 tags={"run_id": tracker.run_id or "", "loss": config.train.loss},
             )
             tracker.set_tags({"registered_model": result.registered_model, "model_version": result.model_version})

@@ -32,17 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.conv3d import ConvEncoder3D
 from training.evaluation.metrics import roc_auc
-from training.trainer.transforms import centred_starts, extract_crop, label_centre, random_flips, random_starts
+from training.models.conv3d import ConvEncoder3D
 from training.models.vit3d import ViT3D
+from training.trainer.transforms import centred_starts, extract_crop, label_centre, random_flips, random_starts
 
 
 @dataclass
 class ProbeStudy:
-    hu_zyx: np.ndarray        # int16 HU on the model grid (what the shards store)
-    anatomy_zyx: np.ndarray   # uint8 anatomy index + 1 (0 background)
-    labels: np.ndarray        # float32 (L,) 0/1
+    hu_zyx: np.ndarray  # int16 HU on the model grid (what the shards store)
+    anatomy_zyx: np.ndarray  # uint8 anatomy index + 1 (0 background)
+    labels: np.ndarray  # float32 (L,) 0/1
 
 
 @dataclass
@@ -71,10 +71,18 @@ def _nanmean(values: Any) -> float:
 def vision_encoder(vision: Any, crop_zyx: Sequence[int]) -> nn.Module:
     """The image encoder ``training.models.model.FVLM`` builds for ``model.vision`` (kind vit or conv)."""
     if getattr(vision, "kind", "vit") == "conv":
-        return ConvEncoder3D(crop_zyx, vision.patch_zyx, vision.embed_dim, getattr(vision, "conv_channels", None),
-                             vision.pool_layers)
-    return ViT3D(crop_zyx=crop_zyx, patch_zyx=vision.patch_zyx, embed_dim=vision.embed_dim, depth=vision.depth,
-                 heads=vision.heads, mlp_ratio=getattr(vision, "mlp_ratio", 4.0), pool_layers=vision.pool_layers)
+        return ConvEncoder3D(
+            crop_zyx, vision.patch_zyx, vision.embed_dim, getattr(vision, "conv_channels", None), vision.pool_layers
+        )
+    return ViT3D(
+        crop_zyx=crop_zyx,
+        patch_zyx=vision.patch_zyx,
+        embed_dim=vision.embed_dim,
+        depth=vision.depth,
+        heads=vision.heads,
+        mlp_ratio=getattr(vision, "mlp_ratio", 4.0),
+        pool_layers=vision.pool_layers,
+    )
 
 
 class ProbeModel(nn.Module):
@@ -91,8 +99,13 @@ class ProbeModel(nn.Module):
         return self.head(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
 
 
-def crop_study(study: ProbeStudy, crop_zyx: Sequence[int], hu_window: Sequence[float],
-               rng: np.random.Generator | None = None, flip_prob: float = 0.0) -> np.ndarray:
+def crop_study(
+    study: ProbeStudy,
+    crop_zyx: Sequence[int],
+    hu_window: Sequence[float],
+    rng: np.random.Generator | None = None,
+    flip_prob: float = 0.0,
+) -> np.ndarray:
     """The loader's crop: random (+ flips) when ``rng`` is given, else centred on the anatomies' union."""
     if rng is not None:
         starts = random_starts(study.hu_zyx.shape, crop_zyx, rng)
@@ -106,12 +119,17 @@ def crop_study(study: ProbeStudy, crop_zyx: Sequence[int], hu_window: Sequence[f
 
 
 @torch.no_grad()
-def predict_probe(model: ProbeModel, studies: Sequence[ProbeStudy], crop_zyx: Sequence[int],
-                  hu_window: Sequence[float], batch_size: int = 8) -> np.ndarray:
+def predict_probe(
+    model: ProbeModel,
+    studies: Sequence[ProbeStudy],
+    crop_zyx: Sequence[int],
+    hu_window: Sequence[float],
+    batch_size: int = 8,
+) -> np.ndarray:
     model.eval()
     scores = []
     for start in range(0, len(studies), batch_size):
-        chunk = studies[start:start + batch_size]
+        chunk = studies[start : start + batch_size]
         volume = torch.from_numpy(np.stack([crop_study(s, crop_zyx, hu_window) for s in chunk]))[:, None]
         scores.append(torch.sigmoid(model(volume)).numpy())
     return np.concatenate(scores) if scores else np.zeros((0, 0), dtype=np.float32)
@@ -150,7 +168,8 @@ def fit_probe(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
     targets = torch.from_numpy(np.stack([s.labels for s in train]).astype(np.float32))
     losses: list[float] = []
     started = time.perf_counter()
@@ -159,7 +178,7 @@ def fit_probe(
     for step in range(steps):
         if cursor + batch_size > len(order):
             order, cursor = rng.permutation(len(train)), 0
-        index = order[cursor:cursor + batch_size]
+        index = order[cursor : cursor + batch_size]
         cursor += batch_size
         volume = torch.from_numpy(np.stack([crop_study(train[i], crop_zyx, hu_window, rng, flip_prob) for i in index]))
         model.train()
@@ -172,8 +191,11 @@ def fit_probe(
         schedule.step()
         losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
-            print(f"  probe step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"  probe step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.4f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     train_scores = predict_probe(model, train, crop_zyx, hu_window)
     test_scores = predict_probe(model, test, crop_zyx, hu_window) if test else np.zeros((0, len(label_names)))
     train_labels = targets.numpy()
@@ -182,5 +204,7 @@ def fit_probe(
         label_names=list(label_names),
         test_auc=per_label_auc(test_labels, test_scores, label_names),
         train_auc=per_label_auc(train_labels, train_scores, label_names),
-        losses=losses, seconds=time.perf_counter() - started, steps=steps,
+        losses=losses,
+        seconds=time.perf_counter() - started,
+        steps=steps,
     )

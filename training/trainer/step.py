@@ -75,9 +75,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def ema_update(peer: nn.Module, model: nn.Module, decay: float) -> None:
     """peer <- decay * peer + (1 - decay) * model (parameters); buffers copied."""
     with torch.no_grad():
-        for peer_param, param in zip(peer.parameters(), model.parameters()):
+        for peer_param, param in zip(peer.parameters(), model.parameters(), strict=False):
             peer_param.mul_(decay).add_(param.detach(), alpha=1.0 - decay)
-        for peer_buffer, buffer in zip(peer.buffers(), model.buffers()):
+        for peer_buffer, buffer in zip(peer.buffers(), model.buffers(), strict=False):
             peer_buffer.copy_(buffer)
 
 
@@ -103,4 +103,4 @@ def image_token_count(model: nn.Module, batch: Mapping[str, Any]) -> int:
     shape = batch["volume"].shape[2:]
     if patch is None:
         return 0
-    return int(batch["volume"].shape[0] * math.prod(s // p for s, p in zip(shape, patch)))
+    return int(batch["volume"].shape[0] * math.prod(s // p for s, p in zip(shape, patch, strict=False)))

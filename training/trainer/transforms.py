@@ -47,7 +47,7 @@ def start_range(size: int, crop: int) -> tuple[int, int]:
 
 def random_starts(shape: Sequence[int], crop_zyx: Sequence[int], rng: np.random.Generator) -> tuple[int, ...]:
     starts = []
-    for size, crop in zip(shape, crop_zyx):
+    for size, crop in zip(shape, crop_zyx, strict=False):
         low, high = start_range(int(size), int(crop))
         starts.append(int(rng.integers(low, high + 1)))
     return tuple(starts)
@@ -56,7 +56,7 @@ def random_starts(shape: Sequence[int], crop_zyx: Sequence[int], rng: np.random.
 def centred_starts(shape: Sequence[int], crop_zyx: Sequence[int], centre_zyx: Sequence[float]) -> tuple[int, ...]:
     """Starts putting ``centre_zyx`` (voxel coordinates) at the crop centre, kept inside the valid range."""
     starts = []
-    for size, crop, centre in zip(shape, crop_zyx, centre_zyx):
+    for size, crop, centre in zip(shape, crop_zyx, centre_zyx, strict=False):
         low, high = start_range(int(size), int(crop))
         start = int(np.floor(float(centre) + 0.5)) - int(crop) // 2
         starts.append(min(max(start, low), high))
@@ -85,10 +85,10 @@ def extract_crop(
 ) -> tuple[np.ndarray, np.ndarray, Box]:
     """Windowed float32 crop, uint8 mask crop and the crop's valid (non-padded) box."""
     crop = tuple(int(c) for c in crop_zyx)
-    volume_out = np.zeros(crop, dtype=np.float32)      # 0.0 = HU window low = air
+    volume_out = np.zeros(crop, dtype=np.float32)  # 0.0 = HU window low = air
     mask_out = np.zeros(crop, dtype=np.uint8)
     src, dst, box = [], [], []
-    for size, start, length in zip(hu_volume.shape, starts, crop):
+    for size, start, length in zip(hu_volume.shape, starts, crop, strict=False):
         src_lo, src_hi = max(start, 0), min(start + length, size)
         dst_lo = src_lo - start
         dst_hi = dst_lo + max(src_hi - src_lo, 0)
@@ -104,13 +104,14 @@ def cut_faces(shape: Sequence[int], starts: Sequence[int], crop_zyx: Sequence[in
     """Which faces of a crop's valid region cut into the volume, in the order (z low, z high, y low,
     y high, x low, x high): a low face where ``start > 0``, a high face where ``start + crop < size``."""
     out: list[bool] = []
-    for size, start, crop in zip(shape, starts, crop_zyx):
+    for size, start, crop in zip(shape, starts, crop_zyx, strict=False):
         out += [int(start) > 0, int(start) + int(crop) < int(size)]
     return tuple(out)
 
 
-def anatomy_intact(mask_crop: np.ndarray, valid_box: Box, n_anatomies: int,
-                   faces_cut: Sequence[bool] | None = None) -> np.ndarray:
+def anatomy_intact(
+    mask_crop: np.ndarray, valid_box: Box, n_anatomies: int, faces_cut: Sequence[bool] | None = None
+) -> np.ndarray:
     """bool (K,): present in the crop and touching no face of the valid region that the crop cut
     (``faces_cut`` from :func:`cut_faces`; None: every face counts, i.e. the region is a crop on all sides)."""
     region = mask_crop[tuple(slice(lo, hi) for lo, hi in valid_box)]
@@ -119,7 +120,9 @@ def anatomy_intact(mask_crop: np.ndarray, valid_box: Box, n_anatomies: int,
     # presence by comparison per label: ~10x faster than bincount (which widens uint8 to int64)
     present = np.array([bool((region == k + 1).any()) for k in range(n_anatomies)], dtype=bool)
     all_faces = (region[0], region[-1], region[:, 0], region[:, -1], region[:, :, 0], region[:, :, -1])
-    checked = [f.ravel() for f, cut in zip(all_faces, faces_cut if faces_cut is not None else (True,) * 6) if cut]
+    checked = [
+        f.ravel() for f, cut in zip(all_faces, faces_cut if faces_cut is not None else (True,) * 6, strict=False) if cut
+    ]
     if not checked:
         return present
     faces = np.concatenate(checked)
