@@ -35,3 +35,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def make_cohort():
+    """Factory (tests/preprocessing/cohort_factory.py): ``make_cohort(root, n_studies=6, ...)`` writes a tiny
+    converted + segmented + reports cohort under root and returns its Cohort; shared by the shard writer
+    (tests/preprocessing) and the shard reader (tests/training) tests."""
+    from tests.preprocessing.cohort_factory import make_cohort
+
+    return make_cohort

@@ -26,7 +26,6 @@ from dicom_factory import (  # noqa: E402
 from preprocessing.convert import read_manifest  # noqa: E402
 from preprocessing.dicom_discovery import scan_dicom_tree  # noqa: E402
 from preprocessing.volume_assembly import AssemblyError, assemble_series  # noqa: E402
-from tests.preprocessing.convert_job import convert_dir  # noqa: E402
 
 SALT = "test-salt"
 
@@ -35,10 +34,17 @@ def canonical_expected(fixture) -> nib.Nifti1Image:
     return nib.as_closest_canonical(nib.Nifti1Image(fixture.hu_kji.transpose(2, 1, 0), expected_affine_ras_ijk(fixture)))
 
 
-def convert(input_dir: Path, output_dir: Path, **kwargs):
-    kwargs.setdefault("salt", SALT)
-    kwargs.setdefault("min_slices", 3)
-    return convert_dir(input_dir, output_dir, **kwargs)
+@pytest.fixture(scope="module")
+def convert(convert_dir):
+    """``convert(input_dir, output_dir, **kwargs)``: the ``convert_dir`` fixture with this file's salt and
+    min_slices=3 by default."""
+
+    def run(input_dir: Path, output_dir: Path, **kwargs):
+        kwargs.setdefault("salt", SALT)
+        kwargs.setdefault("min_slices", 3)
+        return convert_dir(input_dir, output_dir, **kwargs)
+
+    return run
 
 
 def row_for(summary, study_uid: str):
@@ -57,7 +63,7 @@ def assert_volume_equals(output_dir: Path, row, fixture) -> None:
     assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
 
 
-def test_uncompressed_series_lands_on_expected_grid_in_ras(tmp_path: Path) -> None:
+def test_uncompressed_series_lands_on_expected_grid_in_ras(tmp_path: Path, convert) -> None:
     fixture = write_ct_series(tmp_path / "in" / "a" / "b", n_slices=9, pixel_representation=1, intercept=-1024)
     summary = convert(tmp_path / "in", tmp_path / "out")
     row = row_for(summary, fixture.study_uid)
@@ -68,7 +74,7 @@ def test_uncompressed_series_lands_on_expected_grid_in_ras(tmp_path: Path) -> No
     assert row.n_input_files == 9 and len(row.source_hash) == 64
 
 
-def test_oblique_and_feet_first_orientation_affine(tmp_path: Path) -> None:
+def test_oblique_and_feet_first_orientation_affine(tmp_path: Path, convert) -> None:
     angle = np.radians(12)
     orientation = (-1.0, 0.0, 0.0, 0.0, float(np.cos(angle)), float(np.sin(angle)))  # flipped rows + oblique
     fixture = write_ct_series(tmp_path / "in", n_slices=6, orientation=orientation)
@@ -87,7 +93,7 @@ def test_oblique_and_feet_first_orientation_affine(tmp_path: Path) -> None:
         ("1.2.840.10008.1.2.1.99", 24),   # deflated explicit VR LE
     ],
 )
-def test_compressed_series_decode_identical(tmp_path: Path, syntax: str, size: int) -> None:
+def test_compressed_series_decode_identical(tmp_path: Path, syntax: str, size: int, convert) -> None:
     try:
         fixture = write_ct_series(tmp_path / "in", n_slices=4, rows=size, columns=size, transfer_syntax=syntax)
     except (NotImplementedError, RuntimeError, ValueError) as error:
@@ -99,7 +105,7 @@ def test_compressed_series_decode_identical(tmp_path: Path, syntax: str, size: i
     assert_volume_equals(tmp_path / "out", row, fixture)
 
 
-def test_float_rescale_signed_pixels_and_padding(tmp_path: Path) -> None:
+def test_float_rescale_signed_pixels_and_padding(tmp_path: Path, convert) -> None:
     fixture = write_ct_series(
         tmp_path / "in", n_slices=4, slope=0.5, intercept=-1000.5, pixel_representation=1, bits_stored=16,
         padding_value=-2000,
@@ -111,7 +117,7 @@ def test_float_rescale_signed_pixels_and_padding(tmp_path: Path) -> None:
     assert row.hu_min == -1024  # padding -> air, never -2000 * slope + intercept
 
 
-def test_enhanced_ct_multiframe_assembles(tmp_path: Path) -> None:
+def test_enhanced_ct_multiframe_assembles(tmp_path: Path, convert) -> None:
     fixture = write_enhanced_ct(tmp_path / "in" / "enhanced.dcm")
     summary = convert(tmp_path / "in", tmp_path / "out")
     row = row_for(summary, fixture.study_uid)
@@ -146,7 +152,7 @@ def test_discovery_of_mixed_tree_lists_junk_and_groups_studies(tmp_path: Path) -
     assert "DICOMDIR" in reasons["export/DICOMDIR"]
 
 
-def test_series_selection_policy_recorded(tmp_path: Path) -> None:
+def test_series_selection_policy_recorded(tmp_path: Path, convert) -> None:
     root = tmp_path / "in"
     study = new_uid()
     write_ct_series(root / "thick", n_slices=5, slice_spacing=5.0, study_uid=study, series_number=2, series_description="thick soft")
@@ -172,7 +178,7 @@ def test_series_selection_policy_recorded(tmp_path: Path) -> None:
     assert thin_lung.series_uid != thin_soft.series_uid
 
 
-def test_phi_appears_nowhere_under_output(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_phi_appears_nowhere_under_output(tmp_path: Path, caplog: pytest.LogCaptureFixture, convert) -> None:
     root = tmp_path / "in"
     fixture = write_ct_series(root / "ok", n_slices=4, series_description=f"Chest {PHI['PatientName']} 2024-02-29 {PHI['AccessionNumber']}")
     write_ct_series(root / "bad", n_slices=1, patient_id="MRN-11112222")  # quarantined: 1 slice
@@ -211,7 +217,7 @@ def test_phi_appears_nowhere_under_output(tmp_path: Path, caplog: pytest.LogCapt
     assert row.series_description.startswith("Chest") and "[x]" in row.series_description
 
 
-def test_quarantine_reasons_and_rest_of_cohort_processed(tmp_path: Path) -> None:
+def test_quarantine_reasons_and_rest_of_cohort_processed(tmp_path: Path, convert) -> None:
     root = tmp_path / "in"
     good = write_ct_series(root / "good", n_slices=5)
     single = write_ct_series(root / "single", n_slices=1)
@@ -263,14 +269,14 @@ def test_quarantine_reasons_and_rest_of_cohort_processed(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_permissions(tmp_path: Path) -> None:
+def test_unreadable_permissions(tmp_path: Path, convert) -> None:
     fixture = write_ct_series(tmp_path / "in", n_slices=4)
     fixture.files[0].chmod(0)
     summary = convert(tmp_path / "in", tmp_path / "out")
     assert summary.n_unreadable_files == 1
 
 
-def test_min_slices_override_converts_single_slice(tmp_path: Path) -> None:
+def test_min_slices_override_converts_single_slice(tmp_path: Path, convert) -> None:
     fixture = write_ct_series(tmp_path / "in", n_slices=1)
     default = convert(tmp_path / "in", tmp_path / "out1", min_slices=10)
     assert row_for(default, fixture.study_uid).status == "quarantined"
@@ -279,7 +285,7 @@ def test_min_slices_override_converts_single_slice(tmp_path: Path) -> None:
     assert row.status == "ok" and row.shape[0] == 1 and any("single slice" in w for w in row.warnings)
 
 
-def test_rerun_reuses_and_reconverts_changed_study(tmp_path: Path) -> None:
+def test_rerun_reuses_and_reconverts_changed_study(tmp_path: Path, convert) -> None:
     a = write_ct_series(tmp_path / "in" / "a", n_slices=4)
     b = write_ct_series(tmp_path / "in" / "b", n_slices=4, seed=5)
     first = convert(tmp_path / "in", tmp_path / "out")
@@ -301,7 +307,7 @@ def test_rerun_reuses_and_reconverts_changed_study(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").rglob(".*tmp-*"))
 
 
-def test_gantry_tilt_resampled_or_quarantined_in_strict(tmp_path: Path) -> None:
+def test_gantry_tilt_resampled_or_quarantined_in_strict(tmp_path: Path, convert) -> None:
     # positions sheared along y by 0.5 mm per 2.5 mm slice (~11 degrees), as scanners write tilted series
     fixture = write_ct_series(tmp_path / "in", n_slices=6, shear_per_slice=(0.0, 0.4, 0.0), rows=32, columns=32,
                               pixel_spacing=(0.8, 0.8))
@@ -337,7 +343,7 @@ def test_missing_slice_resampled_linear(tmp_path: Path) -> None:
         assemble_series(slices, strict=True)
 
 
-def test_parallel_workers_match_serial(tmp_path: Path) -> None:
+def test_parallel_workers_match_serial(tmp_path: Path, convert) -> None:
     fixtures = [write_ct_series(tmp_path / "in" / f"s{i}", n_slices=4, seed=i) for i in range(3)]
     serial = convert(tmp_path / "in", tmp_path / "serial", workers=1)
     parallel = convert(tmp_path / "in", tmp_path / "parallel", workers=2)
@@ -424,7 +430,7 @@ def test_parallel_gzip_writer_matches_nibabel(tmp_path: Path) -> None:
     assert np.array_equal(itk, np.asanyarray(a.dataobj).transpose(2, 1, 0))
 
 
-def test_demo_cohort_converts_onto_mask_grid(tmp_path: Path) -> None:
+def test_demo_cohort_converts_onto_mask_grid(tmp_path: Path, convert) -> None:
     """Integration with the synthetic cohort (`fvlm demo-data`): keys match reports.csv, grids match masks."""
     import csv
 

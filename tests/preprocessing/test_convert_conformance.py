@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.preprocessing.convert_job import convert_dir
 from preprocessing.dicom_discovery import headers_from_dataset, read_header, scan_dicom_tree
 from preprocessing.volume_assembly import AssemblyError, assemble_series
 
@@ -56,7 +55,7 @@ def only_row(summary):
     return summary.rows[0]
 
 
-def test_totalsegmentator_series_lands_on_reference_grid(shared_data: Path, tmp_path: Path) -> None:
+def test_totalsegmentator_series_lands_on_reference_grid(shared_data: Path, tmp_path: Path, convert_dir) -> None:
     source = shared_data / "totalsegmentator" / "example_ct_dicom"
     summary = convert_dir(source, tmp_path / "out", salt=SALT, min_slices=10)
     row = only_row(summary)
@@ -77,7 +76,7 @@ def test_lossless_transfer_syntaxes_bit_identical(shared_data: Path) -> None:
         assert np.array_equal(file_hu(folder / name), reference), name
 
 
-def test_progressive_jpeg_quarantines_cleanly(shared_data: Path, tmp_path: Path) -> None:
+def test_progressive_jpeg_quarantines_cleanly(shared_data: Path, tmp_path: Path, convert_dir) -> None:
     folder = shared_data / "cornerstone3d" / "testImages"
     for name in PROGRESSIVE:
         with pytest.raises(AssemblyError, match="cannot decode pixel data"):
@@ -127,7 +126,7 @@ def test_signedness_mismatch_cases_agree(shared_data: Path) -> None:
 @pytest.mark.parametrize(
     "name", ["pydicom_data/eCT_Supplemental.dcm", "cornerstone3d/testImages/CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"]
 )
-def test_enhanced_ct_files_assemble(shared_data: Path, tmp_path: Path, name: str) -> None:
+def test_enhanced_ct_files_assemble(shared_data: Path, tmp_path: Path, name: str, convert_dir) -> None:
     summary = convert_dir(copy_tree([shared_data / name], tmp_path / "in"), tmp_path / "out", salt=SALT, min_slices=2)
     row = only_row(summary)
     assert row.status == "ok", row.reason
@@ -135,7 +134,7 @@ def test_enhanced_ct_files_assemble(shared_data: Path, tmp_path: Path, name: str
     assert row.n_input_files == 1
 
 
-def test_dicom2nifti_failing_series_follow_policy(shared_data: Path, tmp_path: Path) -> None:
+def test_dicom2nifti_failing_series_follow_policy(shared_data: Path, tmp_path: Path, convert_dir) -> None:
     failing = shared_data / "dicom2nifti" / "tests" / "data" / "failing"
     expectations = {
         "gantrytilting/001": ("ok", "gantry tilt", 4),
@@ -158,7 +157,8 @@ def test_dicom2nifti_failing_series_follow_policy(shared_data: Path, tmp_path: P
     assert row.status == "quarantined" and "not a volume" in row.reason
 
 
-def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(shared_data: Path, tmp_path: Path) -> None:
+def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(shared_data: Path, tmp_path: Path,
+                                                                   convert_dir) -> None:
     failing = shared_data / "dicom2nifti" / "tests" / "data" / "failing"
     row = only_row(convert_dir(failing / "sliceincrement" / "002", tmp_path / "out", salt=SALT, min_slices=2))
     ours = nib.load(tmp_path / "out" / row.volume_path)
@@ -170,7 +170,7 @@ def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(shared_data: 
     assert ours.header.get_zooms()[2] == pytest.approx(0.778 * np.cos(np.radians(15.5)), rel=0.01)
 
 
-def test_dcm_qa_ct_localizer_and_dose_pages_never_chosen(shared_data: Path, tmp_path: Path) -> None:
+def test_dcm_qa_ct_localizer_and_dose_pages_never_chosen(shared_data: Path, tmp_path: Path, convert_dir) -> None:
     summary = convert_dir(shared_data / "dcm_qa_ct", tmp_path / "out", salt=SALT, min_slices=1)
     row = only_row(summary)
     assert row.status == "quarantined"
@@ -179,7 +179,7 @@ def test_dcm_qa_ct_localizer_and_dose_pages_never_chosen(shared_data: Path, tmp_
     assert {"In/Philips/S21570/S1000/DIRFILE", "In/Philips/S21570/S4010/DIRFILE"} <= unreadable
 
 
-def test_dcmqi_three_slice_series_converts(shared_data: Path, tmp_path: Path) -> None:
+def test_dcmqi_three_slice_series_converts(shared_data: Path, tmp_path: Path, convert_dir) -> None:
     summary = convert_dir(shared_data / "dcmqi" / "segmentations", tmp_path / "out", salt=SALT, min_slices=3)
     row = only_row(summary)
     assert row.status == "ok", row.reason

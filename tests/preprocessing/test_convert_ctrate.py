@@ -11,7 +11,6 @@ import pytest
 
 from core.privacy import pseudonym
 from preprocessing.ctrate import to_hu
-from tests.preprocessing.convert_job import convert_dir
 
 SALT = "ctrate-salt"
 META = {"XYSpacing": "[0.75, 0.75]", "ZSpacing": "1.5", "ImagePositionPatient": "[-190.0, -180.0, -300.0]",
@@ -51,7 +50,7 @@ def write_fixture(root: Path) -> dict[str, np.ndarray]:
     return expected
 
 
-def test_ctrate_fixture_converts_with_recorded_rescale_decision(tmp_path: Path) -> None:
+def test_ctrate_fixture_converts_with_recorded_rescale_decision(tmp_path: Path, convert_dir) -> None:
     expected = write_fixture(tmp_path / "ctrate")
     summary = convert_dir(tmp_path / "ctrate", tmp_path / "out", input_format="ctrate", metadata_csv=tmp_path / "ctrate" / "metadata.csv", salt=SALT)
     rows = {r.study_id: r for r in summary.rows}

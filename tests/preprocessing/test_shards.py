@@ -22,7 +22,6 @@ from core.layout import reports_studies_path
 from preprocessing.shards import ShardJob, run_shard, shard_files
 from preprocessing.split import assign_split, patient_fraction
 from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
-from tests.preprocessing.cohort_factory import ANATOMIES, make_cohort
 
 GRID = GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), crop_zyx=(32, 64, 96), roi_margin_slices=1, roi_margin_voxels=4)
 SPLIT = SplitConfig(train=0.5, val=0.25, test=0.25, seed=0)
@@ -50,7 +49,7 @@ def test_reports_sibling_name() -> None:
     assert reports_studies_path("data/reports/reports.parquet") == Path("data/reports/reports.studies.parquet")
 
 
-def test_schema_metadata_and_joined_values(tmp_path: Path) -> None:
+def test_schema_metadata_and_joined_values(tmp_path: Path, anatomies, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 8)
     out = tmp_path / "shards"
     summary = build(cohort, out)
@@ -68,7 +67,7 @@ def test_schema_metadata_and_joined_values(tmp_path: Path) -> None:
     assert schema.field("anatomy_abnormal").type == pa.list_(pa.bool_(), 4)
     assert schema.field("labels").type == pa.list_(pa.int8(), 18)
     meta = decode_metadata(schema.metadata)
-    assert meta["anatomy_names"] == list(ANATOMIES)
+    assert meta["anatomy_names"] == list(anatomies)
     assert meta["label_names"] == list(CTRATE_LABELS)
     assert meta["grid"]["spacing_zyx_mm"] == [8.0, 4.0, 4.0]
     assert meta["prep_version"] == PREP_VERSION
@@ -88,8 +87,8 @@ def test_schema_metadata_and_joined_values(tmp_path: Path) -> None:
         assert row["prep_version"] == PREP_VERSION
         expected_text = {r["anatomy"]: r["text"] for r in long_rows if r["study_id"] == sid}
         expected_abn = {r["anatomy"]: r["abnormal"] for r in long_rows if r["study_id"] == sid}
-        assert row["anatomy_text"] == [expected_text[a] for a in ANATOMIES]
-        assert row["anatomy_abnormal"] == [expected_abn[a] for a in ANATOMIES]
+        assert row["anatomy_text"] == [expected_text[a] for a in anatomies]
+        assert row["anatomy_abnormal"] == [expected_abn[a] for a in anatomies]
         assert row["labels"] == [studies[sid][label] for label in CTRATE_LABELS]
         assert row["report_text"] == studies[sid]["report_text"]
         volume = decode_array(row["volume"], row["shape"], "int16")
@@ -99,7 +98,7 @@ def test_schema_metadata_and_joined_values(tmp_path: Path) -> None:
         assert row["spacing_mm"] == [8.0, 4.0, 4.0]
 
 
-def test_geometry_mask_and_volume_stay_on_the_source_grid(tmp_path: Path) -> None:
+def test_geometry_mask_and_volume_stay_on_the_source_grid(tmp_path: Path, make_cohort) -> None:
     """Every shard voxel maps (through the stored affine) onto the source voxel it was taken from."""
     cohort = make_cohort(tmp_path / "in", 2)
     out = tmp_path / "shards"
@@ -127,7 +126,7 @@ def test_geometry_mask_and_volume_stay_on_the_source_grid(tmp_path: Path) -> Non
             assert not face.any()
 
 
-def test_quarantine_with_reasons_and_counts(tmp_path: Path) -> None:
+def test_quarantine_with_reasons_and_counts(tmp_path: Path, anatomies, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 8, missing_mask=[1], missing_report=[2], corrupt_volume=[3],
                          upstream_quarantined=2)
     out = tmp_path / "shards"
@@ -143,14 +142,14 @@ def test_quarantine_with_reasons_and_counts(tmp_path: Path) -> None:
     assert manifest["n_quarantined"] == 3
     assert {q["study_id"] for q in manifest["quarantined"]} == {"st_00001", "st_00002", "st_00003"}
     assert sum(s["studies"] for s in manifest["splits"].values()) == 5
-    assert set(manifest["abnormal_rate"]) == set(ANATOMIES)
+    assert set(manifest["abnormal_rate"]) == set(anatomies)
     assert manifest["content_hash"] == summary.content_hash
     small = json.loads(metrics.read_text())
     assert small["studies"] == 5 and small["quarantined"] == 3
     assert {r["study_id"] for r in read_rows(out)} == {f"st_{i:05d}" for i in (0, 4, 5, 6, 7)}
 
 
-def test_mask_on_another_grid_is_quarantined(tmp_path: Path) -> None:
+def test_mask_on_another_grid_is_quarantined(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 3)
     mask_path = cohort.segmented / "masks" / "st_00001.nii.gz"
     image = nib.load(mask_path)
@@ -173,7 +172,7 @@ def test_split_ratios_determinism_and_stability() -> None:
     assert all(assign_split(p, 1.0, 0.0, 0.0) == "train" for p in patients)
 
 
-def test_no_patient_in_two_splits(tmp_path: Path) -> None:
+def test_no_patient_in_two_splits(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 24, studies_per_patient=3, shape_xyz=(24, 24, 10))
     out = tmp_path / "shards"
     summary = build(cohort, out)
@@ -188,7 +187,7 @@ def test_no_patient_in_two_splits(tmp_path: Path) -> None:
             assert set(pq.read_table(path, columns=["split"]).column("split").to_pylist()) == {split}
 
 
-def test_byte_identical_rebuild(tmp_path: Path) -> None:
+def test_byte_identical_rebuild(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 6)
     first = build(cohort, tmp_path / "a")
     second = build(cohort, tmp_path / "b")                 # fresh: no cache
@@ -203,7 +202,7 @@ def test_byte_identical_rebuild(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
 
 
-def test_incremental_prepares_only_new_studies(tmp_path: Path) -> None:
+def test_incremental_prepares_only_new_studies(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 8)
     studies_path = cohort.converted / "studies.parquet"
     full = pq.read_table(studies_path)
@@ -227,7 +226,7 @@ def test_incremental_prepares_only_new_studies(tmp_path: Path) -> None:
     assert len(list((out / ".cache").glob("*.npz"))) == 8  # stale entry pruned
 
 
-def test_files_roll_over_at_target_size(tmp_path: Path) -> None:
+def test_files_roll_over_at_target_size(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 8)
     out = tmp_path / "shards"
     summary = build(cohort, out, split=SplitConfig(train=1.0, val=0.0, test=0.0),
@@ -240,7 +239,8 @@ def test_files_roll_over_at_target_size(tmp_path: Path) -> None:
     assert [p.name for p in shard_files(out, "train")] == ["part-00000.parquet"]
 
 
-def test_exception_mid_write_leaves_no_partial_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exception_mid_write_leaves_no_partial_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     make_cohort) -> None:
     import preprocessing.shards as shards_module
 
     cohort = make_cohort(tmp_path / "in", 8)
@@ -285,7 +285,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_killed_writer_leaves_previous_shards_complete(tmp_path: Path, repo_root: Path) -> None:
+def test_killed_writer_leaves_previous_shards_complete(tmp_path: Path, repo_root: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 6)
     out = tmp_path / "shards"
     split = SplitConfig(train=1.0, val=0.0, test=0.0)
@@ -312,7 +312,7 @@ def test_killed_writer_leaves_previous_shards_complete(tmp_path: Path, repo_root
     assert not list(out.rglob(".part-*.tmp-*"))
 
 
-def test_cli_shard(tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_shard(tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixture[str], make_cohort) -> None:
     from fvlm.cli import main
 
     cohort = make_cohort(tmp_path / "in", 4, missing_mask=[0])
@@ -332,7 +332,7 @@ def test_cli_shard(tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.shared
-def test_real_totalsegmentator_output_to_shard(tmp_path: Path, shared_data: Path) -> None:
+def test_real_totalsegmentator_output_to_shard(tmp_path: Path, shared_data: Path, make_cohort) -> None:
     """TotalSegmentator's example CT + its real `total` --fast output -> one shard row."""
     source = shared_data / "totalsegmentator"
     cohort = make_cohort(tmp_path / "in", 1)
@@ -356,7 +356,7 @@ def test_real_totalsegmentator_output_to_shard(tmp_path: Path, shared_data: Path
     assert np.allclose(origin_in_source[:3], np.rint(origin_in_source[:3]))
 
 
-def test_parallel_preparation_gives_the_same_shards(tmp_path: Path) -> None:
+def test_parallel_preparation_gives_the_same_shards(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 3, corrupt_volume=[1])
     serial = build(cohort, tmp_path / "serial", workers=1)
     parallel = build(cohort, tmp_path / "parallel", workers=2)

@@ -241,10 +241,9 @@ def test_shard_batches_equal_counts_on_every_rank(tmp_path: Path) -> None:
     assert "report st_000" in texts and "lung text st_000" in texts
 
 
-def test_batch_contract_from_real_writer(tmp_path: Path) -> None:
+def test_batch_contract_from_real_writer(tmp_path: Path, make_cohort) -> None:
     from core.config import GridConfig, ShardConfig, SplitConfig
     from preprocessing.shards import ShardJob, run_shard
-    from tests.preprocessing.cohort_factory import make_cohort
 
     cohort = make_cohort(tmp_path / "in", 6)
     run_shard(ShardJob(cohort.converted, cohort.segmented, cohort.reports, tmp_path / "shards", anatomy_set="ctrate4",

@@ -9,18 +9,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
 from training.inference.predict import PredictionError, center_crop_or_pad, predict_study
 from training.trainer.batch import InMemoryBatches
 from training.trainer.loop import train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def trained(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, tiny_config) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("predict")
     config = tiny_config(root)
     source = InMemoryBatches(make_samples(8, seed=4), batch_size=4)
-    result = train(config, source, ANATOMIES, root / "run", steps=2, corpus_texts=source.texts())
+    result = train(config, source, anatomies, root / "run", steps=2, corpus_texts=source.texts())
     return {"root": root, "config": config, "model_dir": Path(result.model_dir)}
 
 
@@ -63,7 +62,7 @@ def test_predict_nifti_with_mask(trained: dict[str, Any], tmp_path: Path) -> Non
     json.dumps(payload)  # JSON-serialisable
 
 
-def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path) -> None:
+def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path, anatomies) -> None:
     from fvlm.cli import main
 
     volume, mask = _write_study(tmp_path / "study")
@@ -77,7 +76,7 @@ def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path) -> Non
                  "--model", str(trained["model_dir"]), "--out", str(out)])
     assert code == 0
     payload = json.loads(out.read_text())
-    assert payload["anatomies_found"] == list(ANATOMIES)
+    assert payload["anatomies_found"] == list(anatomies)
 
 
 def test_predict_errors_are_clear(trained: dict[str, Any], tmp_path: Path) -> None:

@@ -12,17 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.training.test_train_support import ANATOMIES, CROP_ZYX, make_samples, tiny_config
 from training.trainer.batch import InMemoryBatches
 from training.trainer.loop import TrainResult, train
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def tracked(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, tiny_config) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("mlflow")
     config = tiny_config(root, tracking={"enabled": True})
     source = InMemoryBatches(make_samples(12, seed=2), batch_size=4)
-    result = train(config, source, ANATOMIES, root / "run", steps=3, corpus_texts=source.texts(),
+    result = train(config, source, anatomies, root / "run", steps=3, corpus_texts=source.texts(),
                    metrics_path=root / "metrics" / "train.json")
     return {"root": root, "config": config, "result": result}
 
@@ -56,7 +55,7 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
     assert recorded["steps"] == 3
 
 
-def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any]) -> None:
+def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], make_samples) -> None:
     import mlflow
 
     from training.evaluation.tracking import promote_if_better, resolve_model_dir
@@ -110,7 +109,7 @@ def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> No
     assert str(_client(config).get_model_version_by_alias(name, "champion").version) == worse
 
 
-def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str, Any]) -> None:
+def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str, Any], make_samples) -> None:
     from training.evaluation.evaluate import run_evaluation
 
     root, config, result = tracked["root"], tracked["config"], tracked["result"]
@@ -139,7 +138,7 @@ def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str,
     assert version.tags["eval_data_hash"] == "hash-eval"
 
 
-def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path) -> None:
+def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path, tiny_config) -> None:
     from training.evaluation.tracking import NullTracker, make_tracker
 
     config = tiny_config(tmp_path, tracking={"enabled": True})
@@ -148,10 +147,10 @@ def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_result_type(tracked: dict[str, Any]) -> None:
+def test_result_type(tracked: dict[str, Any], crop_zyx) -> None:
     result: TrainResult = tracked["result"]
     assert result.model_uri and result.model_uri.startswith("models:/")
-    assert CROP_ZYX == tuple(json.loads((Path(result.model_dir) / "fvlm_config.json").read_text())["crop_zyx"])
+    assert crop_zyx == tuple(json.loads((Path(result.model_dir) / "fvlm_config.json").read_text())["crop_zyx"])
 
 
 def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
 from training.trainer.batch import InMemoryBatches
 from training.trainer.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
 from training.trainer.loop import NonFiniteLossError, train
@@ -19,7 +18,7 @@ from training.trainer.schedule import warmup_cosine_factor
 
 
 @pytest.fixture(scope="module")
-def samples() -> list[dict]:
+def samples(make_samples) -> list[dict]:
     return make_samples(16, seed=1)
 
 
@@ -27,10 +26,10 @@ def _source(samples: list[dict], **kwargs) -> InMemoryBatches:
     return InMemoryBatches(samples, batch_size=4, seed=0, **kwargs)
 
 
-def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict]) -> None:
+def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path, train={"lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 100})
     source = _source(samples)
-    result = train(config, source, ANATOMIES, tmp_path / "run", steps=24, corpus_texts=source.texts(),
+    result = train(config, source, anatomies, tmp_path / "run", steps=24, corpus_texts=source.texts(),
                    metrics_path=tmp_path / "metrics" / "train.json")
     assert result.steps == 24 and len(result.losses) == 24
     assert all(math.isfinite(v) for v in result.losses)
@@ -40,7 +39,7 @@ def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict]) -> N
     # final model + zero-shot spec saved; tokenizer built from the training texts
     assert (tmp_path / "run" / "model" / "fvlm_config.json").is_file()
     spec = json.loads((tmp_path / "run" / "model" / "zero_shot.json").read_text())
-    assert len(spec["labels"]) == 16 and spec["anatomy_names"] == list(ANATOMIES)
+    assert len(spec["labels"]) == 16 and spec["anatomy_names"] == list(anatomies)
     assert (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").is_file()
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert metrics["steps"] == 24 and metrics["run_id"] is None
@@ -49,7 +48,8 @@ def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict]) -> N
         assert key in metrics
 
 
-def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples: list[dict]) -> None:
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples: list[dict],
+                                                         anatomies, tiny_config) -> None:
     # 16 samples / batch 4 = 4 batches per epoch; 8 steps cross an epoch boundary; kill after step 3
     config = tiny_config(tmp_path, train={"checkpoint_every": 100, "coteaching_alpha": 0.5})
     # the WordPiece trainer orders equal-frequency pieces arbitrarily: give both runs one tokenizer
@@ -57,13 +57,13 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples
 
     build_tokenizer(_source(samples).texts(), config.model.text.vocab_size, tmp_path / "full" / "tokenizer")
     shutil.copytree(tmp_path / "full" / "tokenizer", tmp_path / "resumed" / "tokenizer")
-    reference = train(config, _source(samples), ANATOMIES, tmp_path / "full", steps=8,
+    reference = train(config, _source(samples), anatomies, tmp_path / "full", steps=8,
                       corpus_texts=_source(samples).texts())
-    partial = train(config, _source(samples), ANATOMIES, tmp_path / "resumed", steps=8,
+    partial = train(config, _source(samples), anatomies, tmp_path / "resumed", steps=8,
                     corpus_texts=_source(samples).texts(), stop_after=3)
     assert partial.steps == 3
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / LAST_NAME)["progress"]["step"] == 3
-    resumed = train(config, _source(samples), ANATOMIES, tmp_path / "resumed", steps=8, resume=True,
+    resumed = train(config, _source(samples), anatomies, tmp_path / "resumed", steps=8, resume=True,
                     corpus_texts=_source(samples).texts())
     assert resumed.resumed_from_step == 3
     assert resumed.losses == reference.losses          # bit-exact, steps 1..8
@@ -74,28 +74,30 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_resume_without_checkpoint_starts_from_zero(tmp_path: Path, samples: list[dict]) -> None:
+def test_resume_without_checkpoint_starts_from_zero(tmp_path: Path, samples: list[dict],
+                                                    anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path)
-    result = train(config, _source(samples), ANATOMIES, tmp_path / "run", steps=2, resume=True,
+    result = train(config, _source(samples), anatomies, tmp_path / "run", steps=2, resume=True,
                    corpus_texts=_source(samples).texts())
     assert result.resumed_from_step == 0 and result.steps == 2
 
 
-def test_non_finite_loss_stops_with_the_step_named(tmp_path: Path, samples: list[dict]) -> None:
+def test_non_finite_loss_stops_with_the_step_named(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     poisoned = [dict(s) for s in samples[:8]]
     for sample in poisoned[4:]:                        # second batch (no shuffle) is NaN
         sample["volume"] = np.full_like(sample["volume"], np.nan)
     config = tiny_config(tmp_path, train={"checkpoint_every": 1})
     source = InMemoryBatches(poisoned, batch_size=4, shuffle=False)
     with pytest.raises(NonFiniteLossError, match=r"step 2: loss is nan"):
-        train(config, source, ANATOMIES, tmp_path / "run", steps=4, corpus_texts=source.texts())
+        train(config, source, anatomies, tmp_path / "run", steps=4, corpus_texts=source.texts())
     # the last good checkpoint (step 1) is intact
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / LAST_NAME)["progress"]["step"] == 1
 
 
-def test_checkpoints_last_and_best_written_atomically(tmp_path: Path, samples: list[dict]) -> None:
+def test_checkpoints_last_and_best_written_atomically(tmp_path: Path, samples: list[dict],
+                                                      anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path, train={"checkpoint_every": 2})
-    train(config, _source(samples), ANATOMIES, tmp_path / "run", steps=4, corpus_texts=_source(samples).texts())
+    train(config, _source(samples), anatomies, tmp_path / "run", steps=4, corpus_texts=_source(samples).texts())
     folder = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == sorted([LAST_NAME, BEST_NAME])  # no temp leftovers
     last = load_checkpoint(folder / LAST_NAME)
@@ -106,9 +108,10 @@ def test_checkpoints_last_and_best_written_atomically(tmp_path: Path, samples: l
         load_checkpoint(folder / "broken.pt")
 
 
-def test_clip_baseline_trains(tmp_path: Path, samples: list[dict]) -> None:
+def test_clip_baseline_trains(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path, train={"loss": "clip"})
-    result = train(config, _source(samples), ANATOMIES, tmp_path / "run", steps=3, corpus_texts=_source(samples).texts())
+    result = train(config, _source(samples), anatomies, tmp_path / "run", steps=3,
+                   corpus_texts=_source(samples).texts())
     assert all(math.isfinite(v) for v in result.losses)
     spec = json.loads((tmp_path / "run" / "model" / "zero_shot.json").read_text())
     assert spec["use_global"] is True

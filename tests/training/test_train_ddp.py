@@ -22,7 +22,7 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    from tests.training.test_train_support import ANATOMIES, make_samples, tiny_config
+    from tests.training.samples import ANATOMIES, make_samples, tiny_config
     from training.trainer.batch import InMemoryBatches
     from training.trainer.loop import train
 
