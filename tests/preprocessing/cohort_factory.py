@@ -19,8 +19,14 @@ from core.anatomy_sets import CTRATE_LABELS
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
 # one TotalSegmentator `total` id per anatomy (+ a class outside the set: liver = 5)
-TOTALSEG_IDS = {"lung_upper_lobe_left": 10, "lung_lower_lobe_right": 14, "heart": 51, "esophagus": 15,
-                "aorta": 52, "liver": 5}
+TOTALSEG_IDS = {
+    "lung_upper_lobe_left": 10,
+    "lung_lower_lobe_right": 14,
+    "heart": 51,
+    "esophagus": 15,
+    "aorta": 52,
+    "liver": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,9 @@ def make_cohort(
             nib.save(nib.Nifti1Image(hu, affine), converted / "volumes" / f"{study_id}.nii.gz")
         if index not in missing_mask:
             nib.save(nib.Nifti1Image(ids, affine), segmented / "masks" / f"{study_id}.nii.gz")
-        study_rows.append({"study_id": study_id, "patient_id": patient_id, "status": "ok", "reason": "",
-                           "source_hash": f"src{index}"})
+        study_rows.append(
+            {"study_id": study_id, "patient_id": patient_id, "status": "ok", "reason": "", "source_hash": f"src{index}"}
+        )
         if index in missing_report:
             continue
         abnormal = [bool((index + k) % 3 == 0) for k in range(len(ANATOMIES))]
@@ -102,16 +109,32 @@ def make_cohort(
             report[label] = -1 if position == 0 and index % 2 else int((index + position) % 4 == 0)
         report_rows.append(report)
     for extra in range(upstream_quarantined):
-        study_rows.append({"study_id": f"st_q{extra}", "patient_id": "pa_q", "status": "quarantined",
-                           "reason": "no CT series", "source_hash": ""})
+        study_rows.append(
+            {
+                "study_id": f"st_q{extra}",
+                "patient_id": "pa_q",
+                "status": "quarantined",
+                "reason": "no CT series",
+                "source_hash": "",
+            }
+        )
     pq.write_table(pa.Table.from_pylist(study_rows), converted / "studies.parquet")
     long_table = pa.Table.from_pylist(
-        long_rows, schema=pa.schema([("study_id", pa.string()), ("anatomy", pa.string()), ("text", pa.string()),
-                                     ("abnormal", pa.bool_())]))
+        long_rows,
+        schema=pa.schema(
+            [("study_id", pa.string()), ("anatomy", pa.string()), ("text", pa.string()), ("abnormal", pa.bool_())]
+        ),
+    )
     pq.write_table(long_table, reports_dir / "reports.parquet")
     label_fields = [(label, pa.int8()) for label in CTRATE_LABELS]
-    studies_schema = pa.schema([("study_id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-                                ("report_text", pa.string()), *label_fields])
-    pq.write_table(pa.Table.from_pylist(report_rows, schema=studies_schema),
-                   reports_dir / "reports.studies.parquet")
+    studies_schema = pa.schema(
+        [
+            ("study_id", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("report_text", pa.string()),
+            *label_fields,
+        ]
+    )
+    pq.write_table(pa.Table.from_pylist(report_rows, schema=studies_schema), reports_dir / "reports.studies.parquet")
     return Cohort(converted, segmented, reports_dir / "reports.parquet", tuple(study_ids), patient_of)

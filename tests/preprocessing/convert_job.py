@@ -17,6 +17,7 @@ def convert_dir(input_dir: Path, output_dir: Path, **kwargs: Any) -> ConvertSumm
     job_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _JOB_FIELDS}
     if "series_preference" in kwargs:
         kwargs["series_preference"] = tuple(kwargs["series_preference"])
-    job = ConvertJob(input_dir=Path(input_dir), output_dir=Path(output_dir), settings=ConvertSettings(**kwargs),
-                     **job_fields)
+    job = ConvertJob(
+        input_dir=Path(input_dir), output_dir=Path(output_dir), settings=ConvertSettings(**kwargs), **job_fields
+    )
     return run_convert(job)

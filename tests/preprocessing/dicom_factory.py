@@ -35,10 +35,10 @@ class SeriesFixture:
     study_uid: str
     series_uid: str
     patient_id: str
-    hu_kji: np.ndarray                       # expected HU, slices ordered along the normal
-    origin_lps: tuple[float, float, float]   # IPP of the first slice along the normal
+    hu_kji: np.ndarray  # expected HU, slices ordered along the normal
+    origin_lps: tuple[float, float, float]  # IPP of the first slice along the normal
     orientation: tuple[float, ...]
-    pixel_spacing: tuple[float, float]       # (row spacing, column spacing)
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing)
     slice_spacing: float
     extras: dict = field(default_factory=dict)
 

@@ -31,7 +31,9 @@ SALT = "test-salt"
 
 
 def canonical_expected(fixture) -> nib.Nifti1Image:
-    return nib.as_closest_canonical(nib.Nifti1Image(fixture.hu_kji.transpose(2, 1, 0), expected_affine_ras_ijk(fixture)))
+    return nib.as_closest_canonical(
+        nib.Nifti1Image(fixture.hu_kji.transpose(2, 1, 0), expected_affine_ras_ijk(fixture))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +89,10 @@ def test_oblique_and_feet_first_orientation_affine(tmp_path: Path, convert) -> N
 @pytest.mark.parametrize(
     ("syntax", "size"),
     [
-        ("1.2.840.10008.1.2.5", 24),      # RLE lossless (pydicom native)
-        ("1.2.840.10008.1.2.4.80", 24),   # JPEG-LS lossless (pyjpegls)
-        ("1.2.840.10008.1.2.4.90", 64),   # JPEG 2000 lossless (pylibjpeg-openjpeg)
-        ("1.2.840.10008.1.2.1.99", 24),   # deflated explicit VR LE
+        ("1.2.840.10008.1.2.5", 24),  # RLE lossless (pydicom native)
+        ("1.2.840.10008.1.2.4.80", 24),  # JPEG-LS lossless (pyjpegls)
+        ("1.2.840.10008.1.2.4.90", 64),  # JPEG 2000 lossless (pylibjpeg-openjpeg)
+        ("1.2.840.10008.1.2.1.99", 24),  # deflated explicit VR LE
     ],
 )
 def test_compressed_series_decode_identical(tmp_path: Path, syntax: str, size: int, convert) -> None:
@@ -107,7 +109,12 @@ def test_compressed_series_decode_identical(tmp_path: Path, syntax: str, size: i
 
 def test_float_rescale_signed_pixels_and_padding(tmp_path: Path, convert) -> None:
     fixture = write_ct_series(
-        tmp_path / "in", n_slices=4, slope=0.5, intercept=-1000.5, pixel_representation=1, bits_stored=16,
+        tmp_path / "in",
+        n_slices=4,
+        slope=0.5,
+        intercept=-1000.5,
+        pixel_representation=1,
+        bits_stored=16,
         padding_value=-2000,
     )
     summary = convert(tmp_path / "in", tmp_path / "out")
@@ -155,17 +162,52 @@ def test_discovery_of_mixed_tree_lists_junk_and_groups_studies(tmp_path: Path) -
 def test_series_selection_policy_recorded(tmp_path: Path, convert) -> None:
     root = tmp_path / "in"
     study = new_uid()
-    write_ct_series(root / "thick", n_slices=5, slice_spacing=5.0, study_uid=study, series_number=2, series_description="thick soft")
-    thin_lung = write_ct_series(root / "thin_lung", n_slices=10, slice_spacing=1.25, study_uid=study, series_number=3,
-                                kernel="B70f", series_description="thin lung")
-    thin_soft = write_ct_series(root / "thin_soft", n_slices=10, slice_spacing=1.25, study_uid=study, series_number=4,
-                                kernel="B30f", series_description="thin soft")
-    write_ct_series(root / "scout", n_slices=1, study_uid=study, series_number=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
-                    series_description="Topogram")
-    write_ct_series(root / "dose", n_slices=1, study_uid=study, series_number=99, sop_class=SECONDARY_CAPTURE,
-                    image_type=("DERIVED", "SECONDARY"), series_description="Dose Report")
-    write_ct_series(root / "sagittal", n_slices=10, study_uid=study, series_number=7, orientation=(0, 1, 0, 0, 0, -1),
-                    series_description="sag MPR")
+    write_ct_series(
+        root / "thick", n_slices=5, slice_spacing=5.0, study_uid=study, series_number=2, series_description="thick soft"
+    )
+    thin_lung = write_ct_series(
+        root / "thin_lung",
+        n_slices=10,
+        slice_spacing=1.25,
+        study_uid=study,
+        series_number=3,
+        kernel="B70f",
+        series_description="thin lung",
+    )
+    thin_soft = write_ct_series(
+        root / "thin_soft",
+        n_slices=10,
+        slice_spacing=1.25,
+        study_uid=study,
+        series_number=4,
+        kernel="B30f",
+        series_description="thin soft",
+    )
+    write_ct_series(
+        root / "scout",
+        n_slices=1,
+        study_uid=study,
+        series_number=1,
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        series_description="Topogram",
+    )
+    write_ct_series(
+        root / "dose",
+        n_slices=1,
+        study_uid=study,
+        series_number=99,
+        sop_class=SECONDARY_CAPTURE,
+        image_type=("DERIVED", "SECONDARY"),
+        series_description="Dose Report",
+    )
+    write_ct_series(
+        root / "sagittal",
+        n_slices=10,
+        study_uid=study,
+        series_number=7,
+        orientation=(0, 1, 0, 0, 0, -1),
+        series_description="sag MPR",
+    )
     summary = convert(root, tmp_path / "out", min_slices=3)
     row = row_for(summary, study)
     assert row.status == "ok" and row.series_description == "thin soft" and row.series_number == 4
@@ -180,7 +222,9 @@ def test_series_selection_policy_recorded(tmp_path: Path, convert) -> None:
 
 def test_phi_appears_nowhere_under_output(tmp_path: Path, caplog: pytest.LogCaptureFixture, convert) -> None:
     root = tmp_path / "in"
-    fixture = write_ct_series(root / "ok", n_slices=4, series_description=f"Chest {PHI['PatientName']} 2024-02-29 {PHI['AccessionNumber']}")
+    fixture = write_ct_series(
+        root / "ok", n_slices=4, series_description=f"Chest {PHI['PatientName']} 2024-02-29 {PHI['AccessionNumber']}"
+    )
     write_ct_series(root / "bad", n_slices=1, patient_id="MRN-11112222")  # quarantined: 1 slice
     (root / "bad" / "IM0001.dcm").write_bytes((root / "bad" / "IM0001.dcm").read_bytes()[:600])  # truncated
     # invalid values: pydicom's validation warnings would quote them (PHI in logs) unless silenced
@@ -249,9 +293,18 @@ def test_quarantine_reasons_and_rest_of_cohort_processed(tmp_path: Path, convert
     os.symlink(root / "does-not-exist", root / "dangling.dcm")  # a file whose read raises
     summary = convert(root, tmp_path / "out")
     assert summary.n_studies == 7
-    reasons = {name: row_for(summary, fixture.study_uid) for name, fixture in
-               [("good", good), ("single", single), ("mr", mr), ("truncated", truncated), ("nopixels", nopixels),
-                ("undecodable", undecodable), ("mixed", mixed)]}
+    reasons = {
+        name: row_for(summary, fixture.study_uid)
+        for name, fixture in [
+            ("good", good),
+            ("single", single),
+            ("mr", mr),
+            ("truncated", truncated),
+            ("nopixels", nopixels),
+            ("undecodable", undecodable),
+            ("mixed", mixed),
+        ]
+    }
     assert reasons["good"].status == "ok"
     assert "fewer than min_slices=3" in reasons["single"].reason
     assert "modality MR" in reasons["mr"].reason
@@ -261,7 +314,9 @@ def test_quarantine_reasons_and_rest_of_cohort_processed(tmp_path: Path, convert
     assert "inconsistent slice orientation" in reasons["mixed"].reason
     for name in ("single", "mr", "truncated", "nopixels", "undecodable", "mixed"):
         assert reasons[name].status == "quarantined" and reasons[name].volume_path is None
-    unreadable = {r["relative_path"]: r["reason"] for r in pq.read_table(tmp_path / "out" / "unreadable.parquet").to_pylist()}
+    unreadable = {
+        r["relative_path"]: r["reason"] for r in pq.read_table(tmp_path / "out" / "unreadable.parquet").to_pylist()
+    }
     assert unreadable["zero/z.dcm"] == "zero-byte file"
     assert "cannot stat" in unreadable["dangling.dcm"]
     manifest = pq.read_table(tmp_path / "out" / "studies.parquet").to_pylist()
@@ -309,8 +364,9 @@ def test_rerun_reuses_and_reconverts_changed_study(tmp_path: Path, convert) -> N
 
 def test_gantry_tilt_resampled_or_quarantined_in_strict(tmp_path: Path, convert) -> None:
     # positions sheared along y by 0.5 mm per 2.5 mm slice (~11 degrees), as scanners write tilted series
-    fixture = write_ct_series(tmp_path / "in", n_slices=6, shear_per_slice=(0.0, 0.4, 0.0), rows=32, columns=32,
-                              pixel_spacing=(0.8, 0.8))
+    fixture = write_ct_series(
+        tmp_path / "in", n_slices=6, shear_per_slice=(0.0, 0.4, 0.0), rows=32, columns=32, pixel_spacing=(0.8, 0.8)
+    )
     summary = convert(tmp_path / "in", tmp_path / "out")
     row = row_for(summary, fixture.study_uid)
     assert row.status == "ok" and row.resampled and any("gantry tilt" in w for w in row.warnings)
@@ -351,20 +407,36 @@ def test_parallel_workers_match_serial(tmp_path: Path, convert) -> None:
     for fixture in fixtures:
         a, b = row_for(serial, fixture.study_uid), row_for(parallel, fixture.study_uid)
         assert a.source_hash == b.source_hash and a.shape == b.shape
-        assert np.array_equal(nib.load(tmp_path / "serial" / a.volume_path).get_fdata(),
-                              nib.load(tmp_path / "parallel" / b.volume_path).get_fdata())
+        assert np.array_equal(
+            nib.load(tmp_path / "serial" / a.volume_path).get_fdata(),
+            nib.load(tmp_path / "parallel" / b.volume_path).get_fdata(),
+        )
 
 
 def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str], repo_root: Path) -> None:
     from fvlm.cli import main
 
     write_ct_series(tmp_path / "in", n_slices=10)
-    code = main(["--params", str(repo_root / "params.yaml"), "convert", str(tmp_path / "in"), str(tmp_path / "out"),
-                 "--workers", "1", "--output-extension", ".nii"])
+    code = main(
+        [
+            "--params",
+            str(repo_root / "params.yaml"),
+            "convert",
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--output-extension",
+            ".nii",
+        ]
+    )
     assert code == 0
     assert "1 ok" in capsys.readouterr().out
     assert len(list((tmp_path / "out" / "volumes").glob("*.nii"))) == 1
-    assert main(["--params", str(repo_root / "params.yaml"), "convert", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
+    assert (
+        main(["--params", str(repo_root / "params.yaml"), "convert", str(tmp_path / "missing"), str(tmp_path / "o")])
+        == 2
+    )
 
 
 @pytest.mark.parametrize(("pixel_representation", "bits_stored"), [(0, 12), (1, 12), (1, 16), (0, 16)])
@@ -373,8 +445,13 @@ def test_native_fast_path_matches_pydicom(tmp_path: Path, pixel_representation: 
 
     from preprocessing.volume_assembly import read_native_pixels
 
-    fixture = write_ct_series(tmp_path / "in", n_slices=3, pixel_representation=pixel_representation, bits_stored=bits_stored,
-                              intercept=-1024 if pixel_representation == 0 else 0)
+    fixture = write_ct_series(
+        tmp_path / "in",
+        n_slices=3,
+        pixel_representation=pixel_representation,
+        bits_stored=bits_stored,
+        intercept=-1024 if pixel_representation == 0 else 0,
+    )
     if bits_stored < 16 and pixel_representation == 0:  # plant garbage in the bits above BitsStored
         ds = pydicom.dcmread(fixture.files[0])
         ds.PixelData = (np.frombuffer(ds.PixelData, dtype=np.uint16) | np.uint16(0xF000)).tobytes()
@@ -389,8 +466,17 @@ def test_native_fast_path_matches_pydicom(tmp_path: Path, pixel_representation: 
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32])
-@pytest.mark.parametrize(("slope", "intercept", "pad"), [(1.0, -1024.0, None), (1.0, 0.0, (0, 0)), (1.0, -1024.0, (0, 5)),
-                                                          (0.5, -1000.5, None), (1.0, 30000.0, None), (2.0, -2048.0, (7, 7))])
+@pytest.mark.parametrize(
+    ("slope", "intercept", "pad"),
+    [
+        (1.0, -1024.0, None),
+        (1.0, 0.0, (0, 0)),
+        (1.0, -1024.0, (0, 5)),
+        (0.5, -1000.5, None),
+        (1.0, 30000.0, None),
+        (2.0, -2048.0, (7, 7)),
+    ],
+)
 def test_hu_conversion_paths_agree(dtype, slope: float, intercept: float, pad) -> None:
     from preprocessing.volume_assembly import _to_hu
 

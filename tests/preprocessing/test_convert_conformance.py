@@ -81,7 +81,9 @@ def test_progressive_jpeg_quarantines_cleanly(shared_data: Path, tmp_path: Path,
     for name in PROGRESSIVE:
         with pytest.raises(AssemblyError, match="cannot decode pixel data"):
             file_hu(folder / name)
-        summary = convert_dir(copy_tree([folder / name], tmp_path / name), tmp_path / f"out-{name}", salt=SALT, min_slices=1)
+        summary = convert_dir(
+            copy_tree([folder / name], tmp_path / name), tmp_path / f"out-{name}", salt=SALT, min_slices=1
+        )
         row = only_row(summary)
         assert row.status == "quarantined"
         assert "cannot decode pixel data" in row.reason and row.reason.startswith("series ")
@@ -89,7 +91,10 @@ def test_progressive_jpeg_quarantines_cleanly(shared_data: Path, tmp_path: Path,
 
 @pytest.mark.parametrize(
     ("compressed", "uncompressed"),
-    [("pydicom_data/693_J2KR.dcm", "pydicom_data/693_UNCR.dcm"), ("pydicom/test_files/693_J2KI.dcm", "pydicom_data/693_UNCI.dcm")],
+    [
+        ("pydicom_data/693_J2KR.dcm", "pydicom_data/693_UNCR.dcm"),
+        ("pydicom/test_files/693_J2KI.dcm", "pydicom_data/693_UNCI.dcm"),
+    ],
 )
 def test_pydicom_j2k_pairs_identical(shared_data: Path, compressed: str, uncompressed: str) -> None:
     assert np.array_equal(file_hu(shared_data / compressed), file_hu(shared_data / uncompressed))
@@ -120,11 +125,14 @@ def test_real_ct_slices_decode_to_plausible_hu(shared_data: Path, name: str) -> 
 
 def test_signedness_mismatch_cases_agree(shared_data: Path) -> None:
     folder = shared_data / "pylibjpeg_data" / "JPEG2000Lossless"
-    assert np.array_equal(file_hu(folder / "TOSHIBA_J2K_SIZ1_PixRep0.dcm"), file_hu(folder / "TOSHIBA_J2K_SIZ0_PixRep1.dcm"))
+    assert np.array_equal(
+        file_hu(folder / "TOSHIBA_J2K_SIZ1_PixRep0.dcm"), file_hu(folder / "TOSHIBA_J2K_SIZ0_PixRep1.dcm")
+    )
 
 
 @pytest.mark.parametrize(
-    "name", ["pydicom_data/eCT_Supplemental.dcm", "cornerstone3d/testImages/CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"]
+    "name",
+    ["pydicom_data/eCT_Supplemental.dcm", "cornerstone3d/testImages/CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"],
 )
 def test_enhanced_ct_files_assemble(shared_data: Path, tmp_path: Path, name: str, convert_dir) -> None:
     summary = convert_dir(copy_tree([shared_data / name], tmp_path / "in"), tmp_path / "out", salt=SALT, min_slices=2)
@@ -157,8 +165,9 @@ def test_dicom2nifti_failing_series_follow_policy(shared_data: Path, tmp_path: P
     assert row.status == "quarantined" and "not a volume" in row.reason
 
 
-def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(shared_data: Path, tmp_path: Path,
-                                                                   convert_dir) -> None:
+def test_dicom2nifti_sliceincrement_002_grid_close_to_ground_truth(
+    shared_data: Path, tmp_path: Path, convert_dir
+) -> None:
     failing = shared_data / "dicom2nifti" / "tests" / "data" / "failing"
     row = only_row(convert_dir(failing / "sliceincrement" / "002", tmp_path / "out", salt=SALT, min_slices=2))
     ours = nib.load(tmp_path / "out" / row.volume_path)

@@ -13,28 +13,34 @@ from core.privacy import pseudonym
 from preprocessing.ctrate import to_hu
 
 SALT = "ctrate-salt"
-META = {"XYSpacing": "[0.75, 0.75]", "ZSpacing": "1.5", "ImagePositionPatient": "[-190.0, -180.0, -300.0]",
-        "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]", "RescaleSlope": "1", "RescaleIntercept": "-1024"}
+META = {
+    "XYSpacing": "[0.75, 0.75]",
+    "ZSpacing": "1.5",
+    "ImagePositionPatient": "[-190.0, -180.0, -300.0]",
+    "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+    "RescaleSlope": "1",
+    "RescaleIntercept": "-1024",
+}
 
 
 def chest_hu(seed: int, shape=(20, 18, 8)) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    hu = np.full(shape, -1000, dtype=np.int16)           # air around the body
+    hu = np.full(shape, -1000, dtype=np.int16)  # air around the body
     hu[4:16, 3:15, :] = rng.integers(-50, 80, size=(12, 12, shape[2]))
-    hu[6:9, 5:8, :] = -850                                 # lung-ish
+    hu[6:9, 5:8, :] = -850  # lung-ish
     return hu
 
 
 def write_fixture(root: Path) -> dict[str, np.ndarray]:
     expected: dict[str, np.ndarray] = {}
     rows = []
-    raw = chest_hu(1)                                         # v1-style: raw stored values (HU + 1024), uint16
+    raw = chest_hu(1)  # v1-style: raw stored values (HU + 1024), uint16
     path = root / "train" / "train_1" / "train_1_a" / "train_1_a_1.nii.gz"
     path.parent.mkdir(parents=True)
     nib.save(nib.Nifti1Image((raw.astype(np.int32) + 1024).astype(np.uint16), np.eye(4)), path)
     expected["train_1_a_1.nii.gz"] = raw
     rows.append({"VolumeName": "train_1_a_1.nii.gz", **META})
-    hu = chest_hu(2)                                          # v2-style: already HU, int16
+    hu = chest_hu(2)  # v2-style: already HU, int16
     path = root / "train" / "train_1" / "train_1_a" / "train_1_a_2.nii.gz"
     nib.save(nib.Nifti1Image(hu, np.eye(4)), path)
     expected["train_1_a_2.nii.gz"] = hu
@@ -52,7 +58,13 @@ def write_fixture(root: Path) -> dict[str, np.ndarray]:
 
 def test_ctrate_fixture_converts_with_recorded_rescale_decision(tmp_path: Path, convert_dir) -> None:
     expected = write_fixture(tmp_path / "ctrate")
-    summary = convert_dir(tmp_path / "ctrate", tmp_path / "out", input_format="ctrate", metadata_csv=tmp_path / "ctrate" / "metadata.csv", salt=SALT)
+    summary = convert_dir(
+        tmp_path / "ctrate",
+        tmp_path / "out",
+        input_format="ctrate",
+        metadata_csv=tmp_path / "ctrate" / "metadata.csv",
+        salt=SALT,
+    )
     rows = {r.study_id: r for r in summary.rows}
     assert summary.n_studies == 4 and summary.n_ok == 2
     for name, hu in expected.items():
@@ -74,7 +86,13 @@ def test_ctrate_fixture_converts_with_recorded_rescale_decision(tmp_path: Path, 
     assert missing.status == "quarantined" and "no NIfTI file" in missing.reason
     orphan = rows[pseudonym("valid_7_b_1.nii.gz", SALT, kind="study")]
     assert orphan.status == "quarantined" and "no row in the metadata CSV" in orphan.reason
-    again = convert_dir(tmp_path / "ctrate", tmp_path / "out", input_format="ctrate", metadata_csv=tmp_path / "ctrate" / "metadata.csv", salt=SALT)
+    again = convert_dir(
+        tmp_path / "ctrate",
+        tmp_path / "out",
+        input_format="ctrate",
+        metadata_csv=tmp_path / "ctrate" / "metadata.csv",
+        salt=SALT,
+    )
     assert again.n_reused == 2  # converted volumes reused; missing-file / missing-row checks are redone (cheap)
 
 
@@ -93,7 +111,20 @@ def test_cli_ctrate(tmp_path: Path, repo_root: Path) -> None:
     from fvlm.cli import main
 
     write_fixture(tmp_path / "ctrate")
-    code = main(["--params", str(repo_root / "params.yaml"), "convert", str(tmp_path / "ctrate"), str(tmp_path / "out"),
-                 "--format", "ctrate", "--metadata-csv", str(tmp_path / "ctrate" / "metadata.csv"), "--workers", "1"])
+    code = main(
+        [
+            "--params",
+            str(repo_root / "params.yaml"),
+            "convert",
+            str(tmp_path / "ctrate"),
+            str(tmp_path / "out"),
+            "--format",
+            "ctrate",
+            "--metadata-csv",
+            str(tmp_path / "ctrate" / "metadata.csv"),
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     assert len(list((tmp_path / "out" / "volumes").glob("*.nii.gz"))) == 2

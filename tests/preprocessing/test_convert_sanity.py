@@ -30,7 +30,7 @@ def test_billion_frame_claim_gives_one_defective_header_fast(tmp_path: Path) -> 
 
 def test_huge_dimensions_never_allocated(tmp_path: Path) -> None:
     fixture = series(tmp_path / "in")
-    edit(fixture.files, Rows=8000, Columns=8000)   # 4 x 128 MB claimed over ~1 kB files
+    edit(fixture.files, Rows=8000, Columns=8000)  # 4 x 128 MB claimed over ~1 kB files
     slices = _slices(tmp_path / "in")
     assert all("pixel data size inconsistent with header" in (s.defect or "") for s in slices)
     with pytest.raises(AssemblyError, match="file holds only"):

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 from core.config import GridConfig, ShardConfig, SplitConfig
-from preprocessing.shard_schema import PREP_VERSION, decode_array, decode_metadata
 from core.layout import reports_studies_path
+from preprocessing.shard_schema import PREP_VERSION, decode_array, decode_metadata
 from preprocessing.shards import ShardJob, run_shard, shard_files
 from preprocessing.split import assign_split, patient_fraction
-from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 
 GRID = GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), crop_zyx=(32, 64, 96), roi_margin_slices=1, roi_margin_voxels=4)
 SPLIT = SplitConfig(train=0.5, val=0.25, test=0.25, seed=0)
@@ -74,8 +74,7 @@ def test_schema_metadata_and_joined_values(tmp_path: Path, anatomies, make_cohor
 
     for path in parts:
         handle = pq.ParquetFile(path)
-        assert all(handle.metadata.row_group(i).num_rows <= SHARD.rows_per_group
-                   for i in range(handle.num_row_groups))
+        assert all(handle.metadata.row_group(i).num_rows <= SHARD.rows_per_group for i in range(handle.num_row_groups))
         ids = handle.read(columns=["study_id"]).column("study_id").to_pylist()
         assert ids == sorted(ids)
 
@@ -127,8 +126,9 @@ def test_geometry_mask_and_volume_stay_on_the_source_grid(tmp_path: Path, make_c
 
 
 def test_quarantine_with_reasons_and_counts(tmp_path: Path, anatomies, make_cohort) -> None:
-    cohort = make_cohort(tmp_path / "in", 8, missing_mask=[1], missing_report=[2], corrupt_volume=[3],
-                         upstream_quarantined=2)
+    cohort = make_cohort(
+        tmp_path / "in", 8, missing_mask=[1], missing_report=[2], corrupt_volume=[3], upstream_quarantined=2
+    )
     out = tmp_path / "shards"
     metrics = tmp_path / "metrics" / "shard.json"
     summary = build(cohort, out, metrics_path=metrics)
@@ -190,8 +190,8 @@ def test_no_patient_in_two_splits(tmp_path: Path, make_cohort) -> None:
 def test_byte_identical_rebuild(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 6)
     first = build(cohort, tmp_path / "a")
-    second = build(cohort, tmp_path / "b")                 # fresh: no cache
-    third = build(cohort, tmp_path / "a")                  # from the cache
+    second = build(cohort, tmp_path / "b")  # fresh: no cache
+    third = build(cohort, tmp_path / "a")  # from the cache
     assert first.content_hash == second.content_hash == third.content_hash
     assert third.prepared == 0 and third.reused == 6
     names_a = [p.relative_to(tmp_path / "a") for p in all_parts(tmp_path / "a")]
@@ -229,8 +229,12 @@ def test_incremental_prepares_only_new_studies(tmp_path: Path, make_cohort) -> N
 def test_files_roll_over_at_target_size(tmp_path: Path, make_cohort) -> None:
     cohort = make_cohort(tmp_path / "in", 8)
     out = tmp_path / "shards"
-    summary = build(cohort, out, split=SplitConfig(train=1.0, val=0.0, test=0.0),
-                    shard=ShardConfig(rows_per_group=2, target_file_mb=0.001))
+    summary = build(
+        cohort,
+        out,
+        split=SplitConfig(train=1.0, val=0.0, test=0.0),
+        shard=ShardConfig(rows_per_group=2, target_file_mb=0.001),
+    )
     parts = shard_files(out, "train")
     assert len(parts) == 4 and summary.files == [f"train/part-{i:05d}.parquet" for i in range(4)]
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == 8
@@ -239,8 +243,9 @@ def test_files_roll_over_at_target_size(tmp_path: Path, make_cohort) -> None:
     assert [p.name for p in shard_files(out, "train")] == ["part-00000.parquet"]
 
 
-def test_exception_mid_write_leaves_no_partial_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     make_cohort) -> None:
+def test_exception_mid_write_leaves_no_partial_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_cohort
+) -> None:
     import preprocessing.shards as shards_module
 
     cohort = make_cohort(tmp_path / "in", 8)
@@ -298,8 +303,9 @@ def test_killed_writer_leaves_previous_shards_complete(tmp_path: Path, repo_root
     script = tmp_path / "kill_writer.py"
     script.write_text(KILL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=repo_root, env=env,
-                            capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], cwd=repo_root, env=env, capture_output=True, timeout=120
+    )
     assert result.returncode == -9, result.stderr.decode()[-2000:]
     assert list(out.rglob(".part-*.tmp-*")), "the killed writer should have left its hidden temp file"
     # the visible shards are exactly the previous complete build
@@ -317,16 +323,46 @@ def test_cli_shard(tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixtur
 
     cohort = make_cohort(tmp_path / "in", 4, missing_mask=[0])
     out, metrics = tmp_path / "shards", tmp_path / "metrics" / "shard.json"
-    code = main(["--params", str(repo_root / "params.yaml"), "--profile", "demo", "shard",
-                 "--converted", str(cohort.converted), "--segmented", str(cohort.segmented),
-                 "--reports", str(cohort.reports), "--out", str(out), "--metrics", str(metrics)])
+    code = main(
+        [
+            "--params",
+            str(repo_root / "params.yaml"),
+            "--profile",
+            "demo",
+            "shard",
+            "--converted",
+            str(cohort.converted),
+            "--segmented",
+            str(cohort.segmented),
+            "--reports",
+            str(cohort.reports),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "3 studies" in printed and "quarantined st_00000: no mask" in printed
     assert json.loads(metrics.read_text())["studies"] == 3
-    code = main(["--params", str(repo_root / "params.yaml"), "shard", "--converted", str(tmp_path / "nope"),
-                 "--segmented", str(cohort.segmented), "--reports", str(cohort.reports), "--out", str(out),
-                 "--metrics", str(metrics)])
+    code = main(
+        [
+            "--params",
+            str(repo_root / "params.yaml"),
+            "shard",
+            "--converted",
+            str(tmp_path / "nope"),
+            "--segmented",
+            str(cohort.segmented),
+            "--reports",
+            str(cohort.reports),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics),
+        ]
+    )
     assert code == 1
     assert "studies.parquet" in capsys.readouterr().err
 
@@ -345,7 +381,7 @@ def test_real_totalsegmentator_output_to_shard(tmp_path: Path, shared_data: Path
     mask = decode_array(row["mask"], row["shape"], "uint8")
     volume = decode_array(row["volume"], row["shape"], "int16")
     present = set(np.unique(mask)) - {0}
-    assert present == {1, 4}                 # lung lobes and aorta are in this crop; heart, esophagus are not
+    assert present == {1, 4}  # lung lobes and aorta are in this crop; heart, esophagus are not
     assert row["spacing_mm"] == [3.0, 1.0, 1.0]
     assert -1200 <= volume.min() and volume.max() <= 1300
     source_img = nib.load(source / "example_ct_sm.nii.gz")
@@ -364,8 +400,9 @@ def test_parallel_preparation_gives_the_same_shards(tmp_path: Path, make_cohort)
     assert parallel.quarantined == serial.quarantined and len(parallel.quarantined) == 1
 
 
-def test_cli_convert_to_nii_then_shard_shards_every_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_convert_to_nii_then_shard_shards_every_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`fvlm convert --output-extension .nii`, segment, parse-reports, then `fvlm shard`: shard reads the
     volume convert recorded (``volume_path``) instead of assuming ``volumes/<id>.nii.gz`` (which used to
     quarantine every study as "no volume file")."""
@@ -385,17 +422,46 @@ def test_cli_convert_to_nii_then_shard_shards_every_study(tmp_path: Path, monkey
     )
     converted, segmented, reports = tmp_path / "converted", tmp_path / "segmented", tmp_path / "reports.parquet"
     cli = ["--params", str(params)]
-    assert main([*cli, "convert", str(demo / "dicom"), str(converted), "--workers", "1",
-                 "--output-extension", ".nii"]) == 0
+    assert (
+        main([*cli, "convert", str(demo / "dicom"), str(converted), "--workers", "1", "--output-extension", ".nii"])
+        == 0
+    )
     assert len(list((converted / "volumes").glob("*.nii"))) == 2
     assert not list((converted / "volumes").glob("*.nii.gz"))
-    assert main([*cli, "segment", str(converted), str(segmented), "--backend", "precomputed",
-                 "--masks", str(demo / "masks"), "--no-qc"]) == 0
+    assert (
+        main(
+            [
+                *cli,
+                "segment",
+                str(converted),
+                str(segmented),
+                "--backend",
+                "precomputed",
+                "--masks",
+                str(demo / "masks"),
+                "--no-qc",
+            ]
+        )
+        == 0
+    )
     assert main([*cli, "parse-reports", str(demo / "reports.csv"), str(reports)]) == 0
     capsys.readouterr()
-    code = main([*cli, "shard", "--converted", str(converted), "--segmented", str(segmented),
-                 "--reports", str(reports), "--out", str(tmp_path / "shards"),
-                 "--metrics", str(tmp_path / "shard.json")])
+    code = main(
+        [
+            *cli,
+            "shard",
+            "--converted",
+            str(converted),
+            "--segmented",
+            str(segmented),
+            "--reports",
+            str(reports),
+            "--out",
+            str(tmp_path / "shards"),
+            "--metrics",
+            str(tmp_path / "shard.json"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "no volume file" not in printed

@@ -107,8 +107,11 @@ def test_reports_mention_every_drawn_lesion_with_matching_details(cohort: Path, 
             if lesion["label"] == "Pleural effusion":
                 assert lesion["side"] in findings or "Bilateral" in findings or "both" in findings
         if record["normal"]:
-            assert "No pleural effusion" in findings or "Pleural effusion-thickening was not" in findings \
+            assert (
+                "No pleural effusion" in findings
+                or "Pleural effusion-thickening was not" in findings
                 or "There is no pleural effusion" in findings
+            )
 
 
 # ------------------------------------------------------------------------------------------- DICOM
@@ -130,7 +133,9 @@ def test_pydicom_reads_every_file_and_hu_equals_phantom(cohort: Path, cohort_jso
                 assert ds.StudyInstanceUID == record["study_key"]
                 assert ds.SeriesInstanceUID == series["series_uid"]
                 assert ds.PatientPosition == "HFS"
-                expected_ts = "1.2.840.10008.1.2" if variant["transfer_syntax"] == "implicit_vr_le" else "1.2.840.10008.1.2.1"
+                expected_ts = (
+                    "1.2.840.10008.1.2" if variant["transfer_syntax"] == "implicit_vr_le" else "1.2.840.10008.1.2.1"
+                )
                 assert ds.file_meta.TransferSyntaxUID == expected_ts
                 pixels = ds.pixel_array
                 if series["series_number"] == 1:
@@ -148,8 +153,9 @@ def test_pydicom_reads_every_file_and_hu_equals_phantom(cohort: Path, cohort_jso
                 assert np.array_equal(volume, phantom.native_hu())
 
 
-def test_dcm2niix_converts_thin_series_onto_mask_grid_with_phantom_hu(cohort: Path, cohort_json: dict,
-                                                                     phantoms: dict, tmp_path: Path) -> None:
+def test_dcm2niix_converts_thin_series_onto_mask_grid_with_phantom_hu(
+    cohort: Path, cohort_json: dict, phantoms: dict, tmp_path: Path
+) -> None:
     import nibabel as nib
 
     binary = _dcm2niix()
@@ -159,8 +165,12 @@ def test_dcm2niix_converts_thin_series_onto_mask_grid_with_phantom_hu(cohort: Pa
         thin = next(s for s in record["series"] if s["series_number"] == 2)
         out = tmp_path / f"study_{record['index']}"
         out.mkdir()
-        result = subprocess.run([binary, "-z", "n", "-b", "n", "-f", "thin", "-o", str(out), str(cohort / thin["folder"])],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [binary, "-z", "n", "-b", "n", "-f", "thin", "-o", str(out), str(cohort / thin["folder"])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         converted = sorted(out.glob("*.nii"))
         assert len(converted) == 1, result.stdout
@@ -219,8 +229,8 @@ def test_same_seed_gives_same_bytes_and_prefix_property(cohort: Path, tmp_path: 
 
 
 def test_phantom_anatomy_labels_hu_and_ras_orientation() -> None:
-    from preprocessing.synthetic import make_phantom
     from core.anatomy_sets import totalseg_name_to_id
+    from preprocessing.synthetic import make_phantom
 
     ids = totalseg_name_to_id()
     phantom = make_phantom(3, 0, "demo", labels={})
@@ -228,10 +238,23 @@ def test_phantom_anatomy_labels_hu_and_ras_orientation() -> None:
     assert phantom.hu_zyx.shape == phantom.labels_zyx.shape
     assert np.all(np.diag(phantom.affine_ras)[:3] > 0)
     present = set(np.unique(phantom.labels_zyx).tolist())
-    required = ["lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right", "lung_middle_lobe_right",
-                "lung_lower_lobe_right", "trachea", "esophagus", "heart", "atrial_appendage_left", "aorta", "sternum",
-                "costal_cartilages", "spinal_cord", *(f"vertebrae_T{k}" for k in range(1, 13)),
-                *(f"rib_{side}_{k}" for side in ("left", "right") for k in range(1, 13))]
+    required = [
+        "lung_upper_lobe_left",
+        "lung_lower_lobe_left",
+        "lung_upper_lobe_right",
+        "lung_middle_lobe_right",
+        "lung_lower_lobe_right",
+        "trachea",
+        "esophagus",
+        "heart",
+        "atrial_appendage_left",
+        "aorta",
+        "sternum",
+        "costal_cartilages",
+        "spinal_cord",
+        *(f"vertebrae_T{k}" for k in range(1, 13)),
+        *(f"rib_{side}_{k}" for side in ("left", "right") for k in range(1, 13)),
+    ]
     assert not [name for name in required if ids[name] not in present]
 
     def median_hu(name: str) -> float:
@@ -277,12 +300,15 @@ def test_lesions_change_only_the_voxels_they_claim() -> None:
     assert 0 <= float(np.median(effusion.hu_zyx[moved])) <= 25
 
 
-@pytest.mark.parametrize(("difficulty", "normal_range", "prevalence_range"),
-                         [("paper", (0.25, 0.35), (0.05, 0.40)), ("learnable", (0.20, 0.30), (0.18, 0.40))])
-def test_label_sampling_prevalence_and_normal_fraction(difficulty: str, normal_range: tuple[float, float],
-                                                       prevalence_range: tuple[float, float]) -> None:
-    from preprocessing.synthetic.lesions import sample_labels
+@pytest.mark.parametrize(
+    ("difficulty", "normal_range", "prevalence_range"),
+    [("paper", (0.25, 0.35), (0.05, 0.40)), ("learnable", (0.20, 0.30), (0.18, 0.40))],
+)
+def test_label_sampling_prevalence_and_normal_fraction(
+    difficulty: str, normal_range: tuple[float, float], prevalence_range: tuple[float, float]
+) -> None:
     from core.anatomy_sets import CTRATE_LABELS
+    from preprocessing.synthetic.lesions import sample_labels
 
     draws = [sample_labels(np.random.default_rng(i), difficulty) for i in range(3000)]
     normal = np.mean([not any(d.values()) for d in draws])
@@ -297,9 +323,11 @@ def test_paper_difficulty_is_the_previous_generator_and_learnable_lesions_are_la
     forced = {"Lung nodule": 1, "Lymphadenopathy": 1}
     paper = make_phantom(4, 1, "demo", labels=forced, difficulty="paper")
     learnable = make_phantom(4, 1, "demo", labels=forced, difficulty="learnable")
-    assert np.array_equal(paper.labels_zyx, learnable.labels_zyx)          # same patient, same anatomy
+    assert np.array_equal(paper.labels_zyx, learnable.labels_zyx)  # same patient, same anatomy
+
     def size(phantom, label):
         return sum(x.get("voxels", 0) for x in phantom.lesions if x["label"] == label)
+
     for label in forced:
         assert size(learnable, label) > 2 * size(paper, label) > 0, label
     with pytest.raises(ValueError, match="unknown difficulty"):
@@ -334,8 +362,10 @@ def test_follow_up_studies_share_the_patient_identity_and_body_size() -> None:
     assert follow_ups and len(follow_ups) < 30
     index = follow_ups[0]
     first = patient_index(SEED, index)
-    assert make_phantom(SEED, first, "demo", draw=False).plan["scale"] == \
-        make_phantom(SEED, index, "demo", draw=False).plan["scale"]
+    assert (
+        make_phantom(SEED, first, "demo", draw=False).plan["scale"]
+        == make_phantom(SEED, index, "demo", draw=False).plan["scale"]
+    )
     phi_first = study_phi(study_rngs(SEED, first)["report"], patient_phi(SEED, first))
     phi_follow = study_phi(study_rngs(SEED, index)["report"], patient_phi(SEED, patient_index(SEED, index)))
     assert phi_first["PatientID"] == phi_follow["PatientID"] and phi_first["PatientName"] == phi_follow["PatientName"]

@@ -95,8 +95,16 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> FvlmConfig:
             "embed_dim": 32,
         },
         "train": {
-            "batch_size": 4, "steps": 6, "lr": 2e-3, "warmup_steps": 1, "amp": False, "gpus": 0,
-            "checkpoint_every": 3, "num_workers": 0, "seed": 0, "weight_decay": 0.0,
+            "batch_size": 4,
+            "steps": 6,
+            "lr": 2e-3,
+            "warmup_steps": 1,
+            "amp": False,
+            "gpus": 0,
+            "checkpoint_every": 3,
+            "num_workers": 0,
+            "seed": 0,
+            "weight_decay": 0.0,
         },
         "evaluate": {"bootstrap": 20, "batch_size": 4},
         "tracking": {
@@ -118,4 +126,3 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> FvlmConfig:
 
     merge(raw, overrides)
     return config_from_dict(raw, root=tmp_path, environ={})
-

@@ -15,8 +15,22 @@ VARIANTS = ["clip", "fvlm", "fvlm+np", "fvlm+np+ct"]
 @pytest.mark.slow
 def test_ablation_script_runs_all_variants_and_writes_results(repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ablation"
-    command = [sys.executable, str(repo_root / "benchmarks" / "ablation.py"), "--studies", "10", "--steps", "2",
-               "--seeds", "0", "--batch-size", "2", "--workers", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(repo_root / "benchmarks" / "ablation.py"),
+        "--studies",
+        "10",
+        "--steps",
+        "2",
+        "--seeds",
+        "0",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -42,7 +56,6 @@ def test_ablation_script_runs_all_variants_and_writes_results(repo_root: Path, t
     assert "global CLIP" in table and "co-teaching" in table and "--steps 2" in table
 
     # a second run reuses the prepared cohort instead of rebuilding it
-    again = subprocess.run([*command, "--variants", "clip"], cwd=repo_root, capture_output=True, text=True,
-                           timeout=900)
+    again = subprocess.run([*command, "--variants", "clip"], cwd=repo_root, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reusing cohort" in again.stdout

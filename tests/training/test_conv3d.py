@@ -37,20 +37,28 @@ def test_token_grid_matches_the_vit_and_the_mask_grid() -> None:
     assert grid == vit_grid == (4, 4, 4) and final.shape == vit_final.shape == (2, 64, 32)
     assert len(levels) == 2 and all(level.shape == final.shape for level in levels)  # stage 5 does not exist
     mask = torch.zeros(2, *CROP, dtype=torch.uint8)
-    mask[:, :4, :8, :8] = 1                                   # anatomy 0 = the first token only
+    mask[:, :4, :8, :8] = 1  # anatomy 0 = the first token only
     membership = mask_to_patch_grid(mask, 2, PATCH)
     assert membership.shape == (2, 2, final.shape[1]) and membership[:, 0].sum(dim=1).tolist() == [1, 1]
-    assert bool(membership[0, 0, 0])                          # C-order (gz, gy, gx): token 0 = patch (0, 0, 0)
+    assert bool(membership[0, 0, 0])  # C-order (gz, gy, gx): token 0 = patch (0, 0, 0)
 
 
 def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig.model_validate({
-        "vision": {"kind": "conv", "patch_zyx": list(PATCH), "embed_dim": 32, "depth": 1, "heads": 2,
-                   "pool_layers": [2]},
-        "text": {"name_or_path": None, "vocab_size": 128, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
-        "embed_dim": 16,
-    })
+    cfg = ModelConfig.model_validate(
+        {
+            "vision": {
+                "kind": "conv",
+                "patch_zyx": list(PATCH),
+                "embed_dim": 32,
+                "depth": 1,
+                "heads": 2,
+                "pool_layers": [2],
+            },
+            "text": {"name_or_path": None, "vocab_size": 128, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
+            "embed_dim": 16,
+        }
+    )
     model = build_model(cfg, ("lung", "heart"), CROP)
     assert isinstance(model.vision, ConvEncoder3D)
     volume = torch.rand(3, 1, *CROP)
@@ -61,8 +69,9 @@ def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
     out = model(volume, mask, anatomy_text=texts)
     assert out["anatomy"].shape == (3, 2, 16) and bool(out["anatomy_present"].all())
     abnormal = torch.tensor([[False, False], [True, False], [False, True]])
-    loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal, texts,
-                        out["logit_scale"])
+    loss, _ = fvlm_loss(
+        out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal, texts, out["logit_scale"]
+    )
     loss.backward()
     first = model.vision.stages[0][0][0].weight
     assert first.grad is not None and float(first.grad.abs().sum()) > 0

@@ -55,31 +55,47 @@ def boxes_mask(shape: tuple[int, int, int]) -> np.ndarray:
 def make_row(study_id: str, volume: np.ndarray, mask: np.ndarray, patient: str = "pa_0") -> dict:
     index = int(study_id.split("_")[-1]) if study_id.split("_")[-1].isdigit() else 0
     return {
-        "study_id": study_id, "patient_id": patient, "split": "train",
-        "volume": encode_array(volume, 3), "shape": list(volume.shape), "spacing_mm": [3.0, 1.0, 1.0],
-        "affine": np.eye(4).reshape(16).tolist(), "mask": encode_array(mask, 3),
+        "study_id": study_id,
+        "patient_id": patient,
+        "split": "train",
+        "volume": encode_array(volume, 3),
+        "shape": list(volume.shape),
+        "spacing_mm": [3.0, 1.0, 1.0],
+        "affine": np.eye(4).reshape(16).tolist(),
+        "mask": encode_array(mask, 3),
         "anatomy_text": [f"{a} text {study_id}" for a in ANATOMIES],
         "anatomy_abnormal": [bool((index + k) % 2) for k in range(4)],
         "labels": [(index + j) % 3 - 1 for j in range(18)],
-        "report_text": f"report {study_id}", "prep_version": "test", "source_hash": "x",
+        "report_text": f"report {study_id}",
+        "prep_version": "test",
+        "source_hash": "x",
     }
 
 
 def write_shard(path: Path, rows: list[dict], rows_per_group: int = 2) -> Path:
-    metadata = build_metadata(anatomy_set="ctrate4", anatomy_names=ANATOMIES, label_names=LABELS,
-                              grid={"spacing_zyx_mm": [3.0, 1.0, 1.0]}, zstd_level=3)
+    metadata = build_metadata(
+        anatomy_set="ctrate4",
+        anatomy_names=ANATOMIES,
+        label_names=LABELS,
+        grid={"spacing_zyx_mm": [3.0, 1.0, 1.0]},
+        zstd_level=3,
+    )
     schema = shard_schema(len(ANATOMIES), len(LABELS), metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=rows_per_group)
     return path
 
 
-def small_shards(root: Path, n_rows: int = 14, rows_per_group: int = 2, files: int = 3,
-                 shape: tuple[int, int, int] = (10, 16, 16)) -> list[Path]:
+def small_shards(
+    root: Path, n_rows: int = 14, rows_per_group: int = 2, files: int = 3, shape: tuple[int, int, int] = (10, 16, 16)
+) -> list[Path]:
     rows = [make_row(f"st_{i:03d}", coordinate_volume(shape), boxes_mask(shape)) for i in range(n_rows)]
     per_file = -(-n_rows // files)
-    return [write_shard(root / "train" / f"part-{f:05d}.parquet", rows[f * per_file : (f + 1) * per_file],
-                        rows_per_group) for f in range(files) if rows[f * per_file : (f + 1) * per_file]]
+    return [
+        write_shard(root / "train" / f"part-{f:05d}.parquet", rows[f * per_file : (f + 1) * per_file], rows_per_group)
+        for f in range(files)
+        if rows[f * per_file : (f + 1) * per_file]
+    ]
 
 
 def source_positions(volume_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,17 +114,18 @@ def test_transforms_window_and_padding() -> None:
     assert windowed.dtype == np.float32 and windowed.min() == 0.0 and windowed.max() == 1.0
     assert windowed[2, 2, 2] == pytest.approx(0.5)
     mask = np.ones((4, 4, 4), dtype=np.uint8)
-    volume_crop, mask_crop, box = extract_crop(hu, mask, centred_starts(hu.shape, (8, 6, 4), (1.5, 1.5, 1.5)),
-                                               (8, 6, 4), (-1150, 350))
+    volume_crop, mask_crop, box = extract_crop(
+        hu, mask, centred_starts(hu.shape, (8, 6, 4), (1.5, 1.5, 1.5)), (8, 6, 4), (-1150, 350)
+    )
     assert volume_crop.shape == (8, 6, 4) and box == ((2, 6), (1, 5), (0, 4))
     assert mask_crop.sum() == 64 and volume_crop[:2].max() == 0.0 and mask_crop[:2].max() == 0
 
 
 def test_intact_flags_touching_face_and_absent() -> None:
     mask = np.zeros((10, 10, 10), dtype=np.uint8)
-    mask[3:6, 3:6, 3:6] = 1          # interior
-    mask[0:4, 2:4, 2:4] = 2          # touches the z = 0 face
-    mask[4:6, 4:6, 7:10] = 4         # touches the x = last face
+    mask[3:6, 3:6, 3:6] = 1  # interior
+    mask[0:4, 2:4, 2:4] = 2  # touches the z = 0 face
+    mask[4:6, 4:6, 7:10] = 4  # touches the x = last face
     full = ((0, 10), (0, 10), (0, 10))
     assert anatomy_intact(mask, full, 4).tolist() == [True, False, False, False]
     # padded crop: faces of the valid region count, not of the padding
@@ -121,8 +138,10 @@ def test_intact_flags_touching_face_and_absent() -> None:
     # does not make an anatomy incomplete, a crop face inside the volume does
     assert anatomy_intact(mask, full, 4, (False,) * 6).tolist() == [True, True, False, True]
     assert anatomy_intact(mask, full, 4, (True,) + (False,) * 5).tolist() == [True, False, False, True]
-    assert anatomy_intact(mask[4:], ((0, 6), (0, 10), (0, 10)), 4, cut_faces((10, 10, 10), (4, 0, 0), (6, 10, 10)))[0] \
+    assert (
+        anatomy_intact(mask[4:], ((0, 6), (0, 10), (0, 10)), 4, cut_faces((10, 10, 10), (4, 0, 0), (6, 10, 10)))[0]
         == np.False_
+    )
     assert cut_faces((10, 10, 10), (4, -2, 0), (6, 14, 8)) == (True, False, False, False, False, True)
 
 
@@ -130,7 +149,7 @@ def test_train_crops_keep_mask_and_image_aligned(tmp_path: Path) -> None:
     shape = (10, 16, 16)
     source_mask = boxes_mask(shape)
     files = small_shards(tmp_path, n_rows=6, shape=shape)
-    crops = [(6, 8, 8), (12, 20, 10)]        # smaller and partly larger than the volume (padding)
+    crops = [(6, 8, 8), (12, 20, 10)]  # smaller and partly larger than the volume (padding)
     for crop in crops:
         dataset = ShardDataset(files, crop_zyx=crop, hu_window=WIDE_WINDOW, flip_prob=0.5, seed=3)
         flipped_some = False
@@ -172,7 +191,7 @@ def test_eval_modes_are_deterministic(tmp_path: Path) -> None:
     centre = ShardDataset(files, crop_zyx=(8, 12, 12), hu_window=WIDE_WINDOW, mode="eval", eval_mode="center")
     first, second = list(centre), list(centre)
     assert [s["study_id"] for s in first] == ["st_000", "st_001", "st_002"]
-    assert all(np.array_equal(a["volume"], b["volume"]) for a, b in zip(first, second))
+    assert all(np.array_equal(a["volume"], b["volume"]) for a, b in zip(first, second, strict=False))
     valid, (zs, ys, xs) = source_positions(first[0]["volume"][0])
     assert np.all(np.diff(zs[:, 0, 0]) == 1)  # no flips in eval
     assert np.array_equal(first[0]["mask"][valid], source_mask[zs[valid], ys[valid], xs[valid]])
@@ -189,7 +208,7 @@ def test_eval_modes_are_deterministic(tmp_path: Path) -> None:
         wanted = np.floor(centre_src + 0.5).astype(int) - np.array([6, 8, 8]) // 2
         assert np.array_equal(first_voxel, np.clip(wanted, 0, np.array(shape) - (6, 8, 8)))
         if k == 2:
-            assert sample["anatomy_intact"][1]          # fits inside its centred crop
+            assert sample["anatomy_intact"][1]  # fits inside its centred crop
         if k == 4:
             # lies on the scan's last slice: the crop shows all of it (the scan edge is not a cut)
             assert sample["anatomy_intact"][3]
@@ -205,8 +224,13 @@ def collect_ids(files: list[Path], epoch: int, world_size: int, num_workers: int
     for rank in range(world_size):
         dataset = ShardDataset(files, crop_zyx=(4, 4, 4), rank=rank, world_size=world_size, seed=7, **kwargs)
         dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                                             collate_fn=as_list, multiprocessing_context=WORKER_CONTEXT)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=as_list,
+            multiprocessing_context=WORKER_CONTEXT,
+        )
         per_rank.append([sample["study_id"] for sample in loader])
     return per_rank
 
@@ -246,20 +270,30 @@ def test_batch_contract_from_real_writer(tmp_path: Path, make_cohort) -> None:
     from preprocessing.shards import ShardJob, run_shard
 
     cohort = make_cohort(tmp_path / "in", 6)
-    run_shard(ShardJob(cohort.converted, cohort.segmented, cohort.reports, tmp_path / "shards", anatomy_set="ctrate4",
-                       grid=GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), roi_margin_slices=1, roi_margin_voxels=4),
-                       split=SplitConfig(train=1.0, val=0.0, test=0.0), shard=ShardConfig(rows_per_group=2)))
+    run_shard(
+        ShardJob(
+            cohort.converted,
+            cohort.segmented,
+            cohort.reports,
+            tmp_path / "shards",
+            anatomy_set="ctrate4",
+            grid=GridConfig(spacing_zyx_mm=(8.0, 4.0, 4.0), roi_margin_slices=1, roi_margin_voxels=4),
+            split=SplitConfig(train=1.0, val=0.0, test=0.0),
+            shard=ShardConfig(rows_per_group=2),
+        )
+    )
     metadata = read_shard_metadata(tmp_path / "shards")
     assert metadata["anatomy_names"] == list(ANATOMIES) and len(metadata["label_names"]) == 18
     dataset = ShardDataset.from_dir(tmp_path / "shards", "train", crop_zyx=(32, 64, 96))
     assert dataset.anatomy_names == ANATOMIES and dataset.num_rows == 6
-    (batch, *_) = list(ShardBatches(dataset, batch_size=3, num_workers=2,
-                                    multiprocessing_context=WORKER_CONTEXT).iter_epoch(0))
+    (batch, *_) = list(
+        ShardBatches(dataset, batch_size=3, num_workers=2, multiprocessing_context=WORKER_CONTEXT).iter_epoch(0)
+    )
     assert batch["volume"].dtype == torch.float32 and batch["volume"].shape == (3, 1, 32, 64, 96)
     assert 0.0 <= float(batch["volume"].min()) and float(batch["volume"].max()) <= 1.0
     assert batch["mask"].shape == (3, 32, 64, 96) and int(batch["mask"].max()) <= 4
     assert batch["anatomy_intact"].dtype == torch.bool and batch["anatomy_intact"].shape == (3, 4)
-    assert batch["anatomy_intact"].all()   # small ROI volumes inside a big crop: every anatomy whole
+    assert batch["anatomy_intact"].all()  # small ROI volumes inside a big crop: every anatomy whole
     assert batch["anatomy_abnormal"].dtype == torch.bool and batch["anatomy_abnormal"].shape == (3, 4)
     assert batch["labels"].dtype == torch.int8 and batch["labels"].shape == (3, 18)
     assert len(batch["anatomy_text"]) == 3 and all(len(t) == 4 for t in batch["anatomy_text"])
@@ -279,8 +313,9 @@ def test_corrupt_shard_file_error_names_the_file(tmp_path: Path) -> None:
     dataset = ShardDataset([files[0], damaged], crop_zyx=(4, 4, 4), mode="eval")
     with pytest.raises(ShardReadError, match=r"other/part-00000.parquet: row group 0"):
         list(dataset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, collate_fn=as_list,
-                                         multiprocessing_context=WORKER_CONTEXT)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=1, collate_fn=as_list, multiprocessing_context=WORKER_CONTEXT
+    )
     with pytest.raises(Exception, match="part-00000.parquet"):
         list(loader)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WORLD = 2
-BATCH = 6          # global batch; each rank holds BATCH // WORLD samples
+BATCH = 6  # global batch; each rank holds BATCH // WORLD samples
 ANATOMIES = 3
 DIM_IN, DIM_OUT = 10, 8
 
@@ -46,8 +46,18 @@ def _loss(model: nn.Module, rows: slice, gather: bool) -> torch.Tensor:
 
     image_in, text_in, valid, abnormal, texts, peer = _inputs()
     image, text, scale = model(image_in[rows], text_in[rows])
-    fine, _ = fvlm_loss(image, text, valid[rows], abnormal[rows], texts[rows], scale,
-                        normal_positives=True, coteach_logits=peer, alpha=0.5, gather=gather)
+    fine, _ = fvlm_loss(
+        image,
+        text,
+        valid[rows],
+        abnormal[rows],
+        texts[rows],
+        scale,
+        normal_positives=True,
+        coteach_logits=peer,
+        alpha=0.5,
+        gather=gather,
+    )
     return fine + clip_loss(image[:, 0], text[:, 0], scale, gather=gather)
 
 
@@ -92,7 +102,9 @@ def ddp_results(tmp_path_factory) -> Path:
     from training.models.text import build_tokenizer
 
     out = tmp_path_factory.mktemp("ddp")
-    build_tokenizer(["lungs clear", "heart normal nodule enlarged opacity", "normal study cardiomegaly"], 128, out / "tokenizer")
+    build_tokenizer(
+        ["lungs clear", "heart normal nodule enlarged opacity", "normal study cardiomegaly"], 128, out / "tokenizer"
+    )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_worker, args=(str(out / "init"), str(out), str(out / "tokenizer")), nprocs=WORLD, join=True)
     return out
@@ -125,11 +137,13 @@ def _tiny_fvlm(tokenizer_dir: str):
     from core.config import ModelConfig
     from training.models.model import build_model
 
-    cfg = ModelConfig.model_validate({
-        "vision": {"patch_zyx": [4, 8, 8], "embed_dim": 16, "depth": 2, "heads": 2, "pool_layers": [1]},
-        "text": {"name_or_path": None, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
-        "embed_dim": 8,
-    })
+    cfg = ModelConfig.model_validate(
+        {
+            "vision": {"patch_zyx": [4, 8, 8], "embed_dim": 16, "depth": 2, "heads": 2, "pool_layers": [1]},
+            "text": {"name_or_path": None, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
+            "embed_dim": 8,
+        }
+    )
     torch.manual_seed(0)
     # eval(): no dropout in the text tower, so ranks and the reference see the same function
     return build_model(cfg, ["lung", "heart"], (8, 16, 16), tokenizer_dir=tokenizer_dir).eval()
@@ -139,7 +153,12 @@ def _fvlm_batch():
     generator = torch.Generator().manual_seed(1)
     volume = torch.rand(4, 1, 8, 16, 16, generator=generator)
     mask = torch.randint(0, 3, (4, 8, 16, 16), generator=generator).to(torch.uint8)
-    texts = [["lungs clear", "heart normal"], ["nodule", "heart normal"], ["lungs clear", "enlarged heart"], ["opacity", ""]]
+    texts = [
+        ["lungs clear", "heart normal"],
+        ["nodule", "heart normal"],
+        ["lungs clear", "enlarged heart"],
+        ["opacity", ""],
+    ]
     abnormal = torch.tensor([[False, False], [True, False], [False, True], [True, False]])
     reports = ["normal study", "lung nodule", "cardiomegaly", "opacity"]
     return volume, mask, texts, abnormal, reports
@@ -150,8 +169,18 @@ def _fvlm_step_loss(model, rows: slice, gather: bool) -> torch.Tensor:
 
     volume, mask, texts, abnormal, reports = _fvlm_batch()
     out = model(volume[rows], mask[rows], texts[rows], reports[rows])
-    fine, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal[rows], texts[rows],
-                        out["logit_scale"], True, None, 0.0, gather)
+    fine, _ = fvlm_loss(
+        out["anatomy"],
+        out["text_anatomy"],
+        out["anatomy_present"],
+        abnormal[rows],
+        texts[rows],
+        out["logit_scale"],
+        True,
+        None,
+        0.0,
+        gather,
+    )
     return fine + clip_loss(out["global_"], out["text_global"], out["logit_scale"], gather)
 
 
@@ -171,4 +200,6 @@ def test_fvlm_under_ddp_matches_single_process(ddp_results):
         for name, param in reference.named_parameters():
             if param.grad is None:
                 continue
-            torch.testing.assert_close(grads[name], param.grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(
+                grads[name], param.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+            )

@@ -86,10 +86,11 @@ def test_thresholds_chosen_on_val_are_applied_to_test() -> None:
     val_scores = np.array([[0.1], [0.5], [0.6], [0.8], [0.9]])
     test_truth = np.array([[0], [0], [1], [1], [1], [-1]])
     test_scores = np.array([[0.1], [0.2], [0.4], [0.5], [0.85], [0.99]])
-    report = score_splits(("Lung nodule",), val_truth, val_scores, test_truth, test_scores,
-                          threshold_method="youden", bootstrap=0)
+    report = score_splits(
+        ("Lung nodule",), val_truth, val_scores, test_truth, test_scores, threshold_method="youden", bootstrap=0
+    )
     entry = report["labels"]["Lung nodule"]
-    assert entry["n_test"] == 5                        # the -1 (unknown) row is left out
+    assert entry["n_test"] == 5  # the -1 (unknown) row is left out
     assert entry["val_threshold"]["threshold"] == pytest.approx(0.8)
     assert entry["val_threshold"]["sensitivity"] == pytest.approx(1 / 3)
     assert entry["val_threshold"]["specificity"] == pytest.approx(1.0)
@@ -115,7 +116,7 @@ def test_bootstrap_interval_brackets_the_estimate(scored: tuple[np.ndarray, np.n
     intervals = bootstrap_auc(truth, scores, 200, seed=1)
     low, high = intervals["label_0"]
     assert low < roc_auc(y, score) < high and high - low < 0.3
-    assert intervals == bootstrap_auc(truth, scores, 200, seed=1)   # seeded, reproducible
+    assert intervals == bootstrap_auc(truth, scores, 200, seed=1)  # seeded, reproducible
 
 
 def test_zero_shot_spec_ctrate4() -> None:
@@ -133,12 +134,17 @@ def test_zero_shot_spec_ctrate4() -> None:
 def test_zero_shot_probability_is_softmax_over_the_prompt_pair() -> None:
     spec = ZeroShotSpec("x", ("a", "b"), ("L1", "L2"), (0, 1), (0, 1), (("n1", "p1"), ("n2", "p2")))
     anatomy = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]], dtype=np.float32)
-    embeddings = Embeddings(["s0", "s1"], anatomy, np.array([[0.6, 0.8], [0.6, 0.8]], dtype=np.float32),
-                            np.array([[True, True], [True, False]]), np.zeros((2, 18), dtype=np.int8))
+    embeddings = Embeddings(
+        ["s0", "s1"],
+        anatomy,
+        np.array([[0.6, 0.8], [0.6, 0.8]], dtype=np.float32),
+        np.array([[True, True], [True, False]]),
+        np.zeros((2, 18), dtype=np.int8),
+    )
     prompts = np.array([[[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]], dtype=np.float32)  # (S, 2, D)
     probabilities, used_global = zero_shot_probabilities(embeddings, prompts, spec, logit_scale=10.0)
     expected_00 = np.exp(10.0) / (np.exp(10.0) + np.exp(0.0))
-    assert probabilities[0, 0] == pytest.approx(expected_00)          # study 0 lung matches positive
+    assert probabilities[0, 0] == pytest.approx(expected_00)  # study 0 lung matches positive
     assert probabilities[1, 0] == pytest.approx(1 - expected_00)
     # study 1 has no anatomy b: scored on its global embedding, recorded as a fallback
     assert used_global.tolist() == [[False, False], [False, True]]
@@ -160,20 +166,27 @@ class _FakeImageModel(torch.nn.Module):
 
     def encode_image(self, volume: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = volume.shape[0]
-        marker = volume.flatten(1)[:, 0]                 # the test writes the crop's anatomy index here
+        marker = volume.flatten(1)[:, 0]  # the test writes the crop's anatomy index here
         anatomy = torch.zeros(batch, 2, 4)
         for i in range(batch):
             anatomy[i, :, int(marker[i])] = 1.0
-        return {"anatomy": anatomy, "global_": torch.nn.functional.one_hot(marker.long(), 4).float(),
-                "anatomy_present": torch.ones(batch, 2, dtype=torch.bool)}
+        return {
+            "anatomy": anatomy,
+            "global_": torch.nn.functional.one_hot(marker.long(), 4).float(),
+            "anatomy_present": torch.ones(batch, 2, dtype=torch.bool),
+        }
 
 
 def test_embed_batches_takes_each_anatomy_from_its_own_crop() -> None:
     volume = torch.zeros(4, 1, 2, 2, 2)
     volume[:, 0, 0, 0, 0] = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    batch = {"volume": volume, "mask": torch.zeros(4, 2, 2, 2, dtype=torch.uint8),
-             "labels": torch.zeros(4, 18, dtype=torch.int8), "study_id": ["a", "a", "b", "b"],
-             "crop_anatomy": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "volume": volume,
+        "mask": torch.zeros(4, 2, 2, 2, dtype=torch.uint8),
+        "labels": torch.zeros(4, 18, dtype=torch.int8),
+        "study_id": ["a", "a", "b", "b"],
+        "crop_anatomy": torch.tensor([0, 1, 0, 1]),
+    }
     embeddings = embed_batches(_FakeImageModel(), [batch])
     assert embeddings.study_ids == ["a", "b"]
     np.testing.assert_array_equal(embeddings.anatomy[0], [[1, 0, 0, 0], [0, 1, 0, 0]])
@@ -182,7 +195,7 @@ def test_embed_batches_takes_each_anatomy_from_its_own_crop() -> None:
 
 def test_roc_pngs_written(tmp_path: Path, scored: tuple[np.ndarray, np.ndarray]) -> None:
     y, score = scored
-    truth = np.stack([y, np.ones_like(y)], axis=1)       # second label single-class: no curve
+    truth = np.stack([y, np.ones_like(y)], axis=1)  # second label single-class: no curve
     written = plot_roc_curves(("Lung nodule", "Cardiomegaly"), truth, np.stack([score, score], 1), tmp_path)
     names = sorted(p.name for p in written)
     assert names == ["roc_all.png", "roc_lung_nodule.png"]

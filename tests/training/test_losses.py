@@ -58,9 +58,7 @@ def test_soft_targets_hand_example():
     abnormal = torch.tensor([[False], [True], [False], [True]])
     keys = text_keys([["clear"], ["nodule"], ["clear lungs"], ["nodule"]])
     targets = soft_targets(valid, abnormal, keys, normal_positives=True)[0]
-    expected = torch.tensor(
-        [[0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5], [0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5]]
-    )
+    expected = torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5], [0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5]])
     torch.testing.assert_close(targets, expected)
     identity_and_text = soft_targets(valid, abnormal, keys, normal_positives=False)[0]
     expected_no_normal = torch.tensor(
@@ -83,8 +81,8 @@ def test_loss_matches_naive_per_anatomy_loop():
     valid = torch.rand(batch, anatomies, generator=torch.Generator().manual_seed(1)) > 0.25
     abnormal = torch.rand(batch, anatomies, generator=torch.Generator().manual_seed(2)) > 0.5
     texts = _texts(batch, anatomies)
-    texts[4][0] = texts[1][0]                        # identical texts -> positives
-    texts[2][2] = ""                                 # empty text -> invalid cell
+    texts[4][0] = texts[1][0]  # identical texts -> positives
+    texts[2][2] = ""  # empty text -> invalid cell
     for normal_positives in (True, False):
         total, per = fvlm_loss(image, text, valid, abnormal, texts, SCALE, normal_positives, None, 0.0, False)
         naive_total, naive_per = _naive_loss(image, text, valid, abnormal, texts, SCALE, normal_positives)
@@ -103,7 +101,9 @@ def test_loss_is_invariant_to_batch_permutation():
     order = torch.randperm(batch, generator=torch.Generator().manual_seed(6))
     permuted_texts = [texts[i] for i in order.tolist()]
     base, _ = fvlm_loss(image, text, valid, abnormal, texts, SCALE, True, None, 0.0, False)
-    permuted, _ = fvlm_loss(image[order], text[order], valid[order], abnormal[order], permuted_texts, SCALE, True, None, 0.0, False)
+    permuted, _ = fvlm_loss(
+        image[order], text[order], valid[order], abnormal[order], permuted_texts, SCALE, True, None, 0.0, False
+    )
     torch.testing.assert_close(base, permuted)
 
 
@@ -111,8 +111,8 @@ def test_invalid_rows_contribute_nothing_and_get_no_gradient():
     batch, anatomies = 5, 2
     image, text = _embeddings(batch, anatomies, seed=7)
     valid = torch.ones(batch, anatomies, dtype=torch.bool)
-    valid[1, 0] = False                               # cut anatomy
-    valid[3, :] = False                               # absent everywhere
+    valid[1, 0] = False  # cut anatomy
+    valid[3, :] = False  # absent everywhere
     abnormal = torch.zeros(batch, anatomies, dtype=torch.bool)
     abnormal[0, 0] = True
     texts = _texts(batch, anatomies)
@@ -131,8 +131,19 @@ def test_invalid_rows_contribute_nothing_and_get_no_gradient():
 def test_anatomy_without_valid_rows_gives_zero_not_nan():
     image, text = _embeddings(3, 2)
     valid = torch.tensor([[True, False], [True, False], [False, False]])
-    total, per = fvlm_loss(image, text, valid, torch.zeros(3, 2, dtype=torch.bool), _texts(3, 2), SCALE,
-                           True, None, 0.0, False, anatomy_names=["lung", "heart"])
+    total, per = fvlm_loss(
+        image,
+        text,
+        valid,
+        torch.zeros(3, 2, dtype=torch.bool),
+        _texts(3, 2),
+        SCALE,
+        True,
+        None,
+        0.0,
+        False,
+        anatomy_names=["lung", "heart"],
+    )
     assert torch.isfinite(total)
     assert float(per["heart"]) == 0.0 and float(per["lung"]) > 0.0
 
@@ -152,7 +163,7 @@ def test_coteach_targets_are_distributions_and_keep_normal_rows():
     valid_rows = valid.t()
     torch.testing.assert_close(blended.sum(-1)[valid_rows], torch.ones(int(valid_rows.sum())))
     assert torch.all(blended.sum(-1)[~valid_rows] == 0)
-    assert torch.all(blended[1, :, 5] == 0)          # invalid column gets no mass
+    assert torch.all(blended[1, :, 5] == 0)  # invalid column gets no mass
     normal_rows = (~abnormal).t()
     torch.testing.assert_close(blended[normal_rows], base[normal_rows])
     assert not torch.allclose(blended[0, 1], base[0, 1])
@@ -186,7 +197,9 @@ def test_clip_loss_equals_fvlm_loss_with_identity_targets():
     image, text = _embeddings(5, 1, seed=12)
     clip = clip_loss(image[:, 0], text[:, 0], SCALE)
     valid = torch.ones(5, 1, dtype=torch.bool)
-    fine, _ = fvlm_loss(image, text, valid, torch.ones(5, 1, dtype=torch.bool), _texts(5, 1), SCALE, False, None, 0.0, False)
+    fine, _ = fvlm_loss(
+        image, text, valid, torch.ones(5, 1, dtype=torch.bool), _texts(5, 1), SCALE, False, None, 0.0, False
+    )
     torch.testing.assert_close(clip, fine)
     labels = torch.arange(5)
     logits = SCALE * image[:, 0] @ text[:, 0].t()

@@ -44,10 +44,10 @@ def _batch(crop_zyx, batch: int = 3, seed: int = 0):
     volume = torch.rand(batch, 1, *crop_zyx, generator=generator)
     mask = torch.zeros(batch, *crop_zyx, dtype=torch.uint8)
     z, y, x = crop_zyx
-    mask[:, : z // 2, : y // 2, : x // 2] = 1          # lung
-    mask[:, z // 2 :, y // 2 :, x // 2 :] = 2          # heart
-    mask[:, :, :4, -4:] = 4                            # aorta: thin strip
-    mask[0, :4, :4, :4] = 3                            # esophagus only in sample 0
+    mask[:, : z // 2, : y // 2, : x // 2] = 1  # lung
+    mask[:, z // 2 :, y // 2 :, x // 2 :] = 2  # heart
+    mask[:, :, :4, -4:] = 4  # aorta: thin strip
+    mask[0, :4, :4, :4] = 3  # esophagus only in sample 0
     return volume, mask
 
 
@@ -60,7 +60,7 @@ def _naive_membership(mask: torch.Tensor, anatomies: int, patch) -> torch.Tensor
         for iz in range(z // pz):
             for iy in range(y // py):
                 for ix in range(x // px):
-                    block = mask[b, iz * pz:(iz + 1) * pz, iy * py:(iy + 1) * py, ix * px:(ix + 1) * px]
+                    block = mask[b, iz * pz : (iz + 1) * pz, iy * py : (iy + 1) * py, ix * px : (ix + 1) * px]
                     for k in range(anatomies):
                         out[b, k, token] = bool((block == k + 1).any())
                     token += 1
@@ -70,7 +70,7 @@ def _naive_membership(mask: torch.Tensor, anatomies: int, patch) -> torch.Tensor
 def test_mask_to_patch_grid_matches_naive_loop():
     mask = torch.randint(0, 4, (2, 8, 8, 12), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     mask[mask == 3] = 0
-    mask[1, 5, 6, 7] = 3                                 # one voxel makes its whole patch member
+    mask[1, 5, 6, 7] = 3  # one voxel makes its whole patch member
     fast = mask_to_patch_grid(mask, 3, (4, 4, 6))
     torch.testing.assert_close(fast, _naive_membership(mask, 3, (4, 4, 6)))
     assert fast[1, 2].sum() == 1 and fast[0, 2].sum() == 0
@@ -81,9 +81,9 @@ def test_batched_pooling_equals_per_sample_loop():
     pooling = AnatomyPooling(n_anatomies=4, token_dim=32, out_dim=16, heads=4)
     tokens = torch.randn(3, 20, 32)
     membership = torch.rand(3, 4, 20, generator=torch.Generator().manual_seed(1)) > 0.6
-    membership[1, 2] = False                             # absent anatomy
+    membership[1, 2] = False  # absent anatomy
     membership[2, 0] = False
-    membership[2, 0, 7] = True                           # single token
+    membership[2, 0, 7] = True  # single token
     batched, present = pooling(tokens, membership)
     looped, present_loop = pooling.forward_loop(tokens, membership)
     torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
@@ -97,19 +97,36 @@ def test_batched_pooling_equals_per_sample_loop():
 def test_demo_forward_backward(demo_cfg, tokenizer_dir):
     model = build_model(demo_cfg.model, ANATOMIES, demo_cfg.grid.crop_zyx, tokenizer_dir=tokenizer_dir)
     volume, mask = _batch(demo_cfg.grid.crop_zyx)
-    anatomy_text = [["lungs are clear", "heart normal", "", "aorta normal"],
-                    ["nodule in the lung", "heart enlarged", "", "aortic calcification"],
-                    ["lungs are clear", "heart normal", "", ""]]
+    anatomy_text = [
+        ["lungs are clear", "heart normal", "", "aorta normal"],
+        ["nodule in the lung", "heart enlarged", "", "aortic calcification"],
+        ["lungs are clear", "heart normal", "", ""],
+    ]
     out = model(volume, mask, anatomy_text, REPORTS[:3])
     batch, k, dim = 3, len(ANATOMIES), demo_cfg.model.embed_dim
     assert out["anatomy"].shape == (batch, k, dim) and out["text_anatomy"].shape == (batch, k, dim)
     assert out["global_"].shape == (batch, dim) and out["text_global"].shape == (batch, dim)
-    assert out["anatomy_present"].tolist() == [[True, True, True, True], [True, True, False, True], [True, True, False, True]]
+    assert out["anatomy_present"].tolist() == [
+        [True, True, True, True],
+        [True, True, False, True],
+        [True, True, False, True],
+    ]
     assert torch.all(out["text_anatomy"][:, 2] == 0)
     intact = out["anatomy_present"]
     abnormal = torch.tensor([[False] * 4, [True, True, False, True], [False] * 4])
-    loss, per_anatomy = fvlm_loss(out["anatomy"], out["text_anatomy"], intact, abnormal, anatomy_text,
-                                  model.logit_scale, True, None, 0.0, False, anatomy_names=ANATOMIES)
+    loss, per_anatomy = fvlm_loss(
+        out["anatomy"],
+        out["text_anatomy"],
+        intact,
+        abnormal,
+        anatomy_text,
+        model.logit_scale,
+        True,
+        None,
+        0.0,
+        False,
+        anatomy_names=ANATOMIES,
+    )
     loss = loss + clip_loss(out["global_"], out["text_global"], model.logit_scale)
     loss.backward()
     assert set(per_anatomy) == set(ANATOMIES) and torch.isfinite(loss)
@@ -122,7 +139,7 @@ def test_demo_forward_backward(demo_cfg, tokenizer_dir):
 
 def test_scratch_text_tower_separates_texts_at_init(demo_cfg, tokenizer_dir):
     model = build_model(demo_cfg.model, ANATOMIES, demo_cfg.grid.crop_zyx, tokenizer_dir=tokenizer_dir).eval()
-    assert model.text.pooling == "mean"          # auto: a random-init BERT's [CLS] state ignores the text
+    assert model.text.pooling == "mean"  # auto: a random-init BERT's [CLS] state ignores the text
     with torch.no_grad():
         embeddings = model.encode_text(["lungs are clear", "heart enlarged", "small hiatal hernia"])
     cosine = embeddings @ embeddings.t()
@@ -188,7 +205,7 @@ def test_tokenizer_from_reports_knows_report_words(tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokens = tokenizer.tokenize("The lungs are clear. Hiatal hernia.")
     assert "[UNK]" not in tokens and "lungs" in tokens
-    assert tokenizer.tokenize("zygomatic")                       # unseen words split into pieces, no crash
+    assert tokenizer.tokenize("zygomatic")  # unseen words split into pieces, no crash
     encoded = tokenizer(["heart"], return_tensors="pt")
     assert encoded["input_ids"][0, 0] == tokenizer.cls_token_id
     assert encoded["input_ids"][0, -1] == tokenizer.sep_token_id
@@ -198,19 +215,27 @@ def _tiny_pretrained_dir(folder: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     build_tokenizer(REPORTS, 256, folder)
-    config = BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(str(folder))
     return folder
 
 
 def test_text_tower_from_local_pretrained_dir(tmp_path):
     local = _tiny_pretrained_dir(tmp_path / "tiny-bert")
-    cfg = ModelConfig.model_validate({
-        "vision": {"patch_zyx": [8, 16, 16], "embed_dim": 32, "depth": 2, "heads": 2, "pool_layers": [1]},
-        "text": {"name_or_path": str(local), "max_length": 32},
-        "embed_dim": 16,
-    })
+    cfg = ModelConfig.model_validate(
+        {
+            "vision": {"patch_zyx": [8, 16, 16], "embed_dim": 32, "depth": 2, "heads": 2, "pool_layers": [1]},
+            "text": {"name_or_path": str(local), "max_length": 32},
+            "embed_dim": 16,
+        }
+    )
     model = build_model(cfg, ANATOMIES, (16, 32, 32))
     assert type(model.text.encoder).__name__ == "BertModel" and model.text.pooling == "cls"
     embeddings = model.encode_text(["lungs are clear", "heart enlarged"])
@@ -230,8 +255,11 @@ def test_text_tower_skips_a_masked_lm_head(tokenizer_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    encoder = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, intermediate_size=64)).eval()
+    encoder = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    ).eval()
     head_calls = []
     encoder.cls.register_forward_hook(lambda *args: head_calls.append(1))
     tower = TextTower(encoder, tokenizer, out_dim=8, max_length=16).eval()
@@ -239,7 +267,7 @@ def test_text_tower_skips_a_masked_lm_head(tokenizer_dir):
     with torch.no_grad():
         hidden = tower.hidden_states(inputs)
         expected = encoder(**inputs, output_hidden_states=True).hidden_states[-1]
-    assert head_calls == [1]                        # only the reference call above ran the MLM head
+    assert head_calls == [1]  # only the reference call above ran the MLM head
     torch.testing.assert_close(hidden, expected)
 
 
@@ -248,7 +276,8 @@ def test_training_package_imports_without_optional_stacks(repo_root):
         "import sys\n"
         "for name in ('transformers', 'tokenizers', 'prefect', 'mlflow', 'pandas', 'spacy'):\n"
         "    sys.modules[name] = None\n"
-        "import training.models.model, training.models.losses, training.models.pooling, training.models.vit3d, training.models.text, training.models.distributed\n"
+        "import training.models.model, training.models.losses, training.models.pooling, training.models.vit3d\n"
+        "import training.models.text, training.models.distributed\n"
         "import training.models.zero_shot\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True)
@@ -260,8 +289,18 @@ def test_forward_under_bf16_autocast(demo_cfg, tokenizer_dir):
     texts = [["lungs are clear", "heart normal", "", "aorta normal"]] * 2
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out = model(volume, mask, texts, REPORTS[:2])
-        loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], torch.zeros(2, 4, dtype=torch.bool),
-                            texts, out["logit_scale"], True, None, 0.0, False)
+        loss, _ = fvlm_loss(
+            out["anatomy"],
+            out["text_anatomy"],
+            out["anatomy_present"],
+            torch.zeros(2, 4, dtype=torch.bool),
+            texts,
+            out["logit_scale"],
+            True,
+            None,
+            0.0,
+            False,
+        )
     loss.backward()
     assert out["anatomy"].dtype == torch.float32 and torch.isfinite(loss)
     norms = out["anatomy"].norm(dim=-1)[out["anatomy_present"]]
@@ -289,24 +328,38 @@ def test_train_step_benchmark_runs_tiny_on_cpu(repo_root, capsys):
 
 
 def test_a_few_steps_fit_a_fixed_batch(demo_cfg, tmp_path):
-    texts = [["lungs are clear", "heart normal", "", "aorta normal"],
-             ["nodule in the lung", "heart enlarged", "", "aortic calcification"],
-             ["opacity in the lung", "heart normal", "", "aorta normal"],
-             ["lungs are clear", "pericardial effusion", "", "aorta dilated"]]
+    texts = [
+        ["lungs are clear", "heart normal", "", "aorta normal"],
+        ["nodule in the lung", "heart enlarged", "", "aortic calcification"],
+        ["opacity in the lung", "heart normal", "", "aorta normal"],
+        ["lungs are clear", "pericardial effusion", "", "aorta dilated"],
+    ]
     # as in training, the tokenizer is built from the texts the model is trained on
     build_tokenizer(REPORTS * 4 + [text for row in texts for text in row], 512, tmp_path / "tokenizer")
     torch.manual_seed(0)
     model = build_model(demo_cfg.model, ANATOMIES, demo_cfg.grid.crop_zyx, tokenizer_dir=str(tmp_path / "tokenizer"))
     volume, mask = _batch(demo_cfg.grid.crop_zyx, batch=4, seed=3)
-    volume = 0.5 * volume + 0.15 * torch.arange(4.0).view(4, 1, 1, 1, 1)   # samples differ in brightness
-    abnormal = torch.tensor([[False] * 4, [True, True, False, True], [True, False, False, False], [False, True, False, True]])
-    model.eval()                                                           # no dropout: a deterministic fit
+    volume = 0.5 * volume + 0.15 * torch.arange(4.0).view(4, 1, 1, 1, 1)  # samples differ in brightness
+    abnormal = torch.tensor(
+        [[False] * 4, [True, True, False, True], [True, False, False, False], [False, True, False, True]]
+    )
+    model.eval()  # no dropout: a deterministic fit
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     losses = []
     for _ in range(30):
         out = model(volume, mask, texts)
-        loss, _ = fvlm_loss(out["anatomy"], out["text_anatomy"], out["anatomy_present"], abnormal, texts,
-                            out["logit_scale"], True, None, 0.0, False)
+        loss, _ = fvlm_loss(
+            out["anatomy"],
+            out["text_anatomy"],
+            out["anatomy_present"],
+            abnormal,
+            texts,
+            out["logit_scale"],
+            True,
+            None,
+            0.0,
+            False,
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

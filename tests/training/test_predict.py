@@ -31,7 +31,7 @@ def _write_study(folder: Path, with_heart: bool = True) -> tuple[Path, Path]:
 
     ids = totalseg_name_to_id()
     hu = np.full((96, 96, 40), -1000, dtype=np.int16)
-    hu[8:88, 8:88, :] = 0                                  # body
+    hu[8:88, 8:88, :] = 0  # body
     mask = np.zeros(hu.shape, dtype=np.uint8)
     mask[12:44, 20:76, 8:32] = ids["lung_upper_lobe_right"]
     mask[52:84, 20:76, 8:32] = ids["lung_upper_lobe_left"]
@@ -72,8 +72,20 @@ def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path, anatom
     raw = trained["config"].model_dump(mode="json", exclude={"root"})
     params.write_text(yaml.safe_dump({**raw, "profiles": {"demo": {}}}))
     out = tmp_path / "prediction.json"
-    code = main(["--params", str(params), "predict", str(volume), "--mask", str(mask),
-                 "--model", str(trained["model_dir"]), "--out", str(out)])
+    code = main(
+        [
+            "--params",
+            str(params),
+            "predict",
+            str(volume),
+            "--mask",
+            str(mask),
+            "--model",
+            str(trained["model_dir"]),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     payload = json.loads(out.read_text())
     assert payload["anatomies_found"] == list(anatomies)
@@ -108,30 +120,34 @@ def test_center_crop_or_pad() -> None:
     assert (out[:, 0] == -1).all() and (out[:, -1] == -1).all()
     np.testing.assert_array_equal(out[:, 1:7], array[1:4])
     shifted = center_crop_or_pad(array, (2, 6, 7), fill=0, center=(0, 3, 3))
-    np.testing.assert_array_equal(shifted, array[0:2])   # clamped at the volume's start
+    np.testing.assert_array_equal(shifted, array[0:2])  # clamped at the volume's start
 
 
-def test_predict_real_dicom_study_with_reference_mask(trained: dict[str, Any], shared_data: Path, tmp_path: Path) -> None:
+def test_predict_real_dicom_study_with_reference_mask(
+    trained: dict[str, Any], shared_data: Path, tmp_path: Path
+) -> None:
     """TotalSegmentator's public example: 20-slice JPEG 2000 DICOM series + its reference segmentation."""
     dicom_dir = shared_data / "totalsegmentator" / "example_ct_dicom"
     mask = shared_data / "totalsegmentator" / "example_seg_dicom.nii.gz"
     try:
-        payload = predict_study(trained["config"], trained["model_dir"], dicom_dir, mask_path=mask,
-                                work_dir=tmp_path / "w")
+        payload = predict_study(
+            trained["config"], trained["model_dir"], dicom_dir, mask_path=mask, work_dir=tmp_path / "w"
+        )
     except PredictionError as error:
         if "affine differs" in str(error) or "mask shape" in str(error):
             pytest.fail(f"converted grid does not match the reference segmentation's: {error}")
         raise
     assert payload["input_kind"] == "dicom" and payload["study_id"].startswith("st_")
-    assert payload["anatomies_found"] == ["aorta"]      # an abdominal scan: of ctrate4 only the aorta
+    assert payload["anatomies_found"] == ["aorta"]  # an abdominal scan: of ctrate4 only the aorta
     assert len(payload["labels"]) == 16
     text = json.dumps(payload)
-    assert "1.3.12.2.1107" not in text        # no UID leaks into the output
+    assert "1.3.12.2.1107" not in text  # no UID leaks into the output
 
 
 @pytest.mark.slow
-def test_predict_segments_with_totalsegmentator_backend(trained: dict[str, Any], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_segments_with_totalsegmentator_backend(
+    trained: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No --mask: TotalSegmentator's real code path with random stand-in weights (noise labels)."""
     from core.env import ensure_totalseg_config
     from segmentation.standin_weights import build_standin_weights
@@ -143,13 +159,23 @@ def test_predict_segments_with_totalsegmentator_backend(trained: dict[str, Any],
     monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(variable, str(home / "nnunet" / "results"))
-    config = trained["config"].model_copy(update={"segment": trained["config"].segment.model_copy(
-        update={"backend": "totalsegmentator", "mode": "fast", "device": "cpu", "roi_subset": False,
-                "totalseg_home": str(home)})})
+    config = trained["config"].model_copy(
+        update={
+            "segment": trained["config"].segment.model_copy(
+                update={
+                    "backend": "totalsegmentator",
+                    "mode": "fast",
+                    "device": "cpu",
+                    "roi_subset": False,
+                    "totalseg_home": str(home),
+                }
+            )
+        }
+    )
     volume, _ = _write_study(tmp_path / "study")
     try:
         payload = predict_study(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
-    except PredictionError as error:      # noise labels may hold no anatomy of the set: a clear error
+    except PredictionError as error:  # noise labels may hold no anatomy of the set: a clear error
         assert "no anatomy" in str(error)
         return
     assert len(payload["labels"]) == 16

@@ -23,8 +23,8 @@ def _studies(n: int, seed: int) -> list[ProbeStudy]:
         bright = index % 2
         if bright:  # a soft-tissue blob somewhere inside the anatomy
             z, y, x = rng.integers(2, 6), rng.integers(3, 11), rng.integers(3, 13)
-            hu[z:z + 3, y:y + 4, x:x + 4] = 40
-        noise_label = float(rng.random() < 0.5)   # not in the image at all
+            hu[z : z + 3, y : y + 4, x : x + 4] = 40
+        noise_label = float(rng.random() < 0.5)  # not in the image at all
         out.append(ProbeStudy(hu, anatomy, np.array([bright, noise_label], dtype=np.float32)))
     return out
 
@@ -32,8 +32,18 @@ def _studies(n: int, seed: int) -> list[ProbeStudy]:
 def test_probe_learns_a_visible_label_and_not_an_invisible_one() -> None:
     torch.set_num_threads(1)
     vision = VisionConfig(kind="conv", patch_zyx=(4, 8, 8), embed_dim=16, depth=1, heads=2, pool_layers=[])
-    result = fit_probe(vision_encoder(vision, CROP), _studies(32, 0), _studies(16, 1), label_names=["blob", "coin"],
-                       crop_zyx=CROP, hu_window=(-1150, 350), steps=60, batch_size=8, lr=3e-3, seed=0)
+    result = fit_probe(
+        vision_encoder(vision, CROP),
+        _studies(32, 0),
+        _studies(16, 1),
+        label_names=["blob", "coin"],
+        crop_zyx=CROP,
+        hu_window=(-1150, 350),
+        steps=60,
+        batch_size=8,
+        lr=3e-3,
+        seed=0,
+    )
     assert set(result.test_auc) == {"blob", "coin"} and len(result.losses) == 60
     assert result.test_auc["blob"] >= 0.9, result.test_auc
     assert not math.isnan(result.test_mean_auc)
@@ -44,7 +54,7 @@ def test_crop_study_is_the_loaders_crop() -> None:
     centred = crop_study(study, CROP, (-1150, 350))
     assert centred.shape == CROP and centred.dtype == np.float32 and 0.0 <= centred.min() <= centred.max() <= 1.0
     again = crop_study(study, CROP, (-1150, 350))
-    assert np.array_equal(centred, again)                       # evaluation crop: deterministic
+    assert np.array_equal(centred, again)  # evaluation crop: deterministic
     randomised = crop_study(study, CROP, (-1150, 350), np.random.default_rng(3), flip_prob=0.5)
     assert randomised.shape == CROP
 

@@ -21,8 +21,15 @@ def tracked(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, t
     root = tmp_path_factory.mktemp("mlflow")
     config = tiny_config(root, tracking={"enabled": True})
     source = InMemoryBatches(make_samples(12, seed=2), batch_size=4)
-    result = train(config, source, anatomies, root / "run", steps=3, corpus_texts=source.texts(),
-                   metrics_path=root / "metrics" / "train.json")
+    result = train(
+        config,
+        source,
+        anatomies,
+        root / "run",
+        steps=3,
+        corpus_texts=source.texts(),
+        metrics_path=root / "metrics" / "train.json",
+    )
     return {"root": root, "config": config, "result": result}
 
 
@@ -43,8 +50,14 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx(result.losses)
-    for key in ("train/lr", "train/temperature", "train/samples_per_s", "train/tokens_per_s",
-                "train/loss_lung", "train/loss_aorta"):
+    for key in (
+        "train/lr",
+        "train/temperature",
+        "train/samples_per_s",
+        "train/tokens_per_s",
+        "train/loss_lung",
+        "train/loss_aorta",
+    ):
         assert key in run.data.metrics, key
     assert run.data.tags["git_commit"]
     assert run.data.tags["registered_model"] == "fvlm-test-model"
@@ -85,7 +98,7 @@ def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> No
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
     name = result.registered_model
-    promote_if_better(uri, name, result.model_version, 0.6, "hash-a")   # champion on hash-a: 0.6
+    promote_if_better(uri, name, result.model_version, 0.6, "hash-a")  # champion on hash-a: 0.6
     worse = register_model(uri, result.model_uri, name)
     decision = promote_if_better(uri, name, worse, 0.55, "hash-a")
     assert not decision.promoted and decision.champion_mean_auc == pytest.approx(0.6)
@@ -119,8 +132,13 @@ def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str,
         return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
 
     report = run_evaluation(
-        config, f"models:/{result.registered_model}/{result.model_version}", batches(val), batches(test),
-        eval_data_hash="hash-eval", out_dir=root / "eval", metrics_path=root / "metrics" / "eval.json",
+        config,
+        f"models:/{result.registered_model}/{result.model_version}",
+        batches(val),
+        batches(test),
+        eval_data_hash="hash-eval",
+        out_dir=root / "eval",
+        metrics_path=root / "metrics" / "eval.json",
     )
     assert report["promotion"] is not None
     client = _client(config)
@@ -163,7 +181,7 @@ def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:
     tags = provenance_tags(tmp_path, tmp_path / "shards")
     assert tags["dvc_lock_sha256"] == sha256_file(tmp_path / "dvc.lock")
     assert tags["shard_manifest_sha256"] == sha256_file(tmp_path / "shards" / "manifest.json")
-    assert len(tags["git_commit"].split("+")[0]) == 40            # the code's own repository
+    assert len(tags["git_commit"].split("+")[0]) == 40  # the code's own repository
     assert "dvc_lock_sha256" not in provenance_tags(tmp_path / "shards", None)
     assert tracking_uri_for(tmp_path, "sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert tracking_uri_for(tmp_path, "sqlite:////abs/m.db") == "sqlite:////abs/m.db"

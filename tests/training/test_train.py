@@ -29,8 +29,15 @@ def _source(samples: list[dict], **kwargs) -> InMemoryBatches:
 def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path, train={"lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 100})
     source = _source(samples)
-    result = train(config, source, anatomies, tmp_path / "run", steps=24, corpus_texts=source.texts(),
-                   metrics_path=tmp_path / "metrics" / "train.json")
+    result = train(
+        config,
+        source,
+        anatomies,
+        tmp_path / "run",
+        steps=24,
+        corpus_texts=source.texts(),
+        metrics_path=tmp_path / "metrics" / "train.json",
+    )
     assert result.steps == 24 and len(result.losses) == 24
     assert all(math.isfinite(v) for v in result.losses)
     first, last = np.mean(result.losses[:4]), np.mean(result.losses[-4:])
@@ -48,8 +55,9 @@ def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict], anat
         assert key in metrics
 
 
-def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples: list[dict],
-                                                         anatomies, tiny_config) -> None:
+def test_resume_reproduces_the_uninterrupted_run_exactly(
+    tmp_path: Path, samples: list[dict], anatomies, tiny_config
+) -> None:
     # 16 samples / batch 4 = 4 batches per epoch; 8 steps cross an epoch boundary; kill after step 3
     config = tiny_config(tmp_path, train={"checkpoint_every": 100, "coteaching_alpha": 0.5})
     # the WordPiece trainer orders equal-frequency pieces arbitrarily: give both runs one tokenizer
@@ -57,16 +65,31 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples
 
     build_tokenizer(_source(samples).texts(), config.model.text.vocab_size, tmp_path / "full" / "tokenizer")
     shutil.copytree(tmp_path / "full" / "tokenizer", tmp_path / "resumed" / "tokenizer")
-    reference = train(config, _source(samples), anatomies, tmp_path / "full", steps=8,
-                      corpus_texts=_source(samples).texts())
-    partial = train(config, _source(samples), anatomies, tmp_path / "resumed", steps=8,
-                    corpus_texts=_source(samples).texts(), stop_after=3)
+    reference = train(
+        config, _source(samples), anatomies, tmp_path / "full", steps=8, corpus_texts=_source(samples).texts()
+    )
+    partial = train(
+        config,
+        _source(samples),
+        anatomies,
+        tmp_path / "resumed",
+        steps=8,
+        corpus_texts=_source(samples).texts(),
+        stop_after=3,
+    )
     assert partial.steps == 3
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / LAST_NAME)["progress"]["step"] == 3
-    resumed = train(config, _source(samples), anatomies, tmp_path / "resumed", steps=8, resume=True,
-                    corpus_texts=_source(samples).texts())
+    resumed = train(
+        config,
+        _source(samples),
+        anatomies,
+        tmp_path / "resumed",
+        steps=8,
+        resume=True,
+        corpus_texts=_source(samples).texts(),
+    )
     assert resumed.resumed_from_step == 3
-    assert resumed.losses == reference.losses          # bit-exact, steps 1..8
+    assert resumed.losses == reference.losses  # bit-exact, steps 1..8
     from training.models.model import FVLM
 
     a = FVLM.from_pretrained(tmp_path / "full" / "model").state_dict()
@@ -74,17 +97,25 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, samples
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_resume_without_checkpoint_starts_from_zero(tmp_path: Path, samples: list[dict],
-                                                    anatomies, tiny_config) -> None:
+def test_resume_without_checkpoint_starts_from_zero(
+    tmp_path: Path, samples: list[dict], anatomies, tiny_config
+) -> None:
     config = tiny_config(tmp_path)
-    result = train(config, _source(samples), anatomies, tmp_path / "run", steps=2, resume=True,
-                   corpus_texts=_source(samples).texts())
+    result = train(
+        config,
+        _source(samples),
+        anatomies,
+        tmp_path / "run",
+        steps=2,
+        resume=True,
+        corpus_texts=_source(samples).texts(),
+    )
     assert result.resumed_from_step == 0 and result.steps == 2
 
 
 def test_non_finite_loss_stops_with_the_step_named(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     poisoned = [dict(s) for s in samples[:8]]
-    for sample in poisoned[4:]:                        # second batch (no shuffle) is NaN
+    for sample in poisoned[4:]:  # second batch (no shuffle) is NaN
         sample["volume"] = np.full_like(sample["volume"], np.nan)
     config = tiny_config(tmp_path, train={"checkpoint_every": 1})
     source = InMemoryBatches(poisoned, batch_size=4, shuffle=False)
@@ -94,8 +125,9 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path: Path, samples: list
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / LAST_NAME)["progress"]["step"] == 1
 
 
-def test_checkpoints_last_and_best_written_atomically(tmp_path: Path, samples: list[dict],
-                                                      anatomies, tiny_config) -> None:
+def test_checkpoints_last_and_best_written_atomically(
+    tmp_path: Path, samples: list[dict], anatomies, tiny_config
+) -> None:
     config = tiny_config(tmp_path, train={"checkpoint_every": 2})
     train(config, _source(samples), anatomies, tmp_path / "run", steps=4, corpus_texts=_source(samples).texts())
     folder = tmp_path / "run" / "checkpoints"
@@ -110,8 +142,9 @@ def test_checkpoints_last_and_best_written_atomically(tmp_path: Path, samples: l
 
 def test_clip_baseline_trains(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path, train={"loss": "clip"})
-    result = train(config, _source(samples), anatomies, tmp_path / "run", steps=3,
-                   corpus_texts=_source(samples).texts())
+    result = train(
+        config, _source(samples), anatomies, tmp_path / "run", steps=3, corpus_texts=_source(samples).texts()
+    )
     assert all(math.isfinite(v) for v in result.losses)
     spec = json.loads((tmp_path / "run" / "model" / "zero_shot.json").read_text())
     assert spec["use_global"] is True
@@ -124,4 +157,4 @@ def test_warmup_cosine_schedule() -> None:
     assert warmup_cosine_factor(12, 4, 20) == pytest.approx(0.5)
     assert warmup_cosine_factor(20, 4, 20) == pytest.approx(0.0, abs=1e-12)
     values = [warmup_cosine_factor(s, 4, 20) for s in range(4, 21)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))

@@ -19,8 +19,15 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     from tests.training.samples import ANATOMIES, make_samples, tiny_config
     from training.trainer.batch import InMemoryBatches
@@ -41,7 +48,7 @@ def test_ddp_two_cpu_ranks_train_in_lockstep(tmp_path: Path) -> None:
 
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     losses = [json.loads((tmp_path / f"losses_{rank}.json").read_text()) for rank in range(2)]
-    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1])   # gathered loss: same on all ranks
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1])  # gathered loss: same on all ranks
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert checkpoint["progress"]["step"] == 4 and len(checkpoint["rng"]) == 2
     assert (tmp_path / "run" / "model" / "fvlm_config.json").is_file()

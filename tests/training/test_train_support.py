@@ -7,8 +7,9 @@ from collections.abc import Callable
 import numpy as np
 
 
-def test_synthetic_sample_matches_contract(make_samples: Callable, crop_zyx: tuple[int, int, int],
-                                           anatomies: tuple[str, ...]) -> None:
+def test_synthetic_sample_matches_contract(
+    make_samples: Callable, crop_zyx: tuple[int, int, int], anatomies: tuple[str, ...]
+) -> None:
     sample = make_samples(1)[0]
     assert sample["volume"].shape == (1, *crop_zyx)
     assert sample["mask"].shape == crop_zyx
