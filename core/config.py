@@ -205,6 +205,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     loss: Literal["fvlm", "clip"] = "fvlm"
     normal_positives: bool = True
+    # public fVLM code: an anatomy enters a step's loss only when the batch has an abnormal sample of it
+    require_abnormal: bool = True
     coteaching_alpha: float = Field(0.0, ge=0.0, le=1.0)
     batch_size: int = Field(14, ge=1)
     steps: int = Field(1000, ge=1)

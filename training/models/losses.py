@@ -94,13 +94,17 @@ def fvlm_loss(
     alpha: float = 0.0,
     gather: bool = False,
     anatomy_names: Sequence[str] | None = None,
+    require_abnormal: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-anatomy soft-target InfoNCE summed over anatomies (see module docstring).
 
     image_emb, text_emb: (B, K, D) L2-normalised; valid, abnormal: (B, K) bool; texts: B lists of K
     strings (empty text -> that cell is invalid); coteach_logits: (K, B_global, B_global) peer logits
     (image rows x text columns) on the *gathered* batch, or None; gather: concatenate features of all
-    DDP ranks first (the local slice keeps its gradient). Returns (total, {anatomy name: loss_k}).
+    DDP ranks first (the local slice keeps its gradient). ``require_abnormal`` (the public fVLM code's
+    rule): anatomy k enters the loss only when some valid sample of the gathered batch is abnormal for it
+    and its positives are not every valid pair; an all-normal batch has uniform targets, and fitting them
+    only pulls every embedding of the anatomy together. Returns (total, {anatomy name: loss_k}).
     """
     if image_emb.shape != text_emb.shape or image_emb.dim() != 3:
         raise ValueError(
@@ -126,6 +130,7 @@ def fvlm_loss(
 
     logits = logit_scale.float() * torch.einsum("ikd,jkd->kij", image_emb.float(), text_emb.float())
     targets = soft_targets(valid, abnormal, keys, normal_positives)
+    entering = anatomies_entering(valid, abnormal, targets) if require_abnormal else None
     targets_t2i = targets  # positives are symmetric
     if coteach_logits is not None and alpha > 0.0:
         expected = (n_anatomies, global_batch, global_batch)
@@ -141,10 +146,22 @@ def fvlm_loss(
     image_to_text = _soft_cross_entropy(logits, targets, valid_kb)
     text_to_image = _soft_cross_entropy(logits.transpose(1, 2), targets_t2i, valid_kb)
     per_anatomy = 0.5 * (image_to_text + text_to_image)  # (K,), 0 where no valid row
+    if entering is not None:
+        per_anatomy = per_anatomy * entering
     names = list(anatomy_names) if anatomy_names is not None else [f"anatomy_{k}" for k in range(n_anatomies)]
     if len(names) != n_anatomies:
         raise ValueError(f"anatomy_names has {len(names)} names for K={n_anatomies}")
     return per_anatomy.sum(), {name: per_anatomy[k] for k, name in enumerate(names)}
+
+
+def anatomies_entering(valid: torch.Tensor, abnormal: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(K,) float mask of the anatomies with a contrast to learn: some valid sample is abnormal, and not
+    every valid pair is a positive (``targets``: the (K, B, B) base targets of :func:`soft_targets`)."""
+    valid_kb = valid.t().bool()
+    has_abnormal = (valid_kb & abnormal.t().bool()).any(dim=1)
+    pair_valid = valid_kb.unsqueeze(2) & valid_kb.unsqueeze(1)
+    all_positive = ((targets > 0) | ~pair_valid).all(dim=2).all(dim=1)
+    return (has_abnormal & ~all_positive).to(targets.dtype)
 
 
 def peer_logits(

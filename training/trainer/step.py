@@ -23,6 +23,7 @@ class LossModule(nn.Module):
         self.model = model
         self.loss_kind = train_cfg.loss
         self.normal_positives = train_cfg.normal_positives
+        self.require_abnormal = train_cfg.require_abnormal
         self.alpha = float(train_cfg.coteaching_alpha)
         self.gather = gather
 
@@ -57,6 +58,7 @@ class LossModule(nn.Module):
             alpha=self.alpha,
             gather=self.gather,
             anatomy_names=self.model.anatomy_names,
+            require_abnormal=self.require_abnormal,
         )
 
 
