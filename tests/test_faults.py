@@ -159,3 +159,60 @@ def test_shard_survives_kill_9(project: Path) -> None:
         run_ok(project, "shard", "--out", str(out), "--metrics", str(metrics))
         assert shard_state(out) == expected, f"trial {trial} (kill after {delay:.2f} s, seed {SEED})"
         shutil.rmtree(out)
+
+
+def mlflow_runs(project: Path, owner: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every training run that wrote ``owner``."""
+    import mlflow
+
+    from core.config import load_config
+    from training.evaluation.tracking import OWNER_TAG, tracking_uri_for
+
+    config = load_config(project / "params.yaml")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri))
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{OWNER_TAG}` = '{owner.resolve()}'")
+    return sorted((run.info.run_id, run.info.status) for run in runs)
+
+
+def test_train_survives_kill_9(project: Path) -> None:
+    """A killed training run resumes into the same MLflow run (when a checkpoint exists) and no run is
+    left RUNNING: the next start marks an abandoned one FAILED."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params.setdefault("train", {})["checkpoint_every"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (project / "data" / "shards").is_dir():
+        run_ok(project, "convert")
+        run_ok(project, "segment")
+        run_ok(project, "parse-reports", "data/demo/reports.csv", "data/reports/reports.parquet")
+        run_ok(project, "shard")
+    steps = "6"
+    wall = run_ok(project, "train", "--steps", steps, "--out", "ref-model", "--metrics", "ref-train.json")
+    assert json.loads((project / "ref-train.json").read_text())["steps"] == int(steps)
+    for trial, delay in enumerate(kill_times(wall, TRIALS, "train")):
+        out = project / f"model-{trial}"
+        metrics = project / f"train-{trial}.json"
+        run_killed(project, delay, "train", "--steps", steps, "--out", str(out), "--metrics", str(metrics))
+        checkpoint = out / "checkpoints" / "last.pt"
+        killed_runs = mlflow_runs(project, out)
+        resumable = checkpoint.is_file()
+        if resumable:
+            import torch
+
+            torch.load(checkpoint, map_location="cpu", weights_only=False)  # complete, loadable
+        run_ok(project, "train", "--steps", steps, "--resume", "--out", str(out), "--metrics", str(metrics))
+        summary = json.loads(metrics.read_text())
+        runs = mlflow_runs(project, out)
+        where = f"trial {trial} (kill after {delay:.2f} s, seed {SEED})"
+        assert summary["steps"] == int(steps), where
+        assert all(status != "RUNNING" for _, status in runs), f"{where}: a run is left RUNNING: {runs}"
+        assert sum(status == "FINISHED" for _, status in runs) == 1, f"{where}: {runs}"
+        if resumable and killed_runs:
+            assert [run_id for run_id, _ in runs] == [run_id for run_id, _ in killed_runs], (
+                f"{where}: the resumed training did not continue its MLflow run"
+            )
+        shutil.rmtree(out)

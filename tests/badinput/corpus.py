@@ -368,7 +368,7 @@ PARAMS_CASES: list[tuple[str, str, str]] = [  # (name, yaml text, expected error
     ("unknown_key", "convert:\n  workerz: 2\n", "key 'convert.workerz'"),
     ("wrong_type", "convert:\n  min_slices: many\n", "key 'convert.min_slices'"),
     ("bad_yaml", "convert: [unclosed\n", "not valid YAML"),
-    ("unknown_profile", "profile: nonesuch\n", "unknown profile 'nonesuch'"),
+    ("profile_overrides", "profiles:\n  demo:\n    train: {steps: 3}\n", "profiles are no longer merged"),
     ("top_level_list", "- a\n- b\n", "top level must be a mapping"),
     ("out_of_range", "model:\n  text:\n    vocab_min_reports: 0\n", "key 'model.text.vocab_min_reports'"),
 ]

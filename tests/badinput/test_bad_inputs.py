@@ -31,7 +31,7 @@ class _Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory):
-    from preprocessing.convert import convert_studies
+    from preprocessing.convert import ConvertJob, ConvertSettings, run_convert
 
     root = tmp_path_factory.mktemp("bad_dicom")
     inputs = root / "in"
@@ -44,7 +44,14 @@ def cohort(tmp_path_factory: pytest.TempPathFactory):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            summary = convert_studies(inputs, root / "out", salt=SALT, min_slices=3, workers=1, decode_threads=1)
+            job = ConvertJob(
+                input_dir=inputs,
+                output_dir=root / "out",
+                workers=1,
+                decode_threads=1,
+                settings=ConvertSettings(salt=SALT, min_slices=3),
+            )
+            summary = run_convert(job)
     finally:
         logging.getLogger().removeHandler(handler)
     from core.privacy import pseudonym

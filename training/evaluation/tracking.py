@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,10 @@ MODEL_CONFIG_FILE = "fvlm_config.json"  # training.models.model.CONFIG_FILE (not
 EVAL_HASH_TAG = "eval_data_hash"
 MEAN_AUC_TAG = "mean_auc"
 _PARAM_VALUE_LIMIT = 6000
+# tags that tie a training run to what it writes and to the process writing it (abandoned-run detection)
+OWNER_TAG = "fvlm.owner"
+HOST_TAG = "fvlm.host"
+PID_TAG = "fvlm.pid"
 # pip requirements of the logged pyfunc: passing them skips MLflow's slow dependency inference (shared/docs/ENV.md)
 PYFUNC_PIP_REQUIREMENTS = ("torch", "numpy", "pandas", "transformers", "tokenizers", "mlflow")
 
@@ -65,7 +71,10 @@ class MlflowTracker(NullTracker):
         run_name: str | None = None,
         system_metrics: bool = False,
         artifact_location: str | None = None,
+        owner: str | None = None,
     ) -> None:
+        """``owner``: what the run writes (the training output folder). A RUNNING run of the same owner
+        whose process is gone (killed, crashed machine) is marked FAILED when this one starts."""
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri)
@@ -88,6 +97,9 @@ class MlflowTracker(NullTracker):
             )
             run = self.client.create_run(experiment_id, run_name=run_name)
             self.run_id = run.info.run_id
+        if owner is not None:
+            self._fail_abandoned_runs(run.info.experiment_id, owner)
+            self.set_tags({OWNER_TAG: owner, HOST_TAG: socket.gethostname(), PID_TAG: os.getpid()})
         self._system_monitor = None
         if system_metrics:
             try:
@@ -97,6 +109,27 @@ class MlflowTracker(NullTracker):
                 self._system_monitor.start()
             except Exception as error:  # noqa: BLE001 - optional (psutil may be missing)
                 log.warning("system metrics unavailable: %s", error)
+
+    def _fail_abandoned_runs(self, experiment_id: str, owner: str) -> None:
+        """Mark FAILED every other RUNNING run of ``owner`` whose process no longer runs (a ``kill -9``
+        leaves its run RUNNING forever otherwise); a live process of this host keeps its run."""
+        quoted = owner.replace("'", "\\'")
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{OWNER_TAG}` = '{quoted}'"
+        )
+        for other in runs:
+            if other.info.run_id == self.run_id:
+                continue
+            tags = other.data.tags
+            if tags.get(HOST_TAG) == socket.gethostname() and _process_alive(tags.get(PID_TAG)):
+                continue
+            log.warning(
+                "MLflow run %s of %s was left RUNNING by a process that ended: marked FAILED", other.info.run_id, owner
+            )
+            self.client.set_tag(
+                other.info.run_id, "failure", f"process ended before the run finished; continued by run {self.run_id}"
+            )
+            self.client.set_terminated(other.info.run_id, status="FAILED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -150,6 +183,16 @@ class MlflowTracker(NullTracker):
         self.client.set_terminated(self.run_id, status=status)
 
 
+def _process_alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid or ""), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def make_tracker(
     tracking_cfg: TrackingConfig,
     root: str | Path,
@@ -157,6 +200,7 @@ def make_tracker(
     is_main_process: bool,
     run_id: str | None = None,
     run_name: str | None = None,
+    owner: str | None = None,
 ) -> NullTracker:
     """MLflow tracker on rank 0 when ``tracking.enabled``; a :class:`NullTracker` otherwise."""
     if not is_main_process or not tracking_cfg.enabled:
@@ -171,6 +215,7 @@ def make_tracker(
         run_name=run_name,
         system_metrics=tracking_cfg.system_metrics,
         artifact_location=artifact_location,
+        owner=owner,
     )
 
 

@@ -219,7 +219,12 @@ def start_tracker(
     from training.evaluation import tracking
 
     tracker = tracking.make_tracker(
-        config.tracking, config.root, is_main_process=env.is_main, run_id=progress.run_id, run_name=out.name
+        config.tracking,
+        config.root,
+        is_main_process=env.is_main,
+        run_id=progress.run_id,
+        run_name=out.name,
+        owner=str(out.resolve()),
     )
     progress.run_id = tracker.run_id
     tracker.log_params(config.flat())
