@@ -199,4 +199,6 @@ def test_roc_pngs_written(tmp_path: Path, scored: tuple[np.ndarray, np.ndarray])
     written = plot_roc_curves(("Lung nodule", "Cardiomegaly"), truth, np.stack([score, score], 1), tmp_path)
     names = sorted(p.name for p in written)
     assert names == ["roc_all.png", "roc_lung_nodule.png"]
+    points = (tmp_path.parent / f"{tmp_path.name}_points" / "roc_lung_nodule.csv").read_text().splitlines()
+    assert points[0] == "fpr,tpr" and points[1] == "0,0" and points[-1] == "1,1"
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

@@ -117,13 +117,14 @@ def score_splits(
 def plot_roc_curves(
     labels: Sequence[str], truth: np.ndarray, scores: np.ndarray, out_dir: str | Path, title: str = "test"
 ) -> list[Path]:
-    """ROC PNGs (matplotlib Agg): one per scored label + ``roc_all.png`` grid. Returns the written paths."""
+    """ROC PNGs (matplotlib Agg): one per scored label + ``roc_all.png`` grid, and the curves as data for
+    ``dvc plots`` (``<out_dir>_points/roc_<label>.csv``: fpr, tpr). Returns the PNG paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from core.io import atomic_path
+    from core.io import atomic_path, atomic_write_text
     from training.evaluation.metrics import roc_auc, roc_curve
 
     folder = Path(out_dir)
@@ -137,6 +138,12 @@ def plot_roc_curves(
             continue
         fpr, tpr, _ = roc_curve(y, p)
         curves.append((label, fpr, tpr, roc_auc(y, p)))
+    points = folder.with_name(f"{folder.name}_points")
+    for label, fpr, tpr, _auc in curves:
+        rows = "".join(f"{x:.6g},{y:.6g}\n" for x, y in zip(fpr.tolist(), tpr.tolist(), strict=True))
+        target = points / f"roc_{_slug(label)}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, "fpr,tpr\n" + rows)
     for label, fpr, tpr, auc in curves:
         figure, axis = plt.subplots(figsize=(4, 4), dpi=80)
         axis.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f}")
