@@ -27,28 +27,6 @@ from preprocessing.synthetic.canvas import Canvas
 from preprocessing.synthetic.difficulty import DEFAULT_DIFFICULTY, lesion_spec
 from preprocessing.synthetic.geometry import capsule, catmull_rom, ellipsoid
 
-NORMAL_FRACTION = 0.30
-# marginal prevalence targets (CT-RATE-like, squeezed into 5-40 %)
-TARGET_PREVALENCE: dict[str, float] = {
-    "Medical material": 0.10,
-    "Arterial wall calcification": 0.22,
-    "Cardiomegaly": 0.10,
-    "Pericardial effusion": 0.07,
-    "Coronary artery wall calcification": 0.18,
-    "Hiatal hernia": 0.10,
-    "Lymphadenopathy": 0.18,
-    "Emphysema": 0.17,
-    "Atelectasis": 0.13,
-    "Lung nodule": 0.32,
-    "Lung opacity": 0.15,
-    "Pulmonary fibrotic sequela": 0.15,
-    "Pleural effusion": 0.11,
-    "Mosaic attenuation pattern": 0.07,
-    "Peribronchial thickening": 0.07,
-    "Consolidation": 0.10,
-    "Bronchiectasis": 0.08,
-    "Interlobular septal thickening": 0.07,
-}
 Lesion = dict[str, Any]
 
 
