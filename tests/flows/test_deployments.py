@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flows.deployments import collect_incoming
-from tests.flows.conftest import free_port
-from tests.flows.dvc_project import make_dvc_project
 
 
 def _files(folder: Path) -> list[Path]:
@@ -164,7 +164,9 @@ def _completed_runs(api_url: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_interval_deployment_fires_and_completes_on_a_real_server(tmp_path: Path) -> None:
+def test_interval_deployment_fires_and_completes_on_a_real_server(
+    free_port: Callable[..., Any], make_dvc_project: Callable[..., Any], tmp_path: Path
+) -> None:
     from flows import services
 
     project = make_dvc_project(tmp_path / "proj")
@@ -224,7 +226,9 @@ def test_interval_deployment_fires_and_completes_on_a_real_server(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_prefect_yaml_registers_both_scheduled_deployments(tmp_path: Path, repo_root: Path) -> None:
+def test_prefect_yaml_registers_both_scheduled_deployments(
+    free_port: Callable[..., Any], tmp_path: Path, repo_root: Path
+) -> None:
     from flows import services
 
     data_dir = tmp_path / "svc"
@@ -256,7 +260,9 @@ def test_prefect_yaml_registers_both_scheduled_deployments(tmp_path: Path, repo_
 
 
 @pytest.mark.slow
-def test_work_pool_deployment_runs_on_a_process_worker(tmp_path: Path, repo_root: Path) -> None:
+def test_work_pool_deployment_runs_on_a_process_worker(
+    free_port: Callable[..., Any], make_dvc_project: Callable[..., Any], tmp_path: Path, repo_root: Path
+) -> None:
     """prefect.yaml + `fvlm services up --worker`: a run of the ingest deployment completes on the worker."""
     from flows import services
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flows.pipeline import PipelineReport, _find_key, dvc_remote, pipeline_flow
 from flows.subprocesses import CommandError
-from tests.flows.dvc_project import make_dvc_project
 
 
 def test_find_key_searches_nested_metrics() -> None:
@@ -28,13 +29,13 @@ def test_report_markdown_lists_run_and_metrics() -> None:
     assert "abc" in text and "version 2" in text and "| mean.auc | 0.5 |" in text
 
 
-def test_dvc_remote_detection(tmp_path: Path) -> None:
+def test_dvc_remote_detection(make_dvc_project: Callable[..., Any], tmp_path: Path) -> None:
     assert dvc_remote(make_dvc_project(tmp_path / "with")) == "local"
     assert dvc_remote(make_dvc_project(tmp_path / "without", with_remote=False)) is None
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_pipeline_repro_push_report_and_noop_rerun(tmp_path: Path) -> None:
+def test_pipeline_repro_push_report_and_noop_rerun(make_dvc_project: Callable[..., Any], tmp_path: Path) -> None:
     project = make_dvc_project(tmp_path / "proj")
     report = pipeline_flow(repo_root=str(project))
     assert report["reproduced"] and report["pushed"] and report["remote"] == "local"
@@ -57,7 +58,9 @@ def test_pipeline_repro_push_report_and_noop_rerun(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_failing_stage_fails_the_pipeline_and_pushes_nothing(tmp_path: Path) -> None:
+def test_failing_stage_fails_the_pipeline_and_pushes_nothing(
+    make_dvc_project: Callable[..., Any], tmp_path: Path
+) -> None:
     project = make_dvc_project(tmp_path / "bad")
     (project / "data" / "input.txt").write_text("FAIL\n")
     with pytest.raises(CommandError) as info:

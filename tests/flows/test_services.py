@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flows import services
 from fvlm.cli import main
-from tests.flows.conftest import free_port
 
 
 def _alive(pid: int) -> bool:
@@ -23,7 +24,7 @@ def _alive(pid: int) -> bool:
     return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_stale_pid_file_is_not_signalled(tmp_path: Path) -> None:
+def test_stale_pid_file_is_not_signalled(free_port: Callable[..., Any], tmp_path: Path) -> None:
     specs = services.service_specs(tmp_path, prefect_port=free_port(), mlflow_port=free_port())
     (tmp_path / "run").mkdir()
     # PID 1 exists but is not our server: stop must only drop the file
@@ -35,7 +36,7 @@ def test_stale_pid_file_is_not_signalled(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "prefect.pid").exists()
 
 
-def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+def test_port_in_use_is_a_clear_error(free_port: Callable[..., Any], tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as sock:
@@ -49,7 +50,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # two real servers: ~10 s idle machine, 30+ s under load
 def test_services_up_status_down(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    free_port: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FVLM_SERVICES_DIE_WITH_PARENT", "1")  # no leftover servers if pytest is killed
     data_dir = tmp_path / "svc"
