@@ -140,10 +140,10 @@ def plot_roc_curves(
         curves.append((label, fpr, tpr, roc_auc(y, p)))
     points = folder.with_name(f"{folder.name}_points")
     for label, fpr, tpr, _auc in curves:
-        rows = "".join(f"{x:.6g},{y:.6g}\n" for x, y in zip(fpr.tolist(), tpr.tolist(), strict=True))
+        csv_lines = "".join(f"{x:.6g},{y:.6g}\n" for x, y in zip(fpr.tolist(), tpr.tolist(), strict=True))
         target = points / f"roc_{_slug(label)}.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, "fpr,tpr\n" + rows)
+        atomic_write_text(target, "fpr,tpr\n" + csv_lines)
     for label, fpr, tpr, auc in curves:
         figure, axis = plt.subplots(figsize=(4, 4), dpi=80)
         axis.plot(fpr, tpr, lw=2, label=f"AUC {auc:.3f}")
