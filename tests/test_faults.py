@@ -183,7 +183,7 @@ def test_train_survives_kill_9(project: Path) -> None:
     import yaml
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params.setdefault("train", {})["checkpoint_every"] = 2
+    params.setdefault("train", {}).update(checkpoint_every=2, batch_size=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (project / "data" / "shards").is_dir():
         run_ok(project, "convert")
