@@ -32,9 +32,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import processes
 from core.env import OFFLINE_DEFAULTS
 from core.io import atomic_write_text
-from flows.subprocesses import die_with_parent_on_linux
 
 SERVICE_NAMES: tuple[str, ...] = ("prefect", "mlflow", "worker")
 DEFAULT_SERVICES: tuple[str, ...] = ("prefect", "mlflow")
@@ -312,7 +312,7 @@ def start(
                     env=env,
                     cwd=str(cwd or data_dir),
                     start_new_session=True,
-                    preexec_fn=die_with_parent_on_linux
+                    preexec_fn=processes.die_with_parent
                     if die_with_parent and sys.platform.startswith("linux")
                     else None,  # noqa: PLW1509
                 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.env import OFFLINE_DEFAULTS
+from core.processes import die_with_parent
 
 
 class CommandError(RuntimeError):
@@ -107,16 +107,6 @@ while True:
 """
 
 
-def die_with_parent_on_linux() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 def run_command(
     command: Sequence[str],
     *,
@@ -145,7 +135,7 @@ def run_command(
         text=True,
         errors="replace",
         bufsize=1,
-        preexec_fn=die_with_parent_on_linux if linux else None,  # noqa: PLW1509
+        preexec_fn=die_with_parent if linux else None,  # noqa: PLW1509
     )
     try:
         assert process.stdout is not None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from core import layout
 from core.batches import ItemOutcome, MapBatches
 from core.io import atomic_path
+from core.processes import die_with_parent
 from preprocessing.dicom_discovery import UnreadableFile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -339,7 +340,7 @@ def local_conversions(workers: int, crash_row: Callable[[ConvertItem, str], Mani
                     done(outcome)
             return outcomes
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
             futures = {pool.submit(batch_fn, [item]): item for item in items}
             for future in as_completed(futures):
                 item = futures[future]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from core import layout
 from core.config import GridConfig, ShardConfig, SplitConfig
 from core.io import atomic_path, atomic_write_text, sha256_file
+from core.processes import die_with_parent
 from preprocessing.shard_schema import (
     BLOB_COLUMNS,
     PREP_VERSION,
@@ -661,7 +662,9 @@ def _run_jobs(jobs: list[tuple[str, str, str, str, PrepParams, int]], workers: i
         import multiprocessing
 
         # forkserver, not fork: the caller may run threads (e.g. inside a Prefect flow) that fork() would copy
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("forkserver"), initializer=die_with_parent
+        ) as pool:
             for done, (study_id, error) in enumerate(pool.map(_prepare_job, jobs), start=1):
                 _record(failures, study_id, error, done, len(jobs))
     return failures

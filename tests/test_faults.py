@@ -42,8 +42,9 @@ def fvlm(project: Path, *args: str, **popen: object) -> subprocess.Popen[bytes]:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        **popen,
-    )  # type: ignore[arg-type]
+        start_new_session=True,  # its own process group: the cleanup below can reach stray workers
+        **popen,  # type: ignore[arg-type]
+    )
 
 
 def run_ok(project: Path, *args: str) -> float:
@@ -55,13 +56,20 @@ def run_ok(project: Path, *args: str) -> float:
 
 
 def run_killed(project: Path, delay_s: float, *args: str) -> int | None:
-    """Start the command, SIGKILL it after ``delay_s`` (None: it finished first); returns its exit code."""
+    """Start the command, SIGKILL it (the command's process only, as ``kill -9 PID`` does) after
+    ``delay_s``; returns its exit code. Its worker processes must die with it (they would otherwise hold
+    its output pipe open): a worker still alive a minute later fails the test."""
     process = fvlm(project, *args)
     try:
         process.wait(timeout=delay_s)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
-    process.communicate()
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"fvlm {' '.join(args)}: worker processes outlived the killed command (kill after {delay_s:.2f} s)")
     return process.returncode
 
 

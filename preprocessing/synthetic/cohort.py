@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from core.io import atomic_path, atomic_write_text
+from core.processes import die_with_parent
 from preprocessing.synthetic.patients import patient_index
 
 LOG = logging.getLogger(__name__)
@@ -192,7 +193,9 @@ def generate_cohort(
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")  # safe next to threads (Prefect) and torch
-        with ProcessPoolExecutor(max_workers=min(workers, studies), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, studies), mp_context=context, initializer=die_with_parent
+        ) as pool:
             for record in pool.map(generate_study, *zip(*args, strict=False)):
                 records.append(record)
                 LOG.info("study %d/%d written", len(records), studies)
