@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,43 @@ def make_cohort():
     from tests.preprocessing.cohort_factory import make_cohort
 
     return make_cohort
+
+
+# what a copy of the repo for an end-to-end project leaves behind: the venv, git, and every run's outputs
+# and stores (a developer's data/, metrics, MLflow / Prefect / DVC state must not leak into the copy)
+REPO_COPY_IGNORE = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "data",
+    "metrics",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    ".dvc-remote",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    "tmp",
+    "cache",
+    ".fvlm-services",
+    "dvc.lock",
+)
+
+
+@pytest.fixture(scope="session")
+def copy_repo() -> Callable[[Path], Path]:
+    """``copy_repo(target)``: a copy of this repository's sources at ``target`` (no run outputs)."""
+
+    def copy(target: Path) -> Path:
+        shutil.copytree(REPO_ROOT, target, ignore=REPO_COPY_IGNORE)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def undeclared_reads() -> Callable[..., dict[str, set[str]]]:
+    """``undeclared_reads(access_log_text, dvc_yaml)``: {stage: config keys read but not declared}."""
+    from tests.dvc_declarations import undeclared_reads as check
+
+    return check

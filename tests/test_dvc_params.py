@@ -14,53 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from core.config import ACCESS_LOG_ENV, EXECUTION_KEYS, config_from_dict, load_config
-
-COMMAND_STAGE = {
-    "convert": "convert",
-    "segment": "segment",
-    "parse-reports": "parse_reports",
-    "shard": "shard",
-    "train": "train",
-    "evaluate": "evaluate",
-}
-_TEMPLATE = re.compile(r"\$\{\s*([A-Za-z0-9_.]+)\s*\}")
-
-
-def _strings(node: Any) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for key, value in node.items() for s in (_strings(key) + _strings(value))]
-    if isinstance(node, list):
-        return [s for item in node for s in _strings(item)]
-    return []
-
-
-def declared_keys(stage: dict[str, Any]) -> set[str]:
-    """The params a stage lists plus every ``${key}`` its cmd / deps / outs / metrics / plots use."""
-    keys = {item if isinstance(item, str) else next(iter(item)) for item in stage.get("params", [])}
-    for text in _strings({k: v for k, v in stage.items() if k != "params"}):
-        keys.update(_TEMPLATE.findall(text))
-    return keys
-
-
-def covered(key: str, declared: set[str]) -> bool:
-    candidates = declared | set(EXECUTION_KEYS)
-    return any(key == item or key.startswith(item + ".") for item in candidates)
-
-
-def undeclared_reads(access_log: str, dvc_yaml: dict[str, Any]) -> dict[str, set[str]]:
-    """``{stage: keys read but not declared}`` from an access log (``<command>\\t<key>`` lines)."""
-    missing: dict[str, set[str]] = {}
-    for line in access_log.splitlines():
-        command, _, key = line.partition("\t")
-        stage = COMMAND_STAGE.get(command)
-        if stage is None or not key:
-            continue
-        if not covered(key, declared_keys(dvc_yaml["stages"][stage])):
-            missing.setdefault(stage, set()).add(key)
-    return missing
+from core.config import ACCESS_LOG_ENV, config_from_dict, load_config
+from tests.dvc_declarations import TEMPLATE, covered, declared_keys, strings_of, undeclared_reads
 
 
 def _resolve(value: str, params: dict[str, Any]) -> str:
@@ -70,7 +25,7 @@ def _resolve(value: str, params: dict[str, Any]) -> str:
             node = node[part]
         return str(node)
 
-    return _TEMPLATE.sub(lookup, value)
+    return TEMPLATE.sub(lookup, value)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +60,7 @@ def test_paths_come_from_params_and_raw_inputs_are_no_stage_output(
     raw = {paths["raw_dicom"], paths["reports_csv"], paths["precomputed_masks"], paths["raw_dataset"]}
     outs: list[str] = []
     for name, stage in dvc_yaml["stages"].items():
-        text = " ".join(_strings({k: v for k, v in stage.items() if k in ("cmd", "deps", "outs")}))
+        text = " ".join(strings_of({k: v for k, v in stage.items() if k in ("cmd", "deps", "outs")}))
         assert "data/demo" not in text, f"stage {name} names the demo dataset instead of ${{paths.*}}"
         for section in ("outs", "metrics", "plots"):
             for item in stage.get(section, []):

@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv",
-    ".git",
-    "data",
-    "metrics",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    ".dvc-remote",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-    "tmp",
-    "cache",
-)
 
 
 def _tiny_params(params_path: Path) -> None:
@@ -46,9 +30,8 @@ def _tiny_params(params_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_repo(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    work = tmp_path_factory.mktemp("e2e") / "repo"
-    shutil.copytree(repo_root, work, ignore=COPY_IGNORE)
+def demo_repo(tmp_path_factory: pytest.TempPathFactory, copy_repo: Callable[[Path], Path]) -> Path:
+    work = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     _tiny_params(work / "params.yaml")
     return work

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,27 +28,8 @@ import pytest
 import yaml
 
 from core.config import ACCESS_LOG_ENV
-from tests.test_dvc_params import undeclared_reads
 
 pytestmark = pytest.mark.slow
-
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv",
-    ".git",
-    "data",
-    "metrics",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    ".dvc-remote",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-    "tmp",
-    "cache",
-    ".fvlm-services",
-    "dvc.lock",
-)
 
 
 def _env(repo: Path, access_log: Path) -> dict[str, str]:
@@ -82,9 +64,10 @@ def _ok_studies(repo: Path) -> set[str]:
     return {row["study_id"] for row in table if row.get("status", "ok") == "ok"}
 
 
-def test_own_data_repro_ingest_experiments_plots(tmp_path: Path, repo_root: Path) -> None:
-    repo = tmp_path / "repo"
-    shutil.copytree(repo_root, repo, ignore=COPY_IGNORE)
+def test_own_data_repro_ingest_experiments_plots(
+    tmp_path: Path, copy_repo: Callable[[Path], Path], undeclared_reads: Callable[..., dict[str, set[str]]]
+) -> None:
+    repo = copy_repo(tmp_path / "repo")
     access_log = tmp_path / "access.log"
     env = _env(repo, access_log)
     fvlm = [sys.executable, "-m", "fvlm.cli"]

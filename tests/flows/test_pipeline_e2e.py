@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,27 +19,9 @@ import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv",
-    ".git",
-    "data",
-    "metrics",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    ".dvc-remote",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-    "tmp",
-    "cache",
-    ".fvlm-services",
-    "dvc.lock",
-)
 
-
-def _copy_repo(repo_root: Path, target: Path) -> Path:
-    shutil.copytree(repo_root, target, ignore=COPY_IGNORE)
+def _demo_project(copy_repo: Callable[[Path], Path], target: Path) -> Path:
+    copy_repo(target)
     subprocess.run(["git", "init", "-q"], cwd=target, check=True)
     params_path = target / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
@@ -70,9 +52,11 @@ def _shard_hash(repo: Path) -> str:
     return json.loads((repo / "metrics" / "shard.json").read_text())["content_hash"]
 
 
-def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(tmp_path: Path, repo_root: Path) -> None:
+def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(
+    tmp_path: Path, copy_repo: Callable[[Path], Path]
+) -> None:
     env = _env()
-    reference = _copy_repo(repo_root, tmp_path / "reference")
+    reference = _demo_project(copy_repo, tmp_path / "reference")
     started = time.monotonic()
     done = subprocess.run(_pipeline(reference), cwd=reference, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -82,7 +66,7 @@ def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(t
     assert again.returncode == 0
     assert "Running stage" not in again.stdout + again.stderr, "a rerun with nothing new ran a stage"
 
-    victim = _copy_repo(repo_root, tmp_path / "victim")
+    victim = _demo_project(copy_repo, tmp_path / "victim")
     run = subprocess.Popen(
         _pipeline(victim),
         cwd=victim,
