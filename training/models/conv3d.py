@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.pooling import token_grid
+
 
 def stage_strides(patch_zyx: Sequence[int]) -> list[tuple[int, int, int]]:
     """Per-stage strides whose product per axis is ``patch_zyx`` (each entry a power of two)."""
@@ -80,12 +82,7 @@ class ConvEncoder3D(nn.Module):
         super().__init__()
         self.crop_zyx = tuple(int(c) for c in crop_zyx)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
-        bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx, strict=False) if c % p]
-        if bad:
-            raise ValueError(
-                f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} on axis {','.join(bad)}"
-            )
-        self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx, strict=False))
+        self.grid_zyx = token_grid(self.crop_zyx, self.patch_zyx)
         self.embed_dim = int(embed_dim)
         strides = stage_strides(self.patch_zyx)
         n_stages = len(strides)

@@ -19,6 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def token_grid(crop_zyx: Sequence[int], patch_zyx: Sequence[int]) -> tuple[int, ...]:
+    """Tokens per axis of an encoder with ``patch_zyx`` patches on a ``crop_zyx`` input (each must divide)."""
+    bad = [axis for axis, c, p in zip("zyx", crop_zyx, patch_zyx, strict=False) if c % p]
+    if bad:
+        raise ValueError(
+            f"crop_zyx {tuple(crop_zyx)} is not divisible by patch_zyx {tuple(patch_zyx)} on axis {','.join(bad)}"
+        )
+    return tuple(c // p for c, p in zip(crop_zyx, patch_zyx, strict=False))
+
+
 def mask_to_patch_grid(mask: torch.Tensor, n_anatomies: int, patch_zyx: Sequence[int]) -> torch.Tensor:
     """(B, Z, Y, X) label mask (0 background, k+1 anatomy k) -> (B, K, N) bool token membership."""
     batch, z, y, x = mask.shape

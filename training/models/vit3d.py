@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.pooling import token_grid
+
 AttentionKind = Literal["sdpa", "math"]
 
 
@@ -102,12 +104,7 @@ class ViT3D(nn.Module):
         super().__init__()
         self.crop_zyx = tuple(int(c) for c in crop_zyx)
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
-        bad = [axis for axis, c, p in zip("zyx", self.crop_zyx, self.patch_zyx, strict=False) if c % p]
-        if bad:
-            raise ValueError(
-                f"crop_zyx {self.crop_zyx} is not divisible by patch_zyx {self.patch_zyx} on axis {','.join(bad)}"
-            )
-        self.grid_zyx = tuple(c // p for c, p in zip(self.crop_zyx, self.patch_zyx, strict=False))
+        self.grid_zyx = token_grid(self.crop_zyx, self.patch_zyx)
         self.pool_layers = tuple(int(layer) for layer in pool_layers)
         out_of_range = [layer for layer in self.pool_layers if not 1 <= layer <= depth]
         if out_of_range:
