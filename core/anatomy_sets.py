@@ -8,7 +8,7 @@ the 18 CT-RATE labels belong to it and the zero-shot (negative, positive) prompt
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class AnatomySet:
     anatomies: tuple[Anatomy, ...]
     label_anatomy: dict[str, str | None]  # CT-RATE label -> anatomy name (None: not in this set)
     prompts: dict[str, tuple[str, str]]  # label -> (negative prompt, positive prompt)
+    normal_prompts: dict[str, str] = field(default_factory=dict)  # anatomy -> its normal description
 
     @property
     def anatomy_names(self) -> tuple[str, ...]:
@@ -129,9 +130,12 @@ def load_anatomy_set(name: str) -> AnatomySet:
         prompts_source = raw_sets[prompts_source["extends_labels_from"]]
     prompts = {label: (pair[0], pair[1]) for label, pair in prompts_source["prompts"].items()}
     names = {a.name for a in anatomies}
+    # the set's own normal descriptions win over those inherited with the prompts
+    inherited = {**prompts_source.get("normal_prompts", {}), **raw.get("normal_prompts", {})}
+    normal_prompts = {anatomy: str(text) for anatomy, text in inherited.items() if anatomy in names}
     for label, anatomy_name in labels.items():
         if anatomy_name is not None and anatomy_name not in names:
             raise ValueError(f"anatomy set {name!r}: label {label!r} maps to unknown anatomy {anatomy_name!r}")
         if anatomy_name is not None and label not in prompts:
             raise ValueError(f"anatomy set {name!r}: label {label!r} has no prompt pair")
-    return AnatomySet(name, raw.get("description", ""), tuple(anatomies), labels, prompts)
+    return AnatomySet(name, raw.get("description", ""), tuple(anatomies), labels, prompts, normal_prompts)

@@ -22,6 +22,7 @@ from training.models.zero_shot import (
     Embeddings,
     ZeroShotSpec,
     embed_batches,
+    prompt_embeddings,
     zero_shot_probabilities,
     zero_shot_spec,
 )
@@ -129,6 +130,30 @@ def test_zero_shot_spec_ctrate4() -> None:
     assert ZeroShotSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
     with pytest.raises(ValueError, match="differ"):
         zero_shot_spec("ctrate4", ("heart", "lung", "esophagus", "aorta"))
+
+
+def test_zero_shot_negative_is_anchored_on_the_anatomy_normal_description() -> None:
+    spec = zero_shot_spec("ctrate4", ("lung", "heart", "esophagus", "aorta"))
+    index = spec.labels.index("Mosaic attenuation pattern")
+    assert spec.normal_prompts[index] == "Both lungs are normally aerated."
+    assert ZeroShotSpec.from_json(json.loads(json.dumps(spec.to_json()))).normal_prompts == spec.normal_prompts
+    # a spec saved before normal descriptions existed keeps scoring the label's own negative
+    legacy = {k: v for k, v in spec.to_json().items() if k != "normal_prompts"}
+    assert ZeroShotSpec.from_json(legacy).normal_prompts == ()
+
+    vectors = {"n": [1.0, 0.0, 0.0], "p": [0.0, 1.0, 0.0], "normal": [0.0, 0.0, 1.0], "n2": [0.6, 0.8, 0.0]}
+
+    class _Texts(torch.nn.Module):
+        def encode_text(self, texts: list[str]) -> torch.Tensor:
+            return torch.tensor([vectors[t] for t in texts])
+
+    anchored = ZeroShotSpec(
+        "x", ("a",), ("L1", "L2"), (0, 1), (0, 0), (("n", "p"), ("n2", "p")), normal_prompts=("normal", None)
+    )
+    emb = prompt_embeddings(_Texts(), anchored)  # type: ignore[arg-type]
+    np.testing.assert_allclose(emb[0, 0], np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(emb[0, 1], vectors["p"])
+    np.testing.assert_allclose(emb[1, 0], vectors["n2"])  # no normal description: the label's negative
 
 
 def test_zero_shot_probability_is_softmax_over_the_prompt_pair() -> None:

@@ -3,7 +3,10 @@
 For a label whose anatomy is k (``core/anatomy_sets.yaml``), the probability of the positive class is
 ``softmax(logit_scale * [e_k . t_neg, e_k . t_pos])[1]`` with ``e_k`` the study's anatomy-k embedding
 (the global embedding for the CLIP baseline, and as a recorded fallback when anatomy k is absent from
-the crop) and ``t_*`` the prompt text embeddings.
+the crop) and ``t_*`` the prompt text embeddings. ``t_neg`` is the normalised mean of the label's
+negative prompt and anatomy k's normal description (``normal_prompts``) when the set has one: a text
+tower trained on reports places "No X was detected." near the reports that mention X, which are the
+abnormal ones, and inverted the lung labels' AUCs (docs/learnability.md, "Zero-shot negatives").
 
 * :class:`ZeroShotSpec` (``zero_shot_spec`` / ``write_zero_shot_spec`` / ``read_zero_shot_spec``): the
   scored labels, their anatomy slots and prompt pairs, saved as ``zero_shot.json`` next to the model;
@@ -40,6 +43,9 @@ class ZeroShotSpec:
     anatomy_index: tuple[int, ...]  # anatomy slot k of each scored label
     prompts: tuple[tuple[str, str], ...]  # (negative, positive) per scored label
     use_global: bool = False  # CLIP baseline: score the global embedding
+    # per scored label: its anatomy's normal description, averaged into the negative (None: label prompt
+    # only; () in specs saved before normal descriptions existed)
+    normal_prompts: tuple[str | None, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +60,7 @@ class ZeroShotSpec:
             anatomy_index=tuple(int(k) for k in raw["anatomy_index"]),
             prompts=tuple((str(p[0]), str(p[1])) for p in raw["prompts"]),
             use_global=bool(raw.get("use_global", False)),
+            normal_prompts=tuple(None if p is None else str(p) for p in raw.get("normal_prompts", ())),
         )
 
 
@@ -83,14 +90,16 @@ def zero_shot_spec(
                 raise ValueError(f"{prompts_file}: label {label!r} must be a CT-RATE label with [negative, positive]")
             prompts[label] = (str(pair[0]), str(pair[1]))
     labels = anatomy_set.scored_labels()
+    anatomy_of = {label: str(anatomy_set.label_anatomy[label]) for label in labels}
     return ZeroShotSpec(
         anatomy_set=anatomy_set.name,
         anatomy_names=anatomy_set.anatomy_names,
         labels=labels,
         label_columns=tuple(CTRATE_LABELS.index(label) for label in labels),
-        anatomy_index=tuple(anatomy_set.index(str(anatomy_set.label_anatomy[label])) for label in labels),
+        anatomy_index=tuple(anatomy_set.index(anatomy_of[label]) for label in labels),
         prompts=tuple(prompts[label] for label in labels),
         use_global=use_global,
+        normal_prompts=tuple(anatomy_set.normal_prompts.get(anatomy_of[label]) for label in labels),
     )
 
 
@@ -177,11 +186,21 @@ def embed_batches(model: FVLM, batches: Iterable[Mapping[str, Any]]) -> Embeddin
 
 @torch.no_grad()
 def prompt_embeddings(model: FVLM, spec: ZeroShotSpec) -> np.ndarray:
-    """(S, 2, D): (negative, positive) prompt embeddings per scored label."""
+    """(S, 2, D): (negative, positive) prompt embeddings per scored label.
+
+    The negative is the normalised mean of the label's negative prompt and its anatomy's normal
+    description where the spec has one (module docstring).
+    """
     model.eval()
     flat = [text for pair in spec.prompts for text in pair]
-    encoded = model.encode_text(flat).float().cpu().numpy()
-    return encoded.reshape(len(spec.prompts), 2, -1)
+    encoded = model.encode_text(flat).float().cpu().numpy().reshape(len(spec.prompts), 2, -1)
+    normals = [(s, text) for s, text in enumerate(spec.normal_prompts) if text is not None]
+    if normals:
+        normal_emb = model.encode_text([text for _, text in normals]).float().cpu().numpy()
+        for (s, _), normal in zip(normals, normal_emb, strict=True):
+            negative = encoded[s, 0] + normal
+            encoded[s, 0] = negative / max(float(np.linalg.norm(negative)), 1e-12)
+    return encoded
 
 
 def zero_shot_probabilities(
