@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python benchmarks/ablation.py --cohort-seed 1 --out data/ablation
-    # = --studies 300 --steps 800 --seeds 0 1 2 --workers 1 (the settings of the table in docs/training.md)
+    # = --studies 120 --steps 300 --seeds 0 1 2 --split 0.6 0.2 0.2: the demo's cohort and recipe
+    #   (params.yaml; the table in docs/learnability.md), about 40 min on 2 idle cores
 
 1. A scratch work dir (``--work``, default ``OUT/work``) gets its own ``params.yaml`` (the repo's, with
    the profile's split / demo_data edited) and the synthetic cohort is built there with the ``fvlm`` CLI:
@@ -14,8 +15,12 @@ Usage::
    ``fvlm+np`` (+ normal false-negative targets), ``fvlm+np+ct`` (+ co-teaching, alpha 0.5); each with its
    own params file ``WORK/params_<variant>_s<seed>.yaml`` (``train.seed`` = the seed).
 3. Each model is evaluated zero-shot on the test split (``fvlm evaluate --no-promote --no-tracking``).
-4. A table of mean AUC +- std over seeds per variant (with the difference to CLIP) is printed and
-   written to ``OUT/ablation.md``; every run's numbers go to ``OUT/ablation.json``.
+4. For each seed the supervised probe (``training/trainer/probe.py``: the same image encoder + a linear
+   head trained with BCE on the train split's labels, same steps) is scored on the same test labels: the
+   ceiling row of the table (``--no-probe`` skips it).
+5. A table per variant is printed and written to ``OUT/ablation.md``: test mean AUC (mean +- std and the
+   t-interval over seeds, the mean of the runs' bootstrap CIs) and the difference to CLIP paired by seed
+   with its t-interval; every run's numbers (per-label AUC, first-10 / last-10 loss) go to ``OUT/ablation.json``.
 
 The cohort is the same for every seed: the seeds vary model initialisation, data order and augmentation.
 """
@@ -42,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fvlm+np+ct": {"loss": "fvlm", "normal_positives": True, "coteaching_alpha": 0.5},
 }
 VARIANT_TITLES = {
+    "probe": "ceiling: supervised probe (same encoder + linear head, BCE on the labels)",
     "clip": "global CLIP (`train.loss=clip`)",
     "fvlm": "fine-grained (`loss=fvlm`, `normal_positives=false`, `coteaching_alpha=0`)",
     "fvlm+np": "+ normal false-negative targets (`normal_positives=true`)",
@@ -87,12 +93,8 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
 
 
 def set_key(params: dict[str, Any], section: str, key: str, value: Any) -> None:
-    """Set SECTION.KEY in the base keys and in the active profile (profiles are merged over the base)."""
+    """Set SECTION.KEY (params.yaml holds the values that run: no profile is merged over them)."""
     params.setdefault(section, {})[key] = value
-    profile = params.get("profile")
-    profiles = params.get("profiles") or {}
-    if profile and isinstance(profiles.get(profile), dict) and section in profiles[profile]:
-        profiles[profile][section][key] = value
 
 
 def demo_cohort_matches(demo_dir: Path, studies: int, seed: int, difficulty: str = "learnable") -> bool:
@@ -156,7 +158,6 @@ def prepare_cohort(
         "difficulty": difficulty,
         "profile": params.get("profile"),
         "grid": params.get("grid"),
-        "profile_grid": (params.get("profiles") or {}).get(params.get("profile") or "", {}).get("grid"),
     }
     marker = work / "cohort_done.json"
     params_path = work / "params.yaml"
@@ -271,6 +272,7 @@ def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Pat
     train_metrics = json.loads((run_dir / "train.json").read_text())
     eval_metrics = json.loads((run_dir / "eval.json").read_text())
     report = json.loads((run_dir / "eval" / "eval_report.json").read_text())
+    losses = loss_curve(run_dir / "plots" / "train_loss.csv")
     return {
         "variant": variant,
         "seed": seed,
@@ -283,10 +285,22 @@ def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Pat
         "skipped_labels": report.get("skipped_labels"),
         "final_loss": train_metrics.get("final_loss"),
         "final_loss_avg": train_metrics.get("final_loss_avg"),
+        "loss_first10": statistics.fmean(losses[:10]) if losses else None,
+        "loss_last10": statistics.fmean(losses[-10:]) if losses else None,
         "samples_per_s": train_metrics.get("samples_per_s"),
         "train_wall_s": round(train_wall, 1),
         "eval_wall_s": round(eval_wall, 1),
     }
+
+
+def loss_curve(path: Path) -> list[float]:
+    """The per-step training losses `fvlm train` wrote (``<metrics dir>/plots/train_loss.csv``)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
 
 
 def fmt(value: float | None) -> str:
@@ -294,56 +308,158 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and sample std of the test mean-AUC over seeds, per variant (NaN runs left out, counted)."""
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of VALUES (None below two values)."""
     import math
 
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def clipped(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """An AUC interval kept inside [0, 1]."""
+    return None if bounds is None else (max(0.0, bounds[0]), min(1.0, bounds[1]))
+
+
+def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Per variant (and the probe): mean, std and t-interval of the test mean-AUC over seeds; the paired
+    difference to CLIP on the same seeds with its t-interval; the mean of the runs' bootstrap CIs."""
+    import math
+
+    def finite(value: Any) -> bool:
+        return value is not None and not math.isnan(value)
+
     summary: dict[str, dict[str, Any]] = {}
-    for variant in VARIANTS:
-        values = [r["mean_auc"] for r in runs if r["variant"] == variant]
-        finite = [v for v in values if v is not None and not math.isnan(v)]
-        summary[variant] = {
-            "n": len(finite),
-            "n_runs": len(values),
-            "mean": statistics.fmean(finite) if finite else float("nan"),
-            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            "values": values,
-        }
-    clip_mean = summary["clip"]["mean"]
-    for row in summary.values():
-        row["delta_vs_clip"] = row["mean"] - clip_mean
-    # paired by seed: fine-grained minus CLIP on the same seed
-    for variant in VARIANTS:
+    clip_by_seed = {r["seed"]: r["mean_auc"] for r in runs if r["variant"] == "clip" and finite(r["mean_auc"])}
+    for variant in [*variants, *(["probe"] if any(r["variant"] == "probe" for r in runs) else [])]:
+        rows = [r for r in runs if r["variant"] == variant]
+        values = [r["mean_auc"] for r in rows]
+        good = [v for v in values if finite(v)]
         diffs = [
-            a["mean_auc"] - b["mean_auc"]
-            for a in runs
-            for b in runs
-            if a["variant"] == variant
-            and b["variant"] == "clip"
-            and a["seed"] == b["seed"]
-            and a["mean_auc"] is not None
-            and b["mean_auc"] is not None
+            r["mean_auc"] - clip_by_seed[r["seed"]] for r in rows if finite(r["mean_auc"]) and r["seed"] in clip_by_seed
         ]
-        summary[variant]["paired_delta_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        cis = [r["mean_auc_ci"] for r in rows if r.get("mean_auc_ci") and all(finite(c) for c in r["mean_auc_ci"])]
+        summary[variant] = {
+            "n": len(good),
+            "n_runs": len(values),
+            "mean": statistics.fmean(good) if good else float("nan"),
+            "std": statistics.stdev(good) if len(good) > 1 else 0.0,
+            "seed_ci95": clipped(t_interval(good)),
+            "bootstrap_ci95_mean": [statistics.fmean(c[0] for c in cis), statistics.fmean(c[1] for c in cis)]
+            if cis
+            else None,
+            "values": values,
+            "delta_vs_clip": statistics.fmean(diffs) if diffs and variant != "clip" else float("nan"),
+            "delta_vs_clip_ci95": t_interval(diffs) if variant != "clip" else None,
+            "paired_delta_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+        }
     return summary
+
+
+def _interval(bounds: Any, scale: float = 1.0, digits: int = 3) -> str:
+    return "—" if not bounds else f"[{scale * bounds[0]:.{digits}f}, {scale * bounds[1]:.{digits}f}]"
 
 
 def markdown_table(summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     lines = [
-        "| variant | test mean AUC (mean ± std over seeds) | Δ vs CLIP (AUC points) | per seed |",
-        "|---|---|---|---|",
+        "| variant | test mean AUC, mean ± std over seeds | 95 % CI over seeds | mean bootstrap 95 % CI of a run "
+        "| Δ vs CLIP, AUC points (95 % CI, paired by seed) | per seed |",
+        "|---|---|---|---|---|---|",
     ]
     for variant, row in summary.items():
         per_seed = ", ".join(fmt(v) for v in row["values"])
-        delta = "—" if variant == "clip" else f"{100 * row['delta_vs_clip']:+.1f} ± {100 * row['paired_delta_std']:.1f}"
-        lines.append(f"| {VARIANT_TITLES[variant]} | {row['mean']:.3f} ± {row['std']:.3f} | {delta} | {per_seed} |")
+        if variant == "clip" or math_isnan(row["delta_vs_clip"]):
+            delta = "—"
+        else:
+            delta = f"{100 * row['delta_vs_clip']:+.1f} {_interval(row['delta_vs_clip_ci95'], 100, 1)}"
+        lines.append(
+            f"| {VARIANT_TITLES[variant]} | {row['mean']:.3f} ± {row['std']:.3f} | {_interval(row['seed_ci95'])} "
+            f"| {_interval(row['bootstrap_ci95_mean'])} | {delta} | {per_seed} |"
+        )
     return "\n".join(lines)
+
+
+def math_isnan(value: float) -> bool:
+    import math
+
+    return value is None or math.isnan(value)
+
+
+def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict[str, Any]:
+    """The supervised probe on the same shards: the run's image encoder + a linear head trained with BCE
+    on the train split's labels for STEPS steps, scored on the test split's zero-shot labels (the
+    ceiling of what the image side can learn here; training/trainer/probe.py)."""
+    import numpy as np
+    import torch
+
+    from core.config import load_config
+    from training.evaluation.metrics import bootstrap_auc
+    from training.models.zero_shot import zero_shot_spec
+    from training.trainer.data import ShardDataset
+    from training.trainer.probe import ProbeStudy, fit_probe, vision_encoder
+
+    config = load_config(work / "params.yaml")
+    torch.manual_seed(seed)
+
+    def studies(split: str) -> list[ProbeStudy]:
+        dataset = ShardDataset.from_dir(work / "data" / "shards", split, crop_zyx=config.grid.crop_zyx, mode="eval")
+        rows = [row for unit in dataset.units for row in dataset.read_unit(unit)]
+        return (
+            [
+                ProbeStudy(row["hu_volume"], row["anatomy_mask"], np.clip(row["labels"], 0, 1).astype(np.float32))
+                for row in rows
+            ],
+            dataset.label_names,
+            [row["labels"] for row in rows],
+        )
+
+    train, label_names, _ = studies("train")
+    test, _, test_truth = studies("test")
+    spec = zero_shot_spec(config.segment.anatomy_set)
+    started = time.perf_counter()
+    result = fit_probe(
+        vision_encoder(config.model.vision, config.grid.crop_zyx),
+        train,
+        test,
+        label_names=list(label_names),
+        crop_zyx=config.grid.crop_zyx,
+        hu_window=config.grid.hu_window,
+        steps=steps,
+        batch_size=config.train.batch_size,
+        lr=2 * config.train.lr,
+        flip_prob=config.grid.flip_prob,
+        seed=seed,
+        log_every=log_every,
+    )
+    scored = [label for label in spec.labels if not math_isnan(result.test_auc.get(label, float("nan")))]
+    columns = [list(label_names).index(label) for label in scored]
+    truth = np.stack(test_truth)[:, columns]
+    interval = bootstrap_auc(truth, result.test_scores[:, columns], config.evaluate.bootstrap, seed=seed)["mean"]
+    return {
+        "variant": "probe",
+        "seed": seed,
+        "steps": steps,
+        "mean_auc": float(np.mean([result.test_auc[label] for label in scored])) if scored else None,
+        "mean_auc_ci": list(interval),
+        "per_label_auc": {label: result.test_auc[label] for label in scored},
+        "train_mean_auc": result.train_mean_auc,
+        "n_test": len(test),
+        "scored_labels": scored,
+        "loss_first10": float(np.mean(result.losses[:10])),
+        "loss_last10": float(np.mean(result.losses[-10:])),
+        "train_wall_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=300, help="synthetic cohort size")
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per training run (all variants)")
+    parser.add_argument("--studies", type=int, default=120, help="synthetic cohort size (the demo's)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (all variants; the demo's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--out", default="data/ablation", help="results dir (ablation.json, ablation.md)")
     parser.add_argument("--work", default=None, help="scratch dir for the cohort and runs (default: OUT/work)")
@@ -353,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         type=float,
         nargs=3,
-        default=[0.6, 0.1, 0.3],
+        default=[0.6, 0.2, 0.2],
         metavar=("TRAIN", "VAL", "TEST"),
         help="patient split fractions (a large test split makes the AUC less noisy)",
     )
@@ -369,7 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None, help="override train.lr")
     parser.add_argument("--warmup-steps", type=int, default=None, help="override train.warmup_steps")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--workers", type=int, default=1, help="processes for cohort generation and conversion")
+    parser.add_argument("--workers", type=int, default=2, help="processes for cohort generation and conversion")
+    parser.add_argument(
+        "--no-probe", dest="probe", action="store_false", help="skip the supervised probe (the table's ceiling row)"
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -408,16 +527,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"eval {result['eval_wall_s']:.0f} s",
                     flush=True,
                 )
+            if args.probe:
+                print(f"seed {seed}: supervised probe (ceiling) for {args.steps} steps ...", flush=True)
+                result = probe_ceiling(work, seed, args.steps)
+                runs.append(result)
+                print(
+                    f"  probe seed {seed}: test mean AUC {fmt(result['mean_auc'])} on {result['n_test']} studies "
+                    f"(train {fmt(result['train_mean_auc'])}); {result['train_wall_s']:.0f} s",
+                    flush=True,
+                )
     except RuntimeError as error:
         print(f"ablation: {error}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - started
-    summary = summarise_subset(runs, args.variants)
+    summary = summarise(runs, args.variants)
     config_params = load_yaml(work / "params.yaml")
     profile = config_params.get("profile")
-    batch_size = (config_params.get("profiles") or {}).get(profile, {}).get("train", {}).get(
-        "batch_size"
-    ) or config_params.get("train", {}).get("batch_size")
+    batch_size = config_params.get("train", {}).get("batch_size")
     command = "python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
         s=args.studies,
         t=args.steps,
@@ -467,29 +593,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"results: {out / 'ablation.json'}, {out / 'ablation.md'}")
     return 0
-
-
-def summarise_subset(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
-    """`summarise` restricted to the variants that ran (CLIP deltas only when CLIP ran)."""
-    full = summarise(runs) if "clip" in variants else None
-    if full is not None:
-        return {v: full[v] for v in variants}
-    import math
-
-    result = {}
-    for variant in variants:
-        values = [r["mean_auc"] for r in runs if r["variant"] == variant]
-        finite = [v for v in values if v is not None and not math.isnan(v)]
-        result[variant] = {
-            "n": len(finite),
-            "n_runs": len(values),
-            "mean": statistics.fmean(finite) if finite else float("nan"),
-            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            "values": values,
-            "delta_vs_clip": float("nan"),
-            "paired_delta_std": 0.0,
-        }
-    return result
 
 
 if __name__ == "__main__":

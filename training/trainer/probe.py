@@ -53,6 +53,7 @@ class ProbeResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    test_scores: np.ndarray | None = None  # (N_test, L) sigmoid scores (confidence intervals)
 
     @property
     def test_mean_auc(self) -> float:
@@ -207,4 +208,5 @@ def fit_probe(
         losses=losses,
         seconds=time.perf_counter() - started,
         steps=steps,
+        test_scores=test_scores,
     )
