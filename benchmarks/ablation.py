@@ -391,9 +391,10 @@ def math_isnan(value: float) -> bool:
 
 
 def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict[str, Any]:
-    """The supervised probe on the same shards: the run's image encoder + a linear head trained with BCE
-    on the train split's labels for STEPS steps, scored on the test split's zero-shot labels (the
-    ceiling of what the image side can learn here; training/trainer/probe.py)."""
+    """The supervised probe on the same shards: the run's image encoder, each label's anatomy tokens pooled
+    (mean | max) into a linear head trained with BCE on the train split's labels for STEPS steps, scored on
+    the test split's zero-shot labels (the ceiling of what the image side can learn here;
+    training/trainer/probe.py)."""
     import numpy as np
     import torch
 
@@ -401,7 +402,7 @@ def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict
     from training.evaluation.metrics import bootstrap_auc
     from training.models.zero_shot import zero_shot_spec
     from training.trainer.data import ShardDataset
-    from training.trainer.probe import ProbeStudy, fit_probe, vision_encoder
+    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies, vision_encoder
 
     config = load_config(work / "params.yaml")
     torch.manual_seed(seed)
@@ -435,6 +436,7 @@ def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict
         flip_prob=config.grid.flip_prob,
         seed=seed,
         log_every=log_every,
+        label_anatomy=label_anatomies(config.segment.anatomy_set, label_names),
     )
     scored = [label for label in spec.labels if not math_isnan(result.test_auc.get(label, float("nan")))]
     columns = [list(label_names).index(label) for label in scored]

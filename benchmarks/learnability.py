@@ -198,11 +198,12 @@ def run_probe(
     test_fraction: float,
     seed: int,
     log_every: int,
+    pooling: str = "anatomy",
 ) -> dict[str, Any]:
     import torch
 
     from core.anatomy_sets import CTRATE_LABELS
-    from training.trainer.probe import ProbeStudy, fit_probe, vision_encoder
+    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies, vision_encoder
 
     torch.manual_seed(seed)
     studies = [ProbeStudy(r["hu"], r["anatomy"], r["labels"]) for r in records]
@@ -222,10 +223,12 @@ def run_probe(
         flip_prob=config.grid.flip_prob,
         seed=seed,
         log_every=log_every,
+        label_anatomy=label_anatomies(config.segment.anatomy_set, CTRATE_LABELS) if pooling == "anatomy" else None,
     )
     test_labels = np.stack([studies[i].labels for i in test_idx])
     return {
         "encoder": encoder_kind,
+        "pooling": pooling,
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
@@ -304,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         "--lr", type=float, nargs="+", default=None, help="probe lr per encoder (default: conv 2e-3, vit 5e-4)"
     )
     parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument(
+        "--pooling",
+        choices=["anatomy", "global"],
+        default="anatomy",
+        help="probe head input: each label's anatomy tokens (fVLM's pooling) or every token",
+    )
     parser.add_argument("--per-label", type=int, default=4, help="visibility: studies per label")
     parser.add_argument("--threshold-hu", type=float, default=30.0)
     parser.add_argument("--visibility-only", action="store_true")
@@ -356,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.test_fraction,
                     args.seed,
                     log_every=max(args.steps // 6, 1),
+                    pooling=args.pooling,
                 )
                 row.update({"difficulty": difficulty, "studies": args.studies, "cohort_seed": args.seed})
                 probes = [p for p in probes if not (p["difficulty"] == difficulty and p["encoder"] == encoder)] + [row]

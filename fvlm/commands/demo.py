@@ -14,6 +14,7 @@ The commands log to the stores ``fvlm services up`` serves (MLflow SQLite and PR
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import os
     import shutil
     import subprocess
@@ -89,12 +89,52 @@ def run(args: argparse.Namespace) -> int:
             return code
     print(f"fvlm demo: finished in {time.perf_counter() - started:.0f} s")
     metrics_dir = config.path(config.paths.metrics)
-    for metrics_file in sorted(metrics_dir.glob("*.json")):
-        try:
-            summary = json.loads(metrics_file.read_text())
-        except json.JSONDecodeError:
-            continue
-        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
-        print(f"  {metrics_file.relative_to(root)}: {json.dumps(flat)[:300]}")
+    for line in learned_summary(metrics_dir, root):
+        print(line)
     print(f"fvlm demo: raw dataset {relative} is versioned by {relative}.dvc; commit it with dvc.lock and metrics/")
     return 0
+
+
+def learned_summary(metrics_dir: Path, root: Path) -> list[str]:
+    """Did the demo model learn? Loss first-10 vs last-10, test mean AUC with its CI, the gate's decision."""
+    import json
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((metrics_dir / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def shown(path: Path) -> str:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            return str(path)
+
+    train, evaluation = read("train.json"), read("eval.json")
+    lines = ["fvlm demo: what the model learned"]
+    first, last = train.get("first_loss_avg"), train.get("final_loss_avg")
+    if isinstance(first, (int, float)) and isinstance(last, (int, float)):
+        trend = "falling" if last < first else "NOT falling"
+        lines.append(
+            f"  training loss {trend}: first-10 mean {first:.3f} -> last-10 mean {last:.3f} over "
+            f"{train.get('steps')} steps (curve: {shown(metrics_dir / 'plots' / 'train_loss.png')})"
+        )
+    mean_auc, ci = evaluation.get("mean_auc"), evaluation.get("mean_auc_ci")
+    if isinstance(mean_auc, (int, float)):
+        ci_text = ""
+        verdict = ""
+        if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+            ci_text = f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
+            verdict = "; above chance" if ci[0] > 0.5 else "; NOT clearly above chance (CI reaches 0.5)"
+        lines.append(
+            f"  zero-shot test mean AUC {mean_auc:.3f}{ci_text} on {evaluation.get('n_test')} test studies{verdict}"
+        )
+    if "promoted" in evaluation:
+        reason = evaluation.get("promotion_reason")
+        decision = "promoted" if evaluation["promoted"] else "not promoted"
+        lines.append(f"  registry: {decision}" + (f" ({reason})" if reason else ""))
+    for name in ("train.json", "eval.json"):
+        if (metrics_dir / name).is_file():
+            lines.append(f"  {shown(metrics_dir / name)}")
+    return lines

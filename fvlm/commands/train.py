@@ -89,12 +89,15 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"fvlm train: {error}", file=sys.stderr)
         return 1
-    from fvlm.plot_data import write_loss_curve  # dvc.yaml plots: metrics/plots/train_loss.csv
+    from fvlm.plot_data import write_loss_curve, write_loss_curve_png  # dvc.yaml plots: metrics/plots/
 
     write_loss_curve(metrics, result.losses, first_step=result.resumed_from_step + 1)
+    curve_png = write_loss_curve_png(metrics, result.losses, first_step=result.resumed_from_step + 1)
+    trend = "falling" if result.final_loss_avg < result.first_loss_avg else "NOT falling"
     print(
-        f"trained {result.steps} steps (resumed from {result.resumed_from_step}); final loss "
-        f"{result.final_loss:.4f} (last-10 mean {result.final_loss_avg:.4f})"
+        f"trained {result.steps} steps (resumed from {result.resumed_from_step}); loss {trend}: first-10 mean "
+        f"{result.first_loss_avg:.4f} -> last-10 mean {result.final_loss_avg:.4f} (final {result.final_loss:.4f}); "
+        f"curve: {curve_png}"
     )
     print(f"throughput: {result.samples_per_s:.2f} samples/s, {result.tokens_per_s:.0f} tokens/s")
     print(f"model: {result.model_dir}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,8 @@ def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make
     assert main(["--params", str(params), "train", "--steps", "3", "--no-tracking"]) == 0
     train_metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert train_metrics["steps"] == 3 and train_metrics["run_id"] is None
+    assert math.isfinite(train_metrics["first_loss_avg"]) and math.isfinite(train_metrics["final_loss_avg"])
+    assert (tmp_path / "metrics" / "plots" / "train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "models" / "model" / "zero_shot.json").is_file()
     assert (tmp_path / "models" / "checkpoints" / "last.pt").is_file()
 
@@ -78,6 +81,15 @@ def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make
     summary = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert summary["n_test"] == 6 and summary["n_val"] == 6
     assert summary["run_id"] is None and summary["promoted"] is None
+
+    # what `fvlm demo` prints at the end: loss first-10 -> last-10, test mean AUC with its CI
+    from fvlm.commands.demo import learned_summary
+
+    lines = learned_summary(tmp_path / "metrics", tmp_path)
+    loss_line = next(line for line in lines if "training loss" in line)
+    assert "first-10 mean" in loss_line and "last-10 mean" in loss_line and "metrics/plots/train_loss.png" in loss_line
+    auc_line = next(line for line in lines if "test mean AUC" in line)
+    assert f"{summary['mean_auc']:.3f}" in auc_line and "95 % CI" in auc_line and "6 test studies" in auc_line
     assert set(summary["val_threshold"]) >= {"auc", "accuracy", "sensitivity", "specificity", "f1", "f1_weighted"}
     report = json.loads((tmp_path / "data" / "eval" / "eval_report.json").read_text())
     assert (tmp_path / "data" / "eval" / "roc" / "roc_all.png").is_file()

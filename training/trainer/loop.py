@@ -82,9 +82,16 @@ class TrainResult:
     resumed_from_step: int = 0
     losses: list[float] = field(default_factory=list)
 
+    @property
+    def first_loss_avg(self) -> float:
+        """Mean of the first min(10, steps) step losses of this run's history (NaN without losses)."""
+        head = self.losses[:10]
+        return sum(head) / len(head) if head else float("nan")
+
     def metrics_json(self) -> dict[str, Any]:
         payload = asdict(self)
         payload.pop("losses")
+        payload["first_loss_avg"] = self.first_loss_avg  # first-10 vs final_loss_avg (last-10): did it learn?
         return payload
 
 

@@ -64,6 +64,15 @@ class ProbeResult:
         return _nanmean(self.train_auc.values())
 
 
+def label_anatomies(anatomy_set_name: str, label_names: Sequence[str]) -> list[int | None]:
+    """Anatomy index of each label in an anatomy set (None: the label has no anatomy there)."""
+    from core.anatomy_sets import load_anatomy_set
+
+    anatomy_set = load_anatomy_set(anatomy_set_name)
+    anatomy_of = anatomy_set.label_anatomy
+    return [None if not anatomy_of.get(name) else anatomy_set.index(str(anatomy_of[name])) for name in label_names]
+
+
 def _nanmean(values: Any) -> float:
     finite = [float(v) for v in values if not math.isnan(float(v))]
     return float(np.mean(finite)) if finite else float("nan")
@@ -87,17 +96,47 @@ def vision_encoder(vision: Any, crop_zyx: Sequence[int]) -> nn.Module:
 
 
 class ProbeModel(nn.Module):
-    """encoder tokens -> concat(mean, max) over tokens -> linear logits."""
+    """encoder tokens -> concat(mean, max) over tokens -> linear logits.
 
-    def __init__(self, encoder: nn.Module, n_labels: int) -> None:
+    With ``label_anatomy`` (anatomy index per label, None for a label without anatomy) the mean / max of
+    label l are taken over the tokens of its anatomy (the crop's mask max-pooled to the token grid, as
+    fVLM pools an anatomy's tokens), each anatomy with its own linear head: the image side of fVLM with
+    a supervised head instead of the text tower. Labels without anatomy (and anatomies absent from the
+    crop) use every token.
+    """
+
+    def __init__(self, encoder: nn.Module, n_labels: int, label_anatomy: Sequence[int | None] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         dim = int(getattr(encoder, "embed_dim"))  # noqa: B009 (nn.Module attribute typing)
-        self.head = nn.Linear(2 * dim, n_labels)
+        self.label_anatomy = None if label_anatomy is None else [(-1 if k is None else int(k)) for k in label_anatomy]
+        self.n_anatomies = 0 if self.label_anatomy is None else max(self.label_anatomy) + 1
+        self.head = nn.Linear(2 * dim, n_labels)  # every token (no anatomy / global)
+        self.anatomy_heads = nn.ModuleList(nn.Linear(2 * dim, n_labels) for _ in range(self.n_anatomies))
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+    def forward(self, volume: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         final, _, _ = self.encoder(volume)
-        return self.head(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
+        logits = self.head(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
+        if self.label_anatomy is None or mask is None:
+            return logits
+        from training.models.pooling import mask_to_patch_grid
+
+        patch = getattr(self.encoder, "patch_zyx")  # noqa: B009
+        membership = mask_to_patch_grid(mask, self.n_anatomies, patch)  # (B, K, N)
+        columns = []
+        for label, anatomy in enumerate(self.label_anatomy):
+            if anatomy < 0:
+                columns.append(logits[:, label])
+                continue
+            member = membership[:, anatomy].unsqueeze(2)  # (B, N, 1)
+            present = member.any(dim=1)  # (B, 1)
+            count = member.sum(dim=1).clamp(min=1)
+            mean = (final * member).sum(dim=1) / count
+            peak = final.masked_fill(~member, float("-inf")).amax(dim=1)
+            pooled = torch.cat([mean, torch.where(present, peak, final.amax(dim=1))], dim=-1)
+            own = self.anatomy_heads[anatomy](pooled)[:, label]
+            columns.append(torch.where(present.squeeze(1), own, logits[:, label]))
+        return torch.stack(columns, dim=1)
 
 
 def crop_study(
@@ -108,6 +147,17 @@ def crop_study(
     flip_prob: float = 0.0,
 ) -> np.ndarray:
     """The loader's crop: random (+ flips) when ``rng`` is given, else centred on the anatomies' union."""
+    return crop_study_with_mask(study, crop_zyx, hu_window, rng, flip_prob)[0]
+
+
+def crop_study_with_mask(
+    study: ProbeStudy,
+    crop_zyx: Sequence[int],
+    hu_window: Sequence[float],
+    rng: np.random.Generator | None = None,
+    flip_prob: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`crop_study` and the anatomy mask cropped (and flipped) with it."""
     if rng is not None:
         starts = random_starts(study.hu_zyx.shape, crop_zyx, rng)
     else:
@@ -116,7 +166,20 @@ def crop_study(
     volume, mask, _ = extract_crop(study.hu_zyx, study.anatomy_zyx, starts, crop_zyx, hu_window)
     if rng is not None and flip_prob > 0:
         volume, mask = random_flips(volume, mask, rng, flip_prob)
-    return volume
+    return volume, mask
+
+
+def _batch(
+    studies: Sequence[ProbeStudy],
+    crop_zyx: Sequence[int],
+    hu_window: Sequence[float],
+    rng: np.random.Generator | None = None,
+    flip_prob: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    crops = [crop_study_with_mask(s, crop_zyx, hu_window, rng, flip_prob) for s in studies]
+    volume = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
+    mask = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))
+    return volume, mask
 
 
 @torch.no_grad()
@@ -131,8 +194,8 @@ def predict_probe(
     scores = []
     for start in range(0, len(studies), batch_size):
         chunk = studies[start : start + batch_size]
-        volume = torch.from_numpy(np.stack([crop_study(s, crop_zyx, hu_window) for s in chunk]))[:, None]
-        scores.append(torch.sigmoid(model(volume)).numpy())
+        volume, mask = _batch(chunk, crop_zyx, hu_window)
+        scores.append(torch.sigmoid(model(volume, mask)).numpy())
     return np.concatenate(scores) if scores else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -159,13 +222,17 @@ def fit_probe(
     flip_prob: float = 0.2,
     seed: int = 0,
     log_every: int = 0,
+    label_anatomy: Sequence[int | None] | None = None,
 ) -> ProbeResult:
-    """Train the probe for ``steps`` AdamW steps (cosine decay) and report train / test AUC per label."""
+    """Train the probe for ``steps`` AdamW steps (cosine decay) and report train / test AUC per label.
+
+    ``label_anatomy``: pool each label over its anatomy's tokens (:class:`ProbeModel`); None: every token.
+    """
     if not train:
         raise ValueError("fit_probe: no training studies")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = ProbeModel(encoder, len(label_names))
+    model = ProbeModel(encoder, len(label_names), label_anatomy)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -181,9 +248,9 @@ def fit_probe(
             order, cursor = rng.permutation(len(train)), 0
         index = order[cursor : cursor + batch_size]
         cursor += batch_size
-        volume = torch.from_numpy(np.stack([crop_study(train[i], crop_zyx, hu_window, rng, flip_prob) for i in index]))
+        volume, mask = _batch([train[i] for i in index], crop_zyx, hu_window, rng, flip_prob)
         model.train()
-        logits = model(volume[:, None])
+        logits = model(volume, mask)
         loss = F.binary_cross_entropy_with_logits(logits, targets[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
