@@ -236,12 +236,14 @@ def progress(
     every_items: int | None = None,
     start: int = 0,
     closing_line: bool = True,
+    enabled: bool = True,
 ) -> Progress[T]:
     """A :class:`Progress` over an iterable (iterate it) or a total count (call ``advance``).
 
     ``log``: where plain lines go (default logger ``fvlm.progress``; a flow passes its run logger so
     the lines reach the Prefect UI). ``start``: items already done before (resumed training).
     ``closing_line=False``: no "done" line in plain mode (the caller logs its own summary).
+    ``enabled=False``: counts only, shows nothing (a caller that shows progress elsewhere).
     """
     options: dict[str, Any] = {
         "log": log,
@@ -249,12 +251,16 @@ def progress(
         "every_items": every_items,
         "start": start,
         "closing_line": closing_line,
+        "mode": None if enabled else "off",
     }
     if items_or_total is None or isinstance(items_or_total, int):
         return Progress(None, items_or_total if total is None else total, description, unit, **options)
     items = items_or_total
     if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:  # e.g. a DataLoader over an IterableDataset
+            total = None
     return Progress(items, total, description, unit, **options)
 
 
