@@ -292,6 +292,7 @@ def run_batched(
     qc_link_limit: int = 50,
     fatal_errors: tuple[type[BaseException], ...] = (),
     redact_errors: bool = False,
+    item_unit: str = "items",
 ) -> RunSummary:
     """Fan ``items`` out in batches of ``batch_size`` over a Prefect task runner; return a summary.
 
@@ -328,8 +329,21 @@ def run_batched(
             progress_id = _safe_progress(None, 0.0, stage)
         from prefect.futures import as_completed
 
-        log.info("%s: %d items to process in %d batches (%s)", stage, len(pending), len(batches), runner_name)
-        with runner:
+        from core.progress import progress
+
+        # per-batch lines go to the Prefect UI only (fvlm_console False); the terminal gets the bar /
+        # periodic progress lines of the items the finished batches hold, counted here in the parent
+        ui_only = {"fvlm_console": False}
+        log.info(
+            "%s: %d items to process in %d batches (%s)",
+            stage,
+            len(pending),
+            len(batches),
+            runner_name,
+            extra=ui_only,
+        )
+        bar = progress(len(pending), stage, item_unit, log=log, closing_line=False)
+        with runner, bar:
             futures = {}
             for index, batch in enumerate(batches):
                 future = runner.submit(
@@ -360,6 +374,7 @@ def run_batched(
                     outcomes.extend(ItemOutcome(item_key(item), "failed", reason) for item in batch)
                 done += 1
                 items_done += len(batch)
+                bar.advance(len(batch))
                 log.info(
                     "%s: batch %d/%d done (%d/%d items, %.1f s)",
                     stage,
@@ -368,6 +383,7 @@ def run_batched(
                     items_done,
                     len(pending),
                     time.perf_counter() - started,
+                    extra=ui_only,
                 )
                 if progress_id is not None:
                     _safe_progress(progress_id, 100.0 * done / len(batches), stage)
@@ -485,6 +501,7 @@ def prefect_batches(
     gpu: bool = False,
     fatal_errors: tuple[type[BaseException], ...] = (),
     redact_errors: bool = False,
+    item_unit: str = "studies",
 ) -> MapBatches:
     """A stage library's ``map_batches`` seam that runs the batches as Prefect tasks (:func:`run_batched`):
     retries, isolation of crashing items, markdown + progress artifacts; ``gpu``: each batch holds the
@@ -506,6 +523,7 @@ def prefect_batches(
             tags=["gpu"] if gpu else (),
             fatal_errors=fatal_errors,
             redact_errors=redact_errors,
+            item_unit=item_unit,
         )
         return summary.outcomes
 

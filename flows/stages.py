@@ -85,7 +85,7 @@ def parse_reports_flow(job: ParseReportsJob, fan_out: FanOut | None = None) -> P
     inside one task).
     """
     mapper = prefect_batches(
-        fan_out or FanOut.from_config(), stage="parse-reports", redact_errors=True
+        fan_out or FanOut.from_config(), stage="parse-reports", redact_errors=True, item_unit="reports"
     )  # report text is PHI until scrubbed
     return run_parse_reports(job, map_batches=mapper)
 

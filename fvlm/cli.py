@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from core.env import apply_offline_env
 from fvlm import __version__
+from fvlm.console import configure_console, resolve_verbosity
 
 # order = order in --help
 COMMAND_MODULES: tuple[str, ...] = (
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fvlm-pipeline {__version__}")
     parser.add_argument("--params", default=None, help="params.yaml to use (default: nearest upwards)")
     parser.add_argument("--profile", default=None, help="config profile (default: params.yaml / $FVLM_PROFILE)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbosity_flags(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -52,18 +53,41 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for subparser in _all_subparsers(subparsers):
+        add_verbosity_flags(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def add_verbosity_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``-v/--verbose`` and ``-q/--quiet`` (fvlm/console.py); on a subcommand their default is SUPPRESS so
+    ``fvlm -v convert`` and ``fvlm convert -v`` both work and a global flag is never reset."""
+    if any(option in parser._option_string_actions for option in ("-v", "--verbose", "-q", "--quiet")):
+        return  # a command that defines its own (none does today)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="everything: debug lines, third-party logs"
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="warnings and errors only, no progress bars"
+    )
+
+
+def _all_subparsers(action: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every subcommand parser, nested ones (``fvlm services up``) included."""
+    found: list[argparse.ArgumentParser] = []
+    for subparser in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+        found.append(subparser)
+        for nested in subparser._actions:
+            if isinstance(nested, argparse._SubParsersAction):
+                found.extend(_all_subparsers(nested))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     apply_offline_env()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_console(resolve_verbosity(bool(args.verbose), bool(args.quiet)))
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

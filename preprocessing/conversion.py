@@ -320,12 +320,15 @@ def local_conversions(workers: int, crash_row: Callable[[ConvertItem, str], Mani
         batch_fn: Callable[[list[ConvertItem]], Sequence[ItemOutcome]],
         key_fn: Callable[[ConvertItem], str],
     ) -> list[ItemOutcome]:
+        from core.progress import progress
+
         outcomes: list[ItemOutcome] = []
+        bar = progress(len(items), "convert", "studies")
 
         def done(outcome: ItemOutcome) -> None:
             outcomes.append(outcome)
             row = outcome.payload
-            logger.info(
+            logger.debug(
                 "[%d/%d] %s %s%s",
                 len(outcomes),
                 len(items),
@@ -333,14 +336,16 @@ def local_conversions(workers: int, crash_row: Callable[[ConvertItem, str], Mani
                 row.status,
                 " (reused)" if row.reused else "",
             )
+            bar.advance()
 
         if workers <= 1 or len(items) <= 1:
-            for item in items:
-                for outcome in batch_fn([item]):
-                    done(outcome)
+            with bar:
+                for item in items:
+                    for outcome in batch_fn([item]):
+                        done(outcome)
             return outcomes
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
+        with bar, ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
             futures = {pool.submit(batch_fn, [item]): item for item in items}
             for future in as_completed(futures):
                 item = futures[future]

@@ -653,29 +653,32 @@ def _run_jobs(jobs: list[tuple[str, str, str, str, PrepParams, int]], workers: i
     failures: dict[str, str] = {}
     if not jobs:
         return failures
-    log.info("preparing %d studies with %d worker(s)", len(jobs), workers)
-    if workers <= 1 or len(jobs) == 1:
-        results: Iterable[tuple[str, str | None]] = map(_prepare_job, jobs)
-        for done, (study_id, error) in enumerate(results, start=1):
-            _record(failures, study_id, error, done, len(jobs))
-    else:
-        import multiprocessing
+    from core.progress import progress
 
-        # forkserver, not fork: the caller may run threads (e.g. inside a Prefect flow) that fork() would copy
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("forkserver"), initializer=die_with_parent
-        ) as pool:
-            for done, (study_id, error) in enumerate(pool.map(_prepare_job, jobs), start=1):
-                _record(failures, study_id, error, done, len(jobs))
+    log.debug("preparing %d studies with %d worker(s)", len(jobs), workers)
+    with progress(len(jobs), "shard: prepare", "studies") as bar:
+        if workers <= 1 or len(jobs) == 1:
+            results: Iterable[tuple[str, str | None]] = map(_prepare_job, jobs)
+            for study_id, error in results:
+                _record(failures, study_id, error)
+                bar.advance()
+        else:
+            import multiprocessing
+
+            # forkserver, not fork: the caller may run threads (e.g. inside a Prefect flow) that fork() would copy
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("forkserver"), initializer=die_with_parent
+            ) as pool:
+                for study_id, error in pool.map(_prepare_job, jobs):
+                    _record(failures, study_id, error)
+                    bar.advance()
     return failures
 
 
-def _record(failures: dict[str, str], study_id: str, error: str | None, done: int, total: int) -> None:
+def _record(failures: dict[str, str], study_id: str, error: str | None) -> None:
     if error is not None:
         failures[study_id] = error
         log.warning("study %s quarantined: %s", study_id, error)
-    if done % 10 == 0 or done == total:
-        log.info("prepared %d/%d", done, total)
 
 
 def _prune_cache(cache_dir: Path, keep: set[str]) -> None:

@@ -190,12 +190,14 @@ def prepare_records(rows: list[ReportRow], options: ParseOptions) -> list[StudyR
     return records
 
 
-def parse_records(records: list[StudyRecord], options: ParseOptions) -> None:
-    """Run the spaCy pipeline over the parseable records (in place)."""
+def parse_records(records: list[StudyRecord], options: ParseOptions, *, show_progress: bool = False) -> None:
+    """Run the spaCy pipeline over the parseable records (in place); ``show_progress``: count the
+    parsed reports on a bar / in periodic lines (the stage's local run; a batch task does not)."""
+    from core.progress import progress
     from report_parsing.pipeline import analyze_many, cyclic_gc_paused
 
     todo = [record for record in records if record.status in PARSED_STATUSES]
-    with cyclic_gc_paused():
+    with cyclic_gc_paused(), progress(len(todo), "parse-reports", "reports", enabled=show_progress) as bar:
         analyses = analyze_many(
             (record.report_text for record in todo),
             options.anatomy_set,
@@ -206,6 +208,7 @@ def parse_records(records: list[StudyRecord], options: ParseOptions) -> None:
         for record, analysis in zip(todo, analyses, strict=False):
             record.analysis = analysis
             record.labels = list(analysis.labels)
+            bar.advance()
 
 
 def parse_reports_file(path: str | Path, options: ParseOptions) -> list[StudyRecord]:
@@ -395,7 +398,7 @@ def run_parse_reports(job: ParseReportsJob, map_batches: MapBatches | None = Non
     _, rows = read_report_rows(job.reports_csv, options.required_columns())
     records = prepare_records(rows, options)
     if map_batches is None:
-        parse_records(records, options)
+        parse_records(records, options, show_progress=True)
     else:
         outcomes = map_batches(records, functools.partial(parse_batch, options=options), record_key)
         by_key = {outcome.key: outcome for outcome in outcomes}

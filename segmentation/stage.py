@@ -527,8 +527,9 @@ def run_segment(
     """The segment stage: segment every input study (reusing unchanged ones), then merge this run's rows
     into ``segments.parquet`` atomically (studies this run did not touch keep their row).
 
-    ``map_batches``: how batches of studies run (default: all in one batch, one warm backend, with
-    ``progress(position, total, row)`` after each study; the Prefect flow passes its task fan-out).
+    ``map_batches``: how batches of studies run (default: all in one batch, one warm backend, counted on
+    a progress bar (core/progress.py) and ``progress(position, total, row)`` after each study; the Prefect
+    flow passes its task fan-out, which counts finished batches).
     Raises only for stage-level problems; study-level problems become quarantined rows.
     """
     started = time.perf_counter()
@@ -537,7 +538,16 @@ def run_segment(
     aset = _anatomy_set(job.anatomy_set)
     pairs = collect_inputs(job.inputs)
     if map_batches is None:
-        outcomes = segment_batch(pairs, job, progress)
+        from core.progress import progress as progress_bar
+
+        with progress_bar(len(pairs), "segment", "studies") as bar:
+
+            def tick(position: int, total: int, row: dict[str, Any]) -> None:
+                bar.advance()
+                if progress is not None:
+                    progress(position, total, row)
+
+            outcomes = segment_batch(pairs, job, tick)
     else:
         outcomes = map_batches(pairs, functools.partial(segment_batch, job=job), operator.itemgetter(0))
     rows: list[dict[str, Any]] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -68,15 +67,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"fvlm segment: input folder not found: {job.inputs}", file=sys.stderr)
         return 2
 
-    def progress(position: int, total: int, row: dict) -> None:
-        state = "reused" if row.get("reused") else row["status"]
-        print(f"[{position}/{total}] {row['study_id']}: {state}", file=sys.stderr, flush=True)
-
-    try:
+    try:  # run_segment draws the progress bar (core/progress.py)
         summary = run_stage(
             config,
             job,
-            functools.partial(run_segment, progress=progress),
+            run_segment,
             "segment_flow",
             {"batch_size": config.segment.batch_size},
         )

@@ -189,8 +189,13 @@ class SplitScores:
     study_ids: list[str]
 
 
-def score_model_on(model: FVLM, spec: ZeroShotSpec, batches: Iterable[Mapping[str, Any]]) -> SplitScores:
-    embeddings = embed_batches(model, batches)
+def score_model_on(
+    model: FVLM, spec: ZeroShotSpec, batches: Iterable[Mapping[str, Any]], description: str = "evaluate"
+) -> SplitScores:
+    """Zero-shot scores of every study in ``batches`` (the batches scored are counted on a progress bar)."""
+    from core.progress import progress
+
+    embeddings = embed_batches(model, progress(batches, description, "batches"))
     prompts = prompt_embeddings(model, spec)
     scale = float(model.logit_scale.detach().cpu())
     scores, used_global = zero_shot_probabilities(embeddings, prompts, spec, scale)
@@ -208,8 +213,8 @@ def evaluate_model(
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Full report for one model: metrics (both protocols), CIs, fallback counts; ROC PNGs in out_dir/roc."""
-    val = score_model_on(model, spec, val_batches)
-    test = score_model_on(model, spec, test_batches)
+    val = score_model_on(model, spec, val_batches, "evaluate: val")
+    test = score_model_on(model, spec, test_batches, "evaluate: test")
     report = score_splits(
         spec.labels,
         val.truth,

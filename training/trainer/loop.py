@@ -277,6 +277,7 @@ class _Run:
     compute_only: _Throughput = field(default_factory=_Throughput)  # fallback for a process that ran one step
     last_tick: float | None = None
     window_losses: list[float] = field(default_factory=list)
+    bar: Any = None  # core.progress.Progress of the steps (rank 0 shows it)
 
     def stopping(self) -> bool:
         """``stop_after`` steps done in this process (a simulated kill)."""
@@ -394,8 +395,10 @@ def record_step(run: _Run, stats: _StepStats, epoch_start_rng: dict[str, Any], s
         }
         metrics.update({f"train/loss_{name}": float(v.detach()) for name, v in stats.per_anatomy.items()})
         run.tracker.log_metrics(metrics, step=progress.step)
+    if run.bar is not None:
+        run.bar.update(progress.step, loss=round(stats.loss, 4), lr=f"{stats.lr:.2e}")
     if run.env.is_main and (progress.step % 10 == 0 or progress.step == run.total_steps or progress.step == 1):
-        log.info(
+        log.debug(
             "step %d/%d loss %.4f lr %.2e %.2f samples/s",
             progress.step,
             run.total_steps,
@@ -504,8 +507,12 @@ def train(
         autocast_enabled=bool(train_cfg.amp and env.device.type == "cuda"),
     )
     status = "FAILED"
+    from core.progress import progress as progress_bar
+
+    run.bar = progress_bar(total_steps, "train", "steps", start=progress.step, enabled=env.is_main)
     try:
-        finished = run_epochs(run, source, epoch_rng, step_rng)
+        with run.bar:
+            finished = run_epochs(run, source, epoch_rng, step_rng)
         result = _result(progress, run.summary_throughput(), tracker.run_id, out / MODEL_DIR_NAME, run.resumed_from)
         if not finished:
             status = "KILLED"
