@@ -5,7 +5,10 @@
    ``fvlm demo-data`` (params ``demo_data``) and versioned with ``dvc add``. When it is present, ``dvc add``
    records it as it is (studies the ingest flow added included); it is never regenerated or checked
    out over (``--regenerate`` does that on request).
-2. ``dvc repro`` (every stage, paths from params.yaml), then ``dvc push`` to the local remote.
+2. ``dvc repro`` (every stage, paths from params.yaml), then ``dvc push`` to the local remote, with one
+   Prefect server for all stage commands: the running services' (``fvlm services up``), else one
+   temporary server for the run (``flows.services.shared_prefect_server``) whose URL the stage
+   commands get in ``PREFECT_API_URL``.
 
 The commands log to the stores ``fvlm services up`` serves (MLflow SQLite and PREFECT_HOME under
 ``services.data_dir``, or the running servers): the UIs show the demo's runs afterwards.
@@ -26,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--regenerate", action="store_true", help="generate the demo dataset anew (params demo_data) and `dvc add` it"
     )
     parser.set_defaults(handler=run)
+
+
+def _prefect_url() -> dict[str, str]:
+    import os
+
+    url = os.environ.get("PREFECT_API_URL")
+    return {"PREFECT_API_URL": url} if url else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     def step(command: list[str], shown: str) -> int:
         print(f"fvlm demo: $ {shown}", flush=True)
-        result = subprocess.run(command, cwd=root, env=env)
+        result = subprocess.run(command, cwd=root, env={**env, **_prefect_url()})
         if result.returncode != 0:
             print(f"fvlm demo: `{shown}` failed (exit {result.returncode})", file=sys.stderr)
         return result.returncode
@@ -83,10 +93,21 @@ def run(args: argparse.Namespace) -> int:
     steps = [([*dvc, "repro"], "dvc repro")]
     if not args.no_push:
         steps.append(([*dvc, "push", "-q"], "dvc push"))
-    for command, shown in steps:
-        code = step(command, shown)
-        if code != 0:
-            return code
+    from flows.services import ServiceError, shared_prefect_server
+
+    try:  # one Prefect server for every stage command of the repro (none started when services run)
+        with shared_prefect_server(
+            timeout_s=config.services.startup_timeout_s, log_dir=config.path(config.services.data_dir) / "logs"
+        ) as server:
+            if server.started:
+                print(f"fvlm demo: temporary Prefect server {server.api_url} for this run", flush=True)
+            for command, shown in steps:
+                code = step(command, shown)
+                if code != 0:
+                    return code
+    except ServiceError as error:
+        print(f"fvlm demo: {error}", file=sys.stderr)
+        return 1
     print(f"fvlm demo: finished in {time.perf_counter() - started:.0f} s")
     metrics_dir = config.path(config.paths.metrics)
     for line in learned_summary(metrics_dir, root):

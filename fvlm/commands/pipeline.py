@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from core.config import FvlmConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +35,19 @@ def run(args: argparse.Namespace) -> int:
         import os
 
         os.environ.setdefault("PREFECT_API_URL", config.tracking.prefect_api_url)
+    from flows.services import ServiceError, shared_prefect_server
+
+    try:  # one server for this flow and every stage command `dvc repro` starts (none when services run)
+        with shared_prefect_server(
+            timeout_s=config.services.startup_timeout_s, log_dir=config.path(config.services.data_dir) / "logs"
+        ):
+            return _run_flow(args, config)
+    except ServiceError as error:
+        print(f"fvlm pipeline: {error}", file=sys.stderr)
+        return 1
+
+
+def _run_flow(args: argparse.Namespace, config: FvlmConfig) -> int:
     from flows.pipeline import pipeline_flow
     from flows.subprocesses import CommandError
 
