@@ -21,12 +21,30 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run the whole pipeline on the synthetic demo cohort (dataset, dvc repro, dvc push)"
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
+        "demo",
+        help="run the whole pipeline on the synthetic demo cohort (dataset, dvc repro, dvc push)",
+        description=(
+            "Generate (or check out) the demo dataset paths.raw_dataset, `dvc add` it, then `dvc repro` every "
+            "stage and `dvc push` to the local remote. All stage commands share one Prefect server: the "
+            "running `fvlm services up` one, else one temporary server for the run (its flow runs land in "
+            "services.data_dir, which `fvlm services up` serves afterwards)."
+        ),
+        examples=[
+            ("fvlm demo", "the whole demo: data, all stages, push"),
+            ("fvlm services up && fvlm demo", "the same, flow runs live in the Prefect UI (127.0.0.1:4200)"),
+            ("fvlm demo --no-push --regenerate", "new demo data (params demo_data), nothing pushed"),
+        ],
     )
-    parser.add_argument("--no-push", action="store_true", help="skip `dvc push` to the local remote")
-    parser.add_argument(
-        "--regenerate", action="store_true", help="generate the demo dataset anew (params demo_data) and `dvc add` it"
+    arg(parser, "--no-push", action="store_true", help="skip `dvc push` to the local remote")
+    arg(
+        parser,
+        "--regenerate",
+        action="store_true",
+        help="generate the demo dataset anew (params demo_data) and `dvc add` it",
     )
     parser.set_defaults(handler=run)
 

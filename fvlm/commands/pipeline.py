@@ -12,15 +12,29 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "pipeline",
         help="run the whole DAG: dvc pull, dvc repro, dvc push; report metrics and the MLflow run/version",
+        description=(
+            "A Prefect flow: dvc pull (when a remote is configured), dvc repro, dvc push, then a report of "
+            "metrics/*.json, the MLflow run and the registered model version. The flow and every stage command "
+            "of the repro share one Prefect server: the running services' (`fvlm services up`), else one "
+            "temporary server for the run."
+        ),
+        examples=[
+            ("fvlm pipeline", "everything that is stale"),
+            ("fvlm pipeline shard --no-push", "up to the shards, nothing pushed"),
+            ("fvlm pipeline train --force --json", "re-run training, report as JSON"),
+        ],
     )
-    parser.add_argument("targets", nargs="*", help="dvc.yaml stages to reproduce (default: all)")
-    parser.add_argument("--no-pull", action="store_true", help="do not `dvc pull` first")
-    parser.add_argument("--no-push", action="store_true", help="do not `dvc push` afterwards")
-    parser.add_argument("--force", action="store_true", help="`dvc repro --force` (re-run stages)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    arg(parser, "targets", nargs="*", help="dvc.yaml stages to reproduce (default: all)")
+    arg(parser, "--no-pull", action="store_true", help="do not `dvc pull` first")
+    arg(parser, "--no-push", action="store_true", help="do not `dvc push` afterwards")
+    arg(parser, "--force", action="store_true", help="`dvc repro --force` (re-run stages)")
+    arg(parser, "--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run)
 
 
