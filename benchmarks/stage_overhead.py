@@ -13,7 +13,9 @@ into a fresh output folder so each does the same work:
   (what ``fvlm demo`` / ``fvlm pipeline`` give the stage commands of their ``dvc repro``): the stage
   flow, recorded in Prefect.
 
-    .venv/bin/python benchmarks/stage_overhead.py [--studies 20] [--no-server]
+    .venv/bin/python benchmarks/stage_overhead.py [--studies 20] [--repeats 3] [--no-server]
+
+Each figure is the median of ``--repeats`` runs, the three ways interleaved (a load spike hits all).
 
 Target: command, no server <= 1.5x the library call.
 """
@@ -21,8 +23,10 @@ Target: command, no server <= 1.5x the library call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +92,7 @@ def _library_in_child(stage: str, source: Path, out: Path, params: Path, env: di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-server", action="store_true", help="skip the shared-server runs")
     parser.add_argument("--library", nargs=4, metavar=("STAGE", "IN", "OUT", "PARAMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -111,28 +116,44 @@ def main() -> int:
         env["PREFECT_HOME"] = str(tmp / "prefect-home")
 
         rows: list[tuple[str, float, float, float | None]] = []
-        library = {
-            "convert": _library_in_child("convert", dicom, tmp / "lib-converted", params, env),
-            "parse-reports": _library_in_child("parse-reports", reports, tmp / "lib" / "r.parquet", params, env),
+        stages = {
+            "convert": (dicom, lambda out: ["convert", str(dicom), str(tmp / out)], "converted"),
+            "parse-reports": (reports, lambda out: ["parse-reports", str(reports), str(tmp / out / "r.parquet")], "r"),
         }
-        stage_args = {
-            "convert": lambda out: ["convert", str(dicom), str(tmp / out)],
-            "parse-reports": lambda out: ["parse-reports", str(reports), str(tmp / out / "r.parquet")],
-        }
-        plain = {stage: _command(tmp / "params.yaml", make("cmd-" + stage), env) for stage, make in stage_args.items()}
-        served: dict[str, float] = {}
+        timings: dict[tuple[str, str], list[float]] = {}
         server_s = None
-        if not args.no_server:
-            os.environ.pop("PREFECT_API_URL", None)
-            os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
-            started = time.perf_counter()
-            with shared_prefect_server(timeout_s=300) as server:
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
+        started = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            served_env = None
+            if not args.no_server:
+                server = stack.enter_context(shared_prefect_server(timeout_s=300))
                 server_s = time.perf_counter() - started
                 served_env = {**env, "PREFECT_API_URL": server.api_url}
-                for stage, make in stage_args.items():
-                    served[stage] = _command(tmp / "params.yaml", make("srv-" + stage), served_env)
-        for stage in stage_args:
-            rows.append((stage, library[stage], plain[stage], served.get(stage)))
+            for repeat in range(args.repeats):
+                for stage, (source, make, name) in stages.items():
+                    out = tmp / f"lib-{stage}-{repeat}" / (f"{name}.parquet" if name == "r" else name)
+                    timings.setdefault((stage, "library"), []).append(
+                        _library_in_child(stage, source, out, params, env)
+                    )
+                    timings.setdefault((stage, "command"), []).append(
+                        _command(params, make(f"cmd-{stage}-{repeat}"), env)
+                    )
+                    if served_env is not None:
+                        timings.setdefault((stage, "served"), []).append(
+                            _command(params, make(f"srv-{stage}-{repeat}"), served_env)
+                        )
+        for stage in stages:
+            served = timings.get((stage, "served"))
+            rows.append(
+                (
+                    stage,
+                    statistics.median(timings[(stage, "library")]),
+                    statistics.median(timings[(stage, "command")]),
+                    statistics.median(served) if served else None,
+                )
+            )
 
     load = os.getloadavg()[0]
     print(f"load average {load:.1f}, {os.cpu_count()} CPUs")

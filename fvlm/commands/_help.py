@@ -169,7 +169,18 @@ class HelpFormatter(argparse.HelpFormatter):
             return text
         return f"{text} (default: {shown.replace('%', '%%')})"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()  # type: ignore[attr-defined]
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)  # paths stay whole
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if text.startswith(EXAMPLES_HEADING):
             return "\n".join(indent + line for line in text.splitlines())
-        return super()._fill_text(text, width, indent)
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()  # type: ignore[attr-defined]
+        return textwrap.fill(
+            text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
+        )
