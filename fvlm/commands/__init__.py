@@ -92,10 +92,16 @@ def run_stage(
         summary = library(job)
         record_library_run(config, flow_name, time.perf_counter() - started, summary)
         return summary
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     import flows.stages
     from flows.batching import FanOut
 
     stage_flow = getattr(flows.stages, flow_name)
-    if fan_out is None:
-        return stage_flow(job)
-    return stage_flow(job, FanOut.from_config(config.orchestration, **fan_out))
+    # the server of $PREFECT_API_URL even when Prefect was imported (and read its settings) before it was set
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        if fan_out is None:
+            return stage_flow(job)
+        return stage_flow(job, FanOut.from_config(config.orchestration, **fan_out))

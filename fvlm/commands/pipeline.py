@@ -62,21 +62,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace, config: FvlmConfig) -> int:
+    import contextlib
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.pipeline import pipeline_flow
     from flows.subprocesses import CommandError
 
+    url = os.environ.get("PREFECT_API_URL")
+    # Prefect reads its settings once, at import: a process that imported it before the server started
+    # (a caller of fvlm.cli.main) still talks to the run's server, not to a temporary one of its own
+    settings = temporary_settings({PREFECT_API_URL: url}) if url else contextlib.nullcontext()
     try:
-        report = pipeline_flow(
-            repo_root=str(config.root),
-            targets=list(args.targets),
-            pull=not args.no_pull,
-            push=not args.no_push,
-            force=args.force,
-            metrics_dir=config.paths.metrics,
-            tracking_uri=config.tracking.mlflow_tracking_uri,
-            registered_model=config.tracking.registered_model,
-            promote_alias=config.evaluate.promote_alias,
-        )
+        with settings:
+            report = pipeline_flow(
+                repo_root=str(config.root),
+                targets=list(args.targets),
+                pull=not args.no_pull,
+                push=not args.no_push,
+                force=args.force,
+                metrics_dir=config.paths.metrics,
+                tracking_uri=config.tracking.mlflow_tracking_uri,
+                registered_model=config.tracking.registered_model,
+                promote_alias=config.evaluate.promote_alias,
+            )
     except CommandError as error:
         print(f"fvlm pipeline: {error}", file=sys.stderr)
         return 1
