@@ -37,18 +37,25 @@ def run_stage_as_flow(config: FvlmConfig) -> bool:
     ``FVLM_NO_FLOWS=1`` run the library even with a server;
     a flow started inside a flow worker (``FVLM_STAGE_WORKER``) never nests another.
     """
+    return library_reason(config) is None
+
+
+def library_reason(config: FvlmConfig) -> str | None:
+    """Why a stage command runs its library instead of its flow (``None``: it runs the flow)."""
     import os
 
     if os.environ.get("FVLM_NO_FLOWS", "").lower() in ("1", "true", "yes"):
-        return False
+        return "FVLM_NO_FLOWS"
     if os.environ.get("FVLM_STAGE_WORKER"):
-        return False
+        return "stage worker"
     if not os.environ.get("PREFECT_API_URL"):
-        return False
-    return bool(config.orchestration.stage_flows)
+        return "no Prefect server"
+    if not config.orchestration.stage_flows:
+        return "orchestration.stage_flows: false"
+    return None
 
 
-def record_library_run(config: FvlmConfig, flow_name: str, seconds: float, summary: object) -> None:
+def record_library_run(config: FvlmConfig, flow_name: str, seconds: float, summary: object, reason: str) -> None:
     """One JSON line per stage run without Prefect in ``<services.data_dir>/logs/stage-runs.jsonl``
     (time, stage, seconds, the summary's counts line); never fails the stage."""
     import json
@@ -58,7 +65,8 @@ def record_library_run(config: FvlmConfig, flow_name: str, seconds: float, summa
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stage": flow_name.removesuffix("_flow").replace("_", "-"),
-        "mode": "library (no Prefect server)",
+        "mode": "library",
+        "reason": reason,
         "seconds": round(seconds, 3),
         "summary": describe() if callable(describe) else "",
     }
@@ -85,12 +93,19 @@ def run_stage(
     ``fan_out``: the stage's overrides of ``FanOut.from_config(config.orchestration)`` (e.g. its batch
     size); ``None``: the flow takes no fan-out (shard: one task).
     """
-    if not run_stage_as_flow(config):
+    reason = library_reason(config)
+    if reason is not None:
+        import logging
         import time
 
+        if reason == "no Prefect server":
+            logging.getLogger("fvlm").info(
+                "%s: no Prefect server, running the library (`fvlm services up` records stage flow runs)",
+                flow_name.removesuffix("_flow").replace("_", "-"),
+            )
         started = time.perf_counter()
         summary = library(job)
-        record_library_run(config, flow_name, time.perf_counter() - started, summary)
+        record_library_run(config, flow_name, time.perf_counter() - started, summary, reason)
         return summary
     import os
 

@@ -50,7 +50,9 @@ def test_lone_stage_command_without_server_runs_the_library(project: Path) -> No
     assert "Starting temporary server" not in result.stderr
     assert (project / "out" / "reports.studies.parquet").is_file()
     records = [json.loads(line) for line in (project / "svc" / "logs" / "stage-runs.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["mode"]) for r in records] == [("parse-reports", "library (no Prefect server)")]
+    assert [(r["stage"], r["mode"], r["reason"]) for r in records] == [
+        ("parse-reports", "library", "no Prefect server")
+    ]
     assert records[0]["seconds"] > 0
 
 
