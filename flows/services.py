@@ -18,6 +18,7 @@ and is removed without signalling anything. Telemetry is off for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -414,3 +415,126 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+# --------------------------------------------------------------------- one temporary server per DAG run
+@dataclass
+class TemporaryServer:
+    """Prefect's API server (the app its temporary mode runs) for the length of one ``fvlm demo`` /
+    ``fvlm pipeline``: ``started`` is False when ``PREFECT_API_URL`` already named a server."""
+
+    api_url: str
+    started: bool
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def temporary_server_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """The command Prefect 3 itself runs for its temporary server (``SubprocessASGIServer``): uvicorn
+    serving ``prefect.server.api.server:create_app``, API only (``PREFECT_UI_ENABLED=0``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("prefect is not installed in this environment")
+    app_dir = Path(next(iter(spec.submodule_search_locations))).parent
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(app_dir),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+
+
+def start_temporary_server(*, timeout_s: float = 120.0, log_dir: Path | None = None) -> TemporaryServer:
+    """``PREFECT_API_URL`` when it is set (``fvlm services up``, ``tracking.prefect_api_url``), else start
+    one API server on a free port and export its URL into ``os.environ``, so that this process's flows
+    and every command it starts (``dvc repro`` -> ``fvlm <stage>``) report to it.
+
+    The server opens ``$PREFECT_HOME``'s database (``core.config.apply_services_environment`` points it
+    at ``<services.data_dir>/prefect``: the database ``fvlm services up`` serves later). It dies with this
+    process (``PR_SET_PDEATHSIG``); :func:`stop_temporary_server` stops it. Does not import Prefect.
+    """
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        return TemporaryServer(api_url=existing, started=False)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        **OFFLINE_DEFAULTS,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / "prefect-temporary.log"
+    log_handle = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    try:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv
+            temporary_server_command(port),
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=processes.die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+        )
+    finally:
+        if log is not None:
+            log_handle.close()  # type: ignore[union-attr]
+    server = TemporaryServer(api_url=api_url, started=True, process=process, log=log)
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(f"{api_url}/health", timeout_s=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_temporary_server(server)
+            tail = _log_tail(log) if log is not None else ""
+            raise ServiceError(
+                f"temporary Prefect server on port {port} did not start (exit {process.returncode})"
+                + (f": {tail}" if tail else "")
+            )
+        time.sleep(0.2)
+    os.environ["PREFECT_API_URL"] = api_url
+    return server
+
+
+def stop_temporary_server(server: TemporaryServer) -> None:
+    """Stop a server :func:`start_temporary_server` started (and unset the URL it exported)."""
+    if not server.started or server.process is None:
+        return
+    if os.environ.get("PREFECT_API_URL") == server.api_url:
+        del os.environ["PREFECT_API_URL"]
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@contextlib.contextmanager
+def shared_prefect_server(*, timeout_s: float = 120.0, log_dir: Path | None = None) -> Iterator[TemporaryServer]:
+    """``with shared_prefect_server() as server:`` -- :func:`start_temporary_server` ... stop."""
+    server = start_temporary_server(timeout_s=timeout_s, log_dir=log_dir)
+    try:
+        yield server
+    finally:
+        stop_temporary_server(server)

@@ -43,6 +43,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env.pop("FVLM_PARAMS", None)
     env.pop("FVLM_NO_FLOWS", None)  # the stage commands run as Prefect flows here
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_HOME", None)  # as a user runs it: the Prefect database under .fvlm-services/prefect
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
 
 
@@ -79,6 +80,26 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
     assert client.get_experiment_by_name("fvlm") is not None
     version = client.get_model_version_by_alias("fvlm-ct", "champion")
     assert int(version.version) >= 1
+
+    # every stage command ran its flow on the demo's one Prefect server, whose database is the one
+    # `fvlm services up` serves: the UI shows the runs; no stage fell back to the library
+    import sqlite3
+
+    with sqlite3.connect(demo_repo / ".fvlm-services" / "prefect" / "prefect.db") as db:
+        completed = dict(
+            db.execute(
+                "SELECT flow.name, COUNT(*) FROM flow_run JOIN flow ON flow_run.flow_id = flow.id "
+                "WHERE flow_run.state_type = 'COMPLETED' GROUP BY flow.name"
+            ).fetchall()
+        )
+    assert {name: completed.get(name, 0) for name in ("fvlm-convert", "fvlm-segment", "fvlm-parse-reports")} == {
+        "fvlm-convert": 1,
+        "fvlm-segment": 1,
+        "fvlm-parse-reports": 1,
+    }, completed
+    assert completed.get("fvlm-shard") == 1, completed
+    assert "Starting temporary server" not in first.stderr + first.stdout  # the stages used the demo's server
+    assert not (demo_repo / ".fvlm-services" / "logs" / "stage-runs.jsonl").exists()
 
     # no planted PHI anywhere in the stage outputs
     planted = json.loads((demo_repo / "data" / "demo" / "phi_planted.json").read_text())

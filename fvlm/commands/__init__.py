@@ -26,18 +26,57 @@ def load_config_from_args(args: argparse.Namespace) -> FvlmConfig:
 
 
 def run_stage_as_flow(config: FvlmConfig) -> bool:
-    """Stage commands run their Prefect flow (flows/stages.py) unless turned off.
+    """Stage commands run their Prefect flow (flows/stages.py) when a Prefect server is there to record it.
 
-    ``orchestration.stage_flows: false`` or ``FVLM_NO_FLOWS=1`` runs the library directly (no Prefect
-    server at all); a flow started inside a flow worker (``FVLM_STAGE_WORKER``) never nests another.
+    A server is there when ``PREFECT_API_URL`` is set: by ``fvlm services up`` (found by
+    :func:`load_config_from_args`), ``tracking.prefect_api_url``, or the one temporary server ``fvlm demo``
+    / ``fvlm pipeline`` start for the whole ``dvc repro`` (``flows.services.shared_prefect_server``).
+    Without one the library runs directly: a lone ``fvlm convert`` or ``dvc repro`` never pays for a
+    per-command temporary server (7-20 s); the stage's manifest and
+    ``<services.data_dir>/logs/stage-runs.jsonl`` record what ran. ``orchestration.stage_flows: false`` or
+    ``FVLM_NO_FLOWS=1`` run the library even with a server;
+    a flow started inside a flow worker (``FVLM_STAGE_WORKER``) never nests another.
     """
+    return library_reason(config) is None
+
+
+def library_reason(config: FvlmConfig) -> str | None:
+    """Why a stage command runs its library instead of its flow (``None``: it runs the flow)."""
     import os
 
     if os.environ.get("FVLM_NO_FLOWS", "").lower() in ("1", "true", "yes"):
-        return False
+        return "FVLM_NO_FLOWS"
     if os.environ.get("FVLM_STAGE_WORKER"):
-        return False
-    return bool(config.orchestration.stage_flows)
+        return "stage worker"
+    if not os.environ.get("PREFECT_API_URL"):
+        return "no Prefect server"
+    if not config.orchestration.stage_flows:
+        return "orchestration.stage_flows: false"
+    return None
+
+
+def record_library_run(config: FvlmConfig, flow_name: str, seconds: float, summary: object, reason: str) -> None:
+    """One JSON line per stage run without Prefect in ``<services.data_dir>/logs/stage-runs.jsonl``
+    (time, stage, seconds, the summary's counts line); never fails the stage."""
+    import json
+    import time
+
+    describe = getattr(summary, "describe", None)
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stage": flow_name.removesuffix("_flow").replace("_", "-"),
+        "mode": "library",
+        "reason": reason,
+        "seconds": round(seconds, 3),
+        "summary": describe() if callable(describe) else "",
+    }
+    try:
+        path = config.path(config.services.data_dir) / "logs" / "stage-runs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 def run_stage(
@@ -47,18 +86,37 @@ def run_stage(
     flow_name: str,
     fan_out: dict[str, Any] | None = None,
 ) -> Summary:
-    """The one switch of the data-stage commands: ``library(job)`` when flows are off
-    (:func:`run_stage_as_flow`), else the stage's Prefect flow ``flows.stages.<flow_name>(job, fan_out)``.
+    """The one switch of the data-stage commands: ``library(job)`` when flows are off or no Prefect
+    server is there (:func:`run_stage_as_flow`), else the stage's Prefect flow
+    ``flows.stages.<flow_name>(job, fan_out)``.
 
     ``fan_out``: the stage's overrides of ``FanOut.from_config(config.orchestration)`` (e.g. its batch
     size); ``None``: the flow takes no fan-out (shard: one task).
     """
-    if not run_stage_as_flow(config):
-        return library(job)
+    reason = library_reason(config)
+    if reason is not None:
+        import logging
+        import time
+
+        if reason == "no Prefect server":
+            logging.getLogger("fvlm").info(
+                "%s: no Prefect server, running the library (`fvlm services up` records stage flow runs)",
+                flow_name.removesuffix("_flow").replace("_", "-"),
+            )
+        started = time.perf_counter()
+        summary = library(job)
+        record_library_run(config, flow_name, time.perf_counter() - started, summary, reason)
+        return summary
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     import flows.stages
     from flows.batching import FanOut
 
     stage_flow = getattr(flows.stages, flow_name)
-    if fan_out is None:
-        return stage_flow(job)
-    return stage_flow(job, FanOut.from_config(config.orchestration, **fan_out))
+    # the server of $PREFECT_API_URL even when Prefect was imported (and read its settings) before it was set
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        if fan_out is None:
+            return stage_flow(job)
+        return stage_flow(job, FanOut.from_config(config.orchestration, **fan_out))

@@ -15,11 +15,33 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "config", help="show / validate params.yaml; `config use paper|demo` writes params.<name>.yaml into it"
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
+        "config",
+        help="show / validate params.yaml; `config use paper|demo` writes params.<name>.yaml into it",
+        description=(
+            "show: the resolved config as JSON; validate: check params.yaml against the schema (exit 2 on "
+            "errors); use NAME: merge params.<NAME>.yaml into params.yaml, keeping its "
+            "comments, and list the keys that changed (DVC then sees the change)."
+        ),
+        examples=[
+            ("fvlm config", "show the resolved config"),
+            ("fvlm config validate", "check params.yaml"),
+            ("fvlm config use paper", "switch params.yaml to the paper scale (params.paper.yaml)"),
+            ("fvlm --params other/params.yaml --profile paper config show", "another file and profile"),
+        ],
     )
-    parser.add_argument("action", choices=["show", "validate", "use"], nargs="?", default="show")
-    parser.add_argument("name", nargs="?", default=None, help="with `use`: params.<name>.yaml to apply")
+    arg(
+        parser,
+        "action",
+        choices=["show", "validate", "use"],
+        nargs="?",
+        default="show",
+        help="show (default), validate, or use NAME",
+    )
+    arg(parser, "name", nargs="?", default=None, help="with `use`: params.<name>.yaml to apply (paper, demo)")
     parser.set_defaults(handler=run)
 
 

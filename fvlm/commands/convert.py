@@ -7,7 +7,10 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "convert",
         help="DICOM / CT-RATE -> volumes/<study_id>.nii.gz (RAS, int16 HU) + studies.parquet",
         description=(
@@ -15,33 +18,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "int16 HU NIfTI and write OUTPUT/studies.parquet (one row per study: ok | quarantined + reason) "
             "and OUTPUT/unreadable.parquet. Studies already converted from the same files and config are reused."
         ),
+        examples=[
+            ("fvlm convert", "paths.raw_dicom -> paths.converted, as `dvc repro convert` runs it"),
+            ("fvlm convert /data/dicom data/converted --workers 8", "another DICOM tree, 8 study workers"),
+            (
+                "fvlm convert ct-rate/train data/converted --format ctrate --metadata-csv train_metadata.csv",
+                "CT-RATE NIfTI + metadata",
+            ),
+            ("fvlm --params params.paper.yaml convert --strict", "quarantine tilted / gappy series"),
+        ],
     )
-    parser.add_argument("input", nargs="?", default=None, help="input folder (default: paths.raw_dicom)")
-    parser.add_argument("output", nargs="?", default=None, help="output folder (default: paths.converted)")
-    parser.add_argument(
+    arg(parser, "input", nargs="?", default=None, key="paths.raw_dicom", help="input folder (DICOM tree or CT-RATE)")
+    arg(parser, "output", nargs="?", default=None, key="paths.converted", help="output folder")
+    arg(
+        parser,
         "--format",
         dest="input_format",
         choices=["dicom", "ctrate"],
         default=None,
-        help="input layout (default: convert.input_format)",
+        key="convert.input_format",
+        help="input layout",
     )
-    parser.add_argument(
-        "--metadata-csv", default=None, help="CT-RATE metadata CSV (default: convert.ctrate_metadata_csv)"
-    )
+    arg(parser, "--metadata-csv", default=None, key="convert.ctrate_metadata_csv", help="CT-RATE metadata CSV")
     strict = parser.add_mutually_exclusive_group()
-    strict.add_argument(
+    arg(
+        strict,
         "--strict",
         dest="strict",
         action="store_true",
         default=None,
+        key="convert.strict",
         help="quarantine tilted / gappy series instead of resampling them",
     )
-    strict.add_argument("--no-strict", dest="strict", action="store_false")
-    parser.add_argument("--workers", type=int, default=None, help="parallel study workers (default: convert.workers)")
-    parser.add_argument(
-        "--min-slices", type=int, default=None, help="fewest slices a series may have (default: convert.min_slices)"
+    arg(
+        strict,
+        "--no-strict",
+        dest="strict",
+        action="store_false",
+        key="convert.strict",
+        help="resample tilted / gappy series onto a regular grid",
     )
-    parser.add_argument("--output-extension", choices=[".nii.gz", ".nii"], default=None)
+    arg(parser, "--workers", type=int, default=None, key="convert.workers", help="parallel study workers")
+    arg(
+        parser, "--min-slices", type=int, default=None, key="convert.min_slices", help="fewest slices a series may have"
+    )
+    arg(
+        parser,
+        "--output-extension",
+        choices=[".nii.gz", ".nii"],
+        default=None,
+        key="convert.output_extension",
+        help="volume file type (.nii: faster to read, larger)",
+    )
     parser.set_defaults(handler=run)
 
 

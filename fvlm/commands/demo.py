@@ -5,7 +5,10 @@
    ``fvlm demo-data`` (params ``demo_data``) and versioned with ``dvc add``. When it is present, ``dvc add``
    records it as it is (studies the ingest flow added included); it is never regenerated or checked
    out over (``--regenerate`` does that on request).
-2. ``dvc repro`` (every stage, paths from params.yaml), then ``dvc push`` to the local remote.
+2. ``dvc repro`` (every stage, paths from params.yaml), then ``dvc push`` to the local remote, with one
+   Prefect server for all stage commands: the running services' (``fvlm services up``), else one
+   temporary server for the run (``flows.services.shared_prefect_server``) whose URL the stage
+   commands get in ``PREFECT_API_URL``.
 
 The commands log to the stores ``fvlm services up`` serves (MLflow SQLite and PREFECT_HOME under
 ``services.data_dir``, or the running servers): the UIs show the demo's runs afterwards.
@@ -18,14 +21,39 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run the whole pipeline on the synthetic demo cohort (dataset, dvc repro, dvc push)"
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
+        "demo",
+        help="run the whole pipeline on the synthetic demo cohort (dataset, dvc repro, dvc push)",
+        description=(
+            "Generate (or check out) the demo dataset paths.raw_dataset, `dvc add` it, then `dvc repro` every "
+            "stage and `dvc push` to the local remote. All stage commands share one Prefect server: the "
+            "running `fvlm services up` one, else one temporary server for the run (its flow runs land in "
+            "services.data_dir, which `fvlm services up` serves afterwards)."
+        ),
+        examples=[
+            ("fvlm demo", "the whole demo: data, all stages, push"),
+            ("fvlm services up && fvlm demo", "the same, flow runs live in the Prefect UI (127.0.0.1:4200)"),
+            ("fvlm demo --no-push --regenerate", "new demo data (params demo_data), nothing pushed"),
+        ],
     )
-    parser.add_argument("--no-push", action="store_true", help="skip `dvc push` to the local remote")
-    parser.add_argument(
-        "--regenerate", action="store_true", help="generate the demo dataset anew (params demo_data) and `dvc add` it"
+    arg(parser, "--no-push", action="store_true", help="skip `dvc push` to the local remote")
+    arg(
+        parser,
+        "--regenerate",
+        action="store_true",
+        help="generate the demo dataset anew (params demo_data) and `dvc add` it",
     )
     parser.set_defaults(handler=run)
+
+
+def _prefect_url() -> dict[str, str]:
+    import os
+
+    url = os.environ.get("PREFECT_API_URL")
+    return {"PREFECT_API_URL": url} if url else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     def step(command: list[str], shown: str) -> int:
         print(f"fvlm demo: $ {shown}", flush=True)
-        result = subprocess.run(command, cwd=root, env=env)
+        result = subprocess.run(command, cwd=root, env={**env, **_prefect_url()})
         if result.returncode != 0:
             print(f"fvlm demo: `{shown}` failed (exit {result.returncode})", file=sys.stderr)
         return result.returncode
@@ -83,10 +111,21 @@ def run(args: argparse.Namespace) -> int:
     steps = [([*dvc, "repro"], "dvc repro")]
     if not args.no_push:
         steps.append(([*dvc, "push", "-q"], "dvc push"))
-    for command, shown in steps:
-        code = step(command, shown)
-        if code != 0:
-            return code
+    from flows.services import ServiceError, shared_prefect_server
+
+    try:  # one Prefect server for every stage command of the repro (none started when services run)
+        with shared_prefect_server(
+            timeout_s=config.services.startup_timeout_s, log_dir=config.path(config.services.data_dir) / "logs"
+        ) as server:
+            if server.started:
+                print(f"fvlm demo: temporary Prefect server {server.api_url} for this run", flush=True)
+            for command, shown in steps:
+                code = step(command, shown)
+                if code != 0:
+                    return code
+    except ServiceError as error:
+        print(f"fvlm demo: {error}", file=sys.stderr)
+        return 1
     print(f"fvlm demo: finished in {time.perf_counter() - started:.0f} s")
     metrics_dir = config.path(config.paths.metrics)
     for line in learned_summary(metrics_dir, root):

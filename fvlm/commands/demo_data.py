@@ -7,28 +7,47 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "demo-data",
         help="generate the synthetic chest CT cohort (DICOM + masks + reports.csv + labels.csv)",
         description="Phantom chest CTs with lesions, realistic DICOM (planted fake PHI), CT-RATE-style reports "
         "and the 18 labels. Defaults come from params.yaml `demo_data`; flags override them.",
+        examples=[
+            ("fvlm demo-data", "paths.demo_dir with params.yaml demo_data"),
+            ("fvlm demo-data /tmp/cohort --studies 4 --workers 1", "a tiny cohort elsewhere"),
+            ("fvlm demo-data data/paper --size real --difficulty paper", "realistic sizes and prevalence"),
+        ],
     )
-    parser.add_argument("out_dir", nargs="?", default=None, help="output folder (default: paths.demo_dir)")
-    parser.add_argument("--studies", type=int, default=None, help="number of studies")
-    parser.add_argument("--seed", type=int, default=None, help="cohort seed (same seed -> same bytes)")
-    parser.add_argument(
+    arg(parser, "out_dir", nargs="?", default=None, key="paths.demo_dir", help="output folder")
+    arg(parser, "--studies", type=int, default=None, key="demo_data.studies", help="number of studies")
+    arg(parser, "--seed", type=int, default=None, key="demo_data.seed", help="cohort seed (same seed -> same bytes)")
+    arg(
+        parser,
         "--size",
         choices=["demo", "small", "real"],
         default=None,
+        key="demo_data.size",
         help="demo: 128^2 x ~70 slices of 5 mm; small: 256^2, 2.5 mm; real: 512^2, 1.25 mm",
     )
-    parser.add_argument("--abdomen-fraction", type=float, default=None, help="share of studies reaching the abdomen")
-    parser.add_argument("--workers", type=int, default=None, help="parallel study processes")
-    parser.add_argument(
+    arg(
+        parser,
+        "--abdomen-fraction",
+        type=float,
+        default=None,
+        key="demo_data.abdomen_fraction",
+        help="share of studies reaching the abdomen",
+    )
+    arg(parser, "--workers", type=int, default=None, key="demo_data.workers", help="parallel study processes")
+    arg(
+        parser,
         "--difficulty",
         choices=["learnable", "paper"],
         default=None,
-        help="learnable (default): lesions large and contrasted enough for the demo grid; "
+        key="demo_data.difficulty",
+        help="learnable: lesions large and contrasted enough for the demo grid; "
         "paper: realistic sizes and CT-RATE-like prevalence (docs/learnability.md)",
     )
     parser.set_defaults(handler=run)

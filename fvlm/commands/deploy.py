@@ -8,40 +8,55 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "deploy",
         help="serve the cron-scheduled ingest and train deployments on the Prefect server (long-running)",
         description="Runs `prefect.serve` for the ingest (orchestration.ingest_cron) and train + evaluate "
         "(orchestration.train_cron) deployments until interrupted. Needs a Prefect server: "
         "`fvlm services up` and PREFECT_API_URL (or tracking.prefect_api_url). For a work pool instead, "
         "use `prefect deploy --all` with prefect.yaml.",
+        examples=[
+            ("fvlm services up && fvlm deploy", "serve both deployments on their cron schedules"),
+            ("fvlm deploy --dry-run", "print the deployments and their schedules"),
+            ("fvlm deploy --only ingest --watch-dir /incoming --settle 300", "ingest only, another folder"),
+        ],
     )
-    parser.add_argument(
+    arg(
+        parser,
         "--only",
         choices=["ingest", "train"],
         action="append",
         default=None,
-        help="serve only this deployment (repeatable)",
+        help="serve only this deployment (repeatable; default: both)",
     )
-    parser.add_argument(
+    arg(
+        parser,
         "--interval",
         type=float,
         default=None,
         help="schedule every N seconds instead of the cron expressions (testing)",
     )
-    parser.add_argument("--watch-dir", default=None, help="ingest watch folder (default orchestration.watch_dir)")
-    parser.add_argument(
+    arg(parser, "--watch-dir", default=None, key="orchestration.watch_dir", help="ingest watch folder")
+    arg(
+        parser,
         "--settle",
         type=float,
         default=None,
-        help="seconds a watched folder must be unchanged before it is ingested (default 60)",
+        help="seconds a watched folder must be unchanged before it is ingested (default: 60)",
     )
-    parser.add_argument("--no-push", action="store_true", help="deployments do not `dvc push`")
-    parser.add_argument(
-        "--targets", nargs="+", default=None, help="dvc.yaml stages the ingest deployment reproduces (default: shard)"
+    arg(parser, "--no-push", action="store_true", help="deployments do not `dvc push`")
+    arg(
+        parser,
+        "--targets",
+        nargs="+",
+        default=None,
+        help="dvc.yaml stages the ingest deployment reproduces (default: shard)",
     )
-    parser.add_argument("--limit", type=int, default=1, help="flow runs executing at once in this process")
-    parser.add_argument("--dry-run", action="store_true", help="print the deployments and exit")
+    arg(parser, "--limit", type=int, default=1, help="flow runs executing at once in this process")
+    arg(parser, "--dry-run", action="store_true", help="print the deployments and exit")
     parser.set_defaults(handler=run)
 
 

@@ -7,7 +7,10 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "evaluate",
         help="zero-shot AUC/ACC/F1/sens/spec per label on the test shards; ROC plots; promote 'champion'",
         description=(
@@ -16,18 +19,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "<paths.metrics>/eval.json; logs an MLflow eval run linked to the training run; moves the "
             "evaluate.promote_alias only when the mean AUC beats the current holder on the same data."
         ),
+        examples=[
+            ("fvlm evaluate", "the trained version on paths.shards; promote it when it wins"),
+            ("fvlm evaluate --model models:/fvlm-ct@champion --no-promote", "score the champion, move nothing"),
+            ("fvlm evaluate --model data/models/model --no-tracking", "a local model, no MLflow"),
+        ],
     )
-    parser.add_argument("--shards", default=None, help="shards dir (default: paths.shards)")
+    arg(parser, "--shards", default=None, key="paths.shards", help="shards dir")
     parser.add_argument(
         "--model",
         default=None,
         help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a local model dir "
         "(default: the version recorded in <paths.metrics>/train.json, else paths.models)",
     )
-    parser.add_argument(
-        "--out", default=None, help="report dir (default: <paths.data_dir>/eval; kept out of the train stage's outs)"
+    arg(
+        parser,
+        "--out",
+        default=None,
+        key="{paths.data_dir}/eval",
+        help="report dir (kept out of the train stage's outs)",
     )
-    parser.add_argument("--metrics", default=None, help="metrics JSON (default: <paths.metrics>/eval.json)")
+    arg(parser, "--metrics", default=None, key="{paths.metrics}/eval.json", help="metrics JSON")
     parser.add_argument("--no-promote", action="store_true", help="record the score, never move the alias")
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow (local model dir only)")
     parser.set_defaults(handler=run)

@@ -13,51 +13,96 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parse = subparsers.add_parser(
-        "parse-reports", help="reports CSV -> per study x anatomy text / abnormal table + per-study labels (Parquet)"
+    from fvlm.commands._help import add_command, arg
+
+    parse = add_command(
+        subparsers,
+        "parse-reports",
+        help="reports CSV -> per study x anatomy text / abnormal table + per-study labels (Parquet)",
+        description=(
+            "Split each report into sentences, assign them to the anatomies of the anatomy set, flag abnormal "
+            "findings (negation, uncertainty) and the 18 CT-RATE labels, scrub PHI and write OUT.parquet "
+            "(study x anatomy) and OUT.studies.parquet (per study: status, labels). Study ids are pseudonymised "
+            "with privacy.salt."
+        ),
+        examples=[
+            ("fvlm parse-reports data/demo/reports.csv data/reports/reports.parquet", "what `dvc repro` runs"),
+            (
+                "fvlm parse-reports reports.csv out.parquet --text-column report_text --id-column AccessionNo",
+                "one text column",
+            ),
+            ("fvlm parse-reports reports.csv out.parquet --n-process 4", "4 spaCy processes"),
+        ],
     )
-    parse.add_argument("reports_csv", help="CSV with an id column and Findings / Impression (or one text) columns")
-    parse.add_argument("out_parquet", help="output OUT.parquet (OUT.studies.parquet is written next to it)")
+    arg(parse, "reports_csv", help="CSV with an id column and Findings / Impression (or one text) columns")
+    arg(parse, "out_parquet", help="output OUT.parquet (OUT.studies.parquet is written next to it)")
     _add_text_options(parse)
-    parse.add_argument("--anatomy-set", default=None, help="anatomy set (default: segment.anatomy_set)")
+    arg(parse, "--anatomy-set", default=None, key="segment.anatomy_set", help="anatomy set")
     parse.set_defaults(handler=run_parse)
 
-    label = subparsers.add_parser("label-reports", help="reports CSV -> CSV of the 18 CT-RATE labels (0/1)")
-    label.add_argument("in_csv")
-    label.add_argument("out_csv")
-    _add_text_options(label, text_default="report_text", id_default="AccessionNo")
-    label.add_argument("--no-status", action="store_true", help="omit the per-row status column")
+    label = add_command(
+        subparsers,
+        "label-reports",
+        help="reports CSV -> CSV of the 18 CT-RATE labels (0/1)",
+        description=(
+            "Label each report with the 18 CT-RATE abnormality labels (0/1) and write OUT.csv keyed by the input "
+            "id (kept as is), plus a status column. Without column options the layout is read from the header: "
+            "the configured reports.* columns (the demo's reports.csv: study_key, Findings, Impression), else "
+            "CT-RATE's radiology report CSVs (VolumeName, Findings_EN + Impressions_EN), else CT-CLIP's text "
+            "classifier CSVs (AccessionNo, report_text); a file that fits none is refused with its columns listed."
+        ),
+        examples=[
+            ("fvlm label-reports data/demo/reports.csv labels.csv", "the demo's reports (configured columns)"),
+            ("fvlm label-reports train_reports.csv labels.csv", "CT-RATE reports: VolumeName, Findings_EN, ..."),
+            (
+                "fvlm label-reports ct_clip/train.csv pred.csv && fvlm eval-labels pred.csv ct_clip/train.csv",
+                "CT-CLIP labelled reports, scored against their manual labels",
+            ),
+            ("fvlm label-reports in.csv out.csv --id-column id --text-column text", "name the columns"),
+        ],
+    )
+    arg(label, "in_csv", help="reports CSV (demo, CT-RATE or CT-CLIP layout, or name the columns)")
+    arg(label, "out_csv", help="output CSV: id, the 18 labels, status")
+    _add_text_options(label, detect=True)
+    arg(label, "--no-status", action="store_true", help="omit the per-row status column")
     label.set_defaults(handler=run_label)
 
-    evaluate = subparsers.add_parser(
-        "eval-labels", help="per-label precision / recall / F1 of predicted vs gold labels"
+    evaluate = add_command(
+        subparsers,
+        "eval-labels",
+        help="per-label precision / recall / F1 of predicted vs gold labels",
+        description=(
+            "Join PRED.csv and GOLD.csv on the id column and report precision, recall and F1 per CT-RATE label "
+            "present in both, with macro and weighted averages."
+        ),
+        examples=[
+            ("fvlm eval-labels pred.csv gold.csv", "join on GOLD.csv's first column"),
+            ("fvlm eval-labels pred.csv gold.csv --id-column AccessionNo --json report.json", "also as JSON"),
+        ],
     )
-    evaluate.add_argument("pred_csv")
-    evaluate.add_argument("gold_csv")
-    evaluate.add_argument("--id-column", default=None, help="join column (default: first column of GOLD.csv)")
-    evaluate.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON here")
+    arg(evaluate, "pred_csv", help="predicted labels (e.g. from label-reports)")
+    arg(evaluate, "gold_csv", help="gold labels (id column + CT-RATE label columns)")
+    arg(evaluate, "--id-column", default=None, help="join column (default: first column of GOLD.csv)")
+    arg(evaluate, "--json", dest="json_out", default=None, help="also write the report as JSON here")
     evaluate.set_defaults(handler=run_eval)
 
 
-def _add_text_options(
-    parser: argparse.ArgumentParser, text_default: str | None = None, id_default: str | None = None
-) -> None:
-    parser.add_argument("--id-column", default=id_default, help="id column (default: reports.id_column)")
-    parser.add_argument("--findings-column", default=None, help="findings column (default: reports.findings_column)")
-    parser.add_argument(
-        "--impression-column", default=None, help="impression column (default: reports.impression_column)"
-    )
-    parser.add_argument(
+def _add_text_options(parser: argparse.ArgumentParser, detect: bool = False) -> None:
+    from fvlm.commands._help import arg
+
+    then = "; with no column option the layout is detected from the header, these first" if detect else ""
+    arg(parser, "--id-column", default=None, key="reports.id_column", help=f"id column{then}")
+    arg(parser, "--findings-column", default=None, key="reports.findings_column", help=f"findings column{then}")
+    arg(parser, "--impression-column", default=None, key="reports.impression_column", help=f"impression column{then}")
+    arg(
+        parser,
         "--text-column",
-        default=text_default,
+        default=None,
+        key="reports.text_column",
         help="one column holding the whole report (Findings then Impression); wins over the two above",
     )
-    parser.add_argument(
-        "--n-process", type=int, default=None, help="spaCy worker processes (default: reports.n_process)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="nlp.pipe batch size (default: reports.batch_size)"
-    )
+    arg(parser, "--n-process", type=int, default=None, key="reports.n_process", help="spaCy worker processes")
+    arg(parser, "--batch-size", type=int, default=None, key="reports.batch_size", help="nlp.pipe batch size")
 
 
 def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,6 +169,9 @@ def run_label(args: argparse.Namespace) -> int:
 
     options = ParseOptions.from_config(load_config_from_args(args), hash_ids=False, **_option_overrides(args))
     try:
+        if all(getattr(args, name) is None for name in _COLUMN_OPTIONS):
+            options, layout = _detected_options(args.in_csv, options)
+            print(f"label-reports: {args.in_csv}: {layout}", file=sys.stderr)
         records = parse_reports_file(args.in_csv, options)
     except (ReportsFileError, ValueError, KeyError) as error:
         print(f"fvlm: {error}", file=sys.stderr)
@@ -138,6 +186,27 @@ def run_label(args: argparse.Namespace) -> int:
     parsed = sum(record.status in PARSED_STATUSES for record in records)
     print(f"label-reports: {len(records)} rows ({_status_summary(records)}) -> {args.out_csv}")
     return 0 if parsed else 1
+
+
+_COLUMN_OPTIONS = ("id_column", "findings_column", "impression_column", "text_column")
+
+
+def _detected_options(path: str, options: Any) -> tuple[Any, str]:
+    """``options`` with the columns of the layout the file's header fits (configured first)."""
+    import dataclasses
+
+    from report_parsing.layouts import ReportLayout, detect_layout
+
+    configured = ReportLayout(
+        "params.yaml reports.*",
+        options.id_column,
+        options.findings_column,
+        options.impression_column,
+        options.text_column,
+    )
+    layout = detect_layout(path, configured)
+    columns = {name: getattr(layout, name) for name in _COLUMN_OPTIONS}
+    return dataclasses.replace(options, **columns), layout.describe()
 
 
 def run_eval(args: argparse.Namespace) -> int:

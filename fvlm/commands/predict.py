@@ -7,7 +7,10 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "predict",
         help="zero-shot per-anatomy, per-label probabilities for one study (DICOM folder or NIfTI)",
         description=(
@@ -15,13 +18,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "or --mask with TotalSegmentator ids on the volume's grid), prepares the model grid and writes "
             "JSON with the probabilities and which anatomies were found."
         ),
+        examples=[
+            ("fvlm predict /data/dicom/study-001", "the champion model on one DICOM study, JSON on stdout"),
+            ("fvlm predict volume.nii.gz --mask mask.nii.gz --out result.json", "a NIfTI with its mask"),
+            ("fvlm predict volume.nii.gz --model models:/fvlm-ct/3", "a given registered version"),
+        ],
     )
     parser.add_argument("input", help="a DICOM folder holding one study, or a NIfTI HU volume (.nii/.nii.gz)")
-    parser.add_argument(
+    arg(
+        parser,
         "--model",
         default=None,
-        help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model dir "
-        "(default: models:/<tracking.registered_model>@<evaluate.promote_alias>)",
+        key="models:/{tracking.registered_model}@{evaluate.promote_alias}",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model dir",
     )
     parser.add_argument("--mask", default=None, help="precomputed TotalSegmentator mask on the volume's grid")
     parser.add_argument("--out", default=None, help="output JSON (default: stdout)")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "segment",
         help="volumes -> masks/<study_id>.nii.gz (TotalSegmentator ids) + segments.parquet + qc/*.png",
         description=(
@@ -18,29 +21,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--masks, named by study_id or raw study key). Writes OUTPUT/masks/, OUTPUT/segments.parquet "
             "(per-anatomy voxels, bbox, FOV cut, status + reason) and OUTPUT/qc/. Unchanged studies are reused."
         ),
+        examples=[
+            ("fvlm segment", "paths.converted -> paths.segmented with segment.backend"),
+            ("fvlm segment data/converted data/segmented --masks data/demo/masks", "what `dvc repro` runs"),
+            ("fvlm segment --backend totalsegmentator --device gpu --mode full", "TotalSegmentator on a GPU"),
+        ],
     )
-    parser.add_argument("input", nargs="?", default=None, help="convert output folder (default: paths.converted)")
-    parser.add_argument("output", nargs="?", default=None, help="output folder (default: paths.segmented)")
-    parser.add_argument(
-        "--backend", choices=["precomputed", "totalsegmentator"], default=None, help="default: segment.backend"
+    arg(parser, "input", nargs="?", default=None, key="paths.converted", help="convert output folder")
+    arg(parser, "output", nargs="?", default=None, key="paths.segmented", help="output folder")
+    arg(
+        parser,
+        "--backend",
+        choices=["precomputed", "totalsegmentator"],
+        default=None,
+        key="segment.backend",
+        help="segmentation backend",
     )
-    parser.add_argument("--masks", default=None, help="precomputed masks folder (default: paths.precomputed_masks)")
-    parser.add_argument("--anatomy-set", default=None, help="default: segment.anatomy_set")
-    parser.add_argument("--mode", choices=["fast", "full", "fastest"], default=None, help="default: segment.mode")
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="default: segment.device")
+    arg(parser, "--masks", default=None, key="paths.precomputed_masks", help="precomputed masks folder")
+    arg(parser, "--anatomy-set", default=None, key="segment.anatomy_set", help="anatomy set (core/anatomy_sets.yaml)")
+    arg(
+        parser,
+        "--mode",
+        choices=["fast", "full", "fastest"],
+        default=None,
+        key="segment.mode",
+        help="TotalSegmentator resolution (fast: 3 mm, full: 1.5 mm)",
+    )
+    arg(
+        parser,
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default=None,
+        key="segment.device",
+        help="where TotalSegmentator runs",
+    )
     roi = parser.add_mutually_exclusive_group()
-    roi.add_argument(
+    arg(
+        roi,
         "--roi-subset",
         dest="roi_subset",
         action="store_true",
         default=None,
+        key="segment.roi_subset",
         help="limit TotalSegmentator to the anatomy set's classes where faster and safe",
     )
-    roi.add_argument("--no-roi-subset", dest="roi_subset", action="store_false")
+    arg(
+        roi,
+        "--no-roi-subset",
+        dest="roi_subset",
+        action="store_false",
+        key="segment.roi_subset",
+        help="segment every class of the task",
+    )
     qc = parser.add_mutually_exclusive_group()
-    qc.add_argument("--qc", dest="qc", action="store_true", default=None, help="write qc/<study_id>.png")
-    qc.add_argument("--no-qc", dest="qc", action="store_false")
-    parser.add_argument("--force", action="store_true", help="re-segment studies even when unchanged")
+    arg(
+        qc,
+        "--qc",
+        dest="qc",
+        action="store_true",
+        default=None,
+        key="segment.qc_pictures",
+        help="write qc/<study_id>.png",
+    )
+    arg(qc, "--no-qc", dest="qc", action="store_false", key="segment.qc_pictures", help="no QC pictures")
+    arg(parser, "--force", action="store_true", help="re-segment studies even when unchanged")
     parser.set_defaults(handler=run)
 
 

@@ -7,25 +7,49 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "services",
         help="start / stop / check the local Prefect and MLflow servers (UIs on 127.0.0.1)",
         description="Prefect server + MLflow server with SQLite backends under services.data_dir; "
-        "PID files in <data_dir>/run, logs in <data_dir>/logs.",
+        "PID files in <data_dir>/run, logs in <data_dir>/logs. While they run, every fvlm command (and the "
+        "stage commands `dvc repro` starts) reports to them.",
+        examples=[
+            ("fvlm services up", "Prefect :4200 and MLflow :5000"),
+            ("fvlm services up --worker", "plus a process worker for `prefect deploy --all`"),
+            ("fvlm services status", "exit 0 when both answer their health URLs, else 3"),
+            ("fvlm services up --only prefect --prefect-port 4300", "Prefect only, another port"),
+            ("fvlm services down", "stop them (by PID file)"),
+        ],
     )
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument(
+    arg(
+        parser,
+        "action",
+        choices=["up", "down", "status"],
+        help="up: start (and wait for health); down: stop; status: show, exit 3 unless healthy",
+    )
+    arg(
+        parser,
         "--only",
         action="append",
         choices=["prefect", "mlflow", "worker"],
         default=None,
         help="act on this service only (repeatable; default: prefect and mlflow, plus the worker with --worker)",
     )
-    parser.add_argument("--worker", action="store_true", help="also start a Prefect process worker for the work pool")
-    parser.add_argument("--data-dir", default=None, help="override services.data_dir")
-    parser.add_argument("--prefect-port", type=int, default=None, help="override services.prefect_port")
-    parser.add_argument("--mlflow-port", type=int, default=None, help="override services.mlflow_port")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for health (up)")
+    arg(parser, "--worker", action="store_true", help="also start a Prefect process worker for the work pool")
+    arg(parser, "--data-dir", default=None, key="services.data_dir", help="databases, logs and PID files")
+    arg(parser, "--prefect-port", type=int, default=None, key="services.prefect_port", help="Prefect server port")
+    arg(parser, "--mlflow-port", type=int, default=None, key="services.mlflow_port", help="MLflow server port")
+    arg(
+        parser,
+        "--timeout",
+        type=float,
+        default=None,
+        key="services.startup_timeout_s",
+        help="seconds to wait for health (up)",
+    )
     parser.set_defaults(handler=run)
 
 

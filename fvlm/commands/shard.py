@@ -7,7 +7,10 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "shard",
         help="join volumes, anatomy masks and parsed reports into train/val/test Parquet shards",
         description=(
@@ -15,13 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "writes SHARDS/{train,val,test}/part-*.parquet, SHARDS/manifest.json and a metrics JSON. "
             "Defaults come from params.yaml (paths.*, grid.*, split.*, shard.*)."
         ),
+        examples=[
+            ("fvlm shard", "paths.* in, paths.shards out"),
+            ("fvlm shard --out /tmp/shards --metrics /tmp/shard.json --workers 4", "elsewhere, 4 processes"),
+        ],
     )
-    parser.add_argument("--converted", default=None, help="convert output dir (default: paths.converted)")
-    parser.add_argument("--segmented", default=None, help="segment output dir (default: paths.segmented)")
-    parser.add_argument("--reports", default=None, help="parse-reports long table (default: paths.reports_table)")
-    parser.add_argument("--out", default=None, help="shards dir (default: paths.shards)")
-    parser.add_argument("--metrics", default=None, help="metrics JSON (default: <paths.metrics>/shard.json)")
-    parser.add_argument("--workers", type=int, default=None, help="preparation processes (default: shard.workers)")
+    arg(parser, "--converted", default=None, key="paths.converted", help="convert output dir")
+    arg(parser, "--segmented", default=None, key="paths.segmented", help="segment output dir")
+    arg(parser, "--reports", default=None, key="paths.reports_table", help="parse-reports long table")
+    arg(parser, "--out", default=None, key="paths.shards", help="shards dir")
+    arg(parser, "--metrics", default=None, key="{paths.metrics}/shard.json", help="metrics JSON")
+    arg(parser, "--workers", type=int, default=None, key="shard.workers", help="preparation processes")
     parser.set_defaults(handler=run)
 
 

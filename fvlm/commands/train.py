@@ -11,20 +11,29 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    from fvlm.commands._help import add_command, arg
+
+    parser = add_command(
+        subparsers,
         "train",
         help="train the model on the shards (DDP under torchrun), log to MLflow, register a version",
         description=(
             "Reads SHARDS/train/part-*.parquet; writes OUT/{model,checkpoints,tokenizer} and "
             "<paths.metrics>/train.json (final loss, steps, samples/s, MLflow run id, model version)."
         ),
+        examples=[
+            ("fvlm train", "paths.shards -> paths.models, train.steps steps, MLflow run + model version"),
+            ("fvlm train --steps 20 --no-tracking", "a short run without MLflow"),
+            ("fvlm train --resume", "continue from the last checkpoint"),
+            ("torchrun --standalone --nproc-per-node 4 -m fvlm.cli train", "4 GPUs (DDP)"),
+        ],
     )
-    parser.add_argument("--shards", default=None, help="shards dir (default: paths.shards)")
-    parser.add_argument("--out", default=None, help="training output dir (default: paths.models)")
-    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: train.steps)")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
-    parser.add_argument("--metrics", default=None, help="metrics JSON (default: <paths.metrics>/train.json)")
-    parser.add_argument("--no-tracking", action="store_true", help="no MLflow (metrics file still written)")
+    arg(parser, "--shards", default=None, key="paths.shards", help="shards dir")
+    arg(parser, "--out", default=None, key="paths.models", help="training output dir")
+    arg(parser, "--steps", type=int, default=None, key="train.steps", help="total optimizer steps")
+    arg(parser, "--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    arg(parser, "--metrics", default=None, key="{paths.metrics}/train.json", help="metrics JSON")
+    arg(parser, "--no-tracking", action="store_true", help="no MLflow (metrics file still written)")
     parser.set_defaults(handler=run)
 
 

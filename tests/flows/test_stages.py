@@ -255,9 +255,10 @@ def test_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> No
     assert "fvlm train" in info.value.tail
 
 
-def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """FVLM_NO_FLOWS / orchestration.stage_flows / FVLM_STAGE_WORKER pick the library; otherwise the flow gets
-    the job and the fan-out of the orchestration section with the stage's overrides."""
+def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No Prefect server (PREFECT_API_URL unset), FVLM_NO_FLOWS / orchestration.stage_flows / FVLM_STAGE_WORKER
+    pick the library; otherwise the flow gets the job and the fan-out of the orchestration section with the
+    stage's overrides."""
     import flows.stages
     from core.config import config_from_dict
     from flows.batching import FanOut
@@ -270,8 +271,15 @@ def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyP
     def library(job: object) -> None:
         calls.append(("library", job, None))
 
-    config = config_from_dict({"orchestration": {"batch_size": 3, "retries": 5}}, environ={})
+    config = config_from_dict(
+        {"orchestration": {"batch_size": 3, "retries": 5}, "services": {"data_dir": str(tmp_path / "svc")}},
+        environ={},
+    )
     monkeypatch.delenv("FVLM_STAGE_WORKER", raising=False)
+    monkeypatch.setenv("FVLM_NO_FLOWS", "0")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    run_stage(config, "job", library, "convert_flow", {"max_workers": 7})  # no server: the library
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")  # a server (services / fvlm demo)
     monkeypatch.setenv("FVLM_NO_FLOWS", "1")
     run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
     monkeypatch.setenv("FVLM_NO_FLOWS", "0")
@@ -282,7 +290,7 @@ def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("FVLM_STAGE_WORKER")
     off = config_from_dict({"orchestration": {"stage_flows": False}}, environ={})
     run_stage(off, "job", library, "convert_flow", {"max_workers": 7})
-    assert [kind for kind, _, _ in calls] == ["library", "flow", "shard", "library", "library"]
-    fan_out = calls[1][2]
+    assert [kind for kind, _, _ in calls] == ["library", "library", "flow", "shard", "library", "library"]
+    fan_out = calls[2][2]
     assert fan_out == FanOut.from_config(config.orchestration, max_workers=7)
     assert isinstance(fan_out, FanOut) and (fan_out.batch_size, fan_out.retries, fan_out.max_workers) == (3, 5, 7)
