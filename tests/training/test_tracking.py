@@ -71,7 +71,7 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
 def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], make_samples) -> None:
     import mlflow
 
-    from training.evaluation.tracking import promote_if_better, resolve_model_dir
+    from training.evaluation.tracking import promote_if_better, pyfunc_input, resolve_model_dir
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -84,7 +84,7 @@ def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], ma
     sample = make_samples(2, seed=9)
     volume = np.stack([s["volume"] for s in sample]).astype(np.float32)
     mask = np.stack([s["mask"] for s in sample]).astype(np.uint8)
-    probabilities = pyfunc.predict({"volume": volume, "mask": mask})
+    probabilities = pyfunc.predict(pyfunc_input(volume, mask))
     assert probabilities.shape == (2, 16)
     assert "Cardiomegaly" in probabilities.columns
     assert ((probabilities.values > 0) & (probabilities.values < 1)).all()
