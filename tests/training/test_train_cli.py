@@ -77,7 +77,8 @@ def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make
     assert main(["--params", str(params), "evaluate", "--no-tracking"]) == 0
     summary = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert summary["n_test"] == 6 and summary["n_val"] == 6
-    assert summary["run_id"] is None and summary["promoted"] is None
+    assert summary["run_id"] is None and summary["promoted"] is False
+    assert summary["promotion_reason"] == "tracking disabled: no registry to promote in"
     assert set(summary["val_threshold"]) >= {"auc", "accuracy", "sensitivity", "specificity", "f1", "f1_weighted"}
     report = json.loads((tmp_path / "data" / "eval" / "eval_report.json").read_text())
     assert (tmp_path / "data" / "eval" / "roc" / "roc_all.png").is_file()
