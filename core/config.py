@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -224,15 +224,34 @@ class TrainConfig(_Section):
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU tests / exact resume)
 
 
+# evaluate.promote_floor: the absolute bar a model must clear before the promotion gate compares it with the
+# champion. "ci_low": the lower end of the bootstrap CI of the mean AUC (evaluate.bootstrap > 0, level
+# evaluate.ci_level) must be above 0.5 (chance); a number x in [0, 1]: the mean AUC must be at least x;
+# "none" (or YAML null): no floor (only "beats the champion on the same data").
+PromoteFloor = Literal["ci_low", "none"] | Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class EvaluateConfig(_Section):
     bootstrap: int = Field(1000, ge=0)
     prompts_file: str | None = None
     promote_alias: str = "champion"
+    promote_floor: PromoteFloor = "ci_low"
     eval_mode: Literal["anatomy", "center"] = "anatomy"  # reader's deterministic crop for evaluation
     batch_size: int = Field(4, ge=1)
     threshold_method: Literal["youden", "f1"] = "youden"  # chosen on val, applied to test
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     seed: int = 0
+
+    @field_validator("promote_floor", mode="before")
+    @classmethod
+    def _null_floor_is_none(cls, value: Any) -> Any:
+        if value is None:  # YAML `null` / `~`
+            return "none"
+        if isinstance(value, str) and value.strip().lower() in ("none", "ci_low"):
+            return value.strip().lower()
+        if isinstance(value, bool):  # YAML true/false would read as 1.0 / 0.0
+            raise ValueError("promote_floor is 'ci_low', 'none' or a mean AUC in [0, 1], not a boolean")
+        return value
 
 
 class TrackingConfig(_Section):

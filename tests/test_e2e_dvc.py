@@ -2,7 +2,7 @@
 
 The real components run: the generator writes DICOM, convert reads it with pydicom, segment uses the
 precomputed backend, spaCy parses the reports, shards are written with pyarrow, torch trains for a few
-steps, MLflow (SQLite) registers the model and evaluation sets the `champion` alias. A second
+steps, MLflow (SQLite) registers the model and evaluation runs the promotion gate (floor, then champion). A second
 `dvc repro` must do no work.
 """
 
@@ -71,15 +71,29 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
     eval_metrics = json.loads((demo_repo / "metrics" / "eval.json").read_text())
     assert 0.0 <= eval_metrics["mean_auc"] <= 1.0
 
-    # the registered model carries the champion alias
+    # the trained model is registered; the champion alias goes to it only if it clears the gate's floor
+    # (evaluate.promote_floor: ci_low, the lower end of the mean-AUC CI above 0.5): the first model of a
+    # fresh registry is promoted exactly when it clears it, and the metrics file says why
+    import math
+
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     # the store `fvlm services up` serves (one set of stores), and no second one beside it
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{demo_repo / '.fvlm-services' / 'mlflow' / 'mlflow.db'}")
     assert not (demo_repo / "mlflow.db").exists() and not (demo_repo / "mlruns").exists()
     assert client.get_experiment_by_name("fvlm") is not None
-    version = client.get_model_version_by_alias("fvlm-ct", "champion")
-    assert int(version.version) >= 1
+    version = client.get_model_version("fvlm-ct", str(train_metrics["model_version"]))
+    assert version.tags["promoted"] == str(eval_metrics["promoted"]).lower()
+    assert version.tags["promotion_reason"] == eval_metrics["promotion_reason"]
+    ci_low = (eval_metrics.get("mean_auc_ci") or [None])[0]
+    clears_floor = ci_low is not None and math.isfinite(ci_low) and ci_low > 0.5
+    assert eval_metrics["promoted"] is clears_floor, eval_metrics["promotion_reason"]
+    if clears_floor:
+        assert client.get_model_version_by_alias("fvlm-ct", "champion").version == version.version
+    else:
+        with pytest.raises(MlflowException):
+            client.get_model_version_by_alias("fvlm-ct", "champion")
 
     # every stage command ran its flow on the demo's one Prefect server, whose database is the one
     # `fvlm services up` serves: the UI shows the runs; no stage fell back to the library

@@ -8,7 +8,8 @@
   checkpoints, LR schedule, the batch contract + collate (``batch``) and the shard loader (``data``,
   ``transforms``). Uses ``models`` (and ``evaluation.tracking`` for MLflow).
 * :mod:`training.evaluation` -- zero-shot evaluation (``evaluate``, ``metrics``) and all MLflow code
-  (``tracking``: trackers, model logging, registry, promotion gate). Uses ``models``.
+  (``tracking``: trackers, model logging, registry, promotion gate; ``pyfunc_model``: the MLflow model
+  logged from code). Uses ``models``.
 * :mod:`training.inference` -- prediction for a new DICOM / NIfTI study (``predict``). Uses ``models``
   and ``evaluation``.
 

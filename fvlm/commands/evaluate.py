@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Thresholds are chosen on the val split and applied to test (the fVLM-code protocol, threshold "
             "on test itself, is reported separately). Writes OUT/eval_report.json, OUT/roc/*.png and "
             "<paths.metrics>/eval.json; logs an MLflow eval run linked to the training run; moves the "
-            "evaluate.promote_alias only when the mean AUC beats the current holder on the same data."
+            "evaluate.promote_alias only when the model clears evaluate.promote_floor (default ci_low: the "
+            "lower end of the mean-AUC bootstrap CI above 0.5) and its mean AUC beats the current holder on "
+            "the same data. A model below the floor is registered and scored, not promoted; the reason is "
+            "printed, tagged in MLflow and written to the metrics file."
         ),
         examples=[
             ("fvlm evaluate", "the trained version on paths.shards; promote it when it wins"),
@@ -142,11 +145,12 @@ def run(args: argparse.Namespace) -> int:
         "fVLM protocol (test):   "
         + ", ".join(f"{k} {mean_fvlm[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "f1", "f1_weighted"))
     )
-    if report.get("promotion"):
-        decision = report["promotion"]
-        print(
-            f"{config.evaluate.promote_alias}: {'promoted' if decision['promoted'] else 'kept'} ({decision['reason']})"
-        )
+    decision = report.get("promotion") or {}
+    verdict = "promoted" if decision.get("promoted") else "not promoted"
+    print(
+        f"{config.evaluate.promote_alias}: {verdict} ({decision.get('reason', 'no promotion attempted')}; "
+        f"floor: {decision.get('floor', config.evaluate.promote_floor)})"
+    )
     if report.get("run_id"):
         print(f"MLflow eval run: {report['run_id']}")
     print(f"report: {out / 'eval_report.json'}; metrics: {metrics}")

@@ -71,12 +71,12 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
 def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], make_samples) -> None:
     import mlflow
 
-    from training.evaluation.tracking import promote_if_better, resolve_model_dir
+    from training.evaluation.tracking import promote_if_better, pyfunc_input, resolve_model_dir
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
     name = result.registered_model
-    decision = promote_if_better(uri, name, result.model_version, 0.6, "hash-a")
+    decision = promote_if_better(uri, name, result.model_version, 0.6, "hash-a", floor="none")
     assert decision.promoted
     assert str(_client(config).get_model_version_by_alias(name, "champion").version) == result.model_version
     mlflow.set_tracking_uri(uri)
@@ -84,7 +84,7 @@ def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], ma
     sample = make_samples(2, seed=9)
     volume = np.stack([s["volume"] for s in sample]).astype(np.float32)
     mask = np.stack([s["mask"] for s in sample]).astype(np.uint8)
-    probabilities = pyfunc.predict({"volume": volume, "mask": mask})
+    probabilities = pyfunc.predict(pyfunc_input(volume, mask))
     assert probabilities.shape == (2, 16)
     assert "Cardiomegaly" in probabilities.columns
     assert ((probabilities.values > 0) & (probabilities.values < 1)).all()
@@ -92,8 +92,80 @@ def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], ma
     assert (model_dir / "fvlm_config.json").is_file() and (model_dir / "zero_shot.json").is_file()
 
 
+class _Records(__import__("logging").Handler):
+    """Collects the records of one logger (MLflow's loggers do not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=0)
+        self.records: list[Any] = []
+
+    def emit(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def test_model_is_logged_from_code_and_loads_without_unpickling(
+    tracked: dict[str, Any], make_samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+    import pickle
+    import warnings
+
+    import cloudpickle
+    import mlflow
+    import yaml
+
+    from training.evaluation.tracking import MlflowTracker, log_model, pyfunc_input
+
+    config, result = tracked["config"], tracked["result"]
+    uri = config.tracking.mlflow_tracking_uri
+    tracker = MlflowTracker(uri, config.tracking.experiment, run_name="log-model-from-code")
+    records = _Records()
+    logging.getLogger("mlflow").addHandler(records)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model_uri = log_model(
+                tracker,
+                result.model_dir,
+                crop_zyx=config.grid.crop_zyx,
+                labels=tuple(json.loads((Path(result.model_dir) / "zero_shot.json").read_text())["labels"]),
+                example_zyx=config.model.vision.patch_zyx,
+            )
+    finally:
+        logging.getLogger("mlflow").removeHandler(records)
+        tracker.end()
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records.records]
+    assert not [m for m in messages if "type hint" in m.lower() or "cloudpickle" in m.lower()], messages
+    assert model_uri
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri))
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pickle"))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_model.py") and "python_model" not in flavor
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("loading the logged model unpickled something")
+
+    for module, attribute in ((pickle, "load"), (pickle, "loads"), (cloudpickle, "load"), (cloudpickle, "loads")):
+        monkeypatch.setattr(module, attribute, forbidden)
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    sample = make_samples(2, seed=9)
+    volume = np.stack([s["volume"] for s in sample])
+    mask = np.stack([s["mask"] for s in sample])
+    probabilities = pyfunc.predict(pyfunc_input(volume, mask))
+    assert probabilities.shape == (2, 16) and ((probabilities.values > 0) & (probabilities.values < 1)).all()
+    with pytest.raises(Exception, match="does not match expected shape"):  # the signature: (B, 2, Z, Y, X)
+        pyfunc.predict(np.zeros((1, 3, 1, 1, 1), dtype=np.float32))
+
+
 def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> None:
-    from training.evaluation.tracking import promote_if_better, register_model
+    """The champion comparison with the floor off (the floor: tests/training/test_promotion.py)."""
+    from functools import partial
+
+    from training.evaluation import tracking
+    from training.evaluation.tracking import register_model
+
+    promote_if_better = partial(tracking.promote_if_better, floor="none")
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -152,8 +224,68 @@ def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str,
     summary = json.loads((root / "metrics" / "eval.json").read_text())
     assert summary["run_id"] == report["run_id"] and summary["eval_data_hash"] == "hash-eval"
     assert set(summary) >= {"mean_auc", "val_threshold", "fvlm_protocol", "per_label_auc", "promoted"}
+    assert isinstance(summary["promoted"], bool) and summary["promotion_reason"] == report["promotion"]["reason"]
     version = client.get_model_version(result.registered_model, result.model_version)
     assert version.tags["eval_data_hash"] == "hash-eval"
+
+
+def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dict[str, Any], make_samples) -> None:
+    """The demo's case: a near-chance first model (3 steps) is scored and tagged, never made champion."""
+    from mlflow.exceptions import MlflowException
+
+    from training.evaluation.evaluate import run_evaluation
+    from training.evaluation.tracking import register_model
+
+    root, config, result = tracked["root"], tracked["config"], tracked["result"]
+    assert config.evaluate.promote_floor == "ci_low"  # the default
+    uri = config.tracking.mlflow_tracking_uri
+    name = "fvlm-gate-first"  # a fresh registered model: no champion yet
+    version = register_model(uri, result.model_uri, name)
+    val, test = make_samples(8, seed=11), make_samples(8, seed=12)
+
+    def batches(samples: list[dict]) -> Any:
+        return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
+
+    metrics_path = root / "metrics" / "eval-first.json"
+    report = run_evaluation(
+        config,
+        f"models:/{name}/{version}",
+        batches(val),
+        batches(test),
+        eval_data_hash="hash-first",
+        out_dir=root / "eval-first",
+        metrics_path=metrics_path,
+    )
+    low = report["mean_auc_ci"][0]
+    assert low <= 0.5, f"the 3-step model's mean-AUC CI should reach chance (low {low})"
+    decision = report["promotion"]
+    assert decision["promoted"] is False and decision["floor_passed"] is False
+    assert decision["reason"].startswith("below the floor (mean_auc_ci_low > 0.5): mean AUC CI low")
+    client = _client(config)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")
+    tags = client.get_model_version(name, version).tags
+    assert tags["promoted"] == "false" and tags["promotion_reason"] == decision["reason"]
+    assert tags["eval_data_hash"] == "hash-first"
+    run_tags = client.get_run(report["run_id"]).data.tags
+    assert run_tags["promoted"] == "False" and run_tags["promotion_reason"] == decision["reason"]
+    summary = json.loads(metrics_path.read_text())
+    assert summary["promoted"] is False and summary["promotion_reason"] == decision["reason"]
+
+    # the same model with the floor set at 0: it clears it and, first of its name, becomes champion
+    floor_zero = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"promote_floor": 0.0})})
+    report = run_evaluation(
+        floor_zero,
+        f"models:/{name}/{version}",
+        batches(val),
+        batches(test),
+        eval_data_hash="hash-first",
+        out_dir=root / "eval-first",
+        metrics_path=metrics_path,
+    )
+    assert report["promotion"]["promoted"] is True and "no 'champion' yet" in report["promotion"]["reason"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == version
+    assert json.loads(metrics_path.read_text())["promoted"] is True
 
 
 def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path, tiny_config) -> None:

@@ -52,7 +52,7 @@ def _write_split(root: Path, split: str, samples: list[dict], anatomies) -> None
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
 
 
-def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make_samples, tiny_config) -> None:
+def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make_samples, tiny_config, capsys) -> None:  # noqa: ANN001
     from fvlm.cli import main
 
     shards = tmp_path / "shards"
@@ -77,10 +77,16 @@ def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make
     assert main(["--params", str(params), "train", "--steps", "4", "--resume", "--no-tracking"]) == 0
     assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == 3
 
+    capsys.readouterr()
     assert main(["--params", str(params), "evaluate", "--no-tracking"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "champion: not promoted (tracking disabled: no registry to promote in; floor: mean_auc_ci_low > 0.5)" in printed
+    )
     summary = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert summary["n_test"] == 6 and summary["n_val"] == 6
-    assert summary["run_id"] is None and summary["promoted"] is None
+    assert summary["run_id"] is None and summary["promoted"] is False
+    assert summary["promotion_reason"] == "tracking disabled: no registry to promote in"
 
     # what `fvlm demo` prints at the end: loss first-10 -> last-10, test mean AUC with its CI
     from fvlm.commands.demo import learned_summary

@@ -279,8 +279,10 @@ def run_evaluation(
     ``*_batches`` are factories (the champion may have to be scored on the same data too). With
     tracking on, the metrics go to an evaluation run linked to the training run (``mlflow.parentRunId``
     and ``train_run_id`` tags); when the model is a registered version, the evaluation-data hash and
-    the mean AUC are tagged on it and ``evaluate.promote_alias`` moves to it only if it beats the
-    current holder on the same data (:func:`training.evaluation.tracking.promote_if_better`).
+    the mean AUC are tagged on it and ``evaluate.promote_alias`` moves to it only if it clears
+    ``evaluate.promote_floor`` and beats the current holder on the same data
+    (:func:`training.evaluation.tracking.promote_if_better`). ``report["promotion"]`` (and the metrics
+    file's ``promoted`` / ``promotion_reason``) says what happened and why, also when the gate did not run.
     """
     from training.evaluation import tracking
 
@@ -356,19 +358,33 @@ def run_evaluation(
                     eval_data_hash,
                     alias=config.evaluate.promote_alias,
                     evaluate_version=champion_auc,
+                    floor=config.evaluate.promote_floor,
+                    mean_auc_ci=report.get("mean_auc_ci"),
                 )
                 report["promotion"] = decision.as_dict()
-                tracker.set_tags({"promoted": decision.promoted, "promotion_reason": decision.reason[:500]})
             elif registered:
                 tracking.record_evaluation(
-                    tracking_uri, registered[0], registered[1], float(report["mean_auc"]), eval_data_hash
+                    tracking_uri,
+                    registered[0],
+                    registered[1],
+                    float(report["mean_auc"]),
+                    eval_data_hash,
+                    report.get("mean_auc_ci"),
                 )
+            report.setdefault("promotion", _not_promoted(report, config, registered, promote))
+            tracker.set_tags(
+                {
+                    tracking.PROMOTED_TAG: report["promotion"]["promoted"],
+                    tracking.PROMOTION_REASON_TAG: report["promotion"]["reason"][:500],
+                }
+            )
             tracker.log_dict(_json_safe(report), "eval_report.json")
         except BaseException:
             tracker.end("FAILED")
             raise
         tracker.end("FINISHED")
     report["run_id"] = run_id
+    report.setdefault("promotion", _not_promoted(report, config, registered, promote))
     from core.io import atomic_write_text
 
     atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
@@ -394,8 +410,27 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
         "run_id": report.get("run_id"),
         "model": report.get("model"),
         "model_version": report.get("model_version"),
-        "promoted": (report.get("promotion") or {}).get("promoted"),
+        "promoted": bool((report.get("promotion") or {}).get("promoted")),
+        "promotion_reason": str((report.get("promotion") or {}).get("reason") or "no promotion attempted"),
     }
+
+
+def _not_promoted(
+    report: dict[str, Any], config: FvlmConfig, registered: tuple[str, str] | None, promote: bool
+) -> dict[str, Any]:
+    """The promotion record of an evaluation that did not run the gate, with the reason."""
+    from training.evaluation.tracking import PromotionDecision, describe_floor
+
+    if not config.tracking.enabled:
+        reason = "tracking disabled: no registry to promote in"
+    elif registered is None:
+        reason = f"{report.get('model')} is not a registered model version"
+    elif not promote:
+        reason = "promotion not requested (--no-promote)"
+    else:
+        reason = "no promotion attempted"
+    floor = describe_floor(config.evaluate.promote_floor)
+    return PromotionDecision(False, reason, float(report["mean_auc"]), floor=floor).as_dict()
 
 
 def _json_safe(value: Any) -> Any:

@@ -4,11 +4,12 @@ MLflow is imported inside functions only (``training`` imports with torch/numpy/
 rank 0 talks to MLflow: other ranks (and ``tracking.enabled: false``) get a :class:`NullTracker` with
 the same methods doing nothing.
 
-The logged model is an MLflow *pyfunc* wrapping the ``FVLM.save_pretrained`` directory (artifact
-``model_dir``) plus ``zero_shot.json`` (labels, anatomy index, prompt pairs): ``predict({"volume":
-float32 (B,1,Z,Y,X), "mask": uint8 (B,Z,Y,X)})`` returns a DataFrame of zero-shot positive-class
-probabilities, one column per scored label. ``resolve_model_dir`` turns ``models:/name@alias``,
-``models:/name/3``, ``runs:/<id>/model`` or a local directory into that directory for evaluate/predict.
+The logged model is an MLflow *pyfunc* logged from code (:mod:`training.evaluation.pyfunc_model`, nothing
+pickled) wrapping the ``FVLM.save_pretrained`` directory (artifact ``model_dir``, with ``zero_shot.json``:
+labels, anatomy index, prompt pairs): ``predict(pyfunc_input(volume, mask))`` (one float32 array
+(B, 2, Z, Y, X)) returns a DataFrame of zero-shot positive-class probabilities, one column per scored
+label. ``resolve_model_dir`` turns ``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model`` or a
+local directory into that directory for evaluate/predict.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import os
 import socket
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ MODEL_DIR_ARTIFACT = "model_dir"
 MODEL_CONFIG_FILE = "fvlm_config.json"  # training.models.model.CONFIG_FILE (not imported: keeps this light)
 EVAL_HASH_TAG = "eval_data_hash"
 MEAN_AUC_TAG = "mean_auc"
+MEAN_AUC_CI_TAG = "mean_auc_ci"  # [low, high] of the last recorded evaluation
 _PARAM_VALUE_LIMIT = 6000
 # tags that tie a training run to what it writes and to the process writing it (abandoned-run detection)
 OWNER_TAG = "fvlm.owner"
@@ -268,27 +270,21 @@ def provenance_tags(root: str | Path, shards_dir: str | Path | None) -> dict[str
 
 
 # -------------------------------------------------------------------------------------------- models
-def _pyfunc_class() -> type:
-    """The pyfunc wrapper class, defined lazily so importing this module never imports mlflow."""
-    import mlflow.pyfunc
+PYFUNC_CODE_FILE = Path(__file__).with_name("pyfunc_model.py")  # models-from-code: logged as code, never pickled
 
-    class FvlmZeroShotPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
-        """Zero-shot per-label probabilities from (volume, mask) on the model grid."""
 
-        def load_context(self, context):  # noqa: ANN001 - MLflow inspects type hints; keep none
-            from training.models.zero_shot import load_zero_shot_model
+def pyfunc_input(volume: Any, mask: Any) -> Any:
+    """The logged pyfunc's input: volume (B,1,Z,Y,X) or (B,Z,Y,X) in [0, 1] and mask (B,Z,Y,X) 0..K stacked
+    into one float32 array (B, 2, Z, Y, X) (channel 0 volume, channel 1 mask ids)."""
+    import numpy as np
 
-            self.bundle = load_zero_shot_model(context.artifacts[MODEL_DIR_ARTIFACT])
-
-        def predict(self, context, model_input, params=None):  # noqa: ANN001
-            import pandas as pd
-
-            from training.models.zero_shot import predict_arrays
-
-            probabilities = predict_arrays(self.bundle, model_input["volume"], model_input["mask"])
-            return pd.DataFrame(probabilities, columns=list(self.bundle.spec.labels))
-
-    return FvlmZeroShotPyfunc
+    volume_array = np.asarray(volume, dtype=np.float32)
+    if volume_array.ndim == 4:
+        volume_array = volume_array[:, None]
+    mask_array = np.asarray(mask).astype(np.float32)[:, None]
+    if volume_array.ndim != 5 or volume_array.shape[1] != 1 or mask_array.shape[2:] != volume_array.shape[2:]:
+        raise ValueError(f"volume {volume_array.shape} and mask {mask_array.shape[:1] + mask_array.shape[2:]} differ")
+    return np.concatenate([volume_array, mask_array], axis=1)
 
 
 def log_model(
@@ -299,7 +295,10 @@ def log_model(
     labels: tuple[str, ...],
     example_zyx: tuple[int, int, int] | None = None,
 ) -> str | None:
-    """Log the model directory as a pyfunc in the tracker's run; returns the model URI (None: no tracking)."""
+    """Log the model directory as a pyfunc in the tracker's run; returns the model URI (None: no tracking).
+
+    Models-from-code (:mod:`training.evaluation.pyfunc_model`, typed ``predict``): the logged model holds
+    that code file and the model directory as plain-file artifacts, no pickled Python object."""
     if not isinstance(tracker, MlflowTracker):
         return None
     import mlflow
@@ -309,26 +308,21 @@ def log_model(
 
     mlflow.set_tracking_uri(tracker.tracking_uri)
     signature = ModelSignature(
-        inputs=Schema(
-            [
-                # spatial dims free: the model interpolates its position embeddings to other grids;
-                # the training grid (z, y, x) = crop_zyx is recorded in the model dir's fvlm_config.json
-                TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1, -1), "volume"),
-                TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1), "mask"),
-            ]
-        ),
+        # (B, 2, Z, Y, X): volume and mask stacked (pyfunc_input); spatial dims free: the model
+        # interpolates its position embeddings to other grids; the training grid (z, y, x) = crop_zyx is
+        # recorded in the model dir's fvlm_config.json
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1, -1))]),
         outputs=Schema([ColSpec("double", label) for label in labels]),
     )
     ez, ey, ex = example_zyx or crop_zyx
-    example_volume = np.zeros((1, 1, ez, ey, ex), dtype=np.float32)
-    example_mask = np.zeros((1, ez, ey, ex), dtype=np.uint8)
+    example = np.zeros((1, 2, ez, ey, ex), dtype=np.float32)
     with mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_PATH,
-            python_model=_pyfunc_class()(),
+            python_model=str(PYFUNC_CODE_FILE),
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             signature=signature,
-            input_example={"volume": example_volume, "mask": example_mask} if example_zyx else None,
+            input_example=example if example_zyx else None,
             pip_requirements=list(PYFUNC_PIP_REQUIREMENTS),
         )
     return info.model_uri
@@ -392,6 +386,12 @@ def model_version_for_uri(tracking_uri: str, model_uri: str) -> tuple[str, str] 
 
 
 # ------------------------------------------------------------------------------------------ promotion
+CHANCE_AUC = 0.5
+PROMOTED_TAG = "promoted"
+PROMOTION_REASON_TAG = "promotion_reason"
+_REASON_LIMIT = 500
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     promoted: bool
@@ -399,6 +399,8 @@ class PromotionDecision:
     new_mean_auc: float
     champion_version: str | None = None
     champion_mean_auc: float | None = None
+    floor: str = "none"  # the floor rule applied (describe_floor)
+    floor_passed: bool | None = None  # None: the floor was not checked
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -407,21 +409,74 @@ class PromotionDecision:
             "new_mean_auc": self.new_mean_auc,
             "champion_version": self.champion_version,
             "champion_mean_auc": self.champion_mean_auc,
+            "floor": self.floor,
+            "floor_passed": self.floor_passed,
         }
+
+
+def describe_floor(floor: str | float) -> str:
+    """The floor rule in words: ``mean_auc_ci_low > 0.5``, ``mean_auc >= 0.6`` or ``none``."""
+    if floor == "ci_low":
+        return f"mean_auc_ci_low > {CHANCE_AUC}"
+    if floor == "none":
+        return "none"
+    return f"mean_auc >= {float(floor):g}"
+
+
+def check_floor(
+    floor: str | float, mean_auc: float, mean_auc_ci: Sequence[float | None] | None = None
+) -> tuple[bool, str]:
+    """(passed, why) for the promotion floor (``evaluate.promote_floor``).
+
+    ``"ci_low"``: the lower end of the mean-AUC bootstrap CI must be above 0.5 (a missing or non-finite
+    CI fails: the floor cannot be shown to hold); a number: the mean AUC must be at least that;
+    ``"none"``: always passes."""
+    if floor == "none":
+        return True, "no floor"
+    if floor == "ci_low":
+        low = None if not mean_auc_ci else mean_auc_ci[0]
+        if low is None or not math.isfinite(float(low)):
+            return False, "no finite bootstrap CI of the mean AUC (evaluate.bootstrap: 0, or too few test studies)"
+        if float(low) > CHANCE_AUC:
+            return True, f"mean AUC CI low {float(low):.4f} > {CHANCE_AUC}"
+        return False, f"mean AUC CI low {float(low):.4f} <= {CHANCE_AUC} (not above chance)"
+    bar = float(floor)
+    if math.isfinite(mean_auc) and mean_auc >= bar:
+        return True, f"mean AUC {mean_auc:.4f} >= {bar:g}"
+    return False, f"mean AUC {mean_auc:.4f} < {bar:g}"
 
 
 def _auc_tag(eval_hash: str) -> str:
     return f"{MEAN_AUC_TAG}.{eval_hash[:16]}"
 
 
-def record_evaluation(tracking_uri: str, name: str, version: str, mean_auc: float, eval_hash: str) -> None:
-    """Tag a model version with the evaluation-data hash and its mean AUC on that data."""
+def record_evaluation(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    mean_auc: float,
+    eval_hash: str,
+    mean_auc_ci: Sequence[float | None] | None = None,
+) -> None:
+    """Tag a model version with the evaluation-data hash, its mean AUC on that data (and its CI)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     client.set_model_version_tag(name, version, EVAL_HASH_TAG, eval_hash)
     client.set_model_version_tag(name, version, MEAN_AUC_TAG, repr(float(mean_auc)))
     client.set_model_version_tag(name, version, _auc_tag(eval_hash), repr(float(mean_auc)))
+    bounds = [float(bound) for bound in mean_auc_ci or () if bound is not None]
+    if len(bounds) == 2:
+        client.set_model_version_tag(name, version, MEAN_AUC_CI_TAG, json.dumps(bounds))
+
+
+def record_decision(tracking_uri: str, name: str, version: str, decision: PromotionDecision) -> None:
+    """Tag the model version with the gate's decision (``promoted``, ``promotion_reason``)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.set_model_version_tag(name, version, PROMOTED_TAG, str(decision.promoted).lower())
+    client.set_model_version_tag(name, version, PROMOTION_REASON_TAG, decision.reason[:_REASON_LIMIT])
 
 
 def promote_if_better(
@@ -433,32 +488,73 @@ def promote_if_better(
     *,
     alias: str = "champion",
     evaluate_version: Callable[[str], float] | None = None,
+    floor: str | float = "ci_low",
+    mean_auc_ci: Sequence[float | None] | None = None,
 ) -> PromotionDecision:
-    """Point ``alias`` at ``version`` only if its mean AUC beats the current holder's on the same data.
+    """Point ``alias`` at ``version`` only if it clears ``floor`` and beats the current holder on the same data.
 
+    The version is tagged with the evaluation (:func:`record_evaluation`) and the decision
+    (:func:`record_decision`) whatever the outcome. ``floor`` (``evaluate.promote_floor``, see
+    :func:`check_floor`) is checked first: a model below it is never promoted, not even the first one.
     The champion's score on ``eval_hash`` comes from its ``mean_auc.<hash>`` tag, else from
     ``evaluate_version(champion_version)`` (then recorded as a tag). Without a way to score the
     champion on the same data, nothing changes. A NaN mean AUC never promotes.
     """
+    decision = _decide(
+        tracking_uri,
+        name,
+        version,
+        mean_auc,
+        eval_hash,
+        alias=alias,
+        evaluate_version=evaluate_version,
+        floor=floor,
+        mean_auc_ci=mean_auc_ci,
+    )
+    record_decision(tracking_uri, name, version, decision)
+    log.info("promotion of %s v%s to '%s': %s (%s)", name, version, alias, decision.promoted, decision.reason)
+    return decision
+
+
+def _decide(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    mean_auc: float,
+    eval_hash: str,
+    *,
+    alias: str,
+    evaluate_version: Callable[[str], float] | None,
+    floor: str | float,
+    mean_auc_ci: Sequence[float | None] | None,
+) -> PromotionDecision:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    record_evaluation(tracking_uri, name, version, mean_auc, eval_hash)
+    record_evaluation(tracking_uri, name, version, mean_auc, eval_hash, mean_auc_ci)
+    rule = describe_floor(floor)
     if not math.isfinite(mean_auc):
-        return PromotionDecision(False, "mean AUC is not finite", mean_auc)
+        return PromotionDecision(False, "mean AUC is not finite", mean_auc, floor=rule)
     try:
         champion = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         champion = None
-    if champion is None:
-        client.set_registered_model_alias(name, alias, version)
-        return PromotionDecision(True, f"no '{alias}' yet", mean_auc)
-    champion_version = str(champion.version)
+    champion_version = None if champion is None else str(champion.version)
     if champion_version == str(version):
         return PromotionDecision(
-            True, f"version {version} already holds '{alias}'", mean_auc, champion_version, mean_auc
+            True, f"version {version} already holds '{alias}'", mean_auc, champion_version, mean_auc, floor=rule
         )
+    passed, why = check_floor(floor, mean_auc, mean_auc_ci)
+    if not passed:
+        return PromotionDecision(
+            False, f"below the floor ({rule}): {why}", mean_auc, champion_version, floor=rule, floor_passed=False
+        )
+    floor_passed = None if floor == "none" else True
+    floor_note = "" if floor == "none" else f"; {why}"
+    if champion is None or champion_version is None:
+        client.set_registered_model_alias(name, alias, version)
+        return PromotionDecision(True, f"no '{alias}' yet{floor_note}", mean_auc, floor=rule, floor_passed=floor_passed)
     champion_tag = champion.tags.get(_auc_tag(eval_hash))
     champion_auc = float(champion_tag) if champion_tag is not None else None
     if champion_auc is None and evaluate_version is not None:
@@ -466,7 +562,12 @@ def promote_if_better(
         client.set_model_version_tag(name, champion_version, _auc_tag(eval_hash), repr(champion_auc))
     if champion_auc is None:
         return PromotionDecision(
-            False, f"champion v{champion_version} has no score on this evaluation data", mean_auc, champion_version
+            False,
+            f"champion v{champion_version} has no score on this evaluation data",
+            mean_auc,
+            champion_version,
+            floor=rule,
+            floor_passed=floor_passed,
         )
     if math.isfinite(champion_auc) and mean_auc <= champion_auc:
         return PromotionDecision(
@@ -475,14 +576,18 @@ def promote_if_better(
             mean_auc,
             champion_version,
             champion_auc,
+            floor=rule,
+            floor_passed=floor_passed,
         )
     client.set_registered_model_alias(name, alias, version)
     return PromotionDecision(
         True,
-        f"mean AUC {mean_auc:.4f} beats champion v{champion_version} ({champion_auc:.4f})",
+        f"mean AUC {mean_auc:.4f} beats champion v{champion_version} ({champion_auc:.4f}){floor_note}",
         mean_auc,
         champion_version,
         champion_auc,
+        floor=rule,
+        floor_passed=floor_passed,
     )
 
 
