@@ -1,4 +1,4 @@
-"""Prediction: NIfTI / DICOM study + mask -> model grid -> per-anatomy, per-label probabilities (JSON)."""
+"""Prediction: NIfTI / DICOM / converted study (+ mask, or found by identity) -> per-anatomy calls (JSON v1)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.training.predict_samples import validate_prediction, write_study
 from training.inference.predict import PredictionError, center_crop_or_pad, predict_study
 from training.trainer.batch import InMemoryBatches
 from training.trainer.loop import train
@@ -23,43 +24,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, t
     return {"root": root, "config": config, "model_dir": Path(result.model_dir)}
 
 
-def _write_study(folder: Path, with_heart: bool = True) -> tuple[Path, Path]:
-    """A 96 x 96 x 40 (x, y, z) RAS HU volume at 2 x 2 x 4 mm with TotalSegmentator ids for ctrate4."""
-    import nibabel as nib
-
-    from core.anatomy_sets import totalseg_name_to_id
-
-    ids = totalseg_name_to_id()
-    hu = np.full((96, 96, 40), -1000, dtype=np.int16)
-    hu[8:88, 8:88, :] = 0  # body
-    mask = np.zeros(hu.shape, dtype=np.uint8)
-    mask[12:44, 20:76, 8:32] = ids["lung_upper_lobe_right"]
-    mask[52:84, 20:76, 8:32] = ids["lung_upper_lobe_left"]
-    hu[mask > 0] = -850
-    if with_heart:
-        mask[40:64, 50:74, 10:22] = ids["heart"]
-    mask[46:50, 30:34, 4:36] = ids["esophagus"]
-    mask[50:56, 36:42, 4:36] = ids["aorta"]
-    affine = np.diag([2.0, 2.0, 4.0, 1.0])
-    folder.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(hu, affine), folder / "ct.nii.gz")
-    nib.save(nib.Nifti1Image(mask, affine), folder / "seg.nii.gz")
-    return folder / "ct.nii.gz", folder / "seg.nii.gz"
-
-
-def validate_prediction(payload: dict[str, Any]) -> None:
-    """The payload against the versioned JSON schema of docs/predict.md (jsonschema)."""
-    import jsonschema
-
-    from training.inference.predict import PREDICTION_SCHEMA_FILE
-
-    schema = json.loads(PREDICTION_SCHEMA_FILE.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.validate(json.loads(json.dumps(payload)), schema, cls=jsonschema.Draft202012Validator)
-
-
 def test_predict_nifti_with_mask_absent_anatomy_not_assessable(trained: dict[str, Any], tmp_path: Path) -> None:
-    volume, mask = _write_study(tmp_path / "study", with_heart=False)
+    volume, mask = write_study(tmp_path / "study", with_heart=False)
     payload = predict_study(trained["config"], trained["model_dir"], volume, mask_path=mask, work_dir=tmp_path / "w")
     validate_prediction(payload)
     assert payload["schema_version"] == 1
@@ -86,7 +52,7 @@ def test_predict_nifti_with_mask_absent_anatomy_not_assessable(trained: dict[str
 
 
 def test_predict_calls_with_a_thresholds_file(trained: dict[str, Any], tmp_path: Path) -> None:
-    volume, mask = _write_study(tmp_path / "study")
+    volume, mask = write_study(tmp_path / "study")
     table = {
         "schema_version": 1,
         "model": {"name": None, "version": None},
@@ -137,7 +103,7 @@ def test_predict_calls_with_a_thresholds_file(trained: dict[str, Any], tmp_path:
 def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path, anatomies) -> None:
     from fvlm.cli import main
 
-    volume, mask = _write_study(tmp_path / "study")
+    volume, mask = write_study(tmp_path / "study")
     params = trained["root"] / "params.yaml"
     import yaml
 
@@ -164,7 +130,7 @@ def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path, anatom
 
 
 def test_predict_errors_are_clear(trained: dict[str, Any], tmp_path: Path) -> None:
-    volume, mask = _write_study(tmp_path / "study")
+    volume, mask = write_study(tmp_path / "study")
     config, model_dir = trained["config"], trained["model_dir"]
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"\x1f\x8b not really gzip")
@@ -245,7 +211,7 @@ def test_predict_segments_with_totalsegmentator_backend(
             )
         }
     )
-    volume, _ = _write_study(tmp_path / "study")
+    volume, _ = write_study(tmp_path / "study")
     try:
         payload = predict_study(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
     except PredictionError as error:  # noise labels may hold no anatomy of the set: a clear error

@@ -390,7 +390,10 @@ def resolve_model(
         raise
     except Exception as error:  # noqa: BLE001 - unknown alias, missing dir, ...
         raise PredictionError(f"model {ref}: cannot load ({type(error).__name__}: {error})") from None
-    resolved = ResolvedModel(bundle, ref, **(version or {}))
+    resolved = ResolvedModel(bundle, ref)
+    if version:
+        resolved.name, resolved.version = version["name"], version["version"]
+        resolved.alias, resolved.run_id = version["alias"], version["run_id"]
     spec = bundle.spec
     label_anatomy = {label: spec.anatomy_names[spec.anatomy_index[s]] for s, label in enumerate(spec.labels)}
     table: dict[str, Any] | None = None
