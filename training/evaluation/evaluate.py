@@ -11,6 +11,10 @@ Two protocols are reported, never mixed:
 * ``fvlm_protocol``: the public fVLM / CT-CLIP code's way, a Youden threshold chosen on the test split
   itself (optimistic; reported for comparison with published numbers only).
 
+The val-chosen threshold of every label whose val split has both classes is also the decision threshold
+``fvlm predict`` applies: :func:`threshold_table` -> ``<out>/thresholds.json`` and, for a registered model
+version, its tags (:func:`training.evaluation.tracking.store_thresholds`; docs/predict.md).
+
 AUC does not depend on a threshold. Bootstrap percentile intervals (``evaluate.bootstrap`` resamples of
 test studies) are given for per-label AUC and the mean AUC.
 """
@@ -331,6 +335,8 @@ def run_evaluation(
     and ``train_run_id`` tags); when the model is a registered version, the evaluation-data hash and
     the mean AUC are tagged on it and ``evaluate.promote_alias`` moves to it only if it beats the
     current holder on the same data (:func:`training.evaluation.tracking.promote_if_better`).
+    The per-label decision thresholds (chosen on val) and val AUCs go to ``out_dir/thresholds.json``,
+    the evaluation run's artifacts and the registered version's tags.
     """
     from training.evaluation import tracking
 
