@@ -1,9 +1,10 @@
-"""``fvlm predict``: one new study (DICOM dir or NIfTI) -> per-anatomy disease probabilities (JSON)."""
+"""``fvlm predict``: one study (DICOM dir, NIfTI or converted study) -> per-anatomy calls (JSON, docs/predict.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,19 +13,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers,
         "predict",
-        help="zero-shot per-anatomy, per-label probabilities for one study (DICOM folder or NIfTI)",
+        help="per-anatomy, per-label probability, threshold and positive/negative call for one study",
         description=(
-            "Converts the study (DICOM) or reads a NIfTI HU volume, segments it (TotalSegmentator backend, "
-            "or --mask with TotalSegmentator ids on the volume's grid), prepares the model grid and writes "
-            "JSON with the probabilities and which anatomies were found."
+            "Converts the study (DICOM) or reads a NIfTI HU volume, finds its mask (--mask; else from the "
+            "study's identity: the segment stage's masks, then paths.precomputed_masks; else TotalSegmentator "
+            "when segment.backend is totalsegmentator), prepares the model grid and writes JSON (schema in "
+            "docs/predict.md): per label the probability, the threshold chosen on the validation split at "
+            "evaluation, the call and the validation AUC; the resolved model version; anatomies absent from "
+            "the scan as not assessable."
         ),
         examples=[
             ("fvlm predict /data/dicom/study-001", "the champion model on one DICOM study, JSON on stdout"),
             ("fvlm predict volume.nii.gz --mask mask.nii.gz --out result.json", "a NIfTI with its mask"),
             ("fvlm predict volume.nii.gz --model models:/fvlm-ct/3", "a given registered version"),
+            ("fvlm predict --study study_0000 --png study_0000.png", "a demo study by name, mask found, one-page PNG"),
         ],
     )
-    parser.add_argument("input", help="a DICOM folder holding one study, or a NIfTI HU volume (.nii/.nii.gz)")
+    parser.add_argument(
+        "input", nargs="?", default=None, help="a DICOM folder holding one study, or a NIfTI HU volume (.nii/.nii.gz)"
+    )
+    parser.add_argument(
+        "--study",
+        default=None,
+        help="instead of INPUT: a study_id of <paths.converted>/studies.parquet or a study folder name in "
+        "paths.raw_dicom",
+    )
     arg(
         parser,
         "--model",
@@ -32,9 +45,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         key="models:/{tracking.registered_model}@{evaluate.promote_alias}",
         help="models:/NAME@ALIAS, models:/NAME/VERSION or a local model dir",
     )
-    parser.add_argument("--mask", default=None, help="precomputed TotalSegmentator mask on the volume's grid")
+    parser.add_argument("--mask", default=None, help="TotalSegmentator mask on the volume's grid (default: found)")
+    parser.add_argument(
+        "--thresholds",
+        default=None,
+        help="thresholds.json of `fvlm evaluate` (default: the ones stored on the registered model version)",
+    )
     parser.add_argument("--out", default=None, help="output JSON (default: stdout)")
+    parser.add_argument("--png", default=None, help="also write a one-page PNG: key slices, anatomy overlay, calls")
     parser.set_defaults(handler=run)
+
+
+def summary_lines(payload: dict[str, Any]) -> list[str]:
+    """A few human lines: model version, calls, not assessable anatomies."""
+    model = payload["model"]
+    shown = f"{model['name']} v{model['version']}" if model.get("version") else str(model["ref"])
+    if model.get("alias"):
+        shown += f" (@{model['alias']})"
+    lines = [f"model: {shown}", f"mask: {payload['input']['mask_source']}"]
+    if not model["thresholds"].get("source"):
+        lines.append(f"no calls: {model['thresholds']['note']}")
+        top = sorted(
+            ((label, row["probability"]) for label, row in payload["labels"].items() if row["probability"] is not None),
+            key=lambda item: -item[1],
+        )[:5]
+        lines.append("highest probabilities: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    else:
+        calls = payload["positive_calls"]
+        lines.append(
+            "positive: "
+            + (
+                ", ".join(
+                    f"{label} ({payload['labels'][label]['probability']:.2f} >= "
+                    f"{payload['labels'][label]['threshold']:.2f})"
+                    for label in calls
+                )
+                or "none"
+            )
+        )
+    missing = payload["anatomies_not_assessable"]
+    if missing:
+        lines.append("not assessable: " + ", ".join(missing))
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,23 +94,35 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from fvlm.commands import load_config_from_args
-    from training.inference.predict import PredictionError, predict_study, write_prediction
+    from training.inference.predict import PredictionError, predict_study, resolve_study_input, write_prediction
 
+    if (args.input is None) == (args.study is None):
+        print("fvlm predict: give either INPUT or --study", file=sys.stderr)
+        return 2
     config = load_config_from_args(args)
     model_ref = args.model or f"models:/{config.tracking.registered_model}@{config.evaluate.promote_alias}"
     with tempfile.TemporaryDirectory(prefix="fvlm-predict-") as work_dir:
         try:
-            payload = predict_study(config, model_ref, args.input, mask_path=args.mask, work_dir=work_dir)
+            source = args.input if args.input is not None else resolve_study_input(config, args.study)
+            payload = predict_study(
+                config,
+                model_ref,
+                source,
+                mask_path=args.mask,
+                work_dir=work_dir,
+                thresholds_path=args.thresholds,
+                png_path=args.png,
+            )
         except PredictionError as error:
             print(f"fvlm predict: {error}", file=sys.stderr)
             return 1
     if args.out:
         write_prediction(payload, args.out)
-        found = ", ".join(payload["anatomies_found"]) or "none"
-        print(f"anatomies found: {found}")
-        top = sorted(payload["labels"].items(), key=lambda item: -item[1])[:5]
-        print("highest: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
-        print(f"written: {args.out}")
+        for line in summary_lines(payload):
+            print(line)
+        print(f"written: {args.out}" + (f", {args.png}" if args.png else ""))
     else:
+        if not payload["model"]["thresholds"].get("source"):
+            print(f"fvlm predict: {payload['model']['thresholds']['note']}", file=sys.stderr)
         print(json.dumps(payload, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""Prediction: NIfTI / DICOM study + mask -> model grid -> per-anatomy, per-label probabilities (JSON)."""
+"""Prediction: NIfTI / DICOM / converted study (+ mask, or found by identity) -> per-anatomy calls (JSON v1)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.training.predict_samples import validate_prediction, write_study
 from training.inference.predict import PredictionError, center_crop_or_pad, predict_study
 from training.trainer.batch import InMemoryBatches
 from training.trainer.loop import train
@@ -23,49 +24,86 @@ def trained(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, t
     return {"root": root, "config": config, "model_dir": Path(result.model_dir)}
 
 
-def _write_study(folder: Path, with_heart: bool = True) -> tuple[Path, Path]:
-    """A 96 x 96 x 40 (x, y, z) RAS HU volume at 2 x 2 x 4 mm with TotalSegmentator ids for ctrate4."""
-    import nibabel as nib
-
-    from core.anatomy_sets import totalseg_name_to_id
-
-    ids = totalseg_name_to_id()
-    hu = np.full((96, 96, 40), -1000, dtype=np.int16)
-    hu[8:88, 8:88, :] = 0  # body
-    mask = np.zeros(hu.shape, dtype=np.uint8)
-    mask[12:44, 20:76, 8:32] = ids["lung_upper_lobe_right"]
-    mask[52:84, 20:76, 8:32] = ids["lung_upper_lobe_left"]
-    hu[mask > 0] = -850
-    if with_heart:
-        mask[40:64, 50:74, 10:22] = ids["heart"]
-    mask[46:50, 30:34, 4:36] = ids["esophagus"]
-    mask[50:56, 36:42, 4:36] = ids["aorta"]
-    affine = np.diag([2.0, 2.0, 4.0, 1.0])
-    folder.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(hu, affine), folder / "ct.nii.gz")
-    nib.save(nib.Nifti1Image(mask, affine), folder / "seg.nii.gz")
-    return folder / "ct.nii.gz", folder / "seg.nii.gz"
-
-
-def test_predict_nifti_with_mask(trained: dict[str, Any], tmp_path: Path) -> None:
-    volume, mask = _write_study(tmp_path / "study", with_heart=False)
+def test_predict_nifti_with_mask_absent_anatomy_not_assessable(trained: dict[str, Any], tmp_path: Path) -> None:
+    volume, mask = write_study(tmp_path / "study", with_heart=False)
     payload = predict_study(trained["config"], trained["model_dir"], volume, mask_path=mask, work_dir=tmp_path / "w")
-    assert payload["input_kind"] == "nifti"
+    validate_prediction(payload)
+    assert payload["schema_version"] == 1
+    assert payload["input"] == {
+        "kind": "nifti",
+        "study_id": None,
+        "mask_source": "argument",
+        "series_description": None,
+    }
     assert payload["anatomies_found"] == ["lung", "esophagus", "aorta"]
-    assert payload["anatomies"]["heart"]["found"] is False
-    heart_labels = payload["anatomies"]["heart"]["labels"]
-    assert set(heart_labels) == {"Cardiomegaly", "Pericardial effusion", "Coronary artery wall calcification"}
-    assert all(entry["scored_on"] == "global" for entry in heart_labels.values())
-    assert payload["anatomies"]["lung"]["labels"]["Emphysema"]["scored_on"] == "anatomy"
+    assert payload["anatomies_not_assessable"] == ["heart"]
+    heart = payload["anatomies"]["heart"]
+    assert heart["status"] == "not_assessable" and "mask is empty" in heart["reason"]
+    assert set(heart["labels"]) == {"Cardiomegaly", "Pericardial effusion", "Coronary artery wall calcification"}
+    for row in heart["labels"].values():  # no probability scored on the global embedding any more
+        assert row["status"] == "not_assessable" and row["probability"] is None and row["call"] is None
+    emphysema = payload["labels"]["Emphysema"]
+    assert emphysema["status"] == "assessed" and 0.0 < emphysema["probability"] < 1.0
+    # a local model has no registry thresholds: probabilities, no calls, and it says so
+    assert payload["model"]["version"] is None and payload["model"]["thresholds"]["source"] is None
+    assert "no registry thresholds" in payload["model"]["thresholds"]["note"]
+    assert all(row["call"] is None for row in payload["labels"].values())
     assert len(payload["labels"]) == 16
-    assert all(0.0 < p < 1.0 for p in payload["labels"].values())
-    json.dumps(payload)  # JSON-serialisable
+
+
+def test_predict_calls_with_a_thresholds_file(trained: dict[str, Any], tmp_path: Path) -> None:
+    volume, mask = write_study(tmp_path / "study")
+    table = {
+        "schema_version": 1,
+        "model": {"name": None, "version": None},
+        "labels": {
+            "Emphysema": {"anatomy": "lung", "threshold": 0.0, "val_auc": 0.71, "method": "youden"},
+            "Cardiomegaly": {"anatomy": "heart", "threshold": 1.0, "val_auc": None, "method": "youden"},
+        },
+    }
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(table))
+    payload = predict_study(
+        trained["config"],
+        trained["model_dir"],
+        volume,
+        mask_path=mask,
+        work_dir=tmp_path / "w",
+        thresholds_path=thresholds,
+    )
+    validate_prediction(payload)
+    emphysema, heart = payload["labels"]["Emphysema"], payload["labels"]["Cardiomegaly"]
+    assert (emphysema["call"], emphysema["threshold"], emphysema["val_auc"]) == ("positive", 0.0, 0.71)
+    assert (heart["call"], heart["threshold"], heart["val_auc"]) == ("negative", 1.0, None)
+    assert payload["positive_calls"] == ["Emphysema"]
+    unthresholded = payload["labels"]["Lung nodule"]
+    assert unthresholded["call"] is None and "single class" in unthresholded["reason"]
+    table["model"] = {"name": "fvlm-ct", "version": "7"}  # another version's thresholds: fine for a local model
+    thresholds.write_text(json.dumps(table))
+    predict_study(
+        trained["config"],
+        trained["model_dir"],
+        volume,
+        mask_path=mask,
+        work_dir=tmp_path / "w2",
+        thresholds_path=thresholds,
+    )
+    thresholds.write_text(json.dumps({"labels": {}}))
+    with pytest.raises(PredictionError, match="schema_version 1"):
+        predict_study(
+            trained["config"],
+            trained["model_dir"],
+            volume,
+            mask_path=mask,
+            work_dir=tmp_path / "w3",
+            thresholds_path=thresholds,
+        )
 
 
 def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path, anatomies) -> None:
     from fvlm.cli import main
 
-    volume, mask = _write_study(tmp_path / "study")
+    volume, mask = write_study(tmp_path / "study")
     params = trained["root"] / "params.yaml"
     import yaml
 
@@ -88,11 +126,11 @@ def test_predict_cli_writes_json(trained: dict[str, Any], tmp_path: Path, anatom
     )
     assert code == 0
     payload = json.loads(out.read_text())
-    assert payload["anatomies_found"] == list(anatomies)
+    assert payload["anatomies_found"] == list(anatomies) and payload["anatomies_not_assessable"] == []
 
 
 def test_predict_errors_are_clear(trained: dict[str, Any], tmp_path: Path) -> None:
-    volume, mask = _write_study(tmp_path / "study")
+    volume, mask = write_study(tmp_path / "study")
     config, model_dir = trained["config"], trained["model_dir"]
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"\x1f\x8b not really gzip")
@@ -137,8 +175,9 @@ def test_predict_real_dicom_study_with_reference_mask(
         if "affine differs" in str(error) or "mask shape" in str(error):
             pytest.fail(f"converted grid does not match the reference segmentation's: {error}")
         raise
-    assert payload["input_kind"] == "dicom" and payload["study_id"].startswith("st_")
+    assert payload["input"]["kind"] == "dicom" and payload["input"]["study_id"].startswith("st_")
     assert payload["anatomies_found"] == ["aorta"]  # an abdominal scan: of ctrate4 only the aorta
+    assert payload["anatomies_not_assessable"] == ["lung", "heart", "esophagus"]
     assert len(payload["labels"]) == 16
     text = json.dumps(payload)
     assert "1.3.12.2.1107" not in text  # no UID leaks into the output
@@ -172,10 +211,86 @@ def test_predict_segments_with_totalsegmentator_backend(
             )
         }
     )
-    volume, _ = _write_study(tmp_path / "study")
+    volume, _ = write_study(tmp_path / "study")
     try:
         payload = predict_study(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
     except PredictionError as error:  # noise labels may hold no anatomy of the set: a clear error
         assert "no anatomy" in str(error)
         return
-    assert len(payload["labels"]) == 16
+    assert len(payload["labels"]) == 16 and payload["input"]["mask_source"] == "totalsegmentator"
+
+
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory: pytest.TempPathFactory, trained: dict[str, Any]) -> dict[str, Any]:
+    """One generated demo study (DICOM + its StudyInstanceUID-keyed mask) and a config pointing at it."""
+    from preprocessing.synthetic import generate_cohort
+
+    root = tmp_path_factory.mktemp("demo_study")
+    generate_cohort(root / "demo", studies=1, seed=0, size="demo", workers=1)
+    paths = {
+        "raw_dicom": str(root / "demo" / "dicom"),
+        "precomputed_masks": str(root / "demo" / "masks"),
+        "converted": str(root / "converted"),
+        "segmented": str(root / "segmented"),
+    }
+    config = trained["config"]
+    config = config.model_copy(update={"paths": config.paths.model_copy(update=paths)})
+    return {"root": root, "config": config, "folder": root / "demo" / "dicom" / "study_0000"}
+
+
+def test_predict_demo_study_finds_its_mask_from_its_identity(
+    demo_study: dict[str, Any], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """No --mask: the demo mask is keyed by StudyInstanceUID, the folder is not; the study_id links them."""
+    payload = predict_study(demo_study["config"], trained["model_dir"], demo_study["folder"], work_dir=tmp_path / "w")
+    validate_prediction(payload)
+    assert payload["input"]["kind"] == "dicom" and payload["input"]["mask_source"] == "precomputed"
+    assert payload["anatomies_found"] == ["lung", "heart", "esophagus", "aorta"]
+    # without a mask anywhere, a clear error (the demo config segments with the precomputed backend)
+    config = demo_study["config"]
+    bare = config.model_copy(update={"paths": config.paths.model_copy(update={"precomputed_masks": str(tmp_path)})})
+    with pytest.raises(PredictionError, match="no mask found"):
+        predict_study(bare, trained["model_dir"], demo_study["folder"], work_dir=tmp_path / "w2")
+
+
+def test_predict_converted_study_by_study_id(
+    demo_study: dict[str, Any], trained: dict[str, Any], tmp_path: Path
+) -> None:
+    from preprocessing.convert import ConvertJob, run_convert
+    from training.inference.predict import resolve_study_input
+
+    config = demo_study["config"]
+    run_convert(ConvertJob.from_config(config, workers=1))
+    with pytest.raises(PredictionError, match="neither a converted study_id"):
+        resolve_study_input(config, "st_nope")
+    assert resolve_study_input(config, "study_0000") == demo_study["folder"]
+    from preprocessing.conversion import read_manifest
+
+    (study_id,) = read_manifest(Path(config.paths.converted) / "studies.parquet")
+    volume = resolve_study_input(config, study_id)
+    payload = predict_study(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
+    validate_prediction(payload)
+    assert payload["input"] == {
+        "kind": "converted",
+        "study_id": study_id,
+        "mask_source": "precomputed",
+        "series_description": None,
+    }
+
+
+def test_predict_cli_study_option_and_png(demo_study: dict[str, Any], trained: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    from fvlm.cli import main
+
+    params = tmp_path / "params.yaml"
+    raw = demo_study["config"].model_dump(mode="json", exclude={"root"})
+    params.write_text(yaml.safe_dump({**raw, "profiles": {"demo": {}}}))
+    out, png = tmp_path / "prediction.json", tmp_path / "prediction.png"
+    args = ["--params", str(params), "predict", "--study", "study_0000", "--model", str(trained["model_dir"])]
+    assert main([*args, "--out", str(out), "--png", str(png)]) == 0
+    payload = json.loads(out.read_text())
+    validate_prediction(payload)
+    assert payload["png"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main([*args, str(demo_study["folder"])]) == 2  # INPUT and --study together

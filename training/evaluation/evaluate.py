@@ -11,6 +11,10 @@ Two protocols are reported, never mixed:
 * ``fvlm_protocol``: the public fVLM / CT-CLIP code's way, a Youden threshold chosen on the test split
   itself (optimistic; reported for comparison with published numbers only).
 
+The val-chosen threshold of every label whose val split has both classes is also the decision threshold
+``fvlm predict`` applies: :func:`threshold_table` -> ``<out>/thresholds.json`` and, for a registered model
+version, its tags (:func:`training.evaluation.tracking.store_thresholds`; docs/predict.md).
+
 AUC does not depend on a threshold. Bootstrap percentile intervals (``evaluate.bootstrap`` resamples of
 test studies) are given for per-label AUC and the mean AUC.
 """
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.evaluation.metrics import binary_metrics, bootstrap_auc, choose_threshold, youden_threshold
+from training.evaluation.metrics import binary_metrics, bootstrap_auc, choose_threshold, roc_auc, youden_threshold
 from training.models.zero_shot import (
     ZeroShotSpec,
     embed_batches,
@@ -78,13 +82,21 @@ def score_splits(
             "n_test": int(y_test.size),
             "n_test_positive": int((y_test == 1).sum()),
         }
+        val_two_classes = bool(y_val.size and len(np.unique(y_val)) == 2)
+        # the decision threshold predict uses: chosen on val whatever the test split holds
+        entry["val_auc"] = roc_auc(y_val, p_val) if val_two_classes else None
+        entry["decision_threshold"] = (
+            choose_threshold(y_val, p_val, threshold_method)  # type: ignore[arg-type]
+            if val_two_classes
+            else None
+        )
         if y_test.size == 0 or len(np.unique(y_test)) < 2:
             skipped.append(label)
             entry["skipped"] = "test split has a single class (AUC undefined)"
             per_label[label] = entry
             continue
-        if y_val.size and len(np.unique(y_val)) == 2:
-            threshold = choose_threshold(y_val, p_val, threshold_method)  # type: ignore[arg-type]
+        if val_two_classes:
+            threshold = float(entry["decision_threshold"])
             entry["threshold_source"] = f"val ({threshold_method})"
         else:
             threshold = 0.5
@@ -261,6 +273,53 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------------ thresholds
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def threshold_table(
+    report: Mapping[str, Any],
+    spec: ZeroShotSpec,
+    *,
+    name: str | None,
+    version: str | None,
+    prompts: str = "model",
+) -> dict[str, Any]:
+    """``thresholds.json``: per-label decision threshold (chosen on val) and val AUC, schema version 1.
+
+    ``{"schema_version": 1, "model": {"name", "version"}, "labels": {label: {"anatomy", "threshold",
+    "val_auc", "method"}}, "unthresholded": {label: reason}, "prompts": ...}``. A label whose val split
+    holds a single class gets no threshold (listed under ``unthresholded``): predict then gives its
+    probability without a call rather than a call at an arbitrary 0.5.
+    """
+    from training.evaluation.tracking import THRESHOLDS_SCHEMA_VERSION
+
+    method = str(report["threshold_method"])
+    labels: dict[str, Any] = {}
+    unthresholded: dict[str, str] = {}
+    for s, label in enumerate(spec.labels):
+        entry = report["labels"].get(label, {})
+        threshold = entry.get("decision_threshold")
+        if threshold is None or not math.isfinite(float(threshold)):
+            unthresholded[label] = "validation split has a single class for this label"
+            continue
+        auc = entry.get("val_auc")
+        labels[label] = {
+            "anatomy": spec.anatomy_names[spec.anatomy_index[s]],
+            "threshold": float(threshold),
+            "val_auc": float(auc) if auc is not None and math.isfinite(float(auc)) else None,
+            "method": method,
+        }
+    return {
+        "schema_version": THRESHOLDS_SCHEMA_VERSION,
+        "model": {"name": name, "version": version},
+        "labels": labels,
+        "unthresholded": unthresholded,
+        "prompts": prompts,
+        "n_val": int(report["n_val"]),
+    }
+
+
 # ------------------------------------------------------------------------------------ the stage
 def run_evaluation(
     config: FvlmConfig,
@@ -283,6 +342,8 @@ def run_evaluation(
     ``evaluate.promote_floor`` and beats the current holder on the same data
     (:func:`training.evaluation.tracking.promote_if_better`). ``report["promotion"]`` (and the metrics
     file's ``promoted`` / ``promotion_reason``) says what happened and why, also when the gate did not run.
+    The per-label decision thresholds (chosen on val) and val AUCs go to ``out_dir/thresholds.json``,
+    the evaluation run's artifacts and the registered version's tags.
     """
     from training.evaluation import tracking
 
@@ -302,6 +363,13 @@ def run_evaluation(
             prompts_file=config.path(config.evaluate.prompts_file),
         )
     report = evaluate_model(bundle.model, spec, val_batches(), test_batches(), config.evaluate, out_dir=out)
+    thresholds = threshold_table(
+        report,
+        spec,
+        name=registered[0] if registered else None,
+        version=registered[1] if registered else None,
+        prompts=str(config.evaluate.prompts_file) if config.evaluate.prompts_file else "model",
+    )
     report.update(
         {
             "model": str(model_ref),
@@ -379,6 +447,15 @@ def run_evaluation(
                 }
             )
             tracker.log_dict(_json_safe(report), "eval_report.json")
+            tracker.log_dict(thresholds, THRESHOLDS_FILE)
+            if registered:  # predict reads the thresholds of the version it resolved
+                tracking.store_thresholds(
+                    tracking_uri,
+                    *registered,
+                    thresholds,
+                    eval_data_hash=eval_data_hash,
+                    artifact_uri=f"runs:/{run_id}/{THRESHOLDS_FILE}",
+                )
         except BaseException:
             tracker.end("FAILED")
             raise
@@ -388,6 +465,7 @@ def run_evaluation(
     from core.io import atomic_write_text
 
     atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
+    atomic_write_text(out / THRESHOLDS_FILE, json.dumps(_json_safe(thresholds), indent=2) + "\n")
     if metrics_path is not None:
         atomic_write_text(
             metrics_path, json.dumps(_json_safe(summary_metrics(report)), indent=2, sort_keys=True) + "\n"
