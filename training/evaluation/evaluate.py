@@ -284,6 +284,7 @@ def threshold_table(
     name: str | None,
     version: str | None,
     prompts: str = "model",
+    eval_mode: str | None = None,
 ) -> dict[str, Any]:
     """``thresholds.json``: per-label decision threshold (chosen on val) and val AUC, schema version 1.
 
@@ -316,6 +317,7 @@ def threshold_table(
         "labels": labels,
         "unthresholded": unthresholded,
         "prompts": prompts,
+        "eval_mode": eval_mode,  # the crops the thresholds were chosen on (predict scores the same)
         "n_val": int(report["n_val"]),
     }
 
@@ -369,6 +371,7 @@ def run_evaluation(
         name=registered[0] if registered else None,
         version=registered[1] if registered else None,
         prompts=str(config.evaluate.prompts_file) if config.evaluate.prompts_file else "model",
+        eval_mode=config.evaluate.eval_mode,
     )
     report.update(
         {

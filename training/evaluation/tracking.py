@@ -599,6 +599,7 @@ THRESHOLDS_METHOD_TAG = "thresholds.method"  # evaluate.threshold_method (youden
 THRESHOLDS_SCHEMA_TAG = "thresholds.schema_version"
 THRESHOLDS_HASH_TAG = "thresholds.eval_data_hash"  # the evaluation data the thresholds were chosen on
 THRESHOLDS_ARTIFACT_TAG = "thresholds.artifact"  # runs:/<eval run>/thresholds.json (the full table)
+THRESHOLDS_EVAL_MODE_TAG = "thresholds.eval_mode"  # evaluate.eval_mode: the crops the thresholds were chosen on
 
 
 def label_slug(label: str) -> str:
@@ -652,6 +653,8 @@ def store_thresholds(
         client.set_model_version_tag(name, version, THRESHOLDS_HASH_TAG, eval_data_hash)
     if artifact_uri:
         client.set_model_version_tag(name, version, THRESHOLDS_ARTIFACT_TAG, artifact_uri)
+    if table.get("eval_mode"):
+        client.set_model_version_tag(name, version, THRESHOLDS_EVAL_MODE_TAG, str(table["eval_mode"]))
 
 
 def read_thresholds(
@@ -693,6 +696,7 @@ def read_thresholds(
         "labels": out,
         "eval_data_hash": tags.get(THRESHOLDS_HASH_TAG),
         "artifact": tags.get(THRESHOLDS_ARTIFACT_TAG),
+        "eval_mode": tags.get(THRESHOLDS_EVAL_MODE_TAG),
     }
 
 

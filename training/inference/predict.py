@@ -29,7 +29,6 @@ import numpy as np
 
 from training.models.zero_shot import (
     ZeroShotModel,
-    embed_arrays,
     load_zero_shot_model,
     zero_shot_probabilities,
 )
@@ -71,10 +70,41 @@ def center_crop_or_pad(
     return out
 
 
-def score_arrays(bundle: ZeroShotModel, volume: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The one place predict uses the loaded model: (S,) probabilities and (K,) anatomy present flags
-    for one volume (1, 1, Z, Y, X) in [0, 1] and its anatomy-index mask (1, Z, Y, X)."""
-    embeddings = embed_arrays(bundle, volume, mask)
+def evaluation_crops(
+    hu_zyx: np.ndarray,
+    index_zyx: np.ndarray,
+    crop_zyx: tuple[int, int, int],
+    hu_window: tuple[float, float],
+    n_anatomies: int,
+    eval_mode: str = "anatomy",
+) -> list[dict[str, Any]]:
+    """The crops ``fvlm evaluate`` scores for this study, made by the same code (the shard reader's
+    eval transform, :class:`training.trainer.data.ShardDataset`): ``"anatomy"`` one crop centred on each
+    anatomy present (``crop_anatomy = k``), ``"center"`` one crop centred on the union of the anatomies.
+    The thresholds were chosen on probabilities computed this way, so predict computes them this way."""
+    from training.trainer.data import ShardDataset
+
+    reader = ShardDataset([], crop_zyx=crop_zyx, hu_window=hu_window, mode="eval", eval_mode=eval_mode)  # type: ignore[arg-type]
+    row = {
+        "study_id": "study",
+        "hu_volume": hu_zyx,
+        "anatomy_mask": index_zyx.astype(np.uint8),
+        "anatomy_text": [""] * n_anatomies,
+        "anatomy_abnormal": np.zeros(n_anatomies, dtype=bool),
+        "labels": np.full(18, -1, dtype=np.int8),
+        "report_text": "",
+    }
+    return list(reader.transform(row, np.random.default_rng(0)))  # eval mode: no randomness used
+
+
+def score_crops(bundle: ZeroShotModel, crops: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The one place predict uses the loaded model: (S,) probabilities and (K,) anatomy present flags of
+    one study from its :func:`evaluation_crops` (anatomy k's embedding from the crop centred on k, as
+    :func:`training.models.zero_shot.embed_batches` does for evaluation)."""
+    from training.models.zero_shot import embed_batches
+    from training.trainer.batch import collate_batch
+
+    embeddings = embed_batches(bundle.model, [collate_batch(crops)])
     probabilities, _ = zero_shot_probabilities(embeddings, bundle.prompt_emb, bundle.spec, bundle.logit_scale)
     return np.asarray(probabilities[0], dtype=np.float64), np.asarray(embeddings.present[0], dtype=bool)
 
@@ -106,21 +136,19 @@ def predict_prepared(
     hu_zyx: np.ndarray,
     anatomy_mask_zyx: np.ndarray,
     thresholds: dict[str, Any] | None = None,
+    eval_mode: str = "anatomy",
 ) -> dict[str, Any]:
     """Score one study already on the model grid: HU (z,y,x) and anatomy-index mask (z,y,x), 0..K.
 
     ``thresholds``: label -> thresholds.json entry (None: none stored, probabilities without calls).
-    The crop is centred on the union of the anatomies (padded with air when smaller than the crop).
-    An anatomy the model does not see in the crop is ``not_assessable``: no probability, no call.
+    The crops are the ones evaluation scored (``eval_mode``, :func:`evaluation_crops`). An anatomy the
+    model does not see is ``not_assessable``: no probability, no call.
     """
     crop = bundle.crop_zyx
     hu_window = tuple(bundle.meta.get("hu_window", (-1150.0, 350.0)))
-    found = np.argwhere(anatomy_mask_zyx > 0)
-    center = tuple(((found.min(0) + found.max(0)) // 2).tolist()) if found.size else None
-    volume = center_crop_or_pad(window_hu(hu_zyx, hu_window), crop, 0.0, center)
-    mask = center_crop_or_pad(anatomy_mask_zyx.astype(np.uint8), crop, 0, center)
-    probabilities, present = score_arrays(bundle, volume[None, None], mask[None])
     spec = bundle.spec
+    crops = evaluation_crops(hu_zyx, anatomy_mask_zyx, crop, hu_window, len(spec.anatomy_names), eval_mode)
+    probabilities, present = score_crops(bundle, crops)
     anatomies: dict[str, Any] = {}
     for k, name in enumerate(spec.anatomy_names):
         voxels = int((anatomy_mask_zyx == k + 1).sum())
@@ -161,6 +189,7 @@ def predict_prepared(
         "labels": labels,
         "model_grid": {
             "crop_zyx": list(crop),
+            "eval_mode": eval_mode,
             "spacing_zyx_mm": bundle.meta.get("spacing_zyx_mm"),
             "hu_window": list(hu_window),
         },
@@ -438,8 +467,9 @@ def resolve_model(
         "method": ",".join(methods) if methods else None,
         "note": f"thresholds chosen on the validation split at evaluation ({len(labels)} of {len(spec.labels)} labels)",
     }
-    if table.get("eval_data_hash"):
-        resolved.thresholds_info["eval_data_hash"] = table["eval_data_hash"]
+    for key in ("eval_data_hash", "eval_mode"):
+        if table.get(key):
+            resolved.thresholds_info[key] = table[key]
     return resolved
 
 
@@ -504,7 +534,8 @@ def predict_study(
     except EmptyRoiError as error:
         raise PredictionError(f"{input_path}: {error}") from None
     hu_zyx, index_zyx = np.asarray(grid.hu_zyx), np.asarray(grid.anatomy_index_zyx)
-    scored = predict_prepared(bundle, hu_zyx, index_zyx, model.thresholds)
+    eval_mode = str(model.thresholds_info.get("eval_mode") or config.evaluate.eval_mode)
+    scored = predict_prepared(bundle, hu_zyx, index_zyx, model.thresholds, eval_mode)
     payload: dict[str, Any] = {
         "schema_version": PREDICTION_SCHEMA_VERSION,
         "model": model.as_dict(),
