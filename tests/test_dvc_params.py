@@ -112,7 +112,7 @@ def test_access_log_names_what_a_command_reads(
     monkeypatch.setenv(ACCESS_LOG_ENV, str(log))
     monkeypatch.setattr("sys.argv", ["fvlm", "train"])
     config = load_config(repo_root / "params.yaml")
-    assert config.train.steps == 60 and config.model.vision.depth == 4
+    assert config.train.steps == 300 and config.model.vision.depth == 4
     lines = log.read_text().splitlines()
     assert "train\ttrain.steps" in lines and "train\tmodel.vision.depth" in lines
     assert undeclared_reads(log.read_text(), dvc_yaml) == {}

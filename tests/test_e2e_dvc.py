@@ -25,6 +25,7 @@ def _tiny_params(params_path: Path) -> None:
     params = yaml.safe_load(params_path.read_text())
     params["demo_data"]["studies"] = 8
     params["train"].update(steps=3, batch_size=4, checkpoint_every=3)
+    params["split"] = {"train": 0.7, "val": 0.15, "test": 0.15, "seed": 0}  # 8 studies: a batch of 4 to train on
     params["evaluate"]["bootstrap"] = 10
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -35,7 +35,8 @@ def test_repo_params_are_the_demo_and_params_paper_the_paper(repo_root: Path, tm
     assert demo.model.vision.embed_dim < paper.model.vision.embed_dim
     # params.yaml's values are the demo values that ran before profiles were removed
     assert demo.grid.crop_zyx == (48, 64, 96) and demo.grid.spacing_zyx_mm == (8.0, 4.0, 4.0)
-    assert demo.train.steps == 60 and demo.train.batch_size == 8 and demo.train.lr == 5e-4
+    assert demo.train.steps == 300 and demo.train.batch_size == 8 and demo.train.lr == 1e-3
+    assert demo.model.vision.kind == "conv" and paper.model.vision.kind == "vit"
     assert demo.model.text.name_or_path is None and demo.model.text.max_length == 320
     assert demo.evaluate.bootstrap == 200
     assert "train.steps" in changed and "paths.raw_dicom" not in changed

@@ -132,7 +132,7 @@ def test_demo_forward_backward(demo_cfg, tokenizer_dir):
     assert set(per_anatomy) == set(ANATOMIES) and torch.isfinite(loss)
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert all(g is None or torch.isfinite(g).all() for g in grads.values())
-    assert grads["vision.patch_embed.proj.weight"].abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("vision."))
     assert grads["text.encoder.embeddings.word_embeddings.weight"].abs().sum() > 0
     assert grads["log_logit_scale"] is not None
 
