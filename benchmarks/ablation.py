@@ -329,10 +329,9 @@ def clipped(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
 def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
     """Per variant (and the probe): mean, std and t-interval of the test mean-AUC over seeds; the paired
     difference to CLIP on the same seeds with its t-interval; the mean of the runs' bootstrap CIs."""
-    import math
 
     def finite(value: Any) -> bool:
-        return value is not None and not math.isnan(value)
+        return not math_isnan(value)
 
     summary: dict[str, dict[str, Any]] = {}
     clip_by_seed = {r["seed"]: r["mean_auc"] for r in runs if r["variant"] == "clip" and finite(r["mean_auc"])}
@@ -407,7 +406,7 @@ def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict
     config = load_config(work / "params.yaml")
     torch.manual_seed(seed)
 
-    def studies(split: str) -> list[ProbeStudy]:
+    def studies(split: str) -> tuple[list[ProbeStudy], tuple[str, ...], list[np.ndarray]]:
         dataset = ShardDataset.from_dir(work / "data" / "shards", split, crop_zyx=config.grid.crop_zyx, mode="eval")
         rows = [row for unit in dataset.units for row in dataset.read_unit(unit)]
         return (

@@ -123,19 +123,21 @@ class ProbeModel(nn.Module):
 
         patch = getattr(self.encoder, "patch_zyx")  # noqa: B009
         membership = mask_to_patch_grid(mask, self.n_anatomies, patch)  # (B, K, N)
+        global_peak = final.amax(dim=1)
+        per_anatomy = []  # (logits of every label from anatomy k's head, anatomy k present) once per anatomy
+        for anatomy, head in enumerate(self.anatomy_heads):
+            member = membership[:, anatomy].unsqueeze(2)  # (B, N, 1)
+            present = member.any(dim=1)  # (B, 1)
+            mean = (final * member).sum(dim=1) / member.sum(dim=1).clamp(min=1)
+            peak = final.masked_fill(~member, float("-inf")).amax(dim=1)
+            per_anatomy.append((head(torch.cat([mean, torch.where(present, peak, global_peak)], dim=-1)), present))
         columns = []
         for label, anatomy in enumerate(self.label_anatomy):
             if anatomy < 0:
                 columns.append(logits[:, label])
                 continue
-            member = membership[:, anatomy].unsqueeze(2)  # (B, N, 1)
-            present = member.any(dim=1)  # (B, 1)
-            count = member.sum(dim=1).clamp(min=1)
-            mean = (final * member).sum(dim=1) / count
-            peak = final.masked_fill(~member, float("-inf")).amax(dim=1)
-            pooled = torch.cat([mean, torch.where(present, peak, final.amax(dim=1))], dim=-1)
-            own = self.anatomy_heads[anatomy](pooled)[:, label]
-            columns.append(torch.where(present.squeeze(1), own, logits[:, label]))
+            own, present = per_anatomy[anatomy]
+            columns.append(torch.where(present.squeeze(1), own[:, label], logits[:, label]))
         return torch.stack(columns, dim=1)
 
 
