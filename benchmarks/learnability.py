@@ -96,7 +96,10 @@ def load_cohort(
     cache: Path, seed: int, studies: int, difficulty: str, config: Any, workers: int
 ) -> list[dict[str, Any]]:
     """Prepared studies 0..studies-1 of cohort ``seed`` (cached as one npz per study)."""
-    folder = cache / f"{difficulty}_s{seed}_{'x'.join(f'{s:g}' for s in config.grid.spacing_zyx_mm)}"
+    from preprocessing.synthetic.cohort import GENERATOR_VERSION
+
+    spacing = "x".join(f"{s:g}" for s in config.grid.spacing_zyx_mm)
+    folder = cache / f"{difficulty}_v{GENERATOR_VERSION}_s{seed}_{spacing}"  # a new generator: a new cache
     folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(studies) if not (folder / f"{i:04d}.npz").is_file()]
     if missing:

@@ -100,12 +100,20 @@ _LEARNABLE: dict[str, Any] = {
     "emphysema_holes": (45, 80),
     "emphysema_radius_mm": (9.0, 16.0),  # bullous / panlobular-sized air spaces
     "emphysema_hu": -1000.0,
+    "emphysema_lobe_hu": (-110.0, -70.0),  # + diffuse low attenuation of the lobe (lung -860 -> ~-950 HU)
     "coronary_spots": (3, 6),
+    "coronary_plaque_mm": (20.0, 35.0),  # + one calcified segment per vessel
+    "coronary_plaque_radius_mm": (2.0, 3.0),
     "coronary_radius_mm": (3.5, 5.5),
     "coronary_hu": (900.0, 1500.0),
     "aortic_spots": (12, 20),
     "aortic_radius_mm": (4.0, 6.0),
     "aortic_hu": (800.0, 1400.0),
+    "aortic_plaques": (2, 5),  # + curvilinear plaques along the wall
+    "aortic_plaque_mm": (25.0, 50.0),
+    "aortic_plaque_radius_mm": (2.5, 3.5),
+    "device_lead_mm": 2.5,  # pacing lead / catheter radius (paper 1.3 mm): the part of a device inside the ROI
+    "opacity_patches": (2, 4),  # multifocal ground glass
     "node_count": (3, 5),
     "node_short_mm": (24.0, 36.0),  # bulky adenopathy
     "bronchiectasis_count": (8, 12),

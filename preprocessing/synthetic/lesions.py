@@ -226,18 +226,20 @@ def draw_lesions(
             )
         )
     if labels.get("Lung opacity"):
-        lesions.append(
-            _patch(
-                canvas,
-                rng,
-                "Lung opacity",
-                "ground_glass_opacity",
-                {n: 1 for n in ALL_LOBES},
-                spec["opacity_hu"],
-                spec["opacity_mm"],
-                "max",
+        patches = int(rng.integers(*spec["opacity_patches"])) if spec.get("opacity_patches") else 1
+        for _ in range(patches):  # learnable: multifocal ground glass (one patch per lobe drawn)
+            lesions.append(
+                _patch(
+                    canvas,
+                    rng,
+                    "Lung opacity",
+                    "ground_glass_opacity",
+                    {n: 1 for n in ALL_LOBES},
+                    spec["opacity_hu"],
+                    spec["opacity_mm"],
+                    "max",
+                )
             )
-        )
     if labels.get("Emphysema"):
         lesions.append(_emphysema(canvas, rng, spec))
     if labels.get("Coronary artery wall calcification"):
@@ -257,7 +259,7 @@ def draw_lesions(
     if labels.get("Pulmonary fibrotic sequela"):
         lesions.append(_fibrotic(canvas, rng, lungs, spec))
     if labels.get("Medical material"):
-        lesions.append(_medical_material(canvas, anatomy, rng, ids))
+        lesions.append(_medical_material(canvas, anatomy, rng, ids, spec))
     return [lesion for lesion in lesions if lesion]
 
 
@@ -444,6 +446,10 @@ def _emphysema(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -
         lobes += ["lung_lower_lobe_right", "lung_lower_lobe_left"] if bilateral else []
     lobe_ids = [class_ids()[n] for n in lobes]
     claimed, holes = 0, 0
+    if spec.get("emphysema_lobe_hu"):  # diffuse low attenuation of the affected lobes' parenchyma (not the vessels)
+        parenchyma = np.isin(canvas.label, np.asarray(lobe_ids, dtype=np.uint8)) & (canvas.hu < -500.0)
+        canvas.hu[parenchyma] += np.float32(rng.uniform(*spec["emphysema_lobe_hu"]))
+        claimed += int(parenchyma.sum())
     count = int(rng.integers(*spec["emphysema_holes"]))
     hole_hu = float(spec["emphysema_hu"])
     for kji in _random_voxels(canvas, rng, lobe_ids, count):
@@ -475,7 +481,8 @@ def _emphysema(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -
 def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     vessels = list(anatomy.coronary_paths)
     chosen = sorted({str(x) for x in rng.choice(vessels, size=int(rng.integers(1, 4)))})
-    spots = []
+    spots: list[np.ndarray] = []
+    plaques: list[np.ndarray] = []
     for name in chosen:
         path = anatomy.coronary_paths[name]
         for _ in range(int(rng.integers(*spec["coronary_spots"]))):
@@ -494,12 +501,28 @@ def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gen
                 only_labels=(0, class_ids()["heart"]),
             )
             spots.append(point)
+        if spec.get("coronary_plaque_mm"):  # a calcified segment along the vessel (heavy, "tram-track" calcium)
+            length = float(rng.uniform(*spec["coronary_plaque_mm"]))
+            step = float(np.linalg.norm(np.diff(path, axis=0), axis=1).mean())
+            first = int(rng.integers(0, len(path) // 2))
+            segment = path[first : first + max(2, int(np.ceil(length / step)) + 1)]
+            canvas.paint_tube(
+                segment,
+                float(rng.uniform(*spec["coronary_plaque_radius_mm"])),
+                float(rng.uniform(*spec["coronary_hu"])),
+                None,
+                soft=True,
+                mode="max",
+                only_labels=(0, class_ids()["heart"]),
+            )
+            plaques.append(segment.mean(axis=0))
     return {
         "label": "Coronary artery wall calcification",
         "kind": "coronary_calcification",
         "vessels": chosen,
         "spots": len(spots),
-        "center_body": np.mean(spots, axis=0).tolist(),
+        **({"plaques": len(plaques)} if plaques else {}),
+        "center_body": np.mean(spots + plaques, axis=0).tolist(),
     }
 
 
@@ -529,6 +552,30 @@ def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gener
         )
         segments.add("ascending" if index < n * 0.3 else "arch" if index < n * 0.45 else "descending")
         spots.append(point)
+    plaque_mm = spec.get("aortic_plaque_mm")
+    for _ in range(int(rng.integers(*spec["aortic_plaques"])) if plaque_mm else 0):
+        # a curvilinear plaque: the wall traced along the vessel on one side (heavy atherosclerosis)
+        step = float(np.linalg.norm(np.diff(path, axis=0), axis=1).mean())
+        start = int(rng.integers(n // 5, n - 3))
+        stop = min(n, start + max(2, int(np.ceil(float(rng.uniform(*plaque_mm)) / step)) + 1))
+        side = rng.normal(size=3)
+        wall = []
+        for index in range(start, stop):
+            tangent = path[min(index + 1, n - 1)] - path[max(index - 1, 0)]
+            normal = np.cross(tangent / np.linalg.norm(tangent), side)
+            wall.append(path[index] + normal / np.linalg.norm(normal) * radii[index] * 0.95)
+        canvas.paint_tube(
+            np.asarray(wall),
+            float(rng.uniform(*spec["aortic_plaque_radius_mm"])),
+            float(rng.uniform(*spec["aortic_hu"])),
+            None,
+            soft=True,
+            mode="max",
+            only_labels=(0, class_ids()["aorta"]),
+        )
+        middle = start + (stop - start) // 2
+        segments.add("ascending" if middle < n * 0.3 else "arch" if middle < n * 0.45 else "descending")
+        spots.append(np.mean(wall, axis=0))
     return {
         "label": "Arterial wall calcification",
         "kind": "aortic_wall_calcification",
@@ -724,7 +771,9 @@ def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], sp
     }
 
 
-def _medical_material(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, ids: dict[str, int]) -> Lesion:
+def _medical_material(
+    canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, ids: dict[str, int], spec: dict[str, Any]
+) -> Lesion:
     kind = str(rng.choice(["pacemaker", "port_catheter", "sternotomy_wires"]))
     claimed = 0
     if kind == "sternotomy_wires":
@@ -756,7 +805,7 @@ def _medical_material(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator
     heart_apex = anatomy.heart_center + anatomy.heart_axes[:, 0] * anatomy.heart_semi[0] * 0.55
     route = [device, (sign * 45.0, -55.0, 25.0), (-30.0, -12.0, 20.0), (-30.0, -12.0, -90.0)]
     route += [tuple(heart_apex)] if kind == "pacemaker" else [(-24.0, -10.0, -150.0)]
-    claimed += canvas.paint_tube(catmull_rom(route, 6), 1.3, 2600.0, None, soft=True)
+    claimed += canvas.paint_tube(catmull_rom(route, 6), float(spec.get("device_lead_mm", 1.3)), 2600.0, None, soft=True)
     return {
         "label": "Medical material",
         "kind": kind,

@@ -334,6 +334,48 @@ def test_paper_difficulty_is_the_previous_generator_and_learnable_lesions_are_la
         make_phantom(4, 1, "demo", difficulty="hard")
 
 
+# sha256 (first 16 hex) of hu + labels of `paper` phantom 3 with every finding forced: the generator as it was
+# before the `learnable` difficulty (GENERATOR_VERSION 1); `learnable` changes must not move a `paper` draw
+PAPER_PHANTOM_3_ALL_FINDINGS = "1b869fbef5ef9479"
+
+
+def test_paper_phantom_is_byte_identical_to_the_version_1_generator() -> None:
+    import hashlib
+
+    from core.anatomy_sets import CTRATE_LABELS
+    from preprocessing.synthetic import make_phantom
+
+    phantom = make_phantom(3, 1, "demo", labels={name: 1 for name in CTRATE_LABELS}, difficulty="paper")
+    digest = hashlib.sha256(phantom.hu_zyx.tobytes() + phantom.labels_zyx.tobytes()).hexdigest()[:16]
+    assert digest == PAPER_PHANTOM_3_ALL_FINDINGS
+
+
+def test_learnable_version_2_findings_diffuse_emphysema_plaques_and_visible_leads() -> None:
+    from core.anatomy_sets import totalseg_name_to_id
+    from preprocessing.synthetic import make_phantom
+
+    ids = dict(totalseg_name_to_id())
+    base = make_phantom(5, 1, "demo", labels={}, difficulty="learnable")
+
+    emphysema = make_phantom(5, 1, "demo", labels={"Emphysema": 1}, difficulty="learnable")
+    lobes = [ids[name] for name in emphysema.lesions[0]["lobes"]]
+    parenchyma = np.isin(base.labels_zyx, lobes) & (base.hu_zyx < -500) & (emphysema.hu_zyx > -990)
+    drop = float(np.median(base.hu_zyx[parenchyma] - emphysema.hu_zyx[parenchyma]))
+    assert 60 <= drop <= 120  # the whole lobe darker (low attenuation), not only the bullae
+
+    calcified = make_phantom(
+        5, 1, "demo", labels={"Coronary artery wall calcification": 1, "Arterial wall calcification": 1}
+    )
+    coronary = next(x for x in calcified.lesions if x["kind"] == "coronary_calcification")
+    assert coronary["plaques"] == len(coronary["vessels"])
+    assert int((calcified.hu_zyx > 600).sum()) > int((base.hu_zyx > 600).sum())
+
+    paper_device = make_phantom(6, 1, "demo", labels={"Medical material": 1}, difficulty="paper")
+    learnable_device = make_phantom(6, 1, "demo", labels={"Medical material": 1}, difficulty="learnable")
+    assert paper_device.lesions[0]["kind"] == learnable_device.lesions[0]["kind"] == "pacemaker"
+    assert learnable_device.lesions[0]["voxels"] > 1.5 * paper_device.lesions[0]["voxels"]  # the thicker lead
+
+
 def test_cli_demo_data_writes_a_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fvlm.cli import main
 
