@@ -9,7 +9,9 @@
   the coronary / aortic wall), but lesions are drawn at the large end of what occurs clinically (a
   "mass-like" nodule, extensive emphysema, bulky nodes, heavy calcification) and every label has a
   prevalence of about 25-30 %, so that each one keeps tens of voxels of clear contrast on the demo grid
-  and val / test splits of a few dozen studies hold ~10 positives per label.
+  and val / test splits of a few dozen studies hold ~10 positives per label. Generator version 2 made
+  emphysema diffuse (its lobes lose 70-110 HU), added calcified coronary segments and curvilinear aortic
+  plaques, multifocal ground glass and 2.5 mm device leads (docs/learnability.md has what each bought).
 
 The ``paper`` numbers are exactly the ones the generator had before this option existed (same random
 draws in the same order): a ``paper`` cohort is byte-identical to the cohorts of earlier versions.
