@@ -117,3 +117,16 @@ def test_anatomy_pooled_probe_scores_each_label_on_its_anatomy() -> None:
     assert torch.allclose(logits[1], global_logits[1])  # study 1 has no anatomy 2
     assert not torch.allclose(logits[0, 0], global_logits[0, 0])
     assert label_anatomies("ctrate4", ["Cardiomegaly", "Lymphadenopathy", "Lung nodule"]) == [1, None, 0]
+
+
+def test_anatomy_pooled_probe_with_labels_without_anatomy_reads_every_token() -> None:
+    from training.trainer.probe import ProbeModel, label_anatomies
+
+    # a label subset none of whose labels has an anatomy (e.g. only "Medical material") is scored globally
+    anatomy = label_anatomies("ctrate4", ["Medical material", "Lymphadenopathy"])
+    assert anatomy == [None, None]
+    vision = VisionConfig(kind="conv", patch_zyx=(4, 8, 8), embed_dim=16, depth=1, heads=2, pool_layers=[])
+    model = ProbeModel(vision_encoder(vision, CROP), 2, anatomy).eval()
+    volume = torch.rand(2, 1, *CROP)
+    mask = torch.ones(2, *CROP, dtype=torch.long)
+    assert torch.allclose(model(volume, mask), model(volume))

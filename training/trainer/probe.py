@@ -117,7 +117,7 @@ class ProbeModel(nn.Module):
     def forward(self, volume: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         final, _, _ = self.encoder(volume)
         logits = self.head(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
-        if self.label_anatomy is None or mask is None:
+        if self.label_anatomy is None or mask is None or not self.n_anatomies:  # no label has an anatomy
             return logits
         from training.models.pooling import mask_to_patch_grid
 
