@@ -227,7 +227,7 @@ def draw_lesions(
         )
     if labels.get("Lung opacity"):
         patches = int(rng.integers(*spec["opacity_patches"])) if spec.get("opacity_patches") else 1
-        for _ in range(patches):  # learnable: multifocal ground glass (one patch per lobe drawn)
+        for _ in range(patches):  # learnable: multifocal ground glass (each patch in a lobe drawn at random)
             lesions.append(
                 _patch(
                     canvas,
