@@ -478,6 +478,17 @@ def _emphysema(canvas: Canvas, rng: np.random.Generator, spec: dict[str, Any]) -
     }
 
 
+def _points_along(path: np.ndarray, length_mm: float) -> int:
+    """How many consecutive points of ``path`` (about evenly spaced) cover ``length_mm`` (at least 2)."""
+    step = float(np.linalg.norm(np.diff(path, axis=0), axis=1).mean())
+    return max(2, int(np.ceil(length_mm / step)) + 1)
+
+
+def _aortic_segment(index: int, n: int) -> str:
+    """Which part of the aorta point ``index`` of its ``n``-point centreline lies in."""
+    return "ascending" if index < n * 0.3 else "arch" if index < n * 0.45 else "descending"
+
+
 def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     vessels = list(anatomy.coronary_paths)
     chosen = sorted({str(x) for x in rng.choice(vessels, size=int(rng.integers(1, 4)))})
@@ -503,9 +514,8 @@ def _coronary_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gen
             spots.append(point)
         if spec.get("coronary_plaque_mm"):  # a calcified segment along the vessel (heavy, "tram-track" calcium)
             length = float(rng.uniform(*spec["coronary_plaque_mm"]))
-            step = float(np.linalg.norm(np.diff(path, axis=0), axis=1).mean())
             first = int(rng.integers(0, len(path) // 2))
-            segment = path[first : first + max(2, int(np.ceil(length / step)) + 1)]
+            segment = path[first : first + _points_along(path, length)]
             canvas.paint_tube(
                 segment,
                 float(rng.uniform(*spec["coronary_plaque_radius_mm"])),
@@ -550,14 +560,13 @@ def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gener
             mode="max",
             only_labels=(0, class_ids()["aorta"]),
         )
-        segments.add("ascending" if index < n * 0.3 else "arch" if index < n * 0.45 else "descending")
+        segments.add(_aortic_segment(index, n))
         spots.append(point)
     plaque_mm = spec.get("aortic_plaque_mm")
     for _ in range(int(rng.integers(*spec["aortic_plaques"])) if plaque_mm else 0):
         # a curvilinear plaque: the wall traced along the vessel on one side (heavy atherosclerosis)
-        step = float(np.linalg.norm(np.diff(path, axis=0), axis=1).mean())
         start = int(rng.integers(n // 5, n - 3))
-        stop = min(n, start + max(2, int(np.ceil(float(rng.uniform(*plaque_mm)) / step)) + 1))
+        stop = min(n, start + _points_along(path, float(rng.uniform(*plaque_mm))))
         side = rng.normal(size=3)
         wall = []
         for index in range(start, stop):
@@ -573,8 +582,7 @@ def _aortic_calcification(canvas: Canvas, anatomy: Anatomy, rng: np.random.Gener
             mode="max",
             only_labels=(0, class_ids()["aorta"]),
         )
-        middle = start + (stop - start) // 2
-        segments.add("ascending" if middle < n * 0.3 else "arch" if middle < n * 0.45 else "descending")
+        segments.add(_aortic_segment(start + (stop - start) // 2, n))
         spots.append(np.mean(wall, axis=0))
     return {
         "label": "Arterial wall calcification",
