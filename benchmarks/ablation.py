@@ -399,9 +399,10 @@ def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict
 
     from core.config import load_config
     from training.evaluation.metrics import bootstrap_auc
+    from training.models.model import vision_encoder
     from training.models.zero_shot import zero_shot_spec
     from training.trainer.data import ShardDataset
-    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies, vision_encoder
+    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies
 
     config = load_config(work / "params.yaml")
     torch.manual_seed(seed)

@@ -206,7 +206,8 @@ def run_probe(
     import torch
 
     from core.anatomy_sets import CTRATE_LABELS
-    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies, vision_encoder
+    from training.models.model import vision_encoder
+    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies
 
     torch.manual_seed(seed)
     studies = [ProbeStudy(r["hu"], r["anatomy"], r["labels"]) for r in records]

@@ -175,6 +175,11 @@ class VisionConfig(_Section):
         "vit"  # vit: the paper's 3D ViT; conv: small 3D CNN (training/models/conv3d.py), same token grid
     )
     conv_channels: list[int] | None = None  # conv: widths per stage (None: doubling up to embed_dim)
+    # conv: the last N channels of each token are a per-voxel map (conv_peak_kernel^3 conv + BatchNorm + ReLU, + 1x1)
+    # max-pooled over the token's patch: focal bright findings (devices) reach the pooling (0: off)
+    conv_peak_channels: int = Field(0, ge=0)
+    conv_peak_kernel: int = Field(3, ge=1)
+    conv_peak_depth: int = Field(1, ge=1)  # conv: conv + BatchNorm + ReLU layers of the peak map before its 1x1
     patch_zyx: tuple[int, int, int] = (16, 16, 32)
     embed_dim: int = Field(768, ge=8)
     depth: int = Field(12, ge=1)

@@ -101,6 +101,15 @@ class Canvas:
             self.label[box][inside] = label
         return int(region.sum())
 
+    def count(self, distance: DistanceFn, body_lo: Vec3, body_hi: Vec3, only_labels: Iterable[int]) -> int:
+        """How many voxels :meth:`paint` (hard edge) would claim there, without painting."""
+        box = self.voxel_box(body_lo, body_hi)
+        if box is None:
+            return 0
+        region = distance(*self.coords(box)) < 0
+        region &= np.isin(self.label[box], np.fromiter(only_labels, dtype=np.uint8))
+        return int(region.sum())
+
     def paint_tube(
         self,
         points: np.ndarray,

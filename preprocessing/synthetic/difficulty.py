@@ -11,7 +11,9 @@
   prevalence of about 25-30 %, so that each one keeps tens of voxels of clear contrast on the demo grid
   and val / test splits of a few dozen studies hold ~10 positives per label. Generator version 2 made
   emphysema diffuse (its lobes lose 70-110 HU), added calcified coronary segments and curvilinear aortic
-  plaques, multifocal ground glass and 2.5 mm device leads (docs/learnability.md has what each bought).
+  plaques, multifocal ground glass and 2.5 mm device leads; version 3 bulky lymph nodes that displace the
+  lung (moved until most of each lies in fat or lung), 2-4 nodules and lobar consolidation
+  (docs/learnability.md has what each bought).
 
 The ``paper`` numbers are exactly the ones the generator had before this option existed (same random
 draws in the same order): a ``paper`` cohort is byte-identical to the cohorts of earlier versions.
@@ -94,8 +96,9 @@ _LEARNABLE: dict[str, Any] = {
     "hiatal_hernia_mm": (45.0, 65.0),
     "pleural_effusion_mm": (20.0, 45.0),
     "nodule_first_mm": (20.0, 34.0),  # mass-like (> 3 cm is a "mass" clinically; still solid, round, in one lobe)
-    "nodule_extra_mm": (14.0, 22.0),
-    "consolidation_mm": (45.0, 70.0),
+    "nodule_extra_mm": (18.0, 26.0),
+    "nodule_count": (2, 5),  # v3: 2-4 nodules (a dominant mass + satellites), not one in 60 %
+    "consolidation_mm": (65.0, 95.0),  # v3: lobar (clipped to its lobe), was 45-70 mm
     "opacity_mm": (50.0, 75.0),
     "opacity_hu": -420.0,  # dense ground glass (vessels still visible through -300..-700 HU)
     "atelectasis_semi_mm": ((30.0, 45.0), (9.0, 13.0), (15.0, 22.0)),
@@ -118,6 +121,7 @@ _LEARNABLE: dict[str, Any] = {
     "opacity_patches": (2, 4),  # multifocal ground glass
     "node_count": (3, 5),
     "node_short_mm": (24.0, 36.0),  # bulky adenopathy
+    "node_min_fraction": 0.6,  # v3: moved until >= 60 % lies in fat / lung (v2: often a few voxels between organs)
     "bronchiectasis_count": (8, 12),
     "bronchiectasis_lumen_mm": (6.0, 9.0),
     "bronchiectasis_wall_mm": 3.5,

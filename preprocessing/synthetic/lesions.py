@@ -196,7 +196,10 @@ def draw_lesions(
     if labels.get("Atelectasis") and not any(x["label"] == "Atelectasis" for x in lesions):
         lesions.extend(_atelectasis(canvas, rng, spec))
     if labels.get("Lung nodule"):
-        count = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
+        if spec.get("nodule_count"):  # learnable: always several (a dominant mass + satellites / metastases)
+            count = int(rng.integers(*spec["nodule_count"]))
+        else:
+            count = 1 if rng.random() < 0.6 else int(rng.integers(2, 4))
         for index in range(count):
             diameter = (
                 float(rng.uniform(*spec["nodule_first_mm"]))
@@ -614,8 +617,17 @@ def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int],
         center = np.asarray(NODE_STATIONS[station]) + rng.normal(0, 2.0, 3)
         short = float(rng.uniform(*spec["node_short_mm"]))
         semi = (short / 2, short / 2 * rng.uniform(1.0, 1.2), short / 2 * rng.uniform(1.2, 1.6))
-        allowed = (0,) + tuple(lungs) if "hilar" in station else (0,)
+        bulky = spec.get("node_min_fraction")  # learnable: a bulky node displaces the lung beside it
+        allowed = (0,) + tuple(lungs) if "hilar" in station or bulky else (0,)
         reach = max(20.0, short * 0.8 + 1.0)
+        if bulky:  # move it (as a radiologist would find it) until most of it lies in fat / lung, not in an organ
+            expected = 4.0 / 3.0 * np.pi * float(np.prod(semi)) / float(np.prod(canvas.grid.spacing_kji))
+            for _ in range(8):
+                if canvas.count(ellipsoid(tuple(center), semi), center - reach, center + reach, allowed) >= (
+                    bulky * expected
+                ):
+                    break
+                center = center + rng.normal(0, 6.0, 3)
         claimed = canvas.paint(
             ellipsoid(tuple(center), semi),
             tuple(center - reach),

@@ -376,6 +376,25 @@ def test_learnable_version_2_findings_diffuse_emphysema_plaques_and_visible_lead
     assert learnable_device.lesions[0]["voxels"] > 1.5 * paper_device.lesions[0]["voxels"]  # the thicker lead
 
 
+def test_learnable_version_3_bulky_nodes_multiple_nodules_and_lobar_consolidation() -> None:
+    from preprocessing.synthetic import make_phantom
+    from preprocessing.synthetic.difficulty import lesion_spec
+
+    spec = lesion_spec("learnable")
+    voxel_mm3 = 3.1585 * 3.1585 * 5.0  # the demo phantom grid
+    smallest_node = 4.0 / 3.0 * np.pi * (spec["node_short_mm"][0] / 2) ** 3 / voxel_mm3
+    for index in range(1, 4):  # v2 left some nodes a few voxels between the mediastinal organs
+        phantom = make_phantom(7, index, "demo", labels={"Lymphadenopathy": 1}, difficulty="learnable")
+        nodes = [x for x in phantom.lesions if x["kind"] == "enlarged_lymph_node"]
+        assert len(nodes) >= spec["node_count"][0] - 1 and nodes
+        assert np.median([x["voxels"] for x in nodes]) > 0.5 * smallest_node, index
+        nodules = make_phantom(7, index, "demo", labels={"Lung nodule": 1}, difficulty="learnable").lesions
+        assert len(nodules) >= 2  # a dominant mass + satellites
+    paper = make_phantom(7, 1, "demo", labels={"Consolidation": 1}, difficulty="paper").lesions[0]
+    lobar = make_phantom(7, 1, "demo", labels={"Consolidation": 1}, difficulty="learnable").lesions[0]
+    assert lobar["size_mm"] >= 65 > paper["size_mm"] and lobar["voxels"] > 2 * paper["voxels"]
+
+
 def test_cli_demo_data_writes_a_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fvlm.cli import main
 

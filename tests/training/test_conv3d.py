@@ -54,6 +54,7 @@ def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
                 "depth": 1,
                 "heads": 2,
                 "pool_layers": [2],
+                "conv_peak_channels": 4,
             },
             "text": {"name_or_path": None, "vocab_size": 128, "hidden": 16, "layers": 1, "heads": 2, "max_length": 16},
             "embed_dim": 16,
@@ -75,9 +76,68 @@ def test_fvlm_with_conv_encoder_trains_end_to_end(tmp_path) -> None:
     loss.backward()
     first = model.vision.stages[0][0][0].weight
     assert first.grad is not None and float(first.grad.abs().sum()) > 0
+    peak = model.vision.peak[0].weight  # the peak branch is trained by the contrastive loss too
+    assert peak.grad is not None and float(peak.grad.abs().sum()) > 0
     saved = model.save_pretrained(tmp_path / "m")
     again = type(model).from_pretrained(saved)
-    assert isinstance(again.vision, ConvEncoder3D)
+    assert isinstance(again.vision, ConvEncoder3D) and again.vision.peak_channels == 4
     model.eval(), again.eval()
     with torch.no_grad():
         assert torch.allclose(model.encode_image(volume, mask)["anatomy"], again.encode_image(volume, mask)["anatomy"])
+
+
+def test_peak_channels_are_the_patch_max_of_a_per_voxel_map() -> None:
+    torch.manual_seed(0)
+    conv = ConvEncoder3D(CROP, PATCH, 32, pool_layers=[1, 2], peak_channels=4, peak_kernel=1).eval()
+    assert conv.widths[-1] == 28  # the stages fill the other embed_dim - peak_channels channels
+    volume = torch.zeros(1, 1, *CROP)
+    with torch.no_grad():
+        final, levels, grid = conv(volume)
+        assert final.shape == (1, 64, 32) and all(level.shape == final.shape for level in levels)
+        assert all(torch.equal(level[..., 28:], final[..., 28:]) for level in levels)  # fVLM's level mean keeps them
+        background = final[0, :, 28:].clone()
+        assert torch.allclose(background, background[0].expand_as(background))  # uniform input: the same everywhere
+        spot = volume.clone()
+        spot[0, 0, 5, 9, 30] = 1.0  # one bright voxel in patch (1, 1, 3) -> token 1*16 + 1*4 + 3 = 23
+        bright, _, _ = conv(spot)
+    changed = (bright[0, :, 28:] != background).any(dim=1).nonzero().flatten().tolist()
+    assert changed in ([], [23])  # only the spot's token can change (1x1 kernel) ...
+    per_voxel = conv.peak(torch.nn.functional.max_pool3d(spot, 2))[0, :, 2, 4, 15]  # map on the 2x max-pooled input
+    assert torch.allclose(bright[0, 23, 28:], torch.maximum(per_voxel, background[23]))  # ... and it holds the max
+
+
+def test_a_single_bright_voxel_is_learned_through_the_peak_channels() -> None:
+    """The sparse-evidence case the peak branch exists for: 'is there one bright voxel anywhere?'."""
+    torch.manual_seed(0)
+    conv = ConvEncoder3D(CROP, PATCH, 16, peak_channels=4, peak_kernel=1)
+    head = torch.nn.Linear(16, 1)
+    optimizer = torch.optim.Adam([*conv.parameters(), *head.parameters()], lr=1e-2)
+    generator = torch.Generator().manual_seed(1)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        volume = torch.rand(n, 1, *CROP, generator=generator) * 0.6
+        target = (torch.arange(n) % 2).float()
+        for i in range(0, n, 2):
+            z, y, x = (int(torch.randint(0, s, (1,), generator=generator)) for s in CROP)
+            volume[i + 1, 0, z, y, x] = 1.0
+        return volume, target
+
+    for _ in range(150):
+        volume, target = batch(8)
+        logits = head(conv(volume)[0].amax(dim=1)).squeeze(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    conv.eval()
+    volume, target = batch(16)
+    with torch.no_grad():
+        scores = head(conv(volume)[0].amax(dim=1)).squeeze(1)
+    assert bool((scores[target == 1].min() > scores[target == 0].max()).item())
+
+
+def test_peak_channels_must_leave_room_for_the_stages() -> None:
+    with pytest.raises(ValueError, match="conv_peak_channels"):
+        ConvEncoder3D(CROP, PATCH, 16, peak_channels=16)
+    with pytest.raises(ValueError, match="conv_peak_kernel"):
+        ConvEncoder3D(CROP, PATCH, 16, peak_channels=4, peak_kernel=2)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from core.config import VisionConfig
-from training.trainer.probe import ProbeStudy, crop_study, fit_probe, vision_encoder
+from training.models.model import vision_encoder
+from training.trainer.probe import ProbeStudy, crop_study, fit_probe
 
 CROP = (8, 16, 16)
 

@@ -53,6 +53,32 @@ MIN_TEMPERATURE = 0.001
 MAX_TEMPERATURE = 0.5
 
 
+def vision_encoder(vision: Any, crop_zyx: Sequence[int], attention: AttentionKind = "sdpa") -> nn.Module:
+    """The image encoder of ``model.vision``: the paper's 3D ViT (kind vit) or the small 3D CNN (kind conv)."""
+    if getattr(vision, "kind", "vit") == "conv":  # small 3D CNN, same token grid (training/models/conv3d.py)
+        return ConvEncoder3D(
+            crop_zyx,
+            vision.patch_zyx,
+            vision.embed_dim,
+            getattr(vision, "conv_channels", None),
+            vision.pool_layers,
+            peak_channels=int(getattr(vision, "conv_peak_channels", 0) or 0),
+            peak_kernel=int(getattr(vision, "conv_peak_kernel", 3) or 3),
+            peak_depth=int(getattr(vision, "conv_peak_depth", 1) or 1),
+        )
+    return ViT3D(
+        crop_zyx=crop_zyx,
+        patch_zyx=vision.patch_zyx,
+        embed_dim=vision.embed_dim,
+        depth=vision.depth,
+        heads=vision.heads,
+        mlp_ratio=getattr(vision, "mlp_ratio", 4.0),
+        pool_layers=vision.pool_layers,
+        grad_checkpointing=getattr(vision, "grad_checkpointing", False),
+        attention=attention,
+    )
+
+
 class FVLM(nn.Module):
     def __init__(
         self,
@@ -69,26 +95,7 @@ class FVLM(nn.Module):
         self.model_cfg_dict = _config_to_dict(model_cfg)
         self.text_pretrained = model_cfg.text.name_or_path is not None
         self.vision: ViT3D | ConvEncoder3D
-        if getattr(vision, "kind", "vit") == "conv":  # small 3D CNN, same token grid (training/models/conv3d.py)
-            self.vision = ConvEncoder3D(
-                self.crop_zyx,
-                vision.patch_zyx,
-                vision.embed_dim,
-                getattr(vision, "conv_channels", None),
-                vision.pool_layers,
-            )
-        else:
-            self.vision = ViT3D(
-                crop_zyx=self.crop_zyx,
-                patch_zyx=vision.patch_zyx,
-                embed_dim=vision.embed_dim,
-                depth=vision.depth,
-                heads=vision.heads,
-                mlp_ratio=vision.mlp_ratio,
-                pool_layers=vision.pool_layers,
-                grad_checkpointing=vision.grad_checkpointing,
-                attention=attention,
-            )
+        self.vision = vision_encoder(vision, self.crop_zyx, attention)  # type: ignore[assignment]
         self.pooling = AnatomyPooling(len(self.anatomy_names), vision.embed_dim, model_cfg.embed_dim, vision.heads)
         self.global_proj = nn.Linear(vision.embed_dim, model_cfg.embed_dim)
         self.text = text_tower

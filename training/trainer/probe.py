@@ -12,7 +12,7 @@ comparison chose the demo image encoder.
 
 API::
 
-    encoder = vision_encoder(model_cfg.vision, crop_zyx)             # ViT3D or ConvEncoder3D
+    encoder = vision_encoder(model_cfg.vision, crop_zyx)  # training.models.model: ViT3D or ConvEncoder3D
     result = fit_probe(encoder, train_studies, test_studies, crop_zyx=..., hu_window=..., steps=...)
     result.test_auc        # {label: AUC} (NaN where the test split holds one class only)
 
@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.evaluation.metrics import roc_auc
-from training.models.conv3d import ConvEncoder3D
-from training.models.vit3d import ViT3D
 from training.trainer.transforms import centred_starts, extract_crop, label_centre, random_flips, random_starts
 
 
@@ -76,23 +74,6 @@ def label_anatomies(anatomy_set_name: str, label_names: Sequence[str]) -> list[i
 def _nanmean(values: Any) -> float:
     finite = [float(v) for v in values if not math.isnan(float(v))]
     return float(np.mean(finite)) if finite else float("nan")
-
-
-def vision_encoder(vision: Any, crop_zyx: Sequence[int]) -> nn.Module:
-    """The image encoder ``training.models.model.FVLM`` builds for ``model.vision`` (kind vit or conv)."""
-    if getattr(vision, "kind", "vit") == "conv":
-        return ConvEncoder3D(
-            crop_zyx, vision.patch_zyx, vision.embed_dim, getattr(vision, "conv_channels", None), vision.pool_layers
-        )
-    return ViT3D(
-        crop_zyx=crop_zyx,
-        patch_zyx=vision.patch_zyx,
-        embed_dim=vision.embed_dim,
-        depth=vision.depth,
-        heads=vision.heads,
-        mlp_ratio=getattr(vision, "mlp_ratio", 4.0),
-        pool_layers=vision.pool_layers,
-    )
 
 
 class ProbeModel(nn.Module):
