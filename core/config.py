@@ -179,7 +179,6 @@ class VisionConfig(_Section):
     # max-pooled over the token's patch: focal bright findings (devices) reach the pooling (0: off)
     conv_peak_channels: int = Field(0, ge=0)
     conv_peak_kernel: int = Field(3, ge=1)
-    conv_peak_depth: int = Field(1, ge=1)  # conv: conv + BatchNorm + ReLU layers of the peak map before its 1x1
     patch_zyx: tuple[int, int, int] = (16, 16, 32)
     embed_dim: int = Field(768, ge=8)
     depth: int = Field(12, ge=1)

@@ -90,7 +90,6 @@ class ConvEncoder3D(nn.Module):
         in_channels: int = 1,
         peak_channels: int = 0,
         peak_kernel: int = 3,
-        peak_depth: int = 1,
     ) -> None:
         super().__init__()
         self.crop_zyx = tuple(int(c) for c in crop_zyx)
@@ -102,8 +101,6 @@ class ConvEncoder3D(nn.Module):
             raise ValueError(f"conv_peak_channels must be in [0, embed_dim={self.embed_dim}), got {peak_channels}")
         if peak_kernel < 1 or peak_kernel % 2 == 0:
             raise ValueError(f"conv_peak_kernel must be odd and >= 1, got {peak_kernel}")
-        if peak_depth < 1:
-            raise ValueError(f"conv_peak_depth must be >= 1, got {peak_depth}")
         context_dim = self.embed_dim - self.peak_channels  # the stages' share of each token
         strides = stage_strides(self.patch_zyx)
         n_stages = len(strides)
@@ -136,15 +133,12 @@ class ConvEncoder3D(nn.Module):
         # token grid (no LayerNorm after the max: its magnitude is the evidence), the last ``peak_channels``
         self.peak: nn.Module | None = None
         if self.peak_channels:
-            layers = []
-            for depth in range(int(peak_depth)):  # conv + BatchNorm + ReLU, then a 1x1 conv
-                cin_peak = in_channels if depth == 0 else self.peak_channels
-                layers += [
-                    nn.Conv3d(cin_peak, self.peak_channels, kernel_size=peak_kernel, padding=peak_kernel // 2),
-                    nn.BatchNorm3d(self.peak_channels),
-                    nn.ReLU(),
-                ]
-            self.peak = nn.Sequential(*layers, nn.Conv3d(self.peak_channels, self.peak_channels, kernel_size=1))
+            self.peak = nn.Sequential(
+                nn.Conv3d(in_channels, self.peak_channels, kernel_size=peak_kernel, padding=peak_kernel // 2),
+                nn.BatchNorm3d(self.peak_channels),
+                nn.ReLU(),
+                nn.Conv3d(self.peak_channels, self.peak_channels, kernel_size=1),
+            )
 
     def set_attention(self, attention: str) -> None:  # interface parity with ViT3D (no attention here)
         return None

@@ -64,7 +64,6 @@ def vision_encoder(vision: Any, crop_zyx: Sequence[int], attention: AttentionKin
             vision.pool_layers,
             peak_channels=int(getattr(vision, "conv_peak_channels", 0) or 0),
             peak_kernel=int(getattr(vision, "conv_peak_kernel", 3) or 3),
-            peak_depth=int(getattr(vision, "conv_peak_depth", 1) or 1),
         )
     return ViT3D(
         crop_zyx=crop_zyx,
