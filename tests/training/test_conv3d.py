@@ -106,12 +106,17 @@ def test_peak_channels_are_the_patch_max_of_a_per_voxel_map() -> None:
     assert torch.allclose(bright[0, 23, 28:], torch.maximum(per_voxel, background[23]))  # ... and it holds the max
 
 
-def test_a_single_bright_voxel_is_learned_through_the_peak_channels() -> None:
-    """The sparse-evidence case the peak branch exists for: 'is there one bright voxel anywhere?'."""
+def test_a_faint_single_voxel_is_learned_through_the_peak_channels_at_the_probe_lr() -> None:
+    """The sparse-evidence case the peak branch exists for: 'is there one voxel brighter than the rest?'.
+
+    The voxel is only ~0.1 above the brightest background (as metal is above bone on the demo window) and
+    the lr is the probe's: the BatchNorm in the peak map is what makes this learnable in 150 steps
+    (without it the same run stays at chance: the weights that must amplify 0.1 grow by ~lr a step).
+    """
     torch.manual_seed(0)
     conv = ConvEncoder3D(CROP, PATCH, 16, peak_channels=4, peak_kernel=1)
     head = torch.nn.Linear(16, 1)
-    optimizer = torch.optim.Adam([*conv.parameters(), *head.parameters()], lr=1e-2)
+    optimizer = torch.optim.AdamW([*conv.parameters(), *head.parameters()], lr=2e-3)
     generator = torch.Generator().manual_seed(1)
 
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +124,7 @@ def test_a_single_bright_voxel_is_learned_through_the_peak_channels() -> None:
         target = (torch.arange(n) % 2).float()
         for i in range(0, n, 2):
             z, y, x = (int(torch.randint(0, s, (1,), generator=generator)) for s in CROP)
-            volume[i + 1, 0, z, y, x] = 1.0
+            volume[i + 1, 0, z, y, x] = 0.7
         return volume, target
 
     for _ in range(150):
@@ -130,7 +135,7 @@ def test_a_single_bright_voxel_is_learned_through_the_peak_channels() -> None:
         loss.backward()
         optimizer.step()
     conv.eval()
-    volume, target = batch(16)
+    volume, target = batch(32)
     with torch.no_grad():
         scores = head(conv(volume)[0].amax(dim=1)).squeeze(1)
     assert bool((scores[target == 1].min() > scores[target == 0].max()).item())
