@@ -64,6 +64,9 @@ NOISY_LOGGERS: tuple[str, ...] = (
 SILENT_LOGGERS: tuple[str, ...] = ("sqlalchemy", "aiosqlite", "asyncio")
 QUIET_ENV: dict[str, str] = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # "Downloading artifacts" bars at every model load
+    # MLflow installs its own handler on import ("2026/.. INFO mlflow.store.db.utils: Creating initial MLflow
+    # database tables", "INFO mlflow.pyfunc: Validating input example"): the level it reads from here
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 
 

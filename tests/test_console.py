@@ -115,6 +115,32 @@ def test_verbosity_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_verbosity() == "normal"
 
 
+def test_mlflow_own_handler_is_quiet_by_default_and_talks_at_verbose(tmp_path: Path) -> None:
+    """MLflow configures its own stderr handler when imported (the train stage's database set-up lines)."""
+    script = (
+        "import logging, sys\n"
+        "from fvlm.console import configure_console\n"
+        "configure_console(sys.argv[1])\n"
+        "import mlflow\n"
+        "logging.getLogger('mlflow.store.db.utils').info('Creating initial MLflow database tables...')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_LOGGING_LEVEL", "FVLM_VERBOSITY")}
+    runs = {
+        verbosity: subprocess.run(
+            [sys.executable, "-c", script, verbosity],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for verbosity in ("normal", "verbose")
+    }
+    assert all(run.returncode == 0 for run in runs.values()), {v: r.stderr[-2000:] for v, r in runs.items()}
+    assert "Creating initial MLflow database tables" not in runs["normal"].stderr + runs["normal"].stdout
+    assert "Creating initial MLflow database tables" in runs["verbose"].stderr + runs["verbose"].stdout
+
+
 def record(name: str, level: int, message: str, pathname: str = "/elsewhere/lib.py") -> logging.LogRecord:
     return logging.LogRecord(name, level, pathname, 1, message, None, None)
 
