@@ -613,11 +613,11 @@ def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int],
         names[i] for i in sorted(rng.choice(len(names), size=int(rng.integers(*spec["node_count"])), replace=False))
     ]
     lesions = []
+    bulky = spec.get("node_min_fraction")  # learnable: a bulky node displaces the lung beside it
     for station in chosen:
         center = np.asarray(NODE_STATIONS[station]) + rng.normal(0, 2.0, 3)
         short = float(rng.uniform(*spec["node_short_mm"]))
         semi = (short / 2, short / 2 * rng.uniform(1.0, 1.2), short / 2 * rng.uniform(1.2, 1.6))
-        bulky = spec.get("node_min_fraction")  # learnable: a bulky node displaces the lung beside it
         allowed = (0,) + tuple(lungs) if "hilar" in station or bulky else (0,)
         reach = max(20.0, short * 0.8 + 1.0)
         if bulky:  # move it (as a radiologist would find it) until most of it lies in fat / lung, not in an organ
