@@ -193,7 +193,7 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
     (out / layout.VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
     cpu = os.cpu_count() or 1
     settings = replace(job.settings, decode_threads=job.decode_threads or max(1, cpu // max(1, job.workers)))
-    discovery: Discovery = scan_dicom_tree(job.input_dir, study_key_tag=settings.study_key_tag)
+    discovery: Discovery = scan_dicom_tree(job.input_dir, study_key_tag=settings.study_key_tag, workers=job.workers)
     previous = read_manifest(layout.converted_manifest(out))
     length = settings.pseudonym_length
     items = []

@@ -400,99 +400,167 @@ def read_header(path: Path):
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), force=True)
 
 
-def scan_dicom_tree(input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID") -> Discovery:
-    """Walk ``input_dir``; group readable DICOM image files by study key and SeriesInstanceUID."""
+def scan_dicom_tree(
+    input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID", workers: int = 1
+) -> Discovery:
+    """Walk ``input_dir``; group readable DICOM image files by study key and SeriesInstanceUID.
+
+    ``workers`` > 1 reads the headers in that many processes (a header costs ~3 ms of pydicom parsing: a
+    10^4-study cohort of 300-slice series is hours on one core); the files are filed in walk order either way,
+    so the result is the same.
+    """
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input directory not found: {root}")
     studies: dict[str, StudyFiles] = {}
     unreadable: list[UnreadableFile] = []
     seen_instances: dict[str, str] = {}
-    n_files = 0
-    with quiet_pydicom():
-        for path in _iter_files(root):
-            n_files += 1
-            _scan_one(root, path, study_key_tag, studies, unreadable, seen_instances)
+    paths = list(_iter_files(root))
+    for record in _read_files(root, paths, study_key_tag, workers):
+        _file_record(record, studies, unreadable, seen_instances, study_key_tag)
     ordered = sorted(studies.values(), key=lambda s: s.study_key)
-    logger.info("discovered %d studies in %d files (%d unreadable)", len(ordered), n_files, len(unreadable))
-    return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=n_files)
+    logger.info("discovered %d studies in %d files (%d unreadable)", len(ordered), len(paths), len(unreadable))
+    return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=len(paths))
 
 
-def _scan_one(
-    root: Path,
-    path: Path,
-    study_key_tag: str,
-    studies: dict[str, StudyFiles],
-    unreadable: list[UnreadableFile],
-    seen_instances: dict[str, str],
-) -> None:
-    """Read one file's header and file it under its study / series (or as unreadable)."""
+DISCOVERY_CHUNK = 256  # files per worker task (a few hundred ms of header reads)
+
+
+def _read_files(root: Path, paths: list[Path], study_key_tag: str, workers: int) -> Iterator[FileRecord]:
+    """:func:`_read_one` over ``paths`` in order, in ``workers`` processes when there is enough to share."""
+    chunks = [paths[i : i + DISCOVERY_CHUNK] for i in range(0, len(paths), DISCOVERY_CHUNK)]
+    if workers <= 1 or len(chunks) < 2:
+        with quiet_pydicom():
+            for path in paths:
+                yield _read_one(root, path, study_key_tag)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from core.processes import die_with_parent
+
+    context = multiprocessing.get_context("spawn")  # safe next to threads (Prefect) and torch
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(chunks)), mp_context=context, initializer=die_with_parent
+    ) as pool:
+        for records in pool.map(_read_chunk, [root] * len(chunks), chunks, [study_key_tag] * len(chunks)):
+            yield from records
+
+
+def _read_chunk(root: Path, paths: list[Path], study_key_tag: str) -> list[FileRecord]:
+    with quiet_pydicom():
+        return [_read_one(root, path, study_key_tag) for path in paths]
+
+
+@dataclass
+class FileRecord:
+    """What one file contributes to the discovery (picklable: read in a worker, filed in the parent)."""
+
+    path: Path
+    relative: str
+    unreadable: str | None = None  # reason: the file is listed as unreadable, nothing else is used
+    study_key: str = ""
+    keyless: bool = False
+    patient: str | None = None
+    phi_terms: tuple[str, ...] = ()
+    instance: str = ""
+    headers: list[SliceHeader] | None = None
+    header_error: str | None = None
+    series_uid: str = ""
+    description: str = ""
+    series_number: int | None = None
+    kernel: str = ""
+
+
+def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
+    """Read one file's header: where it belongs and its slices (or why it is unreadable)."""
     relative = path.relative_to(root).as_posix()
     try:
         size = path.stat().st_size
     except OSError as error:
-        unreadable.append(UnreadableFile(relative, f"cannot stat file: {error.strerror or type(error).__name__}"))
-        return
+        return FileRecord(path, relative, f"cannot stat file: {error.strerror or type(error).__name__}")
     if size == 0:
-        unreadable.append(UnreadableFile(relative, "zero-byte file"))
-        return
+        return FileRecord(path, relative, "zero-byte file")
     try:
         ds = read_header(path)
     except PermissionError:
-        unreadable.append(UnreadableFile(relative, "permission denied (cannot read file)"))
-        return
+        return FileRecord(path, relative, "permission denied (cannot read file)")
     except Exception as error:  # pydicom raises many types on junk
-        unreadable.append(UnreadableFile(relative, f"not a readable DICOM file ({type(error).__name__})"))
-        return
+        return FileRecord(path, relative, f"not a readable DICOM file ({type(error).__name__})")
     media_class = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("MediaStorageSOPClassUID", ""))
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        unreadable.append(
-            UnreadableFile(relative, "DICOMDIR index file (skipped; images are found by walking the tree)")
-        )
-        return
+        return FileRecord(path, relative, "DICOMDIR index file (skipped; images are found by walking the tree)")
     if not sop_class_of(ds):
-        unreadable.append(UnreadableFile(relative, "not a DICOM image (no SOPClassUID; cannot attribute to a study)"))
-        return
+        return FileRecord(path, relative, "not a DICOM image (no SOPClassUID; cannot attribute to a study)")
     key_value = ds.get(study_key_tag)
     study_key = str(key_value).strip() if key_value not in (None, "") else ""
     keyless = not study_key
     if keyless:  # anonymised exports blank the UID: group by folder, say so in the manifest
         study_key = f"folder:{Path(relative).parent.as_posix()}"
-    study = studies.get(study_key)
-    if study is None:
-        patient = str(ds.get("PatientID", "")).strip() or None
-        study = studies[study_key] = StudyFiles(study_key=study_key, patient_key=patient)
-        if keyless:
-            study.problems.append(f"no {study_key_tag} in headers: files of this folder grouped as one study")
+    phi_terms: list[str] = []
     for tag in PHI_TAGS:
         value = ds.get(tag)
         if value not in (None, ""):
-            study.phi_terms.add(str(value))
+            phi_terms.append(str(value))
             if tag in ("PatientName", "ReferringPhysicianName"):
-                study.phi_terms.update(part for part in str(value).replace("^", " ").split() if len(part) >= 3)
-    study.phi_terms.add(study_key)
-    study.files.append(path)
-    instance = str(ds.get("SOPInstanceUID", ""))
+                phi_terms.extend(part for part in str(value).replace("^", " ").split() if len(part) >= 3)
+    record = FileRecord(
+        path,
+        relative,
+        study_key=study_key,
+        keyless=keyless,
+        patient=str(ds.get("PatientID", "")).strip() or None,
+        phi_terms=tuple(phi_terms),
+        instance=str(ds.get("SOPInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")).strip() or f"no-series-uid:{Path(relative).parent}",
+        description=str(ds.get("SeriesDescription", "") or ""),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        kernel=_text(ds.get("ConvolutionKernel")),
+    )
+    try:
+        record.headers = headers_from_dataset(ds, path, relative, file_size=size)
+    except Exception as error:
+        record.header_error = f"unusable header ({type(error).__name__})"
+    return record
+
+
+def _file_record(
+    record: FileRecord,
+    studies: dict[str, StudyFiles],
+    unreadable: list[UnreadableFile],
+    seen_instances: dict[str, str],
+    study_key_tag: str,
+) -> None:
+    """File one read header under its study / series (or as unreadable)."""
+    if record.unreadable is not None:
+        unreadable.append(UnreadableFile(record.relative, record.unreadable))
+        return
+    study = studies.get(record.study_key)
+    if study is None:
+        study = studies[record.study_key] = StudyFiles(study_key=record.study_key, patient_key=record.patient)
+        if record.keyless:
+            study.problems.append(f"no {study_key_tag} in headers: files of this folder grouped as one study")
+    study.phi_terms.update(record.phi_terms)
+    study.phi_terms.add(record.study_key)
+    study.files.append(record.path)
+    instance = record.instance
     if instance and instance in seen_instances:
-        study.problems.append(f"{relative}: duplicate copy of {seen_instances[instance]} (ignored)")
+        study.problems.append(f"{record.relative}: duplicate copy of {seen_instances[instance]} (ignored)")
         return
     if instance:
-        seen_instances[instance] = relative
-    try:
-        headers = headers_from_dataset(ds, path, relative, file_size=size)
-    except Exception as error:
-        study.problems.append(f"{relative}: unusable header ({type(error).__name__})")
+        seen_instances[instance] = record.relative
+    if record.headers is None:
+        study.problems.append(f"{record.relative}: {record.header_error}")
         return
-    series_uid = str(ds.get("SeriesInstanceUID", "")).strip() or f"no-series-uid:{Path(relative).parent}"
-    series = study.series.get(series_uid)
+    series = study.series.get(record.series_uid)
     if series is None:
-        series = study.series[series_uid] = SeriesFiles(
-            series_uid=series_uid,
-            description=str(ds.get("SeriesDescription", "") or ""),
-            series_number=_int_or_none(ds.get("SeriesNumber")),
-            convolution_kernel=_text(ds.get("ConvolutionKernel")),
+        series = study.series[record.series_uid] = SeriesFiles(
+            series_uid=record.series_uid,
+            description=record.description,
+            series_number=record.series_number,
+            convolution_kernel=record.kernel,
         )
-    series.slices.extend(headers)
+    series.slices.extend(record.headers)
 
 
 def discover_studies(input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID") -> list[StudyFiles]:

@@ -53,12 +53,17 @@ def write_qc_png(
     axial: int = 4,
     coronal: int = 2,
 ) -> Path:
-    """Write the mosaic PNG atomically; returns its path."""
+    """Write the mosaic PNG atomically; returns its path.
+
+    The slices are composed into one RGB mosaic with numpy (grey window, anatomy colours blended at 45 %,
+    nearest-neighbour resampling to the physical aspect) and drawn in a single axes-free figure: one
+    matplotlib axes per view cost ~0.8 s a study (90 % of the precomputed segment stage), this ~0.1 s.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import numpy as np
-    from matplotlib.colors import ListedColormap, to_rgba
+    from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -66,25 +71,28 @@ def write_qc_png(
 
     hu = np.asarray(hu_zyx)  # no whole-volume copy: only the shown slices are converted
     index = np.asarray(anatomy_index_zyx)
-    colours = [to_rgba(PALETTE[k % len(PALETTE)], 0.45) for k in range(len(anatomy_names))]
-    cmap = ListedColormap([(0, 0, 0, 0), *colours])
+    colours = np.array([(0.0, 0.0, 0.0), *[to_rgb(PALETTE[k % len(PALETTE)]) for k in range(len(anatomy_names))]])
     sz, sy, sx = spacing_zyx_mm
     views: list[tuple[str, Any, Any, float]] = []
     for z in _slice_levels(index, 0, axial):
-        views.append((f"axial z={z}", hu[z][::-1, ::-1].astype(np.float32), index[z][::-1, ::-1], sy / sx))
+        views.append((f"axial z={z}", hu[z][::-1, ::-1], index[z][::-1, ::-1], sy / sx))
     for y in _slice_levels(index, 1, coronal):
-        views.append(
-            (f"coronal y={y}", hu[:, y, :][::-1, ::-1].astype(np.float32), index[:, y, :][::-1, ::-1], sz / sx)
-        )
-    figure = Figure(figsize=(3.0 * len(views), 3.6), dpi=100)
-    axes = figure.subplots(1, len(views), squeeze=False)[0]
-    for ax, (label, image, labels, aspect) in zip(axes, views, strict=False):
-        ax.imshow(
-            image, cmap="gray", vmin=QC_WINDOW_HU[0], vmax=QC_WINDOW_HU[1], aspect=aspect, interpolation="nearest"
-        )
-        ax.imshow(labels, cmap=cmap, vmin=0, vmax=len(anatomy_names), aspect=aspect, interpolation="nearest")
-        ax.set_title(label, fontsize=8)
-        ax.axis("off")
+        views.append((f"coronal y={y}", hu[:, y, :][::-1, ::-1], index[:, y, :][::-1, ::-1], sz / sx))
+    tile, gap, top, bottom = 290, 10, 50, 52  # pixels: tile box, gap between tiles, title band, legend band
+    width = len(views) * (tile + gap) + gap
+    mosaic = np.ones((top + tile + bottom, width, 3), dtype=np.float32)
+    centres = []
+    for number, (_, image, labels, aspect) in enumerate(views):
+        rgb = _tile_rgb(image, labels, aspect, colours, tile)
+        left = gap + number * (tile + gap) + (tile - rgb.shape[1]) // 2
+        row = top + (tile - rgb.shape[0]) // 2
+        mosaic[row : row + rgb.shape[0], left : left + rgb.shape[1]] = rgb
+        centres.append(gap + number * (tile + gap) + tile / 2)
+    dpi = 100
+    figure = Figure(figsize=(width / dpi, mosaic.shape[0] / dpi), dpi=dpi)
+    figure.figimage(mosaic, xo=0, yo=0, origin="upper")
+    for (label, *_), centre in zip(views, centres, strict=False):
+        figure.text(centre / width, 1 - (top - 8) / mosaic.shape[0], label, ha="center", va="bottom", fontsize=8)
     counts = voxel_counts or {}
     handles = [
         Patch(color=PALETTE[k % len(PALETTE)], label=f"{name} ({counts[name]} vox)" if name in counts else name)
@@ -93,8 +101,25 @@ def write_qc_png(
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.14, wspace=0.03)
     out = Path(path)
     with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", dpi=dpi)
     return out
+
+
+def _tile_rgb(image_hu: Any, labels: Any, aspect: float, colours: Any, box: int) -> Any:
+    """One view as (h, w, 3) float RGB in [0, 1], fitted into a ``box`` square at its physical aspect."""
+    import numpy as np
+
+    rows, cols = image_hu.shape
+    height, width = rows * float(aspect), float(cols)  # physical size in column-spacing units
+    scale = box / max(height, width, 1e-6)
+    out_rows, out_cols = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+    pick_rows = np.minimum((np.arange(out_rows) * rows / out_rows).astype(np.intp), rows - 1)
+    pick_cols = np.minimum((np.arange(out_cols) * cols / out_cols).astype(np.intp), cols - 1)
+    grey = np.asarray(image_hu)[np.ix_(pick_rows, pick_cols)].astype(np.float32)
+    grey = np.clip((grey - QC_WINDOW_HU[0]) / (QC_WINDOW_HU[1] - QC_WINDOW_HU[0]), 0.0, 1.0)
+    ids = np.clip(np.asarray(labels)[np.ix_(pick_rows, pick_cols)].astype(np.intp), 0, len(colours) - 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    alpha = np.where(ids > 0, 0.45, 0.0).astype(np.float32)[..., None]
+    return (1 - alpha) * rgb + alpha * colours[ids].astype(np.float32)

@@ -133,7 +133,7 @@ def test_enhanced_ct_multiframe_assembles(tmp_path: Path, convert) -> None:
     assert_volume_equals(tmp_path / "out", row, fixture)
 
 
-def test_discovery_of_mixed_tree_lists_junk_and_groups_studies(tmp_path: Path) -> None:
+def test_discovery_of_mixed_tree_lists_junk_and_groups_studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "in"
     first = write_ct_series(root / "deep" / "nested" / "s1", n_slices=4, extension="")
     second = write_ct_series(root / "s2", n_slices=5, seed=3, patient_id="OTHER-1")
@@ -157,6 +157,11 @@ def test_discovery_of_mixed_tree_lists_junk_and_groups_studies(tmp_path: Path) -
     assert reasons["empty.dcm"] == "zero-byte file"
     assert "README.txt" in reasons and "junk.bin" in reasons
     assert "DICOMDIR" in reasons["export/DICOMDIR"]
+    # header reads in worker processes (3 files a task): the same studies, series, slices, problems, in order
+    import preprocessing.dicom_discovery as discovery_module
+
+    monkeypatch.setattr(discovery_module, "DISCOVERY_CHUNK", 3)
+    assert scan_dicom_tree(root, workers=2) == discovery
 
 
 def test_series_selection_policy_recorded(tmp_path: Path, convert) -> None:

@@ -271,6 +271,37 @@ def test_text_tower_skips_a_masked_lm_head(tokenizer_dir):
     torch.testing.assert_close(hidden, expected)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_text_tower_buckets_by_length_without_changing_any_embedding(tokenizer_dir, pooling):
+    """A batch of 2- to ~60-token texts is encoded in length buckets; each embedding equals the text alone."""
+    from transformers import AutoTokenizer
+
+    from training.models.text import TextTower, scratch_bert
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    encoder = scratch_bert(len(tokenizer), 32, 1, 2, 128, pad_token_id=tokenizer.pad_token_id or 0)
+    tower = TextTower(encoder, tokenizer, out_dim=8, max_length=128, pooling=pooling).eval()
+    sentence = "Patchy consolidation in the right lower lobe with a small pleural effusion. "
+    texts = ["Normal.", sentence * 6, "The heart is enlarged.", sentence, "Clear.", sentence * 3, "No effusion."]
+    with torch.no_grad():
+        together = tower(texts)
+        alone = torch.cat([tower([text]) for text in texts])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_length_buckets_cover_every_text_once_in_few_calls():
+    from training.models.text import length_buckets
+
+    lengths = [2, 150, 8, 127, 10, 41, 2, 15, 108, 13, 86, 7]
+    buckets = length_buckets(lengths)
+    assert sorted(i for bucket in buckets for i in bucket) == list(range(len(lengths)))
+    assert 1 < len(buckets) <= 4
+    assert [max(lengths[i] for i in bucket) for bucket in buckets] == sorted(max(lengths[i] for i in b) for b in buckets)
+    assert length_buckets([5, 6, 7]) == [[0, 1, 2]]  # similar lengths: one call
+    assert length_buckets([]) == [] and length_buckets([3]) == [[0]]
+
+
 def test_training_package_imports_without_optional_stacks(repo_root):
     code = (
         "import sys\n"
