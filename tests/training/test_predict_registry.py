@@ -22,7 +22,9 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples,
     from training.evaluation.evaluate import run_evaluation
 
     root = tmp_path_factory.mktemp("registry")
-    config = tiny_config(root, tracking={"enabled": True})
+    # a 2-step model's AUC is a coin flip: no floor, so the gate promotes it as the first champion (this file
+    # tests the thresholds' way through the registry; the floor has its own tests)
+    config = tiny_config(root, tracking={"enabled": True}, evaluate={"promote_floor": "none"})
     source = InMemoryBatches(make_samples(8, seed=2), batch_size=4)
     result = train(config, source, anatomies, root / "run", steps=2, corpus_texts=source.texts())
     val, test = make_samples(8, seed=11), make_samples(8, seed=12)
