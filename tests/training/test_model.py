@@ -301,6 +301,8 @@ def test_length_buckets_cover_every_text_once_in_few_calls():
     assert longest == sorted(longest)
     assert length_buckets([5, 6, 7]) == [[0, 1, 2]]  # similar lengths: one call
     assert length_buckets([]) == [] and length_buckets([3]) == [[0]]
+    many = length_buckets([i % 50 for i in range(1000)])  # a long list: equal-count runs, no quadratic search
+    assert len(many) == 4 and sorted(i for bucket in many for i in bucket) == list(range(1000))
 
 
 def test_training_package_imports_without_optional_stacks(repo_root):

@@ -222,6 +222,9 @@ def length_buckets(lengths: Sequence[int], call_cost_tokens: int = 512, max_buck
     n = len(order)
     if n <= 1:
         return [order] if order else []
+    if n > 256:  # the O(buckets * n^2) search is for a batch's texts; a long list: equal-count runs
+        step = -(-n // max_buckets)
+        return [order[i : i + step] for i in range(0, n, step)]
     size = [lengths[i] for i in order]
     inf = float("inf")
     # best[b][j]: cost of the first j texts in b buckets; cut[b][j]: where the last of them starts
