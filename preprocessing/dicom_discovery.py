@@ -430,9 +430,7 @@ def _read_files(root: Path, paths: list[Path], study_key_tag: str, workers: int)
     """:func:`_read_one` over ``paths`` in order, in ``workers`` processes when there is enough to share."""
     chunks = [paths[i : i + DISCOVERY_CHUNK] for i in range(0, len(paths), DISCOVERY_CHUNK)]
     if workers <= 1 or len(chunks) < 2:
-        with quiet_pydicom():
-            for path in paths:
-                yield _read_one(root, path, study_key_tag)
+        yield from _read_chunk(root, paths, study_key_tag)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

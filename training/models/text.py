@@ -204,11 +204,8 @@ class TextTower(nn.Module):
                 weights = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled_parts.append((hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0))
             order.extend(bucket)
-        pooled = torch.cat(pooled_parts, dim=0)
-        if order != list(range(len(order))):
-            inverse = torch.empty(len(order), dtype=torch.long, device=pooled.device)
-            inverse[torch.tensor(order, device=pooled.device)] = torch.arange(len(order), device=pooled.device)
-            pooled = pooled[inverse]
+        # rows are in bucket order; argsort of that permutation puts them back in the input order
+        pooled = torch.cat(pooled_parts, dim=0)[torch.argsort(torch.tensor(order, device=device))]
         return F.normalize(self.proj(pooled).float(), dim=-1)
 
 
