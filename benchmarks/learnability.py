@@ -295,8 +295,29 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(f"{p['n_train']} / {p['n_test']}, {p['steps']}, {p['seconds']:.0f}" for p in probes)
             + " |"
         )
-        lines.append("\n(in brackets: positives in the test split)")
+        lines.append("\n(in brackets: positives in the test split)\n")
+        lines += [f"- {p['difficulty']} / {p['encoder']}: {target_verdict(p)}" for p in probes]
     return "\n".join(lines) + "\n"
+
+
+# issue #13's bar for the learnable cohort: the probe's test mean AUC and its weakest label
+TARGET_MEAN_AUC = 0.90
+TARGET_LABEL_AUC = 0.75
+
+
+def target_verdict(row: dict[str, Any]) -> str:
+    """One line: does this probe reach test mean AUC >= 0.90 with every scored label >= 0.75?"""
+    scored = {label: auc for label, auc in row["test_auc"].items() if auc is not None and not math.isnan(auc)}
+    below = sorted((auc, label) for label, auc in scored.items() if auc < TARGET_LABEL_AUC)
+    mean = float(row["test_mean_auc"])
+    reached = mean >= TARGET_MEAN_AUC and not below
+    weakest = min(scored.items(), key=lambda item: item[1]) if scored else ("-", float("nan"))
+    detail = ", ".join(f"{label} {auc:.3f}" for auc, label in below) or f"weakest {weakest[0]} {weakest[1]:.3f}"
+    return (
+        f"target (mean >= {TARGET_MEAN_AUC:.2f}, each label >= {TARGET_LABEL_AUC:.2f}): "
+        f"{'reached' if reached else 'not reached'}: mean {mean:.4f}, "
+        f"{len(scored) - len(below)}/{len(scored)} labels >= {TARGET_LABEL_AUC:.2f} ({detail})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['train_mean_auc']:.3f}), {row['seconds']:.0f} s",
                     flush=True,
                 )
+                print(f"  {target_verdict(row)}", flush=True)
     table = markdown(results)
     (out / "learnability.md").write_text(table)
     print(table)

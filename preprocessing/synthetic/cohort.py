@@ -32,7 +32,7 @@ from core.processes import die_with_parent
 from preprocessing.synthetic.patients import patient_index
 
 LOG = logging.getLogger(__name__)
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 
 
 @dataclass

@@ -12,7 +12,9 @@
   and val / test splits of a few dozen studies hold ~10 positives per label. Generator version 2 made
   emphysema diffuse (its lobes lose 70-110 HU), added calcified coronary segments and curvilinear aortic
   plaques, multifocal ground glass and 2.5 mm device leads; version 3 bulky lymph nodes that displace the
-  lung (moved until most of each lies in fat or lung), 2-4 nodules and lobar consolidation
+  lung (moved until most of each lies in fat or lung), 2-4 nodules and lobar consolidation; version 4
+  subpleural reticulation with the fibrotic bands (the lobe's outer 15-25 mm gains 120-180 HU), 5-9
+  nodules, 4-6 node stations, 2-3 atelectatic plates and bronchiectasis in two lobes
   (docs/learnability.md has what each bought).
 
 The ``paper`` numbers are exactly the ones the generator had before this option existed (same random
@@ -97,11 +99,12 @@ _LEARNABLE: dict[str, Any] = {
     "pleural_effusion_mm": (20.0, 45.0),
     "nodule_first_mm": (20.0, 34.0),  # mass-like (> 3 cm is a "mass" clinically; still solid, round, in one lobe)
     "nodule_extra_mm": (18.0, 26.0),
-    "nodule_count": (2, 5),  # v3: 2-4 nodules (a dominant mass + satellites), not one in 60 %
+    "nodule_count": (5, 10),  # v4: 5-9 nodules (a dominant mass + metastases); v3 2-4, v2 one in 60 %
     "consolidation_mm": (65.0, 95.0),  # v3: lobar (clipped to its lobe), was 45-70 mm
     "opacity_mm": (50.0, 75.0),
     "opacity_hu": -420.0,  # dense ground glass (vessels still visible through -300..-700 HU)
     "atelectasis_semi_mm": ((30.0, 45.0), (9.0, 13.0), (15.0, 22.0)),
+    "atelectasis_plates": (2, 4),  # v4: 2-3 plates (v3: one)
     "emphysema_holes": (45, 80),
     "emphysema_radius_mm": (9.0, 16.0),  # bullous / panlobular-sized air spaces
     "emphysema_hu": -1000.0,
@@ -119,10 +122,11 @@ _LEARNABLE: dict[str, Any] = {
     "aortic_plaque_radius_mm": (2.5, 3.5),
     "device_lead_mm": 2.5,  # pacing lead / catheter radius (paper 1.3 mm): the part of a device inside the ROI
     "opacity_patches": (2, 4),  # multifocal ground glass
-    "node_count": (3, 5),
+    "node_count": (4, 7),  # v4: 4-6 stations (v3: 3-4)
     "node_short_mm": (24.0, 36.0),  # bulky adenopathy
     "node_min_fraction": 0.6,  # v3: moved until >= 60 % lies in fat / lung (v2: often a few voxels between organs)
     "bronchiectasis_count": (8, 12),
+    "bronchiectasis_lobes": 2,  # v4: two lobes (v3: one)
     "bronchiectasis_lumen_mm": (6.0, 9.0),
     "bronchiectasis_wall_mm": 3.5,
     "bronchiectasis_half_mm": 22.0,
@@ -135,6 +139,8 @@ _LEARNABLE: dict[str, Any] = {
     "fibrotic_count": (5, 9),
     "fibrotic_half_mm": (20.0, 35.0),
     "fibrotic_radius_mm": (3.5, 5.5),
+    "fibrotic_rim_mm": (15.0, 25.0),  # v4: + subpleural reticulation: the lobe's outer 15-25 mm
+    "fibrotic_rim_hu": (120.0, 180.0),  # gains 120-180 HU (lung -860 -> ~-710 HU, reticular texture)
 }
 
 SPECS: dict[str, dict[str, Any]] = {"paper": _PAPER, "learnable": _LEARNABLE}

@@ -194,7 +194,9 @@ def draw_lesions(
                 )
             )
     if labels.get("Atelectasis") and not any(x["label"] == "Atelectasis" for x in lesions):
-        lesions.extend(_atelectasis(canvas, rng, spec))
+        plates = int(rng.integers(*spec["atelectasis_plates"])) if spec.get("atelectasis_plates") else 1
+        for _ in range(plates):  # learnable (v4): 2-3 plates (subsegmental atelectasis in several segments)
+            lesions.extend(_atelectasis(canvas, rng, spec))
     if labels.get("Lung nodule"):
         if spec.get("nodule_count"):  # learnable: always several (a dominant mass + satellites / metastases)
             count = int(rng.integers(*spec["nodule_count"]))
@@ -252,7 +254,11 @@ def draw_lesions(
     if labels.get("Lymphadenopathy"):
         lesions.extend(_lymph_nodes(canvas, rng, lungs, spec))
     if labels.get("Bronchiectasis"):
-        lesions.append(_bronchiectasis(canvas, anatomy, rng, lungs, spec))
+        affected: list[str] = []
+        for _ in range(int(spec.get("bronchiectasis_lobes", 1))):  # learnable (v4): two lobes
+            lesion = _bronchiectasis(canvas, anatomy, rng, lungs, spec, avoid=affected)
+            affected.append(lesion["lobe"])
+            lesions.append(lesion)
     if labels.get("Peribronchial thickening"):
         lesions.append(_peribronchial(canvas, anatomy, lungs, spec))
     if labels.get("Interlobular septal thickening"):
@@ -260,7 +266,7 @@ def draw_lesions(
     if labels.get("Mosaic attenuation pattern"):
         lesions.append(_mosaic(canvas, rng, lungs, spec))
     if labels.get("Pulmonary fibrotic sequela"):
-        lesions.append(_fibrotic(canvas, rng, lungs, spec))
+        lesions.append(_fibrotic(canvas, anatomy, rng, spec))
     if labels.get("Medical material"):
         lesions.append(_medical_material(canvas, anatomy, rng, ids, spec))
     return [lesion for lesion in lesions if lesion]
@@ -651,18 +657,21 @@ def _lymph_nodes(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int],
 
 
 def _bronchiectasis(
-    canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]
+    canvas: Canvas,
+    anatomy: Anatomy,
+    rng: np.random.Generator,
+    lungs: Sequence[int],
+    spec: dict[str, Any],
+    avoid: Sequence[str] = (),
 ) -> Lesion:
-    lobe = _pick_lobe(
-        rng,
-        {
-            "lung_lower_lobe_right": 3,
-            "lung_lower_lobe_left": 3,
-            "lung_middle_lobe_right": 2,
-            "lung_upper_lobe_left": 1,
-            "lung_upper_lobe_right": 1,
-        },
-    )
+    weights = {
+        "lung_lower_lobe_right": 3,
+        "lung_lower_lobe_left": 3,
+        "lung_middle_lobe_right": 2,
+        "lung_upper_lobe_left": 1,
+        "lung_upper_lobe_right": 1,
+    }
+    lobe = _pick_lobe(rng, {name: weight for name, weight in weights.items() if name not in avoid})
     lobe_id = class_ids()[lobe]
     claimed, points = 0, []
     half, wall = float(spec["bronchiectasis_half_mm"]), float(spec["bronchiectasis_wall_mm"])
@@ -750,7 +759,7 @@ def _mosaic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec
     }
 
 
-def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], spec: dict[str, Any]) -> Lesion:
+def _fibrotic(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, spec: dict[str, Any]) -> Lesion:
     lobe = _pick_lobe(
         rng,
         {
@@ -781,7 +790,7 @@ def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], sp
             only_labels=(lobe_id,),
         )
         points.append(center)
-    return {
+    lesion: Lesion = {
         "label": "Pulmonary fibrotic sequela",
         "kind": "fibrotic_bands",
         "lobe": lobe,
@@ -789,6 +798,27 @@ def _fibrotic(canvas: Canvas, rng: np.random.Generator, lungs: Sequence[int], sp
         "center_body": np.mean(points, axis=0).tolist() if points else [0.0, 0.0, -100.0],
         "voxels": claimed,
     }
+    if spec.get("fibrotic_rim_mm"):  # learnable (v4): + subpleural reticulation, a denser rim of the lobe
+        reticulation = _subpleural_reticulation(canvas, anatomy, rng, lobe, spec)
+        lesion["voxels"] = claimed + reticulation
+        lesion["reticulation_voxels"] = reticulation
+    return lesion
+
+
+def _subpleural_reticulation(
+    canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator, lobe: str, spec: dict[str, Any]
+) -> int:
+    """Fine subpleural reticulation of ``lobe``: within ``fibrotic_rim_mm`` of the pleura its parenchyma
+    gains ``fibrotic_rim_hu`` (at 8 x 4 x 4 mm a reticular net averages into a denser rim), with a
+    reticular texture; vessels and the bands drawn before are left as they are."""
+    inside = (canvas.label == class_ids()[lobe]) & (canvas.hu < -500.0)
+    index = np.nonzero(inside)
+    u, v, w = canvas.u[index], canvas.v[index], canvas.w[index]
+    rim = anatomy.lung_distance(_side_of_lobe(lobe))(u, v, w) > -float(rng.uniform(*spec["fibrotic_rim_mm"]))
+    texture = smooth_field(rng, 1.0, (6.0, 12.0), modes=8)(u[rim], v[rim], w[rim])
+    gain = float(rng.uniform(*spec["fibrotic_rim_hu"]))
+    canvas.hu[tuple(axis[rim] for axis in index)] += (gain * (1.0 + 0.4 * np.tanh(texture))).astype(np.float32)
+    return int(rim.sum())
 
 
 def _medical_material(

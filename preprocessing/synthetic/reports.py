@@ -265,6 +265,7 @@ def write_report(
         )
     # lungs
     lung_positive = False
+    plates = [x for x in by_label.get("Atelectasis", []) if x["kind"] != "compressive_atelectasis"]
     for lesion in by_label.get("Atelectasis", []):
         lung_positive = True
         if lesion["kind"] == "compressive_atelectasis":
@@ -274,13 +275,18 @@ def write_report(
                     f"Passive atelectasis is seen adjacent to the effusion in the {w.lobe(lesion['lobe'])}.",
                 )
             )
-        else:
-            findings.append(
-                w.pick(
-                    f"Plate-like atelectasis is observed in the {w.lobe(lesion['lobe'])}.",
-                    f"Subsegmental atelectasis is present in the {w.lobe(lesion['lobe'])}.",
-                )
+            impression.append("Atelectasis.")
+    if plates:  # one sentence for all plates (learnable draws 2-3), naming each lobe once
+
+        def plate_lobes() -> str:
+            return _join([w.lobe(name) for name in dict.fromkeys(x["lobe"] for x in plates)])
+
+        findings.append(
+            w.pick(
+                f"Plate-like atelectasis is observed in the {plate_lobes()}.",
+                f"Subsegmental atelectasis is present in the {plate_lobes()}.",
             )
+        )
         impression.append("Atelectasis.")
     if has("Lung nodule"):
         lung_positive = True
@@ -296,6 +302,14 @@ def write_report(
                 )
             )
             impression.append(f"{size} mm nodule in the {w.lobe(big['lobe'])}.")
+        elif len(nodules) > 4:  # learnable: many nodules are summarised, as a radiologist would
+            largest_other = max(int(round(nodules[1]["diameter_mm"])), 1)
+            lobes = _join([w.lobe(name) for name in dict.fromkeys(n["lobe"] for n in nodules[1:])])
+            findings.append(
+                f"Multiple solid nodules are observed, the largest {size} mm in the {w.lobe(big['lobe'])}; "
+                f"{len(nodules) - 1} others measuring up to {largest_other} mm are seen in the {lobes}."
+            )
+            impression.append(f"Multiple lung nodules, the largest {size} mm.")
         else:
             others = ", ".join(
                 f"{max(int(round(n['diameter_mm'])), 1)} mm in the {w.lobe(n['lobe'])}" for n in nodules[1:]
@@ -335,12 +349,17 @@ def write_report(
             )
         )
         impression.append("Ground-glass opacity.")
-    for lesion in by_label.get("Bronchiectasis", []):
+    bronchiectasis = by_label.get("Bronchiectasis", [])
+    if bronchiectasis:  # one sentence naming each lobe once (learnable draws two lobes)
         lung_positive = True
+
+        def bronchiectasis_lobes() -> str:
+            return _join([w.lobe(name) for name in dict.fromkeys(x["lobe"] for x in bronchiectasis)])
+
         findings.append(
             w.pick(
-                f"Cylindrical bronchiectasis is observed in the {w.lobe(lesion['lobe'])}.",
-                f"Bronchiectatic changes are present in the {w.lobe(lesion['lobe'])}.",
+                f"Cylindrical bronchiectasis is observed in the {bronchiectasis_lobes()}.",
+                f"Bronchiectatic changes are present in the {bronchiectasis_lobes()}.",
             )
         )
         impression.append("Bronchiectasis.")

@@ -99,10 +99,15 @@ def test_reports_mention_every_drawn_lesion_with_matching_details(cohort: Path, 
     reports = {r["study_key"]: r for r in _read_csv(cohort / "reports.csv")}
     for record in cohort_json["studies"]:
         findings = reports[record["study_key"]]["Findings"]
+        nodules = sorted((x for x in record["lesions"] if x["label"] == "Lung nodule"), key=lambda n: -n["diameter_mm"])
+        many = len(nodules) > 4  # learnable: the largest, then "N others measuring up to X mm ... in the lobes"
+        if many:
+            assert f"{len(nodules) - 1} others measuring up to" in findings
         for lesion in record["lesions"]:
             assert mentioned(lesion["label"], findings), (lesion["label"], findings)
             if lesion["label"] == "Lung nodule":
-                assert f"{max(int(round(lesion['diameter_mm'])), 1)} mm" in findings
+                if not many or lesion is nodules[0]:
+                    assert f"{max(int(round(lesion['diameter_mm'])), 1)} mm" in findings
                 assert any(phrase in findings for phrase in LOBE_PHRASES[lesion["lobe"]])
             if lesion["label"] == "Pleural effusion":
                 assert lesion["side"] in findings or "Bilateral" in findings or "both" in findings
@@ -393,6 +398,31 @@ def test_learnable_version_3_bulky_nodes_multiple_nodules_and_lobar_consolidatio
     paper = make_phantom(7, 1, "demo", labels={"Consolidation": 1}, difficulty="paper").lesions[0]
     lobar = make_phantom(7, 1, "demo", labels={"Consolidation": 1}, difficulty="learnable").lesions[0]
     assert lobar["size_mm"] >= 65 > paper["size_mm"] and lobar["voxels"] > 2 * paper["voxels"]
+
+
+def test_learnable_version_4_fibrotic_reticulation_more_nodules_and_nodes() -> None:
+    from core.anatomy_sets import totalseg_name_to_id
+    from preprocessing.synthetic import make_phantom
+    from preprocessing.synthetic.difficulty import lesion_spec
+
+    ids = dict(totalseg_name_to_id())
+    base = make_phantom(8, 1, "demo", labels={}, difficulty="learnable")
+    fibrotic = make_phantom(8, 1, "demo", labels={"Pulmonary fibrotic sequela": 1}, difficulty="learnable")
+    lesion = fibrotic.lesions[0]
+    assert lesion["kind"] == "fibrotic_bands" and lesion["reticulation_voxels"] > 1000
+    lobe = (base.labels_zyx == ids[lesion["lobe"]]) & (base.hu_zyx < -500)
+    gain = fibrotic.hu_zyx[lobe].astype(np.float32) - base.hu_zyx[lobe]
+    raised = gain > 30
+    assert raised.mean() > 0.2  # a rim of the lobe, not only the bands
+    assert 60 <= float(np.median(gain[raised])) <= 180
+    paper = make_phantom(8, 1, "demo", labels={"Pulmonary fibrotic sequela": 1}, difficulty="paper").lesions[0]
+    assert "reticulation_voxels" not in paper  # `paper` keeps the bands alone
+
+    spec = lesion_spec("learnable")
+    nodules = make_phantom(8, 2, "demo", labels={"Lung nodule": 1}, difficulty="learnable").lesions
+    assert len(nodules) >= spec["nodule_count"][0] - 1 >= 2
+    nodes = make_phantom(8, 2, "demo", labels={"Lymphadenopathy": 1}, difficulty="learnable").lesions
+    assert len(nodes) >= spec["node_count"][0] - 1 >= 3
 
 
 def test_cli_demo_data_writes_a_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
