@@ -53,6 +53,16 @@ class _Writer:
     def lobe(self, name: str) -> str:
         return self.pick(*LOBE_PHRASES[name])
 
+    def pick_for_lobes(self, lesions: list[dict[str, Any]], *templates: str) -> str:
+        """One of ``templates`` with ``{lobes}`` naming each lesion's lobe once ("the right lower lobe and ...").
+        Each template draws its own lobe phrases before the pick, as the single-lesion f-strings did, so a
+        one-lesion sentence uses the same random draws as before."""
+        filled = [
+            template.format(lobes=_join([self.lobe(name) for name in dict.fromkeys(x["lobe"] for x in lesions)]))
+            for template in templates
+        ]
+        return self.pick(*filled)
+
     def chance(self, p: float) -> bool:
         return bool(self.rng.random() < p)
 
@@ -277,14 +287,11 @@ def write_report(
             )
             impression.append("Atelectasis.")
     if plates:  # one sentence for all plates (learnable draws 2-3), naming each lobe once
-
-        def plate_lobes() -> str:
-            return _join([w.lobe(name) for name in dict.fromkeys(x["lobe"] for x in plates)])
-
         findings.append(
-            w.pick(
-                f"Plate-like atelectasis is observed in the {plate_lobes()}.",
-                f"Subsegmental atelectasis is present in the {plate_lobes()}.",
+            w.pick_for_lobes(
+                plates,
+                "Plate-like atelectasis is observed in the {lobes}.",
+                "Subsegmental atelectasis is present in the {lobes}.",
             )
         )
         impression.append("Atelectasis.")
@@ -352,14 +359,11 @@ def write_report(
     bronchiectasis = by_label.get("Bronchiectasis", [])
     if bronchiectasis:  # one sentence naming each lobe once (learnable draws two lobes)
         lung_positive = True
-
-        def bronchiectasis_lobes() -> str:
-            return _join([w.lobe(name) for name in dict.fromkeys(x["lobe"] for x in bronchiectasis)])
-
         findings.append(
-            w.pick(
-                f"Cylindrical bronchiectasis is observed in the {bronchiectasis_lobes()}.",
-                f"Bronchiectatic changes are present in the {bronchiectasis_lobes()}.",
+            w.pick_for_lobes(
+                bronchiectasis,
+                "Cylindrical bronchiectasis is observed in the {lobes}.",
+                "Bronchiectatic changes are present in the {lobes}.",
             )
         )
         impression.append("Bronchiectasis.")
