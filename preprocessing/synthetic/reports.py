@@ -53,15 +53,15 @@ class _Writer:
     def lobe(self, name: str) -> str:
         return self.pick(*LOBE_PHRASES[name])
 
+    def lobes(self, lesions: list[dict[str, Any]]) -> str:
+        """Each lesion's lobe named once, in order: "right lower lobe and lower lobe of the left lung"."""
+        return _join([self.lobe(name) for name in dict.fromkeys(x["lobe"] for x in lesions)])
+
     def pick_for_lobes(self, lesions: list[dict[str, Any]], *templates: str) -> str:
-        """One of ``templates`` with ``{lobes}`` naming each lesion's lobe once ("the right lower lobe and ...").
-        Each template draws its own lobe phrases before the pick, as the single-lesion f-strings did, so a
-        one-lesion sentence uses the same random draws as before."""
-        filled = [
-            template.format(lobes=_join([self.lobe(name) for name in dict.fromkeys(x["lobe"] for x in lesions)]))
-            for template in templates
-        ]
-        return self.pick(*filled)
+        """One of ``templates`` with ``{lobes}`` = :meth:`lobes`. Each template draws its own lobe phrases
+        before the pick, as the single-lesion f-strings did, so a one-lesion sentence uses the same random
+        draws as before."""
+        return self.pick(*[template.format(lobes=self.lobes(lesions)) for template in templates])
 
     def chance(self, p: float) -> bool:
         return bool(self.rng.random() < p)
@@ -311,10 +311,10 @@ def write_report(
             impression.append(f"{size} mm nodule in the {w.lobe(big['lobe'])}.")
         elif len(nodules) > 4:  # learnable: many nodules are summarised, as a radiologist would
             largest_other = max(int(round(nodules[1]["diameter_mm"])), 1)
-            lobes = _join([w.lobe(name) for name in dict.fromkeys(n["lobe"] for n in nodules[1:])])
+            others_lobes = w.lobes(nodules[1:])
             findings.append(
                 f"Multiple solid nodules are observed, the largest {size} mm in the {w.lobe(big['lobe'])}; "
-                f"{len(nodules) - 1} others measuring up to {largest_other} mm are seen in the {lobes}."
+                f"{len(nodules) - 1} others measuring up to {largest_other} mm are seen in the {others_lobes}."
             )
             impression.append(f"Multiple lung nodules, the largest {size} mm.")
         else:

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 
-def _benchmark(repo_root: Path) -> ModuleType:
-    path = repo_root / "benchmarks" / "learnability.py"
-    spec = importlib.util.spec_from_file_location("learnability_benchmark", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_target_verdict_needs_the_mean_and_every_scored_label(repo_root: Path) -> None:
-    verdict = _benchmark(repo_root).target_verdict
+def test_target_verdict_needs_the_mean_and_every_scored_label(load_benchmark: Callable[[str], ModuleType]) -> None:
+    verdict = load_benchmark("learnability").target_verdict
     row = {"test_mean_auc": 0.93, "test_auc": {"a": 0.99, "b": 0.80, "c": None}}
     assert "reached: mean 0.9300, 2/2 labels" in verdict(row) and "weakest b 0.800" in verdict(row)
     row = {"test_mean_auc": 0.93, "test_auc": {"a": 0.99, "b": 0.74}}

@@ -350,12 +350,8 @@ def test_model_deepcopies_for_an_ema_peer(demo_cfg, tokenizer_dir):
         torch.testing.assert_close(peer.encode_text(REPORTS[:2]), model.encode_text(REPORTS[:2]))
 
 
-def test_train_step_benchmark_runs_tiny_on_cpu(repo_root, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", repo_root / "benchmarks" / "train_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_train_step_benchmark_runs_tiny_on_cpu(load_benchmark, capsys):
+    module = load_benchmark("train_step")
     assert module.main(["--tiny", "--batch", "4", "--steps", "1", "--warmup", "0"]) == 0
     printed = capsys.readouterr().out
     assert "ratio fast/faithful samples/s" in printed and "faithful" in printed
