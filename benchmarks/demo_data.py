@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="write cohorts here instead of a temp dir")
     args = parser.parse_args()
 
-    from preprocessing.synthetic import generate_cohort, make_phantom
+    from synthetic import generate_cohort, make_phantom
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="fvlm-demo-bench-"))
     print(f"cpus: {os.cpu_count()}, output under {root}")

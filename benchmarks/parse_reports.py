@@ -1,7 +1,7 @@
 """Speed of the report parser: reports / s on one core, against bare spaCy tokenization of the same
 texts (the framework's ceiling: every spaCy pipeline pays at least the tokenizer).
 
-    .venv/bin/python benchmarks/parse_reports.py [--reports 10000] [--rounds 3] [--negspacy]
+    .venv/bin/python benchmarks/parse_reports.py [--reports 10000] [--rounds 3] [--negspacy] [--command-reports 1600]
 
 Input: the 800 CT-CLIP labelled CT-RATE reports (../shared/data, CC BY-NC-SA; read, never copied).
 Three measurements, both sides measured alike:
@@ -18,6 +18,19 @@ Three measurements, both sides measured alike:
 Runs alternate (tokenizer, parser, tokenizer, parser ...) and the best round of each is kept, so a
 busy machine hurts both sides alike. ``--negspacy`` also times the
 maintained-component alternative (EntityRuler for the finding terms + negspacy's NegEx) as a peer.
+
+Then the **whole command path** (``--command-reports`` reports, 0 to skip): a CSV (in a temporary folder,
+deleted after) of the 800 reports and a second copy each with one unseen sentence, a planted person name
+(tests/report_parsing/name_plants.py) in ``--plant-share`` of them, through everything ``fvlm
+parse-reports`` does -- CSV reading, record preparation (id pseudonyms, English check, the PHI rules and the
+NER name detector), parsing, both Parquet tables -- against the peer ``spacy.blank("en")`` + sentencizer over
+the same CSV's texts:
+
+* **steady**: ``run_parse_reports`` in this process, repeated (caches and the NER model warm);
+* **cold**: ``fvlm parse-reports`` as a fresh process (interpreter, imports, model loads included), its CPU
+  time from ``getrusage``; the peer as a fresh process reading the CSV too.
+
+It also counts the planted names left in the written studies table (must be 0).
 """
 
 from __future__ import annotations
@@ -39,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--negspacy", action="store_true", help="also time EntityRuler + negspacy NegEx")
+    parser.add_argument("--command-reports", type=int, default=1600, help="whole-command rows (0: skip)")
+    parser.add_argument("--plant-share", type=float, default=0.25, help="share of command rows with a planted name")
     args = parser.parse_args(argv)
     if not TRAIN_CSV.is_file():
         print(f"benchmark input not found: {TRAIN_CSV}", file=sys.stderr)
@@ -112,16 +127,161 @@ def main(argv: list[str] | None = None) -> int:
             f"EntityRuler + negspacy NegEx     : {rate:9.0f} reports/s  (ratio to tokenizer {rate / tok:.2f};"
             f" entities + negation only, no sections/anatomy/labels)"
         )
+    if args.command_reports > 0:
+        _whole_command(base, args.command_reports, args.plant_share, args.rounds)
     return 0
 
 
-def _rates(prepare, texts: list[str]) -> tuple[float, float]:
+def _command_texts(base: list[str], count: int, plant_share: float) -> tuple[list[str], list]:
+    """``count`` held-out-style texts: the reports, then copies with one unseen sentence each; a planted
+    name in ``plant_share`` of them (seeded). Returns (texts, plants)."""
+    import random
+
+    from tests.report_parsing.name_plants import plant
+
+    rng = random.Random(0)
+    texts = [
+        base[i % len(base)] if i < len(base) else f"{base[i % len(base)]} Series {i} was reviewed."
+        for i in range(count)
+    ]
+    plants = []
+    for index in sorted(rng.sample(range(count), int(count * plant_share))):
+        planted = plant(texts[index], rng)
+        texts[index] = planted.text
+        plants.append(planted)
+    return texts, plants
+
+
+def _write_csv(path: Path, texts: list[str]) -> None:
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["study_key", "report_text"])
+        writer.writerows([f"bench_{i:06d}", text] for i, text in enumerate(texts))
+
+
+_PEER_SCRIPT = """
+import csv, sys
+import spacy
+nlp = spacy.blank("en")
+nlp.add_pipe("sentencizer")
+with open(sys.argv[1], newline="") as handle:
+    texts = [row["report_text"] for row in csv.DictReader(handle)]
+print(sum(1 for doc in nlp.pipe(texts, batch_size=256) if len(doc) >= 0))
+"""
+
+
+def _child_cpu(command: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall s, CPU s of the child: user + system) of one fresh process."""
+    import resource
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FVLM_NO_FLOWS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _whole_command(base: list[str], count: int, plant_share: float, rounds: int) -> None:
+    import re
+    import shutil
+    import tempfile
+
+    import pyarrow.parquet as pq
+    import spacy
+
+    from core import layout
+    from report_parsing.tables import ParseOptions, ParseReportsJob, run_parse_reports
+
+    texts, plants = _command_texts(base, count, plant_share)
+    work = Path(tempfile.mkdtemp(prefix="fvlm-bench-parse-"))
+    try:
+        csv_path = work / "reports.csv"
+        _write_csv(csv_path, texts)
+        shutil.copy(REPO / "params.yaml", work / "params.yaml")
+        options = ParseOptions(
+            id_column="study_key", text_column="report_text", findings_column=None, impression_column=None
+        )
+        job = ParseReportsJob(csv_path, work / "out" / "reports.parquet", options)
+        peer_nlp = spacy.blank("en")
+        peer_nlp.add_pipe("sentencizer")
+
+        def peer() -> int:
+            from report_parsing.io import read_report_rows
+
+            _, rows = read_report_rows(csv_path, ["study_key", "report_text"])
+            return sum(1 for _ in peer_nlp.pipe((row.values["report_text"] for row in rows), batch_size=256))
+
+        def command() -> int:
+            return len(run_parse_reports(job).records)
+
+        command()  # warm: caches, the NER model, imports
+        steady_peer, steady_command = [], []
+        for _ in range(rounds):
+            steady_peer.append(_rates(lambda: peer, None))
+            steady_command.append(_rates(lambda: command, None))
+        left = 0
+        studies = pq.read_table(layout.reports_studies_path(job.out_parquet), columns=["report_text"])
+        written = studies.column("report_text").to_pylist()
+        for planted in plants:
+            index = texts.index(planted.text)
+            left += any(re.search(rf"\b{re.escape(name)}\b", written[index]) for name in (planted.first, planted.last))
+        cold_peer, cold_command = [], []
+        for _ in range(rounds):
+            cold_peer.append(_child_cpu([sys.executable, "-c", _PEER_SCRIPT, str(csv_path)], work))
+            cold_command.append(
+                _child_cpu(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fvlm.cli",
+                        "parse-reports",
+                        str(csv_path),
+                        str(work / "cold" / "r.parquet"),
+                        "--id-column",
+                        "study_key",
+                        "--text-column",
+                        "report_text",
+                    ],
+                    work,
+                )
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"whole command: {count} held-out-style reports (800 + copies with one unseen sentence), "
+        f"{len(plants)} with a planted name; de-identification on (rules + NER names)"
+    )
+    print("                                    wall-clock      CPU time")
+    for title, peer_rates, command_rates in (
+        ("steady (in process, warm)", steady_peer, steady_command),
+        (
+            "cold (fresh process each)",
+            [(count / w, count / c) for w, c in cold_peer],
+            [(count / w, count / c) for w, c in cold_command],
+        ),
+    ):
+        p_wall, p_cpu = max(r[0] for r in peer_rates), max(r[1] for r in peer_rates)
+        c_wall, c_cpu = max(r[0] for r in command_rates), max(r[1] for r in command_rates)
+        print(title)
+        print(f"  spaCy blank('en') + sentencizer  : {p_wall:9.0f} /s   {p_cpu:9.0f} /s   reports")
+        print(f"  fvlm parse-reports (whole)       : {c_wall:9.0f} /s   {c_cpu:9.0f} /s   reports")
+        print(f"  ratio command / peer             : {c_wall / p_wall:9.2f}      {c_cpu / p_cpu:9.2f}")
+    print(f"planted names left in the studies table: {left} of {len(plants)} plants")
+
+
+def _rates(prepare, texts: list[str] | None) -> tuple[float, float]:
     """(reports per wall-clock second, reports per CPU second of this process) of the function
-    ``prepare()`` returns (its setup is not timed): on a shared machine the CPU-time rate is the one
-    other processes disturb least."""
+    ``prepare()`` returns (its setup is not timed; ``texts`` None: it takes none): on a shared machine the
+    CPU-time rate is the one other processes disturb least."""
     function = prepare()
     wall, cpu = time.perf_counter(), time.process_time()
-    count = function(texts)
+    count = function() if texts is None else function(texts)
     return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
 
 

@@ -101,7 +101,7 @@ def main() -> int:
         return 0
 
     from flows.services import shared_prefect_server
-    from preprocessing.synthetic.cohort import generate_cohort
+    from synthetic.cohort import generate_cohort
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

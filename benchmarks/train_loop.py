@@ -95,6 +95,7 @@ def main() -> int:
     from core.env import apply_offline_env
     from training.models.text import build_tokenizer
     from training.trainer.batch import InMemoryBatches
+    from training.trainer.job import TrainJob
     from training.trainer.loop import train
 
     apply_offline_env()
@@ -130,7 +131,7 @@ def main() -> int:
             out.mkdir()
             (out / "tokenizer").symlink_to(tokenizer_dir, target_is_directory=True)
             started = time.perf_counter()
-            result = train(configured(tracking), source, anatomy_names, out, steps=args.steps)
+            result = train(TrainJob.from_config(configured(tracking), out=out, steps=args.steps), source, anatomy_names)
             return result.samples_per_s, time.perf_counter() - started
 
         bare = bare_loop(configured(False), source, anatomy_names, args.steps, str(tokenizer_dir))

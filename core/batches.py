@@ -7,7 +7,7 @@ into items and hands them to a :data:`MapBatches` callable::
 
 ``batch_fn(list_of_items)`` returns one :class:`ItemOutcome` per item (``payload`` = the stage's result
 for that item, e.g. a manifest row); ``key_fn(item)`` is the item's PHI-free key (a study_id). The
-library's default is its own local execution (:func:`map_in_one_batch`, or a process pool); the
+library's default is its own local execution (one batch in-process, or a process pool); the
 Prefect flows pass a mapper that fans the batches out over a task runner (``flows.batching``). An item
 whose batch crashed comes back with status ``failed`` and no payload; the library turns it into a
 quarantined row with a reason.
@@ -42,9 +42,3 @@ class ItemOutcome:
 BatchFn = Callable[[list[Any]], Sequence[ItemOutcome]]
 KeyFn = Callable[[Any], str]
 MapBatches = Callable[[Sequence[Any], BatchFn, KeyFn], list[ItemOutcome]]
-
-
-def map_in_one_batch(items: Sequence[Any], batch_fn: BatchFn, key_fn: KeyFn) -> list[ItemOutcome]:
-    """Local default: every item in one call of ``batch_fn`` (one warm model, no orchestration)."""
-    del key_fn  # the batch function names its outcomes itself
-    return list(batch_fn(list(items))) if items else []

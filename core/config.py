@@ -5,7 +5,8 @@ this object's YAML. Conventions that hold everywhere in the project:
 
 * array axis order is (z, y, x) for volumes, masks, crop sizes, patch sizes and spacings;
 * volumes on disk are RAS+ NIfTI, int16 Hounsfield units;
-* relative paths are relative to the directory holding ``params.yaml`` (the repo root).
+* relative paths are relative to the directory holding ``params.yaml`` (the repo root); a path typed on
+  the command line is relative to the shell's working directory (``fvlm/commands/_help.py``, ``cli_path``).
 
 What runs is what ``params.yaml`` says: there is no hidden profile merge (DVC tracks each stage's
 keys, so a value it does not see must not change a stage). Scales live in their own files,
@@ -19,7 +20,6 @@ not model or data parameters):
 ``FVLM_SALT``                  ``privacy.salt`` (pseudonymisation key)
 ``MLFLOW_TRACKING_URI``        ``tracking.mlflow_tracking_uri``
 ``PREFECT_API_URL``            ``tracking.prefect_api_url``
-``FVLM_DVC_REMOTE``            ``paths.dvc_remote``
 ``TOTALSEG_HOME_DIR``          ``segment.totalseg_home``
 =============================  ===================================
 """
@@ -73,13 +73,14 @@ class PathsConfig(_Section):
     eval: str = "data/eval"  # evaluation report (plots data, per-label tables)
     metrics: str = "metrics"
     ingest_archive: str = "data/ingest_archive"  # `dvc add`-ed record of ingested files (raw_dicom outside the repo)
-    dvc_remote: str = ".dvc-remote"
-    quarantine: str = "data/quarantine"
 
 
 class PrivacyConfig(_Section):
     salt: str = "fvlm-demo-salt-change-me"  # set FVLM_SALT in production; keep it secret
     pseudonym_length: int = Field(16, ge=8, le=64)
+    # pseudonym -> folder / UIDs / PatientID / accession (written by convert, read by `fvlm lookup`); outside
+    # every data output, gitignored, 0600 (docs/convert.md, Identity); null: not kept
+    identity_map: str | None = ".fvlm-private/identity.sqlite"
 
 
 class DemoDataConfig(_Section):
@@ -93,11 +94,18 @@ class DemoDataConfig(_Section):
     )
 
 
+# the keys preprocessing.series_selection interprets (tests/core/test_config.py checks they agree)
+SeriesPreference = Literal["thinnest", "soft_tissue_kernel", "most_slices", "largest_coverage"]
+PositiveMm = Annotated[float, Field(gt=0)]
+PositiveVoxels = Annotated[int, Field(ge=1)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class ConvertConfig(_Section):
     input_format: Literal["dicom", "ctrate"] = "dicom"
     strict: bool = False  # quarantine tilted / gappy series instead of resampling
     workers: int = Field(2, ge=1)
-    series_preference: list[str] = ["thinnest", "soft_tissue_kernel", "most_slices"]
+    series_preference: list[SeriesPreference] = Field(["thinnest", "soft_tissue_kernel", "most_slices"], min_length=1)
     min_slices: int = Field(10, ge=1)
     max_spacing_deviation: float = Field(0.1, gt=0)  # relative; beyond it the grid is resampled
     output_extension: Literal[".nii.gz", ".nii"] = ".nii.gz"
@@ -108,7 +116,6 @@ class ConvertConfig(_Section):
 class SegmentConfig(_Section):
     backend: Literal["precomputed", "totalsegmentator"] = "precomputed"
     anatomy_set: str = "ctrate4"
-    task: str = "total"
     mode: Literal["fast", "full", "fastest"] = "fast"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     roi_subset: bool = True
@@ -116,6 +123,15 @@ class SegmentConfig(_Section):
     totalseg_home: str | None = None
     batch_size: int = Field(8, ge=1)
     qc_pictures: bool = True
+
+    @field_validator("anatomy_set")
+    @classmethod
+    def _known_anatomy_set(cls, value: str) -> str:
+        from core.anatomy_sets import available_sets
+
+        if value not in available_sets():
+            raise ValueError(f"unknown anatomy set {value!r}; known: {', '.join(available_sets())}")
+        return value
 
 
 class ReportsConfig(_Section):
@@ -128,13 +144,14 @@ class ReportsConfig(_Section):
     max_chars: int = Field(20000, ge=100)  # longer reports: status "truncated", first max_chars parsed
     scrub_phi: bool = True  # replace names / dates / ids / phones / institutions
     uncertain_is_positive: bool = True  # "?" / "suspicious for" findings count as present
+    decomposition: str | None = None  # fVLM desc_info/conc_info folder or file: the per-anatomy text
 
 
 class GridConfig(_Section):
     """Model grid: resampling, crop and intensity window, all in (z, y, x)."""
 
-    spacing_zyx_mm: tuple[float, float, float] = (3.0, 1.0, 1.0)
-    crop_zyx: tuple[int, int, int] = (112, 256, 352)
+    spacing_zyx_mm: tuple[PositiveMm, PositiveMm, PositiveMm] = (3.0, 1.0, 1.0)
+    crop_zyx: tuple[PositiveVoxels, PositiveVoxels, PositiveVoxels] = (112, 256, 352)
     hu_window: tuple[float, float] = (-1150.0, 350.0)
     roi_margin_slices: int = Field(5, ge=0)
     roi_margin_voxels: int = Field(20, ge=0)
@@ -149,9 +166,9 @@ class GridConfig(_Section):
 
 
 class SplitConfig(_Section):
-    train: float = Field(0.7, ge=0)
-    val: float = Field(0.15, ge=0)
-    test: float = Field(0.15, ge=0)
+    train: float = Field(0.7, ge=0, le=1)
+    val: float = Field(0.15, ge=0, le=1)
+    test: float = Field(0.15, ge=0, le=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -174,24 +191,24 @@ class VisionConfig(_Section):
     kind: Literal["vit", "conv"] = (
         "vit"  # vit: the paper's 3D ViT; conv: small 3D CNN (training/models/conv3d.py), same token grid
     )
-    conv_channels: list[int] | None = None  # conv: widths per stage (None: doubling up to embed_dim)
+    conv_channels: list[PositiveVoxels] | None = None  # conv: widths per stage (None: doubling up to embed_dim)
     # conv: the last N channels of each token are a per-voxel map (conv_peak_kernel^3 conv + BatchNorm + ReLU, + 1x1)
     # max-pooled over the token's patch: focal bright findings (devices) reach the pooling (0: off)
     conv_peak_channels: int = Field(0, ge=0)
     conv_peak_kernel: int = Field(3, ge=1)
-    patch_zyx: tuple[int, int, int] = (16, 16, 32)
+    patch_zyx: tuple[PositiveVoxels, PositiveVoxels, PositiveVoxels] = (16, 16, 32)
     embed_dim: int = Field(768, ge=8)
     depth: int = Field(12, ge=1)
     heads: int = Field(12, ge=1)
-    mlp_ratio: float = 4.0
-    pool_layers: list[int] = [4, 7, 10]
+    mlp_ratio: float = Field(4.0, gt=0)
+    pool_layers: list[Annotated[int, Field(ge=0)]] = [4, 7, 10]
     grad_checkpointing: bool = False
 
 
 class TextConfig(_Section):
     name_or_path: str | None = "microsoft/BiomedVLP-CXR-BERT-specialized"  # None -> small BERT from scratch
     vocab_size: int = Field(4096, ge=64)
-    vocab_min_reports: int = Field(5, ge=1)  # scratch WordPiece: a word needs >= this many distinct reports (privacy)
+    vocab_min_patients: int = Field(5, ge=1)  # scratch WordPiece: a word needs >= this many distinct patients (privacy)
     hidden: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
@@ -226,6 +243,12 @@ class TrainConfig(_Section):
     log_every: int = Field(1, ge=1)  # MLflow metric logging interval (steps)
     coteaching_ema: float = Field(0.99, ge=0.0, lt=1.0)  # EMA decay of the co-teaching peer model
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU tests / exact resume)
+    # beyond the published fVLM recipe (training/models/auxiliary.py, docs/training.md "Recipe keys"):
+    contrastive: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: SigLIP's pairwise loss, same positives
+    label_loss_weight: float = Field(0.0, ge=0.0)  # > 0: per-label BCE from the parsed report labels
+    cross_anatomy_weight: float = Field(0.0, ge=0.0)  # > 0: one contrast over all (study, anatomy) cells
+    # a run stops (exit 1, no model) after this many steps in a row with a loss of exactly 0 (nothing entered it)
+    max_silent_steps: int = Field(25, ge=1)
 
 
 # evaluate.promote_floor: the absolute bar a model must clear before the promotion gate compares it with the
@@ -245,6 +268,12 @@ class EvaluateConfig(_Section):
     threshold_method: Literal["youden", "f1"] = "youden"  # chosen on val, applied to test
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     seed: int = 0
+    # the evidence a promotion needs (training/tracking/gate.py check_evidence), on val and on test alike:
+    # studies per split, and labels with at least this many positives and negatives in both splits
+    min_studies: int = Field(20, ge=1)
+    min_label_positives: int = Field(3, ge=1)
+    min_label_negatives: int = Field(3, ge=1)
+    min_scored_labels: int = Field(8, ge=1)  # capped at the anatomy set's number of scored labels
 
     @field_validator("promote_floor", mode="before")
     @classmethod
@@ -284,6 +313,27 @@ class OrchestrationConfig(_Section):
     gpu_concurrency_limit: str | None = "fvlm-gpu"  # Prefect global concurrency limit held per GPU batch
     work_pool: str = "fvlm-process"  # process work pool for prefect.yaml deployments
     timezone: str = "UTC"  # of the cron schedules
+
+    @field_validator("ingest_cron", "train_cron")
+    @classmethod
+    def _five_field_cron(cls, value: str) -> str:
+        import re
+
+        fields = value.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-?LW#]+", part) for part in fields):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as UTC or Europe/Berlin)") from None
+        return value
 
 
 class ServicesConfig(_Section):
@@ -338,9 +388,14 @@ _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FVLM_SALT": ("privacy", "salt"),
     "MLFLOW_TRACKING_URI": ("tracking", "mlflow_tracking_uri"),
     "PREFECT_API_URL": ("tracking", "prefect_api_url"),
-    "FVLM_DVC_REMOTE": ("paths", "dvc_remote"),
     "TOTALSEG_HOME_DIR": ("segment", "totalseg_home"),
 }
+
+
+def environment_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``section.key`` -> the environment variable that sets it now (for ``fvlm config show``)."""
+    environ = dict(os.environ) if environ is None else environ
+    return {".".join(keys): variable for variable, keys in _ENV_OVERRIDES.items() if environ.get(variable)}
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -375,7 +430,6 @@ EXECUTION_KEYS: tuple[str, ...] = (
     "train.num_workers",
     "train.gpus",
     "evaluate.batch_size",
-    "paths.dvc_remote",
     "paths.data_dir",
     "profile",
     "root",
@@ -400,7 +454,9 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"  key '{key}': {item['msg']}")
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or "salt" in key else f" (got {value!r:.80})"
+        lines.append(f"  key '{key}': {item['msg']}{shown}")
     return "\n".join(lines)
 
 
@@ -551,48 +607,33 @@ def use_params_file(params_path: Path, overlay_path: Path, *, name: str | None =
 
 
 # --- one set of stores --------------------------------------------------------------------------------
-def _service_healthy(run_dir: Path, name: str, url: str, timeout_s: float = 0.5) -> bool:
-    """The service ``fvlm services up`` started (PID file, live process) answers its health URL."""
-    import json
-    import urllib.request
-
-    try:
-        pid = int(json.loads((run_dir / f"{name}.pid").read_text())["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - 127.0.0.1 service
-            return 200 <= response.status < 300
-    except OSError:
-        return False
-
-
 def services_environment(config: FvlmConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables that point a command at the stores ``fvlm services up`` serves.
 
-    Running services (PID file + health check): ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` of the
-    servers. Not running: ``PREFECT_HOME=<services.data_dir>/prefect`` (Prefect's ephemeral server then
-    opens the very database the server will serve later) and MLflow's ``tracking.mlflow_tracking_uri``
-    (by default the SQLite file under ``<services.data_dir>/mlflow/`` the MLflow server opens). Variables
-    already set in ``environ`` are left alone (returned dict holds only what would be added).
+    Running services (PID file + health check, :mod:`core.stores`): ``PREFECT_API_URL`` and
+    ``MLFLOW_TRACKING_URI`` of the servers. Not running: ``PREFECT_HOME=<services.data_dir>/prefect``
+    (Prefect's ephemeral server then opens the very database the server will serve later) and MLflow's
+    ``tracking.mlflow_tracking_uri`` (by default the SQLite file under ``<services.data_dir>/mlflow/`` the
+    MLflow server opens). Variables already set in ``environ`` are left alone (returned dict holds only
+    what would be added).
     """
+    from core.stores import service_healthy
+
     environ = dict(os.environ) if environ is None else environ
     services = config.services
     data_dir = config.path(services.data_dir)
-    run_dir = data_dir / "run"
     added: dict[str, str] = {}
     if not environ.get("PREFECT_API_URL"):
         api = f"http://{services.host}:{services.prefect_port}/api"
         if config.tracking.prefect_api_url:
             added["PREFECT_API_URL"] = config.tracking.prefect_api_url
-        elif _service_healthy(run_dir, "prefect", f"{api}/health"):
+        elif service_healthy(data_dir, "prefect", f"{api}/health"):
             added["PREFECT_API_URL"] = api
         elif not environ.get("PREFECT_HOME"):
             added["PREFECT_HOME"] = str(data_dir.resolve() / "prefect")
     if not environ.get("MLFLOW_TRACKING_URI"):
         url = f"http://{services.host}:{services.mlflow_port}"
-        if _service_healthy(run_dir, "mlflow", f"{url}/health"):
+        if service_healthy(data_dir, "mlflow", f"{url}/health"):
             added["MLFLOW_TRACKING_URI"] = url
     return added
 

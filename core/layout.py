@@ -10,8 +10,18 @@ convert         ``studies.parquet`` (one row per study, ``volume_path`` relative
                 ``unreadable.parquet``, ``volumes/<study_id>{.nii.gz|.nii}``
 segment         ``segments.parquet``, ``masks/<study_id>.nii.gz``, ``qc/<study_id>.png``
 parse-reports   ``<name>.parquet`` (study x anatomy) + ``<name>.studies.parquet`` (per study)
-shard           ``{train,val,test}/part-NNNNN.parquet``, ``manifest.json``, ``.cache/``
+shard           ``{train,val,test}/part-NNNNN.parquet``, ``manifest.json``
 ==============  ===========================================================================
+
+Outside every stage output (never DVC-tracked, gitignored): ``.fvlm-cache/`` at the project root holds
+caches that are keyed by machine-specific values (absolute paths, mtimes), e.g. the shard stage's prepared
+studies and file-hash memo (:func:`stage_cache_dir`), so that no tracked output depends on the clone's
+location or on file times.
+
+Study keys (the value pseudonymised into ``study_id``): the configured DICOM tag (``convert.study_key_tag``,
+StudyInstanceUID by default), or, for files without it, ``folder:<folder>`` where ``<folder>`` is the files'
+folder relative to the raw DICOM root, POSIX separators (:func:`folder_study_key`). A precomputed mask of
+such a study may be named by its study_id or by :func:`mask_stem_for_study_key` of the key.
 """
 
 from __future__ import annotations
@@ -41,8 +51,47 @@ REPORTS_STUDIES_SUFFIX = ".studies.parquet"
 
 # --------------------------------------------------------------------------------------------- shard
 SHARD_MANIFEST = "manifest.json"
-SHARD_CACHE_DIR = ".cache"
+
+# ------------------------------------------------------------------------------ caches, study keys
+CACHE_DIR = ".fvlm-cache"  # at the project root (the params.yaml folder); gitignored, never a DVC output
+FOLDER_KEY_PREFIX = "folder:"
+_MASK_STEM_PREFIX = "folder__"
 SHARD_PART_GLOB = "part-*.parquet"
+SHARD_CACHE_DIR = ".cache"  # where older versions kept the shard cache inside the output; shard removes it
+
+
+def stage_cache_dir(project_root: PathLike, stage: str) -> Path:
+    """``<project_root>/.fvlm-cache/<stage>``: a stage's machine-local cache, outside its DVC output."""
+    return Path(project_root) / CACHE_DIR / stage
+
+
+def folder_study_key(relative_folder: str | os.PathLike[str]) -> str:
+    """The study key of DICOM files without a study key tag: ``folder:<relative/posix/path>`` of their
+    folder relative to the raw DICOM root (``folder:.`` for files directly in the root)."""
+    from pathlib import PurePosixPath
+
+    posix = PurePosixPath(Path(relative_folder).as_posix()).as_posix()
+    return f"{FOLDER_KEY_PREFIX}{posix}"
+
+
+def mask_stem_for_study_key(study_key: str) -> str:
+    """A file-name-safe stem for a precomputed mask of ``study_key``: a folder key's ``:`` and ``/`` become
+    ``__`` (``folder:site1/P01`` -> ``folder__site1__P01``); any other key is its own stem."""
+    if not study_key.startswith(FOLDER_KEY_PREFIX):
+        return study_key
+    return _MASK_STEM_PREFIX + study_key[len(FOLDER_KEY_PREFIX) :].replace("/", "__")
+
+
+def study_keys_of_mask_stem(stem: str) -> set[str]:
+    """The raw study keys a precomputed mask stem may stand for: the stem itself, its folder-key form
+    (:func:`mask_stem_for_study_key` reversed) and its percent-decoded form (``folder%3AP01%2Fa__b``, for
+    folder names that hold ``__``)."""
+    from urllib.parse import unquote
+
+    keys = {stem, unquote(stem)}
+    if stem.startswith(_MASK_STEM_PREFIX):
+        keys.add(FOLDER_KEY_PREFIX + stem[len(_MASK_STEM_PREFIX) :].replace("__", "/"))
+    return {key for key in keys if key}
 
 
 def nifti_stem(name: str) -> str:
@@ -51,12 +100,6 @@ def nifti_stem(name: str) -> str:
         if name.endswith(extension):
             return name[: -len(extension)]
     return name
-
-
-def is_nifti(path: PathLike) -> bool:
-    """A finished NIfTI file name (not an atomic writer's ``.name.tmp-*`` file)."""
-    name = Path(path).name
-    return name.endswith(NIFTI_EXTENSIONS) and ".tmp-" not in name
 
 
 # ------------------------------------------------------------------------------------------- convert

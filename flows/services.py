@@ -27,8 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 from core import processes
 from core.env import OFFLINE_DEFAULTS
 from core.io import atomic_write_text
+from core.stores import healthy, is_ours, pid_alive, pid_file, read_pid
 
 SERVICE_NAMES: tuple[str, ...] = ("prefect", "mlflow", "worker")
 DEFAULT_SERVICES: tuple[str, ...] = ("prefect", "mlflow")
@@ -170,66 +169,8 @@ def client_env(host: str, prefect_port: int, mlflow_port: int) -> dict[str, str]
     }
 
 
-def _pid_file(data_dir: Path, name: str) -> Path:
-    return data_dir / "run" / f"{name}.pid"
-
-
 def _log_file(data_dir: Path, name: str) -> Path:
     return data_dir / "logs" / f"{name}.log"
-
-
-def _read_pid(data_dir: Path, name: str) -> dict[str, object] | None:
-    path = _pid_file(data_dir, name)
-    try:
-        record = json.loads(path.read_text())
-        int(record["pid"])
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of this very process counts as gone
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _is_ours(record: dict[str, object]) -> bool:
-    """The recorded PID still runs the recorded program (not a reused PID)."""
-    pid = int(record["pid"])  # type: ignore[arg-type]
-    if not _pid_alive(pid):
-        return False
-    cmdline = _cmdline(pid)
-    if not cmdline:  # no /proc (macOS): trust the PID file
-        return True
-    expected = [str(part) for part in record.get("command", [])][:3]  # type: ignore[union-attr]
-    return all(Path(part).name in cmdline for part in expected[1:]) or str(record.get("marker", "")) in cmdline
-
-
-def _healthy(url: str | None, timeout_s: float = 2.0) -> bool:
-    if url is None:
-        return True
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - local URL
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -250,13 +191,13 @@ def status(data_dir: Path, specs: dict[str, ServiceSpec], names: Iterable[str] =
     for name in names:
         spec = specs[name]
         state = ServiceState(name=name, url=spec.url, log=str(_log_file(data_dir, name)))
-        record = _read_pid(data_dir, name)
+        record = read_pid(data_dir, name)
         if record is not None:
             state.pid = int(record["pid"])  # type: ignore[arg-type]
-            state.alive = _is_ours(record)
+            state.alive = is_ours(record)
             if not state.alive:
                 state.detail = "stale pid file"
-        state.healthy = state.alive and _healthy(spec.health_url)
+        state.healthy = state.alive and healthy(spec.health_url)
         states.append(state)
     return states
 
@@ -290,10 +231,10 @@ def start(
     try:
         for name in names:
             spec = specs[name]
-            record = _read_pid(data_dir, name)
-            if record is not None and _is_ours(record):
+            record = read_pid(data_dir, name)
+            if record is not None and is_ours(record):
                 continue
-            _pid_file(data_dir, name).unlink(missing_ok=True)
+            pid_file(data_dir, name).unlink(missing_ok=True)
             probe_host = "127.0.0.1" if spec.host in ("0.0.0.0", "") else spec.host
             if spec.port is not None and port_in_use(probe_host, spec.port):
                 raise ServiceError(
@@ -322,7 +263,7 @@ def start(
             launched[name] = process
             launch_times[name] = time.monotonic()
             atomic_write_text(
-                _pid_file(data_dir, name),
+                pid_file(data_dir, name),
                 json.dumps(
                     {
                         "pid": process.pid,
@@ -344,7 +285,7 @@ def start(
                         f"log {_log_file(data_dir, name)}:\n{_log_tail(_log_file(data_dir, name))}"
                     )
                 health_url = specs[name].health_url
-                if (health_url and _healthy(health_url)) or (
+                if (health_url and healthy(health_url)) or (
                     health_url is None and time.monotonic() - launch_times[name] > 3.0  # alive for 3 s: a worker is up
                 ):
                     waiting.discard(name)
@@ -370,7 +311,7 @@ def stop(
     states = {}
     for name in ordered:
         spec = specs[name]
-        record = _read_pid(data_dir, name)
+        record = read_pid(data_dir, name)
         state = ServiceState(name=name, url=spec.url)
         states[name] = state
         if record is None:
@@ -378,24 +319,24 @@ def stop(
             continue
         pid = int(record["pid"])  # type: ignore[arg-type]
         state.pid = pid
-        if not _is_ours(record):
+        if not is_ours(record):
             state.detail = "stale pid file removed"
-            _pid_file(data_dir, name).unlink(missing_ok=True)
+            pid_file(data_dir, name).unlink(missing_ok=True)
             continue
         _signal_group(pid, spec.stop_signal)
         signalled.append((name, pid))
     deadline = time.monotonic() + grace_s
     for name, pid in signalled:
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.2)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             _signal_group(pid, signal.SIGKILL)
             states[name].detail = "killed after grace period"
             _reap(pid)
         else:
             states[name].detail = "stopped"
-        _pid_file(data_dir, name).unlink(missing_ok=True)
+        pid_file(data_dir, name).unlink(missing_ok=True)
     return [states[name] for name in names]
 
 
@@ -503,7 +444,7 @@ def start_temporary_server(*, timeout_s: float = 120.0, log_dir: Path | None = N
             log_handle.close()  # type: ignore[union-attr]
     server = TemporaryServer(api_url=api_url, started=True, process=process, log=log)
     deadline = time.monotonic() + timeout_s
-    while not _healthy(f"{api_url}/health", timeout_s=1.0):
+    while not healthy(f"{api_url}/health", timeout_s=1.0):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_temporary_server(server)
             tail = _log_tail(log) if log is not None else ""

@@ -13,14 +13,16 @@ parse_reports_flow ``report_parsing.tables.run_parse_reports(job)``  ``report_pa
                    (batches of reports)
 shard_flow         ``preprocessing.shards.run_shard(job)`` in one    ``preprocessing.shards.ShardSummary``
                    task (per-study cache + its own process pool)
-train_flow         ``torchrun --nproc-per-node <train.gpus>``        metrics/train.json dict
-                   subprocess (``python -m fvlm.cli train`` on CPU)
-evaluate_flow      subprocess ``python -m fvlm.cli evaluate``        metrics/eval.json dict
-                   (promotion gate)
+train_flow         ``training.stages.run_train(job)`` in the flow      ``training.trainer.loop.TrainResult``
+                   (``torchrun_train_flow``: ``torchrun
+                   --nproc-per-node N -m fvlm.cli train`` for DDP)
+evaluate_flow      ``training.stages.run_evaluate(job)`` in the       the evaluation report (dict)
+                   flow (promotion gate inside)
 =================  ===============================================  ==========================================
 
-A data-stage flow takes the stage's job (``ConvertJob`` / ``SegmentJob`` / ``ParseReportsJob`` /
-``ShardJob``, built by ``Job.from_config(config, **overrides)``) and a :class:`flows.batching.FanOut`
+A stage flow takes the stage's job (``ConvertJob`` / ``SegmentJob`` / ``ParseReportsJob`` / ``ShardJob`` /
+``TrainJob`` / ``EvaluateJob``, built by ``Job.from_config(config, **overrides)``); a data-stage flow
+also takes a :class:`flows.batching.FanOut`
 (``FanOut.from_config(config.orchestration, ...)``), and passes the library a ``map_batches`` seam
 (:func:`flows.batching.prefect_batches`): retries of transient failures, isolation of crashing items,
 markdown + progress artifacts. Which segment backend uses the GPU and which errors are fatal is the
@@ -28,9 +30,10 @@ job's knowledge (``SegmentJob.uses_gpu()`` / ``fatal_errors()``). Manifests are 
 atomically, at the end by the library, so a killed run leaves the previous manifest and only atomically
 written per-study files; the rerun redoes at most the studies of the killed run.
 
-The train and evaluate flows start ``fvlm train`` / ``fvlm evaluate`` as subprocesses with
-``FVLM_STAGE_WORKER=1`` in the environment: a command that sees it (or torchrun's ``LOCAL_RANK``) must do
-the work in-process instead of starting the flow again (:func:`in_stage_worker`).
+Train and evaluate run their library in the flow's process, like the data stages. DDP training is
+``torchrun_train_flow``: one flow run in the parent launches ``torchrun``; each rank's ``fvlm train`` sees
+torchrun's ``LOCAL_RANK`` (and ``FVLM_NO_FLOWS=1``) and runs the library (``fvlm.commands.run_stage``),
+so no rank starts a flow.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, task
 
@@ -50,13 +53,13 @@ from preprocessing.convert import ConvertJob, ConvertSummary, run_convert
 from preprocessing.shards import ShardJob, ShardSummary, run_shard
 from report_parsing.tables import ParseReportsJob, ParseReportsSummary, run_parse_reports
 from segmentation.stage import SegmentJob, SegmentSummary, run_segment
+from training.evaluation.job import EvaluateJob
+from training.trainer.job import TrainJob
 
-STAGE_WORKER_ENV = "FVLM_STAGE_WORKER"
+if TYPE_CHECKING:  # the loop imports torch: the train flow imports it when it runs
+    from training.trainer.loop import TrainResult
 
-
-def in_stage_worker() -> bool:
-    """True inside a process started by train_flow / evaluate_flow (or by torchrun): work in-process."""
-    return bool(os.environ.get(STAGE_WORKER_ENV)) or "LOCAL_RANK" in os.environ
+NO_FLOWS_ENV = "FVLM_NO_FLOWS"  # fvlm.commands.run_stage: run the library, not the flow
 
 
 @flow(name="fvlm-convert")
@@ -146,13 +149,45 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+@flow(name="fvlm-train")
+def train_flow(job: TrainJob) -> TrainResult:
+    """Shards -> model + checkpoints + metrics/train.json (+ MLflow run, registered version) in the flow's
+    own thread (``training.stages.run_train``: DataLoader workers and CUDA stay off Prefect's task
+    threads); the summary as a markdown artifact."""
+    from training.stages import run_train
+
+    result = run_train(job)
+    _markdown(
+        "train-summary",
+        "# train\n\n```json\n" + json.dumps(result.metrics_json(), indent=2, default=str)[:4000] + "\n```\n",
+        "training metrics",
+    )
+    return result
+
+
+@flow(name="fvlm-evaluate")
+def evaluate_flow(job: EvaluateJob) -> dict[str, Any]:
+    """Zero-shot evaluation + promotion gate (``training.stages.run_evaluate``) in the flow's own thread;
+    returns the report, the summary metrics (metrics/eval.json) as a markdown artifact."""
+    from training.evaluation.evaluate import summary_metrics
+    from training.stages import run_evaluate
+
+    report = run_evaluate(job)
+    _markdown(
+        "evaluate-summary",
+        "# evaluate\n\n```json\n" + json.dumps(summary_metrics(report), indent=2, default=str)[:4000] + "\n```\n",
+        "evaluation metrics",
+    )
+    return report
+
+
 @task(name="torchrun-train", persist_result=False)
 def _launch_training(command: list[str], cwd: str, env: dict[str, str]) -> None:
     run_command(command, cwd=cwd, env=env, log=run_logger())
 
 
-@flow(name="fvlm-train")
-def train_flow(
+@flow(name="fvlm-train-ddp")
+def torchrun_train_flow(
     params_path: str | None = None,
     gpus: int = 0,
     tracking_uri: str | None = None,
@@ -162,11 +197,13 @@ def train_flow(
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """Train as a subprocess: ``torchrun --nproc-per-node <gpus> -m fvlm.cli train`` (NCCL processes are
-    children of torchrun, not of Prefect's thread pool); the MLflow tracking URI is passed on."""
+    """DDP training as one flow run: ``torchrun --nproc-per-node <gpus> -m fvlm.cli train`` in a subprocess
+    (NCCL processes are children of torchrun, not of Prefect's thread pool; plain python on CPU). Each
+    rank sees ``LOCAL_RANK`` and runs the library, so no rank starts a flow of its own; the MLflow
+    tracking URI is passed on."""
     cli_args = [*(["--params", params_path] if params_path else []), "train", *(extra_args or [])]
     command = torchrun_command(gpus, cli_args, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
-    env = child_env({STAGE_WORKER_ENV: "1"}, tracking_uri=tracking_uri)
+    env = child_env({NO_FLOWS_ENV: "1"}, tracking_uri=tracking_uri)  # the launched command: no flow of its own
     run_logger().info("launching: %s", " ".join(command))
     _launch_training(command, cwd or (str(Path(params_path).resolve().parent) if params_path else os.getcwd()), env)
     metrics = _read_json(Path(metrics_path)) if metrics_path else {}
@@ -174,41 +211,6 @@ def train_flow(
         "train-summary",
         "# train\n\n```json\n" + json.dumps(metrics, indent=2, default=str)[:4000] + "\n```\n",
         "training metrics",
-    )
-    return metrics
-
-
-@task(name="evaluate", persist_result=False)
-def _launch_evaluation(command: list[str], cwd: str, env: dict[str, str]) -> None:
-    run_command(command, cwd=cwd, env=env, log=run_logger())
-
-
-@flow(name="fvlm-evaluate")
-def evaluate_flow(
-    params_path: str | None = None,
-    tracking_uri: str | None = None,
-    extra_args: list[str] | None = None,
-    metrics_path: str | None = None,
-    cwd: str | None = None,
-) -> dict[str, Any]:
-    """Zero-shot evaluation + promotion gate (``fvlm evaluate`` in a subprocess); returns metrics/eval.json."""
-    import sys
-
-    command = [
-        sys.executable,
-        "-m",
-        "fvlm.cli",
-        *(["--params", params_path] if params_path else []),
-        "evaluate",
-        *(extra_args or []),
-    ]
-    env = child_env({STAGE_WORKER_ENV: "1"}, tracking_uri=tracking_uri)
-    _launch_evaluation(command, cwd or (str(Path(params_path).resolve().parent) if params_path else os.getcwd()), env)
-    metrics = _read_json(Path(metrics_path)) if metrics_path else {}
-    _markdown(
-        "evaluate-summary",
-        "# evaluate\n\n```json\n" + json.dumps(metrics, indent=2, default=str)[:4000] + "\n```\n",
-        "evaluation metrics",
     )
     return metrics
 

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "evaluate",
     "predict",
+    "lookup",
     "pipeline",
     "deploy",
     "services",
@@ -42,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fvlm-pipeline {__version__}")
     parser.add_argument("--params", default=None, help="params.yaml to use (default: nearest upwards)")
-    parser.add_argument("--profile", default=None, help="config profile (default: params.yaml / $FVLM_PROFILE)")
     add_verbosity_flags(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

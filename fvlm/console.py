@@ -36,7 +36,19 @@ VERBOSITIES: tuple[str, ...] = ("quiet", "normal", "verbose")
 ENV_VAR = "FVLM_VERBOSITY"
 
 OUR_PACKAGES: frozenset[str] = frozenset(
-    {"fvlm", "core", "flows", "preprocessing", "segmentation", "report_parsing", "training", "tools", "benchmarks"}
+    {
+        "fvlm",
+        "core",
+        "flows",
+        "preprocessing",
+        "segmentation",
+        "report_parsing",
+        "synthetic",
+        "training",
+        "tools",
+        "benchmarks",
+        "experiments",
+    }
 )
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _OUR_SOURCE_DIRS: tuple[str, ...] = tuple(str(_PROJECT_ROOT / name) + os.sep for name in sorted(OUR_PACKAGES))

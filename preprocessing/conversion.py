@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from core import layout
 from core.batches import ItemOutcome, MapBatches
 from core.io import atomic_path
 from core.processes import die_with_parent
+from core.records import NOT_STORED, arrow_schema
 from preprocessing.dicom_discovery import UnreadableFile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,8 +92,9 @@ class ManifestRow:
     input_format: str = "dicom"
     rescale_decision: str = ""  # CT-RATE adapter: whether / why values were rescaled
     converter_version: str = CONVERTER_VERSION
-    seconds: float = 0.0
-    reused: bool = False  # not stored: this run reused the previous result
+    # not stored (NOT_STORED: no column): timings would make the DVC-tracked manifest differ run to run
+    seconds: float = field(default=0.0, metadata=NOT_STORED)
+    reused: bool = field(default=False, metadata=NOT_STORED)  # this run reused the previous result
 
     @classmethod
     def from_record(cls, record: dict) -> ManifestRow:
@@ -104,40 +106,10 @@ class ManifestRow:
         return cls(**clean)
 
 
-def manifest_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("study_id", pa.string()),
-            ("patient_id", pa.string()),
-            ("status", pa.string()),
-            ("reason", pa.string()),
-            ("series_id", pa.string()),
-            ("series_description", pa.string()),
-            ("series_number", pa.int64()),
-            ("convolution_kernel", pa.string()),
-            ("selection_policy", pa.string()),
-            ("alternatives", pa.string()),
-            ("slices", pa.int64()),
-            ("n_input_slices", pa.int64()),
-            ("shape", pa.list_(pa.int64())),
-            ("spacing", pa.list_(pa.float64())),
-            ("affine", pa.list_(pa.float64())),
-            ("warnings", pa.list_(pa.string())),
-            ("resampled", pa.bool_()),
-            ("n_input_files", pa.int64()),
-            ("source_hash", pa.string()),
-            ("config_hash", pa.string()),
-            ("volume_path", pa.string()),
-            ("transfer_syntaxes", pa.list_(pa.string())),
-            ("hu_min", pa.int64()),
-            ("hu_max", pa.int64()),
-            ("input_format", pa.string()),
-            ("rescale_decision", pa.string()),
-            ("converter_version", pa.string()),
-            ("seconds", pa.float64()),
-        ],
+def manifest_schema() -> Any:
+    """``studies.parquet``'s schema: :class:`ManifestRow`'s stored fields, in order (:mod:`core.records`)."""
+    return arrow_schema(
+        ManifestRow,
         metadata={
             b"fvlm.axis_order": b"shape and spacing are (z, y, x); NIfTI arrays on disk are (x, y, z), RAS+",
             b"fvlm.converter_version": CONVERTER_VERSION.encode(),
@@ -154,6 +126,7 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
     for row in sorted(rows, key=lambda r: r.study_id):
         record = asdict(row)
         record.pop("reused")
+        record.pop("seconds")
         records.append(record)
     table = pa.Table.from_pylist(records, schema=schema)
     with atomic_path(path) as tmp:
@@ -179,8 +152,7 @@ def write_unreadable(items: list[UnreadableFile], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("relative_path", pa.string()), ("reason", pa.string())])
-    table = pa.Table.from_pylist([asdict(item) for item in items], schema=schema)
+    table = pa.Table.from_pylist([asdict(item) for item in items], schema=arrow_schema(UnreadableFile))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -242,6 +214,7 @@ class ConvertJob:
     metadata_csv: Path | None = None  # CT-RATE metadata CSV (input_format "ctrate")
     workers: int = 1  # study processes (the local run; the flow's max_workers)
     decode_threads: int | None = None  # pixel decode threads per study; None: CPUs / workers
+    identity_map: Path | None = None  # private pseudonym -> source map (privacy.identity_map); None: not written
 
     @classmethod
     def from_config(
@@ -269,6 +242,7 @@ class ConvertJob:
             input_format=or_config(input_format, section.input_format),
             metadata_csv=config.path(metadata) if metadata else None,
             workers=or_config(workers, section.workers),
+            identity_map=config.path(config.privacy.identity_map) if config.privacy.identity_map else None,
             settings=ConvertSettings(
                 salt=config.privacy.salt,
                 strict=or_config(strict, section.strict),
@@ -392,8 +366,8 @@ def finish_conversion(
     unreadable_path = layout.unreadable_table(out)
     write_unreadable(unreadable, unreadable_path)
     for row in rows:
-        if row.status != "ok":
-            logger.warning("%s: quarantined: %s", row.study_id, row.reason)
+        if row.status != "ok":  # debug: ConvertSummary.describe() lists each quarantine once
+            logger.debug("%s: quarantined: %s", row.study_id, row.reason)
     return ConvertSummary(
         n_studies=len(rows),
         n_ok=sum(r.status == "ok" for r in rows),

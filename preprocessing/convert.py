@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,13 @@ from preprocessing.conversion import (
     remove_stale_volumes,
     reusable,
 )
-from preprocessing.deid import patient_pseudonym, scrub_text, series_pseudonym, study_pseudonym
+from preprocessing.deid import (
+    OWN_PATIENT_WARNING,
+    scrub_text,
+    series_pseudonym,
+    study_patient_pseudonym,
+    study_pseudonym,
+)
 from preprocessing.dicom_discovery import (
     Discovery,
     StudyFiles,
@@ -61,6 +68,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# a volume thinner than this cannot be segmented into 3-D anatomies (TotalSegmentator and the ROI crop are 3-D):
+# quarantined here with a reason instead of failing in segmentation, whatever convert.min_slices allows
+MIN_SEGMENTABLE_SLICES = 2
+MIN_SEGMENTABLE_PIXELS = 16  # rows and columns
+
 
 def convert_study(
     study: StudyFiles,
@@ -78,9 +90,10 @@ def convert_study(
     out = Path(output_dir)
     length = settings.pseudonym_length
     study_id = study_pseudonym(study.study_key, settings.salt, length)
+    patient_id, own_patient = study_patient_pseudonym(study.patient_key, study.study_key, settings.salt, length)
     row = ManifestRow(
         study_id=study_id,
-        patient_id=patient_pseudonym(study.patient_key, settings.salt, length),
+        patient_id=patient_id,
         status="quarantined",
         n_input_files=study.n_files,
         config_hash=settings.config_hash(),
@@ -95,13 +108,18 @@ def convert_study(
     except OSError as error:
         row.reason = clean(f"cannot read input files: {error.strerror or type(error).__name__}")
         return row
-    if reusable(previous, row.source_hash, row.config_hash, out):
+    # an ok row from before the segmentability floor (one slice with min_slices 1) is converted again
+    too_small = previous is not None and previous.status == "ok" and unsegmentable(previous.shape) is not None
+    if reusable(previous, row.source_hash, row.config_hash, out) and not too_small:
         assert previous is not None
         previous.reused = True
+        if not previous.patient_id:  # converted before the own-patient fallback: apply it, same as a new run
+            previous.patient_id = patient_id
+            previous.warnings = [*previous.warnings, OWN_PATIENT_WARNING]
         return previous
     row.warnings = [clean(problem) for problem in study.problems]
-    if row.patient_id is None:
-        row.warnings.append("no PatientID: patient_id left empty")
+    if own_patient:
+        row.warnings.append(OWN_PATIENT_WARNING)
     try:
         selection = select_series(
             list(study.series.values()), preference=list(settings.series_preference), min_slices=settings.min_slices
@@ -143,6 +161,12 @@ def convert_study(
             max_spacing_deviation=settings.max_spacing_deviation,
             decode_threads=settings.decode_threads,
         )
+        too_small = unsegmentable(assembled.hu_kji.shape)
+        if too_small:
+            row.reason = f"series {chosen.series_number if chosen.series_number is not None else '?'}: {too_small}"
+            remove_stale_volumes(out, study_id)
+            row.seconds = round(time.perf_counter() - started, 3)
+            return row
         volume_relative = layout.volume_relpath(study_id, settings.output_extension)
         written = write_ras_nifti(assembled.hu_kji, assembled.affine_ras_ijk, out / volume_relative)
     except AssemblyError as error:
@@ -178,6 +202,66 @@ def convert_study(
     return row
 
 
+def record_study_identities(
+    identity_map: Path, studies: list[StudyFiles], settings: ConvertSettings, output_dir: Path
+) -> None:
+    """Write each study's (and series') pseudonym -> folder, UIDs, PatientID, accession into the private
+    identity map (``privacy.identity_map``, read by ``fvlm lookup``), in this process: the PHI never goes
+    to a worker's result, a manifest or a log."""
+    from core.privacy import IdentityRecord, record_identities, salt_fingerprint
+
+    target = Path(identity_map).resolve()
+    if target.is_relative_to(Path(output_dir).resolve()):
+        raise ValueError(
+            f"privacy.identity_map {identity_map} lies inside the convert output {output_dir} (a DVC output): "
+            "point it outside every data output (default .fvlm-private/identity.sqlite)"
+        )
+    length = settings.pseudonym_length
+    fingerprint = salt_fingerprint(settings.salt)
+    records = []
+    for study in studies:
+        study_id = study_pseudonym(study.study_key, settings.salt, length)
+        patient, own = study_patient_pseudonym(study.patient_key, study.study_key, settings.salt, length)
+        common = dict(
+            study_id=study_id,
+            patient_pseudonym=patient,
+            own_patient=own,
+            study_key=study.study_key,
+            folder=study.folder,
+            study_instance_uid=study.study_uid,
+            patient_id=study.patient_key or "",
+            accession_number=study.accession_number,
+            salt_fingerprint=fingerprint,
+        )
+        records.append(IdentityRecord(pseudonym=study_id, kind="study", **common))  # type: ignore[arg-type]
+        for series in study.series.values():
+            records.append(
+                IdentityRecord(
+                    pseudonym=series_pseudonym(series.series_uid, settings.salt, length),
+                    kind="series",
+                    series_instance_uid=series.series_uid,
+                    series_number=series.series_number,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+    record_identities(target, records)
+
+
+def unsegmentable(shape_kji: Sequence[int]) -> str | None:
+    """Why a volume of this (slices, rows, columns) shape cannot be segmented, or None (also for no shape)."""
+    if len(shape_kji) < 3:
+        return None
+    slices, rows, columns = (int(v) for v in shape_kji[:3])
+    if slices < MIN_SEGMENTABLE_SLICES:
+        return (
+            f"{slices} slice(s): too few to segment (at least {MIN_SEGMENTABLE_SLICES} needed for a 3-D volume, "
+            "whatever convert.min_slices allows)"
+        )
+    if min(rows, columns) < MIN_SEGMENTABLE_PIXELS:
+        return f"{rows} x {columns} pixels per slice: too small to segment (at least {MIN_SEGMENTABLE_PIXELS})"
+    return None
+
+
 def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> ConvertSummary:
     """The convert stage: discover the studies of ``job.input_dir`` (DICOM, or CT-RATE NIfTI + metadata),
     convert each one (reusing unchanged ones) and write both manifests atomically at the end.
@@ -196,6 +280,8 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
     discovery: Discovery = scan_dicom_tree(job.input_dir, study_key_tag=settings.study_key_tag, workers=job.workers)
     previous = read_manifest(layout.converted_manifest(out))
     length = settings.pseudonym_length
+    if job.identity_map is not None:
+        record_study_identities(job.identity_map, discovery.studies, settings, out)
     items = []
     for study in discovery.studies:
         study_id = study_pseudonym(study.study_key, settings.salt, length)
@@ -205,7 +291,7 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
         study: StudyFiles = item.source  # type: ignore[assignment]
         return ManifestRow(
             study_id=item.study_id,
-            patient_id=patient_pseudonym(study.patient_key, settings.salt, length),
+            patient_id=study_patient_pseudonym(study.patient_key, study.study_key, settings.salt, length)[0],
             status="quarantined",
             reason=reason,
             n_input_files=study.n_files,

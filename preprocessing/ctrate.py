@@ -46,7 +46,7 @@ from preprocessing.conversion import (
     remove_stale_volumes,
     reusable,
 )
-from preprocessing.deid import patient_pseudonym, scrub_text, study_pseudonym
+from preprocessing.deid import OWN_PATIENT_WARNING, scrub_text, study_patient_pseudonym, study_pseudonym
 
 logger = logging.getLogger(__name__)
 
@@ -215,9 +215,13 @@ def convert_ctrate_volume(
     out = Path(output_dir)
     length = settings.pseudonym_length
     study_id = study_pseudonym(volume.volume_name, settings.salt, length)
+    patient_id, own_patient = study_patient_pseudonym(
+        patient_key(volume.volume_name), volume.volume_name, settings.salt, length
+    )
     row = ManifestRow(
         study_id=study_id,
-        patient_id=patient_pseudonym(patient_key(volume.volume_name), settings.salt, length),
+        patient_id=patient_id,
+        warnings=[OWN_PATIENT_WARNING] if own_patient else [],
         status="quarantined",
         n_input_files=1 if volume.path else 0,
         config_hash=settings.config_hash(),
@@ -304,7 +308,7 @@ def run_ctrate(job: ConvertJob, map_batches: MapBatches | None = None) -> Conver
         volume: CtrateVolume = item.source  # type: ignore[assignment]
         return ManifestRow(
             study_id=item.study_id,
-            patient_id=patient_pseudonym(patient_key(volume.volume_name), salt, length),
+            patient_id=study_patient_pseudonym(patient_key(volume.volume_name), volume.volume_name, salt, length)[0],
             status="quarantined",
             reason=reason,
             n_input_files=1 if volume.path else 0,

@@ -34,6 +34,20 @@ def patient_pseudonym(patient_key: str | None, salt: str, length: int = 16) -> s
     return pseudonym(patient_key, salt, kind="patient", length=length) if patient_key else None
 
 
+OWN_PATIENT_WARNING = (
+    "no PatientID: the study is its own patient (patient_id derived from the study key; docs/convert.md, Identity)"
+)
+
+
+def study_patient_pseudonym(patient_key: str | None, study_key: str, salt: str, length: int = 16) -> tuple[str, bool]:
+    """The study's patient pseudonym and whether it is the fallback: without a PatientID (anonymised
+    exports blank it) the study is its own patient, ``pa_`` of the study key (in its own namespace, so it
+    never equals a real PatientID's pseudonym). Decided once, here at convert; later stages take it as is."""
+    if patient_key and patient_key.strip():
+        return pseudonym(patient_key, salt, kind="patient", length=length), False
+    return pseudonym(f"own-study:{study_key}", salt, kind="patient", length=length), True
+
+
 def series_pseudonym(series_uid: str, salt: str, length: int = 16) -> str:
     return pseudonym(series_uid, salt, kind="series", length=length)
 

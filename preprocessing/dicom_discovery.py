@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from core import layout
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +127,11 @@ class SeriesFiles:
 class StudyFiles:
     """All series of one study plus the PHI values needed to pseudonymise / scrub it."""
 
-    study_key: str  # value of the configured study key tag (hashed before output)
+    study_key: str  # value of the configured study key tag, or core.layout.folder_study_key (hashed before output)
     patient_key: str | None  # PatientID (hashed before output)
+    study_uid: str = ""  # StudyInstanceUID ("" when absent): for the private identity map only
+    accession_number: str = ""  # for the private identity map only
+    folder: str = ""  # the study's folder relative to the raw DICOM root (POSIX): for the identity map only
     series: dict[str, SeriesFiles] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)  # every file attributed to the study
     problems: list[str] = field(default_factory=list)  # per-file problems seen during discovery
@@ -236,6 +241,54 @@ def sop_class_of(ds) -> str:
     return value
 
 
+# files that are not DICOM but a compressed container of one (first bytes -> what it is)
+CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip-compressed file (decompress it first, e.g. gunzip)"),
+    (b"PK\x03\x04", "ZIP archive (extract it first)"),
+    (b"BZh", "bzip2-compressed file (decompress it first, e.g. bunzip2)"),
+    (b"\xfd7zXZ\x00", "xz-compressed file (decompress it first, e.g. unxz)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed file (decompress it first, e.g. unzstd)"),
+)
+
+
+def container_problem(path: Path) -> str | None:
+    """What a file is when it is a compressed container instead of DICOM (None otherwise)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    for magic, what in CONTAINER_MAGIC:
+        if head.startswith(magic):
+            return f"{what}, not a DICOM file"
+    return None
+
+
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little / big endian
+
+
+def truncation_problem(ds, path: Path, size: int) -> str | None:
+    """A CT image file that ends inside its header: no dataset elements (or no SeriesInstanceUID / Rows)
+    and no pixel data element anywhere in the file. Deflated files are not checked (their body is compressed)."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("TransferSyntaxUID", "") or "")
+    if syntax == DEFLATED_SYNTAX:
+        return None
+    image = len(ds) == 0 or sop_class_of(ds) in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
+    if not image or ("SeriesInstanceUID" in ds and "Rows" in ds):
+        return None
+    try:
+        content = path.read_bytes() if size <= 64 << 20 else b""
+    except OSError:
+        return None
+    if not content or any(tag in content for tag in _PIXEL_DATA_TAGS):
+        return None
+    last = f"; last element {list(ds.keys())[-1]}" if len(ds) else ""
+    return (
+        f"truncated DICOM file ({size} bytes): it ends inside the header ({len(ds)} data element(s){last}, "
+        "no SeriesInstanceUID / Rows, no pixel data); re-copy or re-export it"
+    )
+
+
 # Pixel data sanity, checked on the header BEFORE any allocation / decoding (docs/bad_inputs.md)
 MAX_IMAGE_DIMENSION = 8192  # Rows / Columns above this are not a CT slice
 MAX_FRAMES_PER_FILE = 20000  # Enhanced CT files hold a series (~1-3000 frames), never more
@@ -284,7 +337,7 @@ def pixel_data_defect(ds, file_size: int | None) -> str | None:
 
 
 def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
-    """Why an ImageOrientationPatient cannot be used (NaN / inf, not two unit vectors), or None."""
+    """Why an ImageOrientationPatient cannot be used (NaN / inf, not two perpendicular unit vectors), or None."""
     import math
 
     if orientation is None:
@@ -295,6 +348,89 @@ def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
         norm = math.sqrt(sum(v * v for v in vector))
         if not 0.9 <= norm <= 1.1:
             return f"ImageOrientationPatient {label} direction is not a unit vector (norm {norm:.3g})"
+    row, column = orientation[:3], orientation[3:]
+    cosine = sum(a * b for a, b in zip(row, column, strict=True)) / (
+        math.sqrt(sum(v * v for v in row)) * math.sqrt(sum(v * v for v in column))
+    )
+    if abs(cosine) > 0.99:
+        return (
+            f"degenerate ImageOrientationPatient ({', '.join(f'{v:g}' for v in orientation)}): row and column "
+            "directions are parallel (expected two perpendicular unit vectors)"
+        )
+    if abs(cosine) > 1e-3:
+        return (
+            f"ImageOrientationPatient row and column directions are not perpendicular (cosine {cosine:.3g}, expected 0)"
+        )
+    return None
+
+
+# numeric header values: (keyword, what is expected); a present value that is not a number is a defect,
+# never "missing" (RescaleSlope 'abc' must not become 1)
+NUMERIC_TAGS: tuple[tuple[str, str], ...] = (
+    ("RescaleSlope", "a decimal number such as 1"),
+    ("RescaleIntercept", "a decimal number such as -1024"),
+    ("ImagePositionPatient", "3 decimal numbers (mm)"),
+    ("ImageOrientationPatient", "6 decimal numbers (direction cosines)"),
+    ("PixelSpacing", "2 decimal numbers (mm)"),
+    ("SliceThickness", "a decimal number (mm)"),
+    ("GantryDetectorTilt", "a decimal number (degrees)"),
+    ("NumberOfFrames", "an integer"),
+    ("Rows", "an integer"),
+    ("Columns", "an integer"),
+    ("BitsAllocated", "an integer"),
+    ("BitsStored", "an integer"),
+    ("PixelRepresentation", "0 or 1"),
+    ("SamplesPerPixel", "an integer"),
+)
+FUNCTIONAL_NUMERIC_TAGS: tuple[tuple[str, str, str], ...] = (
+    ("PixelValueTransformationSequence", "RescaleSlope", "a decimal number such as 1"),
+    ("PixelValueTransformationSequence", "RescaleIntercept", "a decimal number such as -1024"),
+    ("PlanePositionSequence", "ImagePositionPatient", "3 decimal numbers (mm)"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient", "6 decimal numbers (direction cosines)"),
+    ("PixelMeasuresSequence", "PixelSpacing", "2 decimal numbers (mm)"),
+)
+
+
+def _not_numeric(value: object) -> bool:
+    if value is None or value == "":
+        return False
+    items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]  # type: ignore[call-overload]
+    for item in items:
+        try:
+            float(item)
+        except (TypeError, ValueError):
+            return True
+    return False
+
+
+def _shown(value: object) -> str:
+    return repr(_text(value)[:40])
+
+
+def header_value_defect(ds) -> str | None:
+    """A numeric header value that is not a number, or an Enhanced CT whose NumberOfFrames disagrees with
+    its per-frame functional groups (None when neither)."""
+    for keyword, expected in NUMERIC_TAGS:
+        value = ds.get(keyword)
+        if _not_numeric(value):
+            return f"{keyword} {_shown(value)} is not a number (expected {expected})"
+    for group_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for index, group in enumerate(ds.get(group_name) or ()):
+            for sequence, keyword, expected in FUNCTIONAL_NUMERIC_TAGS:
+                items = group.get(sequence)
+                value = items[0].get(keyword) if items and len(items) else None
+                if _not_numeric(value):
+                    return (
+                        f"{keyword} {_shown(value)} in {group_name} item {index + 1} is not a number "
+                        f"(expected {expected})"
+                    )
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    frames = _int_or_none(ds.get("NumberOfFrames"))
+    if per_frame is not None and frames is not None and len(per_frame) != frames:
+        return (
+            f"NumberOfFrames {frames} but PerFrameFunctionalGroupsSequence holds {len(per_frame)} items "
+            "(expected one item per frame: frames would be dropped or invented)"
+        )
     return None
 
 
@@ -303,7 +439,7 @@ def headers_from_dataset(ds, path: Path, relative_path: str, *, file_size: int |
 
     A header whose pixel dimensions cannot fit the file gives ONE header carrying ``defect`` (so
     the cost stays bounded by the file, not by what NumberOfFrames claims)."""
-    defect = pixel_data_defect(ds, file_size)
+    defect = pixel_data_defect(ds, file_size) or header_value_defect(ds)
     frames = 1 if defect else (_int_or_none(ds.get("NumberOfFrames")) or 1)
     common = dict(
         path=path,
@@ -389,6 +525,31 @@ def quiet_pydicom() -> Iterator[None]:
         config.settings.reading_validation_mode = previous
 
 
+@contextlib.contextmanager
+def captured_pydicom_warnings(into: list[str], context: str = ""):
+    """Record pydicom's (and its decoder plugins') warnings into ``into`` instead of stderr; any other
+    warning is re-issued unchanged. Messages are cut to 200 characters and de-duplicated."""
+    import warnings as python_warnings
+
+    caught: list[python_warnings.WarningMessage] = []
+    try:
+        with python_warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
+            python_warnings.simplefilter("always")
+            yield
+    finally:
+        for item in caught:
+            source = item.filename.replace("\\", "/")
+            if not issubclass(item.category, RuntimeWarning) and any(name in source for name in WARNING_SOURCES):
+                message = f"pydicom warning{context}: {str(item.message).splitlines()[0][:200]}"
+                if message not in into:
+                    into.append(message)
+            else:
+                python_warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+WARNING_SOURCES = ("/pydicom/", "/pylibjpeg", "/openjpeg/", "/libjpeg/", "/gdcm")
+
+
 def read_header(path: Path):
     """Header-only read; a file without the DICM preamble is retried with ``force=True``."""
     import pydicom
@@ -401,26 +562,57 @@ def read_header(path: Path):
 
 
 def scan_dicom_tree(
-    input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID", workers: int = 1
+    input_dir: str | os.PathLike[str],
+    *,
+    study_key_tag: str = "StudyInstanceUID",
+    workers: int = 1,
+    key_root: str | os.PathLike[str] | None = None,
 ) -> Discovery:
     """Walk ``input_dir``; group readable DICOM image files by study key and SeriesInstanceUID.
 
     ``workers`` > 1 reads the headers in that many processes (a header costs ~3 ms of pydicom parsing: a
     10^4-study cohort of 300-slice series is hours on one core); the files are filed in walk order either way,
     so the result is the same.
+
+    ``key_root``: the raw DICOM root that folder study keys (files without ``study_key_tag``) and the
+    studies' ``folder`` are relative to (default ``input_dir``); ``fvlm predict`` on one study folder of the
+    raw tree passes the raw root, so the study gets the key convert gave it.
     """
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input directory not found: {root}")
+    base = _folder_base(root, key_root)
     studies: dict[str, StudyFiles] = {}
     unreadable: list[UnreadableFile] = []
     seen_instances: dict[str, str] = {}
     paths = list(_iter_files(root))
     for record in _read_files(root, paths, study_key_tag, workers):
+        if record.keyless:
+            record.study_key = layout.folder_study_key(base / Path(record.relative).parent)
         _file_record(record, studies, unreadable, seen_instances, study_key_tag)
+    for study in studies.values():
+        study.folder = _common_folder(base, root, study.files)
     ordered = sorted(studies.values(), key=lambda s: s.study_key)
     logger.info("discovered %d studies in %d files (%d unreadable)", len(ordered), len(paths), len(unreadable))
     return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=len(paths))
+
+
+def _folder_base(root: Path, key_root: str | os.PathLike[str] | None) -> Path:
+    """``root`` relative to ``key_root`` (``.`` when they are the same folder)."""
+    if key_root is None:
+        return Path(".")
+    try:
+        return root.resolve().relative_to(Path(key_root).resolve())
+    except ValueError:
+        raise ValueError(f"{root} is not inside the raw DICOM root {key_root}") from None
+
+
+def _common_folder(base: Path, root: Path, files: list[Path]) -> str:
+    """The deepest folder (relative to the raw root, POSIX) holding all of ``files``."""
+    import posixpath
+
+    parents = sorted({(base / path.relative_to(root).parent).as_posix() for path in files})
+    return (posixpath.commonpath(parents) or ".") if parents else base.as_posix()
 
 
 DISCOVERY_CHUNK = 256  # files per worker task (a few hundred ms of header reads)
@@ -460,6 +652,8 @@ class FileRecord:
     study_key: str = ""
     keyless: bool = False
     patient: str | None = None
+    study_uid: str = ""
+    accession_number: str = ""
     phi_terms: tuple[str, ...] = ()
     instance: str = ""
     headers: list[SliceHeader] | None = None
@@ -468,6 +662,7 @@ class FileRecord:
     description: str = ""
     series_number: int | None = None
     kernel: str = ""
+    read_warnings: tuple[str, ...] = ()  # pydicom's warnings while reading the header (to the manifest)
 
 
 def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
@@ -479,22 +674,30 @@ def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
         return FileRecord(path, relative, f"cannot stat file: {error.strerror or type(error).__name__}")
     if size == 0:
         return FileRecord(path, relative, "zero-byte file")
+    read_warnings: list[str] = []
     try:
-        ds = read_header(path)
+        with captured_pydicom_warnings(read_warnings, " while reading the header"):
+            ds = read_header(path)
     except PermissionError:
         return FileRecord(path, relative, "permission denied (cannot read file)")
     except Exception as error:  # pydicom raises many types on junk
-        return FileRecord(path, relative, f"not a readable DICOM file ({type(error).__name__})")
+        return FileRecord(
+            path, relative, container_problem(path) or f"not a readable DICOM file ({type(error).__name__})"
+        )
     media_class = str(getattr(getattr(ds, "file_meta", None), "get", lambda *_: "")("MediaStorageSOPClassUID", ""))
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return FileRecord(path, relative, "DICOMDIR index file (skipped; images are found by walking the tree)")
     if not sop_class_of(ds):
-        return FileRecord(path, relative, "not a DICOM image (no SOPClassUID; cannot attribute to a study)")
+        reason = container_problem(path) or "not a DICOM image (no SOPClassUID; cannot attribute to a study)"
+        return FileRecord(path, relative, reason)
+    truncated = truncation_problem(ds, path, size)
+    if truncated:
+        return FileRecord(path, relative, truncated)
     key_value = ds.get(study_key_tag)
     study_key = str(key_value).strip() if key_value not in (None, "") else ""
     keyless = not study_key
-    if keyless:  # anonymised exports blank the UID: group by folder, say so in the manifest
-        study_key = f"folder:{Path(relative).parent.as_posix()}"
+    if keyless:  # anonymised exports blank the UID: group by folder (scan_dicom_tree rebases it on the raw root)
+        study_key = layout.folder_study_key(Path(relative).parent)
     phi_terms: list[str] = []
     for tag in PHI_TAGS:
         value = ds.get(tag)
@@ -508,6 +711,8 @@ def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
         study_key=study_key,
         keyless=keyless,
         patient=str(ds.get("PatientID", "")).strip() or None,
+        study_uid=str(ds.get("StudyInstanceUID", "") or "").strip(),
+        accession_number=str(ds.get("AccessionNumber", "") or "").strip(),
         phi_terms=tuple(phi_terms),
         instance=str(ds.get("SOPInstanceUID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")).strip() or f"no-series-uid:{Path(relative).parent}",
@@ -519,7 +724,37 @@ def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
         record.headers = headers_from_dataset(ds, path, relative, file_size=size)
     except Exception as error:
         record.header_error = f"unusable header ({type(error).__name__})"
+    record.read_warnings = tuple(read_warnings)
     return record
+
+
+def _sibling(record: FileRecord, relative: str) -> Path:
+    """The path of another file under the same input root as ``record``."""
+    root = str(record.path)[: len(str(record.path)) - len(record.relative)]
+    return Path(root) / relative
+
+
+def duplicate_conflict(path: Path, other: Path) -> str | None:
+    """Why two files with one SOPInstanceUID are not copies of one image (None: same bytes or same pixels).
+
+    A re-encoded copy (another transfer syntax) has other bytes but the same pixels; only then is one of
+    them safely ignored."""
+    try:
+        if path.stat().st_size == other.stat().st_size and path.read_bytes() == other.read_bytes():
+            return None
+    except OSError as error:
+        return f"cannot compare them ({error.strerror or type(error).__name__})"
+    import numpy as np
+    import pydicom
+
+    try:
+        with quiet_pydicom(), captured_pydicom_warnings([]):
+            pixels = [pydicom.dcmread(p, force=True).pixel_array for p in (path, other)]
+    except Exception as error:
+        return f"their pixel data cannot be compared ({type(error).__name__})"
+    if pixels[0].shape == pixels[1].shape and np.array_equal(pixels[0], pixels[1]):
+        return None
+    return "hold different pixel data (which one is right is unknown: remove or re-export one)"
 
 
 def _file_record(
@@ -535,17 +770,33 @@ def _file_record(
         return
     study = studies.get(record.study_key)
     if study is None:
-        study = studies[record.study_key] = StudyFiles(study_key=record.study_key, patient_key=record.patient)
+        study = studies[record.study_key] = StudyFiles(
+            study_key=record.study_key,
+            patient_key=record.patient,
+            study_uid=record.study_uid,
+            accession_number=record.accession_number,
+        )
         if record.keyless:
             study.problems.append(f"no {study_key_tag} in headers: files of this folder grouped as one study")
     study.phi_terms.update(record.phi_terms)
     study.phi_terms.add(record.study_key)
     study.files.append(record.path)
+    for warning in record.read_warnings:  # once per study and message (the first file named)
+        if not any(problem.endswith(f": {warning}") for problem in study.problems):
+            study.problems.append(f"{record.relative}: {warning}")
     instance = record.instance
     if instance and instance in seen_instances:
-        study.problems.append(f"{record.relative}: duplicate copy of {seen_instances[instance]} (ignored)")
-        return
-    if instance:
+        first = seen_instances[instance]
+        conflict = duplicate_conflict(record.path, _sibling(record, first))
+        if conflict is None:
+            study.problems.append(f"{record.relative}: duplicate copy of {first} (ignored)")
+            return
+        if record.headers is None:
+            study.problems.append(f"{record.relative}: {record.header_error}")
+            return
+        defect = f"conflicting duplicate SOPInstanceUID: {record.relative} and {first} share one but {conflict}"
+        record.headers = [replace(header, defect=defect) for header in record.headers]
+    elif instance:
         seen_instances[instance] = record.relative
     if record.headers is None:
         study.problems.append(f"{record.relative}: {record.header_error}")
@@ -561,20 +812,11 @@ def _file_record(
     series.slices.extend(record.headers)
 
 
-def discover_studies(input_dir: str | os.PathLike[str], *, study_key_tag: str = "StudyInstanceUID") -> list[StudyFiles]:
+def discover_studies(
+    input_dir: str | os.PathLike[str],
+    *,
+    study_key_tag: str = "StudyInstanceUID",
+    key_root: str | os.PathLike[str] | None = None,
+) -> list[StudyFiles]:
     """The studies under ``input_dir`` (see :func:`scan_dicom_tree` for the unreadable files too)."""
-    return scan_dicom_tree(input_dir, study_key_tag=study_key_tag).studies
-
-
-def batched(items: Iterable[StudyFiles], size: int) -> list[list[StudyFiles]]:
-    """Split studies into batches (for fan-out by an orchestrator)."""
-    batch: list[StudyFiles] = []
-    out: list[list[StudyFiles]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            out.append(batch)
-            batch = []
-    if batch:
-        out.append(batch)
-    return out
+    return scan_dicom_tree(input_dir, study_key_tag=study_key_tag, key_root=key_root).studies

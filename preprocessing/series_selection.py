@@ -115,7 +115,7 @@ def summarize(series: SeriesFiles, *, min_slices: int) -> SeriesSummary:
     elif abs(slice_normal(first.orientation)[2]) < AXIAL_MIN_COS:
         excluded = "not axial (slice normal more than 45 degrees from the head-foot axis)"
     elif len(slices) < min_slices:
-        excluded = f"{len(slices)} slice(s), fewer than min_slices={min_slices}"
+        excluded = f"{len(slices)} slice(s), fewer than convert.min_slices={min_slices} (params.yaml)"
     return SeriesSummary(
         series_uid=series.series_uid,
         description=series.description,

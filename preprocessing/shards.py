@@ -14,9 +14,11 @@ sorted by study_id, ``rows_per_group`` studies per row group, a new file once ``
 blobs are in one; ``OUT/manifest.json``; optional small metrics JSON.
 
 Each study is prepared once (grouping TotalSegmentator ids into the anatomy set, ROI crop, resample to
-the model spacing, zstd encode) into ``OUT/.cache/<study_id>-<key>.npz`` where ``key`` hashes the
+the model spacing, zstd encode) into ``CACHE/<study_id>-<key>.npz`` where ``key`` hashes the
 input files' contents and the preparation parameters; a rebuild with K new studies prepares only those
 K and re-assembles the split files from the cache. Same inputs + config -> byte-identical shards.
+``CACHE`` (:func:`shard_cache_dir`) lies outside OUT, under the project's ``.fvlm-cache/``: it holds
+the file-hash memo (absolute paths, mtimes), which must never be part of the DVC-tracked output.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from preprocessing.shard_schema import (
     encode_array,
     shard_schema,
 )
-from preprocessing.split import assign_split
+from preprocessing.split import assign_split, split_problems
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -136,6 +138,7 @@ def load_converted_studies(
     studies: list[StudyInput] = []
     not_ok = 0
     seen: set[str] = set()
+    no_patient = 0
     for row in table.to_pylist():
         if row["status"] != "ok":
             not_ok += 1
@@ -144,15 +147,25 @@ def load_converted_studies(
         if study_id in seen:
             raise ValueError(f"{manifest}: study_id {study_id} appears twice with status ok")
         seen.add(study_id)
+        no_patient += not row["patient_id"]
         studies.append(
             StudyInput(
                 study_id=study_id,
-                patient_id=row["patient_id"] or "",
+                # convert gives every study a patient (its own one without a PatientID); a manifest of an older
+                # convert may not: the same rule, the study is its own patient (split by its study_id)
+                patient_id=row["patient_id"] or study_id,
                 volume_path=layout.resolve_volume(converted, study_id, row["volume_path"] if has_volume_path else None)
                 or layout.volume_path(converted, study_id),
                 mask_path=layout.mask_path(segmented_dir, study_id),
                 source_hash=(row.get("source_hash") or "") if has_hash else "",
             )
+        )
+    if no_patient:
+        log.warning(
+            "%s: %d ok studies without patient_id (converted by an older fvlm): each is its own patient; "
+            "re-run `fvlm convert` to record that in the manifest",
+            manifest,
+            no_patient,
         )
     studies.sort(key=lambda s: s.study_id)
     return studies, not_ok
@@ -288,7 +301,8 @@ def read_cache_entry(cache_file: Path) -> CachedStudy:
 
 
 class _HashMemo:
-    """File content hashes, memoised on (size, mtime_ns) in ``.cache/file-hashes.json``."""
+    """File content hashes, memoised on (absolute path, size, mtime_ns) in ``CACHE/file-hashes.json``
+    (machine-specific: it lives in the shard cache outside the DVC-tracked output)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -327,6 +341,7 @@ class ShardSummary:
     content_hash: str
     manifest_path: Path
     abnormal_rate: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the split leaves unusable (names the params keys)
 
     @property
     def written(self) -> int:
@@ -338,6 +353,7 @@ class ShardSummary:
             f"shards: {self.written} studies ({per_split}) in {len(self.files)} files; "
             f"{len(self.quarantined)} quarantined, {self.upstream_not_ok} not ok upstream; "
             f"prepared {self.prepared}, from cache {self.reused}; content {self.content_hash[:12]}"
+            + "".join(f"\n  warning: {warning}" for warning in self.warnings)
         )
 
 
@@ -474,6 +490,8 @@ class ShardJob:
     shard: ShardConfig = ShardConfig()
     metrics_path: Path | None = None
     workers: int | None = None  # preparation processes; None: shard.workers
+    cache_dir: Path | None = None  # prepared studies + hash memo; None: shard_cache_dir(out_dir.parent, out_dir)
+    train_batch_size: int | None = None  # only to warn when train holds less than one batch (train.batch_size)
 
     @classmethod
     def from_config(
@@ -491,18 +509,32 @@ class ShardJob:
         keeps the configured value (metrics: ``<paths.metrics>/shard.json``)."""
         from core.config import or_config
 
+        out = config.path(or_config(out_dir, config.paths.shards))
         return cls(
             config.path(or_config(converted_dir, config.paths.converted)),
             config.path(or_config(segmented_dir, config.paths.segmented)),
             config.path(or_config(reports_table, config.paths.reports_table)),
-            config.path(or_config(out_dir, config.paths.shards)),
+            out,
             anatomy_set=config.segment.anatomy_set,
             grid=config.grid,
             split=config.split,
             shard=config.shard,
             metrics_path=config.path(or_config(metrics_path, Path(config.paths.metrics) / "shard.json")),
             workers=or_config(workers, config.shard.workers),
+            cache_dir=shard_cache_dir(config.root, out),
+            train_batch_size=config.train.batch_size,
         )
+
+
+def shard_cache_dir(project_root: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """``<project_root>/.fvlm-cache/shard/<out name>-<hash of the out path relative to the root>``: outside the
+    output (a DVC out), one per output folder (each build prunes its cache to its own studies). An output
+    outside the project keeps its cache beside it (``<out parent>/.fvlm-cache/shard/...``)."""
+    root, out = Path(project_root).resolve(), Path(out_dir).resolve()
+    if not out.is_relative_to(root):
+        root = out.parent
+    label = out.relative_to(root).as_posix()
+    return layout.stage_cache_dir(root, "shard") / f"{out.name}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
 
 
 def run_shard(job: ShardJob) -> ShardSummary:
@@ -514,8 +546,15 @@ def run_shard(job: ShardJob) -> ShardSummary:
     anatomy_names = list(anatomies.anatomy_names)
     label_names = list(CTRATE_LABELS)
     out = Path(job.out_dir)
-    cache_dir = out / layout.SHARD_CACHE_DIR
+    cache_dir = Path(job.cache_dir) if job.cache_dir is not None else shard_cache_dir(out.parent, out)
+    if cache_dir.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"shard cache {cache_dir} lies inside the shard output {out} (a DVC output); put it outside")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    legacy = out / layout.SHARD_CACHE_DIR  # older versions cached inside the output: it made the out machine-specific
+    if legacy.is_dir():
+        import shutil
+
+        shutil.rmtree(legacy, ignore_errors=True)
     _clean_stale_temps(out)
 
     params = PrepParams(
@@ -538,14 +577,15 @@ def run_shard(job: ShardJob) -> ShardSummary:
     for study in studies:
         reason = None
         report = reports.get(study.study_id)
-        if not study.patient_id:
-            reason = "no patient_id in studies.parquet"
-        elif not study.volume_path.is_file():
+        if not study.volume_path.is_file():
             reason = "no volume file"
         elif not study.mask_path.is_file():
-            reason = "no mask"
+            reason = "no mask (the segment stage quarantined the study or has not run on it)"
         elif report is None:
-            reason = "no report"
+            reason = (
+                "no report (no row of the reports table has this study's key in its reports.id_column; "
+                "`fvlm lookup <study_id>` shows the key)"
+            )
         elif report.status != "ok":
             reason = f"report {report.status}: {report.reason}".rstrip(": ")
         if reason is not None:
@@ -613,6 +653,15 @@ def run_shard(job: ShardJob) -> ShardSummary:
 
     reused = len(rows) - (len(jobs) - len(failures))
     summary = _summarise(out, rows, anatomy_names, files, quarantined, upstream_not_ok, len(jobs), reused, content_hash)
+    summary.warnings = split_problems(
+        summary.studies,
+        summary.patients,
+        {"train": split.train, "val": split.val, "test": split.test},
+        split.seed,
+        job.train_batch_size,
+    )
+    for warning in summary.warnings:
+        log.debug("shard: %s", warning)  # describe() prints each once
     manifest = {
         "format_version": metadata["format_version"],
         "prep_version": PREP_VERSION,
@@ -678,7 +727,7 @@ def _run_jobs(jobs: list[tuple[str, str, str, str, PrepParams, int]], workers: i
 def _record(failures: dict[str, str], study_id: str, error: str | None) -> None:
     if error is not None:
         failures[study_id] = error
-        log.warning("study %s quarantined: %s", study_id, error)
+        log.debug("study %s quarantined: %s", study_id, error)  # the summary lists it once
 
 
 def _prune_cache(cache_dir: Path, keep: set[str]) -> None:

@@ -32,3 +32,30 @@ def assign_split(patient_id: str, train: float, val: float, test: float, seed: i
     if fraction < (train + val) / total:
         return "val"
     return "test"
+
+
+def split_problems(
+    studies: dict[str, int],
+    patients: dict[str, int],
+    ratios: dict[str, float],
+    seed: int,
+    train_batch_size: int | None = None,
+) -> list[str]:
+    """What a patient-grouped split of this cohort leaves unusable, each naming the params keys that fix it:
+    an empty split (hashing few patients into three ratios can leave one empty), a train split below one
+    batch (training would stop). ``studies`` / ``patients``: per split name."""
+    total = sum(patients.values())
+    problems = []
+    for name in SPLIT_NAMES:
+        if studies.get(name, 0) == 0:
+            problems.append(
+                f"split {name} is empty ({total} patient(s) in all, split.{name}={ratios.get(name)}, "
+                f"split.seed={seed}): add studies, or change split.seed / split.{name} in params.yaml"
+            )
+    n_train = studies.get("train", 0)
+    if train_batch_size and 0 < n_train < train_batch_size:
+        problems.append(
+            f"split train has {n_train} studies, fewer than one batch of train.batch_size={train_batch_size}: "
+            "training would stop; lower train.batch_size, raise split.train or add studies"
+        )
+    return problems

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.dicom_discovery import SliceHeader, orientation_problem
+from preprocessing.dicom_discovery import SliceHeader, captured_pydicom_warnings, orientation_problem
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,25 @@ HU_CLIP_SUSPECT = 31000  # above the extended CT scale (30710 HU): wrong rescale
 MAX_CLIPPED_FRACTION = 0.01  # quarantine when more than 1 % of voxels are above HU_CLIP_SUSPECT
 MIN_HU_CEILING = -200  # a CT volume holds air or fat somewhere: min HU above this = suspect intercept
 MIN_HU_RANGE = 100  # max - min below 100 HU: blank series or a crushed rescale
+HIGH_HU = 500  # CT is mostly air, fat and soft tissue: more than half of the voxels above +500 HU is inverted
+MAX_HIGH_FRACTION = 0.5  # (air at the high end) or mis-scaled data
+AIR_PRESENT_HU = -900  # a volume with some air (<= -900 HU) ...
+MAX_LOW_PERCENTILE_HU = -400  # ... whose 1st percentile is above -400 HU has its air crushed or inverted (warning)
+ALLOWED_BITS_ALLOCATED = (8, 16, 32)
+# one decoded slice far from its neighbours (corrupt codestream): r = slice - mean of its two neighbours where
+# they agree within SLICE_AGREE_HU, smoothed over SLICE_SMOOTH x SLICE_SMOOTH voxels (noise averages out, a
+# decoding error spread over a region does not); "off" voxels: |smoothed r| > SLICE_OFF_HU. Quarantine when
+# off voxels are >= SLICE_QUARANTINE_FRACTION of the slice and >= SLICE_QUARANTINE_VOXELS, a warning from
+# SLICE_WARN_FRACTION and SLICE_WARN_VOXELS on; both only when the fraction is >= SLICE_ISOLATION x both
+# neighbours' and the series median's. Measured in docs/bad_inputs.md.
+SLICE_AGREE_HU = 30.0
+SLICE_OFF_HU = 20.0
+SLICE_SMOOTH = 7
+SLICE_QUARANTINE_FRACTION = 0.005
+SLICE_QUARANTINE_VOXELS = 1000
+SLICE_WARN_FRACTION = 0.002
+SLICE_WARN_VOXELS = 500
+SLICE_ISOLATION = 10.0
 
 
 def _finite(values) -> bool:
@@ -77,11 +96,30 @@ def _value_checks(slices: list[SliceHeader]) -> None:
                 f"{s.relative_path}: RescaleSlope {slope:g} is not a usable HU transform "
                 f"(must be finite with |slope| in [{MIN_ABS_SLOPE:g}, {MAX_ABS_SLOPE:g}])"
             )
+        if slope < 0:
+            raise AssemblyError(
+                f"{s.relative_path}: RescaleSlope {slope:g} is negative: HU would be inverted (air at the high end); "
+                "expected a positive slope"
+            )
         if not math.isfinite(intercept) or abs(intercept) > MAX_ABS_INTERCEPT:
             raise AssemblyError(
                 f"{s.relative_path}: RescaleIntercept {intercept:g} is not a usable HU transform "
                 f"(must be finite, |intercept| <= {MAX_ABS_INTERCEPT:g})"
             )
+        bits_problem = _bits_problem(s)
+        if bits_problem:
+            raise AssemblyError(f"{s.relative_path}: {bits_problem}")
+
+
+def _bits_problem(s: SliceHeader) -> str | None:
+    """BitsAllocated / BitsStored / PixelRepresentation consistent with each other (pixel bytes: at decode)."""
+    if s.bits_allocated not in ALLOWED_BITS_ALLOCATED:
+        return f"BitsAllocated {s.bits_allocated} (expected one of {', '.join(map(str, ALLOWED_BITS_ALLOCATED))})"
+    if not 1 <= s.bits_stored <= s.bits_allocated:
+        return f"BitsStored {s.bits_stored} outside 1..BitsAllocated ({s.bits_allocated})"
+    if s.pixel_representation not in (0, 1):
+        return f"PixelRepresentation {s.pixel_representation} (expected 0 unsigned or 1 signed)"
+    return None
 
 
 def _geometry_value_checks(slices: list[SliceHeader]) -> None:
@@ -137,6 +175,74 @@ def _hu_range_checks(volume: np.ndarray, slices: list[SliceHeader]) -> list[str]
                 f"implausible HU range {low}..{high}: {100 * fraction:.1f}% of voxels above {HU_CLIP_SUSPECT} HU "
                 "(wrong RescaleSlope/Intercept or mis-signed pixel data)"
             )
+    high_fraction = float(np.count_nonzero(volume > HIGH_HU)) / volume.size
+    if high_fraction > MAX_HIGH_FRACTION:
+        raise AssemblyError(
+            f"implausible HU distribution: {100 * high_fraction:.0f}% of voxels above +{HIGH_HU} HU "
+            f"(range {low}..{high}; CT is mostly air, fat and soft tissue): inverted or mis-scaled values "
+            "(RescaleSlope / RescaleIntercept / PixelRepresentation)?"
+        )
+    if low <= AIR_PRESENT_HU:
+        p1 = float(np.percentile(volume[:: max(1, volume.shape[0] // 16)], 1))
+        if p1 > MAX_LOW_PERCENTILE_HU:
+            warnings.append(
+                f"unusual HU distribution: air present (minimum {low} HU) but the 1st percentile is {p1:.0f} HU "
+                f"(expected <= {MAX_LOW_PERCENTILE_HU} HU with air around the body): check the rescale"
+            )
+    return warnings
+
+
+def _slice_outlier_check(volume: np.ndarray, ordered: list[SliceHeader]) -> list[str]:
+    """One decoded slice far from its neighbours (e.g. a corrupt JPEG 2000 codestream decodes without error
+    into wrong values): quarantine when gross, else a warning naming the file. Interior slices only."""
+    from scipy import ndimage
+
+    n = volume.shape[0]
+    if n < 4:
+        return []
+    fractions = np.zeros(n, dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    # large slices: residuals averaged over 2 x 2 first (4 x cheaper; the smoothing then covers the same area)
+    factor = 2 if min(volume.shape[1:]) >= 256 else 1
+    size = max(1, round(SLICE_SMOOTH / factor))
+
+    def shrink(plane: np.ndarray) -> np.ndarray:
+        if factor == 1:
+            return plane
+        rows, columns = (plane.shape[0] // 2) * 2, (plane.shape[1] // 2) * 2
+        even = plane[:rows, :columns]
+        return (even[0::2, 0::2] + even[1::2, 0::2] + even[0::2, 1::2] + even[1::2, 1::2]) * np.float32(0.25)
+
+    below = volume[0].astype(np.float32)
+    current = volume[1].astype(np.float32)
+    for k in range(1, n - 1):
+        above = volume[k + 1].astype(np.float32)
+        agree = np.abs(below - above) < SLICE_AGREE_HU
+        residual = current - 0.5 * (below + above)
+        residual[~agree] = 0.0
+        smoothed = ndimage.uniform_filter(shrink(residual), size)
+        covered = ndimage.uniform_filter(shrink(agree.astype(np.float32)), size) > 0.9
+        counts[k] = np.count_nonzero((np.abs(smoothed) > SLICE_OFF_HU) & covered) * factor * factor
+        fractions[k] = counts[k] / agree.size
+        below, current = current, above
+    median = float(np.median(fractions[1:-1]))
+    warnings: list[str] = []
+    for k in range(1, n - 1):
+        reference = max(fractions[k - 1], fractions[k + 1], median, 1e-4)
+        if fractions[k] < SLICE_ISOLATION * reference or fractions[k] < SLICE_WARN_FRACTION:
+            continue
+        finding = (
+            f"{ordered[k].relative_path}: slice {k + 1} of {n} is far from its neighbours: {counts[k]} voxels "
+            f"({100 * fractions[k]:.2f}%) differ by more than {SLICE_OFF_HU:g} HU (local mean) from the neighbours' "
+            f"mean where the neighbours agree, against {100 * reference:.3f}% around it"
+        )
+        if fractions[k] >= SLICE_QUARANTINE_FRACTION and counts[k] >= SLICE_QUARANTINE_VOXELS:
+            raise AssemblyError(
+                f"{finding} (expected under {100 * SLICE_QUARANTINE_FRACTION:g}%): corrupt pixel data "
+                "(damaged codestream?)"
+            )
+        if counts[k] >= SLICE_WARN_VOXELS:
+            warnings.append(f"{finding}: corrupt pixel data (damaged codestream) or motion? check that slice")
     return warnings
 
 
@@ -288,6 +394,101 @@ _DECODER_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.d
 _QUIET_DEPTH_STATE: list[bool] = []
 
 
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+
+
+def pixel_bytes_problem(ds, syntax: str) -> str | None:
+    """Why the pixel data cannot hold what the header says (None when it can).
+
+    Native (uncompressed) data must hold exactly Rows x Columns x NumberOfFrames x SamplesPerPixel x
+    BitsAllocated / 8 bytes (+ 1 pad byte): fewer is a truncated file, more is a header that understates the
+    data (16-bit pixels declared as 8-bit, frames beyond NumberOfFrames), which pydicom would silently cut.
+    JPEG 2000: the codestream's image size (SIZ marker) must be Rows x Columns."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if syntax in NATIVE_SYNTAXES or not syntax:
+        expected = (rows * columns * frames * samples * bits + 7) // 8
+        actual = len(ds.PixelData)
+        claim = (
+            f"header expects {expected} (Rows {rows} x Columns {columns} x NumberOfFrames {frames} x "
+            f"SamplesPerPixel {samples} x BitsAllocated {bits} / 8)"
+        )
+        if actual < expected:
+            return (
+                f"truncated pixel data (cannot decode): it holds {actual} bytes, {claim}: truncated file or wrong "
+                "Rows/Columns/BitsAllocated"
+            )
+        if actual > expected + (expected % 2) + 1:
+            return (
+                f"too many pixel data bytes: {actual}, {claim}: the header understates the data "
+                "(e.g. BitsAllocated 8 over 16-bit pixels, or frames beyond NumberOfFrames)"
+            )
+        return None
+    # compressed: the codestream's own image size must be the header's (a decoder given another size fails with
+    # a numpy broadcast message, and gdcm aborts the whole process on JPEG-LS)
+    size, kind = None, ""
+    if syntax in J2K_SYNTAXES:
+        size, kind = _j2k_codestream_size(ds), "JPEG 2000 codestream"
+    elif syntax.startswith("1.2.840.10008.1.2.4."):
+        size, kind = _jpeg_frame_size(ds), "JPEG frame header"
+    if size is not None and size != (rows, columns):
+        return (
+            f"{kind} is {size[0]} x {size[1]} pixels, header Rows x Columns is {rows} x {columns} "
+            "(impossible size: wrong Rows/Columns or a foreign codestream)"
+        )
+    return None
+
+
+_JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+def _first_frame(ds) -> bytes | None:
+    try:
+        from pydicom.encaps import generate_frames
+
+        return next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    except Exception:
+        return None
+
+
+def _jpeg_frame_size(ds) -> tuple[int, int] | None:
+    """(rows, columns) of the first SOFn / SOF55 (JPEG-LS) marker of frame 1 (None when not found)."""
+    frame = _first_frame(ds)
+    if not frame or frame[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 9 <= len(frame) and position < 65536:
+        if frame[position] != 0xFF:
+            return None
+        marker = frame[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(frame[position + 2 : position + 4], "big")
+        if marker in _JPEG_SOF_MARKERS:
+            height = int.from_bytes(frame[position + 5 : position + 7], "big")
+            width = int.from_bytes(frame[position + 7 : position + 9], "big")
+            return (height, width) if height else None  # 0 lines: defined later by a DNL marker
+        position += 2 + length
+    return None
+
+
+def _j2k_codestream_size(ds) -> tuple[int, int] | None:
+    """(rows, columns) declared in the J2K SIZ marker of frame 1 (None when not found)."""
+    frame = _first_frame(ds)
+    if not frame:
+        return None
+    position = frame.find(b"\xff\x51", 0, 512)
+    if position < 0 or len(frame) < position + 22:
+        return None
+    width, height, x_offset, y_offset = (
+        int.from_bytes(frame[position + offset : position + offset + 4], "big") for offset in (6, 10, 14, 18)
+    )
+    return height - y_offset, width - x_offset
+
+
 def decode_frames(path: Path) -> tuple[object, np.ndarray]:
     """Full read of one file; returns (dataset without pixel bytes, frames as (F, rows, cols))."""
     import pydicom
@@ -297,14 +498,22 @@ def decode_frames(path: Path) -> tuple[object, np.ndarray]:
     with quiet_pydicom():
         ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise AssemblyError(f"{path.name}: no pixel data in file")
+        raise AssemblyError(f"{path.name}: no pixel data in file ({path.stat().st_size} bytes: truncated?)")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    problem = pixel_bytes_problem(ds, syntax) if "PixelData" in ds else None
+    if problem:
+        raise AssemblyError(f"{path.name}: {problem}")
     try:
         with _quiet_decoder_logs():
             raw = ds.pixel_array
     except Exception as error:
         name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", syntax)
         message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        if "broadcast" in message:  # numpy's words for a decoded frame of another size than the header's
+            message = (
+                f"the decoded image does not have the header's size (Rows {ds.get('Rows')} x Columns "
+                f"{ds.get('Columns')}, NumberOfFrames {ds.get('NumberOfFrames', 1)})"
+            )
         raise AssemblyError(f"cannot decode pixel data (transfer syntax {syntax} {name}): {message}") from None
     if raw.ndim == 2:
         raw = raw[np.newaxis]
@@ -424,7 +633,7 @@ def assemble_series(
     if not slices:
         raise AssemblyError("series has no slices")
     if len(slices) < min_slices:
-        raise AssemblyError(f"{len(slices)} slice(s), fewer than min_slices={min_slices}")
+        raise AssemblyError(f"{len(slices)} slice(s), fewer than convert.min_slices={min_slices} (params.yaml)")
     _value_checks(slices)
     _geometry_value_checks(slices)
     row_cos, col_cos, (row_spacing, column_spacing), rows, columns = _geometry_checks(slices)
@@ -476,7 +685,7 @@ def assemble_series(
             f"mm, median {spacing_k:.3g} mm: missing slices?)"
         )
     if problems and strict:
-        raise AssemblyError("strict mode: " + "; ".join(problems))
+        raise AssemblyError("strict mode: " + "; ".join(problems) + " (convert.strict: false resamples instead)")
     if not uniform:
         needed = round(float(along[-1] - along[0]) / spacing_k) + 1
         if needed > MAX_RESAMPLE_FACTOR * n + 16:
@@ -501,13 +710,17 @@ def assemble_series(
             raise AssemblyError(message if relative in message else f"{relative}: {message}") from None
 
     compressed = any(header.transfer_syntax not in NATIVE_LITTLE_ENDIAN for header in ordered)
-    if decode_threads > 1 and len(slices_by_file) > 1 and compressed:  # native files: GIL-bound, threads do not help
-        with ThreadPoolExecutor(max_workers=decode_threads) as pool:
-            syntaxes = list(pool.map(fill, list(slices_by_file)))
-    else:
-        syntaxes = [fill(path) for path in slices_by_file]
+    decoder_warnings: list[str] = []
+    with captured_pydicom_warnings(decoder_warnings, " while decoding"):  # into the manifest, not stderr
+        if decode_threads > 1 and len(slices_by_file) > 1 and compressed:  # native: GIL-bound, threads do not help
+            with ThreadPoolExecutor(max_workers=decode_threads) as pool:
+                syntaxes = list(pool.map(fill, list(slices_by_file)))
+        else:
+            syntaxes = [fill(path) for path in slices_by_file]
+    warnings += decoder_warnings
 
     warnings += _hu_range_checks(volume, ordered)
+    warnings += _slice_outlier_check(volume, ordered)
     resampled = False
     if tilted:
         for k in range(n):

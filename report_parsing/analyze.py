@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from core.anatomy_sets import CTRATE_LABELS
 from report_parsing.anatomy import OTHER_ANATOMY, anatomy_matcher
+from report_parsing.clauses import assign_clauses
 from report_parsing.labels import (
     LABEL_INDEX,
     finding_matches,
@@ -55,6 +56,9 @@ class ReportAnalysis:
     )  # start, end, labels, sentence, polarity
     labels: list[int] = field(default_factory=lambda: [0] * len(CTRATE_LABELS))  # CT-RATE order, 0/1
     anatomy_abnormal: list[bool] = field(default_factory=list)
+    # per sentence, [anatomy, start, end] of the clauses an anatomy gets when it gets only part of the
+    # sentence (absolute offsets; an anatomy with no entry gets the whole sentence)
+    sentence_pieces: list[list[list[int]]] = field(default_factory=list)
     has_findings: bool = False
     has_impression: bool = False
 
@@ -153,11 +157,18 @@ def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_
             if slot >= 0 and position < limits.ends[slot]:
                 per_sentence[missed[slot]].append((position - starts[slot], indices))
         for index in missed:
-            hits = tuple(per_sentence[index])
-            result = results[index] = (tuple(sorted({i for _, indices in hits for i in indices})), hits)
+            # only the hits that name the organ assign; clause pieces when a sentence names several
+            hits, pieces = assign_clauses(keys[index], per_sentence[index])
+            result = results[index] = (tuple(sorted({i for _, indices in hits for i in indices})), hits, pieces)
             cache.put(keys[index], result)
     analysis.sentence_anatomies = [list(result[0]) for result in results]
     scratch.sentence_hits = [result[1] for result in results]
+    # per sentence, only when some sentence is split (most reports: none, an empty list)
+    if any(result[2] for result in results):
+        analysis.sentence_pieces = [
+            [[anatomy, start + offset, end + offset] for anatomy, start, end in result[2]]
+            for (offset, _), result in zip(analysis.sentences, results, strict=False)
+        ]
     analysis.anatomy_abnormal = [False] * len(matcher.anatomy_names)
 
 
@@ -326,4 +337,31 @@ def anatomy_sentence_indices(analysis: ReportAnalysis, n_anatomies: int) -> list
     return per_anatomy
 
 
-__all__ = ["ReportAnalysis", "analyze_text", "anatomy_sentence_indices", "OTHER_ANATOMY", "NEGATED"]
+def anatomy_text_pieces(analysis: ReportAnalysis, n_anatomies: int) -> list[list[tuple[int, int, int]]]:
+    """Per anatomy (plus a last slot for ``other``), the (start, end, sentence index) pieces of text it
+    gets, Findings before Impression: a whole sentence, or only its own clauses of a sentence that
+    names several anatomies (``analysis.sentence_pieces``)."""
+    per_anatomy = anatomy_sentence_indices(analysis, n_anatomies)
+    pieces_of = analysis.sentence_pieces
+    out: list[list[tuple[int, int, int]]] = []
+    for anatomy, indices in enumerate(per_anatomy):
+        pieces: list[tuple[int, int, int]] = []
+        for index in indices:
+            own = [(a, b) for target, a, b in pieces_of[index] if target == anatomy] if pieces_of else []
+            if own:
+                pieces.extend((a, b, index) for a, b in own)
+            else:
+                start, end = analysis.sentences[index]
+                pieces.append((start, end, index))
+        out.append(pieces)
+    return out
+
+
+__all__ = [
+    "ReportAnalysis",
+    "anatomy_text_pieces",
+    "analyze_text",
+    "anatomy_sentence_indices",
+    "OTHER_ANATOMY",
+    "NEGATED",
+]

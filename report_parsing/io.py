@@ -40,7 +40,10 @@ def read_report_rows(path: str | Path, required_columns: list[str]) -> tuple[lis
         header = [name.strip() for name in header]
         missing = [name for name in required_columns if name not in header]
         if missing:
-            raise ReportsFileError(f"{path}: missing column(s) {missing}; the file has {header}")
+            raise ReportsFileError(
+                f"{path}: missing column(s) {missing}; the file has {header} (name the columns with "
+                "reports.id_column / reports.findings_column / reports.impression_column / reports.text_column)"
+            )
         rows: list[ReportRow] = []
         while True:
             line = reader.line_num + 1

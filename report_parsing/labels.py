@@ -1,7 +1,7 @@
 """Finding mentions and the 18 CT-RATE labels of a report.
 
 One compiled alternation of the lexicon (``report_parsing.lexicon``) is run once over the whole report
-text; each match becomes a :class:`Mention` with its label(s), its sentence and its polarity
+text; each match becomes a mention with its label(s), its sentence and its polarity
 (``report_parsing.negation``). A label is present (1) when at least one mention of it is affirmed
 (or uncertain, under the default policy), absent (0) otherwise.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 
 from core.anatomy_sets import CTRATE_LABELS
 from report_parsing.lexicon import (
@@ -26,15 +25,6 @@ from report_parsing.lexicon import (
 from report_parsing.tokens import Limits, TokenView, WordTypeFilter, glued_word_starts
 
 LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(CTRATE_LABELS)}
-
-
-@dataclass(frozen=True)
-class Mention:
-    start: int
-    end: int
-    labels: tuple[str, ...]
-    sentence: int
-    polarity: str
 
 
 @functools.lru_cache(maxsize=2)

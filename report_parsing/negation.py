@@ -331,14 +331,6 @@ class SentenceCues:
         return AFFIRMED
 
 
-def classify_mention(
-    lower_sentence: str, mention_start: int, mention_end: int, cues: SentenceCues | None = None
-) -> str:
-    """AFFIRMED, NEGATED or UNCERTAIN for the mention at [mention_start, mention_end) of a lower-case
-    sentence (``cues``: the sentence's :class:`SentenceCues`, when already computed)."""
-    return (cues or SentenceCues(lower_sentence)).classify(mention_start, mention_end)
-
-
 def location_text(lower_sentence: str, clause_start: int) -> str:
     """The sentence from a mention's clause on, up to the next negation cue: where its location words
     are looked up (``plaques in the aorta, and in the coronary arteries``)."""

@@ -225,15 +225,6 @@ def glued_word_starts(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def _member(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Boolean mask: which ``values`` occur in ``sorted_values`` (binary search, no sorting of values)."""
-    if sorted_values.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    index = np.searchsorted(sorted_values, values)
-    index[index == sorted_values.size] = 0
-    return sorted_values[index] == values
-
-
 class WordTypeFilter:
     """Which word types (lower-case forms) pass ``predicate``; classified once per type in the shared
     :data:`TYPE_TABLE`, so a document costs a few numpy calls once its words have been seen."""

@@ -8,7 +8,10 @@ Accepted per study, in ``masks_dir``:
   label (``"Liver"`` -> ``liver``, ``"Lung upper lobe left"`` -> ``lung_upper_lobe_left``).
 
 ``<stem>`` is either the study_id itself or the raw study key (e.g. the StudyInstanceUID the demo
-cohort uses), in which case ``pseudonym(stem, salt, kind="study")`` is the study_id. Masks on another
+cohort uses), in which case ``pseudonym(stem, salt, kind="study")`` is the study_id. A study without a
+StudyInstanceUID has the key ``folder:<folder relative to the raw DICOM root>``, which is no file name:
+its mask is ``folder__<folder with / as __>`` (``folder:site1/P01`` -> ``folder__site1__P01.nii.gz``;
+``core.layout.mask_stem_for_study_key``), or the percent-encoded key, or the study_id. Masks on another
 grid are resampled (nearest) onto the volume; a mask that does not cover the volume is an error.
 """
 
@@ -190,10 +193,14 @@ class PrecomputedBackend:
         """study_id -> mask source, for every source in ``masks_dir`` (stem == study_id or raw key)."""
         if self._index is not None:
             return self._index
+        from core.layout import study_keys_of_mask_stem
         from core.privacy import pseudonym
 
         if not self.masks_dir.is_dir():
-            raise FileNotFoundError(f"precomputed masks folder not found: {self.masks_dir}")
+            raise FileNotFoundError(
+                f"precomputed masks folder not found: {self.masks_dir} (paths.precomputed_masks; without masks "
+                "set segment.backend: totalsegmentator)"
+            )
         index: dict[str, Path] = {}
         for entry in sorted(self.masks_dir.iterdir()):
             if entry.name.startswith("."):
@@ -201,7 +208,11 @@ class PrecomputedBackend:
             if not (entry.is_dir() or entry.name.endswith((*NIFTI_SUFFIXES, *DICOM_SUFFIXES))):
                 continue
             stem = _stem(entry)
-            for study_id in {stem, pseudonym(stem, self.salt, kind="study", length=self.pseudonym_length)}:
+            keys = study_keys_of_mask_stem(stem)
+            candidates = {stem} | {
+                pseudonym(key, self.salt, kind="study", length=self.pseudonym_length) for key in keys
+            }
+            for study_id in sorted(candidates):
                 if study_id in index and index[study_id] != entry:
                     self.index_warnings.append(f"study {study_id}: more than one mask source; keeping the first")
                     continue
@@ -213,7 +224,10 @@ class PrecomputedBackend:
         try:
             return self.index()[study_id]
         except KeyError:
-            raise MaskSourceError(f"no precomputed mask for study {study_id} in {self.masks_dir}") from None
+            raise MaskSourceError(
+                f"no precomputed mask for study {study_id} in {self.masks_dir} (name it <study_id> or the study key, "
+                "docs/convert.md Identity; `fvlm lookup` tells the study; or set segment.backend: totalsegmentator)"
+            ) from None
 
     def config_fingerprint(self, study_id: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.name}

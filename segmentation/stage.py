@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from core import layout
 from core.batches import ItemOutcome, MapBatches
+from core.records import NOT_STORED, Float32, Int32, arrow_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.config import FvlmConfig
@@ -229,42 +230,55 @@ def collect_inputs(
 
 
 # ---------------------------------------------------------------------------------------------- manifest
+@dataclass
+class SegmentRow:
+    """The columns of one study's ``segments.parquet`` row (the stage builds rows as dicts of these names),
+    followed by :class:`AnatomyColumns` for each anatomy of the set; the schema is derived from both."""
+
+    study_id: str
+    status: str  # ok | quarantined
+    reason: str
+    backend: str
+    model_id: str
+    anatomy_set: str
+    config_hash: str
+    input_sha256: str
+    mask_path: str | None
+    mask_sha256: str | None
+    qc_path: str | None
+    shape: list[Int32]
+    spacing_mm: list[Float32]
+    classes_present: list[Int32]
+    missing_anatomies: list[str]
+    cut_anatomies: list[str]
+    missing_classes: list[str]
+    warnings: list[str]
+    # not stored (NOT_STORED: no column): timings and reuse would make the DVC-tracked manifest differ run to run
+    seconds: Float32 = field(metadata=NOT_STORED)
+    reused: bool = field(metadata=NOT_STORED)
+    stage_version: str
+
+
+@dataclass
+class AnatomyColumns:
+    """The per-anatomy columns ``<anatomy>_<field>`` of a :class:`SegmentRow`."""
+
+    voxels: int
+    volume_ml: Float32
+    bbox_zyx: list[Int32] | None  # (z0, y0, x0, z1, y1, x1), ends exclusive
+    cut_by_fov: bool | None  # None: anatomy absent
+    touches: list[str]
+
+
 def manifest_schema(anatomy_names: Sequence[str]) -> Any:
+    """``segments.parquet``'s schema: :class:`SegmentRow`, then :class:`AnatomyColumns` per anatomy."""
     import pyarrow as pa
 
-    fields = [
-        ("study_id", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("backend", pa.string()),
-        ("model_id", pa.string()),
-        ("anatomy_set", pa.string()),
-        ("config_hash", pa.string()),
-        ("input_sha256", pa.string()),
-        ("mask_path", pa.string()),
-        ("mask_sha256", pa.string()),
-        ("qc_path", pa.string()),
-        ("shape", pa.list_(pa.int32())),
-        ("spacing_mm", pa.list_(pa.float32())),
-        ("classes_present", pa.list_(pa.int32())),
-        ("missing_anatomies", pa.list_(pa.string())),
-        ("cut_anatomies", pa.list_(pa.string())),
-        ("missing_classes", pa.list_(pa.string())),
-        ("warnings", pa.list_(pa.string())),
-        ("seconds", pa.float32()),
-        ("reused", pa.bool_()),
-        ("stage_version", pa.string()),
-    ]
+    columns = arrow_fields(SegmentRow)
     for name in anatomy_names:
-        fields += [
-            (f"{name}_voxels", pa.int64()),
-            (f"{name}_volume_ml", pa.float32()),
-            (f"{name}_bbox_zyx", pa.list_(pa.int32())),
-            (f"{name}_cut_by_fov", pa.bool_()),
-            (f"{name}_touches", pa.list_(pa.string())),
-        ]
+        columns += arrow_fields(AnatomyColumns, prefix=f"{name}_")
     return pa.schema(
-        fields,
+        columns,
         metadata={
             b"fvlm.stage": STAGE_VERSION.encode(),
             b"fvlm.axes": b"bbox_zyx = (z0, y0, x0, z1, y1, x1), ends exclusive, RAS canonical volume as (z, y, x)",
@@ -491,7 +505,7 @@ def segment_batch(
                 if isinstance(error, WeightsMissingError):
                     raise
                 reason = f"{type(error).__name__}: {error}"
-                LOGGER.warning("study %s quarantined: %s", study_id, reason)
+                LOGGER.debug("study %s quarantined: %s", study_id, reason)  # the summary lists it once
                 row = {
                     **base_row,
                     "status": "quarantined",

@@ -32,20 +32,30 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-@pytest.fixture(scope="session")
-def load_benchmark() -> Callable[[str], ModuleType]:
-    """``load_benchmark("train_step")``: the module of ``benchmarks/train_step.py`` (benchmarks are scripts,
-    not a package)."""
+def _script_loader(folder: str) -> Callable[[str], ModuleType]:
+    """``load(name)``: the module of ``<folder>/<name>.py`` (benchmarks and experiments are scripts, not packages)."""
     import importlib.util
 
     def load(name: str) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO_ROOT / "benchmarks" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"{name}_{folder}", REPO_ROOT / folder / f"{name}.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """``load_benchmark("train_step")``: the module of ``benchmarks/train_step.py``."""
+    return _script_loader("benchmarks")
+
+
+@pytest.fixture(scope="session")
+def load_experiment() -> Callable[[str], ModuleType]:
+    """``load_experiment("learnability")``: the module of ``experiments/learnability.py``."""
+    return _script_loader("experiments")
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +93,8 @@ REPO_COPY_IGNORE = shutil.ignore_patterns(
     "tmp",
     "cache",
     ".fvlm-services",
+    ".fvlm-cache",  # machine-local caches (core/layout.py)
+    ".fvlm-private",  # the developer's identity map: PHI of their own runs, never copied
     "dvc.lock",
 )
 

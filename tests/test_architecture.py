@@ -2,7 +2,7 @@
 neither packages nor files import each other in a circle.
 
 Layers (lowest first): ``core`` <- libraries (``preprocessing``, ``segmentation``, ``report_parsing``,
-``training``) <- ``flows`` (Prefect orchestration) <- ``fvlm`` (the CLI). Every import counts, also the
+``synthetic``, ``training``) <- ``flows`` (Prefect orchestration) <- ``fvlm`` (the CLI). Every import counts, also the
 ones inside functions: a lazy import is still a dependency.
 """
 
@@ -14,67 +14,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "preprocessing", "segmentation", "report_parsing", "training", "flows", "fvlm")
-LIBRARIES = ("core", "preprocessing", "segmentation", "report_parsing", "training")
+from tests.import_graph import PACKAGES, REPO, import_graph, package_of, project_modules
+
+LIBRARIES = ("core", "preprocessing", "segmentation", "report_parsing", "synthetic", "training")
 FORBIDDEN_FOR_LIBRARIES = ("flows", "fvlm")
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def project_modules() -> dict[str, Path]:
-    modules = {}
-    for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            modules[module_name(path)] = path
-    return modules
-
-
-def imported_modules(path: Path, name: str, known: set[str]) -> set[str]:
-    """Project modules that ``path`` imports (resolved to the longest known module name)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-
-    def resolve(target: str) -> str | None:
-        while target:
-            if target in known:
-                return target
-            target = target.rpartition(".")[0]
-        return None
-
-    for node in ast.walk(tree):
-        targets: list[str] = []
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = name.split(".") if is_package else name.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                prefix = ".".join([*base, node.module] if node.module else base)
-            else:
-                prefix = node.module or ""
-            targets = [f"{prefix}.{alias.name}" for alias in node.names] + [prefix]
-        for target in targets:
-            resolved = resolve(target)
-            if resolved and resolved != name:
-                found.add(resolved)
-    return found
-
-
-def import_graph() -> dict[str, set[str]]:
-    modules = project_modules()
-    known = set(modules)
-    return {name: imported_modules(path, name, known) for name, path in modules.items()}
-
-
-def package_of(module: str) -> str:
-    return module.split(".", 1)[0]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -158,7 +101,33 @@ def test_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-CHECKED_FOR_PRIVATES = (*PACKAGES, "benchmarks")
+# inside training/: models at the bottom, tracking (MLflow; its logged pyfunc loads models), then trainer and
+# evaluation side by side (the trainer imports no evaluation), inference on top
+TRAINING_MAY_IMPORT = {
+    "training.models": ("training.models",),
+    "training.tracking": ("training.tracking", "training.models"),
+    "training.metrics": (),
+    "training.trainer": ("training.trainer", "training.models", "training.tracking", "training.metrics"),
+    "training.evaluation": ("training.evaluation", "training.models", "training.tracking", "training.metrics"),
+}
+
+
+@pytest.mark.parametrize("part", sorted(TRAINING_MAY_IMPORT))
+def test_training_parts_import_only_what_their_layer_allows(part: str) -> None:
+    allowed = TRAINING_MAY_IMPORT[part]
+    wrong = sorted(
+        f"{module} -> {dep}"
+        for module, deps in GRAPH.items()
+        if module == part or module.startswith(part + ".")
+        for dep in deps
+        if package_of(dep) == "training"
+        and dep != "training"
+        and not any(dep == ok or dep.startswith(ok + ".") for ok in allowed)
+    )
+    assert not wrong, f"{part} imports outside its layer:\n" + "\n".join(wrong)
+
+
+CHECKED_FOR_PRIVATES = (*PACKAGES, "benchmarks", "experiments")
 
 
 def private_uses(path: Path, known: set[str]) -> list[str]:

@@ -31,7 +31,7 @@ MAX_DEFAULT_LINES = 6
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from preprocessing.synthetic import generate_cohort
+    from synthetic import generate_cohort
 
     root = tmp_path_factory.mktemp("console")
     generate_cohort(root / "demo", studies=3, seed=0, size="demo", workers=1)

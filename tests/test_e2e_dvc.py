@@ -72,9 +72,9 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
     eval_metrics = json.loads((demo_repo / "metrics" / "eval.json").read_text())
     assert 0.0 <= eval_metrics["mean_auc"] <= 1.0
 
-    # the trained model is registered; the champion alias goes to it only if it clears the gate's floor
-    # (evaluate.promote_floor: ci_low, the lower end of the mean-AUC CI above 0.5): the first model of a
-    # fresh registry is promoted exactly when it clears it, and the metrics file says why
+    # the trained model is registered; the champion alias goes to it only if it has the evidence and clears
+    # the gate's floor (evaluate.promote_floor: ci_low, the lower end of the val mean-AUC CI above 0.5): the
+    # first model of a fresh registry is promoted exactly when it clears it, and the metrics file says why
     import math
 
     import mlflow
@@ -87,8 +87,8 @@ def test_demo_pipeline_end_to_end_then_noop(demo_repo: Path) -> None:
     version = client.get_model_version("fvlm-ct", str(train_metrics["model_version"]))
     assert version.tags["promoted"] == str(eval_metrics["promoted"]).lower()
     assert version.tags["promotion_reason"] == eval_metrics["promotion_reason"]
-    ci_low = (eval_metrics.get("mean_auc_ci") or [None])[0]
-    clears_floor = ci_low is not None and math.isfinite(ci_low) and ci_low > 0.5
+    ci_low = (eval_metrics.get("val_mean_auc_ci") or [None])[0]  # the gate reads validation, never test
+    clears_floor = eval_metrics["evidence_enough"] and ci_low is not None and math.isfinite(ci_low) and ci_low > 0.5
     assert eval_metrics["promoted"] is clears_floor, eval_metrics["promotion_reason"]
     if clears_floor:
         assert client.get_model_version_by_alias("fvlm-ct", "champion").version == version.version

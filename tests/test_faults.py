@@ -174,7 +174,7 @@ def mlflow_runs(project: Path, owner: Path) -> list[tuple[str, str]]:
     import mlflow
 
     from core.config import load_config
-    from training.evaluation.tracking import OWNER_TAG, tracking_uri_for
+    from training.tracking.runs import OWNER_TAG, tracking_uri_for
 
     config = load_config(project / "params.yaml")
     client = mlflow.MlflowClient(tracking_uri=tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri))

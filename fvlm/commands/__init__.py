@@ -25,29 +25,26 @@ def load_config_from_args(args: argparse.Namespace) -> FvlmConfig:
     return apply_services_environment(config)
 
 
-def run_stage_as_flow(config: FvlmConfig) -> bool:
-    """Stage commands run their Prefect flow (flows/stages.py) when a Prefect server is there to record it.
-
-    A server is there when ``PREFECT_API_URL`` is set: by ``fvlm services up`` (found by
-    :func:`load_config_from_args`), ``tracking.prefect_api_url``, or the one temporary server ``fvlm demo``
-    / ``fvlm pipeline`` start for the whole ``dvc repro`` (``flows.services.shared_prefect_server``).
-    Without one the library runs directly: a lone ``fvlm convert`` or ``dvc repro`` never pays for a
-    per-command temporary server (7-20 s); the stage's manifest and
-    ``<services.data_dir>/logs/stage-runs.jsonl`` record what ran. ``orchestration.stage_flows: false`` or
-    ``FVLM_NO_FLOWS=1`` run the library even with a server;
-    a flow started inside a flow worker (``FVLM_STAGE_WORKER``) never nests another.
-    """
-    return library_reason(config) is None
-
-
 def library_reason(config: FvlmConfig) -> str | None:
-    """Why a stage command runs its library instead of its flow (``None``: it runs the flow)."""
+    """Why a stage command runs its library instead of its Prefect flow (``None``: it runs the flow).
+
+    The flow runs when a Prefect server is there to record it: ``PREFECT_API_URL`` is set by ``fvlm
+    services up`` (found by :func:`load_config_from_args`), ``tracking.prefect_api_url``, or the one
+    temporary server ``fvlm demo`` / ``fvlm pipeline`` start for the whole ``dvc repro``
+    (``flows.services.shared_prefect_server``). Without one the library runs directly: a lone ``fvlm
+    convert`` or ``dvc repro`` never pays for a per-command temporary server (7-20 s); the stage's
+    manifest and ``<services.data_dir>/logs/stage-runs.jsonl`` record what ran.
+    ``orchestration.stage_flows: false`` or ``FVLM_NO_FLOWS=1`` run the library even with a server
+    (``FVLM_NO_FLOWS`` is also how a flow that launches a command keeps it from starting a flow of its
+    own); a torchrun rank (``LOCAL_RANK``) runs the library: ranks never start a flow each.
+    The table of these switches is docs/orchestration.md "Which path a command takes".
+    """
     import os
 
     if os.environ.get("FVLM_NO_FLOWS", "").lower() in ("1", "true", "yes"):
         return "FVLM_NO_FLOWS"
-    if os.environ.get("FVLM_STAGE_WORKER"):
-        return "stage worker"
+    if "LOCAL_RANK" in os.environ:
+        return "torchrun rank"
     if not os.environ.get("PREFECT_API_URL"):
         return "no Prefect server"
     if not config.orchestration.stage_flows:
@@ -86,13 +83,15 @@ def run_stage(
     flow_name: str,
     fan_out: dict[str, Any] | None = None,
 ) -> Summary:
-    """The one switch of the data-stage commands: ``library(job)`` when flows are off or no Prefect
-    server is there (:func:`run_stage_as_flow`), else the stage's Prefect flow
+    """The one switch of the stage commands: ``library(job)`` when flows are off, no Prefect server is
+    there or this is a torchrun rank (:func:`library_reason`), else the stage's Prefect flow
     ``flows.stages.<flow_name>(job, fan_out)``.
 
     ``fan_out``: the stage's overrides of ``FanOut.from_config(config.orchestration)`` (e.g. its batch
-    size); ``None``: the flow takes no fan-out (shard: one task).
+    size); ``None``: the flow takes no fan-out (shard, train, evaluate: one task).
     """
+    import os
+
     reason = library_reason(config)
     if reason is not None:
         import logging
@@ -105,10 +104,9 @@ def run_stage(
             )
         started = time.perf_counter()
         summary = library(job)
-        record_library_run(config, flow_name, time.perf_counter() - started, summary, reason)
+        if reason != "torchrun rank" or os.environ.get("RANK", "0") == "0":  # one line per run, not per rank
+            record_library_run(config, flow_name, time.perf_counter() - started, summary, reason)
         return summary
-    import os
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     import flows.stages

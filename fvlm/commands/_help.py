@@ -7,6 +7,11 @@ the params.yaml key an option defaults to (``key="convert.workers"``, or a templ
 :class:`HelpFormatter` load the config (``core.config.load_config``, honouring ``--params`` /
 ``--profile`` / ``$FVLM_PARAMS`` as the command would) and show both the value and where it comes
 from: ``(default: 2, convert.workers)``. When the config cannot be loaded it shows the key alone.
+
+Paths: a path typed on the command line is relative to the shell's working directory; a path written in
+params.yaml is relative to the params file's folder (``core.config.FvlmConfig.path``). So :func:`arg`
+makes a path option's value absolute as it is parsed (:func:`cli_path`): options naming a path key
+(``paths.*``, :data:`PATH_KEYS`) or declared with ``path=True``.
 """
 
 from __future__ import annotations
@@ -51,9 +56,40 @@ def format_examples(examples: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def arg(container: Any, *flags: str, key: str | None = None, **kwargs: Any) -> argparse.Action:
+# params keys outside ``paths.`` that hold a path (an option defaulting to one takes a path)
+PATH_KEYS: tuple[str, ...] = (
+    "convert.ctrate_metadata_csv",
+    "orchestration.watch_dir",
+    "services.data_dir",
+    "segment.totalseg_home",
+)
+
+
+def is_path_key(key: str) -> bool:
+    """``paths.x``, a template starting with ``{paths.x}``, or one of :data:`PATH_KEYS`."""
+    return key.startswith(("paths.", "{paths.")) or key in PATH_KEYS
+
+
+def cli_path(value: str) -> str:
+    """A path typed on the command line, absolute against the shell's working directory (the config then
+    passes it through instead of resolving it against the params file's folder)."""
+    import os
+
+    return os.path.abspath(os.path.expanduser(value)) if value else value
+
+
+def arg(
+    container: Any, *flags: str, key: str | None = None, path: bool | None = None, **kwargs: Any
+) -> argparse.Action:
     """``container.add_argument(*flags, **kwargs)`` (a parser or a group) remembering the params.yaml
-    ``key`` its ``None`` default stands for; the help text then ends with the resolved value."""
+    ``key`` its ``None`` default stands for; the help text then ends with the resolved value.
+
+    ``path``: the value is a path, made absolute against the working directory (:func:`cli_path`);
+    default: whether ``key`` is a path key."""
+    if path is None:
+        path = bool(key) and is_path_key(str(key))
+    if path and "type" not in kwargs and kwargs.get("action", "store") == "store":
+        kwargs["type"] = cli_path
     action: argparse.Action = container.add_argument(*flags, **kwargs)
     action.config_key = key  # type: ignore[attr-defined]
     return action

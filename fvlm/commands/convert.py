@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         output_extension=args.output_extension,
     )
     if not job.input_dir.is_dir():
-        print(f"fvlm convert: input folder not found: {job.input_dir}", file=sys.stderr)
+        print(f"fvlm convert: input folder not found: {job.input_dir} (paths.raw_dicom or INPUT)", file=sys.stderr)
         return 2
     if job.input_format == "ctrate" and job.metadata_csv is None:
         print("fvlm convert: --format ctrate needs --metadata-csv (or convert.ctrate_metadata_csv)", file=sys.stderr)

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fvlm.commands import load_config_from_args
-    from preprocessing.synthetic.cohort import generate_cohort
+    from synthetic.cohort import generate_cohort
 
     config = load_config_from_args(args)
     settings = config.demo_data

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser,
         "--out",
         default=None,
-        key="{paths.data_dir}/eval",
+        key="paths.eval",
         help="report dir (kept out of the train stage's outs)",
     )
     arg(parser, "--metrics", default=None, key="{paths.metrics}/eval.json", help="metrics JSON")
@@ -48,86 +48,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def default_model_ref(config) -> str:  # noqa: ANN001 - FvlmConfig, typed lazily
-    """The model the last `fvlm train` produced: its registered version, else its local directory."""
-    import json
-
-    train_metrics = config.path(config.paths.metrics) / "train.json"
-    if config.tracking.enabled and train_metrics.is_file():
-        recorded = json.loads(train_metrics.read_text())
-        if recorded.get("registered_model") and recorded.get("model_version"):
-            return f"models:/{recorded['registered_model']}/{recorded['model_version']}"
-    return str(config.path(config.paths.models) / "model")
-
-
 def run(args: argparse.Namespace) -> int:
-    from fvlm.commands import load_config_from_args
+    from fvlm.commands import load_config_from_args, run_stage
+    from training.evaluation.job import EvaluateJob
+    from training.stages import has_val_split, run_evaluate
 
     config = load_config_from_args(args)
-    if args.no_tracking:
-        config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"enabled": False})})
-    shards = config.path(args.shards or config.paths.shards)
-    out = config.path(args.out) if args.out else config.path(config.paths.data_dir) / "eval"
-    metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "eval.json"
-    model_ref = args.model or default_model_ref(config)
-
-    from torch.utils.data import DataLoader
-
-    from core.anatomy_sets import ANATOMY_SETS_FILE
-    from core.io import sha256_file
-    from training.evaluation.evaluate import data_hash, run_evaluation
-    from training.trainer.batch import collate_batch
-    from training.trainer.data import ShardDataset, shard_paths
-
-    def batches(split: str):  # noqa: ANN202
-        dataset = ShardDataset.from_dir(
-            shards,
-            split,
-            crop_zyx=config.grid.crop_zyx,
-            hu_window=config.grid.hu_window,
-            mode="eval",
-            eval_mode=config.evaluate.eval_mode,
-        )
-        # a plain DataLoader: ShardBatches caps batches at one sample per row, and eval_mode="anatomy"
-        # yields one crop per anatomy present (several per study)
-        return DataLoader(
-            dataset,
-            batch_size=config.evaluate.batch_size,
-            collate_fn=collate_batch,
-            num_workers=config.train.num_workers,
-        )
-
-    files = shard_paths(shards, "val") + shard_paths(shards, "test")
-    if not shard_paths(shards, "test"):
-        print(f"fvlm evaluate: {shards}/test: no shard files", file=sys.stderr)
-        return 1
-    protocol = {
-        "eval_mode": config.evaluate.eval_mode,
-        "crop_zyx": list(config.grid.crop_zyx),
-        "hu_window": list(config.grid.hu_window),
-        "threshold_method": config.evaluate.threshold_method,
-        "prompts": sha256_file(
-            config.path(config.evaluate.prompts_file) if config.evaluate.prompts_file else ANATOMY_SETS_FILE
-        ),
-    }
+    job = EvaluateJob.from_config(
+        config,
+        model=args.model,
+        shards=args.shards,
+        out=args.out,
+        metrics=args.metrics,
+        promote=False if args.no_promote else None,
+        tracking=False if args.no_tracking else None,
+    )
     try:
-        report = run_evaluation(
-            config,
-            model_ref,
-            (lambda: batches("val")) if shard_paths(shards, "val") else (lambda: batches("test")),
-            lambda: batches("test"),
-            eval_data_hash=data_hash(files, protocol),
-            out_dir=out,
-            metrics_path=metrics,
-            promote=not args.no_promote,
-        )
+        report = run_stage(config, job, run_evaluate, "evaluate_flow")
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"fvlm evaluate: {error}", file=sys.stderr)
         return 1
+    model_ref, out, metrics = job.model_ref, job.out_dir, job.metrics_path
     from fvlm.plot_data import write_auc_per_label  # dvc.yaml plots: metrics/plots/auc_per_label.csv
 
     write_auc_per_label(metrics, report)
-    if not shard_paths(shards, "val"):
+    if not has_val_split(job):
         print("warning: no val split; thresholds were chosen on test (optimistic)", file=sys.stderr)
     mean_val, mean_fvlm = report["mean_val_threshold"], report["mean_fvlm_protocol"]
     ci = report.get("mean_auc_ci")

@@ -32,12 +32,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "one text column",
             ),
             ("fvlm parse-reports reports.csv out.parquet --n-process 4", "4 spaCy processes"),
+            (
+                "fvlm parse-reports train_reports.csv out.parquet --id-column VolumeName --decomposition fvlm_data/",
+                "CT-RATE with fVLM's released desc_info.json / conc_info.json as the anatomy text",
+            ),
         ],
     )
-    arg(parse, "reports_csv", help="CSV with an id column and Findings / Impression (or one text) columns")
-    arg(parse, "out_parquet", help="output OUT.parquet (OUT.studies.parquet is written next to it)")
+    arg(parse, "reports_csv", path=True, help="CSV with an id column and Findings / Impression (or one text) columns")
+    arg(parse, "out_parquet", path=True, help="output OUT.parquet (OUT.studies.parquet is written next to it)")
     _add_text_options(parse)
     arg(parse, "--anatomy-set", default=None, key="segment.anatomy_set", help="anatomy set")
+    arg(
+        parse,
+        "--decomposition",
+        default=None,
+        key="reports.decomposition",
+        path=True,
+        help="fVLM desc_info.json / conc_info.json (a folder or one file): the per-anatomy text, instead of the "
+        "rules; labels stay from the labeller",
+    )
+    arg(
+        parse,
+        "--llm-endpoint",
+        default=None,
+        help="optional: OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1) that writes the per-anatomy text; "
+        "answers are validated, a report with a bad answer keeps the rule-based text (key: $FVLM_LLM_API_KEY)",
+    )
+    arg(parse, "--llm-model", default="", help="model name for --llm-endpoint")
     parse.set_defaults(handler=run_parse)
 
     label = add_command(
@@ -113,6 +134,12 @@ def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "impression_column": args.impression_column,
         "text_column": args.text_column,
         "anatomy_set": getattr(args, "anatomy_set", None),
+        **({"decomposition": args.decomposition} if getattr(args, "decomposition", None) else {}),
+        **(
+            {"llm_endpoint": args.llm_endpoint, "llm_model": args.llm_model}
+            if getattr(args, "llm_endpoint", None)
+            else {}
+        ),
         "batch_size": args.batch_size,
         "n_process": args.n_process,
     }
@@ -150,6 +177,16 @@ def run_parse(args: argparse.Namespace) -> int:
         f"anatomy set {job.options.anatomy_set}"
     )
     print(f"  {result.long_path}  ({parsed} studies x anatomies)")
+    if job.options.llm_endpoint:
+        print(
+            f"  anatomy text from the LLM at {job.options.llm_endpoint}: {result.by_llm} studies "
+            f"({result.llm_fallback} kept the rule-based text: request failed or answer invalid)"
+        )
+    if job.options.decomposition:
+        print(
+            f"  anatomy text from {job.options.decomposition}: {result.decomposed} studies "
+            f"({result.not_in_decomposition} not in it kept the rule-based text)"
+        )
     print(f"  {result.studies_path}")
     for record in records:
         if record.status not in PARSED_STATUSES:

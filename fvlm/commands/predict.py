@@ -63,8 +63,10 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
     if model.get("alias"):
         shown += f" (@{model['alias']})"
     lines = [f"model: {shown}", f"mask: {payload['input']['mask_source']}"]
-    if not model["thresholds"].get("source"):
-        lines.append(f"no calls: {model['thresholds']['note']}")
+    no_call = payload.get("no_call_labels", [])
+    assessed = sum(1 for row in payload["labels"].values() if row["status"] == "assessed")
+    if not model["thresholds"].get("source") or (assessed and len(no_call) == assessed):
+        lines.append(f"no call possible for any label: {model['thresholds']['note']}")
         top = sorted(
             ((label, row["probability"]) for label, row in payload["labels"].items() if row["probability"] is not None),
             key=lambda item: -item[1],
@@ -83,6 +85,13 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
                 or "none"
             )
         )
+        if no_call:
+            lines.append(
+                f"no call possible for {len(no_call)} of {len(payload['labels'])} labels (no threshold: their "
+                "validation split had a single class): " + ", ".join(no_call)
+            )
+    for warning in payload.get("warnings", []):
+        lines.append(f"warning: {warning}")
     missing = payload["anatomies_not_assessable"]
     if missing:
         lines.append("not assessable: " + ", ".join(missing))
@@ -91,31 +100,28 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import tempfile
 
     from fvlm.commands import load_config_from_args
-    from training.inference.predict import PredictionError, predict_study, resolve_study_input, write_prediction
+    from training.inference.predict import PredictionError, PredictJob, run_predict, write_prediction
 
     if (args.input is None) == (args.study is None):
         print("fvlm predict: give either INPUT or --study", file=sys.stderr)
         return 2
     config = load_config_from_args(args)
-    model_ref = args.model or f"models:/{config.tracking.registered_model}@{config.evaluate.promote_alias}"
-    with tempfile.TemporaryDirectory(prefix="fvlm-predict-") as work_dir:
-        try:
-            source = args.input if args.input is not None else resolve_study_input(config, args.study)
-            payload = predict_study(
-                config,
-                model_ref,
-                source,
-                mask_path=args.mask,
-                work_dir=work_dir,
-                thresholds_path=args.thresholds,
-                png_path=args.png,
-            )
-        except PredictionError as error:
-            print(f"fvlm predict: {error}", file=sys.stderr)
-            return 1
+    job = PredictJob.from_config(
+        config,
+        model=args.model,
+        input_path=args.input,
+        study=args.study,
+        mask=args.mask,
+        thresholds=args.thresholds,
+        png=args.png,
+    )
+    try:
+        payload = run_predict(job)
+    except PredictionError as error:
+        print(f"fvlm predict: {error}", file=sys.stderr)
+        return 1
     if args.out:
         write_prediction(payload, args.out)
         for line in summary_lines(payload):

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     if not Path(job.inputs).is_dir():  # type: ignore[arg-type]
-        print(f"fvlm segment: input folder not found: {job.inputs}", file=sys.stderr)
+        print(f"fvlm segment: input folder not found: {job.inputs} (paths.converted or INPUT)", file=sys.stderr)
         return 2
 
     try:  # run_segment draws the progress bar (core/progress.py)

@@ -38,66 +38,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
-    from fvlm.commands import load_config_from_args
+    from fvlm.commands import load_config_from_args, run_stage
+    from training.stages import TrainDataError, run_train
+    from training.trainer.job import TrainJob
+    from training.trainer.loop import TrainingFailure
 
     config = load_config_from_args(args)
-    if args.no_tracking:
-        config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"enabled": False})})
-    shards = config.path(args.shards or config.paths.shards)
-    out = config.path(args.out or config.paths.models)
-    metrics = config.path(args.metrics) if args.metrics else config.path(config.paths.metrics) / "train.json"
-
-    from training.trainer.data import ShardBatches, ShardDataset, read_shard_metadata
-    from training.trainer.loop import NonFiniteLossError, train
-
-    try:
-        metadata = read_shard_metadata(shards)
-        dataset = ShardDataset.from_dir(
-            shards,
-            "train",
-            crop_zyx=config.grid.crop_zyx,
-            hu_window=config.grid.hu_window,
-            mode="train",
-            seed=config.train.seed,
-            flip_prob=config.grid.flip_prob,
-            shuffle_buffer=config.shard.shuffle_buffer,
-        )
-    except (FileNotFoundError, RuntimeError, ValueError) as error:
-        print(f"fvlm train: {error}", file=sys.stderr)
-        return 1
-    anatomy_names = tuple(metadata.get("anatomy_names") or dataset.anatomy_names)
-    source = ShardBatches(dataset, config.train.batch_size, num_workers=config.train.num_workers)
-    if len(source) == 0:
-        print(
-            f"fvlm train: {shards}/train has {dataset.num_rows} studies, fewer than one batch of "
-            f"{config.train.batch_size}",
-            file=sys.stderr,
-        )
-        return 1
-    logging.getLogger(__name__).info(
-        "training on %d studies (%d batches/epoch), anatomies %s",
-        dataset.num_rows,
-        len(source),
-        ", ".join(anatomy_names),
+    job = TrainJob.from_config(
+        config,
+        shards=args.shards,
+        out=args.out,
+        metrics=args.metrics,
+        steps=args.steps,
+        resume=args.resume or None,
+        tracking=False if args.no_tracking else None,
     )
     try:
-        result = train(
-            config,
-            source,
-            anatomy_names,
-            out,
-            steps=args.steps,
-            resume=args.resume,
-            corpus_texts=source.texts(),
-            shards_dir=shards,
-            metrics_path=metrics,
-            zero_shot_anatomy_set=metadata.get("anatomy_set") or config.segment.anatomy_set,
-        )
-    except NonFiniteLossError as error:
+        result = run_stage(config, job, run_train, "train_flow")
+    except (TrainDataError, TrainingFailure) as error:
         print(f"fvlm train: {error}", file=sys.stderr)
         return 1
+    metrics = job.metrics_path
     from fvlm.plot_data import write_loss_curve, write_loss_curve_png  # dvc.yaml plots: metrics/plots/
 
     write_loss_curve(metrics, result.losses, first_step=result.resumed_from_step + 1)

@@ -201,6 +201,85 @@ def dims_over_tiny_data(folder: Path) -> str:
     return _edited(Rows=4096, Columns=4096)(folder)
 
 
+def replace_bytes(path: Path, old: bytes, new: bytes) -> None:
+    """Patch a value in place (same length), as a broken exporter writes it (pydicom refuses to)."""
+    content = path.read_bytes()
+    assert len(old) == len(new) and content.count(old) == 1, (path, old)
+    path.write_bytes(content.replace(old, new))
+
+
+def slope_not_a_number(folder: Path) -> str:  # RescaleSlope 'abc' must not be read as "missing" (= 1)
+    fixture = series(folder)
+    edit(fixture.files, RescaleSlope="-0.125")
+    for path in fixture.files:
+        replace_bytes(path, b"-0.125", b"abc   ")
+    return fixture.study_uid
+
+
+def _body_fraction_hu(air_hu: int, body_hu: int, body_radius: float) -> np.ndarray:
+    j, i = np.mgrid[0:16, 0:16]
+    body = (j - 8) ** 2 + (i - 8) ** 2 < body_radius**2
+    plane = np.where(body, body_hu + 12 * j, air_hu + i)
+    return np.stack([plane + 5 * k for k in range(4)]).astype(np.int16)
+
+
+def hu_inverted(folder: Path) -> str:  # positive slope, but air stored at the high end (+1000 HU)
+    return series(folder, hu=_body_fraction_hu(1000, -40, 4.0)).study_uid
+
+
+def fov_inside_body(folder: Path) -> str:  # soft tissue only (real small-FOV exports): a warning, not wrong
+    return series(folder, hu=_body_fraction_hu(60, 20, 20.0)).study_uid
+
+
+def enhanced_frames_below_groups(folder: Path) -> str:  # NumberOfFrames 10 over 20 frames and 20 per-frame items
+    fixture = write_enhanced_ct(folder / "enhanced.dcm", n_frames=20, rows=12, columns=12)
+    edit(fixture.files, NumberOfFrames=10)
+    return fixture.study_uid
+
+
+def degenerate_orientation(folder: Path) -> str:
+    return _edited(ImageOrientationPatient=[1, 0, 0, 1, 0, 0])(folder)
+
+
+def _same_uid_as_first(folder: Path, *, same_pixels: bool) -> str:
+    import shutil
+
+    import pydicom
+
+    fixture = series(folder)
+    if same_pixels:  # a second copy of the first file under another name
+        shutil.copy(fixture.files[0], folder / "copy_of_IM0001.dcm")
+    else:  # another slice given the first slice's SOPInstanceUID
+        first = pydicom.dcmread(fixture.files[0])
+        other = pydicom.dcmread(fixture.files[1])
+        other.SOPInstanceUID = first.SOPInstanceUID
+        other.save_as(fixture.files[1])
+    return fixture.study_uid
+
+
+def wrong_vr_encoding(folder: Path) -> str:  # meta says implicit VR, data are explicit: pydicom warns, reads fine
+    fixture = series(folder)
+    for path in fixture.files:
+        replace_bytes(path, b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2\x00\x00\x00")
+    return fixture.study_uid
+
+
+def truncated_header_bytes() -> bytes:
+    """The first 200 bytes of a CT file (preamble + file meta only)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return series(Path(folder), n_slices=1).files[0].read_bytes()[:200]
+
+
+def gzipped_dicom_bytes() -> bytes:
+    import gzip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return gzip.compress(series(Path(folder), n_slices=1).files[0].read_bytes())
+
+
 @dataclass(frozen=True)
 class DicomCase:
     name: str
@@ -234,9 +313,53 @@ DICOM_CASES: list[DicomCase] = [
         "quarantined",
         "no voxel below -200 HU (no air or fat) and RescaleIntercept missing",
     ),
+    DicomCase("hu_no_air_with_intercept", fov_inside_body, "ok", "no voxel below -200 HU"),  # warning only
     DicomCase(
-        "hu_no_air_with_intercept", _edited(RescaleIntercept="0"), "ok", "no voxel below -200 HU"
-    ),  # warning only
+        "hu_intercept_zero_air_at_plus_24",
+        _edited(RescaleIntercept="0"),
+        "quarantined",
+        "implausible HU distribution: 50% of voxels above +500 HU",
+    ),
+    DicomCase("hu_inverted_air_high", hu_inverted, "quarantined", "implausible HU distribution"),
+    DicomCase(
+        "rescale_slope_negative_inverted",
+        _edited(RescaleSlope="-1", RescaleIntercept="1024"),
+        "quarantined",
+        "RescaleSlope -1 is negative: HU would be inverted",
+    ),
+    DicomCase("rescale_slope_not_a_number", slope_not_a_number, "quarantined", "RescaleSlope 'abc' is not a number"),
+    DicomCase(
+        "bits_allocated_8_over_16_bit_data",
+        _edited(BitsAllocated=8, BitsStored=8, HighBit=7),
+        "quarantined",
+        "too many pixel data bytes: 512, header expects 256",
+    ),
+    DicomCase(
+        "bits_stored_above_allocated",
+        _edited(BitsStored=20),
+        "quarantined",
+        "BitsStored 20 outside 1..BitsAllocated (16)",
+    ),
+    DicomCase(
+        "enhanced_frames_below_per_frame_groups",
+        enhanced_frames_below_groups,
+        "quarantined",
+        "NumberOfFrames 10 but PerFrameFunctionalGroupsSequence holds 20 items",
+    ),
+    DicomCase("iop_degenerate_parallel", degenerate_orientation, "quarantined", "degenerate ImageOrientationPatient"),
+    DicomCase(
+        "duplicate_uid_conflicting_pixels",
+        lambda folder: _same_uid_as_first(folder, same_pixels=False),
+        "quarantined",
+        "conflicting duplicate SOPInstanceUID",
+    ),
+    DicomCase(
+        "duplicate_uid_identical_copy",
+        lambda folder: _same_uid_as_first(folder, same_pixels=True),
+        "ok",
+        "IM0001.dcm (ignored)",
+    ),
+    DicomCase("pydicom_warning_recorded", wrong_vr_encoding, "ok", "pydicom warning while reading the header"),
     DicomCase("hu_mass_clipping", slope_clipping, "quarantined", "implausible HU range"),
     DicomCase("hu_blank_series", blank_series, "quarantined", "under 100 HU of contrast"),
     # geometry values
@@ -308,16 +431,18 @@ DICOM_CASES: list[DicomCase] = [
     DicomCase("secondary_capture", secondary_capture, "quarantined", "is not a CT image"),
     DicomCase("localizer_only", localizer, "quarantined", "localizer/scout"),
     DicomCase("sagittal_only", sagittal, "quarantined", "not axial"),
-    DicomCase("single_slice", single_slice, "quarantined", "fewer than min_slices=3"),
-    DicomCase("truncated_file", truncated_file, "quarantined", "decode"),
+    DicomCase("single_slice", single_slice, "quarantined", "fewer than convert.min_slices=3"),
+    DicomCase("truncated_file", truncated_file, "quarantined", "truncated pixel data (cannot decode)"),
     DicomCase("undecodable_compressed", undecodable, "quarantined", "1.2.840.10008.1.2.4.50"),
 ]
 
-# files that belong to no study (unreadable.parquet): name -> (bytes, expected reason substring)
-UNREADABLE_CASES: dict[str, tuple[bytes, str]] = {
+# files that belong to no study (unreadable.parquet): name -> (bytes or a bytes factory, expected reason substring)
+UNREADABLE_CASES: dict[str, tuple[bytes | Callable[[], bytes], str]] = {
     "zero_byte.dcm": (b"", "zero-byte file"),
     "junk.bin": (bytes(range(256)) * 12, "not a"),
     "notes.txt": (b"not a dicom file\n", "not a"),
+    "truncated_200_bytes.dcm": (truncated_header_bytes, "truncated DICOM file (200 bytes): it ends inside the header"),
+    "gzipped.dcm": (gzipped_dicom_bytes, "gzip-compressed file"),
 }
 
 
@@ -370,5 +495,27 @@ PARAMS_CASES: list[tuple[str, str, str]] = [  # (name, yaml text, expected error
     ("bad_yaml", "convert: [unclosed\n", "not valid YAML"),
     ("profile_overrides", "profiles:\n  demo:\n    train: {steps: 3}\n", "profiles are no longer merged"),
     ("top_level_list", "- a\n- b\n", "top level must be a mapping"),
-    ("out_of_range", "model:\n  text:\n    vocab_min_reports: 0\n", "key 'model.text.vocab_min_reports'"),
+    ("out_of_range", "model:\n  text:\n    vocab_min_patients: 0\n", "key 'model.text.vocab_min_patients'"),
+    # closed sets and ranges a stage would reject later (as data) are refused at load, naming key and value
+    (
+        "series_preference_unknown",
+        "convert:\n  series_preference: [fattest]\n",
+        "key 'convert.series_preference.0': Input should be 'thinnest', 'soft_tissue_kernel', 'most_slices' or "
+        "'largest_coverage' (got 'fattest')",
+    ),
+    (
+        "spacing_negative",
+        "grid:\n  spacing_zyx_mm: [-8, 4, 4]\n",
+        "key 'grid.spacing_zyx_mm.0': Input should be greater than 0 (got -8)",
+    ),
+    (
+        "crop_zero",
+        "grid:\n  crop_zyx: [0, 64, 96]\n",
+        "key 'grid.crop_zyx.0': Input should be greater than or equal to 1 (got 0)",
+    ),
+    ("window_reversed", "grid:\n  hu_window: [300, -100]\n", "hu_window must be (low, high) with low < high"),
+    ("split_ratio_above_one", "split:\n  train: 1.5\n  val: -0.25\n  test: -0.25\n", "key 'split.train'"),
+    ("port_out_of_range", "services:\n  prefect_port: 70000\n", "key 'services.prefect_port'"),
+    ("batch_size_zero", "train:\n  batch_size: 0\n", "key 'train.batch_size'"),
+    ("patch_zero", "model:\n  vision:\n    patch_zyx: [0, 16, 16]\n", "key 'model.vision.patch_zyx.0'"),
 ]

@@ -38,7 +38,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory):
     uids = {case.name: case.build(inputs / case.name) for case in DICOM_CASES}
     for name, (content, _) in UNREADABLE_CASES.items():
         (inputs / "loose").mkdir(parents=True, exist_ok=True)
-        (inputs / "loose" / name).write_bytes(content)
+        (inputs / "loose" / name).write_bytes(content() if callable(content) else content)
     handler = _Records()
     logging.getLogger().addHandler(handler)
     try:
@@ -190,22 +190,108 @@ def test_predict_missing_mask_names_the_mask(tmp_path: Path, repo_root: Path) ->
 
 def test_predict_non_ct_study_names_the_folder(tmp_path: Path) -> None:
     from core.config import load_config
+    from preprocessing.convert import ConvertJob
     from tests.badinput.corpus import non_ct
     from training.inference.predict import PredictionError, load_input_image
 
     non_ct(tmp_path / "mr")
     config = load_config(None)
     with pytest.raises(PredictionError) as raised:
-        load_input_image(tmp_path / "mr", config, tmp_path / "work")
+        load_input_image(tmp_path / "mr", ConvertJob.from_config(config), tmp_path / "work")
     assert str(tmp_path / "mr") in str(raised.value) and "modality MR" in str(raised.value)
 
 
 def test_predict_not_nifti_names_the_file(tmp_path: Path) -> None:
     from core.config import load_config
+    from preprocessing.convert import ConvertJob
     from training.inference.predict import PredictionError, load_input_image
 
     bogus = tmp_path / "volume.txt"
     bogus.write_text("hello")
     with pytest.raises(PredictionError) as raised:
-        load_input_image(bogus, load_config(None), tmp_path / "work")
+        load_input_image(bogus, ConvertJob.from_config(load_config(None)), tmp_path / "work")
     assert str(bogus) in str(raised.value) and "not a NIfTI" in str(raised.value)
+
+
+# --- a real JPEG 2000 series (shared data), modified at test time ------------------------------------
+
+
+def _j2k_series_copy(shared_data: Path, target: Path) -> list[Path]:
+    import shutil
+
+    source = shared_data / "totalsegmentator" / "example_ct_dicom"
+    shutil.copytree(source, target)
+    return sorted(target.iterdir())
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    ("where", "length", "status", "expected"),
+    [
+        # 3736 voxels off by more than 50 HU, at most 163 HU (1.25% of the slice off after smoothing)
+        (0.05, 64, "quarantined", "slice 11 of 20 is far from its neighbours"),
+        # 10859 voxels off by more than 50 HU, up to 626 HU
+        (0.6, 512, "quarantined", "slice 11 of 20 is far from its neighbours"),
+        # 627 voxels off by more than 50 HU, up to 346 HU: a warning only
+        (0.7, 2048, "ok", "slice 11 of 20 is far from its neighbours"),
+    ],
+    ids=["subtle_quarantined", "gross_quarantined", "small_warned"],
+)
+def test_j2k_corrupt_codestream_slice(
+    shared_data: Path, tmp_path: Path, where: float, length: int, status: str, expected: str
+) -> None:
+    """Bytes of one slice's JPEG 2000 codestream overwritten: it decodes without error into wrong values;
+    the per-slice plausibility check names the file (its long digit runs scrubbed like any identifier)."""
+    import numpy as np
+    import pydicom
+
+    from tests.preprocessing.convert_job import convert_dir
+
+    files = _j2k_series_copy(shared_data, tmp_path / "in")
+    by_position = sorted(
+        files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+    )
+    victim = by_position[10]
+    content = bytearray(victim.read_bytes())
+    start = content.rfind(b"\xff\x4f\xff\x51")
+    offset = start + int((len(content) - start) * where)
+    content[offset : offset + length] = np.random.default_rng(0).integers(0, 256, length, dtype=np.uint8).tobytes()
+    victim.write_bytes(bytes(content))
+    row = convert_dir(tmp_path / "in", tmp_path / "out", salt=SALT, min_slices=3).rows[0]
+    assert row.status == status, row.reason
+    text = row.reason if status == "quarantined" else " ".join(row.warnings)
+    assert f"CT.[n]: {expected}" in text, text
+
+
+@pytest.mark.shared
+def test_j2k_header_size_unlike_codestream_names_both(shared_data: Path, tmp_path: Path) -> None:
+    from tests.badinput.corpus import edit
+    from tests.preprocessing.convert_job import convert_dir
+
+    files = _j2k_series_copy(shared_data, tmp_path / "in")
+    edit(files, Rows=600, Columns=600)
+    row = convert_dir(tmp_path / "in", tmp_path / "out", salt=SALT, min_slices=3).rows[0]
+    assert row.status == "quarantined"
+    assert "JPEG 2000 codestream is 512 x 512 pixels, header Rows x Columns is 600 x 600" in row.reason, row.reason
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pylibjpeg_data/JPEGLS/CT1_JLSN.dcm",  # gdcm aborted the whole process on this one before the check
+        "cornerstone3d/testImages/CTImage.dcm_JPEGProcess14SV1TransferSyntax_1.2.840.10008.1.2.4.70.dcm",
+    ],
+)
+def test_jpeg_header_size_unlike_frame_is_refused_before_decoding(shared_data: Path, tmp_path: Path, name: str) -> None:
+    import shutil
+
+    from tests.badinput.corpus import edit
+    from tests.preprocessing.convert_job import convert_dir
+
+    (tmp_path / "in").mkdir()
+    copy = Path(shutil.copy(shared_data / name, tmp_path / "in" / "slice.dcm"))
+    edit([copy], Rows=600, Columns=600)
+    row = convert_dir(tmp_path / "in", tmp_path / "out", salt=SALT, min_slices=1).rows[0]
+    assert row.status == "quarantined"
+    assert "slice.dcm: JPEG frame header is 512 x 512 pixels, header Rows x Columns is 600 x 600" in row.reason

@@ -143,3 +143,47 @@ def test_cli_config_error_exit_code(tmp_path: Path) -> None:
     from fvlm.cli import main
 
     assert main(["--params", str(params), "config", "validate"]) == 2
+
+
+def test_series_preference_set_is_the_one_selection_interprets() -> None:
+    from typing import get_args
+
+    from core.config import SeriesPreference
+    from preprocessing.series_selection import KNOWN_PREFERENCES
+
+    assert get_args(SeriesPreference) == KNOWN_PREFERENCES
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "key"),
+    [
+        ("convert", {"series_preference": ["fattest"]}, "convert.series_preference.0"),
+        ("convert", {"series_preference": []}, "convert.series_preference"),
+        ("grid", {"spacing_zyx_mm": [-8, 4, 4]}, "grid.spacing_zyx_mm.0"),
+        ("grid", {"spacing_zyx_mm": [8, 0, 4]}, "grid.spacing_zyx_mm.1"),
+        ("grid", {"crop_zyx": [0, 64, 96]}, "grid.crop_zyx.0"),
+        ("grid", {"hu_window": [350, -1150]}, "grid.hu_window"),
+        ("split", {"train": 1.2, "val": 0.0, "test": -0.2}, "split.train"),
+        ("split", {"train": 0.5, "val": 0.1, "test": 0.1}, "split"),
+        ("model", {"vision": {"patch_zyx": [16, 0, 32]}}, "model.vision.patch_zyx.1"),
+        ("services", {"mlflow_port": 0}, "services.mlflow_port"),
+        ("segment", {"anatomy_set": "ctrate5"}, "segment.anatomy_set"),
+        ("orchestration", {"ingest_cron": "every night"}, "orchestration.ingest_cron"),
+        ("orchestration", {"timezone": "Mars/Olympus"}, "orchestration.timezone"),
+        ("train", {"batch_size": 0}, "train.batch_size"),
+    ],
+)
+def test_closed_sets_and_ranges_rejected_at_load(section: str, values: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({section: values}, environ={})
+    assert f"key '{key}'" in str(raised.value)
+
+
+def test_config_validate_cli_rejects_what_convert_would(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fvlm.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("convert:\n  series_preference: [fattest]\n")
+    assert main(["--params", str(params), "config", "validate"]) == 2
+    error = capsys.readouterr().err
+    assert "convert.series_preference.0" in error and "'fattest'" in error and "largest_coverage" in error

@@ -1,4 +1,7 @@
-"""Deployments: ingest folder handling, and (slow) an interval-scheduled deployment firing on a real server."""
+"""Deployments: the cron listing, the no-server error, and (slow) scheduled deployments firing on a real server.
+
+The watch-folder ingest library the ingest flow calls is tested in tests/preprocessing/test_ingest.py.
+"""
 
 from __future__ import annotations
 
@@ -15,121 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from flows.deployments import collect_incoming
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fake_record(recorded: list[list[Path]]):
-    def record(paths: list[Path]) -> list[Path]:
-        recorded.append(list(paths))
-        return list(paths)
-
-    return record
-
-
-def test_collect_incoming_by_dicom_identity_not_folder_name(tmp_path: Path) -> None:
-    """A new study whose folder name is taken lands as a new study; an extra series joins its study."""
-    from tests.preprocessing.dicom_factory import new_uid, write_ct_series
-
-    watch, raw = tmp_path / "incoming", tmp_path / "raw"
-    known_uid = new_uid()
-    write_ct_series(raw / "study_0000" / "s1", n_slices=3, study_uid=known_uid, series_number=1)
-    before = {p: p.read_bytes() for p in _files(raw)}
-    # 1) a different study in a folder named like the known one, 2) an extra series of the known study
-    # in a folder named differently, 3) a non-DICOM file, 4) a reports CSV, 5) a bad CSV
-    write_ct_series(watch / "study_0000" / "s1", n_slices=3, study_uid=new_uid(), series_number=1, seed=1)
-    write_ct_series(watch / "other_name" / "s2", n_slices=2, study_uid=known_uid, series_number=2, seed=2)
-    (watch / "study_0000" / "notes.txt").write_text("not dicom")
-    reports = tmp_path / "reports.csv"
-    reports.write_text("study_key,Findings,Impression\nB,normal,none\n")
-    (watch / "new.csv").write_text("study_key,Findings,Impression\nA,nodule,small\nB,dup,dup\n")
-    (watch / "bad.csv").write_text("wrong,columns\n1,2\n")
-    incoming = {p: _sha(p) for p in _files(watch)}
-
-    recorded: list[list[Path]] = []
-    cached: set[str] = set()
-    result = collect_incoming(
-        watch,
-        raw,
-        reports,
-        settle_s=0,
-        record=_fake_record(recorded),
-        in_cache=lambda path: cached.add(_sha(path)) or True,
-    )
-
-    assert result.studies_moved == 1 and result.files_added_to_existing == 2
-    assert result.files_ingested == 5 and result.duplicates == 0
-    new_dirs = [raw / name for name in result.new_study_dirs]
-    assert len(new_dirs) == 1 and new_dirs[0].name.startswith("study_0000-")
-    assert len(_files(new_dirs[0])) == 3
-    assert len(_files(raw / "study_0000" / "s2")) == 2  # the extra series joined its study
-    assert all(path.read_bytes() == data for path, data in before.items())  # nothing overwritten
-    assert result.report_rows_added == 1 and result.report_rows_skipped == 1
-    assert reports.read_text().splitlines()[-1] == "A,nodule,small"
-    assert recorded and raw in recorded[0]
-    # every incoming file: ingested (its bytes in the raw tree, recorded), or rejected (kept, with a reason)
-    raw_hashes = {_sha(p) for p in _files(raw)} | {_sha(p) for p in _files(tmp_path / "ingested_reports")}
-    rejected_dir = watch / "rejected"
-    rejected_hashes = {_sha(p) for p in _files(rejected_dir) if p.name != "reasons.csv"}
-    for path, digest in incoming.items():
-        assert digest in raw_hashes or digest in rejected_hashes, path
-    assert len(result.rejected) == 2
-    reasons = (rejected_dir / "reasons.csv").read_text()
-    assert "notes.txt" in reasons and "bad.csv" in reasons and "not a readable DICOM" in reasons
-    assert [p.name for p in watch.iterdir() if not p.name.startswith(".")] == ["rejected"]
-    # nothing new: nothing to do
-    again = collect_incoming(watch, raw, reports, settle_s=0, record=_fake_record(recorded))
-    assert not again.changed and again.files_ingested == 0
-
-
-def test_collect_incoming_same_files_again_are_duplicates(tmp_path: Path) -> None:
-    from tests.preprocessing.dicom_factory import new_uid, write_ct_series
-
-    watch, raw = tmp_path / "incoming", tmp_path / "raw"
-    write_ct_series(raw / "a" / "s1", n_slices=3, study_uid=new_uid())
-    shutil.copytree(raw / "a", watch / "a_again")
-    result = collect_incoming(watch, raw, settle_s=0, record=_fake_record([]))
-    assert result.files_ingested == 3 and result.duplicates == 3 and not result.changed
-    assert sorted(p.name for p in raw.iterdir()) == ["a"]
-
-
-def test_collect_incoming_keeps_everything_when_recording_fails(tmp_path: Path) -> None:
-    from flows.deployments import IngestError
-    from tests.preprocessing.dicom_factory import new_uid, write_ct_series
-
-    watch, raw = tmp_path / "incoming", tmp_path / "raw"
-    write_ct_series(watch / "x" / "s1", n_slices=2, study_uid=new_uid())
-    before = _files(watch)
-
-    def failing(paths: list[Path]) -> list[Path]:
-        raise RuntimeError("dvc add failed")
-
-    with pytest.raises(RuntimeError):
-        collect_incoming(watch, raw, settle_s=0, record=failing)
-    assert _files(watch) == before  # nothing left the watch folder
-    with pytest.raises(IngestError):  # recorded but not found in the cache: still nothing removed
-        collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), in_cache=lambda path: False)
-    assert _files(watch) == before
-    done = collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), in_cache=lambda path: True)
-    assert done.files_ingested == 2 and done.duplicates == 2 and not _files(watch)
-
-
-def test_collect_incoming_leaves_folders_still_being_copied(tmp_path: Path) -> None:
-    (tmp_path / "in" / "fresh").mkdir(parents=True)
-    (tmp_path / "in" / "fresh" / "1.dcm").write_bytes(b"x")
-    result = collect_incoming(tmp_path / "in", tmp_path / "raw", settle_s=3600)
-    assert result.not_settled == 1 and result.studies_moved == 0
-    assert (tmp_path / "in" / "fresh" / "1.dcm").exists()
 
 
 def test_deploy_dry_run_lists_cron_schedules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def _env(project: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FVLM_NO_FLOWS", "PREFECT_API_URL", "FVLM_STAGE_WORKER")}
+    env = {k: v for k, v in os.environ.items() if k not in ("FVLM_NO_FLOWS", "PREFECT_API_URL")}
     env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(project / "prefect-home"), **extra)
     return env
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from preprocessing.synthetic import generate_cohort
+    from synthetic import generate_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     generate_cohort(root, studies=3, seed=0, size="demo", workers=2)
@@ -237,15 +237,15 @@ def test_kill_9_of_the_stage_chain_then_rerun_gives_the_same_shards(cohort: Path
     assert killed or child.returncode == 0
 
 
-def test_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> None:
+def test_torchrun_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> None:
     """No shards: the real `fvlm train` child fails and its message reaches the flow's error."""
-    from flows.stages import train_flow
+    from flows.stages import torchrun_train_flow
     from flows.subprocesses import CommandError
 
     params = tmp_path / "params.yaml"
     params.write_text("paths: {shards: no-shards-here, models: models, metrics: metrics}\n")
     with pytest.raises(CommandError) as info:
-        train_flow(
+        torchrun_train_flow(
             params_path=str(params),
             gpus=0,
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -256,8 +256,8 @@ def test_train_flow_runs_the_train_command_as_a_subprocess(tmp_path: Path) -> No
 
 
 def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No Prefect server (PREFECT_API_URL unset), FVLM_NO_FLOWS / orchestration.stage_flows / FVLM_STAGE_WORKER
-    pick the library; otherwise the flow gets the job and the fan-out of the orchestration section with the
+    """No Prefect server (PREFECT_API_URL unset), FVLM_NO_FLOWS / orchestration.stage_flows / a torchrun rank
+    (LOCAL_RANK) pick the library; otherwise the flow gets the job and the fan-out of the orchestration section with the
     stage's overrides."""
     import flows.stages
     from core.config import config_from_dict
@@ -275,7 +275,7 @@ def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyP
         {"orchestration": {"batch_size": 3, "retries": 5}, "services": {"data_dir": str(tmp_path / "svc")}},
         environ={},
     )
-    monkeypatch.delenv("FVLM_STAGE_WORKER", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setenv("FVLM_NO_FLOWS", "0")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     run_stage(config, "job", library, "convert_flow", {"max_workers": 7})  # no server: the library
@@ -285,12 +285,100 @@ def test_run_stage_is_the_one_flow_or_library_switch(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FVLM_NO_FLOWS", "0")
     run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
     run_stage(config, "job", library, "shard_flow")
-    monkeypatch.setenv("FVLM_STAGE_WORKER", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     run_stage(config, "job", library, "convert_flow", {"max_workers": 7})
-    monkeypatch.delenv("FVLM_STAGE_WORKER")
+    monkeypatch.delenv("LOCAL_RANK")
     off = config_from_dict({"orchestration": {"stage_flows": False}}, environ={})
     run_stage(off, "job", library, "convert_flow", {"max_workers": 7})
     assert [kind for kind, _, _ in calls] == ["library", "library", "flow", "shard", "library", "library"]
     fan_out = calls[2][2]
     assert fan_out == FanOut.from_config(config.orchestration, max_workers=7)
     assert isinstance(fan_out, FanOut) and (fan_out.batch_size, fan_out.retries, fan_out.max_workers) == (3, 5, 7)
+
+
+def test_train_and_evaluate_commands_run_their_flows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With a Prefect server `fvlm train` / `fvlm evaluate` hand their jobs to train_flow / evaluate_flow
+    (the data stages' door); a torchrun rank runs the library instead (no flow per rank)."""
+    import yaml
+
+    import flows.stages
+    import training.stages
+    from fvlm.cli import main
+    from tests.training.samples import tiny_config
+    from training.evaluation.job import EvaluateJob
+    from training.trainer.job import TrainJob
+
+    calls: list[tuple[str, object]] = []
+
+    class Reached(Exception):  # noqa: N818 - the door was reached; the command stops there
+        pass
+
+    def door(name: str) -> object:
+        def record(job: object) -> None:
+            calls.append((name, job))
+            raise Reached
+
+        return record
+
+    monkeypatch.setattr(flows.stages, "train_flow", door("train_flow"))
+    monkeypatch.setattr(flows.stages, "evaluate_flow", door("evaluate_flow"))
+    monkeypatch.setattr(training.stages, "run_train", door("run_train"))
+    raw = tiny_config(tmp_path).model_dump(mode="json", exclude={"root"})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**raw, "profiles": {"demo": {}}}))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("FVLM_NO_FLOWS", "0")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for command in (["train", "--steps", "2", "--no-tracking"], ["evaluate", "--no-tracking"]):
+        with pytest.raises(Reached):
+            main(["--params", str(params), *command])
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(Reached):
+        main(["--params", str(params), "train", "--steps", "2", "--no-tracking"])
+    assert [name for name, _ in calls] == ["train_flow", "evaluate_flow", "run_train"]
+    train_job, evaluate_job = calls[0][1], calls[1][1]
+    assert isinstance(train_job, TrainJob) and train_job.steps == 2 and not train_job.tracking.enabled
+    assert isinstance(evaluate_job, EvaluateJob) and evaluate_job.model_ref == str(tmp_path / "data/models/model")
+
+
+@pytest.mark.slow  # two 2-step trainings and an evaluation, under Prefect (~45 s here)
+def test_train_and_evaluate_flows_run_the_libraries_and_are_recorded(tmp_path: Path) -> None:
+    """Real flow runs on tiny shards: train_flow trains (metrics file, model; the same weights as the library
+    run), evaluate_flow scores it; both flow runs are in the Prefect API, as the data stages' are."""
+    import asyncio
+
+    import torch
+    from prefect.client.orchestration import get_client
+
+    from flows.stages import evaluate_flow, train_flow
+    from tests.training.samples import ANATOMIES, make_samples, tiny_config, write_shard_split
+    from training.evaluation.job import EvaluateJob
+    from training.models.model import FVLM
+    from training.stages import run_train
+    from training.trainer.job import TrainJob
+
+    shards = tmp_path / "shards"
+    for split, seed in (("train", 21), ("val", 22), ("test", 23)):
+        write_shard_split(shards, split, make_samples(6 if split != "train" else 8, seed=seed), ANATOMIES)
+    config = tiny_config(tmp_path, evaluate={"bootstrap": 10})
+    library = run_train(TrainJob.from_config(config, shards=shards, out=tmp_path / "library", steps=2))
+    # the WordPiece trainer orders equal-frequency pieces arbitrarily: give both runs one tokenizer
+    shutil.copytree(tmp_path / "library" / "tokenizer", tmp_path / "models" / "tokenizer")
+    result = train_flow(TrainJob.from_config(config, shards=shards, out=tmp_path / "models", steps=2))
+    assert result.steps == 2 and (tmp_path / "models" / "model" / "zero_shot.json").is_file()
+    assert (tmp_path / "metrics" / "train.json").is_file()
+    assert result.losses == library.losses  # the flow trains exactly as the library does: same weights
+    a = FVLM.from_pretrained(tmp_path / "library" / "model").state_dict()
+    b = FVLM.from_pretrained(tmp_path / "models" / "model").state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    job = EvaluateJob.from_config(config, model=tmp_path / "models" / "model", shards=shards, out=tmp_path / "eval")
+    report = evaluate_flow(job)
+    assert report["n_test"] == 6 and (tmp_path / "eval" / "eval_report.json").is_file()
+
+    async def flow_names() -> set[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            flows = {flow.id: flow.name for flow in await client.read_flows()}
+        return {flows[run.flow_id] for run in runs if run.state is not None and run.state.is_completed()}
+
+    assert {"fvlm-train", "fvlm-evaluate"} <= asyncio.run(flow_names())

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -311,7 +312,7 @@ def test_quarantine_reasons_and_rest_of_cohort_processed(tmp_path: Path, convert
         ]
     }
     assert reasons["good"].status == "ok"
-    assert "fewer than min_slices=3" in reasons["single"].reason
+    assert "fewer than convert.min_slices=3" in reasons["single"].reason
     assert "modality MR" in reasons["mr"].reason
     assert "truncated/" in reasons["truncated"].reason and "decode" in reasons["truncated"].reason
     assert "no pixel data" in reasons["nopixels"].reason and "nopixels/" in reasons["nopixels"].reason
@@ -336,13 +337,22 @@ def test_unreadable_permissions(tmp_path: Path, convert) -> None:
     assert summary.n_unreadable_files == 1
 
 
-def test_min_slices_override_converts_single_slice(tmp_path: Path, convert) -> None:
-    fixture = write_ct_series(tmp_path / "in", n_slices=1)
+def test_min_slices_override_converts_short_series(tmp_path: Path, convert) -> None:
+    fixture = write_ct_series(tmp_path / "in", n_slices=2)
     default = convert(tmp_path / "in", tmp_path / "out1", min_slices=10)
-    assert row_for(default, fixture.study_uid).status == "quarantined"
+    row = row_for(default, fixture.study_uid)
+    assert row.status == "quarantined" and "convert.min_slices=10" in row.reason  # names the params key
     override = convert(tmp_path / "in", tmp_path / "out2", min_slices=1)
     row = row_for(override, fixture.study_uid)
-    assert row.status == "ok" and row.shape[0] == 1 and any("single slice" in w for w in row.warnings)
+    assert row.status == "ok" and row.shape[0] == 2
+
+
+def test_single_slice_is_quarantined_at_convert_whatever_min_slices(tmp_path: Path, convert) -> None:
+    """A single slice cannot be segmented: convert says so, instead of a numpy error in segmentation."""
+    fixture = write_ct_series(tmp_path / "in", n_slices=1)
+    row = row_for(convert(tmp_path / "in", tmp_path / "out", min_slices=1), fixture.study_uid)
+    assert row.status == "quarantined" and "too few to segment" in row.reason and row.volume_path is None
+    assert not list((tmp_path / "out" / "volumes").iterdir())
 
 
 def test_rerun_reuses_and_reconverts_changed_study(tmp_path: Path, convert) -> None:
@@ -525,7 +535,7 @@ def test_demo_cohort_converts_onto_mask_grid(tmp_path: Path, convert) -> None:
     """Integration with the synthetic cohort (`fvlm demo-data`): keys match reports.csv, grids match masks."""
     import csv
 
-    synthetic = pytest.importorskip("preprocessing.synthetic.cohort")
+    synthetic = pytest.importorskip("synthetic.cohort")
     from core.privacy import pseudonym
 
     synthetic.generate_cohort(tmp_path / "demo", studies=2, seed=0, size="demo", workers=1)
@@ -541,3 +551,69 @@ def test_demo_cohort_converts_onto_mask_grid(tmp_path: Path, convert) -> None:
         np.testing.assert_allclose(volume.affine, mask.affine, atol=1e-4)
         excluded = [a["excluded"] for a in json.loads(row.alternatives)]
         assert any("localizer" in (e or "") for e in excluded)
+
+
+# studies.parquet's columns as declared by hand before the schema was derived from ManifestRow (core.records)
+def manifest_columns_before() -> list[tuple[str, Any]]:
+    import pyarrow as pa
+
+    text, int64, float64 = pa.string(), pa.int64(), pa.float64()
+    return [
+        ("study_id", text),
+        ("patient_id", text),
+        ("status", text),
+        ("reason", text),
+        ("series_id", text),
+        ("series_description", text),
+        ("series_number", int64),
+        ("convolution_kernel", text),
+        ("selection_policy", text),
+        ("alternatives", text),
+        ("slices", int64),
+        ("n_input_slices", int64),
+        ("shape", pa.list_(int64)),
+        ("spacing", pa.list_(float64)),
+        ("affine", pa.list_(float64)),
+        ("warnings", pa.list_(text)),
+        ("resampled", pa.bool_()),
+        ("n_input_files", int64),
+        ("source_hash", text),
+        ("config_hash", text),
+        ("volume_path", text),
+        ("transfer_syntaxes", pa.list_(text)),
+        ("hu_min", int64),
+        ("hu_max", int64),
+        ("input_format", text),
+        ("rescale_decision", text),
+        ("converter_version", text),
+    ]
+
+
+def test_written_manifest_schema_is_the_one_declared_before_derivation(tmp_path: Path) -> None:
+    """The derived schema keeps every earlier column (name, type, order, nullable) and the metadata, and
+    writes the same bytes; a field added to ManifestRow becomes a column by itself (after the earlier ones)."""
+    from dataclasses import asdict, fields
+
+    import pyarrow as pa
+
+    from preprocessing.conversion import CONVERTER_VERSION, ManifestRow, manifest_schema, write_manifest
+
+    before = pa.schema(
+        manifest_columns_before(),
+        metadata={
+            b"fvlm.axis_order": b"shape and spacing are (z, y, x); NIfTI arrays on disk are (x, y, z), RAS+",
+            b"fvlm.converter_version": CONVERTER_VERSION.encode(),
+        },
+    )
+    schema = manifest_schema()
+    assert [schema.field(i) for i in range(len(before))] == list(before)
+    assert schema.metadata == before.metadata
+    assert schema.names == [f.name for f in fields(ManifestRow) if f.name not in ("seconds", "reused")]
+    row = ManifestRow(study_id="s1", patient_id=None, status="ok", shape=[2, 3, 4])
+    path = tmp_path / "studies.parquet"
+    write_manifest([row], path)
+    assert pq.read_table(path).to_pylist()[0]["shape"] == [2, 3, 4]
+    if schema.equals(before, check_metadata=True):  # no column added since the derivation: the same bytes
+        by_hand = tmp_path / "by-hand.parquet"
+        pq.write_table(pa.Table.from_pylist([asdict(row)], schema=before), by_hand)
+        assert path.read_bytes() == by_hand.read_bytes()

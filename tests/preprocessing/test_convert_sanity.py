@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from preprocessing.dicom_discovery import pixel_data_defect, scan_dicom_tree
@@ -58,3 +59,94 @@ def test_nan_position_quarantines_without_resampling(tmp_path: Path) -> None:
     edit(fixture.files, "first", ImagePositionPatient=["NaN", "0", "0"])
     with pytest.raises(AssemblyError, match="ImagePositionPatient contains NaN"):
         assemble_series(_slices(tmp_path / "in"))
+
+
+def test_non_numeric_header_value_is_a_defect_naming_tag_and_value() -> None:
+    from pydicom.dataset import Dataset
+
+    from preprocessing.dicom_discovery import header_value_defect
+
+    ds = Dataset()
+    ds.Rows, ds.Columns = 16, 16
+    assert header_value_defect(ds) is None
+    ds.add_new(0x00281053, "LO", "abc")  # RescaleSlope as a broken exporter writes it
+    assert header_value_defect(ds) == "RescaleSlope 'abc' is not a number (expected a decimal number such as 1)"
+
+
+def test_pixel_bytes_must_match_the_header_both_ways() -> None:
+    from pydicom.dataset import Dataset
+
+    from preprocessing.volume_assembly import pixel_bytes_problem
+
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 4, 4, 16, 1
+    ds.PixelData = bytes(32)
+    assert pixel_bytes_problem(ds, "1.2.840.10008.1.2.1") is None
+    ds.BitsAllocated = 8  # 16-bit data declared as 8-bit: pydicom would silently read half of it
+    assert "too many pixel data bytes: 32, header expects 16" in pixel_bytes_problem(ds, "1.2.840.10008.1.2.1")
+    ds.BitsAllocated, ds.PixelData = 16, bytes(20)
+    assert "truncated pixel data" in pixel_bytes_problem(ds, "1.2.840.10008.1.2.1")
+
+
+def test_degenerate_orientation_says_parallel() -> None:
+    from preprocessing.dicom_discovery import orientation_problem
+
+    assert orientation_problem((1, 0, 0, 0, 1, 0)) is None
+    assert "degenerate ImageOrientationPatient" in orientation_problem((1, 0, 0, 1, 0, 0))
+    assert "not perpendicular" in orientation_problem((1, 0, 0, 0.1, 0.995, 0))
+
+
+def test_compressed_container_is_named(tmp_path: Path) -> None:
+    import gzip
+
+    from preprocessing.dicom_discovery import container_problem
+
+    path = tmp_path / "IM0001.dcm"
+    path.write_bytes(gzip.compress(b"DICM" * 100))
+    assert container_problem(path).startswith("gzip-compressed file")
+    path.write_bytes(b"\0" * 132)
+    assert container_problem(path) is None
+
+
+def test_pydicom_warnings_are_recorded_and_others_reissued() -> None:
+    import warnings
+
+    import pydicom.filereader
+
+    from preprocessing.dicom_discovery import captured_pydicom_warnings
+
+    recorded: list[str] = []
+    with warnings.catch_warnings(record=True) as outer:
+        warnings.simplefilter("always")
+        with captured_pydicom_warnings(recorded, " while reading"):
+            warnings.warn_explicit("odd VR", UserWarning, pydicom.filereader.__file__, 1)
+            warnings.warn("numpy-like", RuntimeWarning, stacklevel=1)
+    assert recorded == ["pydicom warning while reading: odd VR"]
+    assert [str(w.message) for w in outer] == ["numpy-like"]
+
+
+def _smooth_volume(n: int = 12, size: int = 128) -> np.ndarray:
+    k, j, i = np.meshgrid(np.arange(n), np.arange(size), np.arange(size), indexing="ij")
+    body = (j - size / 2) ** 2 + (i - size / 2) ** 2 < (0.4 * size) ** 2
+    rng = np.random.default_rng(0)
+    hu = np.where(body, 40 + 2 * k + j, -1000) + rng.integers(-10, 11, size=k.shape)
+    return hu.astype(np.int16)
+
+
+def test_one_slice_far_from_its_neighbours_is_quarantined() -> None:
+    from preprocessing.volume_assembly import _slice_outlier_check
+
+    class Header:
+        def __init__(self, index: int) -> None:
+            self.relative_path = f"IM{index:04d}.dcm"
+
+    volume = _smooth_volume()
+    headers = [Header(index) for index in range(len(volume))]
+    assert _slice_outlier_check(volume, headers) == []  # type: ignore[arg-type]
+    corrupt = volume.copy()
+    corrupt[6, 40:88, 40:88] += 80  # a decoding error over a region of one slice (2304 voxels)
+    with pytest.raises(AssemblyError, match=r"IM0006.dcm: slice 7 of 12 is far from its neighbours"):
+        _slice_outlier_check(corrupt, headers)  # type: ignore[arg-type]
+    lesion = volume.copy()
+    lesion[6, 60:63, 60:63] += 300  # a small focal finding on one slice is not an error
+    assert _slice_outlier_check(lesion, headers) == []  # type: ignore[arg-type]

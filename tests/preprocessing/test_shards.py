@@ -133,8 +133,8 @@ def test_quarantine_with_reasons_and_counts(tmp_path: Path, anatomies, make_coho
     metrics = tmp_path / "metrics" / "shard.json"
     summary = build(cohort, out, metrics_path=metrics)
     reasons = {q["study_id"]: q["reason"] for q in summary.quarantined}
-    assert reasons["st_00001"] == "no mask"
-    assert reasons["st_00002"] == "no report"
+    assert reasons["st_00001"].startswith("no mask")
+    assert reasons["st_00002"].startswith("no report") and "reports.id_column" in reasons["st_00002"]
     assert reasons["st_00003"].startswith("prepare failed: volume file st_00003.nii.gz unreadable")
     assert str(tmp_path) not in reasons["st_00003"]
     assert summary.written == 5 and summary.upstream_not_ok == 2
@@ -223,7 +223,16 @@ def test_incremental_prepares_only_new_studies(tmp_path: Path, make_cohort) -> N
     nib.save(nib.Nifti1Image(data, image.affine), mask_path)
     changed = build(cohort, out)
     assert changed.prepared == 1 and changed.content_hash != after.content_hash
-    assert len(list((out / ".cache").glob("*.npz"))) == 8  # stale entry pruned
+    from preprocessing.shards import shard_cache_dir
+
+    assert len(list(shard_cache_dir(out.parent, out).glob("*.npz"))) == 8  # stale entry pruned
+    # the cache (absolute paths, mtimes) lives outside the DVC-tracked output
+    assert {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file()} <= {
+        "train",
+        "val",
+        "test",
+        "manifest.json",
+    }
 
 
 def test_files_roll_over_at_target_size(tmp_path: Path, make_cohort) -> None:
@@ -327,8 +336,6 @@ def test_cli_shard(tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixtur
         [
             "--params",
             str(repo_root / "params.yaml"),
-            "--profile",
-            "demo",
             "shard",
             "--converted",
             str(cohort.converted),
@@ -344,7 +351,7 @@ def test_cli_shard(tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixtur
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "3 studies" in printed and "quarantined st_00000: no mask" in printed
+    assert "3 studies" in printed and "quarantined st_00000: no mask (" in printed
     assert json.loads(metrics.read_text())["studies"] == 3
     code = main(
         [
@@ -409,7 +416,7 @@ def test_cli_convert_to_nii_then_shard_shards_every_study(
     import json
 
     from fvlm.cli import main
-    from preprocessing.synthetic import generate_cohort
+    from synthetic import generate_cohort
 
     monkeypatch.setenv("FVLM_NO_FLOWS", "1")
     monkeypatch.setenv("FVLM_SALT", "test-salt")
@@ -467,3 +474,26 @@ def test_cli_convert_to_nii_then_shard_shards_every_study(
     assert "no volume file" not in printed
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["n_quarantined"] == 0 and manifest["splits"]["train"]["studies"] == 2
+
+
+def test_study_without_patient_id_is_its_own_patient_not_quarantined(tmp_path: Path, make_cohort) -> None:
+    """An older convert left patient_id empty for an anonymised study: shard splits it as its own patient."""
+    cohort = make_cohort(tmp_path / "in", 6)
+    studies_path = cohort.converted / "studies.parquet"
+    table = pq.read_table(studies_path)
+    rows = table.to_pylist()
+    rows[0]["patient_id"] = None
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), studies_path)
+    summary = build(cohort, tmp_path / "shards")
+    assert summary.quarantined == [] and summary.written == 6
+
+
+def test_split_leaving_a_split_empty_or_train_below_a_batch_says_so(tmp_path: Path, make_cohort) -> None:
+    from preprocessing.split import split_problems
+
+    cohort = make_cohort(tmp_path / "in", 3)
+    summary = build(cohort, tmp_path / "shards", split=SplitConfig(train=1.0, val=0.0, test=0.0), train_batch_size=8)
+    text = summary.describe()
+    assert "split val is empty" in text and "split.val" in text and "split.seed" in text
+    assert "fewer than one batch of train.batch_size=8" in text
+    assert split_problems({"train": 8, "val": 2, "test": 2}, {"train": 8, "val": 2, "test": 2}, {}, 0, 8) == []

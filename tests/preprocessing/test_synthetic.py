@@ -34,7 +34,7 @@ def _dcm2niix() -> str | None:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from preprocessing.synthetic import generate_cohort
+    from synthetic import generate_cohort
 
     out = tmp_path_factory.mktemp("demo") / "cohort"
     summary = generate_cohort(out, studies=STUDIES, seed=SEED, size="demo", workers=2)
@@ -49,7 +49,7 @@ def cohort_json(cohort: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def phantoms(cohort_json: dict) -> dict:
-    from preprocessing.synthetic import make_phantom
+    from synthetic import make_phantom
 
     return {s["index"]: make_phantom(SEED, s["index"], "demo") for s in cohort_json["studies"]}
 
@@ -94,7 +94,7 @@ def test_labels_csv_agrees_with_cohort_json_and_lesions(cohort: Path, cohort_jso
 
 
 def test_reports_mention_every_drawn_lesion_with_matching_details(cohort: Path, cohort_json: dict) -> None:
-    from preprocessing.synthetic.reports import LOBE_PHRASES, mentioned
+    from synthetic.reports import LOBE_PHRASES, mentioned
 
     reports = {r["study_key"]: r for r in _read_csv(cohort / "reports.csv")}
     for record in cohort_json["studies"]:
@@ -193,7 +193,7 @@ def test_dcm2niix_converts_thin_series_onto_mask_grid_with_phantom_hu(
 def test_phi_sidecar_lists_every_planted_value(cohort: Path, cohort_json: dict) -> None:
     import pydicom
 
-    from preprocessing.synthetic.phi import DICOM_PHI_FIELDS
+    from synthetic.phi import DICOM_PHI_FIELDS
 
     planted = json.loads((cohort / "phi_planted.json").read_text())
     reports = {r["study_key"]: r for r in _read_csv(cohort / "reports.csv")}
@@ -214,7 +214,7 @@ def test_phi_sidecar_lists_every_planted_value(cohort: Path, cohort_json: dict) 
 
 
 def test_same_seed_gives_same_bytes_and_prefix_property(cohort: Path, tmp_path: Path) -> None:
-    from preprocessing.synthetic import generate_cohort
+    from synthetic import generate_cohort
 
     again = tmp_path / "again"
     generate_cohort(again, studies=2, seed=SEED, size="demo", workers=1)
@@ -235,7 +235,7 @@ def test_same_seed_gives_same_bytes_and_prefix_property(cohort: Path, tmp_path: 
 
 def test_phantom_anatomy_labels_hu_and_ras_orientation() -> None:
     from core.anatomy_sets import totalseg_name_to_id
-    from preprocessing.synthetic import make_phantom
+    from synthetic import make_phantom
 
     ids = totalseg_name_to_id()
     phantom = make_phantom(3, 0, "demo", labels={})
@@ -282,8 +282,8 @@ def test_phantom_anatomy_labels_hu_and_ras_orientation() -> None:
 def test_lesions_change_only_the_voxels_they_claim() -> None:
     from scipy import ndimage
 
-    from preprocessing.synthetic import make_phantom
-    from preprocessing.synthetic.anatomy import lung_label_ids
+    from synthetic import make_phantom
+    from synthetic.anatomy import lung_label_ids
 
     base = make_phantom(11, 2, "demo", labels={})
     nodule = make_phantom(11, 2, "demo", labels={"Lung nodule": 1, "Emphysema": 1, "Consolidation": 1})
@@ -313,7 +313,7 @@ def test_label_sampling_prevalence_and_normal_fraction(
     difficulty: str, normal_range: tuple[float, float], prevalence_range: tuple[float, float]
 ) -> None:
     from core.anatomy_sets import CTRATE_LABELS
-    from preprocessing.synthetic.lesions import sample_labels
+    from synthetic.lesions import sample_labels
 
     draws = [sample_labels(np.random.default_rng(i), difficulty) for i in range(3000)]
     normal = np.mean([not any(d.values()) for d in draws])
@@ -323,7 +323,7 @@ def test_label_sampling_prevalence_and_normal_fraction(
 
 
 def test_paper_difficulty_is_the_previous_generator_and_learnable_lesions_are_larger() -> None:
-    from preprocessing.synthetic import make_phantom
+    from synthetic import make_phantom
 
     forced = {"Lung nodule": 1, "Lymphadenopathy": 1}
     paper = make_phantom(4, 1, "demo", labels=forced, difficulty="paper")
@@ -348,7 +348,7 @@ def test_paper_phantom_is_byte_identical_to_the_version_1_generator() -> None:
     import hashlib
 
     from core.anatomy_sets import CTRATE_LABELS
-    from preprocessing.synthetic import make_phantom
+    from synthetic import make_phantom
 
     phantom = make_phantom(3, 1, "demo", labels={name: 1 for name in CTRATE_LABELS}, difficulty="paper")
     digest = hashlib.sha256(phantom.hu_zyx.tobytes() + phantom.labels_zyx.tobytes()).hexdigest()[:16]
@@ -357,7 +357,7 @@ def test_paper_phantom_is_byte_identical_to_the_version_1_generator() -> None:
 
 def test_learnable_version_2_findings_diffuse_emphysema_plaques_and_visible_leads() -> None:
     from core.anatomy_sets import totalseg_name_to_id
-    from preprocessing.synthetic import make_phantom
+    from synthetic import make_phantom
 
     ids = dict(totalseg_name_to_id())
     base = make_phantom(5, 1, "demo", labels={}, difficulty="learnable")
@@ -382,8 +382,8 @@ def test_learnable_version_2_findings_diffuse_emphysema_plaques_and_visible_lead
 
 
 def test_learnable_version_3_bulky_nodes_multiple_nodules_and_lobar_consolidation() -> None:
-    from preprocessing.synthetic import make_phantom
-    from preprocessing.synthetic.difficulty import lesion_spec
+    from synthetic import make_phantom
+    from synthetic.difficulty import lesion_spec
 
     spec = lesion_spec("learnable")
     voxel_mm3 = 3.1585 * 3.1585 * 5.0  # the demo phantom grid
@@ -402,8 +402,8 @@ def test_learnable_version_3_bulky_nodes_multiple_nodules_and_lobar_consolidatio
 
 def test_learnable_version_4_fibrotic_reticulation_more_nodules_and_nodes() -> None:
     from core.anatomy_sets import totalseg_name_to_id
-    from preprocessing.synthetic import make_phantom
-    from preprocessing.synthetic.difficulty import lesion_spec
+    from synthetic import make_phantom
+    from synthetic.difficulty import lesion_spec
 
     ids = dict(totalseg_name_to_id())
     base = make_phantom(8, 1, "demo", labels={}, difficulty="learnable")
@@ -437,7 +437,7 @@ def test_cli_demo_data_writes_a_cohort(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.slow
 def test_real_size_phantom_is_full_resolution() -> None:
-    from preprocessing.synthetic import make_phantom
+    from synthetic import make_phantom
 
     phantom = make_phantom(0, 0, "real")
     assert phantom.hu_zyx.shape[1:] == (512, 512)
@@ -445,9 +445,9 @@ def test_real_size_phantom_is_full_resolution() -> None:
 
 
 def test_follow_up_studies_share_the_patient_identity_and_body_size() -> None:
-    from preprocessing.synthetic.patients import patient_index
-    from preprocessing.synthetic.phantom import make_phantom, study_rngs
-    from preprocessing.synthetic.phi import patient_phi, study_phi
+    from synthetic.patients import patient_index
+    from synthetic.phantom import make_phantom, study_rngs
+    from synthetic.phi import patient_phi, study_phi
 
     follow_ups = [i for i in range(1, 60) if patient_index(SEED, i) != i]
     assert follow_ups and len(follow_ups) < 30

@@ -32,7 +32,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def demo_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from preprocessing.synthetic.cohort import generate_cohort
+    from synthetic.cohort import generate_cohort
 
     out = tmp_path_factory.mktemp("demo")
     generate_cohort(out, studies=3, workers=1)

@@ -146,3 +146,15 @@ def test_dicom_seg_covering_part_of_a_longer_volume(shared_data: Path, tmp_path:
     )
     with pytest.raises(MaskSourceError, match="lies outside the volume"):
         backend.segment_study("st_long", shifted)
+
+
+def test_mask_of_a_study_without_uid_is_named_by_its_folder_key(tmp_path: Path) -> None:
+    """``folder:site1/P01`` (no StudyInstanceUID) is no file name: ``folder__site1__P01.nii.gz`` is its mask."""
+    from core.layout import mask_stem_for_study_key
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    ids = np.zeros((4, 4, 3), dtype=np.uint8)
+    nib.save(nib.Nifti1Image(ids, np.eye(4)), masks / f"{mask_stem_for_study_key('folder:site1/P01')}.nii.gz")
+    study_id = pseudonym("folder:site1/P01", SALT, kind="study")
+    assert study_id in PrecomputedBackend(masks, salt=SALT).index()

@@ -144,3 +144,56 @@ def test_missing_masks_folder_stops_the_stage(tmp_path: Path, make_phantom) -> N
     converted, _, _ = _cohort(tmp_path, make_phantom, n=1)
     with pytest.raises(FileNotFoundError, match="precomputed masks folder not found"):
         segment(converted, tmp_path / "out", backend="precomputed", precomputed_dir=tmp_path / "none", salt=SALT)
+
+
+def test_written_manifest_schema_is_the_one_declared_before_derivation(tmp_path: Path) -> None:
+    """segments.parquet's schema, derived from SegmentRow + AnatomyColumns, equals the hand-written one."""
+    import json
+
+    from segmentation.stage import STAGE_VERSION, manifest_schema, write_manifest
+
+    columns = [
+        ("study_id", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("backend", pa.string()),
+        ("model_id", pa.string()),
+        ("anatomy_set", pa.string()),
+        ("config_hash", pa.string()),
+        ("input_sha256", pa.string()),
+        ("mask_path", pa.string()),
+        ("mask_sha256", pa.string()),
+        ("qc_path", pa.string()),
+        ("shape", pa.list_(pa.int32())),
+        ("spacing_mm", pa.list_(pa.float32())),
+        ("classes_present", pa.list_(pa.int32())),
+        ("missing_anatomies", pa.list_(pa.string())),
+        ("cut_anatomies", pa.list_(pa.string())),
+        ("missing_classes", pa.list_(pa.string())),
+        ("warnings", pa.list_(pa.string())),
+        ("stage_version", pa.string()),
+    ]
+    for name in ("lung", "heart"):
+        columns += [
+            (f"{name}_voxels", pa.int64()),
+            (f"{name}_volume_ml", pa.float32()),
+            (f"{name}_bbox_zyx", pa.list_(pa.int32())),
+            (f"{name}_cut_by_fov", pa.bool_()),
+            (f"{name}_touches", pa.list_(pa.string())),
+        ]
+    expected = pa.schema(
+        columns,
+        metadata={
+            b"fvlm.stage": STAGE_VERSION.encode(),
+            b"fvlm.axes": b"bbox_zyx = (z0, y0, x0, z1, y1, x1), ends exclusive, RAS canonical volume as (z, y, x)",
+            b"fvlm.anatomies": json.dumps(["lung", "heart"]).encode(),
+        },
+    )
+    assert manifest_schema(["lung", "heart"]).equals(expected, check_metadata=True)
+    path = tmp_path / "segments.parquet"
+    row = {"study_id": "s1", "status": "ok", "shape": [2, 3, 4], "seconds": 1.5, "reused": False, "lung_voxels": 7}
+    write_manifest([row], path, ["lung", "heart"])
+    by_hand = tmp_path / "by-hand.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=expected), by_hand)
+    assert path.read_bytes() == by_hand.read_bytes()
+    assert pq.read_table(path).to_pylist()[0]["lung_voxels"] == 7

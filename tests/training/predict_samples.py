@@ -43,3 +43,21 @@ def validate_prediction(payload: dict[str, Any]) -> None:
     schema = json.loads(PREDICTION_SCHEMA_FILE.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(json.loads(json.dumps(payload)), schema, cls=jsonschema.Draft202012Validator)
+
+
+def predict(
+    config: Any,
+    model_ref: str | Path,
+    input_path: str | Path,
+    *,
+    work_dir: Path,
+    mask_path: str | Path | None = None,
+    thresholds_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """``fvlm predict`` as the command runs it: the job of ``config`` -> ``run_predict``."""
+    from training.inference.predict import PredictJob, run_predict
+
+    job = PredictJob.from_config(
+        config, model=model_ref, input_path=input_path, mask=mask_path, thresholds=thresholds_path
+    )
+    return run_predict(job, work_dir)

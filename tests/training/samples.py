@@ -126,3 +126,50 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> FvlmConfig:
 
     merge(raw, overrides)
     return config_from_dict(raw, root=tmp_path, environ={})
+
+
+SHARD_HU_WINDOW = (-1150.0, 350.0)
+
+
+def write_shard_split(root: Path, split: str, samples: list[dict[str, Any]], anatomies: tuple[str, ...]) -> None:
+    """``root/<split>/part-00000.parquet``: the samples as real shard rows (shard schema, ctrate4, 18 labels)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.anatomy_sets import CTRATE_LABELS
+    from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
+
+    rows = []
+    for sample in samples:
+        hu = np.round(SHARD_HU_WINDOW[0] + sample["volume"][0] * (SHARD_HU_WINDOW[1] - SHARD_HU_WINDOW[0])).astype(
+            np.int16
+        )
+        rows.append(
+            {
+                "study_id": sample["study_id"] + split,
+                "patient_id": "pa_" + sample["study_id"] + split,
+                "split": split,
+                "volume": encode_array(hu, 3),
+                "shape": list(hu.shape),
+                "spacing_mm": [8.0, 4.0, 4.0],
+                "affine": np.eye(4).reshape(16).tolist(),
+                "mask": encode_array(sample["mask"], 3),
+                "anatomy_text": sample["anatomy_text"],
+                "anatomy_abnormal": [bool(v) for v in sample["anatomy_abnormal"]],
+                "labels": [int(v) for v in sample["labels"]],
+                "report_text": sample["report_text"],
+                "prep_version": "test",
+                "source_hash": "x",
+            }
+        )
+    metadata = build_metadata(
+        anatomy_set="ctrate4",
+        anatomy_names=anatomies,
+        label_names=CTRATE_LABELS,
+        grid={"spacing_zyx_mm": [8.0, 4.0, 4.0]},
+        zstd_level=3,
+    )
+    schema = shard_schema(len(anatomies), len(CTRATE_LABELS), metadata)
+    path = root / split / "part-00000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)

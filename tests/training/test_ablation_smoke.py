@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/ablation.py: a tiny cohort, 2 steps, one seed, all four variants, end to end."""
+"""Smoke test of experiments/ablation.py: a tiny cohort, 2 steps, one seed, all four variants, end to end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_ablation_script_runs_all_variants_and_writes_results(repo_root: Path, t
     out = tmp_path / "ablation"
     command = [
         sys.executable,
-        str(repo_root / "benchmarks" / "ablation.py"),
+        str(repo_root / "experiments" / "ablation.py"),
         "--studies",
         "10",
         "--steps",
@@ -36,12 +36,12 @@ def test_ablation_script_runs_all_variants_and_writes_results(repo_root: Path, t
 
     results = json.loads((out / "ablation.json").read_text())
     assert results["steps"] == 2 and results["seeds"] == [0] and results["studies"] == 10
-    assert [run["variant"] for run in results["runs"]] == VARIANTS
+    assert [run["variant"] for run in results["runs"]] == [*VARIANTS, "probe"]  # + the supervised-probe ceiling
     for run in results["runs"]:
         assert run["steps"] == 2 and run["seed"] == 0
         assert run["n_test"] >= 1
         assert run["mean_auc"] is None or 0.0 <= run["mean_auc"] <= 1.0
-    assert set(results["summary"]) == set(VARIANTS)
+    assert set(results["summary"]) == {*VARIANTS, "probe"}
     # each variant really trained with its own loss settings
     work = out / "work"
     from core.config import load_config

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.evaluation.evaluate import plot_roc_curves, score_splits
-from training.evaluation.metrics import (
+from training.metrics import (
     best_f1_threshold,
     binary_metrics,
     bootstrap_auc,

@@ -1,4 +1,4 @@
-"""benchmarks/learnability.py: its verdict against issue #13's bar, and a tiny end-to-end probe run."""
+"""experiments/learnability.py: its verdict against issue #13's bar, and a tiny end-to-end probe run."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 
 
-def test_target_verdict_needs_the_mean_and_every_scored_label(load_benchmark: Callable[[str], ModuleType]) -> None:
-    verdict = load_benchmark("learnability").target_verdict
+def test_target_verdict_needs_the_mean_and_every_scored_label(load_experiment: Callable[[str], ModuleType]) -> None:
+    verdict = load_experiment("learnability").target_verdict
     row = {"test_mean_auc": 0.93, "test_auc": {"a": 0.99, "b": 0.80, "c": None}}
     assert "reached: mean 0.9300, 2/2 labels" in verdict(row) and "weakest b 0.800" in verdict(row)
     row = {"test_mean_auc": 0.93, "test_auc": {"a": 0.99, "b": 0.74}}
@@ -27,7 +27,7 @@ def test_learnability_probe_runs_end_to_end(repo_root: Path, tmp_path: Path) -> 
     out = tmp_path / "learnability"
     command = [
         sys.executable,
-        str(repo_root / "benchmarks" / "learnability.py"),
+        str(repo_root / "experiments" / "learnability.py"),
         *("--no-visibility", "--difficulty", "learnable", "--encoders", "conv"),
         *("--studies", "12", "--steps", "2", "--batch-size", "2", "--workers", "1", "--out", str(out)),
     ]

@@ -35,7 +35,7 @@ def demo_cfg(repo_root: Path):
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tokenizer")
-    build_tokenizer(REPORTS * 5, 512, folder)  # words in >= vocab_min_reports (5) reports
+    build_tokenizer(REPORTS * 5, 512, folder)  # words in >= vocab_min_patients (5) texts (each its own patient)
     return str(folder)
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.training.predict_samples import validate_prediction, write_study
-from training.inference.predict import PredictionError, center_crop_or_pad, predict_study
+from tests.training.predict_samples import predict, validate_prediction, write_study
+from training.inference.predict import PredictionError, center_crop_or_pad
 from training.trainer.batch import InMemoryBatches
+from training.trainer.job import TrainJob
 from training.trainer.loop import train
 
 
@@ -20,13 +21,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, t
     root = tmp_path_factory.mktemp("predict")
     config = tiny_config(root)
     source = InMemoryBatches(make_samples(8, seed=4), batch_size=4)
-    result = train(config, source, anatomies, root / "run", steps=2, corpus_texts=source.texts())
+    result = train(
+        TrainJob.from_config(config, out=root / "run", steps=2), source, anatomies, corpus_texts=source.texts()
+    )
     return {"root": root, "config": config, "model_dir": Path(result.model_dir)}
 
 
 def test_predict_nifti_with_mask_absent_anatomy_not_assessable(trained: dict[str, Any], tmp_path: Path) -> None:
     volume, mask = write_study(tmp_path / "study", with_heart=False)
-    payload = predict_study(trained["config"], trained["model_dir"], volume, mask_path=mask, work_dir=tmp_path / "w")
+    payload = predict(trained["config"], trained["model_dir"], volume, mask_path=mask, work_dir=tmp_path / "w")
     validate_prediction(payload)
     assert payload["schema_version"] == 1
     assert payload["input"] == {
@@ -63,7 +66,7 @@ def test_predict_calls_with_a_thresholds_file(trained: dict[str, Any], tmp_path:
     }
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps(table))
-    payload = predict_study(
+    payload = predict(
         trained["config"],
         trained["model_dir"],
         volume,
@@ -80,7 +83,7 @@ def test_predict_calls_with_a_thresholds_file(trained: dict[str, Any], tmp_path:
     assert unthresholded["call"] is None and "single class" in unthresholded["reason"]
     table["model"] = {"name": "fvlm-ct", "version": "7"}  # another version's thresholds: fine for a local model
     thresholds.write_text(json.dumps(table))
-    predict_study(
+    predict(
         trained["config"],
         trained["model_dir"],
         volume,
@@ -90,7 +93,7 @@ def test_predict_calls_with_a_thresholds_file(trained: dict[str, Any], tmp_path:
     )
     thresholds.write_text(json.dumps({"labels": {}}))
     with pytest.raises(PredictionError, match="schema_version 1"):
-        predict_study(
+        predict(
             trained["config"],
             trained["model_dir"],
             volume,
@@ -135,20 +138,20 @@ def test_predict_errors_are_clear(trained: dict[str, Any], tmp_path: Path) -> No
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(PredictionError, match="broken.nii.gz: cannot read NIfTI"):
-        predict_study(config, model_dir, broken, mask_path=mask, work_dir=tmp_path / "w")
+        predict(config, model_dir, broken, mask_path=mask, work_dir=tmp_path / "w")
     empty_dir = tmp_path / "no_dicom"
     empty_dir.mkdir()
     (empty_dir / "notes.txt").write_text("not dicom")
     with pytest.raises(PredictionError, match="no readable DICOM study"):
-        predict_study(config, model_dir, empty_dir, mask_path=mask, work_dir=tmp_path / "w")
+        predict(config, model_dir, empty_dir, mask_path=mask, work_dir=tmp_path / "w")
     import nibabel as nib
 
     small = tmp_path / "small_seg.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), small)
     with pytest.raises(PredictionError, match="mask shape"):
-        predict_study(config, model_dir, volume, mask_path=small, work_dir=tmp_path / "w")
+        predict(config, model_dir, volume, mask_path=small, work_dir=tmp_path / "w")
     with pytest.raises(PredictionError, match="cannot load"):
-        predict_study(config, tmp_path / "missing_model", volume, mask_path=mask, work_dir=tmp_path / "w")
+        predict(config, tmp_path / "missing_model", volume, mask_path=mask, work_dir=tmp_path / "w")
 
 
 def test_center_crop_or_pad() -> None:
@@ -168,9 +171,7 @@ def test_predict_real_dicom_study_with_reference_mask(
     dicom_dir = shared_data / "totalsegmentator" / "example_ct_dicom"
     mask = shared_data / "totalsegmentator" / "example_seg_dicom.nii.gz"
     try:
-        payload = predict_study(
-            trained["config"], trained["model_dir"], dicom_dir, mask_path=mask, work_dir=tmp_path / "w"
-        )
+        payload = predict(trained["config"], trained["model_dir"], dicom_dir, mask_path=mask, work_dir=tmp_path / "w")
     except PredictionError as error:
         if "affine differs" in str(error) or "mask shape" in str(error):
             pytest.fail(f"converted grid does not match the reference segmentation's: {error}")
@@ -213,7 +214,7 @@ def test_predict_segments_with_totalsegmentator_backend(
     )
     volume, _ = write_study(tmp_path / "study")
     try:
-        payload = predict_study(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
+        payload = predict(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
     except PredictionError as error:  # noise labels may hold no anatomy of the set: a clear error
         assert "no anatomy" in str(error)
         return
@@ -223,7 +224,7 @@ def test_predict_segments_with_totalsegmentator_backend(
 @pytest.fixture(scope="module")
 def demo_study(tmp_path_factory: pytest.TempPathFactory, trained: dict[str, Any]) -> dict[str, Any]:
     """One generated demo study (DICOM + its StudyInstanceUID-keyed mask) and a config pointing at it."""
-    from preprocessing.synthetic import generate_cohort
+    from synthetic import generate_cohort
 
     root = tmp_path_factory.mktemp("demo_study")
     generate_cohort(root / "demo", studies=1, seed=0, size="demo", workers=1)
@@ -242,7 +243,7 @@ def test_predict_demo_study_finds_its_mask_from_its_identity(
     demo_study: dict[str, Any], trained: dict[str, Any], tmp_path: Path
 ) -> None:
     """No --mask: the demo mask is keyed by StudyInstanceUID, the folder is not; the study_id links them."""
-    payload = predict_study(demo_study["config"], trained["model_dir"], demo_study["folder"], work_dir=tmp_path / "w")
+    payload = predict(demo_study["config"], trained["model_dir"], demo_study["folder"], work_dir=tmp_path / "w")
     validate_prediction(payload)
     assert payload["input"]["kind"] == "dicom" and payload["input"]["mask_source"] == "precomputed"
     assert payload["anatomies_found"] == ["lung", "heart", "esophagus", "aorta"]
@@ -250,25 +251,26 @@ def test_predict_demo_study_finds_its_mask_from_its_identity(
     config = demo_study["config"]
     bare = config.model_copy(update={"paths": config.paths.model_copy(update={"precomputed_masks": str(tmp_path)})})
     with pytest.raises(PredictionError, match="no mask found"):
-        predict_study(bare, trained["model_dir"], demo_study["folder"], work_dir=tmp_path / "w2")
+        predict(bare, trained["model_dir"], demo_study["folder"], work_dir=tmp_path / "w2")
 
 
 def test_predict_converted_study_by_study_id(
     demo_study: dict[str, Any], trained: dict[str, Any], tmp_path: Path
 ) -> None:
     from preprocessing.convert import ConvertJob, run_convert
-    from training.inference.predict import resolve_study_input
+    from training.inference.predict import PredictJob, resolve_study_input
 
     config = demo_study["config"]
     run_convert(ConvertJob.from_config(config, workers=1))
+    job = PredictJob.from_config(config, model=trained["model_dir"], study="st_nope")
     with pytest.raises(PredictionError, match="neither a converted study_id"):
-        resolve_study_input(config, "st_nope")
-    assert resolve_study_input(config, "study_0000") == demo_study["folder"]
+        resolve_study_input(job, "st_nope")
+    assert resolve_study_input(job, "study_0000") == demo_study["folder"]
     from preprocessing.conversion import read_manifest
 
     (study_id,) = read_manifest(Path(config.paths.converted) / "studies.parquet")
-    volume = resolve_study_input(config, study_id)
-    payload = predict_study(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
+    volume = resolve_study_input(job, study_id)
+    payload = predict(config, trained["model_dir"], volume, work_dir=tmp_path / "w")
     validate_prediction(payload)
     assert payload["input"] == {
         "kind": "converted",

@@ -12,6 +12,7 @@ import pytest
 from training.inference.predict import predict_prepared
 from training.models.zero_shot import load_zero_shot_model
 from training.trainer.batch import InMemoryBatches
+from training.trainer.job import TrainJob
 from training.trainer.loop import train
 
 
@@ -19,7 +20,12 @@ from training.trainer.loop import train
 def bundle(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, tiny_config) -> Any:
     root = tmp_path_factory.mktemp("predict_eval")
     source = InMemoryBatches(make_samples(8, seed=4), batch_size=4)
-    result = train(tiny_config(root), source, anatomies, root / "run", steps=2, corpus_texts=source.texts())
+    result = train(
+        TrainJob.from_config(tiny_config(root), out=root / "run", steps=2),
+        source,
+        anatomies,
+        corpus_texts=source.texts(),
+    )
     return load_zero_shot_model(Path(result.model_dir))
 
 

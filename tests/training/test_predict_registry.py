@@ -12,33 +12,38 @@ from typing import Any
 
 import pytest
 
-from tests.training.predict_samples import validate_prediction, write_study
+from tests.training.predict_samples import predict, validate_prediction, write_study
 from training.trainer.batch import InMemoryBatches
+from training.trainer.job import TrainJob
 from training.trainer.loop import train
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, tiny_config) -> dict[str, Any]:
     from training.evaluation.evaluate import run_evaluation
+    from training.evaluation.job import EvaluateJob
 
     root = tmp_path_factory.mktemp("registry")
     # a 2-step model's AUC is a coin flip: no floor, so the gate promotes it as the first champion (this file
     # tests the thresholds' way through the registry; the floor has its own tests)
-    config = tiny_config(root, tracking={"enabled": True}, evaluate={"promote_floor": "none"})
+    no_bar = {"promote_floor": "none", "min_studies": 1, "min_label_positives": 1, "min_label_negatives": 1}
+    config = tiny_config(root, tracking={"enabled": True}, evaluate={**no_bar, "min_scored_labels": 1})
     source = InMemoryBatches(make_samples(8, seed=2), batch_size=4)
-    result = train(config, source, anatomies, root / "run", steps=2, corpus_texts=source.texts())
+    result = train(
+        TrainJob.from_config(config, out=root / "run", steps=2), source, anatomies, corpus_texts=source.texts()
+    )
     val, test = make_samples(8, seed=11), make_samples(8, seed=12)
 
     def batches(samples: list[dict]) -> Any:
         return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
 
     report = run_evaluation(
-        config,
-        f"models:/{result.registered_model}/{result.model_version}",
+        EvaluateJob.from_config(
+            config, model=f"models:/{result.registered_model}/{result.model_version}", out=root / "eval"
+        ),
         batches(val),
         batches(test),
         eval_data_hash="hash-eval",
-        out_dir=root / "eval",
     )
     return {"root": root, "config": config, "result": result, "report": report}
 
@@ -46,7 +51,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples,
 def test_evaluation_writes_the_thresholds_contract_and_tags_the_version(evaluated: dict[str, Any]) -> None:
     import mlflow
 
-    from training.evaluation.tracking import read_thresholds
+    from training.tracking.thresholds import read_thresholds
 
     config, result, report = evaluated["config"], evaluated["result"], evaluated["report"]
     table = json.loads((evaluated["root"] / "eval" / "thresholds.json").read_text())
@@ -70,7 +75,8 @@ def test_evaluation_writes_the_thresholds_contract_and_tags_the_version(evaluate
 
 
 def test_store_thresholds_replaces_an_earlier_evaluation(evaluated: dict[str, Any]) -> None:
-    from training.evaluation.tracking import read_thresholds, register_model, store_thresholds
+    from training.tracking.registry import register_model
+    from training.tracking.thresholds import read_thresholds, store_thresholds
 
     config, result = evaluated["config"], evaluated["result"]
     uri, name = config.tracking.mlflow_tracking_uri, result.registered_model
@@ -96,12 +102,10 @@ def test_store_thresholds_replaces_an_earlier_evaluation(evaluated: dict[str, An
 def test_predict_by_alias_resolves_the_version_and_calls_with_its_thresholds(
     evaluated: dict[str, Any], tmp_path: Path
 ) -> None:
-    from training.inference.predict import predict_study
-
     config, result = evaluated["config"], evaluated["result"]
     assert evaluated["report"]["promotion"]["promoted"]
     volume, mask = write_study(tmp_path / "study")
-    payload = predict_study(
+    payload = predict(
         config, f"models:/{result.registered_model}@champion", volume, mask_path=mask, work_dir=tmp_path / "w"
     )
     validate_prediction(payload)
@@ -124,13 +128,12 @@ def test_predict_by_alias_resolves_the_version_and_calls_with_its_thresholds(
 
 
 def test_predict_on_a_version_without_thresholds_says_so(evaluated: dict[str, Any], tmp_path: Path) -> None:
-    from training.evaluation.tracking import register_model
-    from training.inference.predict import predict_study
+    from training.tracking.registry import register_model
 
     config, result = evaluated["config"], evaluated["result"]
     older = register_model(config.tracking.mlflow_tracking_uri, result.model_uri, result.registered_model)
     volume, mask = write_study(tmp_path / "study")
-    payload = predict_study(
+    payload = predict(
         config, f"models:/{result.registered_model}/{older}", volume, mask_path=mask, work_dir=tmp_path / "w"
     )
     validate_prediction(payload)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from core.config import EvaluateConfig
-from training.evaluation.tracking import check_floor, describe_floor, promote_if_better
+from training.tracking.gate import check_floor, describe_floor, promote_if_better
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_first_model_below_the_ci_floor_is_registered_but_not_promoted(registry:
     assert _champion(registry) is None
     tags = registry["client"].get_model_version(registry["name"], version).tags
     assert tags["promoted"] == "false" and tags["promotion_reason"] == decision.reason
-    assert float(tags["mean_auc"]) == pytest.approx(0.375) and tags["mean_auc_ci"] == "[0.21, 0.58]"
+    assert float(tags["val_mean_auc"]) == pytest.approx(0.375) and tags["val_mean_auc_ci"] == "[0.21, 0.58]"
 
 
 def test_first_model_above_the_ci_floor_is_promoted(registry: dict[str, Any]) -> None:

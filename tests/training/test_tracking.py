@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from training.trainer.batch import InMemoryBatches
+from training.trainer.job import TrainJob
 from training.trainer.loop import TrainResult, train
 
 
@@ -22,13 +23,10 @@ def tracked(tmp_path_factory: pytest.TempPathFactory, anatomies, make_samples, t
     config = tiny_config(root, tracking={"enabled": True})
     source = InMemoryBatches(make_samples(12, seed=2), batch_size=4)
     result = train(
-        config,
+        TrainJob.from_config(config, out=root / "run", steps=3, metrics=root / "metrics" / "train.json"),
         source,
         anatomies,
-        root / "run",
-        steps=3,
         corpus_texts=source.texts(),
-        metrics_path=root / "metrics" / "train.json",
     )
     return {"root": root, "config": config, "result": result}
 
@@ -71,7 +69,8 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
 def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], make_samples) -> None:
     import mlflow
 
-    from training.evaluation.tracking import promote_if_better, pyfunc_input, resolve_model_dir
+    from training.tracking.gate import promote_if_better
+    from training.tracking.registry import pyfunc_input, resolve_model_dir
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -114,7 +113,8 @@ def test_model_is_logged_from_code_and_loads_without_unpickling(
     import mlflow
     import yaml
 
-    from training.evaluation.tracking import MlflowTracker, log_model, pyfunc_input
+    from training.tracking.registry import log_model, pyfunc_input
+    from training.tracking.runs import MlflowTracker
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -158,14 +158,44 @@ def test_model_is_logged_from_code_and_loads_without_unpickling(
         pyfunc.predict(np.zeros((1, 3, 1, 1, 1), dtype=np.float32))
 
 
+def test_a_model_logged_before_the_move_to_training_tracking_still_loads(
+    tracked: dict[str, Any], make_samples, tmp_path: Path
+) -> None:
+    """Logged models carry their own copy of ``pyfunc_model.py``; copies logged before the MLflow code left
+    ``training/evaluation/`` import ``MODEL_DIR_ARTIFACT`` from ``training.evaluation.tracking`` (the alias)."""
+    import shutil
+
+    import mlflow
+
+    from training.tracking.registry import pyfunc_input
+
+    config, result = tracked["config"], tracked["result"]
+    logged = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=result.model_uri, tracking_uri=config.tracking.mlflow_tracking_uri
+        )
+    )
+    old = Path(shutil.copytree(logged, tmp_path / "old-model"))
+    code = old / "pyfunc_model.py"
+    new_import = "from training.tracking.registry import MODEL_DIR_ARTIFACT"
+    assert new_import in code.read_text()
+    code.write_text(code.read_text().replace(new_import, "from training.evaluation.tracking import MODEL_DIR_ARTIFACT"))
+    pyfunc = mlflow.pyfunc.load_model(str(old))
+    sample = make_samples(1, seed=9)
+    probabilities = pyfunc.predict(
+        pyfunc_input(np.stack([s["volume"] for s in sample]), np.stack([s["mask"] for s in sample]))
+    )
+    assert probabilities.shape == (1, 16)
+
+
 def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> None:
     """The champion comparison with the floor off (the floor: tests/training/test_promotion.py)."""
     from functools import partial
 
-    from training.evaluation import tracking
-    from training.evaluation.tracking import register_model
+    from training.tracking import gate
+    from training.tracking.registry import register_model
 
-    promote_if_better = partial(tracking.promote_if_better, floor="none")
+    promote_if_better = partial(gate.promote_if_better, floor="none")
 
     config, result = tracked["config"], tracked["result"]
     uri = config.tracking.mlflow_tracking_uri
@@ -176,7 +206,7 @@ def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> No
     assert not decision.promoted and decision.champion_mean_auc == pytest.approx(0.6)
     assert str(_client(config).get_model_version_by_alias(name, "champion").version) == result.model_version
     tags = _client(config).get_model_version(name, worse).tags
-    assert tags["eval_data_hash"] == "hash-a" and float(tags["mean_auc"]) == pytest.approx(0.55)
+    assert tags["eval_data_hash"] == "hash-a" and float(tags["val_mean_auc"]) == pytest.approx(0.55)
     # other evaluation data: the champion is re-scored on it (callback) before comparing
     calls: list[str] = []
 
@@ -196,6 +226,7 @@ def test_promotion_gate_keeps_the_better_champion(tracked: dict[str, Any]) -> No
 
 def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str, Any], make_samples) -> None:
     from training.evaluation.evaluate import run_evaluation
+    from training.evaluation.job import EvaluateJob
 
     root, config, result = tracked["root"], tracked["config"], tracked["result"]
     val, test = make_samples(8, seed=11), make_samples(8, seed=12)
@@ -204,13 +235,15 @@ def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str,
         return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
 
     report = run_evaluation(
-        config,
-        f"models:/{result.registered_model}/{result.model_version}",
+        EvaluateJob.from_config(
+            config,
+            model=f"models:/{result.registered_model}/{result.model_version}",
+            out=root / "eval",
+            metrics=root / "metrics" / "eval.json",
+        ),
         batches(val),
         batches(test),
         eval_data_hash="hash-eval",
-        out_dir=root / "eval",
-        metrics_path=root / "metrics" / "eval.json",
     )
     assert report["promotion"] is not None
     client = _client(config)
@@ -234,30 +267,33 @@ def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dic
     from mlflow.exceptions import MlflowException
 
     from training.evaluation.evaluate import run_evaluation
-    from training.evaluation.tracking import register_model
+    from training.evaluation.job import EvaluateJob
+    from training.tracking.registry import register_model
 
     root, config, result = tracked["root"], tracked["config"], tracked["result"]
     assert config.evaluate.promote_floor == "ci_low"  # the default
+    # 8 + 8 studies are below the default evidence floor (checked in the next test): relax it to reach the floor
+    relaxed = {"min_studies": 1, "min_label_positives": 1, "min_label_negatives": 1, "min_scored_labels": 1}
+    config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update=relaxed)})
     uri = config.tracking.mlflow_tracking_uri
     name = "fvlm-gate-first"  # a fresh registered model: no champion yet
     version = register_model(uri, result.model_uri, name)
-    val, test = make_samples(8, seed=11), make_samples(8, seed=12)
+    val, test = make_samples(8, seed=12), make_samples(8, seed=11)  # seed 12: a CI that reaches chance
 
     def batches(samples: list[dict]) -> Any:
         return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
 
     metrics_path = root / "metrics" / "eval-first.json"
     report = run_evaluation(
-        config,
-        f"models:/{name}/{version}",
+        EvaluateJob.from_config(
+            config, model=f"models:/{name}/{version}", out=root / "eval-first", metrics=metrics_path
+        ),
         batches(val),
         batches(test),
         eval_data_hash="hash-first",
-        out_dir=root / "eval-first",
-        metrics_path=metrics_path,
     )
-    low = report["mean_auc_ci"][0]
-    assert low <= 0.5, f"the 3-step model's mean-AUC CI should reach chance (low {low})"
+    low = report["val_mean_auc_ci"][0]  # the gate reads the validation split
+    assert low <= 0.5, f"the 3-step model's val mean-AUC CI should reach chance (low {low})"
     decision = report["promotion"]
     assert decision["promoted"] is False and decision["floor_passed"] is False
     assert decision["reason"].startswith("below the floor (mean_auc_ci_low > 0.5): mean AUC CI low")
@@ -275,13 +311,12 @@ def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dic
     # the same model with the floor set at 0: it clears it and, first of its name, becomes champion
     floor_zero = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"promote_floor": 0.0})})
     report = run_evaluation(
-        floor_zero,
-        f"models:/{name}/{version}",
+        EvaluateJob.from_config(
+            floor_zero, model=f"models:/{name}/{version}", out=root / "eval-first", metrics=metrics_path
+        ),
         batches(val),
         batches(test),
         eval_data_hash="hash-first",
-        out_dir=root / "eval-first",
-        metrics_path=metrics_path,
     )
     assert report["promotion"]["promoted"] is True and "no 'champion' yet" in report["promotion"]["reason"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == version
@@ -289,7 +324,7 @@ def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dic
 
 
 def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path, tiny_config) -> None:
-    from training.evaluation.tracking import NullTracker, make_tracker
+    from training.tracking.runs import NullTracker, make_tracker
 
     config = tiny_config(tmp_path, tracking={"enabled": True})
     tracker = make_tracker(config.tracking, config.root, is_main_process=False)
@@ -305,7 +340,7 @@ def test_result_type(tracked: dict[str, Any], crop_zyx) -> None:
 
 def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:
     from core.io import sha256_file
-    from training.evaluation.tracking import provenance_tags, tracking_uri_for
+    from training.tracking.runs import provenance_tags, tracking_uri_for
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     (tmp_path / "shards").mkdir()
@@ -318,3 +353,34 @@ def test_provenance_tags_and_tracking_uri(tmp_path: Path) -> None:
     assert tracking_uri_for(tmp_path, "sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert tracking_uri_for(tmp_path, "sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert tracking_uri_for(tmp_path, "http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_too_little_evidence_is_never_promoted(tracked: dict[str, Any], make_samples) -> None:
+    """2 test studies and a handful of labels: no CI and no promotion mean anything (the gate says why)."""
+    from training.evaluation.evaluate import run_evaluation
+    from training.evaluation.job import EvaluateJob
+    from training.tracking.registry import register_model, resolve_model_version
+
+    root, config, result = tracked["root"], tracked["config"], tracked["result"]
+    no_floor = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"promote_floor": "none"})})
+    uri = config.tracking.mlflow_tracking_uri
+    name = "fvlm-gate-evidence"
+    version = register_model(uri, result.model_uri, name)
+
+    def batches(samples: list[dict]) -> Any:
+        return lambda: InMemoryBatches(samples, 4, shuffle=False, drop_last=False).iter_epoch(0)
+
+    report = run_evaluation(
+        EvaluateJob.from_config(no_floor, model=f"models:/{name}/{version}", out=root / "eval-evidence"),
+        batches(make_samples(8, seed=21)),
+        batches(make_samples(2, seed=22)),
+        eval_data_hash="hash-evidence",
+    )
+    decision = report["promotion"]
+    assert decision["promoted"] is False and decision["reason"].startswith("not enough evidence: ")
+    assert "evaluate.min_studies (20)" in decision["reason"]
+    assert report["evidence"]["enough"] is False
+    found = resolve_model_version(uri, f"models:/{name}/{version}")
+    assert found is not None and found["evidence"] == report["evidence"]["why"]
+    tags = _client(config).get_model_version(name, version).tags
+    assert "test_mean_auc" in tags and "val_mean_auc" in tags  # test reported, val compared

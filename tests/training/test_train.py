@@ -13,6 +13,7 @@ import torch
 
 from training.trainer.batch import InMemoryBatches
 from training.trainer.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
+from training.trainer.job import TrainJob
 from training.trainer.loop import NonFiniteLossError, train
 from training.trainer.schedule import warmup_cosine_factor
 
@@ -30,13 +31,10 @@ def test_demo_training_lowers_the_loss(tmp_path: Path, samples: list[dict], anat
     config = tiny_config(tmp_path, train={"lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 100})
     source = _source(samples)
     result = train(
-        config,
+        TrainJob.from_config(config, out=tmp_path / "run", steps=24, metrics=tmp_path / "metrics" / "train.json"),
         source,
         anatomies,
-        tmp_path / "run",
-        steps=24,
         corpus_texts=source.texts(),
-        metrics_path=tmp_path / "metrics" / "train.json",
     )
     assert result.steps == 24 and len(result.losses) == 24
     assert all(math.isfinite(v) for v in result.losses)
@@ -66,26 +64,24 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
     build_tokenizer(_source(samples).texts(), config.model.text.vocab_size, tmp_path / "full" / "tokenizer")
     shutil.copytree(tmp_path / "full" / "tokenizer", tmp_path / "resumed" / "tokenizer")
     reference = train(
-        config, _source(samples), anatomies, tmp_path / "full", steps=8, corpus_texts=_source(samples).texts()
-    )
-    partial = train(
-        config,
+        TrainJob.from_config(config, out=tmp_path / "full", steps=8),
         _source(samples),
         anatomies,
-        tmp_path / "resumed",
-        steps=8,
+        corpus_texts=_source(samples).texts(),
+    )
+    partial = train(
+        TrainJob.from_config(config, out=tmp_path / "resumed", steps=8),
+        _source(samples),
+        anatomies,
         corpus_texts=_source(samples).texts(),
         stop_after=3,
     )
     assert partial.steps == 3
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / LAST_NAME)["progress"]["step"] == 3
     resumed = train(
-        config,
+        TrainJob.from_config(config, out=tmp_path / "resumed", steps=8, resume=True),
         _source(samples),
         anatomies,
-        tmp_path / "resumed",
-        steps=8,
-        resume=True,
         corpus_texts=_source(samples).texts(),
     )
     assert resumed.resumed_from_step == 3
@@ -102,12 +98,9 @@ def test_resume_without_checkpoint_starts_from_zero(
 ) -> None:
     config = tiny_config(tmp_path)
     result = train(
-        config,
+        TrainJob.from_config(config, out=tmp_path / "run", steps=2, resume=True),
         _source(samples),
         anatomies,
-        tmp_path / "run",
-        steps=2,
-        resume=True,
         corpus_texts=_source(samples).texts(),
     )
     assert result.resumed_from_step == 0 and result.steps == 2
@@ -120,7 +113,9 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path: Path, samples: list
     config = tiny_config(tmp_path, train={"checkpoint_every": 1})
     source = InMemoryBatches(poisoned, batch_size=4, shuffle=False)
     with pytest.raises(NonFiniteLossError, match=r"step 2: loss is nan"):
-        train(config, source, anatomies, tmp_path / "run", steps=4, corpus_texts=source.texts())
+        train(
+            TrainJob.from_config(config, out=tmp_path / "run", steps=4), source, anatomies, corpus_texts=source.texts()
+        )
     # the last good checkpoint (step 1) is intact
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / LAST_NAME)["progress"]["step"] == 1
 
@@ -129,7 +124,12 @@ def test_checkpoints_last_and_best_written_atomically(
     tmp_path: Path, samples: list[dict], anatomies, tiny_config
 ) -> None:
     config = tiny_config(tmp_path, train={"checkpoint_every": 2})
-    train(config, _source(samples), anatomies, tmp_path / "run", steps=4, corpus_texts=_source(samples).texts())
+    train(
+        TrainJob.from_config(config, out=tmp_path / "run", steps=4),
+        _source(samples),
+        anatomies,
+        corpus_texts=_source(samples).texts(),
+    )
     folder = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == sorted([LAST_NAME, BEST_NAME])  # no temp leftovers
     last = load_checkpoint(folder / LAST_NAME)
@@ -143,7 +143,10 @@ def test_checkpoints_last_and_best_written_atomically(
 def test_clip_baseline_trains(tmp_path: Path, samples: list[dict], anatomies, tiny_config) -> None:
     config = tiny_config(tmp_path, train={"loss": "clip"})
     result = train(
-        config, _source(samples), anatomies, tmp_path / "run", steps=3, corpus_texts=_source(samples).texts()
+        TrainJob.from_config(config, out=tmp_path / "run", steps=3),
+        _source(samples),
+        anatomies,
+        corpus_texts=_source(samples).texts(),
     )
     assert all(math.isfinite(v) for v in result.losses)
     spec = json.loads((tmp_path / "run" / "model" / "zero_shot.json").read_text())

@@ -6,59 +6,18 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
-from core.anatomy_sets import CTRATE_LABELS
-from preprocessing.shard_schema import build_metadata, encode_array, shard_schema
-
-HU_WINDOW = (-1150.0, 350.0)
-
-
-def _write_split(root: Path, split: str, samples: list[dict], anatomies) -> None:
-    rows = []
-    for sample in samples:
-        hu = np.round(HU_WINDOW[0] + sample["volume"][0] * (HU_WINDOW[1] - HU_WINDOW[0])).astype(np.int16)
-        rows.append(
-            {
-                "study_id": sample["study_id"] + split,
-                "patient_id": "pa_" + sample["study_id"] + split,
-                "split": split,
-                "volume": encode_array(hu, 3),
-                "shape": list(hu.shape),
-                "spacing_mm": [8.0, 4.0, 4.0],
-                "affine": np.eye(4).reshape(16).tolist(),
-                "mask": encode_array(sample["mask"], 3),
-                "anatomy_text": sample["anatomy_text"],
-                "anatomy_abnormal": [bool(v) for v in sample["anatomy_abnormal"]],
-                "labels": [int(v) for v in sample["labels"]],
-                "report_text": sample["report_text"],
-                "prep_version": "test",
-                "source_hash": "x",
-            }
-        )
-    metadata = build_metadata(
-        anatomy_set="ctrate4",
-        anatomy_names=anatomies,
-        label_names=CTRATE_LABELS,
-        grid={"spacing_zyx_mm": [8.0, 4.0, 4.0]},
-        zstd_level=3,
-    )
-    schema = shard_schema(len(anatomies), len(CTRATE_LABELS), metadata)
-    path = root / split / "part-00000.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
+from tests.training.samples import write_shard_split
 
 
 def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make_samples, tiny_config, capsys) -> None:  # noqa: ANN001
     from fvlm.cli import main
 
     shards = tmp_path / "shards"
-    _write_split(shards, "train", make_samples(8, seed=21), anatomies)
-    _write_split(shards, "val", make_samples(6, seed=22), anatomies)
-    _write_split(shards, "test", make_samples(6, seed=23), anatomies)
+    write_shard_split(shards, "train", make_samples(8, seed=21), anatomies)
+    write_shard_split(shards, "val", make_samples(6, seed=22), anatomies)
+    write_shard_split(shards, "test", make_samples(6, seed=23), anatomies)
     config = tiny_config(tmp_path, evaluate={"eval_mode": "anatomy", "bootstrap": 10})
     raw = config.model_dump(mode="json", exclude={"root"})
     raw["paths"].update({"shards": "shards", "models": "models", "metrics": "metrics"})

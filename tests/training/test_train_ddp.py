@@ -31,11 +31,14 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     from tests.training.samples import ANATOMIES, make_samples, tiny_config
     from training.trainer.batch import InMemoryBatches
+    from training.trainer.job import TrainJob
     from training.trainer.loop import train
 
     config = tiny_config(Path(root), train={"checkpoint_every": 2})
     source = InMemoryBatches(make_samples(16, seed=3), batch_size=2, rank=rank, world_size=world_size)
-    result = train(config, source, ANATOMIES, Path(root) / "run", steps=4, corpus_texts=source.texts())
+    result = train(
+        TrainJob.from_config(config, out=Path(root) / "run", steps=4), source, ANATOMIES, corpus_texts=source.texts()
+    )
     Path(root, f"losses_{rank}.json").write_text(json.dumps(result.losses))
     import torch.distributed as dist
 

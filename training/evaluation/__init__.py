@@ -1,1 +1,2 @@
-"""Zero-shot evaluation (``evaluate``, ``metrics``) and the MLflow tracking / registry code (``tracking``)."""
+"""Zero-shot evaluation (``evaluate``); ``tracking`` is only the import alias that MLflow models logged
+before the move to :mod:`training.tracking` load."""

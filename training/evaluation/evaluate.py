@@ -13,7 +13,7 @@ Two protocols are reported, never mixed:
 
 The val-chosen threshold of every label whose val split has both classes is also the decision threshold
 ``fvlm predict`` applies: :func:`threshold_table` -> ``<out>/thresholds.json`` and, for a registered model
-version, its tags (:func:`training.evaluation.tracking.store_thresholds`; docs/predict.md).
+version, its tags (:func:`training.tracking.thresholds.store_thresholds`; docs/predict.md).
 
 AUC does not depend on a threshold. Bootstrap percentile intervals (``evaluate.bootstrap`` resamples of
 test studies) are given for per-label AUC and the mean AUC.
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.evaluation.metrics import binary_metrics, bootstrap_auc, choose_threshold, roc_auc, youden_threshold
+from training.metrics import binary_metrics, bootstrap_auc, choose_threshold, roc_auc, youden_threshold
 from training.models.zero_shot import (
     ZeroShotSpec,
     embed_batches,
@@ -44,7 +44,8 @@ from training.models.zero_shot import (
 )
 
 if TYPE_CHECKING:
-    from core.config import EvaluateConfig, FvlmConfig
+    from core.config import EvaluateConfig
+    from training.evaluation.job import EvaluateJob
     from training.models.model import FVLM
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def score_splits(
             "n_val": int(y_val.size),
             "n_test": int(y_test.size),
             "n_test_positive": int((y_test == 1).sum()),
+            "n_val_positive": int((y_val == 1).sum()),
         }
         val_two_classes = bool(y_val.size and len(np.unique(y_val)) == 2)
         # the decision threshold predict uses: chosen on val whatever the test split holds
@@ -116,6 +118,15 @@ def score_splits(
         "mean_fvlm_protocol": {m: _mean(per_label[x]["fvlm_protocol"][m] for x in scored) for m in METRIC_NAMES},
     }
     report["mean_auc"] = report["mean_val_threshold"]["auc"]
+    # the validation split's mean AUC: what the promotion gate selects on (test is reported, never compared)
+    val_scored = [label for label in labels if per_label[label]["val_auc"] is not None]
+    report["val_mean_auc"] = _mean(per_label[label]["val_auc"] for label in val_scored)
+    if bootstrap > 0 and val_scored:
+        columns = [labels.index(label) for label in val_scored]
+        val_intervals = bootstrap_auc(
+            val_truth[:, columns], val_scores[:, columns], bootstrap, level=ci_level, seed=seed
+        )
+        report["val_mean_auc_ci"] = list(val_intervals["mean"])
     if bootstrap > 0 and scored:
         columns = [labels.index(label) for label in scored]
         intervals = bootstrap_auc(test_truth[:, columns], test_scores[:, columns], bootstrap, level=ci_level, seed=seed)
@@ -137,7 +148,7 @@ def plot_roc_curves(
     import matplotlib.pyplot as plt
 
     from core.io import atomic_path, atomic_write_text
-    from training.evaluation.metrics import roc_auc, roc_curve
+    from training.metrics import roc_auc, roc_curve
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,7 +304,7 @@ def threshold_table(
     holds a single class gets no threshold (listed under ``unthresholded``): predict then gives its
     probability without a call rather than a call at an arbitrary 0.5.
     """
-    from training.evaluation.tracking import THRESHOLDS_SCHEMA_VERSION
+    from training.tracking.thresholds import THRESHOLDS_SCHEMA_VERSION
 
     method = str(report["threshold_method"])
     labels: dict[str, Any] = {}
@@ -324,54 +335,66 @@ def threshold_table(
 
 # ------------------------------------------------------------------------------------ the stage
 def run_evaluation(
-    config: FvlmConfig,
-    model_ref: str | Path,
+    job: EvaluateJob,
     val_batches: Callable[[], Iterable[dict[str, Any]]],
     test_batches: Callable[[], Iterable[dict[str, Any]]],
     *,
     eval_data_hash: str,
-    out_dir: str | Path,
-    metrics_path: str | Path | None = None,
-    promote: bool = True,
     train_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one model (local dir or MLflow URI), log to MLflow, write metrics JSON, maybe promote.
+    """Evaluate ``job.model_ref`` (local dir or MLflow URI) on the given batches, log to MLflow, write
+    ``job.out_dir`` and ``job.metrics_path``, promote when ``job.promote``. The stage's entry is
+    :func:`run_evaluate` (it reads the shards and hashes the evaluation data).
 
     ``*_batches`` are factories (the champion may have to be scored on the same data too). With
     tracking on, the metrics go to an evaluation run linked to the training run (``mlflow.parentRunId``
     and ``train_run_id`` tags); when the model is a registered version, the evaluation-data hash and
     the mean AUC are tagged on it and ``evaluate.promote_alias`` moves to it only if it clears
     ``evaluate.promote_floor`` and beats the current holder on the same data
-    (:func:`training.evaluation.tracking.promote_if_better`). ``report["promotion"]`` (and the metrics
+    (:func:`training.tracking.gate.promote_if_better`). ``report["promotion"]`` (and the metrics
     file's ``promoted`` / ``promotion_reason``) says what happened and why, also when the gate did not run.
     The per-label decision thresholds (chosen on val) and val AUCs go to ``out_dir/thresholds.json``,
     the evaluation run's artifacts and the registered version's tags.
     """
-    from training.evaluation import tracking
+    from training.tracking.gate import (
+        PROMOTED_TAG,
+        PROMOTION_REASON_TAG,
+        EvidenceFloor,
+        check_evidence,
+        promote_if_better,
+        record_evaluation,
+        record_test_score,
+    )
+    from training.tracking.registry import model_version_for_uri, resolve_model_dir
+    from training.tracking.runs import make_tracker, tracking_uri_for
+    from training.tracking.thresholds import store_thresholds
 
-    out = Path(out_dir)
-    tracking_uri = tracking.tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri)
-    uses_mlflow = config.tracking.enabled
+    model_ref, promote, metrics_path = job.model_ref, job.promote, job.metrics_path
+    out = Path(job.out_dir)
+    tracking_uri = tracking_uri_for(job.root, job.tracking.mlflow_tracking_uri)
+    uses_mlflow = job.tracking.enabled
     download_root = out / "downloaded_models"
-    model_dir = tracking.resolve_model_dir(model_ref, tracking_uri if uses_mlflow else None, download_root)
-    registered = tracking.model_version_for_uri(tracking_uri, str(model_ref)) if uses_mlflow else None
+    model_dir = resolve_model_dir(model_ref, tracking_uri if uses_mlflow else None, download_root)
+    registered = model_version_for_uri(tracking_uri, str(model_ref)) if uses_mlflow else None
     bundle = load_zero_shot_model(model_dir)
     spec = bundle.spec
-    if config.evaluate.prompts_file:
+    if job.prompts_path is not None:
         spec = zero_shot_spec(
             spec.anatomy_set,
             spec.anatomy_names,
             use_global=spec.use_global,
-            prompts_file=config.path(config.evaluate.prompts_file),
+            prompts_file=job.prompts_path,
         )
-    report = evaluate_model(bundle.model, spec, val_batches(), test_batches(), config.evaluate, out_dir=out)
+    report = evaluate_model(bundle.model, spec, val_batches(), test_batches(), job.evaluate, out_dir=out)
+    enough, evidence_why = check_evidence(report, EvidenceFloor.from_config(job.evaluate))
+    report["evidence"] = {"enough": enough, "why": evidence_why}
     thresholds = threshold_table(
         report,
         spec,
         name=registered[0] if registered else None,
         version=registered[1] if registered else None,
-        prompts=str(config.evaluate.prompts_file) if config.evaluate.prompts_file else "model",
-        eval_mode=config.evaluate.eval_mode,
+        prompts=str(job.evaluate.prompts_file) if job.evaluate.prompts_file else "model",
+        eval_mode=job.evaluate.eval_mode,
     )
     report.update(
         {
@@ -389,9 +412,9 @@ def run_evaluation(
 
             version = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(*registered)
             train_run_id = version.run_id
-        tracker = tracking.make_tracker(
-            config.tracking,
-            config.root,
+        tracker = make_tracker(
+            job.tracking,
+            job.root,
             is_main_process=True,
             run_name=f"eval-{registered[1] if registered else 'local'}",
         )
@@ -406,53 +429,55 @@ def run_evaluation(
                     "mlflow.parentRunId": train_run_id,
                 }
             )
-            tracker.log_params({"evaluate." + k: v for k, v in config.evaluate.model_dump().items()})
+            tracker.log_params({"evaluate." + k: v for k, v in job.evaluate.model_dump().items()})
             tracker.log_metrics(flat_metrics(report))
             for png in report.get("roc_pngs", []):
                 tracker.log_artifact(png, "roc")
             if registered and promote:
 
                 def champion_auc(version: str) -> float:
-                    champion_dir = tracking.resolve_model_dir(
+                    champion_dir = resolve_model_dir(
                         f"models:/{registered[0]}/{version}", tracking_uri, download_root / f"v{version}"
                     )
                     champion = load_zero_shot_model(champion_dir)
-                    return float(
-                        evaluate_model(champion.model, spec, val_batches(), test_batches(), config.evaluate)["mean_auc"]
-                    )
+                    scored = evaluate_model(champion.model, spec, val_batches(), test_batches(), job.evaluate)
+                    return float(scored["val_mean_auc"])  # the gate compares validation scores only
 
-                decision = tracking.promote_if_better(
+                decision = promote_if_better(
                     tracking_uri,
                     registered[0],
                     registered[1],
-                    float(report["mean_auc"]),
+                    float(report["val_mean_auc"]),
                     eval_data_hash,
-                    alias=config.evaluate.promote_alias,
+                    alias=job.evaluate.promote_alias,
                     evaluate_version=champion_auc,
-                    floor=config.evaluate.promote_floor,
-                    mean_auc_ci=report.get("mean_auc_ci"),
+                    floor=job.evaluate.promote_floor,
+                    mean_auc_ci=report.get("val_mean_auc_ci"),
+                    evidence=(enough, evidence_why),
                 )
                 report["promotion"] = decision.as_dict()
             elif registered:
-                tracking.record_evaluation(
+                record_evaluation(
                     tracking_uri,
                     registered[0],
                     registered[1],
-                    float(report["mean_auc"]),
+                    float(report["val_mean_auc"]),
                     eval_data_hash,
-                    report.get("mean_auc_ci"),
+                    report.get("val_mean_auc_ci"),
                 )
-            report.setdefault("promotion", _not_promoted(report, config, registered, promote))
+            if registered:
+                record_test_score(tracking_uri, *registered, float(report["mean_auc"]), report.get("mean_auc_ci"))
+            report.setdefault("promotion", _not_promoted(report, job, registered, promote))
             tracker.set_tags(
                 {
-                    tracking.PROMOTED_TAG: report["promotion"]["promoted"],
-                    tracking.PROMOTION_REASON_TAG: report["promotion"]["reason"][:500],
+                    PROMOTED_TAG: report["promotion"]["promoted"],
+                    PROMOTION_REASON_TAG: report["promotion"]["reason"][:500],
                 }
             )
             tracker.log_dict(_json_safe(report), "eval_report.json")
             tracker.log_dict(thresholds, THRESHOLDS_FILE)
             if registered:  # predict reads the thresholds of the version it resolved
-                tracking.store_thresholds(
+                store_thresholds(
                     tracking_uri,
                     *registered,
                     thresholds,
@@ -464,7 +489,7 @@ def run_evaluation(
             raise
         tracker.end("FINISHED")
     report["run_id"] = run_id
-    report.setdefault("promotion", _not_promoted(report, config, registered, promote))
+    report.setdefault("promotion", _not_promoted(report, job, registered, promote))
     from core.io import atomic_write_text
 
     atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
@@ -481,6 +506,10 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "mean_auc": report["mean_auc"],
         "mean_auc_ci": report.get("mean_auc_ci"),
+        "val_mean_auc": report.get("val_mean_auc"),  # what the promotion gate compares
+        "val_mean_auc_ci": report.get("val_mean_auc_ci"),
+        "evidence_enough": bool((report.get("evidence") or {}).get("enough")),
+        "evidence": str((report.get("evidence") or {}).get("why") or ""),
         "val_threshold": report["mean_val_threshold"],
         "fvlm_protocol": report["mean_fvlm_protocol"],
         "per_label_auc": {label: report["labels"][label]["val_threshold"]["auc"] for label in report["scored_labels"]},
@@ -497,12 +526,12 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _not_promoted(
-    report: dict[str, Any], config: FvlmConfig, registered: tuple[str, str] | None, promote: bool
+    report: dict[str, Any], job: EvaluateJob, registered: tuple[str, str] | None, promote: bool
 ) -> dict[str, Any]:
     """The promotion record of an evaluation that did not run the gate, with the reason."""
-    from training.evaluation.tracking import PromotionDecision, describe_floor
+    from training.tracking.gate import PromotionDecision, describe_floor
 
-    if not config.tracking.enabled:
+    if not job.tracking.enabled:
         reason = "tracking disabled: no registry to promote in"
     elif registered is None:
         reason = f"{report.get('model')} is not a registered model version"
@@ -510,8 +539,8 @@ def _not_promoted(
         reason = "promotion not requested (--no-promote)"
     else:
         reason = "no promotion attempted"
-    floor = describe_floor(config.evaluate.promote_floor)
-    return PromotionDecision(False, reason, float(report["mean_auc"]), floor=floor).as_dict()
+    floor = describe_floor(job.evaluate.promote_floor)
+    return PromotionDecision(False, reason, float(report.get("val_mean_auc", float("nan"))), floor=floor).as_dict()
 
 
 def _json_safe(value: Any) -> Any:

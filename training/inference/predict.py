@@ -9,7 +9,7 @@ by the raw key, e.g. the StudyInstanceUID), else the TotalSegmentator backend wh
 the model's ``hu_window`` and scored with its zero-shot prompt pairs.
 
 Each label gets its probability, the decision threshold chosen on the validation split when the
-model version was evaluated (model version tags, :func:`training.evaluation.tracking.read_thresholds`),
+model version was evaluated (model version tags, :func:`training.tracking.thresholds.read_thresholds`),
 the call (positive / negative) and the label's validation AUC. An anatomy absent from the scan is
 ``not_assessable``: its labels get no probability. ``models:/name@alias`` is resolved to one version
 first; model and thresholds are read from that version.
@@ -35,6 +35,8 @@ from training.models.zero_shot import (
 
 if TYPE_CHECKING:
     from core.config import FvlmConfig
+    from preprocessing.convert import ConvertJob
+    from segmentation.stage import BackendName, SegmentBackend, SegmentJob
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,72 @@ PREDICTION_SCHEMA_FILE = Path(__file__).with_name("prediction.schema.json")
 
 class PredictionError(RuntimeError):
     """A study that cannot be predicted; the message names the input and the reason (no PHI)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictJob:
+    """One prediction: which model, which study, and the pipeline's own stage jobs (build it with
+    :meth:`from_config`).
+
+    ``convert`` and ``segment`` are the jobs ``fvlm convert`` / ``fvlm segment`` build from the same
+    config (``ConvertJob.from_config`` / ``SegmentJob.from_config``): a DICOM study is converted with the
+    convert stage's settings, a mask is segmented with the segment stage's backend, and the converted /
+    segmented / precomputed folders are read from those jobs. Give ``input_path`` or ``study``.
+    """
+
+    model_ref: str
+    input_path: Path | None = None
+    study: str | None = None  # a converted study_id or a study folder name under paths.raw_dicom
+    mask_path: Path | None = None
+    thresholds_path: Path | None = None
+    png_path: Path | None = None
+    convert: ConvertJob
+    segment: SegmentJob
+    tracking_uri: str
+    spacing_zyx_mm: tuple[float, float, float]  # used when the model does not record its grid
+    roi_margin_slices: int
+    roi_margin_voxels: int
+    eval_mode: str  # used when the model version's thresholds do not record theirs
+
+    @classmethod
+    def from_config(
+        cls,
+        config: FvlmConfig,
+        *,
+        model: str | Path | None = None,
+        input_path: str | Path | None = None,
+        study: str | None = None,
+        mask: str | Path | None = None,
+        thresholds: str | Path | None = None,
+        png: str | Path | None = None,
+    ) -> PredictJob:
+        """The job of ``config``; ``model`` defaults to
+        ``models:/<tracking.registered_model>@<evaluate.promote_alias>``."""
+        from preprocessing.convert import ConvertJob
+        from segmentation.stage import SegmentJob
+        from training.tracking.runs import tracking_uri_for
+
+        return cls(
+            model_ref=str(model or f"models:/{config.tracking.registered_model}@{config.evaluate.promote_alias}"),
+            input_path=Path(input_path) if input_path is not None else None,
+            study=study,
+            mask_path=Path(mask) if mask is not None else None,
+            thresholds_path=Path(thresholds) if thresholds is not None else None,
+            png_path=Path(png) if png is not None else None,
+            convert=ConvertJob.from_config(config),
+            segment=SegmentJob.from_config(config),
+            tracking_uri=tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri),
+            spacing_zyx_mm=config.grid.spacing_zyx_mm,
+            roi_margin_slices=config.grid.roi_margin_slices,
+            roi_margin_voxels=config.grid.roi_margin_voxels,
+            eval_mode=config.evaluate.eval_mode,
+        )
+
+    def segment_backend(self, backend: BackendName, anatomy_set: str) -> SegmentBackend:
+        """The segment stage's backend (``SegmentJob.make_backend``) for the model's anatomy set."""
+        from dataclasses import replace
+
+        return replace(self.segment, backend=backend, anatomy_set=anatomy_set).make_backend()
 
 
 def window_hu(hu_zyx: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
@@ -185,6 +253,10 @@ def predict_prepared(
             name for name in spec.anatomy_names if anatomies[name]["status"] == "not_assessable"
         ],
         "positive_calls": [label for label, row in labels.items() if row["call"] == "positive"],
+        # assessed labels without a threshold: a probability, but no call is possible
+        "no_call_labels": [
+            label for label, row in labels.items() if row["status"] == "assessed" and row["call"] is None
+        ],
         "anatomies": anatomies,
         "labels": labels,
         "model_grid": {
@@ -205,19 +277,22 @@ def write_prediction(payload: dict[str, Any], out_path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ the stage
-def load_input_image(input_path: str | Path, config: FvlmConfig, work_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+def load_input_image(input_path: str | Path, convert: ConvertJob, work_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """A RAS+ nibabel HU image for a NIfTI file or a DICOM directory holding exactly one study.
 
-    DICOM goes through the preprocessing library (series selection, HU, geometry, de-identification);
-    the returned info carries the pseudonymous ``study_id`` only (no header values).
+    DICOM goes through the convert stage's own code and settings (``convert.settings``: series
+    selection, HU, geometry, de-identification); the returned info carries the pseudonymous
+    ``study_id`` only (no header values).
     """
     import nibabel as nib
+
+    from core import layout
 
     source = Path(input_path)
     if not source.exists():
         raise PredictionError(f"{source}: no such file or directory")
     if source.is_file():
-        if not source.name.endswith((".nii", ".nii.gz")):
+        if not source.name.endswith(layout.NIFTI_EXTENSIONS):
             raise PredictionError(f"{source}: not a NIfTI file (.nii / .nii.gz) nor a DICOM directory")
         try:
             image = nib.load(str(source))
@@ -227,24 +302,24 @@ def load_input_image(input_path: str | Path, config: FvlmConfig, work_dir: str |
         if len(image.shape) != 3:
             raise PredictionError(f"{source}: expected a 3D volume, got shape {tuple(image.shape)}")
         return image, {"input_kind": "nifti"}
-    from preprocessing.convert import ConvertSettings, convert_study
+    from preprocessing.convert import convert_study
     from preprocessing.dicom_discovery import discover_studies
 
-    studies = discover_studies(source, study_key_tag=config.convert.study_key_tag)
+    settings = convert.settings
+    # a study without StudyInstanceUID is keyed by its folder relative to the raw DICOM root, as convert keyed
+    # it (docs/convert.md, Identity): a folder inside convert's input keeps convert's key, whatever path was
+    # typed; a folder elsewhere (a copy) is keyed by its own name, as if its parent were the raw root
+    raw_root, folder = Path(convert.input_dir).resolve(), source.resolve()
+    key_root = raw_root if folder.is_relative_to(raw_root) else folder.parent
+    studies = discover_studies(source, study_key_tag=settings.study_key_tag, key_root=key_root)
     if not studies:
         raise PredictionError(f"{source}: no readable DICOM study found")
     if len(studies) > 1:
         raise PredictionError(f"{source}: holds {len(studies)} studies; pass the folder of one study")
-    settings = ConvertSettings(
-        salt=config.privacy.salt,
-        strict=config.convert.strict,
-        series_preference=tuple(config.convert.series_preference),
-        min_slices=config.convert.min_slices,
-        max_spacing_deviation=config.convert.max_spacing_deviation,
-        output_extension=".nii.gz",
-        study_key_tag=config.convert.study_key_tag,
-        pseudonym_length=config.privacy.pseudonym_length,
-    )
+    if convert.identity_map is not None:  # `fvlm lookup <study_id>` answers for the pseudonym predict prints
+        from preprocessing.convert import record_study_identities
+
+        record_study_identities(convert.identity_map, studies, settings, Path(work_dir))
     row = convert_study(studies[0], work_dir, settings)
     if row.status != "ok" or not row.volume_path:
         raise PredictionError(f"{source}: cannot convert study {row.study_id}: {row.reason}")
@@ -257,8 +332,9 @@ def load_input_image(input_path: str | Path, config: FvlmConfig, work_dir: str |
     }
 
 
-def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmConfig, anatomy_set_name: str) -> Any:
-    """TotalSegmentator ``total`` ids (x, y, z) on the image's grid: from ``mask_path`` or the backend."""
+def load_or_segment_mask(image: Any, mask_path: str | Path | None, job: PredictJob, anatomy_set_name: str) -> Any:
+    """TotalSegmentator ``total`` ids (x, y, z) on the image's grid: from ``mask_path`` or the segment
+    stage's TotalSegmentator backend (``job.segment``, for the model's anatomy set)."""
     import nibabel as nib
     import numpy as np
 
@@ -276,18 +352,11 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmC
         if not np.allclose(mask_image.affine, image.affine, atol=1e-3):
             raise PredictionError(f"{source}: mask affine differs from the volume's (not the same grid)")
         return np.asarray(mask_image.dataobj).astype(np.uint8)
-    from core.anatomy_sets import load_anatomy_set
-    from segmentation.totalseg import TotalSegmentatorBackend
-
-    classes = sorted({c for anatomy in load_anatomy_set(anatomy_set_name).anatomies for c in anatomy.classes})
-    backend = TotalSegmentatorBackend(
-        mode=config.segment.mode,
-        device=config.segment.device,
-        roi_subset=classes if config.segment.roi_subset else None,
-        home_dir=config.path(config.segment.totalseg_home) if config.segment.totalseg_home else None,
-    )
+    backend = job.segment_backend("totalsegmentator", anatomy_set_name)
     try:
-        return backend.segment(image)
+        ids, backend_warnings = backend.segment_study("study", image)
+        image.fvlm_mask_warnings = list(backend_warnings)  # read back by predict_study (stand-in weights)
+        return ids
     except Exception as error:  # noqa: BLE001 - weights missing, nnU-Net failure, ...
         raise PredictionError(
             f"segmentation failed ({type(error).__name__}: {error}); pass --mask with a "
@@ -297,13 +366,49 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, config: FvlmC
         backend.close()
 
 
+def prediction_warnings(model: ResolvedModel, bundle: ZeroShotModel, mask_source: str, job: PredictJob) -> list[str]:
+    """What makes this prediction weaker than it looks: a model whose evaluation lacked the evidence for a
+    promotion (or predates the check), CLIP-style scoring on the global embedding, a segmented mask that came
+    from stand-in (random) TotalSegmentator weights."""
+    warnings: list[str] = []
+    if model.version is not None and model.evidence is None:
+        warnings.append(
+            f"{model.name} v{model.version}: evaluated before the evidence check (evaluate.min_*): its AUC may rest "
+            "on too few studies; re-run fvlm evaluate"
+        )
+    elif model.evidence not in (None, "ok"):
+        warnings.append(f"{model.name} v{model.version}: its evaluation has too little evidence: {model.evidence}")
+    if bundle.spec.use_global:
+        warnings.append(
+            "every anatomy is scored on the global (whole-volume) embedding: a CLIP-style model, not per anatomy"
+        )
+    if mask_source == "segmented":
+        standin = segmented_with_standin(job)
+        if standin:
+            warnings.append(f"the segment stage's masks came from {standin}: labels are noise")
+    return warnings
+
+
+def segmented_with_standin(job: PredictJob) -> str | None:
+    """The segment stage's model id when it ran with stand-in random weights (``segments.parquet``), else None."""
+    from core import layout
+
+    manifest = layout.segments_manifest(job.segment.output_dir)
+    if not manifest.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    ids = set(pq.read_table(manifest, columns=["model_id"]).column("model_id").to_pylist())
+    return next((str(i) for i in sorted(map(str, ids)) if "STANDIN" in i), None)
+
+
 # ------------------------------------------------------------------------------ study identity
-def find_converted_study(config: FvlmConfig, study: str) -> tuple[Path, str] | None:
-    """``study`` (a study_id of ``<paths.converted>/studies.parquet``) -> (volume path, study_id)."""
+def find_converted_study(job: PredictJob, study: str) -> tuple[Path, str] | None:
+    """``study`` (a study_id of the convert stage's ``studies.parquet``) -> (volume path, study_id)."""
     from core import layout
     from preprocessing.conversion import read_manifest
 
-    converted = config.path(config.paths.converted)
+    converted = job.convert.output_dir
     row = read_manifest(layout.converted_manifest(converted)).get(study)
     if row is None or row.status != "ok":
         return None
@@ -311,32 +416,32 @@ def find_converted_study(config: FvlmConfig, study: str) -> tuple[Path, str] | N
     return (volume, row.study_id) if volume is not None and volume.is_file() else None
 
 
-def resolve_study_input(config: FvlmConfig, study: str) -> Path:
-    """``--study``: a converted study_id (its volume) or a study folder name under ``paths.raw_dicom``."""
-    converted = find_converted_study(config, study)
+def resolve_study_input(job: PredictJob, study: str) -> Path:
+    """``--study``: a converted study_id (its volume) or a study folder name under the convert stage's input."""
+    converted = find_converted_study(job, study)
     if converted is not None:
         return converted[0]
-    folder = config.path(config.paths.raw_dicom) / study
+    folder = job.convert.input_dir / study
     if folder.is_dir() and not Path(study).is_absolute() and ".." not in Path(study).parts:
         return folder
     raise PredictionError(
-        f"study {study}: neither a converted study_id in {config.path(config.paths.converted)} "
-        f"nor a study folder in {config.path(config.paths.raw_dicom)}"
+        f"study {study}: neither a converted study_id in {job.convert.output_dir} "
+        f"nor a study folder in {job.convert.input_dir}"
     )
 
 
-def find_mask_by_identity(config: FvlmConfig, image: Any, study_id: str) -> tuple[Any, str, list[str]] | None:
+def find_mask_by_identity(job: PredictJob, image: Any, study_id: str) -> tuple[Any, str, list[str]] | None:
     """The study's mask from the pipeline's own outputs, on ``image``'s grid: (ids, source, warnings).
 
     First the segment stage's ``<paths.segmented>/masks/<study_id>.nii.gz``, then the precomputed masks
-    (``paths.precomputed_masks``; file stem = study_id or the raw study key it pseudonymises to). None
-    when neither holds the study.
+    (the segment stage's precomputed backend on ``paths.precomputed_masks``; file stem = study_id or the
+    raw study key it pseudonymises to). None when neither holds the study.
     """
     from core import layout
     from segmentation.geometry import MaskGeometryError, resample_labels_to_grid
     from segmentation.precomputed import MaskSourceError, PrecomputedBackend, load_multilabel_nifti
 
-    segmented = layout.mask_path(config.path(config.paths.segmented), study_id)
+    segmented = layout.mask_path(job.segment.output_dir, study_id)
     if segmented.is_file():
         try:
             labels = load_multilabel_nifti(segmented)
@@ -347,11 +452,10 @@ def find_mask_by_identity(config: FvlmConfig, image: Any, study_id: str) -> tupl
             raise PredictionError(f"segmented mask of study {study_id}: {error}") from None
         warnings = [] if ids is labels.ids else [f"mask {segmented.name}: on another grid; resampled (nearest)"]
         return ids, "segmented", warnings
-    masks_dir = config.path(config.paths.precomputed_masks)
-    if masks_dir.is_dir():
-        backend = PrecomputedBackend(
-            masks_dir, salt=config.privacy.salt, pseudonym_length=config.privacy.pseudonym_length
-        )
+    masks_dir = job.segment.precomputed_dir
+    if masks_dir is not None and masks_dir.is_dir():
+        backend = job.segment_backend("precomputed", job.segment.anatomy_set)
+        assert isinstance(backend, PrecomputedBackend)
         if study_id in backend.index():
             try:
                 ids, warnings = backend.segment_study(study_id, image)
@@ -374,6 +478,7 @@ class ResolvedModel:
     run_id: str | None = None
     thresholds: dict[str, Any] | None = None  # label -> {"anatomy", "threshold", "val_auc", "method"}
     thresholds_info: dict[str, Any] = field(default_factory=dict)
+    evidence: str | None = None  # the version's evaluation evidence tag ("ok" or why not)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -399,7 +504,7 @@ def load_thresholds_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_model(
-    config: FvlmConfig, model_ref: str | Path, work_dir: str | Path, thresholds_path: str | Path | None = None
+    tracking_uri: str, model_ref: str | Path, work_dir: str | Path, thresholds_path: str | Path | None = None
 ) -> ResolvedModel:
     """Resolve ``model_ref`` to one version, load it and read that version's thresholds.
 
@@ -407,12 +512,12 @@ def resolve_model(
     what is downloaded, so model and thresholds cannot come from two versions). ``thresholds_path``
     (a thresholds.json) overrides the registry's; it must name the same version when both are known.
     """
-    from training.evaluation import tracking
+    from training.tracking.registry import resolve_model_version
+    from training.tracking.thresholds import read_thresholds
 
     ref = str(model_ref)
-    tracking_uri = tracking.tracking_uri_for(config.root, config.tracking.mlflow_tracking_uri)
     try:
-        version = tracking.resolve_model_version(tracking_uri, ref)
+        version = resolve_model_version(tracking_uri, ref)
         pinned = f"models:/{version['name']}/{version['version']}" if version else ref
         bundle = _load_bundle(pinned, tracking_uri, Path(work_dir) / "model")
     except PredictionError:
@@ -423,6 +528,7 @@ def resolve_model(
     if version:
         resolved.name, resolved.version = version["name"], version["version"]
         resolved.alias, resolved.run_id = version["alias"], version["run_id"]
+        resolved.evidence = version.get("evidence")
     spec = bundle.spec
     label_anatomy = {label: spec.anatomy_names[spec.anatomy_index[s]] for s, label in enumerate(spec.labels)}
     table: dict[str, Any] | None = None
@@ -444,7 +550,7 @@ def resolve_model(
             )
         source = f"file {thresholds_path}"
     elif resolved.name and resolved.version:
-        table = tracking.read_thresholds(tracking_uri, resolved.name, resolved.version, label_anatomy)
+        table = read_thresholds(tracking_uri, resolved.name, resolved.version, label_anatomy)
         source = f"model version tags of {resolved.name} v{resolved.version}"
     if table is None:
         resolved.thresholds_info = {
@@ -474,68 +580,75 @@ def resolve_model(
 
 
 def _load_bundle(model_uri: str, tracking_uri: str, download_root: Path) -> ZeroShotModel:
-    """The loaded model: the logged model's fVLM directory (see training.evaluation.tracking)."""
-    from training.evaluation import tracking
+    """The loaded model: the logged model's fVLM directory (see training.tracking.registry)."""
+    from training.tracking.registry import resolve_model_dir
 
-    return load_zero_shot_model(tracking.resolve_model_dir(model_uri, tracking_uri, download_root))
+    return load_zero_shot_model(resolve_model_dir(model_uri, tracking_uri, download_root))
 
 
 # ------------------------------------------------------------------------------------ one study
-def predict_study(
-    config: FvlmConfig,
-    model_ref: str | Path,
-    input_path: str | Path,
-    *,
-    mask_path: str | Path | None = None,
-    work_dir: str | Path,
-    thresholds_path: str | Path | None = None,
-    png_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """DICOM dir / NIfTI / converted volume (+ mask) -> prediction payload (schema_version 1).
+def run_predict(job: PredictJob, work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Predict's one entry: the job's study (DICOM dir / NIfTI / converted volume, or ``job.study``)
+    (+ mask) -> prediction payload (schema_version 1); also the one-page picture when ``job.png_path``
+    (key slices, anatomy overlay, positive calls). ``work_dir``: where the model is downloaded and a
+    DICOM study converted (default: a temporary folder, removed afterwards)."""
+    if (job.input_path is None) == (job.study is None):
+        raise PredictionError("give either an input path or a study")
+    if work_dir is None:
+        import tempfile
 
-    ``png_path``: also write the one-page picture (key slices, anatomy overlay, positive calls).
-    """
+        with tempfile.TemporaryDirectory(prefix="fvlm-predict-") as temporary:
+            return run_predict(job, temporary)
+    input_path = job.input_path if job.input_path is not None else resolve_study_input(job, str(job.study))
+    return predict_study(job, input_path, Path(work_dir))
+
+
+def predict_study(job: PredictJob, input_path: Path, work_dir: Path) -> dict[str, Any]:
+    """One study's payload (``input_path``: a DICOM dir, a NIfTI or a converted volume)."""
     from segmentation.model_grid import EmptyRoiError, prepare_model_grid
 
+    mask_path = job.mask_path
     for name, given in (("input", input_path), ("mask", mask_path)):  # fail fast, before any model download
         if given is not None and not Path(given).exists():
             raise PredictionError(f"{given}: no such file or directory ({name})")
-    model = resolve_model(config, model_ref, work_dir, thresholds_path)
+    model = resolve_model(job.tracking_uri, job.model_ref, work_dir, job.thresholds_path)
     bundle = model.bundle
-    image, info = load_input_image(input_path, config, Path(work_dir) / "converted")
+    image, info = load_input_image(input_path, job.convert, work_dir / "converted")
     if info["input_kind"] == "nifti":
         from core.layout import nifti_stem
 
-        converted = find_converted_study(config, nifti_stem(Path(input_path).name))
+        converted = find_converted_study(job, nifti_stem(Path(input_path).name))
         if converted is not None:
             info = {"input_kind": "converted", "study_id": converted[1]}
     warnings = list(info.pop("warnings", []))
     if mask_path is not None:
-        ids, mask_source = load_or_segment_mask(image, mask_path, config, bundle.spec.anatomy_set), "argument"
+        ids, mask_source = load_or_segment_mask(image, mask_path, job, bundle.spec.anatomy_set), "argument"
     else:
-        found = find_mask_by_identity(config, image, info["study_id"]) if info.get("study_id") else None
+        found = find_mask_by_identity(job, image, info["study_id"]) if info.get("study_id") else None
         if found is not None:
             ids, mask_source, mask_warnings = found
             warnings += mask_warnings
-        elif config.segment.backend == "totalsegmentator":
-            ids, mask_source = load_or_segment_mask(image, None, config, bundle.spec.anatomy_set), "totalsegmentator"
+        elif job.segment.backend == "totalsegmentator":
+            ids, mask_source = load_or_segment_mask(image, None, job, bundle.spec.anatomy_set), "totalsegmentator"
         else:
             where = f"study {info['study_id']}" if info.get("study_id") else f"{input_path}"
             raise PredictionError(
-                f"{where}: no mask found (looked in {config.path(config.paths.segmented)}/masks and "
-                f"{config.path(config.paths.precomputed_masks)}); pass --mask, or set segment.backend: "
+                f"{where}: no mask found (looked in {job.segment.output_dir}/masks and "
+                f"{job.segment.precomputed_dir}); pass --mask, or set segment.backend: "
                 "totalsegmentator to segment it"
             )
-    spacing = tuple(bundle.meta.get("spacing_zyx_mm") or config.grid.spacing_zyx_mm)
+    spacing = tuple(bundle.meta.get("spacing_zyx_mm") or job.spacing_zyx_mm)
     try:
         grid = prepare_model_grid(
-            image, ids, bundle.spec.anatomy_set, spacing, config.grid.roi_margin_slices, config.grid.roi_margin_voxels
+            image, ids, bundle.spec.anatomy_set, spacing, job.roi_margin_slices, job.roi_margin_voxels
         )
     except EmptyRoiError as error:
         raise PredictionError(f"{input_path}: {error}") from None
     hu_zyx, index_zyx = np.asarray(grid.hu_zyx), np.asarray(grid.anatomy_index_zyx)
-    eval_mode = str(model.thresholds_info.get("eval_mode") or config.evaluate.eval_mode)
+    eval_mode = str(model.thresholds_info.get("eval_mode") or job.eval_mode)
     scored = predict_prepared(bundle, hu_zyx, index_zyx, model.thresholds, eval_mode)
+    warnings += getattr(image, "fvlm_mask_warnings", [])
+    warnings += prediction_warnings(model, bundle, mask_source, job)
     payload: dict[str, Any] = {
         "schema_version": PREDICTION_SCHEMA_VERSION,
         "model": model.as_dict(),
@@ -549,8 +662,8 @@ def predict_study(
         "warnings": warnings,
         "png": None,
     }
-    if png_path is not None:
+    if job.png_path is not None:
         from training.inference.report_png import write_prediction_png
 
-        payload["png"] = str(write_prediction_png(payload, hu_zyx, index_zyx, bundle.spec.anatomy_names, png_path))
+        payload["png"] = str(write_prediction_png(payload, hu_zyx, index_zyx, bundle.spec.anatomy_names, job.png_path))
     return payload

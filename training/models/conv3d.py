@@ -17,21 +17,13 @@ stages is ignored), mirroring the ViT's multi-level features.
 Peak channels (``peak_channels`` > 0, ``model.vision.conv_peak_channels``): the last ``peak_channels`` of
 every token are not the stages' features but a per-voxel map -- a ``peak_kernel``^3 conv + BatchNorm + ReLU +
 1x1 conv on the input max-pooled by the first stage's stride -- max-pooled over the token's patch (no
-LayerNorm: its magnitude is the evidence). A strided stack averages a 2-3 voxel pacing lead or calcified
-plaque away; a max keeps it, so "is there anything this bright / this shaped here" reaches the anatomy
-pooling. The BatchNorm matters: without it the map's scale is the raw input's, and a bright-vs-bone
-difference of ~0.1 needs weights that AdamW at lr 2e-3 takes thousands of steps to grow (probe, device label
-alone, HU window to 1500: 0.71-0.80 test AUC in 300 steps without, 0.95 with). The same peak channels are
-appended to every level, so fVLM's level mean keeps them.
+LayerNorm: its magnitude is the evidence). The same peak channels are appended to every level, so fVLM's
+level mean keeps them.
 
-BatchNorm, not GroupNorm: in the supervised probe (learnable cohort, 150 steps) GroupNorm stayed at
-test mean AUC 0.60 (train 0.60, barely below the BCE of the prevalence), BatchNorm reached 0.71 (train
-0.74). Under DistributedDataParallel convert it with ``nn.SyncBatchNorm.convert_sync_batchnorm`` if the
+Under DistributedDataParallel convert the BatchNorms with ``nn.SyncBatchNorm.convert_sync_batchnorm`` if the
 per-GPU batch is small; evaluation uses the running statistics (``model.eval()``).
 
-Why a CNN: with a few hundred volumes, a convolutional encoder's locality and translation equivariance
-learn the synthetic findings where the demo ViT (8x16x16 patches, no inductive bias) stays at chance
-(docs/learnability.md).
+Why a CNN, why BatchNorm and why peak channels (the probe results): docs/model.md, "Conv image tower".
 """
 
 from __future__ import annotations

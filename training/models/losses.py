@@ -95,8 +95,12 @@ def fvlm_loss(
     gather: bool = False,
     anatomy_names: Sequence[str] | None = None,
     require_abnormal: bool = False,
+    logit_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-anatomy soft-target InfoNCE summed over anatomies (see module docstring).
+
+    ``logit_bias`` given: the sigmoid (SigLIP) form instead of the softmax, with the same positives
+    (:func:`sigmoid_pair_loss`; co-teaching targets do not apply to it).
 
     image_emb, text_emb: (B, K, D) L2-normalised; valid, abnormal: (B, K) bool; texts: B lists of K
     strings (empty text -> that cell is invalid); coteach_logits: (K, B_global, B_global) peer logits
@@ -143,9 +147,12 @@ def fvlm_loss(
         targets_t2i = coteach_targets(targets_t2i, peer.transpose(1, 2), valid, abnormal, alpha)
 
     valid_kb = valid.t()
-    image_to_text = _soft_cross_entropy(logits, targets, valid_kb)
-    text_to_image = _soft_cross_entropy(logits.transpose(1, 2), targets_t2i, valid_kb)
-    per_anatomy = 0.5 * (image_to_text + text_to_image)  # (K,), 0 where no valid row
+    if logit_bias is not None:
+        per_anatomy = sigmoid_pair_loss(logits + logit_bias.float(), targets > 0, valid_kb)
+    else:
+        image_to_text = _soft_cross_entropy(logits, targets, valid_kb)
+        text_to_image = _soft_cross_entropy(logits.transpose(1, 2), targets_t2i, valid_kb)
+        per_anatomy = 0.5 * (image_to_text + text_to_image)  # (K,), 0 where no valid row
     if entering is not None:
         per_anatomy = per_anatomy * entering
     names = list(anatomy_names) if anatomy_names is not None else [f"anatomy_{k}" for k in range(n_anatomies)]
@@ -177,10 +184,26 @@ def peer_logits(
         )
 
 
+def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor, valid_kb: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss per anatomy: (K, B, B) biased logits, (K, B, B) bool positives,
+    (K, B) valid -> (K,). Every valid (image, text) pair is one binary problem, label +1 for a positive
+    and -1 otherwise; the sum over pairs is divided by the number of valid rows (SigLIP divides by the
+    batch), so an anatomy without valid rows contributes 0."""
+    pair_valid = valid_kb.unsqueeze(2) & valid_kb.unsqueeze(1)
+    sign = positive.float() * 2.0 - 1.0
+    per_pair = -F.logsigmoid(sign * logits) * pair_valid
+    return per_pair.sum(dim=(1, 2)) / valid_kb.sum(dim=1).clamp_min(1)
+
+
 def clip_loss(
-    image_global: torch.Tensor, text_global: torch.Tensor, logit_scale: torch.Tensor, gather: bool = False
+    image_global: torch.Tensor,
+    text_global: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: bool = False,
+    logit_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE with identity targets (whole volume vs whole report), CLIP-style."""
+    """Symmetric InfoNCE with identity targets (whole volume vs whole report), CLIP-style; with
+    ``logit_bias`` the sigmoid (SigLIP) form with the same identity positives."""
     if image_global.shape != text_global.shape or image_global.dim() != 2:
         raise ValueError(
             f"image_global {tuple(image_global.shape)} and text_global {tuple(text_global.shape)} must both be (B, D)"
@@ -189,6 +212,10 @@ def clip_loss(
         image_global = gather_features(image_global)
         text_global = gather_features(text_global)
     logits = logit_scale.float() * image_global.float() @ text_global.float().t()
+    if logit_bias is not None:
+        eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+        every = torch.ones(1, logits.shape[0], dtype=torch.bool, device=logits.device)
+        return sigmoid_pair_loss((logits + logit_bias.float()).unsqueeze(0), eye.unsqueeze(0), every)[0]
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 

@@ -101,6 +101,22 @@ class FVLM(nn.Module):
         initial = math.log(1.0 / float(model_cfg.temperature_init))
         self.log_logit_scale = nn.Parameter(torch.tensor(initial, dtype=torch.float32))
         self.pool_loop = False  # True: naive per-sample pooling loop (benchmark's faithful reference)
+        self.heads: dict[str, Any] = {}  # training heads beyond the published recipe (add_heads)
+
+    def add_heads(self, label_anatomy: Sequence[int] | None = None, sigmoid_bias: bool = False) -> None:
+        """Training heads of the recipes beyond fVLM (``training.models.auxiliary``), saved with the model:
+        ``label_anatomy`` (anatomy index per label, -1 = global embedding): a zero-initialised logistic head
+        per label; ``sigmoid_bias``: SigLIP's learnable logit bias (init -10, as SigLIP). Created only when
+        asked, from constants (no random draw), so the default model and its initialisation are unchanged."""
+        if label_anatomy is not None:
+            anatomy = [int(k) for k in label_anatomy]
+            self.label_weight = nn.Parameter(torch.zeros(len(anatomy), self.global_proj.out_features))
+            self.label_bias = nn.Parameter(torch.zeros(len(anatomy)))
+            self.heads["label_anatomy"] = anatomy
+        if sigmoid_bias:
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+            self.heads["sigmoid_bias"] = True
+        self.to(self.device)
 
     # ----------------------------------------------------------------- towers
     @property
@@ -192,6 +208,8 @@ class FVLM(nn.Module):
             "crop_zyx": list(self.crop_zyx),
             "text_vocab_size": int(_vocab_size(self.text.tokenizer)),
         }
+        if self.heads:  # absent for the published recipe: its saved config is unchanged
+            config["heads"] = self.heads
         with atomic_path(out / CONFIG_FILE) as tmp:
             Path(tmp).write_text(json.dumps(config, indent=2))
         return out
@@ -212,6 +230,8 @@ class FVLM(nn.Module):
             tokenizer_dir=str(folder / TOKENIZER_DIR),
             text_encoder_path=text_source,
         )
+        if saved.get("heads"):
+            model.add_heads(**saved["heads"])
         state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if not (text_source is not None and key.startswith("text.encoder."))]

@@ -38,19 +38,21 @@ _LONG_DIGITS = re.compile(r"\d{5,}")  # record / accession numbers never become 
 
 
 def build_tokenizer(
-    texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str], min_reports: int = 5
+    texts: Iterable[str | tuple[str, str]], vocab_size: int, out_dir: str | os.PathLike[str], min_patients: int = 5
 ) -> Any:
     """Build a lower-casing BERT WordPiece tokenizer from ``texts``; save it to ``out_dir``; return it.
 
+    ``texts``: report / anatomy texts, each a string or a ``(patient_id, text)`` pair (the trainer passes
+    pairs read from the shards' ``patient_id`` column); a bare string counts as a patient of its own.
     The vocabulary is built deterministically (the ``tokenizers`` WordPiece trainer breaks frequency ties
     in hash order, so two builds on the same texts differ, and DVC could not reproduce a run): the special
     tokens, every character seen and its ``##`` continuation, then whole words by descending frequency
     (ties alphabetical) up to ``vocab_size``. Rare words split into characters, as WordPiece does.
-    Privacy (the vocabulary is a logged artifact): a word becomes a token only when it occurs in at least
-    ``min_reports`` distinct texts (``model.text.vocab_min_reports``), and never when it holds a run of
-    >= 5 digits (record / accession numbers); a name or MRN that slipped past the scrubber stays out.
-    The result is a ``transformers.PreTrainedTokenizerFast`` that ``AutoTokenizer.from_pretrained(out_dir)``
-    loads again.
+    Privacy (the vocabulary is a logged artifact): a word becomes a token only when it occurs for at least
+    ``min_patients`` distinct patients (``model.text.vocab_min_patients``) -- a name one patient's reports
+    repeat stays out however often it is repeated -- and never when it holds a run of >= 5 digits
+    (record / accession numbers). The result is a ``transformers.PreTrainedTokenizerFast`` that
+    ``AutoTokenizer.from_pretrained(out_dir)`` loads again.
     """
     from collections import Counter
 
@@ -61,20 +63,24 @@ def build_tokenizer(
     normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=True, strip_accents=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     word_counts: Counter[str] = Counter()
-    report_counts: Counter[str] = Counter()  # distinct texts a word occurs in
-    fallback = len(_FALLBACK_CORPUS)
-    for index, text in enumerate([*_FALLBACK_CORPUS, *texts]):
+    patient_words: dict[object, set[str]] = {}  # patient -> the distinct words of all its texts
+    for index, item in enumerate(texts):
+        patient, text = item if isinstance(item, tuple) else (("text", index), item)
         if text and text.strip():
-            normalized = normalizer.normalize_str(text)
-            words = [word for word, _ in pre_tokenizer.pre_tokenize_str(normalized)]
+            words = [word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
             word_counts.update(words)
-            report_counts.update({word: (min_reports if index < fallback else 1) for word in set(words)})
+            patient_words.setdefault(patient, set()).update(words)
+    patient_counts: Counter[str] = Counter(word for words in patient_words.values() for word in words)
+    for text in _FALLBACK_CORPUS:  # always known: counts as enough patients
+        words = [word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+        word_counts.update(words)
+        patient_counts.update({word: min_patients for word in set(words)})
     characters = sorted({char for word in word_counts for char in word})
     word_counts = Counter(
         {
             word: count
             for word, count in word_counts.items()
-            if report_counts[word] >= min_reports and not _LONG_DIGITS.search(word)
+            if patient_counts[word] >= min_patients and not _LONG_DIGITS.search(word)
         }
     )
     vocab_tokens = [*SPECIAL_TOKENS, *characters, *(f"##{char}" for char in characters)]

@@ -398,3 +398,18 @@ class ShardBatches:
                 out.append(report or "")
                 out.extend(text for text in anatomy_texts if text)
         return out
+
+    def patient_texts(self) -> list[tuple[str, str]]:
+        """:meth:`texts` as ``(patient_id, text)`` pairs: the tokenizer's vocabulary counts distinct patients."""
+        out: list[tuple[str, str]] = []
+        for path in self.dataset.files:
+            table = _open(path).read(columns=["patient_id", "report_text", "anatomy_text"])
+            for patient, report, anatomy_texts in zip(
+                table.column("patient_id").to_pylist(),
+                table.column("report_text").to_pylist(),
+                table.column("anatomy_text").to_pylist(),
+                strict=False,
+            ):
+                out.append((patient or "", report or ""))
+                out.extend((patient or "", text) for text in anatomy_texts if text)
+        return out

@@ -7,7 +7,7 @@ linear warmup + cosine (:mod:`training.trainer.schedule`), gradient clipping, bf
 ``train.amp``. Exact resume from ``<out>/checkpoints/last.pt`` (:mod:`training.trainer.checkpoint`):
 model, optimizer, scheduler, EMA peer, every rank's RNG states and the data position. A non-finite loss
 or gradient norm stops the run with :class:`NonFiniteLossError` naming the step and the loss; the last
-good checkpoint is kept. MLflow from rank 0 only (:mod:`training.evaluation.tracking`).
+good checkpoint is kept. MLflow from rank 0 only (:mod:`training.tracking.runs`).
 
 Data comes from a :class:`training.trainer.batch.BatchSource`: ``iter_epoch(epoch)`` yields batches in
 the batch contract (:class:`training.trainer.batch.Batch`) and must be deterministic given the epoch and
@@ -50,9 +50,9 @@ from training.trainer.schedule import warmup_cosine
 from training.trainer.step import LossModule, ema_update, image_token_count, param_groups, text_token_count
 
 if TYPE_CHECKING:
-    from core.config import FvlmConfig
-    from training.evaluation.tracking import NullTracker
     from training.models.model import FVLM
+    from training.tracking.runs import NullTracker
+    from training.trainer.job import TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,18 @@ CHECKPOINT_DIR_NAME = "checkpoints"
 TOKENIZER_DIR_NAME = "tokenizer"
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingFailure(RuntimeError):
+    """A run that must not produce a model: the message names the step and what to do."""
+
+
+class NonFiniteLossError(TrainingFailure):
     """Training produced a NaN / inf loss or gradient norm; the message names the step and the value."""
+
+
+class NoLearningSignalError(TrainingFailure):
+    """``train.max_silent_steps`` steps in a row had a loss of exactly 0: no anatomy entered the loss
+    (with ``train.require_abnormal`` an anatomy enters only in a batch holding an abnormal sample of it),
+    so the weights only drift and a "finished" model would be noise."""
 
 
 # ---------------------------------------------------------------------------------- results
@@ -135,36 +145,59 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def prepare_tokenizer(config: FvlmConfig, out_dir: Path, corpus: Iterable[str] | None, env: DistEnv) -> str | None:
+def prepare_tokenizer(
+    job: TrainJob, out_dir: Path, corpus: Iterable[str | tuple[str, str]] | None, env: DistEnv
+) -> str | None:
     """Demo text tower (``text.name_or_path`` null): build the WordPiece tokenizer from the training texts.
 
     Built once per output dir (rank 0), reused on resume. Returns the tokenizer dir (None: pretrained).
     """
-    if config.model.text.name_or_path is not None:
+    if job.model.text.name_or_path is not None:
         return None
     tokenizer_dir = out_dir / TOKENIZER_DIR_NAME
     if env.is_main and not (tokenizer_dir / "tokenizer_config.json").is_file():
         from training.models.text import build_tokenizer
 
-        texts = [t for t in (corpus or []) if t and t.strip()]
+        # (patient_id, text) pairs (ShardBatches.patient_texts) or bare texts: the vocabulary counts patients
+        texts = [t for t in (corpus or []) if (t[1] if isinstance(t, tuple) else t or "").strip()]
         if not texts:
             log.warning("no training texts for the tokenizer: character-level fallback vocabulary")
-        build_tokenizer(
-            texts, config.model.text.vocab_size, tokenizer_dir, min_reports=config.model.text.vocab_min_reports
-        )
+        build_tokenizer(texts, job.model.text.vocab_size, tokenizer_dir, min_patients=job.model.text.vocab_min_patients)
     barrier(env)
     return str(tokenizer_dir)
 
 
+def add_recipe_heads(model: nn.Module, job: TrainJob, label_names: Sequence[str]) -> None:
+    """The heads ``train.label_loss_weight`` / ``train.contrastive: sigmoid`` need (none by default).
+    Label anatomies come from the anatomy set (a label without one is read off the global embedding)."""
+    train_cfg = job.train
+    label_anatomy: list[int] | None = None
+    if train_cfg.label_loss_weight > 0.0:
+        from core.anatomy_sets import load_anatomy_set
+
+        anatomy_set = load_anatomy_set(job.anatomy_set)
+        names = list(label_names) or list(anatomy_set.labels)
+        anatomy_of = anatomy_set.label_anatomy
+        label_anatomy = [anatomy_set.index(str(anatomy_of[n])) if anatomy_of.get(n) else -1 for n in names]
+    if label_anatomy is not None or train_cfg.contrastive == "sigmoid":
+        model.add_heads(label_anatomy=label_anatomy, sigmoid_bias=train_cfg.contrastive == "sigmoid")  # type: ignore[operator]
+
+
 def build_train_state(
-    config: FvlmConfig, env: DistEnv, anatomy_names: Sequence[str], tokenizer_dir: str | None, total_steps: int
+    job: TrainJob,
+    env: DistEnv,
+    anatomy_names: Sequence[str],
+    tokenizer_dir: str | None,
+    total_steps: int,
+    label_names: Sequence[str] = (),
 ) -> TrainState:
     """Model (on the device), EMA peer (co-teaching), loss module (DDP-wrapped when distributed), AdamW
     and the warmup-cosine schedule."""
     from training.models.model import build_model
 
-    train_cfg = config.train
-    model = build_model(config.model, anatomy_names, config.grid.crop_zyx, tokenizer_dir=tokenizer_dir)
+    train_cfg = job.train
+    model = build_model(job.model, anatomy_names, job.grid.crop_zyx, tokenizer_dir=tokenizer_dir)
+    add_recipe_heads(model, job, label_names)
     model.to(env.device)
     peer: nn.Module | None = None
     if train_cfg.loss == "fvlm" and train_cfg.coteaching_alpha > 0.0:
@@ -215,30 +248,29 @@ def restore_train_state(
 
 
 def start_tracker(
-    config: FvlmConfig,
+    job: TrainJob,
     env: DistEnv,
     out: Path,
     progress: TrainProgress,
-    shards_dir: str | Path | None,
     total_steps: int,
 ) -> NullTracker:
     """The run's tracker (MLflow on rank 0; a resumed run reopens its run), params and provenance tags."""
-    from training.evaluation import tracking
+    from training.tracking.runs import make_tracker, provenance_tags
 
-    tracker = tracking.make_tracker(
-        config.tracking,
-        config.root,
+    tracker = make_tracker(
+        job.tracking,
+        job.root,
         is_main_process=env.is_main,
         run_id=progress.run_id,
         run_name=out.name,
         owner=str(out.resolve()),
     )
     progress.run_id = tracker.run_id
-    tracker.log_params(config.flat())
+    tracker.log_params(job.params)
     tracker.set_tags(
         {
-            **tracking.provenance_tags(config.root, shards_dir),
-            "loss": config.train.loss,
+            **provenance_tags(job.root, job.shards_dir),
+            "loss": job.train.loss,
             "total_steps": total_steps,
             "world_size": env.world_size,
             "device": env.device.type,
@@ -263,7 +295,7 @@ class _StepStats:
 class _Run:
     """Everything the loop reads and updates."""
 
-    config: FvlmConfig
+    job: TrainJob
     env: DistEnv
     state: TrainState
     progress: TrainProgress
@@ -277,6 +309,7 @@ class _Run:
     compute_only: _Throughput = field(default_factory=_Throughput)  # fallback for a process that ran one step
     last_tick: float | None = None
     window_losses: list[float] = field(default_factory=list)
+    silent_steps: int = 0  # steps in a row with a loss of exactly 0 (check_learning_signal)
     bar: Any = None  # core.progress.Progress of the steps (rank 0 shows it)
 
     def stopping(self) -> bool:
@@ -338,15 +371,32 @@ def run_epoch(
     return False
 
 
+def check_learning_signal(run: _Run, loss_value: float, step_number: int) -> None:
+    """Count steps in a row whose loss is exactly 0 (nothing entered it); stop at ``train.max_silent_steps``,
+    or at the last step of a run that never had a signal."""
+    run.silent_steps = run.silent_steps + 1 if loss_value == 0.0 else 0
+    limit = run.job.train.max_silent_steps
+    never = run.silent_steps == step_number - run.resumed_from and step_number == run.total_steps
+    if run.silent_steps and (run.silent_steps >= limit or never):
+        raise NoLearningSignalError(
+            f"steps {step_number - run.silent_steps + 1}-{step_number}: the loss was exactly 0 at every step: no "
+            "anatomy entered it (no batch held a valid anatomy -- mask present, text non-empty -- with an abnormal "
+            "sample of it; train.require_abnormal). Check that the shards carry masks and abnormal findings "
+            f"(metrics/shard.json), or raise train.batch_size; train.max_silent_steps ({limit}) sets this limit. "
+            "No model is saved or registered."
+        )
+
+
 def optimisation_step(run: _Run, batch: Batch) -> _StepStats:
     """Forward + loss, NaN guard, backward, clipping, AdamW + schedule step, EMA peer; advances progress."""
-    state, env, progress, train_cfg = run.state, run.env, run.progress, run.config.train
+    state, env, progress, train_cfg = run.state, run.env, run.progress, run.job.train
     started = time.perf_counter()
     state.loss_module.train()
     with torch.autocast(device_type=env.device.type, dtype=torch.bfloat16, enabled=run.autocast_enabled):
         loss, per_anatomy = state.loss_module(batch, state.peer)
     loss_value = float(loss.detach())
     step_number = progress.step + 1
+    check_learning_signal(run, loss_value, step_number)
     if not math.isfinite(loss_value):
         parts = {k: float(v.detach()) for k, v in per_anatomy.items()}
         raise NonFiniteLossError(
@@ -382,7 +432,7 @@ def optimisation_step(run: _Run, batch: Batch) -> _StepStats:
 
 def record_step(run: _Run, stats: _StepStats, epoch_start_rng: dict[str, Any], stopping: bool) -> None:
     """Metrics (every ``log_every`` steps), the log line, checkpoints and the throughput clocks."""
-    progress, train_cfg, state = run.progress, run.config.train, run.state
+    progress, train_cfg, state = run.progress, run.job.train, run.state
     per_second = stats.batch_size / stats.elapsed if stats.elapsed > 0 else 0.0
     if progress.step % train_cfg.log_every == 0 or progress.step == run.total_steps:
         metrics = {
@@ -450,38 +500,36 @@ def _write_checkpoints(
 
 # ---------------------------------------------------------------------------------- main entry
 def train(
-    config: FvlmConfig,
+    job: TrainJob,
     source: BatchSource,
     anatomy_names: Sequence[str],
-    out_dir: str | Path,
     *,
-    steps: int | None = None,
-    resume: bool = False,
-    corpus_texts: Iterable[str] | None = None,
-    shards_dir: str | Path | None = None,
-    metrics_path: str | Path | None = None,
+    corpus_texts: Iterable[str | tuple[str, str]] | None = None,
     stop_after: int | None = None,
     zero_shot_anatomy_set: str | None = None,
 ) -> TrainResult:
-    """Train per ``config.train`` / ``config.model``; returns the summary (rank 0's view).
+    """Train per ``job.train`` / ``job.model`` on ``source`` into ``job.out_dir``; returns the summary
+    (rank 0's view). The stage's entry is :func:`training.stages.run_train` (it reads the shards).
 
-    ``steps`` overrides ``train.steps`` (total optimizer steps, also on resume). ``stop_after`` ends this
-    process after that many steps *without* finishing the run (tests use it to simulate a kill; a
-    checkpoint is written there). ``corpus_texts`` feed the demo tokenizer.
+    ``job.steps``: total optimizer steps (also on resume); ``job.resume``: continue from the last
+    checkpoint. ``stop_after`` ends this process after that many steps *without* finishing the run
+    (tests use it to simulate a kill; a checkpoint is written there). ``corpus_texts`` feed the demo
+    tokenizer.
     """
-    train_cfg = config.train
-    total_steps = int(steps or train_cfg.steps)
-    out = Path(out_dir)
+    train_cfg = job.train
+    total_steps = int(job.steps)
+    out = Path(job.out_dir)
     checkpoint_dir = out / CHECKPOINT_DIR_NAME
     env = init_distributed(use_gpu=train_cfg.gpus > 0)
     if train_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    payload = load_resume_payload(checkpoint_dir) if resume else None
+    payload = load_resume_payload(checkpoint_dir) if job.resume else None
     progress = TrainProgress(**payload["progress"]) if payload is not None else TrainProgress()
 
     seed_everything(train_cfg.seed + env.rank)
-    tokenizer_dir = prepare_tokenizer(config, out, corpus_texts, env)
-    state = build_train_state(config, env, anatomy_names, tokenizer_dir, total_steps)
+    tokenizer_dir = prepare_tokenizer(job, out, corpus_texts, env)
+    label_names = tuple(getattr(source, "label_names", ()))
+    state = build_train_state(job, env, anatomy_names, tokenizer_dir, total_steps, label_names)
     epoch_rng: dict[str, Any] | None = None
     step_rng: dict[str, Any] | None = None
     if payload is not None:
@@ -493,9 +541,9 @@ def train(
             progress.epoch,
             progress.batch_in_epoch,
         )
-    tracker = start_tracker(config, env, out, progress, shards_dir, total_steps)
+    tracker = start_tracker(job, env, out, progress, total_steps)
     run = _Run(
-        config,
+        job,
         env,
         state,
         progress,
@@ -518,11 +566,11 @@ def train(
             status = "KILLED"
             return result
         if env.is_main:
-            finish_run(config, tracker, state.model, out, result, zero_shot_anatomy_set, metrics_path)
+            finish_run(job, tracker, state.model, out, result, zero_shot_anatomy_set)
         barrier(env)
         status = "FINISHED"
         return result
-    except NonFiniteLossError as error:
+    except TrainingFailure as error:
         tracker.set_tags({"failure": str(error)[:500]})
         raise
     finally:
@@ -550,16 +598,15 @@ def _result(
 
 # ---------------------------------------------------------------------------------- finish (rank 0)
 def finish_run(
-    config: FvlmConfig,
+    job: TrainJob,
     tracker: NullTracker,
     model: FVLM,
     out: Path,
     result: TrainResult,
     anatomy_set_name: str | None,
-    metrics_path: str | Path | None,
 ) -> None:
     """Rank 0 at the end: save + log + register the model, log the summary metrics, write metrics JSON."""
-    save_final_model(config, tracker, model, out, result, anatomy_set_name)
+    save_final_model(job, tracker, model, out, result, anatomy_set_name)
     tracker.log_metrics(
         {
             "train/final_loss": result.final_loss,
@@ -568,49 +615,49 @@ def finish_run(
         },
         step=result.steps,
     )
+    metrics_path = job.metrics_path
     if metrics_path is not None:
         from core.io import atomic_write_text
 
         payload = result.metrics_json()
         try:  # a DVC-tracked file: no machine-specific absolute paths
-            payload["model_dir"] = str(Path(result.model_dir).resolve().relative_to(Path(config.root).resolve()))
+            payload["model_dir"] = str(Path(result.model_dir).resolve().relative_to(Path(job.root).resolve()))
         except ValueError:
             pass
         atomic_write_text(metrics_path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def save_final_model(
-    config: FvlmConfig, tracker: NullTracker, model: FVLM, out: Path, result: TrainResult, anatomy_set_name: str | None
+    job: TrainJob, tracker: NullTracker, model: FVLM, out: Path, result: TrainResult, anatomy_set_name: str | None
 ) -> None:
     """Save the final model (+ zero-shot spec), log checkpoints and the pyfunc, register a version."""
-    from training.evaluation import tracking
     from training.models.zero_shot import write_zero_shot_spec, zero_shot_spec
+    from training.tracking.registry import log_model, register_model
+    from training.tracking.runs import MlflowTracker
 
     model_dir = out / MODEL_DIR_NAME
     checkpoint_dir = out / CHECKPOINT_DIR_NAME
     model.save_pretrained(model_dir)
-    spec = zero_shot_spec(
-        anatomy_set_name or config.segment.anatomy_set, model.anatomy_names, use_global=config.train.loss == "clip"
-    )
-    write_zero_shot_spec(model_dir, spec, hu_window=config.grid.hu_window, spacing_zyx_mm=config.grid.spacing_zyx_mm)
-    if config.tracking.log_checkpoints:
+    spec = zero_shot_spec(anatomy_set_name or job.anatomy_set, model.anatomy_names, use_global=job.train.loss == "clip")
+    write_zero_shot_spec(model_dir, spec, hu_window=job.grid.hu_window, spacing_zyx_mm=job.grid.spacing_zyx_mm)
+    if job.tracking.log_checkpoints:
         for name in (LAST_NAME, BEST_NAME):
             if (checkpoint_dir / name).is_file():
                 tracker.log_artifact(checkpoint_dir / name, "checkpoints")
-    if config.tracking.register_model and isinstance(tracker, tracking.MlflowTracker):
-        result.model_uri = tracking.log_model(
+    if job.tracking.register_model and isinstance(tracker, MlflowTracker):
+        result.model_uri = log_model(
             tracker,
             model_dir,
-            crop_zyx=config.grid.crop_zyx,
+            crop_zyx=job.grid.crop_zyx,
             labels=spec.labels,
-            example_zyx=config.model.vision.patch_zyx,
+            example_zyx=job.model.vision.patch_zyx,
         )
         if result.model_uri:
-            result.registered_model = config.tracking.registered_model
-            result.model_version = tracking.register_model(
+            result.registered_model = job.tracking.registered_model
+            result.model_version = register_model(
                 tracker.tracking_uri,
                 result.model_uri,
-                config.tracking.registered_model,
-                tags={"run_id": tracker.run_id or "", "loss": config.train.loss},
+                job.tracking.registered_model,
+                tags={"run_id": tracker.run_id or "", "loss": job.train.loss},
             )
             tracker.set_tags({"registered_model": result.registered_model, "model_version": result.model_version})

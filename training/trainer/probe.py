@@ -7,7 +7,7 @@ training, the anatomy-centred crop for evaluation) on the arrays the shard stage
 of ``segmentation.model_grid.prepare_model_grid``), so what the probe sees is what fVLM sees.
 
 If the probe cannot reach a useful AUC on a label, contrastive training will not either: it is the
-learnability check of ``benchmarks/learnability.py`` (docs/learnability.md), and its ViT-vs-CNN
+learnability check of ``experiments/learnability.py`` (docs/learnability.md), and its ViT-vs-CNN
 comparison chose the demo image encoder.
 
 API::
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.evaluation.metrics import roc_auc
+from training.metrics import roc_auc
 from training.trainer.transforms import centred_starts, extract_crop, label_centre, random_flips, random_starts
 
 

@@ -26,6 +26,10 @@ class LossModule(nn.Module):
         self.require_abnormal = train_cfg.require_abnormal
         self.alpha = float(train_cfg.coteaching_alpha)
         self.gather = gather
+        self.label_weight = float(getattr(train_cfg, "label_loss_weight", 0.0))
+        self.cross_weight = float(getattr(train_cfg, "cross_anatomy_weight", 0.0))
+        if self.label_weight > 0.0 and "label_anatomy" not in model.heads:
+            raise ValueError("train.label_loss_weight > 0 needs the model's label heads (FVLM.add_heads)")
 
     def forward(
         self, batch: Mapping[str, Any], peer: nn.Module | None = None
@@ -35,10 +39,11 @@ class LossModule(nn.Module):
         device = self.model.device
         volume = batch["volume"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
+        bias = getattr(self.model, "logit_bias", None)  # present with train.contrastive: sigmoid
         if self.loss_kind == "clip":
             out = self.model(volume, mask, report_text=batch["report_text"])
-            loss = clip_loss(out["global_"], out["text_global"], out["logit_scale"], gather=self.gather)
-            return loss, {}
+            loss = clip_loss(out["global_"], out["text_global"], out["logit_scale"], self.gather, bias)
+            return self._with_label_loss(loss, {}, out, batch)
         out = self.model(volume, mask, anatomy_text=batch["anatomy_text"])
         valid = batch["anatomy_intact"].to(device).bool() & out["anatomy_present"]
         coteach = None
@@ -46,7 +51,7 @@ class LossModule(nn.Module):
             with torch.no_grad():
                 peer_out = peer(volume, mask, anatomy_text=batch["anatomy_text"])
             coteach = peer_logits(peer_out["anatomy"], peer_out["text_anatomy"], out["logit_scale"], gather=self.gather)
-        return fvlm_loss(
+        loss, parts = fvlm_loss(
             out["anatomy"],
             out["text_anatomy"],
             valid,
@@ -59,7 +64,35 @@ class LossModule(nn.Module):
             gather=self.gather,
             anatomy_names=self.model.anatomy_names,
             require_abnormal=self.require_abnormal,
+            logit_bias=bias,
         )
+        if self.cross_weight > 0.0:
+            from training.models.auxiliary import cross_anatomy_loss
+            from training.models.distributed import text_keys
+
+            keys = text_keys(batch["anatomy_text"], device=device)
+            abnormal = batch["anatomy_abnormal"].to(device)
+            cross = cross_anatomy_loss(
+                out["anatomy"], out["text_anatomy"], valid, abnormal, keys, out["logit_scale"], self.normal_positives
+            )
+            parts = {**parts, "cross_anatomy": cross.detach()}
+            loss = loss + self.cross_weight * cross
+        return self._with_label_loss(loss, parts, out, batch)
+
+    def _with_label_loss(
+        self, loss: torch.Tensor, parts: dict[str, torch.Tensor], out: Mapping[str, Any], batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Add ``train.label_loss_weight`` x the parsed-label BCE (training.models.auxiliary.label_loss)."""
+        if self.label_weight <= 0.0:
+            return loss, parts
+        from training.models.auxiliary import label_logits, label_loss
+
+        label_anatomy = self.model.heads["label_anatomy"]
+        logits = label_logits(
+            out["anatomy"], out["global_"], self.model.label_weight, self.model.label_bias, label_anatomy
+        )
+        supervised = label_loss(logits, batch["labels"], out["anatomy_present"], label_anatomy)
+        return loss + self.label_weight * supervised, {**parts, "labels": supervised.detach()}
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -220,9 +220,3 @@ def catmull_rom(points: Sequence[Sequence[float]], samples_per_segment: int = 6)
             )
     out.append(control[-1])
     return np.asarray(out)
-
-
-def box_of_points(points: np.ndarray, margin: float) -> tuple[Vec3, Vec3]:
-    lo = points.min(axis=0) - margin
-    hi = points.max(axis=0) + margin
-    return (float(lo[0]), float(lo[1]), float(lo[2])), (float(hi[0]), float(hi[1]), float(hi[2]))

@@ -29,7 +29,7 @@ import numpy as np
 
 from core.io import atomic_path, atomic_write_text
 from core.processes import die_with_parent
-from preprocessing.synthetic.patients import patient_index
+from synthetic.patients import patient_index
 
 LOG = logging.getLogger(__name__)
 GENERATOR_VERSION = "4"
@@ -60,7 +60,7 @@ class CohortSummary:
 
 
 def study_key(seed: int, index: int) -> str:
-    from preprocessing.synthetic.dicom_writer import uid
+    from synthetic.dicom_writer import uid
 
     return uid(seed, index, "study")
 
@@ -71,10 +71,10 @@ def generate_study(
     """Make, write and describe study ``index``; returns its cohort.json record (+ report and PHI)."""
     import nibabel as nib
 
-    from preprocessing.synthetic.dicom_writer import DicomVariant, write_study
-    from preprocessing.synthetic.phantom import make_phantom, study_rngs
-    from preprocessing.synthetic.phi import patient_phi, searchable_values, study_phi
-    from preprocessing.synthetic.reports import write_report
+    from synthetic.dicom_writer import DicomVariant, write_study
+    from synthetic.phantom import make_phantom, study_rngs
+    from synthetic.phi import patient_phi, searchable_values, study_phi
+    from synthetic.reports import write_report
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -171,9 +171,9 @@ def generate_cohort(
     difficulty: str = "learnable",
 ) -> CohortSummary:
     """Write the synthetic cohort to ``out_dir`` (see module doc); deterministic for ``seed`` and ``difficulty``
-    (``learnable`` / ``paper``: lesion sizes, contrast and prevalence, see ``preprocessing.synthetic.difficulty``)."""
+    (``learnable`` / ``paper``: lesion sizes, contrast and prevalence, see ``synthetic.difficulty``)."""
     from core.anatomy_sets import CTRATE_LABELS
-    from preprocessing.synthetic.difficulty import lesion_spec
+    from synthetic.difficulty import lesion_spec
 
     if studies < 1:
         raise ValueError("studies must be >= 1")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/ablation.py --cohort-seed 1 --out data/ablation
+    .venv/bin/python experiments/ablation.py --cohort-seed 1 --out data/ablation
     # = --studies 120 --steps 300 --seeds 0 1 2 --split 0.6 0.2 0.2: the demo's cohort and recipe
     #   (params.yaml; the table in docs/learnability.md), about 40 min on 2 idle cores
 
@@ -398,7 +398,7 @@ def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict
     import torch
 
     from core.config import load_config
-    from training.evaluation.metrics import bootstrap_auc
+    from training.metrics import bootstrap_auc
     from training.models.model import vision_encoder
     from training.models.zero_shot import zero_shot_spec
     from training.trainer.data import ShardDataset
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     config_params = load_yaml(work / "params.yaml")
     profile = config_params.get("profile")
     batch_size = config_params.get("train", {}).get("batch_size")
-    command = "python benchmarks/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
+    command = "python experiments/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
         s=args.studies,
         t=args.steps,
         seeds=" ".join(map(str, args.seeds)),

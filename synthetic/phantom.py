@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from preprocessing.synthetic.anatomy import AnatomyFindings, build_anatomy
-from preprocessing.synthetic.canvas import Canvas
-from preprocessing.synthetic.difficulty import DEFAULT_DIFFICULTY
-from preprocessing.synthetic.geometry import Grid, random_pose
-from preprocessing.synthetic.lesions import anatomy_findings, draw_lesions, sample_labels
-from preprocessing.synthetic.patients import patient_index
+from synthetic.anatomy import AnatomyFindings, build_anatomy
+from synthetic.canvas import Canvas
+from synthetic.difficulty import DEFAULT_DIFFICULTY
+from synthetic.geometry import Grid, random_pose
+from synthetic.lesions import anatomy_findings, draw_lesions, sample_labels
+from synthetic.patients import patient_index
 
 SizeName = Literal["demo", "small", "real"]
 
@@ -117,7 +117,7 @@ def make_phantom(
     ``labels`` overrides the sampled findings (e.g. ``{"Lung nodule": 1}``, others 0) - for tests and
     benchmarks; ``draw=False`` skips lesion drawing (the normal anatomy of the same patient);
     ``difficulty`` (``learnable`` / ``paper``) sets lesion sizes, contrast and label prevalence
-    (``preprocessing.synthetic.difficulty``).
+    (``synthetic.difficulty``).
     """
     from scipy import ndimage
 

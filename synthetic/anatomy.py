@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preprocessing.synthetic.canvas import Canvas
-from preprocessing.synthetic.geometry import (
+from synthetic.canvas import Canvas
+from synthetic.geometry import (
     abs_pow,
     capsule,
     catmull_rom,

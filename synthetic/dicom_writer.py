@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.io import atomic_path
-from preprocessing.synthetic.phantom import SIZES, Phantom
+from synthetic.phantom import SIZES, Phantom
 
 VENDORS = (
     {

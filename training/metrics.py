@@ -1,4 +1,4 @@
-"""Binary classification metrics for zero-shot evaluation (numpy only, vectorised for the bootstrap).
+"""Binary classification metrics (numpy only, vectorised for the bootstrap): zero-shot evaluation and the probe.
 
 Conventions: ``y_true`` holds 0/1 (unknown labels are removed by the caller), ``score`` a probability
 of the positive class; a prediction is positive when ``score >= threshold``.

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from preprocessing.synthetic.anatomy import (
+from synthetic.anatomy import (
     BODY_EXPONENT,
     CAVITY_CENTER_V,
     LOBES,
@@ -23,9 +23,9 @@ from preprocessing.synthetic.anatomy import (
     lung_label_ids,
     smooth_field,
 )
-from preprocessing.synthetic.canvas import Canvas
-from preprocessing.synthetic.difficulty import DEFAULT_DIFFICULTY, lesion_spec
-from preprocessing.synthetic.geometry import capsule, catmull_rom, ellipsoid
+from synthetic.canvas import Canvas
+from synthetic.difficulty import DEFAULT_DIFFICULTY, lesion_spec
+from synthetic.geometry import capsule, catmull_rom, ellipsoid
 
 Lesion = dict[str, Any]
 
@@ -96,11 +96,6 @@ def _fits(canvas: Canvas, center: np.ndarray, radius: float, allowed: Sequence[i
 def _centroid(u: np.ndarray, v: np.ndarray, w: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Body-frame centroid of a region (the voxel nearest to it is recorded later)."""
     return np.array([u[region].mean(), v[region].mean(), w[region].mean()], dtype=float)
-
-
-def lobe_name(label_id: int) -> str:
-    names = {v: k for k, v in class_ids().items()}
-    return names[int(label_id)]
 
 
 def _side_of_lobe(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The fVLM zero-shot pyfunc as MLflow *models-from-code*: :func:`training.evaluation.tracking.log_model`
+"""The fVLM zero-shot pyfunc as MLflow *models-from-code*: :func:`training.tracking.registry.log_model`
 logs this file's path, MLflow copies the file into the logged model and executes it when the model is
 logged and loaded. Nothing is pickled: the model is this code plus plain-file artifacts (the
 ``FVLM.save_pretrained`` directory: JSON config, a torch state dict read with ``weights_only=True``,
@@ -8,7 +8,7 @@ The package never imports this module (it calls :func:`mlflow.models.set_model` 
 
 Input: one float32 array ``(B, 2, Z, Y, X)``, channel 0 the volume in [0, 1] on the model grid, channel 1
 the anatomy mask ids (0..K, whole numbers); build it with
-:func:`training.evaluation.tracking.pyfunc_input`. Output: a DataFrame of zero-shot positive-class
+:func:`training.tracking.registry.pyfunc_input`. Output: a DataFrame of zero-shot positive-class
 probabilities, one column per scored label.
 """
 
@@ -24,8 +24,8 @@ class FvlmZeroShotPyfunc(PythonModel):
     """Zero-shot per-label probabilities from a stacked (volume, mask) array on the model grid."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        from training.evaluation.tracking import MODEL_DIR_ARTIFACT
         from training.models.zero_shot import load_zero_shot_model
+        from training.tracking.registry import MODEL_DIR_ARTIFACT
 
         self.bundle = load_zero_shot_model(context.artifacts[MODEL_DIR_ARTIFACT])
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from preprocessing.synthetic.geometry import DistanceFn, Grid, Pose, Vec3, capsule
+from synthetic.geometry import DistanceFn, Grid, Pose, Vec3, capsule
 
 HuValue = float | Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 

@@ -14,13 +14,13 @@ from typing import Any
 
 
 def generate_cohort(*args: Any, **kwargs: Any):  # -> CohortSummary
-    from preprocessing.synthetic.cohort import generate_cohort as _generate
+    from synthetic.cohort import generate_cohort as _generate
 
     return _generate(*args, **kwargs)
 
 
 def make_phantom(*args: Any, **kwargs: Any):  # -> Phantom
-    from preprocessing.synthetic.phantom import make_phantom as _make
+    from synthetic.phantom import make_phantom as _make
 
     return _make(*args, **kwargs)
 

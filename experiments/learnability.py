@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/learnability.py --difficulty learnable paper --encoders conv vit \
+    python experiments/learnability.py --difficulty learnable paper --encoders conv vit \
         --studies 200 --steps 300 --out data/learnability
-    python benchmarks/learnability.py --visibility-only --difficulty paper learnable
+    python experiments/learnability.py --visibility-only --difficulty paper learnable
 
 1. **Visibility** (per label): ``--per-label`` phantoms with only that finding forced on, each next to the
    same patient without it (same anatomy, same noise: only the lesion differs). Both go through the shard
@@ -67,8 +67,8 @@ def prepared_study(job: tuple[int, int, str, dict[str, Any], str]) -> dict[str, 
     torch.set_num_threads(1)
     from core.anatomy_sets import CTRATE_LABELS
     from core.config import GridConfig
-    from preprocessing.synthetic.patients import patient_index
-    from preprocessing.synthetic.phantom import make_phantom
+    from synthetic.patients import patient_index
+    from synthetic.phantom import make_phantom
 
     seed, index, difficulty, grid_raw, anatomy_set = job
     grid = GridConfig.model_validate(grid_raw)
@@ -96,7 +96,7 @@ def load_cohort(
     cache: Path, seed: int, studies: int, difficulty: str, config: Any, workers: int
 ) -> list[dict[str, Any]]:
     """Prepared studies 0..studies-1 of cohort ``seed`` (cached as one npz per study)."""
-    from preprocessing.synthetic.cohort import GENERATOR_VERSION
+    from synthetic.cohort import GENERATOR_VERSION
 
     spacing = "x".join(f"{s:g}" for s in config.grid.spacing_zyx_mm)
     folder = cache / f"{difficulty}_v{GENERATOR_VERSION}_s{seed}_{spacing}"  # a new generator: a new cache
@@ -122,7 +122,7 @@ def visibility_job(job: tuple[int, int, str, str, dict[str, Any], str, float]) -
 
     torch.set_num_threads(1)
     from core.config import GridConfig
-    from preprocessing.synthetic.phantom import make_phantom
+    from synthetic.phantom import make_phantom
     from training.trainer.transforms import centred_starts, extract_crop, label_centre
 
     seed, index, label, difficulty, grid_raw, anatomy_set, threshold = job
