@@ -45,21 +45,22 @@ _PERSON_VERBS = (
 )
 _PERSON_VERB_AFTER = re.compile(rf"\s+{_PERSON_VERBS}")
 _NAME_WORD = r"[A-Z\u00c0-\u00d6\u00d8-\u00de][a-z\u00df-\u00f6\u00f8-\u00ff]+(?:['\u2019\-][A-Za-z]+)?"
-# (pattern, group holding the name, every word must be name-like): applied to candidate sentences only,
-# name-like words only replaced
-_CUE_RULES: tuple[tuple[re.Pattern[str], int, bool], ...] = (
-    (re.compile(rf"(?i:\b(?:{_KINSHIP})s?)\s*,?\s+((?:{_NAME_WORD}\s+){{0,2}}{_NAME_WORD})"), 1, False),
+# (pattern, group holding the name, which words it needs): applied to candidate sentences only, name-like
+# words only replaced. "cue": the cue is enough; "names": every word name-like; "names+": every word
+# name-like and one not a dictionary word (no cue but the words' place)
+_CUE_RULES: tuple[tuple[re.Pattern[str], int, str], ...] = (
+    (re.compile(rf"(?i:\b(?:{_KINSHIP})s?)\s*,?\s+((?:{_NAME_WORD}\s+){{0,2}}{_NAME_WORD})"), 1, "cue"),
     (
         re.compile(rf"(?i:\b(?:patient|pt\.?|patient's)(?:\s+name)?\s+)((?:{_NAME_WORD}\s+){{0,2}}{_NAME_WORD})"),
         1,
-        False,
+        "cue",
     ),
-    (re.compile(rf"(?i:\b(?:of|for|with|from|by|to|and)\s+)({_NAME_WORD},\s*{_NAME_WORD})\b"), 1, False),
-    (re.compile(rf"^\s*((?:{_NAME_WORD}\s+){{1,2}}{_NAME_WORD})(?=\s+[a-z])"), 1, True),
+    (re.compile(rf"(?i:\b(?:of|for|with|from|by|to|and)\s+)({_NAME_WORD},\s*{_NAME_WORD})\b"), 1, "cue"),
+    (re.compile(rf"^\s*((?:{_NAME_WORD}\s+){{1,2}}{_NAME_WORD})(?=\s+[a-z])"), 1, "names+"),
     # two or three name-like words inside a sentence, after a lower-case word: "explained to Wilhelmina Pemberton"
-    (re.compile(rf"(?<=[a-z,;)] )((?:{_NAME_WORD}\s+){{1,2}}{_NAME_WORD})"), 1, True),
-    # one word opening the sentence, then a verb only a person takes: "Wilhelmina underwent ..."
-    (re.compile(rf"^\s*({_NAME_WORD})(?=\s+{_PERSON_VERBS})"), 1, True),
+    (re.compile(rf"(?<=[a-z,;)] )((?:{_NAME_WORD}\s+){{1,2}}{_NAME_WORD})"), 1, "names+"),
+    # a sentence opening with 1-3 name-like words, then a verb only a person takes: "Wilhelmina underwent ..."
+    (re.compile(rf"^\s*((?:{_NAME_WORD}\s+){{0,2}}{_NAME_WORD})(?=\s+{_PERSON_VERBS})"), 1, "names"),
 )
 
 # clinical words that never start a signature line (a last line "Normal Study" is not a name)
@@ -95,6 +96,7 @@ bosniak chilaiditi gerota scimitar fleischner hounsfield kerley schmorl morgagni
 kartagener windermere tietze pancoast virchow klippel feil ewing debakey bakey stanford glenn fontan blalock
 taussig fallot marfan takayasu kawasaki wegener hodgkin castleman kaposi zenker boerhaave meckel crohn
 langerhans sjogren behcet caplan loeffler halo tbc dr prof doc mr mrs ms miss uzm op md
+patient patients case subject he she they his her hers him we our person man woman male female child baby
 the a an and or no not is are was were be been with without to for from by as this that these those there which
 both than in on at of when while it its however although though also apart except other another all any each some
 none nothing if after before since due compared according given further still yet again here where
@@ -217,10 +219,10 @@ def candidate_sentences(text: str) -> list[tuple[int, int]]:
         if not is_name_like(word):
             continue
         paired, cued = _paired(text, words, position), _cued(text, match.start(), match.end())
-        if not paired and not cued:
+        if not paired and not cued and not _PERSON_VERB_AFTER.match(text, match.end()):
             if _in_dictionary(word):
                 continue
-            if _opens_sentence(text, match.start()) and not _PERSON_VERB_AFTER.match(text, match.end()):
+            if _opens_sentence(text, match.start()):
                 continue  # a lone sentence-opening word is a name for no rule unless a person's verb follows
         span = _sentence_span(text, match.start(), match.end())
         if spans and span[0] < spans[-1][1]:
@@ -303,11 +305,11 @@ def _model_names(sentence: str, doc: Any) -> list[tuple[int, int]]:
 def _cue_names(sentence: str) -> list[tuple[int, int]]:
     """The name-like words the cue rules find in one candidate sentence."""
     found: list[tuple[int, int]] = []
-    for pattern, group, strict in _CUE_RULES:
+    for pattern, group, needs in _CUE_RULES:
         for match in pattern.finditer(sentence):
-            if strict:  # a sentence opening "Xxx Yyy was": names only when no word is medical or all are words
-                opening = re.findall(_NAME_WORD, match.group(group))
-                if not all(map(is_name_like, opening)) or all(map(_in_dictionary, opening)):
+            if needs != "cue":  # no cue word: every word name-like (and, for "names+", not all dictionary words)
+                words = re.findall(_NAME_WORD, match.group(group))
+                if not all(map(is_name_like, words)) or (needs == "names+" and all(map(_in_dictionary, words))):
                     continue
             found.extend(_name_like_words(sentence, *_grow(sentence, *match.span(group))))
     return found

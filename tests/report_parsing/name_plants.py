@@ -27,8 +27,10 @@ REASONS = ("dyspnea", "chest pain", "cough", "follow-up", "fever", "a routine co
 PATTERNS: tuple[tuple[str, str], ...] = (
     ("bare", "{first} {last} was scanned for {reason}."),
     ("bare", "{first} {last} underwent the examination without complication."),
+    ("bare", "The findings were explained to {first} {last} by phone."),
     ("kinship", "The results were discussed with her son {first} {last}."),
     ("kinship", "His wife {first} {last} accompanied the patient."),
+    ("kinship", "Her husband, {first}, was present."),
     ("comma", "Compared with the prior examination of {last}, {first}."),
     ("patient", "Patient {first} {last} tolerated the procedure well."),
     ("title", "Mr. {last} was informed."),

@@ -25,6 +25,10 @@ PLANTED = [
     ("Patient Ayse Yilmaz tolerated the procedure well.", ["Ayse", "Yilmaz"]),
     ("His wife Rose Baker accompanied the patient.", ["Rose", "Baker"]),  # dictionary words, after a cue
     ("Mehmet Kaya underwent the examination without complication.", ["Mehmet", "Kaya"]),
+    ("Findings were explained to Wilhelmina Pemberton on the phone.", ["Wilhelmina", "Pemberton"]),  # model: ORG
+    ("Wilhelmina underwent the examination.", ["Wilhelmina"]),
+    ("Patient name Wilhelmina Pemberton.", ["Wilhelmina", "Pemberton"]),
+    ("Her husband, Tobias, was present.", ["Tobias"]),
 ]
 
 
