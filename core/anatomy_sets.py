@@ -2,7 +2,8 @@
 
 An :class:`AnatomySet` says, for each anatomy (in index order: mask value ``k + 1``, text slot ``k``),
 which TotalSegmentator ``total`` classes form it, which words point a report sentence at it, which of
-the 18 CT-RATE labels belong to it and the zero-shot (negative, positive) prompt pair per label.
+the 18 CT-RATE labels belong to it and the zero-shot (negative, positive) prompt pair per label (a named
+set of ``prompt_sets.yaml``, :func:`load_prompt_sets`, or the set's own ``prompts``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 ANATOMY_SETS_FILE = Path(__file__).with_name("anatomy_sets.yaml")
+PROMPT_SETS_FILE = Path(__file__).with_name("prompt_sets.yaml")  # set name -> label -> [negative, positive]
 
 CTRATE_LABELS: tuple[str, ...] = (
     "Medical material",
@@ -107,6 +109,36 @@ def available_sets() -> tuple[str, ...]:
 
 
 @functools.cache
+def load_prompt_sets() -> dict[str, dict[str, tuple[str, str]]]:
+    """``prompt_sets.yaml``: set name -> CT-RATE label -> (negative, positive), every set giving all 18 labels."""
+    raw = yaml.safe_load(PROMPT_SETS_FILE.read_text()) or {}
+    sets: dict[str, dict[str, tuple[str, str]]] = {}
+    for set_name, pairs in raw.items():
+        missing = sorted(set(CTRATE_LABELS) - set(pairs or {}))
+        unknown = sorted(set(pairs or {}) - set(CTRATE_LABELS))
+        if missing or unknown:
+            raise ValueError(
+                f"{PROMPT_SETS_FILE}: prompt set {set_name!r} must give the 18 CT-RATE labels "
+                f"(missing {missing}, unknown {unknown})"
+            )
+        for label, pair in pairs.items():
+            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+                raise ValueError(
+                    f"{PROMPT_SETS_FILE}: {set_name!r} / {label!r} must be [negative, positive], got {pair!r}"
+                )
+        sets[str(set_name)] = {label: (pair[0], pair[1]) for label, pair in pairs.items()}
+    return sets
+
+
+def prompt_set(name: str) -> dict[str, tuple[str, str]]:
+    """One prompt set of ``prompt_sets.yaml`` (label -> (negative, positive))."""
+    sets = load_prompt_sets()
+    if name not in sets:
+        raise KeyError(f"unknown prompt set {name!r} (in {PROMPT_SETS_FILE}); known: {', '.join(sets)}")
+    return sets[name]
+
+
+@functools.cache
 def load_anatomy_set(name: str) -> AnatomySet:
     raw_sets = _raw_sets()
     if name not in raw_sets:
@@ -126,9 +158,12 @@ def load_anatomy_set(name: str) -> AnatomySet:
     if unknown or len(labels) != len(CTRATE_LABELS):
         raise ValueError(f"anatomy set {name!r}: labels must be exactly the 18 CT-RATE labels ({sorted(unknown)})")
     prompts_source = raw
-    while "prompts" not in prompts_source:
+    while "prompts" not in prompts_source and "prompt_set" not in prompts_source:
         prompts_source = raw_sets[prompts_source["extends_labels_from"]]
-    prompts = {label: (pair[0], pair[1]) for label, pair in prompts_source["prompts"].items()}
+    if "prompt_set" in prompts_source:  # a named set of prompt_sets.yaml
+        prompts = dict(prompt_set(str(prompts_source["prompt_set"])))
+    else:
+        prompts = {label: (pair[0], pair[1]) for label, pair in prompts_source["prompts"].items()}
     names = {a.name for a in anatomies}
     # the set's own normal descriptions win over those inherited with the prompts
     inherited = {**prompts_source.get("normal_prompts", {}), **raw.get("normal_prompts", {})}

@@ -215,6 +215,15 @@ class TextConfig(_Section):
     max_length: int = Field(128, ge=8)
     pooling: Literal["auto", "cls", "mean"] = "auto"  # auto: [CLS] for a pretrained encoder, mean from scratch
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_vocab_key(cls, raw: Any) -> Any:
+        # models saved before 2026-12-04 record `vocab_min_reports` in fvlm_config.json: they must still load
+        if isinstance(raw, dict) and "vocab_min_reports" in raw:
+            raw = {k: v for k, v in raw.items() if k != "vocab_min_reports"}
+            raw.setdefault("vocab_min_patients", 5)
+        return raw
+
 
 class ModelConfig(_Section):
     vision: VisionConfig = VisionConfig()
@@ -261,6 +270,9 @@ PromoteFloor = Literal["ci_low", "none"] | Annotated[float, Field(ge=0.0, le=1.0
 class EvaluateConfig(_Section):
     bootstrap: int = Field(1000, ge=0)
     prompts_file: str | None = None
+    # zero-shot negative prompt: plain (fVLM's pair), with_normal (averaged with the anatomy's normal
+    # sentence) or auto (the one with the higher validation mean AUC; training/models/zero_shot.py)
+    negative_rule: Literal["plain", "with_normal", "auto"] = "plain"
     promote_alias: str = "champion"
     promote_floor: PromoteFloor = "ci_low"
     eval_mode: Literal["anatomy", "center"] = "anatomy"  # reader's deterministic crop for evaluation
@@ -617,23 +629,30 @@ def services_environment(config: FvlmConfig, environ: dict[str, str] | None = No
     MLflow server opens). Variables already set in ``environ`` are left alone (returned dict holds only
     what would be added).
     """
-    from core.stores import service_healthy
+    from core.stores import running_client_env, service_healthy
 
     environ = dict(os.environ) if environ is None else environ
     services = config.services
     data_dir = config.path(services.data_dir)
+    # the ports `fvlm services up` chose (its PID records), not params.yaml's: `up --prefect-port 4271` works
+    # without sourcing services.env
+    running = running_client_env(data_dir)
     added: dict[str, str] = {}
     if not environ.get("PREFECT_API_URL"):
         api = f"http://{services.host}:{services.prefect_port}/api"
         if config.tracking.prefect_api_url:
             added["PREFECT_API_URL"] = config.tracking.prefect_api_url
-        elif service_healthy(data_dir, "prefect", f"{api}/health"):
+        elif running.get("PREFECT_API_URL"):
+            added["PREFECT_API_URL"] = running["PREFECT_API_URL"]
+        elif service_healthy(data_dir, "prefect", f"{api}/health"):  # a PID record of an older version
             added["PREFECT_API_URL"] = api
         elif not environ.get("PREFECT_HOME"):
             added["PREFECT_HOME"] = str(data_dir.resolve() / "prefect")
     if not environ.get("MLFLOW_TRACKING_URI"):
         url = f"http://{services.host}:{services.mlflow_port}"
-        if service_healthy(data_dir, "mlflow", f"{url}/health"):
+        if running.get("MLFLOW_TRACKING_URI"):
+            added["MLFLOW_TRACKING_URI"] = running["MLFLOW_TRACKING_URI"]
+        elif service_healthy(data_dir, "mlflow", f"{url}/health"):
             added["MLFLOW_TRACKING_URI"] = url
     return added
 
@@ -642,6 +661,10 @@ def apply_services_environment(config: FvlmConfig) -> FvlmConfig:
     """Export :func:`services_environment` into ``os.environ``; the config reloaded when the URI changed."""
     added = services_environment(config)
     os.environ.update(added)
+    if not os.environ.get("PREFECT_API_URL"):  # a flow may start Prefect's ephemeral server: wait as the load asks
+        from core.processes import scale_ephemeral_startup_timeout
+
+        scale_ephemeral_startup_timeout()
     if "PREFECT_HOME" in added:
         Path(added["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.mlflow_tracking_uri

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,35 @@ def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# what atomic_path's mkstemp names look like: ".<final name>.tmp-<8 random chars><suffixes>"
+TMP_FILE_PATTERN = re.compile(r"^\.(?P<final>.+)\.tmp-[a-z0-9_]{8}")
+
+
+def is_atomic_tmp(name: str) -> bool:
+    """``name`` is a temporary file of :func:`atomic_path` (a writer's, or one a killed writer left)."""
+    return TMP_FILE_PATTERN.match(name) is not None
+
+
+def remove_stale_tmp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed writer left under ``folder`` (recursively); the removed paths.
+
+    Called when a stage starts, before it writes (and so before DVC tracks the folder): a stage owns
+    its output folder while it runs (``dvc repro`` holds its lock), so no live writer's file is touched.
+    """
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if is_atomic_tmp(name):
+                path = Path(directory) / name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(final_path: str | os.PathLike[str], payload: bytes) -> None:

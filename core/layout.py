@@ -65,6 +65,22 @@ def stage_cache_dir(project_root: PathLike, stage: str) -> Path:
     return Path(project_root) / CACHE_DIR / stage
 
 
+PRIVATE_DIR = ".fvlm-private"  # what only the salt holder may read (identity map, raw-header index); gitignored
+
+
+def convert_index_path(project_root: PathLike, input_dir: PathLike) -> Path:
+    """``<project_root>/.fvlm-private/convert-index/<input name>-<hash of the resolved input path>.pickle``:
+    convert's index of the files it has read (stat data -> header record + content hash), one per input
+    folder, outside every DVC output (:mod:`preprocessing.file_index`). It holds raw header values
+    (PatientID, names, accession), so it lives beside the identity map, not in the shareable cache."""
+    import hashlib
+
+    source = Path(input_dir).resolve()
+    label = hashlib.sha256(str(source).encode()).hexdigest()[:12]
+    folder = Path(project_root).resolve() / PRIVATE_DIR / "convert-index"
+    return folder / f"{source.name or 'root'}-{label}.pickle"
+
+
 def folder_study_key(relative_folder: str | os.PathLike[str]) -> str:
     """The study key of DICOM files without a study key tag: ``folder:<relative/posix/path>`` of their
     folder relative to the raw DICOM root (``folder:.`` for files directly in the root)."""

@@ -1,8 +1,9 @@
 """Where ``fvlm services up`` leaves its servers, and whether one is up: PID files and health checks.
 
-``<services.data_dir>/run/<name>.pid`` holds JSON (pid, command, url, marker, started). One home for
-reading it, so that the config (which stores a command talks to, :mod:`core.config`) and the service
-manager (:mod:`flows.services`, which writes these files) agree on what "running" means.
+``<services.data_dir>/run/<name>.pid`` holds JSON (pid, command, url, health_url, port, client_env, marker,
+started). One home for reading it, so that the config (which stores a command talks to, :mod:`core.config`)
+and the service manager (:mod:`flows.services`, which writes these files) agree on what "running" means,
+and on *where*: the record's URLs are the ports ``fvlm services up`` chose, whatever params.yaml says.
 """
 
 from __future__ import annotations
@@ -77,7 +78,32 @@ def healthy(url: str | None, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def running_record(data_dir: Path, name: str, timeout_s: float = 0.5) -> dict[str, object] | None:
+    """The PID record of service ``name`` when its process is ours and answers the health URL it recorded.
+
+    Records written before they held ``health_url`` (older versions) are not trusted here: None.
+    """
+    record = read_pid(data_dir, name)
+    if record is None or not record.get("health_url") or not is_ours(record):
+        return None
+    return record if healthy(str(record["health_url"]), timeout_s) else None
+
+
+def running_client_env(data_dir: Path, names: tuple[str, ...] = ("prefect", "mlflow")) -> dict[str, str]:
+    """What a client exports to use the services that run (and answer) now, from their PID records only:
+    a service that is not running contributes nothing (never a guessed default port)."""
+    env: dict[str, str] = {}
+    for name in names:
+        record = running_record(data_dir, name)
+        client = record.get("client_env") if record is not None else None
+        if isinstance(client, dict):
+            env.update({str(key): str(value) for key, value in client.items()})
+    return env
+
+
 def service_healthy(data_dir: Path, name: str, url: str, timeout_s: float = 0.5) -> bool:
     """The service ``fvlm services up`` started (PID file, live process) answers its health URL."""
     record = read_pid(data_dir, name)
-    return record is not None and pid_alive(int(record["pid"])) and healthy(url, timeout_s)  # type: ignore[call-overload]
+    if record is None or record.get("health_url") not in (None, url):  # it recorded another port: not this one
+        return False
+    return pid_alive(int(record["pid"])) and healthy(url, timeout_s)  # type: ignore[call-overload]

@@ -193,6 +193,22 @@ def _normalise(
     return given
 
 
+# Per-item progress of batches that run in this process (the threads task runner): the parent registers
+# a tick per (run token, batch index); a batch function taking ``progress`` (``segment_batch``) calls it
+# after each item, so the bar counts studies as they finish, not batches. Other runners (processes, dask)
+# find nothing here: their bar counts a batch's items when the batch ends.
+_ITEM_TICKS: dict[tuple[str, int], Callable[[], None]] = {}
+
+
+def _accepts_progress(batch_fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return "progress" in inspect.signature(batch_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def process_batch(
     batch_fn: Callable[[list[Any]], Sequence[ItemOutcome] | None],
     batch: list[Any],
@@ -201,6 +217,7 @@ def process_batch(
     concurrency_limit: str | None = None,
     fatal_errors: tuple[type[BaseException], ...] = (),
     redact_errors: bool = False,
+    progress_token: str | None = None,
 ) -> BatchReport:
     """Body of the Prefect batch task (also callable directly): run, isolate on non-transient errors.
 
@@ -219,7 +236,12 @@ def process_batch(
         guard = concurrency(concurrency_limit, occupy=1, strict=False)
     with guard:
         try:
-            outcomes = _normalise(batch_fn(batch), batch, item_key)
+            tick = _ITEM_TICKS.get((progress_token, index)) if progress_token else None
+            if tick is not None and _accepts_progress(batch_fn):
+                done = batch_fn(batch, progress=lambda *_: tick())  # type: ignore[call-arg]
+            else:
+                done = batch_fn(batch)
+            outcomes = _normalise(done, batch, item_key)
             isolated = False
         except Exception as error:
             if is_transient(error) or isinstance(error, fatal_errors):
@@ -343,7 +365,20 @@ def run_batched(
             extra=ui_only,
         )
         bar = progress(len(pending), stage, item_unit, log=log, closing_line=False)
-        with runner, bar:
+        token = f"{stage}-{id(bar)}"
+        ticked = [0] * len(batches)
+
+        def tick_for(index: int, size: int) -> Callable[[], None]:
+            def tick() -> None:
+                if ticked[index] < size:  # a retried batch does not count its items twice
+                    ticked[index] += 1
+                    bar.advance(1)
+
+            return tick
+
+        if runner_name == "threads":
+            _ITEM_TICKS.update({(token, index): tick_for(index, len(batch)) for index, batch in enumerate(batches)})
+        with runner, bar, _forget_ticks(token):
             futures = {}
             for index, batch in enumerate(batches):
                 future = runner.submit(
@@ -356,6 +391,7 @@ def run_batched(
                         "concurrency_limit": concurrency_limit,
                         "fatal_errors": tuple(fatal_errors),
                         "redact_errors": redact_errors,
+                        "progress_token": token if runner_name == "threads" else None,
                     },
                 )
                 futures[future] = (index, batch)
@@ -374,7 +410,8 @@ def run_batched(
                     outcomes.extend(ItemOutcome(item_key(item), "failed", reason) for item in batch)
                 done += 1
                 items_done += len(batch)
-                bar.advance(len(batch))
+                rest, ticked[index] = len(batch) - ticked[index], len(batch)
+                bar.advance(rest)  # what per-item ticks did not count (other runners, isolation, failures)
                 log.info(
                     "%s: batch %d/%d done (%d/%d items, %.1f s)",
                     stage,
@@ -402,6 +439,15 @@ def run_batched(
     if artifact and _in_prefect_run():
         _safe_markdown(summary)
     return summary
+
+
+@contextlib.contextmanager
+def _forget_ticks(token: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for key in [key for key in _ITEM_TICKS if key[0] == token]:
+            _ITEM_TICKS.pop(key, None)
 
 
 def render_markdown(summary: RunSummary, *, max_workers: int | None = None, qc_link_limit: int = 50) -> str:
@@ -434,10 +480,11 @@ def render_markdown(summary: RunSummary, *, max_workers: int | None = None, qc_l
             lines.append(f"- ... and {len(problems) - 50} more")
     with_qc = [o for o in summary.outcomes if o.qc_path]
     if with_qc:
+        # paths as text: a file:// link from Prefect's http page does not open in a browser; with an MLflow
+        # server the segment flow links the pictures by http URL (flows.stages.publish_qc_pictures)
         lines += ["", "## QC pictures", ""]
         for outcome in with_qc[:qc_link_limit]:
-            uri = Path(outcome.qc_path).resolve().as_uri() if outcome.qc_path else ""
-            lines.append(f"- [{outcome.key}]({uri})")
+            lines.append(f"- {outcome.key}: `{Path(outcome.qc_path).resolve() if outcome.qc_path else ''}`")
         if len(with_qc) > qc_link_limit:
             lines.append(f"- ... and {len(with_qc) - qc_link_limit} more")
     for name, value in summary.extra.items():

@@ -94,9 +94,73 @@ def in_dvc_cache(path: Path, cache_dir: Path) -> bool:
     return (cache_dir / "files" / "md5" / digest[:2] / digest[2:]).is_file()
 
 
+INGEST_LOG = "ingest-log.jsonl"
+
+
+def ingest_log_path(root: Path, raw_dataset: Path | None) -> Path:
+    """The append-only ingest log, tracked by git (not DVC): next to the raw dataset (``data/ingest-log.jsonl``
+    for ``data/demo``), else ``<root>/data/``."""
+    root = root.resolve()
+    if raw_dataset is not None:
+        parent = raw_dataset.resolve().parent
+        if parent == root or root in parent.parents:
+            return parent / INGEST_LOG
+    return root / "data" / INGEST_LOG
+
+
+def append_ingest_log(root: Path, targets: list[Path], log_path: Path) -> dict[str, Any]:
+    """One JSON line per recorded ingest: each target's ``.dvc`` file (its content hash) as ``dvc add`` left it.
+
+    Appended and fsynced, never rewritten: after a ``git stash`` / checkout and ``dvc gc -w`` the hash of
+    every ingest is still written down (docs/orchestration.md "Recovering an ingest").
+    """
+    import json
+    import os
+    import time
+
+    import yaml
+
+    root = root.resolve()
+    datasets: dict[str, Any] = {}
+    for target in targets:
+        dvc_file = target.with_name(target.name + ".dvc")
+        text = dvc_file.read_text()
+        outs = (yaml.safe_load(text) or {}).get("outs") or [{}]
+        datasets[str(dvc_file.relative_to(root))] = {
+            "md5": outs[0].get("md5"),
+            "size": outs[0].get("size"),
+            "nfiles": outs[0].get("nfiles"),
+            "dvc_file": text,
+        }
+    entry = {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "datasets": datasets}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return entry
+
+
+def restore_from_ingest_log(root: Path, log_path: Path, which: int = -1) -> list[Path]:
+    """Write back the ``.dvc`` files of ingest entry ``which`` (default: the last); the files written.
+    ``dvc pull <file>`` (or ``dvc checkout`` while the cache holds it) then brings the studies back."""
+    import json
+
+    lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{log_path}: no ingest recorded yet")
+    entry = json.loads(lines[which])
+    written = []
+    for relative, dataset in entry["datasets"].items():
+        path = root.resolve() / relative
+        path.write_text(dataset["dvc_file"])
+        written.append(path)
+    return written
+
+
 def dvc_recorder(root: Path, raw_dataset: Path | None, log: Any = None) -> Any:
     """``record(paths)`` for :func:`preprocessing.ingest.collect_incoming`: ``dvc add`` of the tracked folders
-    holding them."""
+    holding them, then a line in the ingest log (:func:`append_ingest_log`) with the hashes it recorded."""
 
     def record(paths: list[Path]) -> list[Path]:
         targets: list[Path] = []
@@ -114,6 +178,10 @@ def dvc_recorder(root: Path, raw_dataset: Path | None, log: Any = None) -> Any:
                 env=child_env(),
                 log=log,
             )
+            log_path = ingest_log_path(root, raw_dataset)
+            append_ingest_log(root, targets, log_path)
+            if log is not None:
+                log.info("ingest: dataset hashes appended to %s (commit it with the .dvc files)", log_path)
         return targets
 
     return record

@@ -4,7 +4,9 @@ DVC owns *what is stale* (dvc.yaml: one stage per box, each calling an ``fvlm`` 
 stage flow); this flow owns *when* and reports the outcome:
 
 1. ``dvc pull --allow-missing`` when a DVC remote is configured (a fresh clone gets the data others have
-   already produced; missing objects, e.g. on the very first run, are not an error);
+   already produced; objects missing from the remote, e.g. on the very first run, are not an error); a
+   failed pull (remote unreachable, bad credentials) stops the run -- a repro on stale local data would
+   look like success -- unless ``allow_missing_remote`` (``fvlm pipeline --allow-missing-remote``);
 2. ``dvc repro [targets]`` from the repository root (the evaluate stage includes the promotion gate);
 3. ``dvc push`` when a remote is configured;
 4. the report: metrics/eval.json (and the other metrics files), the MLflow run id and the registered
@@ -107,8 +109,22 @@ def dvc_remote(repo_root: Path) -> str | None:
     return remotes[0] if len(remotes) == 1 else None
 
 
+class PullFailed(CommandError):
+    """``dvc pull`` failed: the message says how to go on with what is local."""
+
+    def __str__(self) -> str:
+        lines = [line.strip() for line in self.tail.splitlines() if line.strip()]
+        said = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
+        return (
+            f"dvc pull failed (exit {self.returncode}): {said or 'no output'} -- fix the remote "
+            "(`dvc remote list`, `dvc pull`), or go on with what is local: `fvlm pipeline --allow-missing-remote`"
+        )
+
+
 @task(name="dvc-pull", retries=2, retry_delay_seconds=10, persist_result=False)
-def dvc_pull(repo_root: str, remote: str) -> str:
+def dvc_pull(repo_root: str, remote: str, allow_missing_remote: bool = False) -> str:
+    """``dvc pull --allow-missing``; raise :class:`PullFailed` when it fails, unless ``allow_missing_remote``
+    (then a warning and the note for the report)."""
     log = run_logger()
     result = run_command(
         [executable("dvc"), "pull", "--allow-missing", "-r", remote],
@@ -117,10 +133,12 @@ def dvc_pull(repo_root: str, remote: str) -> str:
         log=log,
         check=False,
     )
-    if result.returncode != 0:  # e.g. nothing pushed yet: the repro below produces it
-        log.warning("dvc pull exited %d; continuing with what is local", result.returncode)
-        return f"dvc pull exited {result.returncode}"
-    return ""
+    if result.returncode == 0:
+        return ""
+    if not allow_missing_remote:
+        raise PullFailed(result.command, result.returncode, result.tail)
+    log.warning("dvc pull exited %d; going on with what is local (--allow-missing-remote)", result.returncode)
+    return f"dvc pull exited {result.returncode}"
 
 
 @task(name="dvc-repro", persist_result=False)
@@ -142,12 +160,16 @@ def dvc_push(repo_root: str, remote: str) -> None:
 
 
 def read_metrics(metrics_dir: Path) -> dict[str, Any]:
+    """``metrics/<name>.json`` by name, each merged with its ``<name>.info.json`` (core/metrics_files.py)."""
+    from core.metrics_files import INFO_SUFFIX
+
     metrics: dict[str, Any] = {}
     for path in sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []:
+        name = path.name.removesuffix(INFO_SUFFIX) if path.name.endswith(INFO_SUFFIX) else path.stem
         try:
-            metrics[path.stem] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            metrics[path.stem] = {"error": f"{path.name}: not readable JSON"}
+            metrics.setdefault(name, {}).update(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            metrics.setdefault(name, {})["error"] = f"{path.name}: not readable JSON"
     return metrics
 
 
@@ -183,7 +205,7 @@ def fill_mlflow_fields(
     promoted = _find_key(evaluation, ["promoted", "promoted_alias"])
     if isinstance(promoted, str):
         report.promoted_alias = promoted
-    elif promoted is True:
+    elif promoted is True or promoted == 1:  # metrics files write yes / no as 1 / 0
         report.promoted_alias = alias
     if _tracking_store_exists(tracking_uri, root):
         try:
@@ -221,6 +243,7 @@ def pipeline_flow(
     tracking_uri: str = "sqlite:///mlflow.db",
     registered_model: str = "fvlm-ct",
     promote_alias: str = "champion",
+    allow_missing_remote: bool = False,
 ) -> dict[str, Any]:
     """dvc pull (when a remote is configured) -> dvc repro -> dvc push -> report (metrics, MLflow run).
 
@@ -235,7 +258,7 @@ def pipeline_flow(
     report.remote = dvc_remote(root) if (pull or push) else None
     if pull and report.remote:
         started = time.perf_counter()
-        report.pull_note = dvc_pull(str(root), report.remote)
+        report.pull_note = dvc_pull(str(root), report.remote, allow_missing_remote)
         report.pulled = True
         report.seconds["pull"] = time.perf_counter() - started
     started = time.perf_counter()

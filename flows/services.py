@@ -34,7 +34,7 @@ from pathlib import Path
 from core import processes
 from core.env import OFFLINE_DEFAULTS
 from core.io import atomic_write_text
-from core.stores import healthy, is_ours, pid_alive, pid_file, read_pid
+from core.stores import healthy, is_ours, pid_alive, pid_file, read_pid, running_client_env
 
 SERVICE_NAMES: tuple[str, ...] = ("prefect", "mlflow", "worker")
 DEFAULT_SERVICES: tuple[str, ...] = ("prefect", "mlflow")
@@ -55,6 +55,7 @@ class ServiceSpec:
     port: int | None = None
     host: str = "127.0.0.1"
     marker: str = ""  # a string the process's command line must contain (guards against reused PIDs)
+    client_env: dict[str, str] = field(default_factory=dict)  # what clients export to use it (PID record)
 
 
 @dataclass
@@ -118,12 +119,20 @@ def service_specs(
                 str(prefect_port),
                 "--analytics-off",
             ],
-            env={**prefect_env, "PREFECT_API_URL": ""},
+            # the UI asks /ui-settings where the API is: without these it says :4200 whatever --port was
+            env={
+                **prefect_env,
+                "PREFECT_API_URL": prefect_api,
+                "PREFECT_UI_API_URL": prefect_api,
+                "PREFECT_SERVER_API_HOST": host,
+                "PREFECT_SERVER_API_PORT": str(prefect_port),
+            },
             url=f"http://{host}:{prefect_port}",
             health_url=f"{prefect_api}/health",
             port=prefect_port,
             host=host,
             marker="server",
+            client_env={"PREFECT_API_URL": prefect_api},
         ),
         "mlflow": ServiceSpec(
             name="mlflow",
@@ -148,6 +157,7 @@ def service_specs(
             port=mlflow_port,
             host=host,
             marker="mlflow",
+            client_env={"MLFLOW_TRACKING_URI": f"http://{host}:{mlflow_port}"},
         ),
         "worker": ServiceSpec(
             name="worker",
@@ -159,6 +169,27 @@ def service_specs(
             marker="worker",
         ),
     }
+
+
+def recorded_port(data_dir: Path, name: str) -> int | None:
+    """The port the running service ``name`` was started on (its PID record), else None."""
+    record = read_pid(data_dir, name)
+    if record is None or record.get("port") is None or not is_ours(record):
+        return None
+    return int(record["port"])  # type: ignore[call-overload]
+
+
+def write_client_env(data_dir: Path) -> tuple[Path, dict[str, str]]:
+    """``<data_dir>/services.env`` for shells and notebooks: exports for the services that run and answer now
+    (their recorded ports) and nothing else -- ``--only prefect`` never names an MLflow it did not start."""
+    env = running_client_env(data_dir)
+    path = data_dir / "services.env"
+    lines = [f"export {key}={value}\n" for key, value in env.items()]
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        if key not in env:
+            lines.append(f"unset {key}  # not running under {data_dir}\n")
+    atomic_write_text(path, "".join(lines))
+    return path, env
 
 
 def client_env(host: str, prefect_port: int, mlflow_port: int) -> dict[str, str]:
@@ -192,12 +223,15 @@ def status(data_dir: Path, specs: dict[str, ServiceSpec], names: Iterable[str] =
         spec = specs[name]
         state = ServiceState(name=name, url=spec.url, log=str(_log_file(data_dir, name)))
         record = read_pid(data_dir, name)
+        health_url = spec.health_url
         if record is not None:
             state.pid = int(record["pid"])  # type: ignore[arg-type]
             state.alive = is_ours(record)
             if not state.alive:
                 state.detail = "stale pid file"
-        state.healthy = state.alive and healthy(spec.health_url)
+            elif record.get("health_url"):  # where it runs, whatever port was asked for this time
+                state.url, health_url = str(record["url"]), str(record["health_url"])
+        state.healthy = state.alive and healthy(health_url)
         states.append(state)
     return states
 
@@ -242,8 +276,6 @@ def start(
                     f"choose another one in params.yaml services.{name}_port"
                 )
             env = {**os.environ, **spec.env}
-            if env.get("PREFECT_API_URL") == "":
-                env.pop("PREFECT_API_URL")
             log_handle = open(_log_file(data_dir, name), "ab")  # noqa: SIM115 - handed to the child
             try:
                 process = subprocess.Popen(  # noqa: S603 - fixed argv
@@ -269,12 +301,16 @@ def start(
                         "pid": process.pid,
                         "command": spec.command,
                         "url": spec.url,
+                        "health_url": spec.health_url,
+                        "host": spec.host,
+                        "port": spec.port,
+                        "client_env": spec.client_env,
                         "marker": spec.marker,
                         "started": time.time(),
                     }
                 ),
             )
-        deadline = time.monotonic() + timeout_s
+        deadline = processes.LoadScaledDeadline(timeout_s)  # a busy machine is slow, not broken
         waiting = set(launched)
         while waiting:
             for name in sorted(waiting):
@@ -289,9 +325,10 @@ def start(
                     health_url is None and time.monotonic() - launch_times[name] > 3.0  # alive for 3 s: a worker is up
                 ):
                     waiting.discard(name)
-            if waiting and time.monotonic() > deadline:
+            if waiting and deadline.passed():
                 raise ServiceError(
-                    f"{', '.join(sorted(waiting))}: not healthy after {timeout_s:.0f} s; see {data_dir / 'logs'}"
+                    f"{', '.join(sorted(waiting))}: not healthy after {deadline.describe()}; see {data_dir / 'logs'} "
+                    "(a slower machine: raise services.startup_timeout_s or --timeout)"
                 )
             if waiting:
                 time.sleep(0.5)
@@ -368,6 +405,7 @@ class TemporaryServer:
     started: bool
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    failure: str = ""  # why none runs (``shared_prefect_server(or_none=True)`` after a failed start)
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -443,14 +481,15 @@ def start_temporary_server(*, timeout_s: float = 120.0, log_dir: Path | None = N
         if log is not None:
             log_handle.close()  # type: ignore[union-attr]
     server = TemporaryServer(api_url=api_url, started=True, process=process, log=log)
-    deadline = time.monotonic() + timeout_s
+    deadline = processes.LoadScaledDeadline(timeout_s)  # the wait grows with the load average
     while not healthy(f"{api_url}/health", timeout_s=1.0):
-        if process.poll() is not None or time.monotonic() > deadline:
+        exited = process.poll() is not None
+        if exited or deadline.passed():
             stop_temporary_server(server)
             tail = _log_tail(log) if log is not None else ""
+            why = f"exited with code {process.returncode}" if exited else f"not healthy within {deadline.describe()}"
             raise ServiceError(
-                f"temporary Prefect server on port {port} did not start (exit {process.returncode})"
-                + (f": {tail}" if tail else "")
+                f"temporary Prefect server on port {port} did not start ({why})" + (f": {tail}" if tail else "")
             )
         time.sleep(0.2)
     os.environ["PREFECT_API_URL"] = api_url
@@ -472,9 +511,22 @@ def stop_temporary_server(server: TemporaryServer) -> None:
 
 
 @contextlib.contextmanager
-def shared_prefect_server(*, timeout_s: float = 120.0, log_dir: Path | None = None) -> Iterator[TemporaryServer]:
-    """``with shared_prefect_server() as server:`` -- :func:`start_temporary_server` ... stop."""
-    server = start_temporary_server(timeout_s=timeout_s, log_dir=log_dir)
+def shared_prefect_server(
+    *, timeout_s: float = 120.0, log_dir: Path | None = None, or_none: bool = False
+) -> Iterator[TemporaryServer]:
+    """``with shared_prefect_server() as server:`` -- :func:`start_temporary_server` ... stop.
+
+    ``or_none``: a server that does not start (a machine too busy even for the load-scaled wait) is not a
+    failure of the run: the body runs without one (``server.failure`` says why; stage commands then run
+    their libraries, which record themselves in their manifests and ``stage-runs.jsonl``).
+    """
+    try:
+        server = start_temporary_server(timeout_s=timeout_s, log_dir=log_dir)
+    except ServiceError as error:
+        if not or_none:
+            raise
+        yield TemporaryServer(api_url="", started=False, failure=str(error))
+        return
     try:
         yield server
     finally:

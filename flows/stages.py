@@ -77,7 +77,53 @@ def segment_flow(job: SegmentJob, fan_out: FanOut | None = None) -> SegmentSumma
     mapper = prefect_batches(
         fan_out or FanOut.from_config(), stage="segment", gpu=job.uses_gpu(), fatal_errors=job.fatal_errors()
     )
-    return run_segment(job, map_batches=mapper)
+    summary = run_segment(job, map_batches=mapper)
+    publish_qc_pictures(Path(job.output_dir), summary.rows)
+    return summary
+
+
+QC_LINK_LIMIT = 50  # links in the segment-qc artifact (the MLflow run holds every picture)
+
+
+def publish_qc_pictures(output_dir: Path, rows: Sequence[dict[str, Any]]) -> str | None:
+    """With an MLflow server (``fvlm services up``: ``MLFLOW_TRACKING_URI`` is http), log ``qc/*.png`` to a
+    ``segment-qc`` run (artifacts ``qc/``) and link each picture from the ``segment-qc`` markdown artifact
+    by its http URL, which Prefect's UI opens; the run id, None without a server or pictures (the segment
+    artifact then names the pictures as paths, :func:`flows.batching.render_markdown`)."""
+    from training.tracking.runs import (
+        MlflowTracker,
+        artifact_url,
+        dvc_tags,
+        run_artifacts_url,
+        run_name_for,
+        served_by_http,
+    )
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    pictures = [(str(row["study_id"]), output_dir / str(row["qc_path"])) for row in rows if row.get("qc_path")]
+    pictures = [(study, path) for study, path in pictures if path.is_file()]
+    if not pictures or not served_by_http(uri):
+        return None
+    try:  # the experiment MLflow's own variable names, else the default (segment reads no tracking.* key)
+        tracker = MlflowTracker(
+            uri, os.environ.get("MLFLOW_EXPERIMENT_NAME") or "fvlm", run_name=run_name_for("segment", "qc")
+        )
+        tracker.set_tags({"stage": "segment", **dvc_tags()})
+        tracker.log_artifact(pictures[0][1].parent, "qc")
+        tracker.end("FINISHED")
+        experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
+    except Exception as error:  # reporting never fails a stage
+        run_logger().warning("QC pictures not logged to MLflow (%s): %s", uri, error)
+        return None
+    lines = ["# segment: QC pictures", ""]
+    page = run_artifacts_url(uri, experiment_id, tracker.run_id)
+    lines += [f"All {len(pictures)} pictures: [MLflow run {tracker.run_id}]({page})", ""]
+    for study, path in pictures[:QC_LINK_LIMIT]:
+        lines.append(f"- [{study}]({artifact_url(uri, tracker.run_id, f'qc/{path.name}')})")
+    if len(pictures) > QC_LINK_LIMIT:
+        lines.append(f"- ... and {len(pictures) - QC_LINK_LIMIT} more (in the MLflow run)")
+    _markdown("segment-qc", "\n".join(lines) + "\n", f"segment: {len(pictures)} QC pictures in MLflow")
+    return tracker.run_id
 
 
 @flow(name="fvlm-parse-reports")
@@ -143,8 +189,11 @@ def torchrun_command(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A metrics file merged with its ``.info.json`` (core/metrics_files.py); {} when unreadable."""
+    from core.metrics_files import read_metrics_and_info
+
     try:
-        return json.loads(path.read_text())
+        return read_metrics_and_info(path)
     except (OSError, json.JSONDecodeError):
         return {}
 
@@ -157,9 +206,18 @@ def train_flow(job: TrainJob) -> TrainResult:
     from training.stages import run_train
 
     result = run_train(job)
+    summary = {**result.metrics_json(), **result.info_json()}
     _markdown(
         "train-summary",
-        "# train\n\n```json\n" + json.dumps(result.metrics_json(), indent=2, default=str)[:4000] + "\n```\n",
+        "# train\n\n"
+        + _mlflow_links(
+            job.tracking.mlflow_tracking_uri if job.tracking.enabled else None,
+            result.run_id,
+            {"loss curve": "plots/train_loss.png"},  # fvlm train logs it when the run ends
+        )
+        + "```json\n"
+        + json.dumps(summary, indent=2, default=str)[:4000]
+        + "\n```\n",
         "training metrics",
     )
     return result
@@ -169,13 +227,19 @@ def train_flow(job: TrainJob) -> TrainResult:
 def evaluate_flow(job: EvaluateJob) -> dict[str, Any]:
     """Zero-shot evaluation + promotion gate (``training.stages.run_evaluate``) in the flow's own thread;
     returns the report, the summary metrics (metrics/eval.json) as a markdown artifact."""
-    from training.evaluation.evaluate import summary_metrics
+    from training.evaluation.evaluate import summary_info, summary_metrics
     from training.stages import run_evaluate
 
     report = run_evaluate(job)
+    summary = {**summary_metrics(report), **summary_info(report)}
+    roc = {"ROC curves (all labels)": "roc/roc_all.png"}
     _markdown(
         "evaluate-summary",
-        "# evaluate\n\n```json\n" + json.dumps(summary_metrics(report), indent=2, default=str)[:4000] + "\n```\n",
+        "# evaluate\n\n"
+        + _mlflow_links(job.tracking.mlflow_tracking_uri if job.tracking.enabled else None, report.get("run_id"), roc)
+        + "```json\n"
+        + json.dumps(summary, indent=2, default=str)[:4000]
+        + "\n```\n",
         "evaluation metrics",
     )
     return report
@@ -213,6 +277,21 @@ def torchrun_train_flow(
         "training metrics",
     )
     return metrics
+
+
+def _mlflow_links(tracking_uri: str | None, run_id: str | None, artifacts: dict[str, str]) -> str:
+    """Markdown lines linking the MLflow run's artifacts page and ``artifacts`` (title -> artifact path) by
+    http URL when MLflow is a server; the run id as text otherwise (a file:// link does not open)."""
+    from training.tracking.runs import artifact_url, experiment_of, run_artifacts_url, served_by_http
+
+    if not run_id:
+        return ""
+    if not served_by_http(tracking_uri):
+        return f"MLflow run `{run_id}`\n\n"
+    uri = str(tracking_uri)
+    lines = [f"- [MLflow run {run_id}]({run_artifacts_url(uri, experiment_of(uri, run_id), run_id) or uri})"]
+    lines += [f"- [{title}]({artifact_url(uri, run_id, path)})" for title, path in artifacts.items()]
+    return "\n".join(lines) + "\n\n"
 
 
 def _markdown(key: str, text: str, description: str) -> None:

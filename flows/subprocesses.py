@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,15 @@ from typing import Any
 
 from core.env import OFFLINE_DEFAULTS
 from core.processes import die_with_parent
+
+# the time an `fvlm` child put before its line (fvlm/console.py's "12:03:04 message"): the log this line goes
+# to stamps it again, so it is dropped -- one timestamp per line
+CHILD_STAMP = re.compile(r"^\d{2}:\d{2}:\d{2} ")
+
+
+def without_child_stamp(line: str) -> str:
+    """``"12:03:04 convert: 3 studies"`` -> ``"convert: 3 studies"``; other lines unchanged."""
+    return CHILD_STAMP.sub("", line, count=1)
 
 
 class CommandError(RuntimeError):
@@ -143,7 +153,7 @@ def run_command(
             line = line.rstrip("\n")
             tail.append(line)
             if log is not None and line.strip():
-                log.info("%s", line)
+                log.info("%s", without_child_stamp(line))
         returncode = process.wait()
     except BaseException:
         process.terminate()

@@ -79,6 +79,9 @@ QUIET_ENV: dict[str, str] = {
     # MLflow installs its own handler on import ("2026/.. INFO mlflow.store.db.utils: Creating initial MLflow
     # database tables", "INFO mlflow.pyfunc: Validating input example"): the level it reads from here
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # "🏃 View run <name> at: <url>" / "🧪 View experiment at: <url>" on stdout at the end of every run against
+    # a server (the command prints its run id itself); registry chatter: training.tracking.runs.mute_mlflow_chatter
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
@@ -106,8 +109,16 @@ REPHRASES: tuple[Rephrase, ...] = (
     Rephrase(r"Any type hint is inferred as AnyType", None),
     Rephrase(r"Model logged without a signature", None),
     Rephrase(r"Downloading artifacts", None),
-    # Prefect: a task or flow run that did not complete is worth a line, in our words
-    Rephrase(r"Finished in state (Failed|Crashed)\((.*)\)", r"Prefect: run \1: \2", logging.WARNING),
+    # Prefect reporting an exception of a flow or task run: the command prints the error itself, once, as
+    # one line ("fvlm parse-reports: ..."); below -v these are the same message again (with a traceback)
+    Rephrase(r"Encountered exception during execution", None),
+    Rephrase(r"Task run failed with (exception|state)", None),
+    Rephrase(r"Finished in state Failed\(", None),
+    # a crashed run (killed worker, lost server) is worth a line, in our words
+    Rephrase(r"Finished in state (Crashed)\((.*)\)", r"Prefect: run \1: \2", logging.WARNING),
+    # Prefect's background services losing the (temporary) server at shutdown: nothing the user can act on
+    Rephrase(r"Service '?(EventsWorker|APILogWorker)'? failed", None),
+    Rephrase(r"Still processing items: \d+ items remaining", None),
 )
 _COMPILED = tuple((re.compile(rule.pattern, re.DOTALL), rule) for rule in REPHRASES)
 

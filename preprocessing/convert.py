@@ -104,7 +104,7 @@ def convert_study(
         return scrub_text(text, phi)
 
     try:
-        row.source_hash = sha256_files(study.files)
+        row.source_hash = study_source_hash(study)
     except OSError as error:
         row.reason = clean(f"cannot read input files: {error.strerror or type(error).__name__}")
         return row
@@ -202,6 +202,29 @@ def convert_study(
     return row
 
 
+def study_source_hash(study: StudyFiles) -> str:
+    """``core.io.sha256_files`` of the study's files, from the hashes discovery took when it has them all."""
+    known = study.file_hashes
+    if not study.files or not all(path in known for path in study.files):
+        return sha256_files(study.files)
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file_hash in sorted(known[path] for path in study.files):
+        digest.update(file_hash.encode())
+    return digest.hexdigest()
+
+
+def unchanged_study(study: StudyFiles, previous: ManifestRow | None, settings: ConvertSettings, out: Path) -> bool:
+    """True when :func:`convert_study` would only reuse ``previous``, known without reading a file (discovery
+    hashed every file): such studies are settled in the calling process, never shipped to a worker."""
+    if previous is None or not study.files or not all(path in study.file_hashes for path in study.files):
+        return False
+    if previous.status == "ok" and unsegmentable(previous.shape) is not None:
+        return False
+    return reusable(previous, study_source_hash(study), settings.config_hash(), out)
+
+
 def record_study_identities(
     identity_map: Path, studies: list[StudyFiles], settings: ConvertSettings, output_dir: Path
 ) -> None:
@@ -277,15 +300,25 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
     (out / layout.VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
     cpu = os.cpu_count() or 1
     settings = replace(job.settings, decode_threads=job.decode_threads or max(1, cpu // max(1, job.workers)))
-    discovery: Discovery = scan_dicom_tree(job.input_dir, study_key_tag=settings.study_key_tag, workers=job.workers)
+    discovery: Discovery = scan_dicom_tree(
+        job.input_dir,
+        study_key_tag=settings.study_key_tag,
+        workers=job.workers,
+        hash_files=True,
+        index_path=job.file_index,
+    )
     previous = read_manifest(layout.converted_manifest(out))
     length = settings.pseudonym_length
     if job.identity_map is not None:
         record_study_identities(job.identity_map, discovery.studies, settings, out)
     items = []
+    settled: list[ManifestRow] = []  # unchanged studies: reused here, no worker, no pool
     for study in discovery.studies:
         study_id = study_pseudonym(study.study_key, settings.salt, length)
-        items.append(ConvertItem(study_id, study, previous.get(study_id)))
+        if unchanged_study(study, previous.get(study_id), settings, out):
+            settled.append(convert_study(study, out, settings, previous=previous.get(study_id)))
+        else:
+            items.append(ConvertItem(study_id, study, previous.get(study_id)))
 
     def crash_row(item: ConvertItem, reason: str) -> ManifestRow:
         study: StudyFiles = item.source  # type: ignore[assignment]
@@ -298,5 +331,5 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
             config_hash=settings.config_hash(),
         )
 
-    rows = convert_items(items, out, settings, convert_study, crash_row, job.workers, map_batches)
+    rows = settled + convert_items(items, out, settings, convert_study, crash_row, job.workers, map_batches)
     return finish_conversion(rows, discovery.unreadable, discovery.n_files_seen, out, started)

@@ -136,6 +136,7 @@ class StudyFiles:
     files: list[Path] = field(default_factory=list)  # every file attributed to the study
     problems: list[str] = field(default_factory=list)  # per-file problems seen during discovery
     phi_terms: set[str] = field(default_factory=set)  # text to scrub from anything written
+    file_hashes: dict[Path, str] = field(default_factory=dict)  # SHA-256 per file (scan_dicom_tree(hash_files=True))
 
     @property
     def n_files(self) -> int:
@@ -155,13 +156,35 @@ class Discovery:
     n_files_seen: int
 
 
-def _iter_files(root: Path) -> Iterator[Path]:
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.startswith(".") and ".tmp-" in name:
-                continue
-            yield Path(folder) / name
+def _walk_files(root: Path, folder: str = "") -> Iterator[tuple[str, os.stat_result | None]]:
+    """Every file under ``root`` (its POSIX path relative to ``root``) with its stat (None when it cannot be
+    stat-ed), in ``os.walk`` order (a folder's files by name, then its sub-folders by name; symlinked folders
+    are not entered), skipping our own ``.<name>.tmp-*`` files. One ``os.scandir`` per folder: the stat is the
+    only per-file system call, and no ``Path`` is built (a no-op run over 10^5 files builds none)."""
+    try:
+        with os.scandir(os.path.join(root, folder) if folder else root) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError:
+        return
+    folders = []
+    for entry in entries:
+        try:
+            is_folder = entry.is_dir()
+        except OSError:
+            is_folder = False
+        if is_folder:
+            if not entry.is_symlink():
+                folders.append(entry)
+            continue
+        if entry.name.startswith(".") and ".tmp-" in entry.name:
+            continue
+        try:
+            stat: os.stat_result | None = entry.stat()
+        except OSError:
+            stat = None
+        yield folder + entry.name, stat
+    for sub in folders:
+        yield from _walk_files(root, f"{folder}{sub.name}/")
 
 
 def _floats(value: object, count: int) -> tuple[float, ...] | None:
@@ -567,6 +590,8 @@ def scan_dicom_tree(
     study_key_tag: str = "StudyInstanceUID",
     workers: int = 1,
     key_root: str | os.PathLike[str] | None = None,
+    hash_files: bool = False,
+    index_path: str | os.PathLike[str] | None = None,
 ) -> Discovery:
     """Walk ``input_dir``; group readable DICOM image files by study key and SeriesInstanceUID.
 
@@ -577,6 +602,10 @@ def scan_dicom_tree(
     ``key_root``: the raw DICOM root that folder study keys (files without ``study_key_tag``) and the
     studies' ``folder`` are relative to (default ``input_dir``); ``fvlm predict`` on one study folder of the
     raw tree passes the raw root, so the study gets the key convert gave it.
+
+    ``hash_files``: also hash each file's content (``StudyFiles.file_hashes``; convert's ``source_hash``).
+    ``index_path``: a :class:`preprocessing.file_index.FileIndex` file (implies ``hash_files``): files whose
+    stat data are unchanged since the run that stored them are neither read nor hashed again.
     """
     root = Path(input_dir)
     if not root.is_dir():
@@ -585,16 +614,18 @@ def scan_dicom_tree(
     studies: dict[str, StudyFiles] = {}
     unreadable: list[UnreadableFile] = []
     seen_instances: dict[str, str] = {}
-    paths = list(_iter_files(root))
-    for record in _read_files(root, paths, study_key_tag, workers):
+    walked = list(_walk_files(root))
+    records = _indexed_records(root, walked, study_key_tag, workers, hash_files, index_path)
+    for stored in records:
+        record = replace(stored)  # filing rebinds fields; the indexed record stays as read
         if record.keyless:
             record.study_key = layout.folder_study_key(base / Path(record.relative).parent)
         _file_record(record, studies, unreadable, seen_instances, study_key_tag)
     for study in studies.values():
         study.folder = _common_folder(base, root, study.files)
     ordered = sorted(studies.values(), key=lambda s: s.study_key)
-    logger.info("discovered %d studies in %d files (%d unreadable)", len(ordered), len(paths), len(unreadable))
-    return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=len(paths))
+    logger.info("discovered %d studies in %d files (%d unreadable)", len(ordered), len(walked), len(unreadable))
+    return Discovery(studies=ordered, unreadable=unreadable, n_files_seen=len(walked))
 
 
 def _folder_base(root: Path, key_root: str | os.PathLike[str] | None) -> Path:
@@ -608,21 +639,74 @@ def _folder_base(root: Path, key_root: str | os.PathLike[str] | None) -> Path:
 
 
 def _common_folder(base: Path, root: Path, files: list[Path]) -> str:
-    """The deepest folder (relative to the raw root, POSIX) holding all of ``files``."""
+    """The deepest folder (relative to the raw root, POSIX) holding all of ``files`` (string work only:
+    ``Path.relative_to`` per file was a third of a no-op run)."""
     import posixpath
 
-    parents = sorted({(base / path.relative_to(root).parent).as_posix() for path in files})
-    return (posixpath.commonpath(parents) or ".") if parents else base.as_posix()
+    top = str(root)
+    prefix = "" if top == "." else top.rstrip(os.sep) + os.sep
+    base_posix = base.as_posix()
+    parents = set()
+    for path in files:
+        text = str(path)
+        relative = text[len(prefix) :] if text.startswith(prefix) else path.relative_to(root).as_posix()
+        folder = posixpath.dirname(relative.replace(os.sep, "/"))
+        parents.add(base_posix if not folder else folder if base_posix == "." else f"{base_posix}/{folder}")
+    ordered = sorted(parents)
+    return (posixpath.commonpath(ordered) or ".") if ordered else base_posix
+
+
+def _indexed_records(
+    root: Path,
+    walked: list[tuple[str, os.stat_result | None]],
+    study_key_tag: str,
+    workers: int,
+    hash_files: bool,
+    index_path: str | os.PathLike[str] | None,
+) -> list[FileRecord]:
+    """One record per walked file, in walk order: from the index when the file's stat data are unchanged,
+    else read (and hashed) now; the index is updated and saved."""
+    if index_path is None:
+        return list(_read_files(root, [root / relative for relative, _ in walked], study_key_tag, workers, hash_files))
+    from preprocessing.file_index import FileIndex, index_fingerprint, stat_key
+
+    index = FileIndex.load(Path(index_path), index_fingerprint(root, study_key_tag, (Path(__file__),)))
+    records: list[FileRecord | None] = []
+    missing: list[int] = []
+    keys = []
+    for position, (relative, stat) in enumerate(walked):
+        key = stat_key(stat) if stat is not None else None
+        record = index.lookup(relative, key) if key is not None else None
+        if record is None:
+            missing.append(position)
+        records.append(record)
+        keys.append(key)
+    fresh = _read_files(root, [root / walked[position][0] for position in missing], study_key_tag, workers, True)
+    for position, record in zip(missing, fresh, strict=True):
+        records[position] = record
+        key = keys[position]
+        if key is not None:
+            index.store(walked[position][0], key, record)
+    index.save({relative for relative, _ in walked})
+    logger.info("file index: %d of %d files unchanged, %d read", index.hits, len(walked), len(missing))
+    return records  # type: ignore[return-value]
 
 
 DISCOVERY_CHUNK = 256  # files per worker task (a few hundred ms of header reads)
+# below this many files to read, a spawned pool costs more (interpreter + pydicom import per worker,
+# ~0.5 s each) than it saves (~1-3 ms per header); measured in docs/convert.md
+DISCOVERY_POOL_MIN_FILES = 2000
 
 
-def _read_files(root: Path, paths: list[Path], study_key_tag: str, workers: int) -> Iterator[FileRecord]:
+def _read_files(
+    root: Path, paths: list[Path], study_key_tag: str, workers: int, hash_files: bool = False
+) -> Iterator[FileRecord]:
     """:func:`_read_one` over ``paths`` in order, in ``workers`` processes when there is enough to share."""
     chunks = [paths[i : i + DISCOVERY_CHUNK] for i in range(0, len(paths), DISCOVERY_CHUNK)]
-    if workers <= 1 or len(chunks) < 2:
-        yield from _read_chunk(root, paths, study_key_tag)
+    if not paths:  # a no-op run over known files: not even pydicom is imported
+        return
+    if workers <= 1 or len(paths) <= DISCOVERY_POOL_MIN_FILES:
+        yield from _read_chunk(root, paths, study_key_tag, hash_files)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -633,13 +717,24 @@ def _read_files(root: Path, paths: list[Path], study_key_tag: str, workers: int)
     with ProcessPoolExecutor(
         max_workers=min(workers, len(chunks)), mp_context=context, initializer=die_with_parent
     ) as pool:
-        for records in pool.map(_read_chunk, [root] * len(chunks), chunks, [study_key_tag] * len(chunks)):
+        n = len(chunks)
+        for records in pool.map(_read_chunk, [root] * n, chunks, [study_key_tag] * n, [hash_files] * n):
             yield from records
 
 
-def _read_chunk(root: Path, paths: list[Path], study_key_tag: str) -> list[FileRecord]:
+def _read_chunk(root: Path, paths: list[Path], study_key_tag: str, hash_files: bool = False) -> list[FileRecord]:
     with quiet_pydicom():
-        return [_read_one(root, path, study_key_tag) for path in paths]
+        records = [_read_one(root, path, study_key_tag) for path in paths]
+    if hash_files:
+        from core.io import sha256_file
+
+        for record in records:
+            if record.unreadable is None:
+                try:
+                    record.sha256 = sha256_file(record.path)
+                except OSError:
+                    pass  # convert hashes again and reports the error
+    return records
 
 
 @dataclass
@@ -663,6 +758,7 @@ class FileRecord:
     series_number: int | None = None
     kernel: str = ""
     read_warnings: tuple[str, ...] = ()  # pydicom's warnings while reading the header (to the manifest)
+    sha256: str = ""  # the file's content hash (scan_dicom_tree(hash_files=True)); "" when not hashed
 
 
 def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
@@ -781,6 +877,8 @@ def _file_record(
     study.phi_terms.update(record.phi_terms)
     study.phi_terms.add(record.study_key)
     study.files.append(record.path)
+    if record.sha256:
+        study.file_hashes[record.path] = record.sha256
     for warning in record.read_warnings:  # once per study and message (the first file named)
         if not any(problem.endswith(f": {warning}") for problem in study.problems):
             study.problems.append(f"{record.relative}: {warning}")

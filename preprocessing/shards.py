@@ -685,16 +685,17 @@ def run_shard(job: ShardJob) -> ShardSummary:
         "content_hash": content_hash,
     }
     atomic_write_text(summary.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if job.metrics_path is not None:
+    if job.metrics_path is not None:  # numbers in shard.json, the hash in shard.info.json (core/metrics_files.py)
+        from core.metrics_files import write_metrics
+
         metrics = {
             "studies": summary.written,
             **{f"studies_{name}": summary.studies[name] for name in SPLITS},
             "quarantined": len(quarantined),
             "files": len(files),
-            "content_hash": content_hash,
         }
-        atomic_write_text(job.metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info(summary.describe())
+        write_metrics(job.metrics_path, metrics, {"content_hash": content_hash})
+    log.debug(summary.describe())  # the command prints it (once); a flow puts it in its artifact
     return summary
 
 

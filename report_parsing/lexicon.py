@@ -92,10 +92,19 @@ FINDING_ENTRIES: tuple[tuple[tuple[str, ...], str], ...] = (
         ("Pulmonary fibrotic sequela",),
         r"(?:(?:pleuro-?parenchymal|pleural parenchymal|sequela\w*|fibrotic|band-like|reticular|linear)[\s-]+)*(?:pleuro-?parenchymal|sequela\w*|fibrotic|band-like)[\s-]+(?:\w+[\s-]+)?densit(?:y|ies)(?:[\s-]+increas\w*)?",
     ),
+    # linear densities the same sentence calls sequelae / fibrotic ("linear densities consistent with
+    # sequelae changes") are sequelae too, not opacities (tried before the opacity "linear density")
+    (
+        ("Pulmonary fibrotic sequela",),
+        r"(?:(?:subpleural|pleuro-?parenchymal|mild|minimal|faint)[\s-]+)*linear[\s-]+(?:\w+[\s-]+)?(?:densit(?:y|ies)|increases? in density)(?:[\s-]+increas\w*)?"
+        r"(?=[^.;]{0,80}?\b(?:sequela\w*|sequel|fibrot\w*|fibrosis)\b)",
+    ),
     (
         ("Pulmonary fibrotic sequela",),
         r"fibrotic\w*|fibrosis|fibrous|sequelae?|sequel|(?:fibrotic|parenchymal|subpleural|linear|pleuroparenchymal) bands?|scar\w*",
     ),
+    # a ground-glass nodule is a nodule, not an opacity (how the CT-RATE annotators label it)
+    (("Lung nodule",), r"ground[\s-]*glass(?:[\s-]+(?:density|attenuation))?[\s-]+(?:micro)?nodul\w*"),
     (
         ("Lung nodule",),
         r"(?:micro)?nodules?|micronodul\w*|(?:micro)?nodular(?=[\s-]+(?:lesions?|formations?|appearances?|images?|structures?|foci|focus|opacit\w*|shadows?|or\b|and\b|mass))|granulomas?",

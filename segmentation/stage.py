@@ -549,6 +549,9 @@ def run_segment(
     started = time.perf_counter()
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from core.io import remove_stale_tmp_files
+
+    remove_stale_tmp_files(out)  # a killed run's half-written masks, before DVC tracks the folder
     aset = _anatomy_set(job.anatomy_set)
     pairs = collect_inputs(job.inputs)
     if map_batches is None:

@@ -158,6 +158,41 @@ def _lung_distance(anatomy: Anatomy, sign: float, u: np.ndarray, v: np.ndarray, 
     return np.maximum(np.maximum(cavity, medial), np.maximum(floor, apex_sd)).astype(np.float32)
 
 
+# geometry of the mediastinal structures: catmull-rom control points (u, v, w) in mm, radii in mm
+PULMONARY_TRUNK = [(10, -42, -135), (14, -24, -100), (4, -2, -92)]
+PULMONARY_ARTERY_TARGETS = ((-44, 10, -100), (44, 12, -96))  # right, left hilum
+HEART_APEX_DIRECTION = (0.72, -0.45, -0.52)  # long axis, before normalising
+HEART_SEMI_AXES_MM = (62.0, 47.0, 44.0)  # along the long axis, anterior, their cross product
+# solid upper-abdominal organs under the diaphragm: (label, center, semi-axes, paint box lo, hi, HU)
+SOLID_ORGANS = (
+    ("liver", (-48.0, 12.0, -285.0), (100.0, 88.0, 95.0), (-150, -80, -390), (60, 105, -170), HU_LIVER),
+    ("spleen", (88.0, 58.0, -282.0), (30.0, 42.0, 50.0), (55, 15, -335), (120, 100, -230), HU_SPLEEN),
+)
+AORTA_CONTROL = [
+    (-2, -18, -158),
+    (-14, -28, -115),
+    (-10, -22, -76),
+    (4, -5, -52),
+    (20, 16, -58),
+    (26, 32, -88),
+    (26, 36, -150),
+    (20, 38, -230),
+    (12, 40, -300),
+    (6, 38, -440),
+]
+AORTA_RADII_MM = [14, 15.5, 15, 13, 12.5, 12, 12, 11.5, 11, 10]  # at each control point
+AORTIC_BRANCHES = (  # (label, control points, radius)
+    ("brachiocephalic_trunk", [(-2, -12, -56), (-12, -12, -10), (-20, -10, 60)], 6.5),
+    ("common_carotid_artery_left", [(8, -6, -53), (12, -6, 0), (18, -2, 60)], 4.5),
+    ("subclavian_artery_left", [(16, 6, -56), (28, 8, 5), (62, 12, 35)], 5.0),
+)
+SUPERIOR_VENA_CAVA = [(-32, -10, 60), (-32, -12, -80), (-24, -10, -140)]
+INFERIOR_VENA_CAVA = [(-22, 4, -198), (-25, 28, -300), (-22, 34, -450)]
+TRACHEA_ABOVE_CARINA = [(0, -8, 70), (-1, -4, 0), (0, 6, -40)]
+ESOPHAGUS_ABOVE_HIATUS = [(3, 17, 70), (5, 19, -60), (10, 22, -150), (20, 18, -205)]
+NORMAL_NODE_STATIONS = ((-16, -4, -32), (15, -2, -45), (0, 30, -88), (-6, -40, -70), (16, -6, -76))
+
+
 def build_anatomy(
     canvas: Canvas,
     rng: np.random.Generator,
@@ -196,17 +231,7 @@ def build_anatomy(
         "left_slope": rng.uniform(0.85, 1.15),
     }
 
-    # --- table (scanner frame: a plate under the patient, not moved by the pose) ---------------------
-    grid = canvas.grid
-    y_axis = grid.axis_lps(1)
-    table_rows = (y_axis >= table_y_lps) & (y_axis < table_y_lps + 14.0)
-    if table_rows.any():
-        x_axis = grid.axis_lps(2)
-        table_cols = np.abs(x_axis) < 230.0
-        shell = np.where((y_axis < table_y_lps + 3.0) | (y_axis >= table_y_lps + 11.0), 250.0, -850.0)
-        plate = canvas.hu[:, table_rows, :]
-        plate[:, :, table_cols] = shell[table_rows][None, :, None]
-        canvas.hu[:, table_rows, :] = plate
+    _paint_scanner_table(canvas, table_y_lps)
 
     body_center = lambda w: (np.float32(0.0), np.float32(5.0))  # noqa: E731
     fat_texture = smooth_field(rng, 8.0, (20.0, 60.0), modes=2)
@@ -248,22 +273,14 @@ def build_anatomy(
     def under(shape):
         return lambda u, v, w: np.maximum(shape(u, v, w), below_diaphragm(u, v, w))
 
-    liver = ellipsoid((-48.0, 12.0, -285.0), (100.0, 88.0, 95.0))
-    canvas.paint(
-        under(liver),
-        (-150, -80, -390),
-        (60, 105, -170),
-        lambda u, v, w: HU_LIVER + organ_texture(u, v, w),
-        ids["liver"],
-    )
-    spleen = ellipsoid((88.0, 58.0, -282.0), (30.0, 42.0, 50.0))
-    canvas.paint(
-        under(spleen),
-        (55, 15, -335),
-        (120, 100, -230),
-        lambda u, v, w: HU_SPLEEN + organ_texture(u, v, w),
-        ids["spleen"],
-    )
+    for name, center, semi, box_lo, box_hi, hu in SOLID_ORGANS:
+        canvas.paint(
+            under(ellipsoid(center, semi)),
+            box_lo,
+            box_hi,
+            lambda u, v, w, hu=hu: hu + organ_texture(u, v, w),
+            ids[name],
+        )
     stomach_center, stomach_semi = np.array([60.0, -8.0, -272.0]), np.array([45.0, 40.0, 50.0])
     _paint_stomach(canvas, under, stomach_center, stomach_semi, ids["stomach"])
     for side, sign in SIDES.items():
@@ -297,6 +314,36 @@ def build_anatomy(
         cavity_half=cavity_half,
         diaphragm=diaphragm,
     )
+    _paint_lungs(canvas, rng, anatomy, w_lo)
+    _paint_heart(canvas, rng, anatomy, findings, fat_texture, organ_texture, ids)
+
+    _paint_great_vessels(canvas, rng, anatomy, ids)
+    _paint_airways_and_esophagus(canvas, rng, anatomy, findings, ids)
+    _paint_pulmonary_vessels(canvas, rng, anatomy)
+    _paint_normal_lymph_nodes(canvas, rng)
+
+    # --- spine, ribs, sternum ----------------------------------------------------------------------------
+    anatomy.vertebrae = _paint_spine(canvas, rng, w_lo, w_hi, ids)
+    _paint_ribs_and_sternum(canvas, anatomy, cavity_half, ids)
+    return anatomy
+
+
+def _paint_scanner_table(canvas: Canvas, table_y_lps: float) -> None:
+    """The table: a plate under the patient in the scanner frame, not moved by the pose."""
+    grid = canvas.grid
+    y_axis = grid.axis_lps(1)
+    table_rows = (y_axis >= table_y_lps) & (y_axis < table_y_lps + 14.0)
+    if table_rows.any():
+        x_axis = grid.axis_lps(2)
+        table_cols = np.abs(x_axis) < 230.0
+        shell = np.where((y_axis < table_y_lps + 3.0) | (y_axis >= table_y_lps + 11.0), 250.0, -850.0)
+        plate = canvas.hu[:, table_rows, :]
+        plate[:, :, table_cols] = shell[table_rows][None, :, None]
+        canvas.hu[:, table_rows, :] = plate
+
+
+def _paint_lungs(canvas: Canvas, rng: np.random.Generator, anatomy: Anatomy, w_lo: float) -> None:
+    """Both lungs, denser where dependent, labelled by lobe."""
     lung_texture = smooth_field(rng, 14.0, (10.0, 40.0), modes=3)
 
     def lung_hu(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -313,14 +360,25 @@ def build_anatomy(
         canvas.hu[box][inside] = lung_hu(ui, vi, wi)
         canvas.label[box][inside] = anatomy.lobe_of(side, ui, vi, wi)
 
-    # --- heart -------------------------------------------------------------------------------------------
+
+def _paint_heart(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    findings: AnatomyFindings,
+    fat_texture: Callable[..., np.ndarray],
+    organ_texture: Callable[..., np.ndarray],
+    ids: dict[str, int],
+) -> None:
+    """Heart (scaled by cardiomegaly), epicardial fat, pericardial fluid if drawn, left atrial appendage and coronary
+    arteries; their geometry and the heart and thorax widths are kept in ``anatomy``."""
     scale = findings.cardiomegaly_scale
-    apex_dir = np.array([0.72, -0.45, -0.52])
+    apex_dir = np.array(HEART_APEX_DIRECTION)
     apex_dir /= np.linalg.norm(apex_dir)
     anterior = np.array([0.0, -1.0, 0.0]) - apex_dir * (-apex_dir[1])
     anterior /= np.linalg.norm(anterior)
     axes = np.stack([apex_dir, anterior, np.cross(apex_dir, anterior)], axis=1)  # columns = local axes
-    semi = np.array([62.0, 47.0, 44.0]) * rng.uniform(0.92, 1.08) * np.array([scale, scale, 0.5 + 0.5 * scale])
+    semi = np.array(HEART_SEMI_AXES_MM) * rng.uniform(0.92, 1.08) * np.array([scale, scale, 0.5 + 0.5 * scale])
     center = np.array([12.0 + 22.0 * (scale - 1.0), -24.0 - 6.0 * (scale - 1.0), -172.0 - 15.0 * (scale - 1.0)])
     reach = float(semi.max()) + 30.0
     heart_lo, heart_hi = tuple(center - reach), tuple(center + reach)
@@ -362,52 +420,41 @@ def build_anatomy(
     anatomy.coronary_paths = coronary_paths
     extent_u = np.sqrt(((axes * semi[None, :]) ** 2)[0].sum())  # half-width of the ellipsoid along u
     anatomy.heart_width_mm = float(2 * extent_u)
-    anatomy.thorax_width_mm = float(2 * cavity_half(np.array([center[2]], dtype=np.float32))[0][0])
+    anatomy.thorax_width_mm = float(2 * anatomy.cavity_half(np.array([center[2]], dtype=np.float32))[0][0])
 
-    # --- great vessels -----------------------------------------------------------------------------------
-    pa = catmull_rom([(10, -42, -135), (14, -24, -100), (4, -2, -92)], 5)
+
+def _paint_great_vessels(canvas: Canvas, rng: np.random.Generator, anatomy: Anatomy, ids: dict[str, int]) -> None:
+    """Pulmonary trunk and arteries, aorta (its path and radii kept in ``anatomy``), arch branches, venae cavae."""
+    pa = catmull_rom(PULMONARY_TRUNK, 5)
     canvas.paint_tube(pa, 13.0, HU_BLOOD, 0, only_labels=(0,))
-    for target in ((-44, 10, -100), (44, 12, -96)):
+    for target in PULMONARY_ARTERY_TARGETS:
         canvas.paint_tube(
             catmull_rom([(4, -2, -92), (target[0] * 0.5, 4, -96), target], 4), 10.0, HU_BLOOD, 0, only_labels=(0,)
         )
-    aorta_ctrl = [
-        (-2, -18, -158),
-        (-14, -28, -115),
-        (-10, -22, -76),
-        (4, -5, -52),
-        (20, 16, -58),
-        (26, 32, -88),
-        (26, 36, -150),
-        (20, 38, -230),
-        (12, 40, -300),
-        (6, 38, -440),
-    ]
-    aorta_r = [14, 15.5, 15, 13, 12.5, 12, 12, 11.5, 11, 10]
-    aorta_path = catmull_rom(aorta_ctrl, 5)
-    aorta_radii = np.interp(np.linspace(0, len(aorta_r) - 1, len(aorta_path)), np.arange(len(aorta_r)), aorta_r)
+    aorta_path = catmull_rom(AORTA_CONTROL, 5)
+    aorta_radii = np.interp(
+        np.linspace(0, len(AORTA_RADII_MM) - 1, len(aorta_path)), np.arange(len(AORTA_RADII_MM)), AORTA_RADII_MM
+    )
     aorta_radii *= rng.uniform(0.9, 1.12)
     canvas.paint_tube(aorta_path, aorta_radii, HU_BLOOD, ids["aorta"])
     anatomy.aorta_path, anatomy.aorta_radii = aorta_path, aorta_radii
-    for name, ctrl, radius in (
-        ("brachiocephalic_trunk", [(-2, -12, -56), (-12, -12, -10), (-20, -10, 60)], 6.5),
-        ("common_carotid_artery_left", [(8, -6, -53), (12, -6, 0), (18, -2, 60)], 4.5),
-        ("subclavian_artery_left", [(16, 6, -56), (28, 8, 5), (62, 12, 35)], 5.0),
-    ):
+    for name, ctrl, radius in AORTIC_BRANCHES:
         canvas.paint_tube(catmull_rom(ctrl, 4), radius, HU_BLOOD, ids[name])
+    canvas.paint_tube(catmull_rom(SUPERIOR_VENA_CAVA, 5), 10.0, HU_BLOOD, ids["superior_vena_cava"])
     canvas.paint_tube(
-        catmull_rom([(-32, -10, 60), (-32, -12, -80), (-24, -10, -140)], 5), 10.0, HU_BLOOD, ids["superior_vena_cava"]
-    )
-    canvas.paint_tube(
-        catmull_rom([(-22, 4, -198), (-25, 28, -300), (-22, 34, -450)], 5),
+        catmull_rom(INFERIOR_VENA_CAVA, 5),
         11.0,
         HU_BLOOD,
         ids["inferior_vena_cava"],
         only_labels=(0, ids["liver"]),
     )
 
-    # --- airways and esophagus ---------------------------------------------------------------------------
-    trachea = catmull_rom([(0, -8, 70), (-1, -4, 0), (0, 6, -40), anatomy.carina], 5)
+
+def _paint_airways_and_esophagus(
+    canvas: Canvas, rng: np.random.Generator, anatomy: Anatomy, findings: AnatomyFindings, ids: dict[str, int]
+) -> None:
+    """Trachea, main bronchi and the esophagus (its path kept in ``anatomy``), with the hiatal hernia if drawn."""
+    trachea = catmull_rom([*TRACHEA_ABOVE_CARINA, anatomy.carina], 5)
     canvas.paint_tube(trachea, 10.5, 25.0, ids["trachea"])
     canvas.paint_tube(trachea, 8.5, HU_AIR, ids["trachea"])
     for side, hilum in anatomy.hila.items():
@@ -415,8 +462,8 @@ def build_anatomy(
         radius = 7.0 if side == "right" else 6.0
         canvas.paint_tube(main, radius + 1.6, 25.0, None, soft=True)
         canvas.paint_tube(main, radius, HU_AIR, None, soft=True)
-    gej = np.array([36.0, 6.0, diaphragm(np.array([36.0]), np.array([6.0]))[0] - 22.0])
-    esophagus = catmull_rom([(3, 17, 70), (5, 19, -60), (10, 22, -150), (20, 18, -205), tuple(gej)], 5)
+    gej = np.array([36.0, 6.0, anatomy.diaphragm(np.array([36.0]), np.array([6.0]))[0] - 22.0])
+    esophagus = catmull_rom([*ESOPHAGUS_ABOVE_HIATUS, tuple(gej)], 5)
     canvas.paint_tube(esophagus, 8.0, 35.0, ids["esophagus"])
     if rng.random() < 0.5:
         span = slice(int(rng.integers(0, len(esophagus) // 2)), None)
@@ -425,7 +472,9 @@ def build_anatomy(
     if findings.hiatal_hernia_mm > 0:
         _paint_hiatal_hernia(canvas, anatomy, findings.hiatal_hernia_mm, ids["stomach"])
 
-    # --- pulmonary vessels and bronchi ------------------------------------------------------------------
+
+def _paint_pulmonary_vessels(canvas: Canvas, rng: np.random.Generator, anatomy: Anatomy) -> None:
+    """Branching vessels in both lungs, with their bronchi up to generation 2 (kept in ``anatomy.airway_segments``)."""
     lungs = lung_label_ids()
     for side in SIDES:
         # finer grids resolve smaller vessels: one more branching generation per halving of the pixel
@@ -475,8 +524,10 @@ def build_anatomy(
                     }
                 )
 
-    # --- normal small mediastinal lymph nodes -----------------------------------------------------------
-    for station in ((-16, -4, -32), (15, -2, -45), (0, 30, -88), (-6, -40, -70), (16, -6, -76)):
+
+def _paint_normal_lymph_nodes(canvas: Canvas, rng: np.random.Generator) -> None:
+    """Small (normal-sized) mediastinal lymph nodes, each station drawn with chance 0.6."""
+    for station in NORMAL_NODE_STATIONS:
         if rng.random() < 0.6:
             node = np.asarray(station, dtype=float) + rng.normal(0, 2.0, 3)
             size = rng.uniform(2.5, 4.5)
@@ -488,11 +539,6 @@ def build_anatomy(
                 None,
                 only_labels=(0,),
             )
-
-    # --- spine, ribs, sternum ----------------------------------------------------------------------------
-    anatomy.vertebrae = _paint_spine(canvas, rng, w_lo, w_hi, ids)
-    _paint_ribs_and_sternum(canvas, anatomy, cavity_half, ids)
-    return anatomy
 
 
 def _paint_stomach(canvas: Canvas, under, center: np.ndarray, semi: np.ndarray, label: int) -> None:

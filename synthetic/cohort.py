@@ -10,6 +10,10 @@ Layout of ``OUT_DIR``::
     phi_planted.json                             every fake PHI value planted per study (for leak tests)
 
 ``study_key`` is the StudyInstanceUID of the study. Study ``i`` depends only on ``(seed, i)``.
+
+With ``sources`` (:func:`read_source_reports`: an external reports table + its 18 labels, e.g. CT-RATE's),
+study ``i`` is drawn from one source report's labels and carries that report's text instead of a template
+report (no PHI planted in the text); ``labels.csv`` holds what was drawn, ``cohort.json`` the source row.
 """
 
 from __future__ import annotations
@@ -65,10 +69,82 @@ def study_key(seed: int, index: int) -> str:
     return uid(seed, index, "study")
 
 
+# report text columns accepted in a source reports table: ours, CT-RATE's, CT-CLIP's classifier table
+TEXT_COLUMNS: tuple[tuple[str, str | None], ...] = (
+    ("Findings", "Impression"),
+    ("Findings_EN", "Impressions_EN"),
+    ("report_text", None),
+)
+
+
+@dataclass(frozen=True)
+class SourceReport:
+    """One external report: its row in the reports table, text and 18 labels (0/1)."""
+
+    row: int
+    findings: str
+    impression: str
+    labels: dict[str, int]
+
+
+def read_source_reports(reports_csv: str | Path, labels_csv: str | Path) -> list[SourceReport]:
+    """Reports (text columns of :data:`TEXT_COLUMNS`) joined with their labels on the first column both
+    tables share (``study_key``, ``VolumeName``, ``AccessionNo``, ...); one file may hold both."""
+    import pandas as pd
+
+    from core.anatomy_sets import CTRATE_LABELS
+
+    reports, labels = pd.read_csv(reports_csv, dtype=str), pd.read_csv(labels_csv)
+    text = next(((f, i) for f, i in TEXT_COLUMNS if f in reports.columns and (i is None or i in reports.columns)), None)
+    if text is None:
+        raise ValueError(
+            f"{reports_csv}: no report text columns; give one of "
+            + ", ".join("+".join(c for c in pair if c) for pair in TEXT_COLUMNS)
+        )
+    missing = [name for name in CTRATE_LABELS if name not in labels.columns]
+    if missing:
+        raise ValueError(f"{labels_csv}: missing label columns {missing} (the 18 CT-RATE labels, 0/1)")
+    used = {*CTRATE_LABELS, *(c for pair in TEXT_COLUMNS for c in pair if c)}
+    keys = [c for c in reports.columns if c in labels.columns and c not in used]
+    if Path(reports_csv).resolve() == Path(labels_csv).resolve():
+        joined = reports.assign(**{name: labels[name] for name in CTRATE_LABELS})
+    elif keys:
+        joined = reports.merge(labels[[keys[0], *CTRATE_LABELS]], on=keys[0], how="inner", validate="one_to_one")
+    else:
+        raise ValueError(f"{reports_csv} and {labels_csv} share no key column to join reports with their labels")
+    out = []
+    for row, record in enumerate(joined.to_dict("records")):
+        values = {name: record[name] for name in CTRATE_LABELS}
+        bad = {name: value for name, value in values.items() if str(value).strip() not in ("0", "1", "0.0", "1.0")}
+        if bad:
+            raise ValueError(f"{labels_csv}: row {row} has labels that are not 0/1: {bad}")
+        findings = record[text[0]] if isinstance(record[text[0]], str) else ""
+        impression = record[text[1]] if text[1] and isinstance(record[text[1]], str) else ""
+        out.append(SourceReport(row, findings, impression, {name: int(float(value)) for name, value in values.items()}))
+    if not out:
+        raise ValueError(f"{reports_csv} / {labels_csv}: no report with labels")
+    return out
+
+
+def pick_sources(sources: list[SourceReport], studies: int, seed: int) -> list[SourceReport]:
+    """``studies`` distinct source reports in a seeded order (a cohort seed draws its own reports)."""
+    if studies > len(sources):
+        raise ValueError(f"{studies} studies asked from {len(sources)} source reports: ask for at most {len(sources)}")
+    order = np.random.default_rng([seed, 27]).permutation(len(sources))[:studies]
+    return [sources[int(i)] for i in order]
+
+
 def generate_study(
-    out_dir: str | Path, seed: int, index: int, size: str, abdomen_fraction: float, difficulty: str = "learnable"
+    out_dir: str | Path,
+    seed: int,
+    index: int,
+    size: str,
+    abdomen_fraction: float,
+    difficulty: str = "learnable",
+    source: SourceReport | None = None,
 ) -> dict[str, Any]:
-    """Make, write and describe study ``index``; returns its cohort.json record (+ report and PHI)."""
+    """Make, write and describe study ``index``; returns its cohort.json record (+ report and PHI).
+    ``source``: draw the source report's labels and carry its text."""
     import nibabel as nib
 
     from synthetic.dicom_writer import DicomVariant, write_study
@@ -84,6 +160,7 @@ def generate_study(
         size,
         abdomen_fraction=abdomen_fraction,  # type: ignore[arg-type]
         difficulty=difficulty,
+        labels=source.labels if source is not None else None,
     )
     rngs = study_rngs(seed, index)
     key = study_key(seed, index)
@@ -105,8 +182,17 @@ def generate_study(
         nib.save(mask, tmp)
 
     findings, impression, planted = write_report(phantom.lesions, phantom.labels, phantom.plan, phi, rngs["report"])
+    source_record: dict[str, Any] | None = None
+    if source is not None:  # the real text replaces the template one; no PHI goes into it
+        findings, impression = source.findings, source.impression
+        planted = {name: False for name in planted}
+        source_record = {
+            "row": source.row,
+            "labels": source.labels,
+            "undrawn": sorted(n for n, v in source.labels.items() if v and not phantom.labels.get(n)),
+        }
     plan = {k: v for k, v in phantom.plan.items()}
-    return {
+    record = {
         "study_key": key,
         "index": index,
         "patient_index": patient,
@@ -132,6 +218,9 @@ def generate_study(
         "_phi": {**phi, "in_report": planted, "search_values": searchable_values(phi, planted)},
         "_seconds": round(time.perf_counter() - started, 3),
     }
+    if source_record is not None:  # template cohorts keep their cohort.json bytes
+        record["report_source"] = source_record
+    return record
 
 
 def _remove_stale(out: Path, keep_keys: set[str], keep_indices: set[int]) -> None:
@@ -169,9 +258,11 @@ def generate_cohort(
     workers: int = 2,
     abdomen_fraction: float = 0.3,
     difficulty: str = "learnable",
+    sources: list[SourceReport] | None = None,
 ) -> CohortSummary:
     """Write the synthetic cohort to ``out_dir`` (see module doc); deterministic for ``seed`` and ``difficulty``
-    (``learnable`` / ``paper``: lesion sizes, contrast and prevalence, see ``synthetic.difficulty``)."""
+    (``learnable`` / ``paper``: lesion sizes, contrast and prevalence, see ``synthetic.difficulty``).
+    ``sources``: real reports (:func:`read_source_reports`), ``studies`` of them drawn by ``seed``."""
     from core.anatomy_sets import CTRATE_LABELS
     from synthetic.difficulty import lesion_spec
 
@@ -182,7 +273,10 @@ def generate_cohort(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     indices = list(range(studies))
-    args = [(str(out), seed, index, size, abdomen_fraction, difficulty) for index in indices]
+    picked: list[SourceReport | None] = (
+        list(pick_sources(sources, studies, seed)) if sources is not None else [None] * studies
+    )
+    args = [(str(out), seed, index, size, abdomen_fraction, difficulty, picked[index]) for index in indices]
     records: list[dict[str, Any]] = []
     if workers <= 1 or studies == 1:
         for arg in args:
@@ -233,6 +327,7 @@ def generate_cohort(
                 "axis_order": "zyx (RAS: z inferior->superior, y posterior->anterior, x left->right)",
                 "labels": list(CTRATE_LABELS),
                 "studies": public,
+                **({"report_text": "source reports (fvlm demo-data --reports)"} if sources is not None else {}),
             },
             indent=1,
             sort_keys=True,

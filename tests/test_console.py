@@ -161,8 +161,18 @@ def test_filter_keeps_ours_drops_third_party_info_and_rephrases() -> None:
     assert not normal.filter(ui_only) and verbose.filter(ui_only)
     # developer-facing MLflow advice is hidden; a failed Prefect run is rephrased
     assert not normal.filter(record("mlflow.pyfunc", logging.WARNING, "... serialized using CloudPickle, ..."))
-    failed = record("prefect.flow_runs", logging.ERROR, "Finished in state Failed('Flow run raised.')")
-    assert normal.filter(failed) and failed.getMessage().startswith("Prefect: run Failed:")
+    # a failed run's exception: the command prints it once, as one line; Prefect's copies (with the
+    # traceback) show at -v only; a crashed run is rephrased
+    for message in (
+        "Finished in state Failed('Flow run encountered an exception: ValueError: bad reports.id_column')",
+        "Encountered exception during execution: ValueError('bad reports.id_column')",
+        "Task run failed with exception: ValueError('x') - Retries are exhausted",
+        "Service 'EventsWorker' failed with 3 pending items.",
+    ):
+        assert not normal.filter(record("prefect.flow_runs", logging.ERROR, message)), message
+        assert verbose.filter(record("prefect.flow_runs", logging.ERROR, message)), message
+    crashed = record("prefect.flow_runs", logging.ERROR, "Finished in state Crashed('Execution was cancelled')")
+    assert normal.filter(crashed) and crashed.getMessage().startswith("Prefect: run Crashed:")
     server = record("prefect", logging.INFO, "Starting temporary server on http://127.0.0.1:8123\nSee https://docs")
     assert normal.filter(server) and "temporary one at http://127.0.0.1:8123" in server.getMessage()
     assert "\n" not in server.getMessage()
@@ -200,3 +210,44 @@ def test_python_warnings_reach_the_console_in_our_format(
                 root.removeHandler(handler)
         root.setLevel(saved[1])
         warnings.showwarning = saved[2]
+
+
+def test_mlflow_registry_chatter_and_view_run_lines_only_at_verbose(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.utils import logging_utils
+
+    from fvlm.console import QUIET_ENV
+    from training.tracking.runs import mute_mlflow_chatter
+
+    assert QUIET_ENV["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"  # "View run ... at:" lines
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    monkeypatch.setattr(stream, "write", stream.write)  # restore the stream after the test
+    monkeypatch.setattr(stream, "fvlm_muted", False, raising=False)
+    monkeypatch.setenv("FVLM_VERBOSITY", "normal")
+    mute_mlflow_chatter()
+    logging_utils.eprint("Successfully registered model 'fvlm-ct'.")
+    logging_utils.eprint("Created version '3' of model 'fvlm-ct'.")
+    logging_utils.eprint("Registered model 'fvlm-ct' already exists. Creating a new version of this model...")
+    logging_utils.eprint("something MLflow needs to say")
+    assert capsys.readouterr().err == "something MLflow needs to say\n"
+
+
+@pytest.mark.slow  # starts a temporary Prefect server (~30 s)
+def test_a_user_error_under_a_flow_prints_one_clean_line(tmp_path: Path) -> None:
+    """A bad ``reports.id_column`` with a Prefect server: the command's one line, no Prefect traceback, no
+    copy of the message, no EventsWorker line (issue #31); everything at -v."""
+    from flows.services import shared_prefect_server
+
+    (tmp_path / "reports.csv").write_text("study_key,Findings,Impression\ns1,normal lungs,none\n")
+    (tmp_path / "params.yaml").write_text("reports: {id_column: no_such_column}\norchestration: {stage_flows: true}\n")
+    with shared_prefect_server(timeout_s=180, log_dir=tmp_path / "logs") as server:
+        env = {**os.environ, "FVLM_SALT": "test-salt", "PREFECT_API_URL": server.api_url}
+        for key in ("FVLM_VERBOSITY", "FVLM_NO_FLOWS", "FVLM_PROGRESS", "PREFECT_LOGGING_LEVEL"):
+            env.pop(key, None)
+        command = [sys.executable, "-m", "fvlm.cli", "--params", str(tmp_path / "params.yaml"), "parse-reports"]
+        command += [str(tmp_path / "reports.csv"), str(tmp_path / "out" / "reports.parquet")]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = console_lines(result)
+    assert result.returncode != 0
+    assert len(lines) == 1 and "no_such_column" in lines[0] and "reports.id_column" in lines[0], lines

@@ -164,6 +164,9 @@ def test_own_data_repro_ingest_experiments_plots(
     assert baseline_rows and all(",!," not in f",{row}," for row in baseline_rows), shown[-2000:]
     header = shown.splitlines()[0].split(",")
     assert "mean_auc" in header and "final_loss" in header and "n_test" in header
+    assert "mean_auc_ci_low" in header and "mean_auc_ci_high" in header
+    # metrics files hold numbers only (core/metrics_files.py): no identifier or reason becomes a column
+    assert not {"run_id", "model_uri", "model", "content_hash", "eval_data_hash", "promotion_reason"} & set(header)
 
     plots = tmp_path / "plots"
     _run([*dvc, "plots", "show", "-o", str(plots)], repo, env)

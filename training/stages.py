@@ -109,7 +109,7 @@ def evaluation_batches(job: EvaluateJob, split: str) -> Iterable[dict[str, Any]]
 def evaluation_data_hash(job: EvaluateJob) -> str:
     """The hash the promotion gate compares models on: the val + test shard files and the protocol
     (eval crops, HU window, threshold method, prompts file)."""
-    from core.anatomy_sets import ANATOMY_SETS_FILE
+    from core.anatomy_sets import ANATOMY_SETS_FILE, PROMPT_SETS_FILE
     from core.io import sha256_file
     from training.evaluation.evaluate import data_hash
     from training.trainer.data import shard_paths
@@ -121,6 +121,9 @@ def evaluation_data_hash(job: EvaluateJob) -> str:
         "hu_window": list(job.grid.hu_window),
         "threshold_method": job.evaluate.threshold_method,
         "prompts": sha256_file(job.prompts_path if job.prompts_path is not None else ANATOMY_SETS_FILE),
+        # the default prompts are a set of prompt_sets.yaml; the negative rule changes every score
+        "prompt_sets": sha256_file(PROMPT_SETS_FILE),
+        "negative_rule": job.evaluate.negative_rule,
     }
     return data_hash(files, protocol)
 

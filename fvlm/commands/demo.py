@@ -115,10 +115,19 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # one Prefect server for every stage command of the repro (none started when services run)
         with shared_prefect_server(
-            timeout_s=config.services.startup_timeout_s, log_dir=config.path(config.services.data_dir) / "logs"
+            timeout_s=config.services.startup_timeout_s,
+            log_dir=config.path(config.services.data_dir) / "logs",
+            or_none=True,  # a busy machine: the stages run without Prefect rather than not at all
         ) as server:
             if server.started:
                 print(f"fvlm demo: temporary Prefect server {server.api_url} for this run", flush=True)
+            elif server.failure:
+                print(
+                    f"fvlm demo: no Prefect server for this run ({server.failure.splitlines()[0]}); the stages "
+                    "run without Prefect (their manifests and stage-runs.jsonl record them)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for command, shown in steps:
                 code = step(command, shown)
                 if code != 0:
@@ -138,9 +147,11 @@ def learned_summary(metrics_dir: Path, root: Path) -> list[str]:
     """Did the demo model learn? Loss first-10 vs last-10, test mean AUC with its CI, the gate's decision."""
     import json
 
-    def read(name: str) -> dict:
+    from core.metrics_files import read_metrics_and_info
+
+    def read(name: str) -> dict:  # the numbers and, beside them, the identifiers and reasons (<name>.info.json)
         try:
-            return json.loads((metrics_dir / name).read_text())
+            return read_metrics_and_info(metrics_dir / name)
         except (OSError, json.JSONDecodeError):
             return {}
 
@@ -159,11 +170,11 @@ def learned_summary(metrics_dir: Path, root: Path) -> list[str]:
             f"  training loss {trend}: first-10 mean {first:.3f} -> last-10 mean {last:.3f} over "
             f"{train.get('steps')} steps (curve: {shown(metrics_dir / 'plots' / 'train_loss.png')})"
         )
-    mean_auc, ci = evaluation.get("mean_auc"), evaluation.get("mean_auc_ci")
+    mean_auc, ci = evaluation.get("mean_auc"), [evaluation.get("mean_auc_ci_low"), evaluation.get("mean_auc_ci_high")]
     if isinstance(mean_auc, (int, float)):
         ci_text = ""
         verdict = ""
-        if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        if all(isinstance(c, (int, float)) for c in ci):
             ci_text = f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
             verdict = "; above chance" if ci[0] > 0.5 else "; NOT clearly above chance (CI reaches 0.5)"
         lines.append(

@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             ("fvlm demo-data", "paths.demo_dir with params.yaml demo_data"),
             ("fvlm demo-data /tmp/cohort --studies 4 --workers 1", "a tiny cohort elsewhere"),
             ("fvlm demo-data data/paper --size real --difficulty paper", "realistic sizes and prevalence"),
+            ("fvlm demo-data /tmp/real --reports reports.csv --labels labels.csv", "real report text"),
         ],
     )
     arg(parser, "out_dir", nargs="?", default=None, key="paths.demo_dir", help="output folder")
@@ -50,6 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="learnable: lesions large and contrasted enough for the demo grid; "
         "paper: realistic sizes and CT-RATE-like prevalence (docs/learnability.md)",
     )
+    arg(
+        parser,
+        "--reports",
+        default=None,
+        path=True,
+        help="real reports CSV (Findings/Impression, Findings_EN/Impressions_EN or report_text): each phantom is "
+        "drawn from one report's 18 labels (--labels) and carries that report's text",
+    )
+    arg(parser, "--labels", default=None, path=True, help="the 18 CT-RATE labels (0/1) of --reports, joined on a key")
     parser.set_defaults(handler=run)
 
 
@@ -66,6 +76,18 @@ def run(args: argparse.Namespace) -> int:
     if studies < 1 or workers < 1 or not 0.0 <= fraction <= 1.0:
         print("fvlm demo-data: --studies and --workers must be >= 1, --abdomen-fraction in [0, 1]", file=sys.stderr)
         return 2
+    if (args.reports is None) != (args.labels is None):
+        print("fvlm demo-data: give --reports and --labels together", file=sys.stderr)
+        return 2
+    sources = None
+    if args.reports is not None:
+        from synthetic.cohort import read_source_reports
+
+        try:
+            sources = read_source_reports(args.reports, args.labels)
+        except (OSError, ValueError) as error:
+            print(f"fvlm demo-data: {error}", file=sys.stderr)
+            return 2
     try:
         summary = generate_cohort(
             out_dir,
@@ -75,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
             workers=workers,
             abdomen_fraction=fraction,
             difficulty=args.difficulty or settings.difficulty,
+            sources=sources,
         )
+    except ValueError as error:  # more studies than source reports
+        print(f"fvlm demo-data: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"fvlm demo-data: cannot write {out_dir}: {error}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "evaluate.promote_alias only when the model clears evaluate.promote_floor (default ci_low: the "
             "lower end of the mean-AUC bootstrap CI above 0.5) and its mean AUC beats the current holder on "
             "the same data. A model below the floor is registered and scored, not promoted; the reason is "
-            "printed, tagged in MLflow and written to the metrics file."
+            "printed, tagged in MLflow and written to <paths.metrics>/eval.info.json (eval.json: numbers only)."
         ),
         examples=[
             ("fvlm evaluate", "the trained version on paths.shards; promote it when it wins"),
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         default=None,
         help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model or a local model dir "
-        "(default: the version recorded in <paths.metrics>/train.json, else paths.models)",
+        "(default: the version recorded in <paths.metrics>/train.info.json, else paths.models)",
     )
     arg(
         parser,

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     arg(parser, "targets", nargs="*", help="dvc.yaml stages to reproduce (default: all)")
     arg(parser, "--no-pull", action="store_true", help="do not `dvc pull` first")
     arg(parser, "--no-push", action="store_true", help="do not `dvc push` afterwards")
+    arg(
+        parser,
+        "--allow-missing-remote",
+        action="store_true",
+        help="go on with what is local when `dvc pull` fails (default: a failed pull stops the run)",
+    )
     arg(parser, "--force", action="store_true", help="`dvc repro --force` (re-run stages)")
     arg(parser, "--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run)
@@ -86,6 +92,7 @@ def _run_flow(args: argparse.Namespace, config: FvlmConfig) -> int:
                 tracking_uri=config.tracking.mlflow_tracking_uri,
                 registered_model=config.tracking.registered_model,
                 promote_alias=config.evaluate.promote_alias,
+                allow_missing_remote=args.allow_missing_remote,
             )
     except CommandError as error:
         print(f"fvlm pipeline: {error}", file=sys.stderr)
@@ -106,6 +113,7 @@ def _run_flow(args: argparse.Namespace, config: FvlmConfig) -> int:
         + (f", promoted to @{report['promoted_alias']}" if report["promoted_alias"] else "")
         + (f"; champion is version {report['champion_version']}" if report["champion_version"] else "")
     )
-    for name, values in sorted(report["metrics"].items()):
-        print(f"metrics/{name}.json: {json.dumps(values, default=str)[:200]}")
+    for name, values in sorted(report["metrics"].items()):  # numbers only; identifiers are in the lines above
+        numbers = {key: value for key, value in values.items() if not isinstance(value, str)}
+        print(f"metrics/{name}.json: {json.dumps(numbers, default=str)[:200]}")
     return 0

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start / stop / check the local Prefect and MLflow servers (UIs on 127.0.0.1)",
         description="Prefect server + MLflow server with SQLite backends under services.data_dir; "
         "PID files in <data_dir>/run, logs in <data_dir>/logs. While they run, every fvlm command (and the "
-        "stage commands `dvc repro` starts) reports to them.",
+        "stage commands `dvc repro` starts) reports to them, on the ports `up` chose (read from the PID files).",
         examples=[
             ("fvlm services up", "Prefect :4200 and MLflow :5000"),
             ("fvlm services up --worker", "plus a process worker for `prefect deploy --all`"),
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_from_args(args)
     cfg = config.services
     data_dir = config.path(args.data_dir or cfg.data_dir)
-    prefect_port = args.prefect_port or cfg.prefect_port
-    mlflow_port = args.mlflow_port or cfg.mlflow_port
+    # a port given here wins; else the one the running service was started on (its PID record); else params
+    prefect_port = args.prefect_port or services.recorded_port(data_dir, "prefect") or cfg.prefect_port
+    mlflow_port = args.mlflow_port or services.recorded_port(data_dir, "mlflow") or cfg.mlflow_port
     specs = services.service_specs(
         data_dir,
         host=cfg.host,
@@ -75,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         names = [*services.DEFAULT_SERVICES, *(["worker"] if args.worker else [])]
     else:
         names = list(services.SERVICE_NAMES)
-    env = services.client_env(cfg.host, prefect_port, mlflow_port)
     if args.action == "up":
         try:
             states = services.start(
@@ -86,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         for state in states:
             print(state.line())
-        env_file = data_dir / "services.env"
-        from core.io import atomic_write_text
-
-        atomic_write_text(env_file, "".join(f"export {key}={value}\n" for key, value in env.items()))
+        env_file, env = services.write_client_env(data_dir)
         print(
             "   ".join(
                 f"{name.capitalize() if name == 'prefect' else 'MLflow'} UI: {specs[name].url}"
@@ -97,11 +94,16 @@ def run(args: argparse.Namespace) -> int:
                 if name in names
             )
         )
-        print(f"clients: source {env_file}   (or export {' '.join(f'{k}={v}' for k, v in env.items())})")
+        print(
+            "fvlm commands find these services by their PID files; other clients: "
+            f"source {env_file}   (or export {' '.join(f'{k}={v}' for k, v in env.items())})"
+        )
         return 0
     if args.action == "down":
         for state in services.stop(data_dir, specs, names):
             print(f"{state.name:8s} {state.detail}" + (f" (pid {state.pid})" if state.pid else ""))
+        if (data_dir / "services.env").exists():
+            services.write_client_env(data_dir)  # only what still runs
         return 0
     states = services.status(data_dir, specs, names)
     for state in states:

@@ -187,3 +187,10 @@ def test_config_validate_cli_rejects_what_convert_would(tmp_path: Path, capsys: 
     assert main(["--params", str(params), "config", "validate"]) == 2
     error = capsys.readouterr().err
     assert "convert.series_preference.0" in error and "'fattest'" in error and "largest_coverage" in error
+
+
+def test_a_saved_model_config_with_the_old_vocab_key_still_loads() -> None:
+    from core.config import ModelConfig
+
+    cfg = ModelConfig.model_validate({"text": {"name_or_path": None, "vocab_min_reports": 5}})
+    assert cfg.text.vocab_min_patients == 5

@@ -15,8 +15,8 @@ text = (root / "data" / "input.txt").read_text()
 (root / "data" / "out").mkdir(parents=True, exist_ok=True)
 (root / "data" / "out" / "result.txt").write_text(text.upper())
 pathlib.Path("metrics").mkdir(exist_ok=True)
-pathlib.Path("metrics/eval.json").write_text(json.dumps(
-    {"run_id": "run-123", "model_version": 4, "promoted": True, "mean": {"auc": 0.75}}))
+pathlib.Path("metrics/eval.json").write_text(json.dumps({"promoted": 1, "mean": {"auc": 0.75}}))  # numbers only
+pathlib.Path("metrics/eval.info.json").write_text(json.dumps({"run_id": "run-123", "model_version": "4"}))
 if "FAIL" in text:
     sys.exit(3)
 '''
@@ -29,6 +29,8 @@ DVC_YAML = '''stages:
       - stage.py
     outs:
       - data/out
+      - metrics/eval.info.json:
+          cache: false
     metrics:
       - metrics/eval.json:
           cache: false

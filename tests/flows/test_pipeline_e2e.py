@@ -49,7 +49,7 @@ def _pipeline(repo: Path) -> list[str]:
 
 
 def _shard_hash(repo: Path) -> str:
-    return json.loads((repo / "metrics" / "shard.json").read_text())["content_hash"]
+    return json.loads((repo / "metrics" / "shard.info.json").read_text())["content_hash"]
 
 
 def test_kill_9_then_rerun_gives_the_same_shards_and_a_noop_rerun_runs_nothing(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,90 @@ def test_port_in_use_is_a_clear_error(free_port: Callable[..., Any], tmp_path: P
             services.start(tmp_path, specs, ["prefect"], timeout_s=5)
 
 
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    """A port on 127.0.0.1 that answers every GET with 200 (a stand-in for a service's health URL)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+
+
+def _record(data_dir: Path, name: str, port: int) -> None:
+    """A PID record as `services up` writes it, for this very process (alive, ours) on ``port``."""
+    spec = services.service_specs(data_dir, prefect_port=port, mlflow_port=port)[name]
+    (data_dir / "run").mkdir(parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "command": [], "marker": "", "url": spec.url, "health_url": spec.health_url}
+    (data_dir / "run" / f"{name}.pid").write_text(json.dumps({**record, "port": port, "client_env": spec.client_env}))
+
+
+def test_prefect_server_and_its_ui_are_told_the_chosen_port(tmp_path: Path) -> None:
+    env = services.service_specs(tmp_path, prefect_port=4271, mlflow_port=5071)["prefect"].env
+    assert env["PREFECT_UI_API_URL"] == env["PREFECT_API_URL"] == "http://127.0.0.1:4271/api"
+    assert env["PREFECT_SERVER_API_PORT"] == "4271"
+
+
+def test_commands_find_services_on_the_ports_up_chose(tmp_path: Path, health_server: int) -> None:
+    from core.config import config_from_dict, services_environment
+
+    data_dir = tmp_path / ".fvlm-services"
+    _record(data_dir, "prefect", health_server)
+    _record(data_dir, "mlflow", health_server)
+    config = config_from_dict({}, root=tmp_path, environ={})  # params.yaml still says 4200 / 5000
+    assert services_environment(config, environ={}) == {
+        "PREFECT_API_URL": f"http://127.0.0.1:{health_server}/api",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{health_server}",
+    }
+    assert services.recorded_port(data_dir, "prefect") == health_server
+
+
+def test_only_prefect_never_names_an_mlflow_it_did_not_start(tmp_path: Path, health_server: int) -> None:
+    from core.config import config_from_dict, services_environment
+
+    data_dir = tmp_path / ".fvlm-services"
+    _record(data_dir, "prefect", health_server)
+    path, env = services.write_client_env(data_dir)
+    assert env == {"PREFECT_API_URL": f"http://127.0.0.1:{health_server}/api"}
+    text = path.read_text()
+    assert "MLFLOW_TRACKING_URI=" not in text and "unset MLFLOW_TRACKING_URI" in text
+    # an MLflow of ours recorded on another port never makes a command trust whatever answers params' port
+    config = config_from_dict({"services": {"mlflow_port": health_server}}, root=tmp_path, environ={})
+    _record(data_dir, "mlflow", free_port_now())
+    assert "MLFLOW_TRACKING_URI" not in services_environment(config, environ={})
+
+
+def test_a_server_that_does_not_start_can_be_done_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    def too_busy(**_: object) -> services.TemporaryServer:
+        raise services.ServiceError("temporary Prefect server on port 1 did not start (not healthy within 600 s)")
+
+    monkeypatch.setattr(services, "start_temporary_server", too_busy)
+    with services.shared_prefect_server(or_none=True) as server:  # what `fvlm demo` does
+        assert not server.started and "did not start" in server.failure
+    with pytest.raises(services.ServiceError), services.shared_prefect_server():  # `fvlm pipeline`: a flow itself
+        pass
+
+
+def free_port_now() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.mark.slow  # two real servers: ~10 s idle machine, 30+ s under load
 def test_services_up_status_down(
     free_port: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -72,6 +158,16 @@ def test_services_up_status_down(
             name: json.loads((data_dir / "run" / f"{name}.pid").read_text())["pid"] for name in ("prefect", "mlflow")
         }
         assert main(["services", "status", *common]) == 0
+        # the UI is told the chosen port; status, and every command, find the servers without being told
+        with urllib.request.urlopen(env["PREFECT_API_URL"].removesuffix("/api") + "/ui-settings", timeout=5) as r:
+            assert json.loads(r.read())["api_url"] == env["PREFECT_API_URL"]
+        assert main(["services", "status", "--data-dir", str(data_dir)]) == 0
+        from core.config import config_from_dict, services_environment
+
+        config = config_from_dict({"services": {"data_dir": str(data_dir)}}, root=tmp_path, environ={})
+        found = services_environment(config, environ={})
+        assert found["PREFECT_API_URL"] == env["PREFECT_API_URL"]
+        assert found["MLFLOW_TRACKING_URI"] == env["MLFLOW_TRACKING_URI"]
         # a second `up` leaves the running servers alone
         assert main(["services", "up", *common]) == 0
         assert pids == {name: json.loads((data_dir / "run" / f"{name}.pid").read_text())["pid"] for name in pids}

@@ -162,7 +162,15 @@ def test_discovery_of_mixed_tree_lists_junk_and_groups_studies(tmp_path: Path, m
     import preprocessing.dicom_discovery as discovery_module
 
     monkeypatch.setattr(discovery_module, "DISCOVERY_CHUNK", 3)
+    monkeypatch.setattr(discovery_module, "DISCOVERY_POOL_MIN_FILES", 0)  # a pool even for this small tree
     assert scan_dicom_tree(root, workers=2) == discovery
+    # the file index (a first run records, a second reads nothing): the same discovery again
+    import preprocessing.file_index as file_index_module
+
+    monkeypatch.setattr(file_index_module, "RACY_WINDOW_NS", 0)  # files written just now count as settled
+    index = tmp_path / "index.pickle"
+    hashed = scan_dicom_tree(root, hash_files=True)
+    assert scan_dicom_tree(root, index_path=index) == scan_dicom_tree(root, index_path=index) == hashed
 
 
 def test_series_selection_policy_recorded(tmp_path: Path, convert) -> None:

@@ -146,6 +146,9 @@ def test_quarantine_with_reasons_and_counts(tmp_path: Path, anatomies, make_coho
     assert manifest["content_hash"] == summary.content_hash
     small = json.loads(metrics.read_text())
     assert small["studies"] == 5 and small["quarantined"] == 3
+    # numbers only in the DVC metrics file; the hash beside it (core/metrics_files.py)
+    assert "content_hash" not in small and all(isinstance(v, int) for v in small.values())
+    assert json.loads((metrics.parent / "shard.info.json").read_text())["content_hash"] == summary.content_hash
     assert {r["study_id"] for r in read_rows(out)} == {f"st_{i:05d}" for i in (0, 4, 5, 6, 7)}
 
 

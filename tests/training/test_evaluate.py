@@ -126,20 +126,25 @@ def test_zero_shot_spec_ctrate4() -> None:
     assert "Medical material" not in spec.labels and "Lymphadenopathy" not in spec.labels
     index = spec.labels.index("Cardiomegaly")
     assert spec.anatomy_names[spec.anatomy_index[index]] == "heart"
-    assert spec.prompts[index] == ("No cardiomegaly was detected.", "Cardiomegaly is observed.")
+    assert spec.prompts[index] == ("No cardiomegaly is seen.", "Cardiomegaly is seen.")
+    assert spec.negative_rule == "plain"  # the public fVLM pair is the default
     assert ZeroShotSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
     with pytest.raises(ValueError, match="differ"):
         zero_shot_spec("ctrate4", ("heart", "lung", "esophagus", "aorta"))
 
 
-def test_zero_shot_negative_is_anchored_on_the_anatomy_normal_description() -> None:
+def test_zero_shot_negative_rules() -> None:
     spec = zero_shot_spec("ctrate4", ("lung", "heart", "esophagus", "aorta"))
     index = spec.labels.index("Mosaic attenuation pattern")
-    assert spec.normal_prompts[index] == "Both lungs are normally aerated."
-    assert ZeroShotSpec.from_json(json.loads(json.dumps(spec.to_json()))).normal_prompts == spec.normal_prompts
-    # a spec saved before normal descriptions existed keeps scoring the label's own negative
-    legacy = {k: v for k, v in spec.to_json().items() if k != "normal_prompts"}
-    assert ZeroShotSpec.from_json(legacy).normal_prompts == ()
+    assert spec.normal_prompts[index] == "Both lungs appear normal."  # kept whatever the rule, for `auto`
+    assert ZeroShotSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    # a spec saved before the rule was recorded was evaluated with the normal-anchored negative
+    legacy = {k: v for k, v in spec.to_json().items() if k != "negative_rule"}
+    assert ZeroShotSpec.from_json(legacy).negative_rule == "with_normal"
+    older = {k: v for k, v in legacy.items() if k != "normal_prompts"}
+    assert ZeroShotSpec.from_json(older).normal_prompts == ()  # before normal descriptions: own negative
+    with pytest.raises(ValueError, match="negative_rule"):
+        spec.with_negative_rule("mean")
 
     vectors = {"n": [1.0, 0.0, 0.0], "p": [0.0, 1.0, 0.0], "normal": [0.0, 0.0, 1.0], "n2": [0.6, 0.8, 0.0]}
 
@@ -147,13 +152,15 @@ def test_zero_shot_negative_is_anchored_on_the_anatomy_normal_description() -> N
         def encode_text(self, texts: list[str]) -> torch.Tensor:
             return torch.tensor([vectors[t] for t in texts])
 
-    anchored = ZeroShotSpec(
+    pairs = ZeroShotSpec(
         "x", ("a",), ("L1", "L2"), (0, 1), (0, 0), (("n", "p"), ("n2", "p")), normal_prompts=("normal", None)
     )
-    emb = prompt_embeddings(_Texts(), anchored)  # type: ignore[arg-type]
-    np.testing.assert_allclose(emb[0, 0], np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0), rtol=1e-6)
-    np.testing.assert_allclose(emb[0, 1], vectors["p"])
-    np.testing.assert_allclose(emb[1, 0], vectors["n2"])  # no normal description: the label's negative
+    plain = prompt_embeddings(_Texts(), pairs)  # type: ignore[arg-type]
+    np.testing.assert_allclose(plain[0, 0], vectors["n"])  # plain: the label's own negative
+    anchored = prompt_embeddings(_Texts(), pairs.with_negative_rule("with_normal"))  # type: ignore[arg-type]
+    np.testing.assert_allclose(anchored[0, 0], np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(anchored[0, 1], vectors["p"])
+    np.testing.assert_allclose(anchored[1, 0], vectors["n2"])  # no normal description: the label's negative
 
 
 def test_zero_shot_probability_is_softmax_over_the_prompt_pair() -> None:
@@ -227,3 +234,72 @@ def test_roc_pngs_written(tmp_path: Path, scored: tuple[np.ndarray, np.ndarray])
     points = (tmp_path.parent / f"{tmp_path.name}_points" / "roc_lung_nodule.csv").read_text().splitlines()
     assert points[0] == "fpr,tpr" and points[1] == "0,0" and points[-1] == "1,1"
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+class _PromptTexts(torch.nn.Module):
+    """Text tower stub: negated sentences -> n, the anatomy's normal sentence -> normal, others -> p."""
+
+    vectors = {"n": [1.0, 0.0, 0.0], "p": [0.0, 1.0, 0.0], "normal": [0.0, 0.0, 1.0]}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        def kind(text: str) -> str:
+            lowered = text.lower()
+            if text == "normal" or "appear normal" in lowered:
+                return "normal"
+            negated = lowered.startswith(("no ", "not ", "there is no")) or " not " in lowered
+            return "n" if negated or text == "n" else "p"
+
+        return torch.tensor([self.vectors[kind(t)] for t in texts])
+
+
+def _one_label_embeddings(rows: list[tuple[list[float], int]]) -> Embeddings:
+    """N studies, one anatomy, label column 2 (Cardiomegaly) = the given truth."""
+    labels = np.full((len(rows), 18), -1, dtype=np.int8)
+    labels[:, 2] = [truth for _, truth in rows]
+    anatomy = np.array([[vector] for vector, _ in rows], dtype=np.float32)
+    return Embeddings(
+        [f"s{i}" for i in range(len(rows))], anatomy, anatomy[:, 0], np.ones((len(rows), 1), bool), labels
+    )
+
+
+def test_auto_negative_rule_is_chosen_on_validation_only() -> None:
+    from training.evaluation.evaluate import choose_negative_rule
+
+    spec = ZeroShotSpec(
+        "x", ("heart",), ("Cardiomegaly",), (2,), (0,), (("n", "p"),), normal_prompts=("normal",), negative_rule="plain"
+    )
+    near_negative_far_normal, normal_only = [0.8, 0.0, -0.6], [0.0, 0.0, 1.0]
+    # on val the normal-anchored negative ranks the positive first and the plain pair inverts it ...
+    val = _one_label_embeddings([(near_negative_far_normal, 1), (normal_only, 0)])
+    model = _PromptTexts()
+    chosen, record = choose_negative_rule(model, spec, val, "auto")  # type: ignore[arg-type]
+    assert chosen.negative_rule == "with_normal" and record["rule"] == "with_normal"
+    assert record["chosen_on"] == "val"
+    assert record["val_mean_auc"] == {"plain": pytest.approx(0.0), "with_normal": pytest.approx(1.0)}
+    # ... an explicit rule is taken as given, the legacy spec's own rule notwithstanding
+    explicit, record = choose_negative_rule(model, spec.with_negative_rule("with_normal"), val, "plain")  # type: ignore[arg-type]
+    assert explicit.negative_rule == "plain" and record == {"rule": "plain", "requested": "plain", "chosen_on": None}
+    # a tie goes to the plain fVLM pair
+    tie = _one_label_embeddings([(normal_only, 1), (normal_only, 0)])
+    assert choose_negative_rule(model, spec, tie, "auto")[1]["rule"] == "plain"  # type: ignore[arg-type]
+
+
+def test_prompt_set_spread_scores_every_set_on_the_same_embeddings() -> None:
+    from core.anatomy_sets import load_prompt_sets
+    from training.evaluation.evaluate import prompt_set_spread
+
+    spec = zero_shot_spec("ctrate4", ("lung", "heart", "esophagus", "aorta"))
+    heart = spec.labels.index("Cardiomegaly")
+    spec = ZeroShotSpec("ctrate4", ("heart",), ("Cardiomegaly",), (2,), (0,), (spec.prompts[heart],))
+    test = _one_label_embeddings([([0.0, 1.0, 0.0], 1), ([1.0, 0.0, 0.0], 0), ([0.6, 0.8, 0.0], 1)])
+    val = _one_label_embeddings([([1.0, 0.0, 0.0], 1), ([0.0, 1.0, 0.0], 0)])
+    spread = prompt_set_spread(_PromptTexts(), spec, val, test)  # type: ignore[arg-type]
+    assert set(spread["sets"]) == set(load_prompt_sets()) and len(spread["sets"]) >= 3 and "fvlm" in spread["sets"]
+    for entry in spread["sets"].values():  # every wording negates the same way for the stub text tower
+        assert entry == {"test_mean_auc": pytest.approx(1.0), "val_mean_auc": pytest.approx(0.0)}
+    assert spread["test_mean_auc_min"] == spread["test_mean_auc_mean"] == spread["test_mean_auc_max"] == 1.0
+    assert spread["negative_rule"] == "plain"

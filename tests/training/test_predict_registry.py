@@ -72,6 +72,33 @@ def test_evaluation_writes_the_thresholds_contract_and_tags_the_version(evaluate
     assert stored is not None and stored["labels"] == {"Lung nodule": nodule}
     logged = mlflow.artifacts.load_dict(tags["thresholds.artifact"])
     assert logged == table
+    # the zero-shot negative rule (evaluate.negative_rule, default the plain fVLM pair) travels with them
+    assert report["negative_rule"]["rule"] == table["negative_rule"] == tags["thresholds.negative_rule"] == "plain"
+    assert read_thresholds(uri, result.registered_model, result.model_version)["negative_rule"] == "plain"
+    spread = report["prompt_sets"]
+    assert "fvlm" in spread["sets"] and len(spread["sets"]) >= 3
+    assert spread["test_mean_auc_min"] <= spread["test_mean_auc_mean"] <= spread["test_mean_auc_max"]
+
+
+def test_predict_scores_with_the_negative_rule_the_thresholds_were_chosen_with(
+    evaluated: dict[str, Any], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from training.inference.predict import resolve_model
+
+    config, result = evaluated["config"], evaluated["result"]
+    table = json.loads((evaluated["root"] / "eval" / "thresholds.json").read_text())
+    chosen = tmp_path / "thresholds.json"
+    chosen.write_text(json.dumps({**table, "negative_rule": "with_normal"}))
+    ref, uri = f"models:/{result.registered_model}/{result.model_version}", config.tracking.mlflow_tracking_uri
+    plain = resolve_model(uri, ref, tmp_path / "a")  # the version's tags: evaluated with the default
+    anchored = resolve_model(uri, ref, tmp_path / "b", thresholds_path=chosen)
+    assert plain.bundle.spec.negative_rule == "plain"
+    assert anchored.bundle.spec.negative_rule == "with_normal"
+    assert anchored.thresholds_info["negative_rule"] == "with_normal"
+    assert not np.allclose(plain.bundle.prompt_emb[:, 0], anchored.bundle.prompt_emb[:, 0])
+    np.testing.assert_allclose(plain.bundle.prompt_emb[:, 1], anchored.bundle.prompt_emb[:, 1], rtol=1e-5)
 
 
 def test_store_thresholds_replaces_an_earlier_evaluation(evaluated: dict[str, Any]) -> None:

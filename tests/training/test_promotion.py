@@ -55,9 +55,9 @@ def test_first_model_below_the_ci_floor_is_registered_but_not_promoted(registry:
     )
     assert not decision.promoted and decision.floor_passed is False
     assert decision.reason == (
-        "below the floor (mean_auc_ci_low > 0.5): mean AUC CI low 0.2100 <= 0.5 (not above chance)"
+        "below the floor (val_mean_auc_ci_low > 0.5): val mean AUC CI low 0.2100 <= 0.5 (not above chance)"
     )
-    assert decision.floor == "mean_auc_ci_low > 0.5"
+    assert decision.floor == "val_mean_auc_ci_low > 0.5"
     assert _champion(registry) is None
     tags = registry["client"].get_model_version(registry["name"], version).tags
     assert tags["promoted"] == "false" and tags["promotion_reason"] == decision.reason
@@ -87,7 +87,8 @@ def test_better_than_champion_but_below_the_floor_is_not_promoted(registry: dict
     # a numeric floor: the mean AUC itself must reach it
     third = registry["new_version"]()
     decision = promote_if_better(uri, name, third, 0.45, "hash-a", floor=0.6)
-    assert not decision.promoted and decision.reason == "below the floor (mean_auc >= 0.6): mean AUC 0.4500 < 0.6"
+    assert not decision.promoted
+    assert decision.reason == "below the floor (val_mean_auc >= 0.6): val mean AUC 0.4500 < 0.6"
     assert _champion(registry) == first
     # above the floor and better than the champion: promoted
     decision = promote_if_better(uri, name, third, 0.65, "hash-a", floor=0.6)
@@ -132,7 +133,7 @@ def test_floor_rules() -> None:
     assert check_floor(0.6, float("nan"))[0] is False
     assert check_floor("none", float("nan"))[0] is True
     rules = [describe_floor(floor) for floor in ("ci_low", 0.65, "none")]
-    assert rules == ["mean_auc_ci_low > 0.5", "mean_auc >= 0.65", "none"]
+    assert rules == ["val_mean_auc_ci_low > 0.5", "val_mean_auc >= 0.65", "none"]
 
 
 def test_promote_floor_config_values() -> None:

@@ -59,11 +59,13 @@ def test_training_run_logs_params_metrics_tags_and_artifacts(tracked: dict[str, 
         assert key in run.data.metrics, key
     assert run.data.tags["git_commit"]
     assert run.data.tags["registered_model"] == "fvlm-test-model"
+    assert run.info.run_name.endswith("train-3-steps")  # not the output folder's name ("run")
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert artifacts == {"checkpoints/last.pt", "checkpoints/best.pt"}
     recorded = json.loads((tracked["root"] / "metrics" / "train.json").read_text())
-    assert recorded["run_id"] == result.run_id and recorded["model_version"] == result.model_version
-    assert recorded["steps"] == 3
+    info = json.loads((tracked["root"] / "metrics" / "train.info.json").read_text())
+    assert info["run_id"] == result.run_id and info["model_version"] == result.model_version
+    assert recorded["steps"] == 3 and "run_id" not in recorded and "model_uri" not in recorded
 
 
 def test_registry_round_trip_alias_and_load_by_alias(tracked: dict[str, Any], make_samples) -> None:
@@ -255,9 +257,11 @@ def test_evaluation_run_linked_metrics_file_and_roc_artifacts(tracked: dict[str,
     roc = {a.path for a in client.list_artifacts(report["run_id"], "roc")}
     assert "roc/roc_all.png" in roc
     summary = json.loads((root / "metrics" / "eval.json").read_text())
-    assert summary["run_id"] == report["run_id"] and summary["eval_data_hash"] == "hash-eval"
+    info = json.loads((root / "metrics" / "eval.info.json").read_text())
+    assert info["run_id"] == report["run_id"] and info["eval_data_hash"] == "hash-eval"
     assert set(summary) >= {"mean_auc", "val_threshold", "fvlm_protocol", "per_label_auc", "promoted"}
-    assert isinstance(summary["promoted"], bool) and summary["promotion_reason"] == report["promotion"]["reason"]
+    assert summary["promoted"] in (0, 1) and info["promotion_reason"] == report["promotion"]["reason"]
+    assert not set(summary) & {"run_id", "model", "model_version", "eval_data_hash", "promotion_reason", "evidence"}
     version = client.get_model_version(result.registered_model, result.model_version)
     assert version.tags["eval_data_hash"] == "hash-eval"
 
@@ -296,7 +300,7 @@ def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dic
     assert low <= 0.5, f"the 3-step model's val mean-AUC CI should reach chance (low {low})"
     decision = report["promotion"]
     assert decision["promoted"] is False and decision["floor_passed"] is False
-    assert decision["reason"].startswith("below the floor (mean_auc_ci_low > 0.5): mean AUC CI low")
+    assert decision["reason"].startswith("below the floor (val_mean_auc_ci_low > 0.5): val mean AUC CI low")
     client = _client(config)
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(name, "champion")
@@ -306,7 +310,8 @@ def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dic
     run_tags = client.get_run(report["run_id"]).data.tags
     assert run_tags["promoted"] == "False" and run_tags["promotion_reason"] == decision["reason"]
     summary = json.loads(metrics_path.read_text())
-    assert summary["promoted"] is False and summary["promotion_reason"] == decision["reason"]
+    info = json.loads(metrics_path.with_name("eval-first.info.json").read_text())
+    assert summary["promoted"] == 0 and info["promotion_reason"] == decision["reason"]
 
     # the same model with the floor set at 0: it clears it and, first of its name, becomes champion
     floor_zero = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"promote_floor": 0.0})})
@@ -320,7 +325,7 @@ def test_first_model_below_the_floor_is_registered_but_not_promoted(tracked: dic
     )
     assert report["promotion"]["promoted"] is True and "no 'champion' yet" in report["promotion"]["reason"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == version
-    assert json.loads(metrics_path.read_text())["promoted"] is True
+    assert json.loads(metrics_path.read_text())["promoted"] == 1
 
 
 def test_make_tracker_is_a_no_op_off_rank_zero(tmp_path: Path, tiny_config) -> None:

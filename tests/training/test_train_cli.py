@@ -26,7 +26,8 @@ def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make
 
     assert main(["--params", str(params), "train", "--steps", "3", "--no-tracking"]) == 0
     train_metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert train_metrics["steps"] == 3 and train_metrics["run_id"] is None
+    train_info = json.loads((tmp_path / "metrics" / "train.info.json").read_text())
+    assert train_metrics["steps"] == 3 and train_info["run_id"] is None and "run_id" not in train_metrics
     assert math.isfinite(train_metrics["first_loss_avg"]) and math.isfinite(train_metrics["final_loss_avg"])
     assert (tmp_path / "metrics" / "plots" / "train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "models" / "model" / "zero_shot.json").is_file()
@@ -40,12 +41,19 @@ def test_train_then_evaluate_from_shards_via_cli(tmp_path: Path, anatomies, make
     assert main(["--params", str(params), "evaluate", "--no-tracking"]) == 0
     printed = capsys.readouterr().out
     assert (
-        "champion: not promoted (tracking disabled: no registry to promote in; floor: mean_auc_ci_low > 0.5)" in printed
+        "champion: not promoted (tracking disabled: no registry to promote in; "
+        "floor: val_mean_auc_ci_low > 0.5)" in printed
     )
     summary = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    info = json.loads((tmp_path / "metrics" / "eval.info.json").read_text())
     assert summary["n_test"] == 6 and summary["n_val"] == 6
-    assert summary["run_id"] is None and summary["promoted"] is False
-    assert summary["promotion_reason"] == "tracking disabled: no registry to promote in"
+    assert info["run_id"] is None and summary["promoted"] == 0
+    assert info["promotion_reason"] == "tracking disabled: no registry to promote in"
+    # the DVC metrics files hold numbers only (dvc exp show / metrics diff compare them); strings go to .info.json
+    for name in ("train.json", "eval.json"):
+        numbers = json.loads((tmp_path / "metrics" / name).read_text())
+        assert _leaves_are_numbers(numbers), (name, numbers)
+    assert isinstance(summary["mean_auc_ci_low"], float) and summary["mean_auc_ci_low"] <= summary["mean_auc"]
 
     # what `fvlm demo` prints at the end: loss first-10 -> last-10, test mean AUC with its CI
     from fvlm.commands.demo import learned_summary
@@ -70,3 +78,9 @@ def test_train_cli_reports_missing_shards(tmp_path: Path, capsys, tiny_config) -
     params.write_text(yaml.safe_dump({**raw, "profiles": {"demo": {}}}))
     assert main(["--params", str(params), "train", "--shards", str(tmp_path / "nowhere"), "--no-tracking"]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def _leaves_are_numbers(data: object) -> bool:
+    if isinstance(data, dict):
+        return all(_leaves_are_numbers(value) for value in data.values())
+    return data is None or (isinstance(data, (int, float)) and not isinstance(data, bool))

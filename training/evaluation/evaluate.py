@@ -35,6 +35,8 @@ import numpy as np
 
 from training.metrics import binary_metrics, bootstrap_auc, choose_threshold, roc_auc, youden_threshold
 from training.models.zero_shot import (
+    NEGATIVE_RULES,
+    Embeddings,
     ZeroShotSpec,
     embed_batches,
     load_zero_shot_model,
@@ -218,12 +220,71 @@ def score_model_on(
     """Zero-shot scores of every study in ``batches`` (the batches scored are counted on a progress bar)."""
     from core.progress import progress
 
-    embeddings = embed_batches(model, progress(batches, description, "batches"))
+    return score_embeddings(model, spec, embed_batches(model, progress(batches, description, "batches")))
+
+
+def score_embeddings(model: FVLM, spec: ZeroShotSpec, embeddings: Embeddings) -> SplitScores:
+    """Zero-shot scores of embedded studies under ``spec`` (its prompts and negative rule)."""
     prompts = prompt_embeddings(model, spec)
     scale = float(model.logit_scale.detach().cpu())
     scores, used_global = zero_shot_probabilities(embeddings, prompts, spec, scale)
     truth = embeddings.labels[:, list(spec.label_columns)].astype(np.int8)
     return SplitScores(truth, scores, used_global, embeddings.study_ids)
+
+
+def split_mean_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Mean AUC over the labels (columns) whose known truth holds both classes; NaN when none does."""
+    aucs = []
+    for s in range(truth.shape[1]):
+        known = truth[:, s] >= 0
+        if len(np.unique(truth[known, s])) == 2:
+            aucs.append(roc_auc(truth[known, s], scores[known, s]))
+    return _mean(aucs)
+
+
+def choose_negative_rule(
+    model: FVLM, spec: ZeroShotSpec, val: Embeddings, requested: str
+) -> tuple[ZeroShotSpec, dict[str, Any]]:
+    """The spec scored with ``requested`` (``plain`` / ``with_normal``), or for ``auto`` with the rule
+    of higher *validation* mean AUC (ties: ``plain``, the fVLM pair). Test is never looked at here."""
+    if requested != "auto":
+        return spec.with_negative_rule(requested), {"rule": requested, "requested": requested, "chosen_on": None}
+    val_auc = {}
+    for rule in NEGATIVE_RULES:
+        scored = score_embeddings(model, spec.with_negative_rule(rule), val)
+        val_auc[rule] = split_mean_auc(scored.truth, scored.scores)
+    finite = {rule: auc for rule, auc in val_auc.items() if math.isfinite(auc)}
+    chosen = max(finite, key=lambda rule: (finite[rule], rule == "plain")) if finite else "plain"
+    return spec.with_negative_rule(chosen), {
+        "rule": chosen,
+        "requested": "auto",
+        "chosen_on": "val",
+        "val_mean_auc": val_auc,
+    }
+
+
+def prompt_set_spread(model: FVLM, spec: ZeroShotSpec, val: Embeddings, test: Embeddings) -> dict[str, Any]:
+    """Mean AUC per prompt set of ``core/prompt_sets.yaml`` (same embeddings, same negative rule) and the
+    spread across sets: a result that holds for one wording only is a prompt artefact."""
+    from core.anatomy_sets import PROMPT_SETS_FILE, load_prompt_sets
+
+    sets: dict[str, Any] = {}
+    for name, pairs in load_prompt_sets().items():
+        worded = spec.with_prompts(pairs)
+        val_scored, test_scored = score_embeddings(model, worded, val), score_embeddings(model, worded, test)
+        sets[name] = {
+            "test_mean_auc": split_mean_auc(test_scored.truth, test_scored.scores),
+            "val_mean_auc": split_mean_auc(val_scored.truth, val_scored.scores),
+        }
+    test_aucs = [entry["test_mean_auc"] for entry in sets.values() if math.isfinite(entry["test_mean_auc"])]
+    return {
+        "source": PROMPT_SETS_FILE.name,
+        "negative_rule": spec.negative_rule,
+        "sets": sets,
+        "test_mean_auc_mean": _mean(test_aucs),
+        "test_mean_auc_min": min(test_aucs) if test_aucs else float("nan"),
+        "test_mean_auc_max": max(test_aucs) if test_aucs else float("nan"),
+    }
 
 
 def evaluate_model(
@@ -235,9 +296,18 @@ def evaluate_model(
     *,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Full report for one model: metrics (both protocols), CIs, fallback counts; ROC PNGs in out_dir/roc."""
-    val = score_model_on(model, spec, val_batches, "evaluate: val")
-    test = score_model_on(model, spec, test_batches, "evaluate: test")
+    """Full report for one model: metrics (both protocols), CIs, fallback counts; ROC PNGs in out_dir/roc.
+
+    The negative rule is ``evaluate.negative_rule`` (``auto``: chosen on val, :func:`choose_negative_rule`;
+    ``report["negative_rule"]``); the spread over the prompt sets is ``report["prompt_sets"]``.
+    """
+    from core.progress import progress
+
+    val_embeddings = embed_batches(model, progress(val_batches, "evaluate: val", "batches"))
+    test_embeddings = embed_batches(model, progress(test_batches, "evaluate: test", "batches"))
+    spec, rule = choose_negative_rule(model, spec, val_embeddings, eval_cfg.negative_rule)
+    val = score_embeddings(model, spec, val_embeddings)
+    test = score_embeddings(model, spec, test_embeddings)
     report = score_splits(
         spec.labels,
         val.truth,
@@ -250,6 +320,8 @@ def evaluate_model(
         seed=eval_cfg.seed,
     )
     report["embedding"] = "global" if spec.use_global else "anatomy"
+    report["negative_rule"] = rule
+    report["prompt_sets"] = prompt_set_spread(model, spec, val_embeddings, test_embeddings)
     report["anatomy_absent_fallbacks_test"] = (
         {label: int(test.used_global[:, s].sum()) for s, label in enumerate(spec.labels)} if not spec.use_global else {}
     )
@@ -329,6 +401,8 @@ def threshold_table(
         "unthresholded": unthresholded,
         "prompts": prompts,
         "eval_mode": eval_mode,  # the crops the thresholds were chosen on (predict scores the same)
+        # the zero-shot negative rule the thresholds were chosen with (predict scores the same)
+        "negative_rule": (report.get("negative_rule") or {}).get("rule", spec.negative_rule),
         "n_val": int(report["n_val"]),
     }
 
@@ -366,7 +440,7 @@ def run_evaluation(
         record_test_score,
     )
     from training.tracking.registry import model_version_for_uri, resolve_model_dir
-    from training.tracking.runs import make_tracker, tracking_uri_for
+    from training.tracking.runs import make_tracker, run_name_for, tracking_uri_for
     from training.tracking.thresholds import store_thresholds
 
     model_ref, promote, metrics_path = job.model_ref, job.promote, job.metrics_path
@@ -416,7 +490,7 @@ def run_evaluation(
             job.tracking,
             job.root,
             is_main_process=True,
-            run_name=f"eval-{registered[1] if registered else 'local'}",
+            run_name=run_name_for("eval", f"v{registered[1]}" if registered else "local"),
         )
         run_id = tracker.run_id
         try:
@@ -495,32 +569,45 @@ def run_evaluation(
     atomic_write_text(out / "eval_report.json", json.dumps(_json_safe(report), indent=2) + "\n")
     atomic_write_text(out / THRESHOLDS_FILE, json.dumps(_json_safe(thresholds), indent=2) + "\n")
     if metrics_path is not None:
-        atomic_write_text(
-            metrics_path, json.dumps(_json_safe(summary_metrics(report)), indent=2, sort_keys=True) + "\n"
-        )
+        from core.metrics_files import write_metrics
+
+        write_metrics(metrics_path, _json_safe(summary_metrics(report)), _json_safe(summary_info(report)))
     return report
 
 
+def _ci_bounds(name: str, interval: Any) -> dict[str, Any]:
+    """``[low, high]`` -> ``{name_low, name_high}`` (numbers DVC can compare; None without a CI)."""
+    low, high = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 else (None, None)
+    return {f"{name}_low": low, f"{name}_high": high}
+
+
 def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The small DVC metrics file: means of both protocols, CI, run id, model version, promotion."""
+    """The DVC metrics file ``metrics/eval.json``: numbers only (core/metrics_files.py) -- means of both
+    protocols with their CIs, per-label AUC, split sizes, promoted / evidence_enough as 0 / 1."""
     return {
         "mean_auc": report["mean_auc"],
-        "mean_auc_ci": report.get("mean_auc_ci"),
+        **_ci_bounds("mean_auc_ci", report.get("mean_auc_ci")),
         "val_mean_auc": report.get("val_mean_auc"),  # what the promotion gate compares
-        "val_mean_auc_ci": report.get("val_mean_auc_ci"),
-        "evidence_enough": bool((report.get("evidence") or {}).get("enough")),
-        "evidence": str((report.get("evidence") or {}).get("why") or ""),
+        **_ci_bounds("val_mean_auc_ci", report.get("val_mean_auc_ci")),
+        "evidence_enough": int(bool((report.get("evidence") or {}).get("enough"))),
         "val_threshold": report["mean_val_threshold"],
         "fvlm_protocol": report["mean_fvlm_protocol"],
         "per_label_auc": {label: report["labels"][label]["val_threshold"]["auc"] for label in report["scored_labels"]},
         "n_val": report["n_val"],
         "n_test": report["n_test"],
+        "promoted": int(bool((report.get("promotion") or {}).get("promoted"))),
+    }
+
+
+def summary_info(report: dict[str, Any]) -> dict[str, Any]:
+    """``metrics/eval.info.json``: what identifies and explains the evaluation (never compared by DVC)."""
+    return {
+        "evidence": str((report.get("evidence") or {}).get("why") or ""),
         "threshold_method": report["threshold_method"],
         "eval_data_hash": report["eval_data_hash"],
         "run_id": report.get("run_id"),
         "model": report.get("model"),
         "model_version": report.get("model_version"),
-        "promoted": bool((report.get("promotion") or {}).get("promoted")),
         "promotion_reason": str((report.get("promotion") or {}).get("reason") or "no promotion attempted"),
     }
 

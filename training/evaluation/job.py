@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +70,11 @@ class EvaluateJob:
 def default_model_ref(config: FvlmConfig) -> str:
     """The model the last `fvlm train` produced: its registered version (``<paths.metrics>/train.json``)
     when tracking is on, else its local directory ``<paths.models>/model``."""
+    from core.metrics_files import info_path, read_metrics_and_info
+
     train_metrics = config.path(config.paths.metrics) / "train.json"
-    if config.tracking.enabled and train_metrics.is_file():
-        recorded = json.loads(train_metrics.read_text())
+    if config.tracking.enabled and info_path(train_metrics).is_file():
+        recorded = read_metrics_and_info(train_metrics)
         if recorded.get("registered_model") and recorded.get("model_version"):
             return f"models:/{recorded['registered_model']}/{recorded['model_version']}"
     return str(config.path(config.paths.models) / "model")

@@ -573,9 +573,14 @@ def resolve_model(
         "method": ",".join(methods) if methods else None,
         "note": f"thresholds chosen on the validation split at evaluation ({len(labels)} of {len(spec.labels)} labels)",
     }
-    for key in ("eval_data_hash", "eval_mode"):
+    for key in ("eval_data_hash", "eval_mode", "negative_rule"):
         if table.get(key):
             resolved.thresholds_info[key] = table[key]
+    rule = table.get("negative_rule")
+    if rule and rule != bundle.spec.negative_rule:  # score as the thresholds were chosen
+        from training.models.zero_shot import with_negative_rule
+
+        resolved.bundle = with_negative_rule(bundle, str(rule))
     return resolved
 
 

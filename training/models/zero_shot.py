@@ -3,10 +3,13 @@
 For a label whose anatomy is k (``core/anatomy_sets.yaml``), the probability of the positive class is
 ``softmax(logit_scale * [e_k . t_neg, e_k . t_pos])[1]`` with ``e_k`` the study's anatomy-k embedding
 (the global embedding for the CLIP baseline, and as a recorded fallback when anatomy k is absent from
-the crop) and ``t_*`` the prompt text embeddings. ``t_neg`` is the normalised mean of the label's
-negative prompt and anatomy k's normal description (``normal_prompts``) when the set has one: a text
-tower trained on reports places "No X was detected." near the reports that mention X, which are the
-abnormal ones, and inverted the lung labels' AUCs (docs/learnability.md, "Zero-shot negatives").
+the crop) and ``t_*`` the prompt text embeddings. ``t_neg`` follows the spec's ``negative_rule``
+(``evaluate.negative_rule``, chosen on validation, never on test):
+
+* ``plain`` (the default; the public fVLM pair): the label's negative prompt;
+* ``with_normal``: the normalised mean of the negative prompt and anatomy k's normal description
+  (``normal_prompts``). It was chosen on one cohort's test split and inverted the lung labels on
+  another (docs/learnability.md, "Protocol"); specs saved before the rule was recorded used it.
 
 * :class:`ZeroShotSpec` (``zero_shot_spec`` / ``write_zero_shot_spec`` / ``read_zero_shot_spec``): the
   scored labels, their anatomy slots and prompt pairs, saved as ``zero_shot.json`` next to the model;
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from training.models.model import FVLM
 
 ZERO_SHOT_FILE = "zero_shot.json"
+NEGATIVE_RULES = ("plain", "with_normal")  # how t_neg is formed (module docstring)
+LEGACY_NEGATIVE_RULE = "with_normal"  # what a zero_shot.json without `negative_rule` was evaluated with
 
 
 # ------------------------------------------------------------------------------------ zero-shot spec
@@ -46,6 +51,11 @@ class ZeroShotSpec:
     # per scored label: its anatomy's normal description, averaged into the negative (None: label prompt
     # only; () in specs saved before normal descriptions existed)
     normal_prompts: tuple[str | None, ...] = ()
+    negative_rule: str = "plain"  # NEGATIVE_RULES
+
+    def __post_init__(self) -> None:
+        if self.negative_rule not in NEGATIVE_RULES:
+            raise ValueError(f"negative_rule must be one of {NEGATIVE_RULES}, got {self.negative_rule!r}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +71,16 @@ class ZeroShotSpec:
             prompts=tuple((str(p[0]), str(p[1])) for p in raw["prompts"]),
             use_global=bool(raw.get("use_global", False)),
             normal_prompts=tuple(None if p is None else str(p) for p in raw.get("normal_prompts", ())),
+            negative_rule=str(raw.get("negative_rule", LEGACY_NEGATIVE_RULE)),
         )
+
+    def with_negative_rule(self, rule: str) -> ZeroShotSpec:
+        return replace(self, negative_rule=rule)
+
+    def with_prompts(self, pairs: Mapping[str, tuple[str, str]]) -> ZeroShotSpec:
+        """The same spec scoring ``pairs`` (label -> (negative, positive); labels not in it keep theirs)."""
+        chosen = tuple(pairs.get(label, pair) for label, pair in zip(self.labels, self.prompts, strict=True))
+        return replace(self, prompts=tuple((str(negative), str(positive)) for negative, positive in chosen))
 
 
 def zero_shot_spec(
@@ -70,8 +89,12 @@ def zero_shot_spec(
     *,
     use_global: bool = False,
     prompts_file: str | Path | None = None,
+    negative_rule: str = "plain",
 ) -> ZeroShotSpec:
-    """Scored labels + prompt pairs of an anatomy set (``prompts_file``: YAML/JSON label -> [neg, pos])."""
+    """Scored labels + prompt pairs of an anatomy set (``prompts_file``: YAML/JSON label -> [neg, pos]).
+
+    The anatomies' normal descriptions are kept whatever ``negative_rule`` says, so evaluation can score
+    either rule from one spec."""
     from core.anatomy_sets import CTRATE_LABELS, load_anatomy_set
 
     anatomy_set = load_anatomy_set(anatomy_set_name)
@@ -100,6 +123,7 @@ def zero_shot_spec(
         prompts=tuple(prompts[label] for label in labels),
         use_global=use_global,
         normal_prompts=tuple(anatomy_set.normal_prompts.get(anatomy_of[label]) for label in labels),
+        negative_rule=negative_rule,
     )
 
 
@@ -188,12 +212,14 @@ def embed_batches(model: FVLM, batches: Iterable[Mapping[str, Any]]) -> Embeddin
 def prompt_embeddings(model: FVLM, spec: ZeroShotSpec) -> np.ndarray:
     """(S, 2, D): (negative, positive) prompt embeddings per scored label.
 
-    The negative is the normalised mean of the label's negative prompt and its anatomy's normal
-    description where the spec has one (module docstring).
+    With ``spec.negative_rule == "with_normal"`` the negative is the normalised mean of the label's
+    negative prompt and its anatomy's normal description where the spec has one (module docstring).
     """
     model.eval()
     flat = [text for pair in spec.prompts for text in pair]
     encoded = model.encode_text(flat).float().cpu().numpy().reshape(len(spec.prompts), 2, -1)
+    if spec.negative_rule != "with_normal":
+        return encoded
     normals = [(s, text) for s, text in enumerate(spec.normal_prompts) if text is not None]
     if normals:
         normal_emb = model.encode_text([text for _, text in normals]).float().cpu().numpy()
@@ -243,16 +269,29 @@ class ZeroShotModel:
         return z, y, x
 
 
-def load_zero_shot_model(model_dir: str | Path, device: str | torch.device = "cpu") -> ZeroShotModel:
-    """Load ``FVLM.save_pretrained`` dir + ``zero_shot.json``; prompt embeddings computed once."""
+def load_zero_shot_model(
+    model_dir: str | Path, device: str | torch.device = "cpu", *, negative_rule: str | None = None
+) -> ZeroShotModel:
+    """Load ``FVLM.save_pretrained`` dir + ``zero_shot.json``; prompt embeddings computed once.
+
+    ``negative_rule``: score with this rule instead of the spec's (the rule evaluation chose on val,
+    recorded in ``thresholds.json``, so predict scores as the thresholds were chosen)."""
     from training.models.model import FVLM
 
     folder = Path(model_dir)
     model = FVLM.from_pretrained(folder, map_location=device).eval()
     spec, meta = read_zero_shot_spec(folder)
+    if negative_rule is not None:
+        spec = spec.with_negative_rule(negative_rule)
     return ZeroShotModel(
         model, spec, meta, prompt_embeddings(model, spec), float(model.logit_scale.detach().cpu()), folder
     )
+
+
+def with_negative_rule(bundle: ZeroShotModel, rule: str) -> ZeroShotModel:
+    """The loaded model scoring with negative ``rule`` (prompt embeddings recomputed)."""
+    spec = bundle.spec.with_negative_rule(rule)
+    return replace(bundle, spec=spec, prompt_emb=prompt_embeddings(bundle.model, spec))
 
 
 @torch.no_grad()

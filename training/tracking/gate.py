@@ -56,12 +56,12 @@ class PromotionDecision:
 
 
 def describe_floor(floor: str | float) -> str:
-    """The floor rule in words: ``mean_auc_ci_low > 0.5``, ``mean_auc >= 0.6`` or ``none``."""
+    """The floor rule in words: ``val_mean_auc_ci_low > 0.5``, ``val_mean_auc >= 0.6`` or ``none``."""
     if floor == "ci_low":
-        return f"mean_auc_ci_low > {CHANCE_AUC}"
+        return f"val_mean_auc_ci_low > {CHANCE_AUC}"
     if floor == "none":
         return "none"
-    return f"mean_auc >= {float(floor):g}"
+    return f"val_mean_auc >= {float(floor):g}"
 
 
 def check_floor(
@@ -79,12 +79,12 @@ def check_floor(
         if low is None or not math.isfinite(float(low)):
             return False, "no finite bootstrap CI of the mean AUC (evaluate.bootstrap: 0, or too few test studies)"
         if float(low) > CHANCE_AUC:
-            return True, f"mean AUC CI low {float(low):.4f} > {CHANCE_AUC}"
-        return False, f"mean AUC CI low {float(low):.4f} <= {CHANCE_AUC} (not above chance)"
+            return True, f"val mean AUC CI low {float(low):.4f} > {CHANCE_AUC}"
+        return False, f"val mean AUC CI low {float(low):.4f} <= {CHANCE_AUC} (not above chance)"
     bar = float(floor)
     if math.isfinite(mean_auc) and mean_auc >= bar:
-        return True, f"mean AUC {mean_auc:.4f} >= {bar:g}"
-    return False, f"mean AUC {mean_auc:.4f} < {bar:g}"
+        return True, f"val mean AUC {mean_auc:.4f} >= {bar:g}"
+    return False, f"val mean AUC {mean_auc:.4f} < {bar:g}"
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ def _decide(
     if math.isfinite(champion_auc) and mean_auc <= champion_auc:
         return PromotionDecision(
             False,
-            f"mean AUC {mean_auc:.4f} does not beat champion v{champion_version} ({champion_auc:.4f})",
+            f"val mean AUC {mean_auc:.4f} does not beat champion v{champion_version} ({champion_auc:.4f})",
             mean_auc,
             champion_version,
             champion_auc,
@@ -302,7 +302,7 @@ def _decide(
     client.set_registered_model_alias(name, alias, version)
     return PromotionDecision(
         True,
-        f"mean AUC {mean_auc:.4f} beats champion v{champion_version} ({champion_auc:.4f}){floor_note}",
+        f"val mean AUC {mean_auc:.4f} beats champion v{champion_version} ({champion_auc:.4f}){floor_note}",
         mean_auc,
         champion_version,
         champion_auc,

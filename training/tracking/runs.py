@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -26,6 +27,12 @@ _PARAM_VALUE_LIMIT = 6000
 OWNER_TAG = "fvlm.owner"
 HOST_TAG = "fvlm.host"
 PID_TAG = "fvlm.pid"
+# set by DVC for the commands it runs: `dvc exp run` names the experiment, every stage command gets its stage
+DVC_EXP_ENV = "DVC_EXP_NAME"
+DVC_STAGE_ENV = "DVC_STAGE"
+DVC_EXPERIMENT_TAG = "dvc_experiment"
+DVC_STAGE_TAG = "dvc_stage"
+GIT_COMMIT_TAG = "git_commit"
 
 
 class NullTracker:
@@ -61,6 +68,7 @@ class MlflowTracker(NullTracker):
         whose process is gone (killed, crashed machine) is marked FAILED when this one starts."""
         import mlflow
 
+        mute_mlflow_chatter()
         mlflow.set_tracking_uri(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -167,6 +175,40 @@ class MlflowTracker(NullTracker):
         self.client.set_terminated(self.run_id, status=status)
 
 
+# what MLflow prints itself on registering (its `eprint`, not a logger): the command prints the version
+MLFLOW_CHATTER = re.compile(
+    r"^(Successfully registered model '|Created version '\d+' of model |Registered model '.*' already exists)"
+)
+VERBOSITY_ENV = "FVLM_VERBOSITY"  # fvlm/console.py exports the console level; "verbose" keeps MLflow's lines
+
+
+def mute_mlflow_chatter() -> None:
+    """Drop MLflow's registry lines (:data:`MLFLOW_CHATTER`) from its print stream unless ``-v``; its
+    warnings and errors still print. Idempotent."""
+    if os.environ.get(VERBOSITY_ENV) == "verbose":
+        return
+    from mlflow.utils import logging_utils
+
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    if getattr(stream, "fvlm_muted", False):
+        return
+    original = stream.write
+    state = {"dropped": False}
+
+    def write(text: str) -> None:
+        if MLFLOW_CHATTER.match(text.strip()):
+            state["dropped"] = True  # print() writes the message, then its "\n" separately
+            return
+        if state["dropped"] and text == "\n":
+            state["dropped"] = False
+            return
+        state["dropped"] = False
+        original(text)
+
+    stream.write = write  # type: ignore[method-assign]
+    stream.fvlm_muted = True  # type: ignore[attr-defined]
+
+
 def _process_alive(pid: str | None) -> bool:
     try:
         os.kill(int(pid or ""), 0)
@@ -186,13 +228,14 @@ def make_tracker(
     run_name: str | None = None,
     owner: str | None = None,
 ) -> NullTracker:
-    """MLflow tracker on rank 0 when ``tracking.enabled``; a :class:`NullTracker` otherwise."""
+    """MLflow tracker on rank 0 when ``tracking.enabled``; a :class:`NullTracker` otherwise. The run is
+    tagged with the git commit of the code and, under DVC, the experiment and stage (:func:`dvc_tags`)."""
     if not is_main_process or not tracking_cfg.enabled:
         return NullTracker()
     artifact_location = tracking_cfg.artifact_location
     if artifact_location and "://" not in artifact_location:
         artifact_location = (Path(root) / artifact_location).resolve().as_uri()
-    return MlflowTracker(
+    tracker = MlflowTracker(
         tracking_uri_for(root, tracking_cfg.mlflow_tracking_uri),
         tracking_cfg.experiment,
         run_id=run_id,
@@ -201,6 +244,21 @@ def make_tracker(
         artifact_location=artifact_location,
         owner=owner,
     )
+    commit = git_commit(Path(__file__).resolve().parents[2]) or git_commit(root)
+    tracker.set_tags({**({GIT_COMMIT_TAG: commit} if commit else {}), **dvc_tags()})
+    return tracker
+
+
+def run_name_for(stage: str, detail: str | None = None) -> str:
+    """An MLflow run name a person can find: ``<dvc experiment>-<stage>-<detail>`` under ``dvc exp run``
+    (e.g. ``tawny-sash-train-200-steps``), else ``<stage>-<detail>`` (``train-200-steps``, ``eval-v3``)."""
+    return "-".join(part for part in (os.environ.get(DVC_EXP_ENV), stage, detail) if part)
+
+
+def dvc_tags() -> dict[str, str]:
+    """The DVC experiment and stage this process runs under (absent outside DVC)."""
+    found = {DVC_EXPERIMENT_TAG: os.environ.get(DVC_EXP_ENV), DVC_STAGE_TAG: os.environ.get(DVC_STAGE_ENV)}
+    return {key: value for key, value in found.items() if value}
 
 
 def _param_value(value: Any) -> str:
@@ -257,3 +315,55 @@ def tracking_uri_for(root: str | Path, uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((Path(root) / uri[len(prefix) :]).resolve())
     return uri
+
+
+# ------------------------------------------------------------------------------ artifacts a browser opens
+def served_by_http(tracking_uri: str | None) -> bool:
+    """True when ``tracking_uri`` is an MLflow server (``fvlm services up``), whose artifacts have http URLs."""
+    return bool(tracking_uri) and str(tracking_uri).startswith(("http://", "https://"))
+
+
+def artifact_url(tracking_uri: str | None, run_id: str | None, artifact_path: str) -> str | None:
+    """The http URL of one run artifact (the server's ``get-artifact`` route, as MLflow's UI uses), None
+    without a server: a ``file://`` link from an http page (Prefect's UI) does not open in a browser."""
+    from urllib.parse import urlencode
+
+    if not run_id or not served_by_http(tracking_uri):
+        return None
+    query = urlencode({"path": artifact_path, "run_uuid": run_id})
+    return f"{str(tracking_uri).rstrip('/')}/get-artifact?{query}"
+
+
+def run_artifacts_url(tracking_uri: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The MLflow UI page of a run's artifacts (None without a server)."""
+    if not run_id or not experiment_id or not served_by_http(tracking_uri):
+        return None
+    return f"{str(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts"
+
+
+def log_files(tracking_uri: str, run_id: str, files: Mapping[str, str | Path]) -> list[str]:
+    """Log each existing file (or folder) ``files[artifact_dir]`` to an existing run (also a finished one:
+    the loss curve is drawn after training ends); the artifact paths logged."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    logged = []
+    for artifact_dir, path in files.items():
+        target = Path(path)
+        if target.is_dir():
+            client.log_artifacts(run_id, str(target), artifact_dir)
+            logged += [f"{artifact_dir}/{item.name}" for item in sorted(target.iterdir()) if item.is_file()]
+        elif target.is_file():
+            client.log_artifact(run_id, str(target), artifact_dir)
+            logged.append(f"{artifact_dir}/{target.name}")
+    return logged
+
+
+def experiment_of(tracking_uri: str, run_id: str) -> str | None:
+    """The experiment id of a run (None when the store does not know it)."""
+    import mlflow
+
+    try:
+        return str(mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id)
+    except Exception:  # noqa: BLE001 - a link is a convenience, never a failure
+        return None

@@ -14,6 +14,7 @@ THRESHOLDS_SCHEMA_TAG = "thresholds.schema_version"
 THRESHOLDS_HASH_TAG = "thresholds.eval_data_hash"  # the evaluation data the thresholds were chosen on
 THRESHOLDS_ARTIFACT_TAG = "thresholds.artifact"  # runs:/<eval run>/thresholds.json (the full table)
 THRESHOLDS_EVAL_MODE_TAG = "thresholds.eval_mode"  # evaluate.eval_mode: the crops the thresholds were chosen on
+THRESHOLDS_NEGATIVE_RULE_TAG = "thresholds.negative_rule"  # the zero-shot negative rule they were chosen with
 
 
 def label_slug(label: str) -> str:
@@ -69,6 +70,8 @@ def store_thresholds(
         client.set_model_version_tag(name, version, THRESHOLDS_ARTIFACT_TAG, artifact_uri)
     if table.get("eval_mode"):
         client.set_model_version_tag(name, version, THRESHOLDS_EVAL_MODE_TAG, str(table["eval_mode"]))
+    if table.get("negative_rule"):
+        client.set_model_version_tag(name, version, THRESHOLDS_NEGATIVE_RULE_TAG, str(table["negative_rule"]))
 
 
 def read_thresholds(
@@ -111,4 +114,5 @@ def read_thresholds(
         "eval_data_hash": tags.get(THRESHOLDS_HASH_TAG),
         "artifact": tags.get(THRESHOLDS_ARTIFACT_TAG),
         "eval_mode": tags.get(THRESHOLDS_EVAL_MODE_TAG),
+        "negative_rule": tags.get(THRESHOLDS_NEGATIVE_RULE_TAG),
     }

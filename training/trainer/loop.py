@@ -22,7 +22,6 @@ already consumed.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -99,10 +98,18 @@ class TrainResult:
         return sum(head) / len(head) if head else float("nan")
 
     def metrics_json(self) -> dict[str, Any]:
-        payload = asdict(self)
-        payload.pop("losses")
+        """The numbers of ``metrics/train.json`` (DVC compares them across experiments)."""
+        payload = {key: value for key, value in asdict(self).items() if key not in (*INFO_FIELDS, "losses")}
         payload["first_loss_avg"] = self.first_loss_avg  # first-10 vs final_loss_avg (last-10): did it learn?
         return payload
+
+    def info_json(self) -> dict[str, Any]:
+        """The identifiers of ``metrics/train.info.json``: where the model and its run are (never compared)."""
+        return {key: getattr(self, key) for key in INFO_FIELDS}
+
+
+# identifiers, not metrics (core/metrics_files.py): metrics/train.info.json
+INFO_FIELDS = ("run_id", "model_dir", "model_uri", "model_version", "registered_model")
 
 
 @dataclass
@@ -255,14 +262,14 @@ def start_tracker(
     total_steps: int,
 ) -> NullTracker:
     """The run's tracker (MLflow on rank 0; a resumed run reopens its run), params and provenance tags."""
-    from training.tracking.runs import make_tracker, provenance_tags
+    from training.tracking.runs import make_tracker, provenance_tags, run_name_for
 
     tracker = make_tracker(
         job.tracking,
         job.root,
         is_main_process=env.is_main,
         run_id=progress.run_id,
-        run_name=out.name,
+        run_name=run_name_for("train", f"{total_steps}-steps"),
         owner=str(out.resolve()),
     )
     progress.run_id = tracker.run_id
@@ -378,12 +385,16 @@ def check_learning_signal(run: _Run, loss_value: float, step_number: int) -> Non
     limit = run.job.train.max_silent_steps
     never = run.silent_steps == step_number - run.resumed_from and step_number == run.total_steps
     if run.silent_steps and (run.silent_steps >= limit or never):
+        why = (
+            "with an abnormal sample of it; train.require_abnormal"
+            if run.job.train.require_abnormal
+            else "and a text that differs from another sample's"
+        )
         raise NoLearningSignalError(
             f"steps {step_number - run.silent_steps + 1}-{step_number}: the loss was exactly 0 at every step: no "
-            "anatomy entered it (no batch held a valid anatomy -- mask present, text non-empty -- with an abnormal "
-            "sample of it; train.require_abnormal). Check that the shards carry masks and abnormal findings "
-            f"(metrics/shard.json), or raise train.batch_size; train.max_silent_steps ({limit}) sets this limit. "
-            "No model is saved or registered."
+            f"anatomy entered it (no batch held a valid anatomy -- mask present, text non-empty -- {why}). Check "
+            "that the shards carry masks and abnormal findings (metrics/shard.json), or raise train.batch_size; "
+            f"train.max_silent_steps ({limit}) sets this limit. No model is saved or registered."
         )
 
 
@@ -617,14 +628,14 @@ def finish_run(
     )
     metrics_path = job.metrics_path
     if metrics_path is not None:
-        from core.io import atomic_write_text
+        from core.metrics_files import write_metrics
 
-        payload = result.metrics_json()
+        numbers, info = result.metrics_json(), result.info_json()
         try:  # a DVC-tracked file: no machine-specific absolute paths
-            payload["model_dir"] = str(Path(result.model_dir).resolve().relative_to(Path(job.root).resolve()))
+            info["model_dir"] = str(Path(result.model_dir).resolve().relative_to(Path(job.root).resolve()))
         except ValueError:
             pass
-        atomic_write_text(metrics_path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_metrics(metrics_path, numbers, info)
 
 
 def save_final_model(
