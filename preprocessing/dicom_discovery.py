@@ -653,7 +653,16 @@ def _common_folder(base: Path, root: Path, files: list[Path]) -> str:
         folder = posixpath.dirname(relative.replace(os.sep, "/"))
         parents.add(base_posix if not folder else folder if base_posix == "." else f"{base_posix}/{folder}")
     ordered = sorted(parents)
-    return (posixpath.commonpath(ordered) or ".") if ordered else base_posix
+    if not ordered:
+        return base_posix
+    common = posixpath.commonpath(ordered) or "."
+    if len(ordered) > 1 and common in (".", base_posix):
+        # one study spread over sibling export folders (a UID shared across them): name them, not their
+        # parent, so `fvlm lookup` says where the study is
+        depth = 0 if common == "." else common.count("/") + 1
+        tops = sorted({"/".join(folder.split("/")[: depth + 1]) for folder in ordered})
+        return ", ".join(tops[:5]) + (f", ... ({len(tops)} folders)" if len(tops) > 5 else "")
+    return common
 
 
 def _indexed_records(

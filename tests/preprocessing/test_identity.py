@@ -137,3 +137,16 @@ def test_predict_keys_a_study_folder_as_convert_did(tmp_path: Path, convert_dir,
     shutil.copytree(raw / "P01", tmp_path / "elsewhere" / "P01")  # a copy outside the raw tree: keyed by its name
     _, info = load_input_image(tmp_path / "elsewhere" / "P01", job, tmp_path / "work2")
     assert info["study_id"] == converted.study_id
+
+
+def test_a_study_spread_over_sibling_folders_names_them() -> None:
+    """One StudyInstanceUID in P01/ and P14/ (a real export habit): the identity map names both folders, not
+    their parent ``.``; a study inside one folder keeps that folder."""
+    from preprocessing.dicom_discovery import _common_folder
+
+    root = Path("/raw")
+    spread = [root / "P01" / "1.dcm", root / "P14" / "s2" / "2.dcm"]
+    assert _common_folder(Path("."), root, spread) == "P01, P14"
+    one = [root / "P01" / "s1" / "1.dcm", root / "P01" / "s2" / "2.dcm"]
+    assert _common_folder(Path("."), root, one) == "P01"
+    assert _common_folder(Path("site"), root, spread) == "site/P01, site/P14"
