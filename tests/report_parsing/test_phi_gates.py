@@ -4,9 +4,6 @@ date can start, and the C-level english_ratio change no output: gated == ungated
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
-import pytest
 
 from report_parsing.phi import _scrub_rules
 from report_parsing.tables import _ENGLISH_FUNCTION_WORDS, _WORD, english_ratio
@@ -47,16 +44,6 @@ def test_gated_rules_equal_ungated_rules() -> None:
 def test_english_ratio_equals_the_loop_version() -> None:
     for text in _texts():
         assert english_ratio(text) == _old_english_ratio(text), text
-
-
-@pytest.fixture(scope="module")
-def ctrate_texts(shared_data: Path) -> list[str]:
-    import pandas as pd
-
-    path = shared_data / "ct_clip" / "text_classifier" / "data" / "train.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not staged")
-    return pd.read_csv(path)["report_text"].astype(str).tolist()
 
 
 def test_gates_on_the_ctrate_reports_and_plants(ctrate_texts: list[str]) -> None:

@@ -4,7 +4,6 @@ sentences + cue rules) and replaced; clinical text, eponyms and the 800 CT-RATE 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -65,16 +64,6 @@ def test_every_plant_pattern_is_caught_on_a_synthetic_report() -> None:
     missed = [(p.sentence, r.text) for p, r in zip(plants, results, strict=True) if planted_names_left(p, r.text)]
     assert not missed, missed[:3]
     assert len(FIRST_NAMES) >= 40 and len(LAST_NAMES) >= 40
-
-
-@pytest.fixture(scope="module")
-def ctrate_texts(shared_data: Path) -> list[str]:
-    import pandas as pd
-
-    path = shared_data / "ct_clip" / "text_classifier" / "data" / "train.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not staged")
-    return pd.read_csv(path)["report_text"].astype(str).tolist()
 
 
 def test_ctrate_reports_keep_their_text_and_planted_names_go(ctrate_texts: list[str]) -> None:

@@ -3,8 +3,6 @@ e-mail are replaced; clinical text (measurements, vertebra levels, segments, fin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from report_parsing.phi import scrub_phi
@@ -75,16 +73,6 @@ def test_clinical_text_survives(text: str) -> None:
 def test_known_values_from_headers_are_replaced() -> None:
     result = scrub_phi("Quentina was seen; nodule stable.", known_values=["Zyxwvut^Quentina", "Quentina"])
     assert "Quentina" not in result.text
-
-
-@pytest.fixture(scope="module")
-def ctrate_texts(shared_data: Path) -> list[str]:
-    import pandas as pd
-
-    path = shared_data / "ct_clip" / "text_classifier" / "data" / "train.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not staged")
-    return pd.read_csv(path)["report_text"].astype(str).tolist()
 
 
 def test_scrubbing_ctrate_reports_keeps_every_label(ctrate_texts: list[str]) -> None:
