@@ -44,6 +44,18 @@ class ConfigError(ValueError):
 _SECTION_PATHS: dict[int, str] = {}  # id(section) -> "train." while $FVLM_CONFIG_ACCESS_LOG is set
 
 
+def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested mappings become dotted keys, lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten_keys(value, name))
+        else:
+            out[name] = value
+    return out
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -382,17 +394,7 @@ class FvlmConfig(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``section.key`` view, e.g. for MLflow params."""
-        out: dict[str, Any] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for key, sub in value.items():
-                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
-            else:
-                out[prefix] = value
-
-        walk("", self.model_dump(mode="json", exclude={"root"}))
-        return out
+        return flatten_keys(self.model_dump(mode="json", exclude={"root"}))
 
 
 _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {

@@ -26,6 +26,7 @@ from typing import Any
 
 from prefect import flow, task
 
+from core.config import flatten_keys
 from flows.batching import run_logger
 from flows.subprocesses import CommandError, child_env, executable, run_command
 
@@ -69,22 +70,11 @@ class PipelineReport:
             lines.append("- timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         evaluation = self.metrics.get("eval")
         if isinstance(evaluation, dict):
-            scalars = {k: v for k, v in _flatten(evaluation).items() if isinstance(v, (int, float))}
+            scalars = {k: v for k, v in flatten_keys(evaluation).items() if isinstance(v, (int, float))}
             if scalars:
                 lines += ["", "## metrics/eval.json", "", "| metric | value |", "|---|---:|"]
                 lines += [f"| {k} | {v:.4g} |" for k, v in list(scalars.items())[:40]]
         return "\n".join(lines) + "\n"
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
 
 
 def dvc_remote(repo_root: Path) -> str | None:

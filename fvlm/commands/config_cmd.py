@@ -56,18 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values, as in ``FvlmConfig.flat``)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
-    return out
-
-
 def value_sources(keys: list[str], file_values: dict[str, Any], environment: dict[str, str]) -> dict[str, str]:
     """``key`` -> ``env NAME`` / ``file`` / ``default``, in the order config_from_dict applies them."""
     sources = {}
@@ -124,10 +112,10 @@ def demo_salt_warning(config: Any, params: Path | None) -> str | None:
 def show(config: Any, params: Path | None) -> None:
     import yaml
 
-    from core.config import environment_overrides
+    from core.config import environment_overrides, flatten_keys
 
     raw = yaml.safe_load(params.read_text()) if params else {}
-    file_values = flatten(raw if isinstance(raw, dict) else {})
+    file_values = flatten_keys(raw if isinstance(raw, dict) else {})
     values = {"profile": config.profile, **config.flat()}
     sources = value_sources(list(values), file_values, environment_overrides())
     print(f"# {params or 'no params.yaml: built-in defaults'} (profile {config.profile!r}, root {config.root})")

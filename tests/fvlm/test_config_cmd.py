@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config import flatten_keys
 from fvlm.cli import main
-from fvlm.commands.config_cmd import flatten
 
 OVERRIDE_VARIABLES = ("FVLM_DATA_DIR", "FVLM_SALT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "FVLM_DVC_REMOTE")
 
@@ -50,7 +50,7 @@ def test_show_marks_file_env_and_default(
     lines, err = shown(repo_root / "params.yaml", capsys)
     assert lines["paths.raw_dicom"] == ("file", '"data/demo/dicom"')
     assert lines["tracking.mlflow_tracking_uri"] == ("env MLFLOW_TRACKING_URI", '"http://127.0.0.1:5999"')
-    written = flatten(yaml.safe_load((repo_root / "params.yaml").read_text()))
+    written = flatten_keys(yaml.safe_load((repo_root / "params.yaml").read_text()))
     for key, (source, _) in lines.items():
         if key != "tracking.mlflow_tracking_uri":
             assert (source == "file") == (key in written), key
