@@ -332,9 +332,12 @@ def load_input_image(input_path: str | Path, convert: ConvertJob, work_dir: str 
     }
 
 
-def load_or_segment_mask(image: Any, mask_path: str | Path | None, job: PredictJob, anatomy_set_name: str) -> Any:
-    """TotalSegmentator ``total`` ids (x, y, z) on the image's grid: from ``mask_path`` or the segment
-    stage's TotalSegmentator backend (``job.segment``, for the model's anatomy set)."""
+def load_or_segment_mask(
+    image: Any, mask_path: str | Path | None, job: PredictJob, anatomy_set_name: str
+) -> tuple[Any, list[str]]:
+    """(TotalSegmentator ``total`` ids (x, y, z) on the image's grid, warnings): from ``mask_path`` or the
+    segment stage's TotalSegmentator backend (``job.segment``, for the model's anatomy set; its warnings
+    say e.g. that the weights are stand-ins)."""
     import nibabel as nib
     import numpy as np
 
@@ -351,12 +354,11 @@ def load_or_segment_mask(image: Any, mask_path: str | Path | None, job: PredictJ
             )
         if not np.allclose(mask_image.affine, image.affine, atol=1e-3):
             raise PredictionError(f"{source}: mask affine differs from the volume's (not the same grid)")
-        return np.asarray(mask_image.dataobj).astype(np.uint8)
+        return np.asarray(mask_image.dataobj).astype(np.uint8), []
     backend = job.segment_backend("totalsegmentator", anatomy_set_name)
     try:
         ids, backend_warnings = backend.segment_study("study", image)
-        image.fvlm_mask_warnings = list(backend_warnings)  # read back by predict_study (stand-in weights)
-        return ids
+        return ids, list(backend_warnings)
     except Exception as error:  # noqa: BLE001 - weights missing, nnU-Net failure, ...
         raise PredictionError(
             f"segmentation failed ({type(error).__name__}: {error}); pass --mask with a "
@@ -627,14 +629,18 @@ def predict_study(job: PredictJob, input_path: Path, work_dir: Path) -> dict[str
             info = {"input_kind": "converted", "study_id": converted[1]}
     warnings = list(info.pop("warnings", []))
     if mask_path is not None:
-        ids, mask_source = load_or_segment_mask(image, mask_path, job, bundle.spec.anatomy_set), "argument"
+        ids, mask_warnings = load_or_segment_mask(image, mask_path, job, bundle.spec.anatomy_set)
+        mask_source = "argument"
+        warnings += mask_warnings
     else:
         found = find_mask_by_identity(job, image, info["study_id"]) if info.get("study_id") else None
         if found is not None:
             ids, mask_source, mask_warnings = found
             warnings += mask_warnings
         elif job.segment.backend == "totalsegmentator":
-            ids, mask_source = load_or_segment_mask(image, None, job, bundle.spec.anatomy_set), "totalsegmentator"
+            ids, mask_warnings = load_or_segment_mask(image, None, job, bundle.spec.anatomy_set)
+            mask_source = "totalsegmentator"
+            warnings += mask_warnings
         else:
             where = f"study {info['study_id']}" if info.get("study_id") else f"{input_path}"
             raise PredictionError(
@@ -652,7 +658,6 @@ def predict_study(job: PredictJob, input_path: Path, work_dir: Path) -> dict[str
     hu_zyx, index_zyx = np.asarray(grid.hu_zyx), np.asarray(grid.anatomy_index_zyx)
     eval_mode = str(model.thresholds_info.get("eval_mode") or job.eval_mode)
     scored = predict_prepared(bundle, hu_zyx, index_zyx, model.thresholds, eval_mode)
-    warnings += getattr(image, "fvlm_mask_warnings", [])
     warnings += prediction_warnings(model, bundle, mask_source, job)
     payload: dict[str, Any] = {
         "schema_version": PREDICTION_SCHEMA_VERSION,
