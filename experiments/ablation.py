@@ -38,21 +38,50 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# what each variant sets on top of params.yaml's train section (equal steps for all)
+PUBLISHED_FVLM: dict[str, Any] = {
+    "loss": "fvlm",
+    "normal_positives": True,
+    "coteaching_alpha": 0.5,
+    "contrastive": "softmax",
+    "label_loss_weight": 0.0,
+    "cross_anatomy_weight": 0.0,
+}
+# one ingredient each, as fixed a priori (not tuned): the label loss at the contrastive terms' weight,
+# the cross-anatomy term at half of it
+INGREDIENTS: dict[str, dict[str, Any]] = {
+    "labels": {"label_loss_weight": 1.0},
+    "sigmoid": {"contrastive": "sigmoid"},
+    "cross": {"cross_anatomy_weight": 0.5},
+    "no-ct": {"coteaching_alpha": 0.0},  # co-teaching off: what the EMA self-distillation adds, measured
+}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "clip": {"loss": "clip", "normal_positives": False, "coteaching_alpha": 0.0},
-    "fvlm": {"loss": "fvlm", "normal_positives": False, "coteaching_alpha": 0.0},
-    "fvlm+np": {"loss": "fvlm", "normal_positives": True, "coteaching_alpha": 0.0},
-    "fvlm+np+ct": {"loss": "fvlm", "normal_positives": True, "coteaching_alpha": 0.5},
+    "clip": {**PUBLISHED_FVLM, "loss": "clip", "normal_positives": False, "coteaching_alpha": 0.0},
+    "fvlm": dict(PUBLISHED_FVLM),
+    **{f"fvlm+{name}": {**PUBLISHED_FVLM, **keys} for name, keys in INGREDIENTS.items()},
 }
 VARIANT_TITLES = {
     "probe": "ceiling: supervised probe (same encoder + linear head, BCE on the labels)",
-    "clip": "global CLIP (`train.loss=clip`)",
-    "fvlm": "fine-grained (`loss=fvlm`, `normal_positives=false`, `coteaching_alpha=0`)",
-    "fvlm+np": "+ normal false-negative targets (`normal_positives=true`)",
-    "fvlm+np+ct": "+ co-teaching (`coteaching_alpha=0.5`)",
+    "clip": "global CLIP (`loss=clip`, no normal positives, no co-teaching)",
+    "fvlm": "fVLM as published (`loss=fvlm`, `normal_positives`, co-teaching `alpha=0.5`)",
+    "fvlm+labels": "fVLM + label supervision (`label_loss_weight=1`)",
+    "fvlm+sigmoid": "fVLM + sigmoid loss (`contrastive=sigmoid`)",
+    "fvlm+cross": "fVLM + cross-anatomy term (`cross_anatomy_weight=0.5`)",
+    "fvlm+no-ct": "fVLM without co-teaching (`coteaching_alpha=0`)",
 }
+DEV_VARIANTS = ["fvlm", *(f"fvlm+{name}" for name in INGREDIENTS)]
+
+
+def best_variant(ingredients: list[str]) -> dict[str, Any]:
+    """The train keys of fVLM + every ingredient in INGREDIENTS (the 'best' row: chosen on dev val)."""
+    keys = dict(PUBLISHED_FVLM)
+    for name in ingredients:
+        keys.update(INGREDIENTS[name])
+    return keys
 
 
 def fvlm_env() -> dict[str, str]:
@@ -120,8 +149,11 @@ def prepare_cohort(
     split: tuple[float, float, float],
     workers: int,
     log: Path,
+    reports: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """Build (or reuse) the synthetic cohort and its shards in WORK; returns the cohort record."""
+    """Build (or reuse) the synthetic cohort and its shards in WORK; returns the cohort record. With
+    REPORTS (reports CSV, labels CSV), each phantom is drawn from one real report's labels and carries its
+    text (``fvlm demo-data --reports --labels``)."""
     work.mkdir(parents=True, exist_ok=True)
     params = copy.deepcopy(base_params)
     params["paths"] = {
@@ -158,6 +190,7 @@ def prepare_cohort(
         "difficulty": difficulty,
         "profile": params.get("profile"),
         "grid": params.get("grid"),
+        "reports": [str(path) for path in reports] if reports else None,
     }
     marker = work / "cohort_done.json"
     params_path = work / "params.yaml"
@@ -184,6 +217,7 @@ def prepare_cohort(
                 str(cohort_seed),
                 "--workers",
                 str(workers),
+                *(["--reports", str(reports[0]), "--labels", str(reports[1])] if reports else []),
             ],
         ),
         ("convert", ["convert", "data/demo/dicom", "data/converted"]),
@@ -192,7 +226,8 @@ def prepare_cohort(
         ("shard", ["shard"]),
     ]
     for name, args in stages:
-        if name == "demo-data" and demo_cohort_matches(work / "data" / "demo", studies, cohort_seed, difficulty):
+        same_cohort = demo_cohort_matches(work / "data" / "demo", studies, cohort_seed, difficulty)
+        if name == "demo-data" and same_cohort and not reports:
             print("cohort: reusing the generated demo cohort", flush=True)
             continue
         print(f"cohort: fvlm {name} ...", flush=True)
@@ -216,24 +251,34 @@ def prepare_cohort(
     return record
 
 
-def variant_params(work: Path, variant: str, seed: int, steps: int) -> Path:
-    """WORK/params_<variant>_s<seed>.yaml: the cohort params with the variant's train keys and seed."""
+def variant_params(work: Path, variant: str, keys: dict[str, Any], seed: int, steps: int) -> Path:
+    """WORK/params_<variant>_s<seed>.yaml: the cohort params with the variant's train KEYS and seed."""
     params = load_yaml(work / "params.yaml")
-    for key, value in VARIANTS[variant].items():
+    for key, value in keys.items():
         set_key(params, "train", key, value)
     set_key(params, "train", "seed", seed)
     set_key(params, "train", "steps", steps)
     set_key(params, "train", "checkpoint_every", max(steps, 1))
     set_key(params, "evaluate", "seed", seed)
-    path = work / f"params_{variant.replace('+', '_')}_s{seed}.yaml"
+    path = work / f"params_{slug(variant)}_s{seed}.yaml"
     write_yaml(path, params)
     return path
 
 
-def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Path) -> dict[str, Any]:
-    """One training run + its zero-shot test evaluation; returns the run's numbers."""
-    params = variant_params(work, variant, seed, steps)
-    run_dir = work / "runs" / f"{variant.replace('+', '_')}_s{seed}"
+def slug(variant: str) -> str:
+    return variant.replace("+", "_").replace("-", "_")
+
+
+def train_and_evaluate(
+    work: Path, variant: str, keys: dict[str, Any], seed: int, steps: int, log: Path
+) -> dict[str, Any]:
+    """One training run + its zero-shot evaluation (val and test); returns the run's numbers. A finished
+    run (its result.json, same keys) is reused: a killed benchmark resumes."""
+    params = variant_params(work, variant, keys, seed, steps)
+    run_dir = work / "runs" / f"{slug(variant)}_s{seed}"
+    done = run_dir / "result.json"
+    if done.is_file() and json.loads(done.read_text()).get("keys") == json.loads(json.dumps(keys)):
+        return json.loads(done.read_text())
     for leftover in ("train.json", "eval.json"):
         (run_dir / leftover).unlink(missing_ok=True)
     train_wall = run_fvlm(
@@ -273,10 +318,15 @@ def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Pat
     eval_metrics = json.loads((run_dir / "eval.json").read_text())
     report = json.loads((run_dir / "eval" / "eval_report.json").read_text())
     losses = loss_curve(run_dir / "plots" / "train_loss.csv")
-    return {
+    prompt_sets = report.get("prompt_sets") or {}
+    result = {
         "variant": variant,
+        "keys": keys,
         "seed": seed,
         "steps": steps,
+        "val_mean_auc": report.get("val_mean_auc"),
+        "study_scores": str(run_dir / "eval" / "study_scores.npz"),
+        "prompt_sets": {name: entry.get("test_mean_auc") for name, entry in (prompt_sets.get("sets") or {}).items()},
         "mean_auc": eval_metrics.get("mean_auc", report.get("mean_auc")),
         "mean_auc_ci": eval_metrics.get("mean_auc_ci", report.get("mean_auc_ci")),
         "per_label_auc": eval_metrics.get("per_label_auc", {}),
@@ -291,6 +341,10 @@ def train_and_evaluate(work: Path, variant: str, seed: int, steps: int, log: Pat
         "train_wall_s": round(train_wall, 1),
         "eval_wall_s": round(eval_wall, 1),
     }
+    from core.io import atomic_write_text
+
+    atomic_write_text(done, json.dumps(result, indent=2, default=str) + "\n")
+    return result
 
 
 def loss_curve(path: Path) -> list[float]:
@@ -308,79 +362,137 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t interval of the mean of VALUES (None below two values)."""
-    import math
-
-    from scipy import stats
-
-    if len(values) < 2:
-        return None
-    mean, sd = statistics.fmean(values), statistics.stdev(values)
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
-    return mean - half, mean + half
+def run_auc_matrix(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(test truth, test scores, study ids) of one run from its study_scores.npz."""
+    with np.load(run["study_scores"]) as data:
+        return data["test_truth"], data["test_scores"], [str(x) for x in data["test_ids"]]
 
 
-def clipped(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
-    """An AUC interval kept inside [0, 1]."""
-    return None if bounds is None else (max(0.0, bounds[0]), min(1.0, bounds[1]))
+def mean_auc_of(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over labels (columns) with both classes among the known truth; NaN when none."""
+    from training.metrics import roc_auc
+
+    aucs = []
+    for column in range(truth.shape[1]):
+        known = truth[:, column] >= 0
+        y = truth[known, column]
+        if y.size and 0 < int((y == 1).sum()) < y.size:
+            aucs.append(roc_auc(y, scores[known, column]))
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
-    """Per variant (and the probe): mean, std and t-interval of the test mean-AUC over seeds; the paired
-    difference to CLIP on the same seeds with its t-interval; the mean of the runs' bootstrap CIs."""
+def cohort_bootstrap(
+    runs: list[dict[str, Any]], variants: list[str], resamples: int, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """Two-level bootstrap of each variant's mean test AUC and of every variant's difference to `clip`
+    and to `fvlm`: each resample draws the cohorts with replacement, then each drawn cohort's test studies
+    with replacement (the same draw for every variant and training seed of that cohort: paired), and
+    averages the runs' mean AUCs. The interval therefore holds cohort-to-cohort and test-sampling noise
+    as well as the training seeds' spread."""
+    rng = np.random.default_rng(seed)
+    by_cohort: dict[int, dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        truth, scores, _ = run_auc_matrix(run)
+        by_cohort.setdefault(int(run["cohort_seed"]), {})[(run["variant"], int(run["seed"]))] = (truth, scores)
+    cohorts = sorted(by_cohort)
+    replicate_means: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(resamples):
+        sums = {v: [] for v in variants}
+        for cohort in rng.choice(cohorts, size=len(cohorts), replace=True):
+            cells = by_cohort[int(cohort)]
+            n = next(iter(cells.values()))[0].shape[0]
+            rows = rng.integers(0, n, size=n)
+            for (variant, _seed), (truth, scores) in cells.items():
+                if variant in sums:
+                    sums[variant].append(mean_auc_of(truth[rows], scores[rows]))
+        for variant, values in sums.items():
+            finite = [v for v in values if np.isfinite(v)]
+            replicate_means[variant].append(float(np.mean(finite)) if finite else float("nan"))
+    low, high = 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
-    def finite(value: Any) -> bool:
-        return not math_isnan(value)
+    def interval(values: list[float]) -> list[float] | None:
+        finite = np.array([v for v in values if np.isfinite(v)])
+        return [float(np.percentile(finite, low)), float(np.percentile(finite, high))] if finite.size else None
 
-    summary: dict[str, dict[str, Any]] = {}
-    clip_by_seed = {r["seed"]: r["mean_auc"] for r in runs if r["variant"] == "clip" and finite(r["mean_auc"])}
-    for variant in [*variants, *(["probe"] if any(r["variant"] == "probe" for r in runs) else [])]:
-        rows = [r for r in runs if r["variant"] == variant]
-        values = [r["mean_auc"] for r in rows]
-        good = [v for v in values if finite(v)]
-        diffs = [
-            r["mean_auc"] - clip_by_seed[r["seed"]] for r in rows if finite(r["mean_auc"]) and r["seed"] in clip_by_seed
-        ]
-        cis = [r["mean_auc_ci"] for r in rows if r.get("mean_auc_ci") and all(finite(c) for c in r["mean_auc_ci"])]
-        summary[variant] = {
-            "n": len(good),
-            "n_runs": len(values),
-            "mean": statistics.fmean(good) if good else float("nan"),
-            "std": statistics.stdev(good) if len(good) > 1 else 0.0,
-            "seed_ci95": clipped(t_interval(good)),
-            "bootstrap_ci95_mean": [statistics.fmean(c[0] for c in cis), statistics.fmean(c[1] for c in cis)]
-            if cis
-            else None,
-            "values": values,
-            "delta_vs_clip": statistics.fmean(diffs) if diffs and variant != "clip" else float("nan"),
-            "delta_vs_clip_ci95": t_interval(diffs) if variant != "clip" else None,
-            "paired_delta_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+    point = {
+        v: float(
+            np.mean([mean_auc_of(*cell) for cells in by_cohort.values() for (w, _), cell in cells.items() if w == v])
+        )
+        for v in variants
+    }
+    out: dict[str, Any] = {}
+    for variant in variants:
+        entry: dict[str, Any] = {"mean": point[variant], "ci95": interval(replicate_means[variant])}
+        for reference in ("clip", "fvlm"):
+            if reference in replicate_means and variant != reference:
+                deltas = [a - b for a, b in zip(replicate_means[variant], replicate_means[reference], strict=True)]
+                entry[f"delta_vs_{reference}"] = point[variant] - point[reference]
+                entry[f"delta_vs_{reference}_ci95"] = interval(deltas)
+        entry["per_run"] = {
+            f"c{c}/s{s}": round(mean_auc_of(*cell), 4)
+            for c, cells in by_cohort.items()
+            for (w, s), cell in cells.items()
+            if w == variant
         }
-    return summary
+        out[variant] = entry
+    return {"cohorts": cohorts, "resamples": resamples, "level": level, "variants": out}
+
+
+def _points(delta: float | None, bounds: list[float] | None) -> str:
+    if delta is None or bounds is None:
+        return "—"
+    return f"{100 * delta:+.1f} [{100 * bounds[0]:+.1f}, {100 * bounds[1]:+.1f}]"
+
+
+def markdown_table(summary: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| variant | test mean AUC (95 % CI: cohorts x test studies) | Δ vs CLIP, points | Δ vs fVLM, points "
+        "| val mean AUC | prompt sets: mean [min, max] | per cohort/seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in summary["variants"].items():
+        mine = [r for r in runs if r["variant"] == variant]
+        vals = [r["val_mean_auc"] for r in mine if r.get("val_mean_auc") is not None]
+        set_means = [
+            statistics.fmean(v for v in r["prompt_sets"].values() if v is not None and not math_isnan(v))
+            for r in mine
+            if r.get("prompt_sets")
+        ]
+        set_mins = [min(v for v in r["prompt_sets"].values() if v is not None) for r in mine if r.get("prompt_sets")]
+        set_maxs = [max(v for v in r["prompt_sets"].values() if v is not None) for r in mine if r.get("prompt_sets")]
+        spread = (
+            f"{statistics.fmean(set_means):.3f} [{statistics.fmean(set_mins):.3f}, {statistics.fmean(set_maxs):.3f}]"
+            if set_means
+            else "—"
+        )
+        per_run = ", ".join(f"{key} {value:.3f}" for key, value in row["per_run"].items())
+        lines.append(
+            f"| {VARIANT_TITLES.get(variant, variant)} | {row['mean']:.3f} {_interval(row['ci95'])} "
+            f"| {_points(row.get('delta_vs_clip'), row.get('delta_vs_clip_ci95'))} "
+            f"| {_points(row.get('delta_vs_fvlm'), row.get('delta_vs_fvlm_ci95'))} "
+            f"| {statistics.fmean(vals) if vals else float('nan'):.3f} | {spread} | {per_run} |"
+        )
+    return "\n".join(lines)
 
 
 def _interval(bounds: Any, scale: float = 1.0, digits: int = 3) -> str:
     return "—" if not bounds else f"[{scale * bounds[0]:.{digits}f}, {scale * bounds[1]:.{digits}f}]"
 
 
-def markdown_table(summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
-    lines = [
-        "| variant | test mean AUC, mean ± std over seeds | 95 % CI over seeds | mean bootstrap 95 % CI of a run "
-        "| Δ vs CLIP, AUC points (95 % CI, paired by seed) | per seed |",
-        "|---|---|---|---|---|---|",
-    ]
-    for variant, row in summary.items():
-        per_seed = ", ".join(fmt(v) for v in row["values"])
-        if variant == "clip" or math_isnan(row["delta_vs_clip"]):
-            delta = "—"
-        else:
-            delta = f"{100 * row['delta_vs_clip']:+.1f} {_interval(row['delta_vs_clip_ci95'], 100, 1)}"
-        lines.append(
-            f"| {VARIANT_TITLES[variant]} | {row['mean']:.3f} ± {row['std']:.3f} | {_interval(row['seed_ci95'])} "
-            f"| {_interval(row['bootstrap_ci95_mean'])} | {delta} | {per_seed} |"
-        )
-    return "\n".join(lines)
+def choose_best(dev_runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
+    """The ingredients whose validation mean AUC beats fVLM's, paired by (cohort, seed), on the dev runs:
+    the 'best' combination is fVLM + all of them (selection on validation of development cohorts only)."""
+    gains: dict[str, float] = {}
+    reference = {(r["cohort_seed"], r["seed"]): r["val_mean_auc"] for r in dev_runs if r["variant"] == "fvlm"}
+    for name in INGREDIENTS:
+        paired = [
+            r["val_mean_auc"] - reference[(r["cohort_seed"], r["seed"])]
+            for r in dev_runs
+            if r["variant"] == f"fvlm+{name}" and (r["cohort_seed"], r["seed"]) in reference
+        ]
+        if paired:
+            gains[name] = statistics.fmean(paired)
+    return [name for name, gain in gains.items() if gain > 0], gains
 
 
 def math_isnan(value: float) -> bool:
@@ -458,47 +570,130 @@ def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict
     }
 
 
+SHARED_REPORTS = REPO_ROOT.parent / "shared" / "data" / "ct_clip" / "text_classifier" / "data" / "train.csv"
+
+
+def fresh_seeds(count: int) -> list[int]:
+    """COUNT seeds nobody chose: drawn from the OS's entropy at run time (printed and recorded)."""
+    import secrets
+
+    return [secrets.randbelow(10**6) for _ in range(count)]
+
+
+def run_grid(
+    phase: str,
+    cohort_seeds: list[int],
+    train_seeds: list[int],
+    variants: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    base_params: dict[str, Any],
+    work_root: Path,
+    reports: tuple[Path, Path] | None,
+    train_overrides: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every (cohort seed, training seed, variant) run of one phase; returns (runs, cohort records)."""
+    runs: list[dict[str, Any]] = []
+    cohorts: list[dict[str, Any]] = []
+    for cohort_seed in cohort_seeds:
+        work = work_root / f"cohort_{cohort_seed}"
+        log = work / "ablation.log"
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"[{phase}] cohort seed {cohort_seed}: preparing {args.studies} studies ...", flush=True)
+        cohort = prepare_cohort(
+            work, base_params, args.studies, cohort_seed, tuple(args.split), args.workers, log, reports
+        )
+        cohorts.append({"cohort_seed": cohort_seed, **cohort})
+        if train_overrides:  # a reused cohort keeps its params.yaml; these are training keys
+            params = load_yaml(work / "params.yaml")
+            for key, value in train_overrides.items():
+                set_key(params, "train", key, value)
+            write_yaml(work / "params.yaml", params)
+        for seed in train_seeds:
+            for variant, keys in variants.items():
+                result = train_and_evaluate(work, variant, keys, seed, args.steps, log)
+                result.update({"cohort_seed": cohort_seed, "phase": phase})
+                runs.append(result)
+                print(
+                    f"  [{phase}] cohort {cohort_seed} seed {seed} {variant}: val {fmt(result['val_mean_auc'])}, "
+                    f"test {fmt(result['mean_auc'])} ({result['n_test']} studies); loss "
+                    f"{fmt(result['loss_first10'])} -> {fmt(result['loss_last10'])}; "
+                    f"train {result['train_wall_s']:.0f} s",
+                    flush=True,
+                )
+    return runs, cohorts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=120, help="synthetic cohort size (the demo's)")
+    parser.add_argument("--studies", type=int, default=120, help="cohort size per cohort seed (the demo's)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (all variants; the demo's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--out", default="data/ablation", help="results dir (ablation.json, ablation.md)")
-    parser.add_argument("--work", default=None, help="scratch dir for the cohort and runs (default: OUT/work)")
+    parser.add_argument("--work", default=None, help="scratch dir for the cohorts and runs (default: OUT/work)")
     parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"), help="params.yaml to start from")
-    parser.add_argument("--cohort-seed", type=int, default=0, help="seed of the synthetic cohort and split")
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=SHARED_REPORTS if SHARED_REPORTS.is_file() else None,
+        help="real reports CSV with the 18 labels (default: the 800 CT-RATE reports of ../shared when present)",
+    )
+    parser.add_argument("--labels", type=Path, default=None, help="labels CSV of --reports (default: --reports)")
+    parser.add_argument(
+        "--synthetic-text", action="store_true", help="the generator's template reports instead of --reports"
+    )
+    parser.add_argument("--phase", choices=("dev", "report", "all"), default="all")
+    parser.add_argument(
+        "--dev-cohort-seeds", type=int, nargs="+", default=[0], help="development cohorts (choose the best combination)"
+    )
+    parser.add_argument("--dev-train-seeds", type=int, nargs="+", default=[0], help="development training seeds")
+    parser.add_argument(
+        "--report-cohort-seeds", type=int, nargs="+", default=None, help="report cohorts (default: drawn fresh)"
+    )
+    parser.add_argument(
+        "--report-train-seeds", type=int, nargs="+", default=None, help="report training seeds (default: drawn fresh)"
+    )
+    parser.add_argument("--report-cohorts", type=int, default=3, help="how many report cohort seeds to draw")
+    parser.add_argument("--report-train", type=int, default=2, help="how many report training seeds to draw")
+    parser.add_argument(
+        "--best",
+        nargs="*",
+        choices=list(INGREDIENTS),
+        default=None,
+        help="the best combination's ingredients, skipping the dev selection (none: fVLM itself)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[*VARIANTS, "best"],
+        choices=[*VARIANTS, "best"],
+        help="report-phase variants",
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the two-level bootstrap")
     parser.add_argument(
         "--split",
         type=float,
         nargs=3,
         default=[0.6, 0.2, 0.2],
         metavar=("TRAIN", "VAL", "TEST"),
-        help="patient split fractions (a large test split makes the AUC less noisy)",
+        help="patient split fractions",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     parser.add_argument(
-        "--crop",
-        type=int,
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="override grid.crop_zyx (voxels of the profile's grid)",
+        "--crop", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"), help="override grid.crop_zyx"
     )
     parser.add_argument("--lr", type=float, default=None, help="override train.lr")
     parser.add_argument("--warmup-steps", type=int, default=None, help="override train.warmup_steps")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--workers", type=int, default=2, help="processes for cohort generation and conversion")
-    parser.add_argument(
-        "--no-probe", dest="probe", action="store_false", help="skip the supervised probe (the table's ceiling row)"
-    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
     out = Path(args.out).resolve()
-    work = Path(args.work).resolve() if args.work else out / "work"
+    work_root = Path(args.work).resolve() if args.work else out / "work"
     out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "ablation.log"
+    work_root.mkdir(parents=True, exist_ok=True)
+    reports = None
+    if not args.synthetic_text and args.reports is not None:
+        reports = (args.reports.resolve(), (args.labels or args.reports).resolve())
+    text_source = f"real reports {reports[0].name} ({reports[0]})" if reports else "the generator's template reports"
     started = time.perf_counter()
     base_params = load_yaml(Path(args.params))
     if args.crop:
@@ -510,62 +705,87 @@ def main(argv: list[str] | None = None) -> int:
     }
     for key, value in train_overrides.items():
         set_key(base_params, "train", key, value)
+    drawn_file = out / "report_seeds.json"  # seeds drawn once per OUT: a resumed or split run keeps them
+    if drawn_file.is_file():
+        drawn = json.loads(drawn_file.read_text())
+    else:
+        drawn = {"cohort": fresh_seeds(args.report_cohorts), "train": fresh_seeds(args.report_train)}
+        if not (args.report_cohort_seeds and args.report_train_seeds):
+            from core.io import atomic_write_text
+
+            atomic_write_text(drawn_file, json.dumps(drawn) + "\n")
+    report_cohorts = args.report_cohort_seeds or drawn["cohort"]
+    report_train = args.report_train_seeds or drawn["train"]
+    overlap = set(report_cohorts) & set(args.dev_cohort_seeds)
+    if overlap and args.phase != "dev":
+        print(f"ablation: report cohort seeds {sorted(overlap)} are development seeds; pick others", file=sys.stderr)
+        return 2
+    print(
+        f"ablation: text from {text_source}; development cohort seeds {args.dev_cohort_seeds} "
+        f"(training seeds {args.dev_train_seeds}); report cohort seeds {report_cohorts} "
+        f"(training seeds {report_train}, {'given' if args.report_cohort_seeds else 'drawn fresh'})",
+        flush=True,
+    )
+    dev_runs: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    cohorts: list[dict[str, Any]] = []
+    best = args.best
+    gains: dict[str, float] = {}
     try:
-        cohort = prepare_cohort(work, base_params, args.studies, args.cohort_seed, tuple(args.split), args.workers, log)
-        if train_overrides:  # a reused cohort keeps its params.yaml; these are training keys
-            params = load_yaml(work / "params.yaml")
-            for key, value in train_overrides.items():
-                set_key(params, "train", key, value)
-            write_yaml(work / "params.yaml", params)
-        runs: list[dict[str, Any]] = []
-        for seed in args.seeds:
-            for variant in args.variants:
-                print(f"seed {seed}: training {variant} for {args.steps} steps ...", flush=True)
-                result = train_and_evaluate(work, variant, seed, args.steps, log)
-                runs.append(result)
-                print(
-                    f"  {variant} seed {seed}: test mean AUC {fmt(result['mean_auc'])} on {result['n_test']} "
-                    f"studies; final loss {fmt(result['final_loss_avg'])}; train {result['train_wall_s']:.0f} s, "
-                    f"eval {result['eval_wall_s']:.0f} s",
-                    flush=True,
-                )
-            if args.probe:
-                print(f"seed {seed}: supervised probe (ceiling) for {args.steps} steps ...", flush=True)
-                result = probe_ceiling(work, seed, args.steps)
-                runs.append(result)
-                print(
-                    f"  probe seed {seed}: test mean AUC {fmt(result['mean_auc'])} on {result['n_test']} studies "
-                    f"(train {fmt(result['train_mean_auc'])}); {result['train_wall_s']:.0f} s",
-                    flush=True,
-                )
+        if args.phase in ("dev", "all") and best is None:
+            dev_variants = {name: VARIANTS[name] for name in DEV_VARIANTS}
+            dev_runs, dev_cohorts = run_grid(
+                "dev",
+                args.dev_cohort_seeds,
+                args.dev_train_seeds,
+                dev_variants,
+                args,
+                base_params,
+                work_root,
+                reports,
+                train_overrides,
+            )
+            cohorts += dev_cohorts
+            best, gains = choose_best(dev_runs)
+            print(f"dev: validation gains over fVLM {gains}; best = fVLM + {best or 'nothing'}", flush=True)
+        if args.phase in ("report", "all"):
+            variants = {
+                name: (best_variant(best or []) if name == "best" else VARIANTS[name]) for name in args.variants
+            }
+            runs, report_cohort_records = run_grid(
+                "report",
+                report_cohorts,
+                report_train,
+                variants,
+                args,
+                base_params,
+                work_root,
+                reports,
+                train_overrides,
+            )
+            cohorts += report_cohort_records
     except RuntimeError as error:
         print(f"ablation: {error}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - started
-    summary = summarise(runs, args.variants)
-    config_params = load_yaml(work / "params.yaml")
-    profile = config_params.get("profile")
-    batch_size = config_params.get("train", {}).get("batch_size")
-    command = "python experiments/ablation.py --studies {s} --steps {t} --seeds {seeds}{bs}".format(
-        s=args.studies,
-        t=args.steps,
-        seeds=" ".join(map(str, args.seeds)),
-        bs=(f" --batch-size {args.batch_size}" if args.batch_size else "")
-        + (f" --crop {' '.join(map(str, args.crop))}" if args.crop else "")
-        + (f" --lr {args.lr:g}" if args.lr is not None else "")
-        + (f" --warmup-steps {args.warmup_steps}" if args.warmup_steps is not None else "")
-        + (f" --cohort-seed {args.cohort_seed}" if args.cohort_seed != parser.get_default("cohort_seed") else "")
-        + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else ""),
-    )
-    n_test = runs[0]["n_test"] if runs else None
+    report_variants = list(dict.fromkeys(r["variant"] for r in runs))
+    summary = cohort_bootstrap(runs, report_variants, args.bootstrap) if runs else {"variants": {}}
+    command = "python experiments/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    n_test = sorted({r["n_test"] for r in runs}) if runs else []
     header = (
-        f"`{command}` — cohort {args.studies} synthetic studies (profile `{profile}`, cohort seed "
-        f"{args.cohort_seed}, split {'/'.join(map(str, args.split))}, {n_test} test studies), "
-        f"{args.steps} steps of batch {batch_size} per run, seeds {', '.join(map(str, args.seeds))}; "
-        f"wall {wall / 60:.1f} min (cohort {'reused; first built in' if cohort.get('reused') else 'built in'} "
-        f"{cohort['wall_s']:.0f} s)."
+        f"`{command}` — {args.studies} phantom studies per cohort, text from {text_source}; split "
+        f"{'/'.join(map(str, args.split))} ({'/'.join(map(str, n_test))} test studies per cohort); {args.steps} "
+        f"steps per run.\n\n"
+        f"- development cohort seeds {args.dev_cohort_seeds}, training seeds {args.dev_train_seeds}: used only to "
+        f"choose the best combination, on validation (gains over fVLM: "
+        f"{', '.join(f'{k} {100 * v:+.1f}' for k, v in gains.items()) or 'not run'}; best = fVLM + "
+        f"{', '.join(best) if best else 'nothing'})\n"
+        f"- report cohort seeds {report_cohorts}, training seeds {report_train} "
+        f"({'given' if args.report_cohort_seeds else 'drawn fresh at run time'}): the table; test scored once per run\n"
+        f"- intervals: {args.bootstrap}-resample two-level bootstrap (cohorts, then each cohort's test studies; "
+        f"paired across variants); wall {wall / 60:.1f} min."
     )
-    table = markdown_table(summary, args.seeds)
+    table = markdown_table(summary, runs) if runs else "(no report runs)"
     text = header + "\n\n" + table + "\n"
     from core.io import atomic_write_text
 
@@ -577,13 +797,18 @@ def main(argv: list[str] | None = None) -> int:
                 "command": command,
                 "studies": args.studies,
                 "steps": args.steps,
-                "seeds": args.seeds,
-                "batch_size": batch_size,
+                "text": text_source,
                 "split": args.split,
-                "cohort_seed": args.cohort_seed,
+                "dev_cohort_seeds": args.dev_cohort_seeds,
+                "dev_train_seeds": args.dev_train_seeds,
+                "report_cohort_seeds": report_cohorts,
+                "report_train_seeds": report_train,
+                "best": best,
+                "dev_val_gains": gains,
                 "wall_s": round(wall, 1),
-                "cohort": cohort,
+                "cohorts": cohorts,
                 "summary": summary,
+                "dev_runs": dev_runs,
                 "runs": runs,
             },
             indent=2,

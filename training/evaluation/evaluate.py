@@ -329,7 +329,29 @@ def evaluate_model(
         report["roc_pngs"] = [
             str(p) for p in plot_roc_curves(spec.labels, test.truth, test.scores, Path(out_dir) / "roc")
         ]
+        write_study_scores(Path(out_dir) / STUDY_SCORES_FILE, spec.labels, val, test)
     return report
+
+
+STUDY_SCORES_FILE = "study_scores.npz"
+
+
+def write_study_scores(path: Path, labels: Sequence[str], val: SplitScores, test: SplitScores) -> None:
+    """Per-study truth and scores of both splits (pseudonymous study ids): what a study-level bootstrap
+    across runs (experiments/ablation.py) resamples; the report only holds each run's own interval."""
+    from core.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            labels=np.array(list(labels)),
+            val_truth=val.truth,
+            val_scores=val.scores,
+            val_ids=np.array(val.study_ids),
+            test_truth=test.truth,
+            test_scores=test.scores,
+            test_ids=np.array(test.study_ids),
+        )
 
 
 def data_hash(paths: Iterable[str | Path], extra: dict[str, Any] | None = None) -> str:
