@@ -35,9 +35,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps $(TORCH_SPEC)
 	# every other package pinned by the lock (the full transitive set for Python 3.11; `make lock` rebuilds it)
 	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
-	# unittest2 (via batchgenerators) pulls PyPI's 2015 'argparse', which shadows the stdlib inside Prefect's
-	# server: --fix replaces it by an empty placeholder distribution it writes (no module; pip check clean);
-	# the check also warns about a CUDA torch on a machine without a GPU (fvlm/install_check.py)
+	# unittest2 (via batchgenerators; no release of either drops it) pulls PyPI's 2015 'argparse', which shadows
+	# the stdlib inside Prefect's own temporary server (uvicorn --app-dir site-packages: flows run without a
+	# server, the tests' harness); fvlm's servers avoid it, but --fix replaces it by an empty placeholder
+	# distribution it writes (no module; pip check clean); the check also warns about a CUDA torch on a
+	# machine without a GPU (fvlm/install_check.py)
 	$(BIN)/python -m fvlm.install_check --fix
 	$(BIN)/python -m pip check
 	touch $(STAMP)

@@ -63,6 +63,14 @@ def dcm2niix_loop(dcm2niix: str, source: Path, out: Path) -> tuple[float, float]
     return wall, cpu
 
 
+def dcm2niix_binary() -> str:
+    """The dcm2niix executable itself (one definition: benchmarks/convert_vs_dcm2niix.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from convert_vs_dcm2niix import dcm2niix_binary as binary
+
+    return binary()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohort", required=True)
@@ -76,7 +84,7 @@ def main() -> int:
 
         generate_cohort(cohort, studies=max(args.studies), seed=0, size="demo", workers=2)
     all_studies = sorted((cohort / "dicom").iterdir())
-    dcm2niix = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+    dcm2niix = dcm2niix_binary()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; workers {args.workers}")
     print(
         f"{'studies':>7s} {'ours cold CPU s/study':>22s} {'dcm2niix CPU s/study':>21s} {'ours/dcm2niix':>13s} "

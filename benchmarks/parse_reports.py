@@ -30,7 +30,9 @@ the same CSV's texts:
 * **cold**: ``fvlm parse-reports`` as a fresh process (interpreter, imports, model loads included), its CPU
   time from ``getrusage``; the peer as a fresh process reading the CSV too.
 
-It also counts the planted names left in the written studies table (must be 0).
+It also counts the planted names left in the written studies table (must be 0), and prints where the NER
+model runs: the sentences the candidate filter marks, the few of them it reads, and the filter's recall on the
+planted name words the PHI rules leave.
 """
 
 from __future__ import annotations
@@ -273,6 +275,35 @@ def _whole_command(base: list[str], count: int, plant_share: float, rounds: int)
         print(f"  fvlm parse-reports (whole)       : {c_wall:9.0f} /s   {c_cpu:9.0f} /s   reports")
         print(f"  ratio command / peer             : {c_wall / p_wall:9.2f}      {c_cpu / p_cpu:9.2f}")
     print(f"planted names left in the studies table: {left} of {len(plants)} plants")
+    _candidate_filter(texts, plants)
+
+
+def _candidate_filter(texts: list[str], plants: list) -> None:
+    """Where the name detector's model runs: the sentences the candidate filter marks, those of them no cue
+    rule explains (only these reach the NER model), and the filter's recall on the planted name words the
+    PHI rules leave (a word outside every candidate sentence is one the model never sees)."""
+    import re
+
+    from report_parsing.names import candidate_sentences, model_sentence_counts
+    from report_parsing.phi import scrub_phi
+
+    ruled = [scrub_phi(text, names=False).text for text in texts]
+    sentences = sum(len(re.findall(r"[.;?!\n]+", text)) + 1 for text in ruled)
+    marked, model = model_sentence_counts(ruled)
+    words = kept = 0
+    position = {text: index for index, text in enumerate(texts)}
+    for planted in plants:
+        text = ruled[position[planted.text]]
+        spans = candidate_sentences(text)
+        for name in (planted.first, planted.last):
+            for match in re.finditer(rf"\b{re.escape(name)}\b", text):
+                words += 1
+                kept += any(a <= match.start() and match.end() <= b for a, b in spans)
+    print(
+        f"candidate filter: {marked} of ~{sentences} sentences marked ({marked / len(texts):.2f} per report), "
+        f"{model} read by the NER model; recall on the {words} planted name words the rules leave: "
+        f"{kept}/{words} = {kept / max(words, 1):.3f}"
+    )
 
 
 def _rates(prepare, texts: list[str] | None) -> tuple[float, float]:

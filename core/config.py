@@ -270,6 +270,9 @@ class TrainConfig(_Section):
     cross_anatomy_weight: float = Field(0.0, ge=0.0)  # > 0: one contrast over all (study, anatomy) cells
     # a run stops (exit 1, no model) after this many steps in a row with a loss of exactly 0 (nothing entered it)
     max_silent_steps: int = Field(25, ge=1)
+    # fast-path options (docs/training.md; benchmarks/train_step.py measures them); off: the eager run is unchanged
+    compile: bool = False  # torch.compile the vision tower's forward (its input shape is the crop: one graph)
+    fused_optimizer: bool = False  # AdamW(fused=True); a device without the kernel falls back to AdamW (logged)
 
 
 # evaluate.promote_floor: the absolute bar a model must clear before the promotion gate compares it with the

@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -262,6 +262,37 @@ def progress(
         except TypeError:  # e.g. a DataLoader over an IterableDataset
             total = None
     return Progress(items, total, description, unit, **options)
+
+
+def progress_of_keys(
+    items: Iterable[T],
+    description: str,
+    unit: str,
+    keys: Callable[[T], Iterable[Hashable]],
+    *,
+    total: int | None = None,
+    log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    every_s: float | None = DEFAULT_EVERY_S,
+    every_items: int | None = None,
+) -> Iterator[T]:
+    """Iterate ``items`` (e.g. batches of crops) counting the distinct ``keys`` each one carries (the
+    studies in it), out of ``total`` studies: ``evaluate: val: 12/40 studies``, not ``3/? batches``.
+
+    A key counts once its first item has been handled (the consumer is done with the item when it asks for
+    the next one); at the end the count is exact. ``total`` None: the count of distinct keys when
+    ``items`` is a sequence (read once up front), else unknown.
+    """
+    if total is None and isinstance(items, Sequence):
+        total = len({key for item in items for key in keys(item)})
+    seen: set[Hashable] = set()
+    bar: Progress[Any] = progress(total, description, unit, log=log, every_s=every_s, every_items=every_items)
+    with bar:
+        for item in items:
+            yield item
+            new = [key for key in dict.fromkeys(keys(item)) if key not in seen]  # each key once
+            seen.update(new)
+            if new:
+                bar.advance(len(new))
 
 
 class _SharedBars:

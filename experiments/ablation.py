@@ -1,28 +1,34 @@
-"""Does the method work? Global CLIP vs fine-grained fVLM (+ normal positives, + co-teaching), equal steps.
+"""Does the method work, on cohorts nobody tuned on? CLIP vs fVLM vs fVLM + each 2025-26 ingredient, equal steps.
 
 Usage::
 
-    .venv/bin/python experiments/ablation.py --cohort-seed 1 --out data/ablation
-    # = --studies 120 --steps 300 --seeds 0 1 2 --split 0.6 0.2 0.2: the demo's cohort and recipe
-    #   (params.yaml; the table in docs/learnability.md), about 40 min on 2 idle cores
+    .venv/bin/python experiments/ablation.py --out data/ablation
+    # = --studies 120 --steps 300 --split 0.6 0.2 0.2 (the demo's cohort size and recipe, params.yaml),
+    #   text from the 800 real CT-RATE reports of ../shared when present (--synthetic-text: the generator's),
+    #   development cohort seed 0 / training seed 0, 3 report cohort seeds x 2 training seeds drawn fresh
 
-1. A scratch work dir (``--work``, default ``OUT/work``) gets its own ``params.yaml`` (the repo's, with
-   the profile's split / demo_data edited) and the synthetic cohort is built there with the ``fvlm`` CLI:
-   ``demo-data -> convert -> segment (precomputed phantom masks) -> parse-reports -> shard``. A stage
-   whose output is already there for the same cohort settings is reused (``WORK/cohort_done.json``).
-2. For each seed, four variants are trained at the same number of steps (``fvlm train --no-tracking``):
-   ``clip`` (global CLIP loss), ``fvlm`` (fine-grained, normal_positives=false, co-teaching off),
-   ``fvlm+np`` (+ normal false-negative targets), ``fvlm+np+ct`` (+ co-teaching, alpha 0.5); each with its
-   own params file ``WORK/params_<variant>_s<seed>.yaml`` (``train.seed`` = the seed).
-3. Each model is evaluated zero-shot on the test split (``fvlm evaluate --no-promote --no-tracking``).
-4. For each seed the supervised probe (``training/trainer/probe.py``: the same image encoder + a linear
-   head trained with BCE on the train split's labels, same steps) is scored on the same test labels: the
-   ceiling row of the table (``--no-probe`` skips it).
-5. A table per variant is printed and written to ``OUT/ablation.md``: test mean AUC (mean +- std and the
-   t-interval over seeds, the mean of the runs' bootstrap CIs) and the difference to CLIP paired by seed
-   with its t-interval; every run's numbers (per-label AUC, first-10 / last-10 loss) go to ``OUT/ablation.json``.
+The protocol (issue #27): nothing is chosen on the split or the seeds it reports.
 
-The cohort is the same for every seed: the seeds vary model initialisation, data order and augmentation.
+1. **Cohorts.** Per cohort seed, a scratch dir ``WORK/cohort_<seed>`` gets its own ``params.yaml`` (the
+   repo's, with ``split.seed`` = ``demo_data.seed`` = the cohort seed) and the cohort is built there with
+   the ``fvlm`` CLI: ``demo-data [--reports CSV --labels CSV] -> convert -> segment (precomputed phantom
+   masks) -> parse-reports -> shard``. With real reports each phantom is drawn from one report's 18 labels
+   and carries that report's text, so the model reads free text, not the generator's sentences.
+2. **Development phase** (``--dev-cohort-seeds``, ``--dev-train-seeds``): fVLM as published (normal
+   positives + co-teaching) and fVLM + each ingredient of :data:`INGREDIENTS` (label supervision, sigmoid
+   loss, cross-anatomy term, co-teaching off), each a ``train.*`` params key. The *best combination* is
+   fVLM + every ingredient whose **validation** mean AUC beats fVLM's on the development runs.
+3. **Report phase** (``--report-cohort-seeds``, ``--report-train-seeds``; by default drawn fresh with
+   :mod:`secrets` once per OUT and kept in ``OUT/report_seeds.json``): CLIP, fVLM, each ingredient and the
+   best combination on every (cohort, training seed). Each model is evaluated once (``fvlm evaluate
+   --no-promote``: val and test, every prompt set of core/prompt_sets.yaml); test is reported, never compared.
+4. **Intervals**: a two-level bootstrap (:func:`cohort_bootstrap`) over cohorts and, within each drawn cohort,
+   its test studies (the same draw for every variant: paired), of each variant's mean test AUC and of its
+   difference to CLIP and to fVLM. ``OUT/ablation.md`` (the table) and ``OUT/ablation.json`` (every run:
+   val / test mean AUC, per-label AUC, prompt-set AUCs, loss first-10 / last-10, wall times).
+
+A finished run (``runs/<variant>_s<seed>/result.json``) and a prepared cohort are reused: a killed
+benchmark resumes, and two invocations with different ``--variants`` on the same OUT share their runs.
 """
 
 from __future__ import annotations
@@ -65,7 +71,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"fvlm+{name}": {**PUBLISHED_FVLM, **keys} for name, keys in INGREDIENTS.items()},
 }
 VARIANT_TITLES = {
-    "probe": "ceiling: supervised probe (same encoder + linear head, BCE on the labels)",
     "clip": "global CLIP (`loss=clip`, no normal positives, no co-teaching)",
     "fvlm": "fVLM as published (`loss=fvlm`, `normal_positives`, co-teaching `alpha=0.5`)",
     "fvlm+labels": "fVLM + label supervision (`label_loss_weight=1`)",
@@ -501,75 +506,6 @@ def math_isnan(value: float) -> bool:
     return value is None or math.isnan(value)
 
 
-def probe_ceiling(work: Path, seed: int, steps: int, log_every: int = 0) -> dict[str, Any]:
-    """The supervised probe on the same shards: the run's image encoder, each label's anatomy tokens pooled
-    (mean | max) into a linear head trained with BCE on the train split's labels for STEPS steps, scored on
-    the test split's zero-shot labels (the ceiling of what the image side can learn here;
-    training/trainer/probe.py)."""
-    import numpy as np
-    import torch
-
-    from core.config import load_config
-    from training.metrics import bootstrap_auc
-    from training.models.model import vision_encoder
-    from training.models.zero_shot import zero_shot_spec
-    from training.trainer.data import ShardDataset
-    from training.trainer.probe import ProbeStudy, fit_probe, label_anatomies
-
-    config = load_config(work / "params.yaml")
-    torch.manual_seed(seed)
-
-    def studies(split: str) -> tuple[list[ProbeStudy], tuple[str, ...], list[np.ndarray]]:
-        dataset = ShardDataset.from_dir(work / "data" / "shards", split, crop_zyx=config.grid.crop_zyx, mode="eval")
-        rows = [row for unit in dataset.units for row in dataset.read_unit(unit)]
-        return (
-            [
-                ProbeStudy(row["hu_volume"], row["anatomy_mask"], np.clip(row["labels"], 0, 1).astype(np.float32))
-                for row in rows
-            ],
-            dataset.label_names,
-            [row["labels"] for row in rows],
-        )
-
-    train, label_names, _ = studies("train")
-    test, _, test_truth = studies("test")
-    spec = zero_shot_spec(config.segment.anatomy_set)
-    started = time.perf_counter()
-    result = fit_probe(
-        vision_encoder(config.model.vision, config.grid.crop_zyx),
-        train,
-        test,
-        label_names=list(label_names),
-        crop_zyx=config.grid.crop_zyx,
-        hu_window=config.grid.hu_window,
-        steps=steps,
-        batch_size=config.train.batch_size,
-        lr=2 * config.train.lr,
-        flip_prob=config.grid.flip_prob,
-        seed=seed,
-        log_every=log_every,
-        label_anatomy=label_anatomies(config.segment.anatomy_set, label_names),
-    )
-    scored = [label for label in spec.labels if not math_isnan(result.test_auc.get(label, float("nan")))]
-    columns = [list(label_names).index(label) for label in scored]
-    truth = np.stack(test_truth)[:, columns]
-    interval = bootstrap_auc(truth, result.test_scores[:, columns], config.evaluate.bootstrap, seed=seed)["mean"]
-    return {
-        "variant": "probe",
-        "seed": seed,
-        "steps": steps,
-        "mean_auc": float(np.mean([result.test_auc[label] for label in scored])) if scored else None,
-        "mean_auc_ci": list(interval),
-        "per_label_auc": {label: result.test_auc[label] for label in scored},
-        "train_mean_auc": result.train_mean_auc,
-        "n_test": len(test),
-        "scored_labels": scored,
-        "loss_first10": float(np.mean(result.losses[:10])),
-        "loss_last10": float(np.mean(result.losses[-10:])),
-        "train_wall_s": round(time.perf_counter() - started, 1),
-    }
-
-
 SHARED_REPORTS = REPO_ROOT.parent / "shared" / "data" / "ct_clip" / "text_classifier" / "data" / "train.csv"
 
 
@@ -770,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     report_variants = list(dict.fromkeys(r["variant"] for r in runs))
     summary = cohort_bootstrap(runs, report_variants, args.bootstrap) if runs else {"variants": {}}
+    compute_min = sum(r.get("train_wall_s", 0) + r.get("eval_wall_s", 0) for r in [*dev_runs, *runs]) / 60
+    if best is not None:
+        VARIANT_TITLES["best"] = f"best on development validation: fVLM + {' + '.join(best) or 'nothing'}"
     command = "python experiments/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     n_test = sorted({r["n_test"] for r in runs}) if runs else []
     header = (
@@ -783,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- report cohort seeds {report_cohorts}, training seeds {report_train} "
         f"({'given' if args.report_cohort_seeds else 'drawn fresh at run time'}): the table; test scored once per run\n"
         f"- intervals: {args.bootstrap}-resample two-level bootstrap (cohorts, then each cohort's test studies; "
-        f"paired across variants); wall {wall / 60:.1f} min."
+        f"paired across variants); compute {compute_min:.0f} min of training + evaluation over "
+        f"{len(runs) + len(dev_runs)} runs (this invocation {wall / 60:.1f} min; finished runs are reused)."
     )
     table = markdown_table(summary, runs) if runs else "(no report runs)"
     text = header + "\n\n" + table + "\n"

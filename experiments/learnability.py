@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_REPORTS = REPO_ROOT.parent / "shared" / "data" / "ct_clip" / "text_classifier" / "data" / "train.csv"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -60,8 +61,9 @@ def _prepare(hu_zyx: np.ndarray, ids_zyx: np.ndarray, affine: np.ndarray, grid: 
     )
 
 
-def prepared_study(job: tuple[int, int, str, dict[str, Any], str]) -> dict[str, Any]:
-    """One cohort study on the model grid: {hu, anatomy, labels, patient}."""
+def prepared_study(job: tuple[int, int, str, dict[str, Any], str, dict[str, int] | None]) -> dict[str, Any]:
+    """One cohort study on the model grid: {hu, anatomy, labels, patient}; with a labels dict (one real
+    report's 18 labels) the phantom draws exactly those findings."""
     import torch
 
     torch.set_num_threads(1)
@@ -70,9 +72,9 @@ def prepared_study(job: tuple[int, int, str, dict[str, Any], str]) -> dict[str, 
     from synthetic.patients import patient_index
     from synthetic.phantom import make_phantom
 
-    seed, index, difficulty, grid_raw, anatomy_set = job
+    seed, index, difficulty, grid_raw, anatomy_set, labels = job
     grid = GridConfig.model_validate(grid_raw)
-    phantom = make_phantom(seed, index, "demo", difficulty=difficulty)
+    phantom = make_phantom(seed, index, "demo", labels=labels, difficulty=difficulty)
     model_grid = _prepare(phantom.hu_zyx, phantom.labels_zyx, phantom.affine_ras, grid, anatomy_set)
     return {
         "hu": np.asarray(model_grid.hu_zyx, dtype=np.int16),
@@ -93,19 +95,31 @@ def _pool_map(function: Any, jobs: list[Any], workers: int) -> list[Any]:
 
 
 def load_cohort(
-    cache: Path, seed: int, studies: int, difficulty: str, config: Any, workers: int
+    cache: Path,
+    seed: int,
+    studies: int,
+    difficulty: str,
+    config: Any,
+    workers: int,
+    reports: tuple[Path, Path] | None = None,
 ) -> list[dict[str, Any]]:
-    """Prepared studies 0..studies-1 of cohort ``seed`` (cached as one npz per study)."""
-    from synthetic.cohort import GENERATOR_VERSION
+    """Prepared studies 0..studies-1 of cohort ``seed`` (cached as one npz per study). With REPORTS
+    (reports CSV, labels CSV) study i draws the findings of one real report (``synthetic.cohort
+    .pick_sources``, the same draw as ``fvlm demo-data --reports``): real label prevalence and co-occurrence."""
+    from synthetic.cohort import GENERATOR_VERSION, pick_sources, read_source_reports
 
     spacing = "x".join(f"{s:g}" for s in config.grid.spacing_zyx_mm)
-    folder = cache / f"{difficulty}_v{GENERATOR_VERSION}_s{seed}_{spacing}"  # a new generator: a new cache
+    source_tag = f"_real{reports[0].stem}" if reports else ""
+    folder = cache / f"{difficulty}_v{GENERATOR_VERSION}_s{seed}_{spacing}{source_tag}"  # a new generator: a new cache
+    drawn: list[dict[str, int] | None] = [None] * studies
+    if reports:
+        drawn = [dict(source.labels) for source in pick_sources(read_source_reports(*reports), studies, seed)]
     folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(studies) if not (folder / f"{i:04d}.npz").is_file()]
     if missing:
         started = time.perf_counter()
         grid_raw = config.grid.model_dump(mode="json")
-        jobs = [(seed, i, difficulty, grid_raw, config.segment.anatomy_set) for i in missing]
+        jobs = [(seed, i, difficulty, grid_raw, config.segment.anatomy_set, drawn[i]) for i in missing]
         for index, record in zip(missing, _pool_map(prepared_study, jobs, workers), strict=False):
             np.savez(folder / f"{index:04d}.npz", **record)
         print(f"  prepared {len(missing)} {difficulty} studies in {time.perf_counter() - started:.0f} s", flush=True)
@@ -346,7 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the probe")
     parser.add_argument("--params", default=None, help="params.yaml (demo profile is used)")
     parser.add_argument("--out", default="data/learnability")
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=SHARED_REPORTS if SHARED_REPORTS.is_file() else None,
+        help="probe cohort labels drawn from real reports (default: the 800 CT-RATE reports of ../shared when "
+        "present; the labels CSV is the same file)",
+    )
+    parser.add_argument("--synthetic-labels", action="store_true", help="the generator's own label draw")
     args = parser.parse_args(argv)
+    reports = None if args.synthetic_labels or args.reports is None else (args.reports, args.reports)
 
     import torch
 
@@ -377,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         lrs = args.lr or [default_lr[e] for e in args.encoders]
         probes = [p for p in results.get("probes", [])]
         for difficulty in args.difficulty:
-            records = load_cohort(out / "cache", args.seed, args.studies, difficulty, config, args.workers)
+            records = load_cohort(out / "cache", args.seed, args.studies, difficulty, config, args.workers, reports)
             for encoder, lr in zip(args.encoders, lrs, strict=False):
                 print(f"probe: {difficulty} cohort, {encoder} encoder, lr {lr:g}, {args.steps} steps", flush=True)
                 row = run_probe(
@@ -392,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
                     log_every=max(args.steps // 6, 1),
                     pooling=args.pooling,
                 )
-                row.update({"difficulty": difficulty, "studies": args.studies, "cohort_seed": args.seed})
+                row.update(
+                    {
+                        "difficulty": difficulty,
+                        "studies": args.studies,
+                        "cohort_seed": args.seed,
+                        "labels_from": str(reports[0]) if reports else "generator",
+                    }
+                )
                 probes = [p for p in probes if not (p["difficulty"] == difficulty and p["encoder"] == encoder)] + [row]
                 results["probes"] = probes
                 results_file.write_text(json.dumps(results, indent=1))

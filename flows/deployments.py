@@ -30,7 +30,7 @@ from prefect import flow
 from flows.batching import run_logger
 from flows.pipeline import pipeline_flow
 from flows.subprocesses import child_env, executable, run_command
-from preprocessing.ingest import collect_incoming
+from preprocessing.ingest import collect_incoming, ingest_index_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.config import FvlmConfig
@@ -217,6 +217,7 @@ def ingest_flow(
         in_cache=lambda path: in_dvc_cache(path, cache_dir),
         archive_dir=None if inside else config.path(config.paths.ingest_archive),
         masks_dir=config.path(config.paths.precomputed_masks),
+        index_path=ingest_index_path(root, raw_dir),  # O(changed) nightly runs: stat-gated identities + hashes
     )
     log.info(
         "ingest: %d new studies, %d files added to known studies, %d files ingested (%d already present), "

@@ -9,7 +9,13 @@ A stage fans out over batches of studies through one of these runners. The names
   parsing); the batch function and the items must be picklable (module-level functions);
 * ``dask``      -- :class:`prefect_dask.DaskTaskRunner`; a ``distributed.LocalCluster`` with
   ``max_workers`` single-threaded workers, or an existing scheduler at ``dask_address``
-  (``tcp://host:8786``) to spread batches over several machines.
+  (``tcp://host:8786``) to spread batches over several machines (docs/orchestration.md, "Several
+  machines": ``dask scheduler`` on one host, ``dask worker tcp://host:8786 --nthreads 1`` on each).
+
+On a cluster whose workers advertise a ``GPU`` resource (``dask worker ... --nworkers 1 --resources GPU=1``,
+one worker per GPU with its own ``CUDA_VISIBLE_DEVICES``), batches tagged ``gpu`` (the segment stage with a
+GPU backend) ask for one unit of it, so each GPU runs one batch at a time; without such workers they are
+scheduled like any other task (a resource nobody has would leave them waiting forever).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, Literal
 
 TaskRunnerName = Literal["threads", "processes", "dask"]
 TASK_RUNNER_NAMES: tuple[str, ...] = ("threads", "processes", "dask")
+GPU_RESOURCE = "GPU"  # the Dask worker resource name of `dask worker --resources GPU=1`
+GPU_TAG = "gpu"  # the tag flows.batching gives GPU batches
 
 
 def make_task_runner(
@@ -44,9 +52,10 @@ def make_task_runner(
             raise ValueError(
                 "task_runner 'dask' needs the optional extra: pip install 'fvlm-pipeline[dask]'"
             ) from error
+        runner_class = _gpu_aware(DaskTaskRunner)
         if dask_address:
-            return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(
+            return runner_class(address=dask_address)
+        return runner_class(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={
                 "n_workers": max_workers,
@@ -56,3 +65,29 @@ def make_task_runner(
             },
         )
     raise ValueError(f"unknown task runner {name!r}; choose one of {', '.join(TASK_RUNNER_NAMES)}")
+
+
+def _gpu_aware(base: type) -> type:
+    """``base`` (prefect_dask's DaskTaskRunner) whose ``gpu``-tagged tasks ask the workers' ``GPU`` resource."""
+
+    class GpuAwareDaskTaskRunner(base):  # type: ignore[misc, valid-type]
+        """A DaskTaskRunner that submits tasks tagged ``gpu`` with ``resources={"GPU": 1}`` when any worker of
+        the cluster advertises that resource (checked once per run)."""
+
+        _gpu_workers: bool | None = None
+
+        def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
+            if GPU_TAG in (getattr(task, "tags", None) or ()) and self._cluster_has_gpus():
+                import dask
+
+                with dask.annotate(resources={GPU_RESOURCE: 1}):  # Client.submit merges the annotations in
+                    return super().submit(task, parameters, wait_for, dependencies)
+            return super().submit(task, parameters, wait_for, dependencies)
+
+        def _cluster_has_gpus(self) -> bool:
+            if self._gpu_workers is None:
+                workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+                self._gpu_workers = any(GPU_RESOURCE in (info.get("resources") or {}) for info in workers.values())
+            return self._gpu_workers
+
+    return GpuAwareDaskTaskRunner

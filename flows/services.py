@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -407,6 +407,11 @@ class TemporaryServer:
     log: Path | None = None
     failure: str = ""  # why none runs (``shared_prefect_server(or_none=True)`` after a failed start)
 
+    @property
+    def ui_url(self) -> str:
+        """The Prefect UI of this server (its API URL without ``/api``)."""
+        return self.api_url.removesuffix("/").removesuffix("/api")
+
 
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -416,19 +421,19 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 def temporary_server_command(port: int, host: str = "127.0.0.1") -> list[str]:
     """The command Prefect 3 itself runs for its temporary server (``SubprocessASGIServer``): uvicorn
-    serving ``prefect.server.api.server:create_app``, API only (``PREFECT_UI_ENABLED=0``)."""
+    serving ``prefect.server.api.server:create_app`` (API and UI: :func:`temporary_server_env`) -- less
+    Prefect's ``--app-dir <site-packages>``, which puts site-packages *ahead of* the standard library: an
+    ``argparse.py`` there (PyPI's 2015 ``argparse``, required by unittest2 <- batchgenerators <- nnU-Net <-
+    TotalSegmentator) then replaces the standard library's, and pydantic-settings' ``from argparse import
+    BooleanOptionalAction`` kills the server at start. ``prefect`` imports from this interpreter's own path."""
     import importlib.util
 
-    spec = importlib.util.find_spec("prefect")
-    if spec is None or not spec.submodule_search_locations:
+    if importlib.util.find_spec("prefect") is None:
         raise ServiceError("prefect is not installed in this environment")
-    app_dir = Path(next(iter(spec.submodule_search_locations))).parent
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "--app-dir",
-        str(app_dir),
         "--factory",
         "prefect.server.api.server:create_app",
         "--host",
@@ -442,9 +447,33 @@ def temporary_server_command(port: int, host: str = "127.0.0.1") -> list[str]:
     ]
 
 
+def temporary_server_env(port: int, environ: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, str]:
+    """What the run's server is started with: the API *and* the UI, as ``fvlm services up`` serves them.
+
+    Prefect's own temporary mode (``PREFECT__SERVER_EPHEMERAL=1``, which ``create_app`` also reads) mounts
+    no UI, whatever ``PREFECT_UI_ENABLED`` says, so the URL ``fvlm demo`` prints answered every page
+    ``{"detail":"Not Found"}``. Without it the app serves the UI from Prefect's built static files (copied
+    once per Prefect version into the package's ``ui_build`` folder, or ``PREFECT_UI_STATIC_DIRECTORY``)
+    and runs the server's background services, as ``prefect server start`` does (healthy after 2.8-3.8 s
+    either way on an idle machine; 6.8-9.0 s vs 5.7-8.3 s API-only at load 10 on 2 CPUs, stopped in 0.2 s).
+    ``PREFECT_UI_API_URL``: the UI asks ``/ui-settings`` where the API is, and without it says :4200, not
+    this free port.
+    """
+    api_url = f"http://{host}:{port}/api"
+    return {
+        **{key: value for key, value in environ.items() if key != "PREFECT__SERVER_EPHEMERAL"},
+        **OFFLINE_DEFAULTS,
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
 def start_temporary_server(*, timeout_s: float = 120.0, log_dir: Path | None = None) -> TemporaryServer:
     """``PREFECT_API_URL`` when it is set (``fvlm services up``, ``tracking.prefect_api_url``), else start
-    one API server on a free port and export its URL into ``os.environ``, so that this process's flows
+    one server (API and UI) on a free port and export its API URL into ``os.environ``, so that this process's flows
     and every command it starts (``dvc repro`` -> ``fvlm <stage>``) report to it.
 
     The server opens ``$PREFECT_HOME``'s database (``core.config.apply_services_environment`` points it
@@ -456,13 +485,7 @@ def start_temporary_server(*, timeout_s: float = 120.0, log_dir: Path | None = N
         return TemporaryServer(api_url=existing, started=False)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        **OFFLINE_DEFAULTS,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = temporary_server_env(port, os.environ)
     log = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ flow               library entry (the fan-out it gets)              returns
 convert_flow       ``preprocessing.convert.run_convert(job)``       ``preprocessing.convert.ConvertSummary``
                    (batches of studies, one Prefect task each)
 segment_flow       ``segmentation.stage.run_segment(job)``          ``segmentation.stage.SegmentSummary``
-                   (batches of volumes, one warm backend per batch;
+                   (batches of volumes, one warm backend per process;
                    GPU batches hold the Prefect global concurrency
                    slot ``orchestration.gpu_concurrency_limit``)
 parse_reports_flow ``report_parsing.tables.run_parse_reports(job)``  ``report_parsing.tables.ParseReportsSummary``
@@ -73,7 +73,7 @@ def convert_flow(job: ConvertJob, fan_out: FanOut | None = None) -> ConvertSumma
 
 @flow(name="fvlm-segment")
 def segment_flow(job: SegmentJob, fan_out: FanOut | None = None) -> SegmentSummary:
-    """Volumes -> masks/ + segments.parquet + qc/*.png, batches of volumes as tasks (one warm backend each)."""
+    """Volumes -> masks/ + segments.parquet + qc/*.png, batches of volumes as tasks (a warm backend per worker)."""
     mapper = prefect_batches(
         fan_out or FanOut.from_config(), stage="segment", gpu=job.uses_gpu(), fatal_errors=job.fatal_errors()
     )

@@ -3,12 +3,20 @@
 * **CUDA torch on a machine without a GPU.** PyPI's Linux torch wheel is the CUDA build (it pulls about 15
   ``nvidia-*`` packages, gigabytes); on a CPU machine the CPU wheel of the PyTorch CPU index does the same
   work. A warning: the CUDA build still runs on the CPU.
-* **PyPI's 2015 ``argparse``.** TotalSegmentator -> nnU-Net -> batchgenerators -> unittest2 requires it (every
-  unittest2 release does, and batchgenerators never imports unittest2); its ``argparse.py`` in site-packages
-  shadows the standard library inside Prefect's local server (uvicorn runs with ``--app-dir`` = site-packages),
-  which then dies at start. An error; ``--fix`` uninstalls it and installs an empty placeholder distribution
-  named ``argparse`` (a wheel it writes itself, version ``1.4.0+stdlib``, no module: ``import argparse`` stays
-  the standard library's), which satisfies unittest2's requirement, so ``pip check`` stays clean.
+* **PyPI's 2015 ``argparse``.** TotalSegmentator -> nnU-Net -> batchgenerators -> unittest2 requires it:
+  every batchgenerators release nnU-Net 2.6 accepts (0.25.1-0.25.5) requires unittest2, every unittest2
+  release (0.8.0-1.1.0) requires ``argparse``, pip cannot drop a transitive requirement, and nothing
+  imports unittest2 at run time. Its ``argparse.py`` in site-packages is harmless on a normal ``sys.path``
+  (the standard library comes first), but Prefect starts its own temporary server (a flow run without a
+  server: from Python, the test suite's ``prefect_test_harness``) and ``prefect server start --background``
+  as ``python -m uvicorn --app-dir <site-packages>``, which puts site-packages *ahead of* the standard
+  library: pydantic-settings' ``from argparse import BooleanOptionalAction`` then fails and the server dies
+  at start. ``fvlm services up`` (``prefect server start`` in the foreground imports the standard
+  library's argparse before uvicorn moves the path) and the one server of ``fvlm demo`` / ``fvlm pipeline``
+  (started without ``--app-dir``, ``flows.services.temporary_server_command``) are not affected. An error;
+  ``--fix`` uninstalls it and installs an empty placeholder distribution named ``argparse`` (a wheel it
+  writes itself, version ``1.4.0+stdlib``, no module: ``import argparse`` stays the standard library's),
+  which satisfies unittest2's requirement, so ``pip check`` stays clean.
 
 Exit 0 when nothing is wrong or only warnings remain, 1 on an error. ``make setup`` runs it with ``--fix``.
 """
@@ -69,8 +77,10 @@ def argparse_finding(folders: list[Path]) -> Finding | None:
     return Finding(
         "error",
         f"{modules[0]}: PyPI's 2015 argparse (required by unittest2 <- batchgenerators <- nnU-Net <- "
-        "TotalSegmentator) shadows the standard library inside Prefect's server, which then fails to start; "
-        "run `python -m fvlm.install_check --fix` (it replaces it by an empty placeholder distribution)",
+        "TotalSegmentator) shadows the standard library inside Prefect's own temporary server (a flow run "
+        "without a server, the test suite's harness), which then fails to start (fvlm services up / demo / "
+        "pipeline are not affected); run `python -m fvlm.install_check --fix` (it replaces it by an empty "
+        "placeholder distribution)",
     )
 
 

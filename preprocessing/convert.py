@@ -285,6 +285,25 @@ def unsegmentable(shape_kji: Sequence[int]) -> str | None:
     return None
 
 
+# A study process pool costs each worker an interpreter and the imports (numpy, nibabel, pydicom where needed:
+# ~0.4-0.7 CPU s) and saves wall time only when there is more pixel work than that to share: converting costs
+# ~15 ns per voxel of the chosen series in one process (docs/convert.md), so below ~1.5e8 voxels (two
+# 512 x 512 x 300 series) the studies run in this process.
+CONVERT_POOL_MIN_VOXELS = 150_000_000
+
+
+def largest_series_voxels(study: StudyFiles) -> int:
+    """Voxels of the study's largest series (an upper bound of the one that is converted)."""
+    return max((sum(s.rows * s.columns for s in series.slices) for series in study.series.values()), default=0)
+
+
+def pool_pays(studies: Sequence[StudyFiles], workers: int) -> bool:
+    """Whether a process pool of ``workers`` is worth spawning for these studies (see CONVERT_POOL_MIN_VOXELS)."""
+    if workers <= 1 or len(studies) <= 1:
+        return False
+    return sum(largest_series_voxels(study) for study in studies) >= CONVERT_POOL_MIN_VOXELS
+
+
 def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> ConvertSummary:
     """The convert stage: discover the studies of ``job.input_dir`` (DICOM, or CT-RATE NIfTI + metadata),
     convert each one (reusing unchanged ones) and write both manifests atomically at the end.
@@ -298,15 +317,16 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
     started = time.perf_counter()
     out = Path(job.output_dir)
     (out / layout.VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
-    cpu = os.cpu_count() or 1
-    settings = replace(job.settings, decode_threads=job.decode_threads or max(1, cpu // max(1, job.workers)))
     discovery: Discovery = scan_dicom_tree(
         job.input_dir,
-        study_key_tag=settings.study_key_tag,
+        study_key_tag=job.settings.study_key_tag,
         workers=job.workers,
         hash_files=True,
         index_path=job.file_index,
     )
+    workers = job.workers if map_batches is not None or pool_pays(discovery.studies, job.workers) else 1
+    cpu = os.cpu_count() or 1
+    settings = replace(job.settings, decode_threads=job.decode_threads or max(1, cpu // max(1, workers)))
     previous = read_manifest(layout.converted_manifest(out))
     length = settings.pseudonym_length
     if job.identity_map is not None:
@@ -331,5 +351,9 @@ def run_convert(job: ConvertJob, map_batches: MapBatches | None = None) -> Conve
             config_hash=settings.config_hash(),
         )
 
-    rows = settled + convert_items(items, out, settings, convert_study, crash_row, job.workers, map_batches)
+    if items and map_batches is None and workers <= 1:  # converting in this thread only, from here on
+        from preprocessing.volume_writer import import_nibabel_without_pydicom
+
+        import_nibabel_without_pydicom()
+    rows = settled + convert_items(items, out, settings, convert_study, crash_row, workers, map_batches)
     return finish_conversion(rows, discovery.unreadable, discovery.n_files_seen, out, started)

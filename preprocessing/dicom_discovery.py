@@ -2,8 +2,9 @@
 
 Every file under the input root ends up in exactly one place: a :class:`SliceHeader` inside a
 :class:`SeriesFiles` of a :class:`StudyFiles`, or an :class:`UnreadableFile` (junk, zero-byte,
-unreadable, DICOMDIR, no study identifier). Headers are read with
-``dcmread(stop_before_pixels=True, specific_tags=...)``; pixel data are touched only during assembly.
+unreadable, DICOMDIR, no study identifier). Headers of plain files are parsed by the lean reader
+(:func:`lean_header`, from the one read that also hashes the file); anything else with
+``dcmread(stop_before_pixels=True, specific_tags=...)``. Pixel data are touched only during assembly.
 
 Values that are PHI (PatientID, PatientName, ...) are read here only so that they can be
 pseudonymised (PatientID) or scrubbed from free text (the rest); they never leave this stage.
@@ -14,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -573,6 +577,293 @@ def captured_pydicom_warnings(into: list[str], context: str = ""):
 WARNING_SOURCES = ("/pydicom/", "/pylibjpeg", "/openjpeg/", "/libjpeg/", "/gdcm")
 
 
+# ---- lean header reader -------------------------------------------------------------------------------------
+# pydicom costs ~1-3 ms per header (plus ~0.3 s to import); a cohort is mostly header reads. The lean reader
+# below parses the few HEADER_TAGS of an ordinary file straight from its bytes (struct, ~50 us) and returns a
+# dict that answers ``get`` / ``in`` as pydicom's Dataset does for those keywords. It handles only the plain
+# case and returns None for anything else, so pydicom reads the file as before: no preamble, big-endian,
+# deflated or unknown transfer syntax, an Enhanced CT functional group (a sequence we need), a VR other than
+# the dictionary's for a tag we use, a truncated element, non-ASCII / leading-space / multi-valued text where
+# one value is expected, a number pydicom might parse differently, an empty numeric value, unusual character
+# sets. tests/preprocessing/test_convert_lean_header.py compares both readers record by record.
+
+_LEAN_TAGS: dict[int, tuple[str, str]] = {
+    0x00080005: ("SpecificCharacterSet", "CS"),
+    0x00080008: ("ImageType", "CS"),
+    0x00080016: ("SOPClassUID", "UI"),
+    0x00080018: ("SOPInstanceUID", "UI"),
+    0x00080020: ("StudyDate", "DA"),
+    0x00080050: ("AccessionNumber", "SH"),
+    0x00080060: ("Modality", "CS"),
+    0x00080080: ("InstitutionName", "LO"),
+    0x00080090: ("ReferringPhysicianName", "PN"),
+    0x00081030: ("StudyDescription", "LO"),
+    0x0008103E: ("SeriesDescription", "LO"),
+    0x00100010: ("PatientName", "PN"),
+    0x00100020: ("PatientID", "LO"),
+    0x00100030: ("PatientBirthDate", "DA"),
+    0x00180050: ("SliceThickness", "DS"),
+    0x00181120: ("GantryDetectorTilt", "DS"),
+    0x00181210: ("ConvolutionKernel", "SH"),
+    0x0020000D: ("StudyInstanceUID", "UI"),
+    0x0020000E: ("SeriesInstanceUID", "UI"),
+    0x00200011: ("SeriesNumber", "IS"),
+    0x00200013: ("InstanceNumber", "IS"),
+    0x00200032: ("ImagePositionPatient", "DS"),
+    0x00200037: ("ImageOrientationPatient", "DS"),
+    0x00280002: ("SamplesPerPixel", "US"),
+    0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "DS"),
+    0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"),
+    0x00280120: ("PixelPaddingValue", "US or SS"),
+    0x00280121: ("PixelPaddingRangeLimit", "US or SS"),
+    0x00281052: ("RescaleIntercept", "DS"),
+    0x00281053: ("RescaleSlope", "DS"),
+}
+# a functional group (Enhanced CT) or a DICOMDIR record: pydicom reads those files
+_LEAN_GIVE_UP_TAGS = frozenset({0x52009229, 0x52009230, 0x00041220})
+# tags whose value may hold several values (pydicom: MultiValue; here: a list)
+_LEAN_MULTI = frozenset(
+    {"ImageType", "ConvolutionKernel", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"}
+)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_SHORT_VRS = frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS"}
+    | {b"ST", b"TM", b"UI", b"UL", b"US"}
+)
+_LEAN_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"}
+    | {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 201, 202, 203)}
+)
+# character sets whose decoding of printable ASCII bytes is ASCII (the lean reader accepts ASCII values only)
+_LEAN_CHARSETS = frozenset(
+    {"", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144"}
+    | {"ISO_IR 126", "ISO_IR 127", "ISO_IR 138", "ISO_IR 148", "ISO_IR 166", "ISO_IR 192", "GB18030", "GBK"}
+)
+_PIXEL_TAGS_FROM = 0x7FE00008  # (7FE0,0008) float / (7FE0,0009) double / (7FE0,0010) pixel data: stop_before_pixels
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"-?\d{1,12}")
+
+
+class _NotLean(Exception):
+    """The file is not the plain case: pydicom reads it."""
+
+
+class LeanHeader(dict):
+    """keyword -> value for the HEADER_TAGS present in a file, as pydicom's Dataset.get returns them (str,
+    float, int, or a list where pydicom gives a MultiValue); ``file_meta`` likewise."""
+
+    file_meta: dict
+
+
+def _skip_undefined(data: bytes, pos: int, explicit: bool, end: int) -> int:
+    """Position after an undefined-length sequence value starting at ``pos`` (items up to its delimiter)."""
+    while True:
+        if pos + 8 > end:
+            raise _NotLean
+        group, element, length = struct.unpack_from("<HHI", data, pos)
+        tag = group << 16 | element
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM:
+            raise _NotLean
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        while True:  # an undefined-length item: its elements up to the item delimiter
+            if pos + 8 > end:
+                raise _NotLean
+            group, element = struct.unpack_from("<HH", data, pos)
+            if (group << 16 | element) == _ITEM_END:
+                pos += 8
+                break
+            pos = _skip_element(data, pos, explicit, end)
+        if pos > end:
+            raise _NotLean
+
+
+def _skip_element(data: bytes, pos: int, explicit: bool, end: int) -> int:
+    """Position after the (nested) element at ``pos``."""
+    if explicit:
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12
+        elif vr in _SHORT_VRS:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8
+        else:
+            raise _NotLean
+        if length == _UNDEFINED:
+            return _skip_undefined(data, pos, explicit and vr != b"UN", end)
+    else:
+        length = struct.unpack_from("<I", data, pos + 4)[0]
+        pos += 8
+        if length == _UNDEFINED:
+            return _skip_undefined(data, pos, False, end)
+    pos += length
+    if pos > end:
+        raise _NotLean
+    return pos
+
+
+def _lean_text(raw: bytes, keyword: str, vr: str) -> object:
+    """pydicom's value of a text / number element, or _NotLean where the two readers might differ."""
+    text = raw.decode("ascii").rstrip("\x00 ")  # non-ASCII: UnicodeDecodeError (the character set decides)
+    if not text:
+        return None if vr in ("DS", "IS") else ""  # pydicom: empty numbers are None, empty text ""
+    if not text.isprintable():
+        raise _NotLean  # control bytes (escape sequences of ISO 2022 ...): pydicom knows them
+    if "\\" in text:
+        if keyword not in _LEAN_MULTI:
+            raise _NotLean  # several values where one is expected: pydicom's MultiValue, str() of it
+        parts = text.split("\\")
+    else:
+        parts = [text]
+    if vr == "DS" or vr == "IS":
+        parts = [part.strip(" ") for part in parts]  # numbers: pydicom strips the spaces around each value
+        pattern = _DECIMAL if vr == "DS" else _INTEGER
+        for part in parts:
+            if len(part) > 16 or pattern.fullmatch(part) is None:
+                raise _NotLean  # empty values, odd numbers: pydicom's own parsing decides
+        values: list = [float(part) for part in parts] if vr == "DS" else [int(part) for part in parts]
+    else:
+        for part in parts:
+            if not part or part[0] == " " or part[-1] == " ":
+                raise _NotLean  # empty values, spaces around text values: pydicom's stripping rules differ by VR
+        values = parts
+    return values[0] if len(values) == 1 else values
+
+
+def lean_header(data: bytes) -> LeanHeader | None:
+    """The HEADER_TAGS of a plain DICOM file's bytes (``data``: the whole file, or at least its header), or
+    None when pydicom must read it (see the comment above)."""
+    try:
+        return _lean_header(data)
+    except (_NotLean, IndexError, ValueError, UnicodeDecodeError):
+        return None
+    except Exception:  # struct.error and anything else unexpected: pydicom decides
+        return None
+
+
+_SHORT_HEADER = struct.Struct("<HH2sH").unpack_from
+_LONG_LENGTH = struct.Struct("<I").unpack_from
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+def _lean_header(data: bytes) -> LeanHeader | None:
+    end = len(data)
+    if end < 144 or data[128:132] != b"DICM":
+        return None
+    short, long_length = _SHORT_HEADER, _LONG_LENGTH
+    meta: dict[str, str] = {}
+    pos = 132
+    previous = -1
+    while pos + 8 <= end:  # file meta information: explicit VR little endian, group 0002
+        group, element, vr, length = short(data, pos)
+        if group != 2:
+            break
+        tag = group << 16 | element
+        if tag <= previous:
+            return None
+        previous = tag
+        if vr in _LONG_VRS:
+            length = long_length(data, pos + 8)[0]
+            pos += 12
+        elif vr in _SHORT_VRS:
+            pos += 8
+        else:
+            return None
+        if length == _UNDEFINED or pos + length > end:
+            return None
+        if tag == 0x00020002 or tag == 0x00020010:
+            value = _lean_text(data[pos : pos + length], "", "UI")
+            meta["MediaStorageSOPClassUID" if tag == 0x00020002 else "TransferSyntaxUID"] = str(value)
+        pos += length
+    syntax = meta.get("TransferSyntaxUID", "")
+    if syntax not in _LEAN_SYNTAXES or meta.get("MediaStorageSOPClassUID", "") == DICOMDIR_SOP_CLASS:
+        return None
+    explicit = syntax != "1.2.840.10008.1.2"
+    header = LeanHeader()
+    header.file_meta = meta
+    wanted, give_up, long_vrs, short_vrs = _LEAN_TAGS, _LEAN_GIVE_UP_TAGS, _LONG_VRS, _SHORT_VRS
+    previous = -1
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, vr, length = short(data, pos)
+        tag = group << 16 | element
+        if tag <= previous or group == 2:
+            return None
+        if tag >= _PIXEL_TAGS_FROM:
+            if tag not in _PIXEL_TAGS or (explicit and vr in long_vrs and pos + 12 > end):
+                return None  # elements after the image tags, or a cut pixel element header: pydicom decides
+            break
+        previous = tag
+        if not explicit:
+            length = long_length(data, pos + 4)[0]
+            pos += 8
+        elif vr in short_vrs:
+            pos += 8
+        elif vr in long_vrs:
+            if pos + 12 > end:
+                return None
+            length = long_length(data, pos + 8)[0]
+            pos += 12
+        else:
+            return None  # not an explicit VR (an implicit dataset under an explicit syntax): pydicom copes
+        if length == _UNDEFINED:
+            if tag in wanted or tag in give_up:
+                return None
+            pos = _skip_undefined(data, pos, explicit and vr != b"UN", end)
+            continue
+        if pos + length > end:
+            return None
+        known = wanted.get(tag)
+        if known is None:
+            if tag in give_up:
+                return None
+            pos += length
+            continue
+        keyword, expected = known
+        actual = vr.decode("ascii") if explicit else expected
+        if expected == "US or SS":
+            if not explicit:
+                representation = header.get("PixelRepresentation")
+                if representation not in (0, 1):
+                    return None
+                actual = "SS" if representation == 1 else "US"
+            if actual not in ("US", "SS"):
+                return None
+        elif actual != expected:
+            return None
+        if actual == "US" or actual == "SS":
+            if length == 0:
+                header[keyword] = None  # pydicom: an empty number is None
+            elif length == 2:
+                header[keyword] = int.from_bytes(data[pos : pos + 2], "little", signed=actual == "SS")
+            else:
+                return None
+        else:
+            header[keyword] = _lean_text(data[pos : pos + length], keyword, actual)
+        pos += length
+    charset = header.get("SpecificCharacterSet", "")
+    if not isinstance(charset, str) or charset not in _LEAN_CHARSETS:
+        return None
+    if "SeriesInstanceUID" not in header or "Rows" not in header:
+        return None  # truncated or not an image: pydicom's reading decides what it is
+    if not header.get("SOPClassUID") and not meta.get("MediaStorageSOPClassUID"):
+        return None
+    return header
+
+
 def read_header(path: Path):
     """Header-only read; a file without the DICM preamble is retried with ``force=True``."""
     import pydicom
@@ -595,9 +886,9 @@ def scan_dicom_tree(
 ) -> Discovery:
     """Walk ``input_dir``; group readable DICOM image files by study key and SeriesInstanceUID.
 
-    ``workers`` > 1 reads the headers in that many processes (a header costs ~3 ms of pydicom parsing: a
-    10^4-study cohort of 300-slice series is hours on one core); the files are filed in walk order either way,
-    so the result is the same.
+    ``workers`` > 1 reads the headers in that many processes when more than ``DISCOVERY_POOL_MIN_FILES`` are
+    to be read (the lean reader takes ~0.1 ms per file, pydicom ~1-3 ms); the files are filed in walk order
+    either way, so the result is the same.
 
     ``key_root``: the raw DICOM root that folder study keys (files without ``study_key_tag``) and the
     studies' ``folder`` are relative to (default ``input_dir``); ``fvlm predict`` on one study folder of the
@@ -701,10 +992,11 @@ def _indexed_records(
     return records  # type: ignore[return-value]
 
 
-DISCOVERY_CHUNK = 256  # files per worker task (a few hundred ms of header reads)
-# below this many files to read, a spawned pool costs more (interpreter + pydicom import per worker,
-# ~0.5 s each) than it saves (~1-3 ms per header); measured in docs/convert.md
-DISCOVERY_POOL_MIN_FILES = 2000
+DISCOVERY_CHUNK = 256  # files per worker task
+# below this many files to read, a spawned pool costs more (an interpreter and the imports per worker, ~0.3-0.5 s
+# each, more where pydicom is needed) than it saves: the lean reader takes ~0.1 ms per file (read, parse, hash),
+# so 2 workers save ~1 s of wall time at 20,000 files and always cost CPU; measured in docs/convert.md
+DISCOVERY_POOL_MIN_FILES = 20000
 
 
 def _read_files(
@@ -732,18 +1024,49 @@ def _read_files(
 
 
 def _read_chunk(root: Path, paths: list[Path], study_key_tag: str, hash_files: bool = False) -> list[FileRecord]:
-    with quiet_pydicom():
-        records = [_read_one(root, path, study_key_tag) for path in paths]
+    with _pydicom_when_needed() as quiet:
+        _CHUNK.hash_files, _CHUNK.quiet = hash_files, quiet
+        try:
+            records = [_read_one(root, path, study_key_tag) for path in paths]
+        finally:
+            _CHUNK.hash_files, _CHUNK.quiet = False, _no_op
     if hash_files:
         from core.io import sha256_file
 
         for record in records:
-            if record.unreadable is None:
+            if record.unreadable is None and not record.sha256:
                 try:
                     record.sha256 = sha256_file(record.path)
                 except OSError:
                     pass  # convert hashes again and reports the error
     return records
+
+
+@contextlib.contextmanager
+def _pydicom_when_needed():
+    """:func:`quiet_pydicom` around the reads, entered only once a file needs pydicom (a tree of plain files
+    never imports it); yields the function that enters it."""
+    with contextlib.ExitStack() as stack:
+        entered: list[bool] = []
+
+        def quiet() -> None:
+            if not entered:
+                stack.enter_context(quiet_pydicom())
+                entered.append(True)
+
+        yield quiet
+
+
+LEAN_READ_MAX_BYTES = 64 << 20  # files up to this size are read once: lean header + content hash from one read
+
+
+def _no_op() -> None:
+    return None
+
+
+# what the chunk being read wants of _read_one (per thread): hash the content it read, enter quiet_pydicom
+_CHUNK = threading.local()
+_CHUNK.hash_files, _CHUNK.quiet = False, _no_op
 
 
 @dataclass
@@ -771,7 +1094,10 @@ class FileRecord:
 
 
 def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
-    """Read one file's header: where it belongs and its slices (or why it is unreadable)."""
+    """Read one file's header: where it belongs and its slices (or why it is unreadable). The lean reader
+    first (from one read of the file, whose hash is then taken from the same bytes when the chunk hashes);
+    pydicom when it declines (entering the chunk's quiet_pydicom first, :func:`_pydicom_when_needed`)."""
+    hash_files = getattr(_CHUNK, "hash_files", False)
     relative = path.relative_to(root).as_posix()
     try:
         size = path.stat().st_size
@@ -779,6 +1105,23 @@ def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
         return FileRecord(path, relative, f"cannot stat file: {error.strerror or type(error).__name__}")
     if size == 0:
         return FileRecord(path, relative, "zero-byte file")
+    content = b""
+    if size <= LEAN_READ_MAX_BYTES:
+        try:
+            with open(path, "rb") as handle:
+                content = handle.read()
+        except OSError:
+            content = b""  # pydicom's read below reports it as before
+    lean = lean_header(content) if content else None
+    if lean is not None:
+        record = _record_from_header(lean, path, relative, study_key_tag, size, [])
+        if hash_files and record.unreadable is None:
+            import hashlib
+
+            record.sha256 = hashlib.sha256(content).hexdigest()
+        return record
+    del content
+    getattr(_CHUNK, "quiet", _no_op)()
     read_warnings: list[str] = []
     try:
         with captured_pydicom_warnings(read_warnings, " while reading the header"):
@@ -798,6 +1141,11 @@ def _read_one(root: Path, path: Path, study_key_tag: str) -> FileRecord:
     truncated = truncation_problem(ds, path, size)
     if truncated:
         return FileRecord(path, relative, truncated)
+    return _record_from_header(ds, path, relative, study_key_tag, size, read_warnings)
+
+
+def _record_from_header(ds, path: Path, relative: str, study_key_tag: str, size: int, read_warnings: list[str]):
+    """The record of a read header (a pydicom Dataset or a :class:`LeanHeader`: both answer ``get``)."""
     key_value = ds.get(study_key_tag)
     study_key = str(key_value).strip() if key_value not in (None, "") else ""
     keyless = not study_key

@@ -15,7 +15,7 @@ import csv
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,22 +120,87 @@ def read_identity(path: Path, folder_key: str | None = None) -> _Header | str:
 class _Known:
     study_dirs: dict[str, Path] = field(default_factory=dict)  # StudyInstanceUID -> top folder in raw_dir
     sops: dict[tuple[str, str], Path] = field(default_factory=dict)  # (study, SOPInstanceUID) -> file
+    sha256: dict[Path, str] = field(default_factory=dict)  # raw file -> content hash (as of this run's walk)
+
+    def sha256_of(self, path: Path) -> str:
+        """The raw file's hash from this run's walk (stat-gated index), else read now."""
+        known = self.sha256.get(path)
+        return known if known is not None else sha256_file(path)
 
 
-def _index_raw_tree(raw_dir: Path) -> _Known:
+# The raw tree's index: relative path -> (stat key, record). A record is (study, series, sop, sha256) for an
+# identified DICOM file, or the reason a file is unusable (those are never read again while unchanged).
+INDEX_TAG = "ingest-raw-identity-1"  # bump when read_identity or the record layout changes
+
+
+def ingest_index_path(project_root: Path, raw_dir: Path) -> Path:
+    """``<project_root>/.fvlm-private/ingest-index/<raw name>-<hash of the resolved raw path>.pickle``: beside
+    convert's index (``core.layout.convert_index_path``), outside every DVC output; it holds UIDs, so it lives
+    with the other private files, not in the shareable cache."""
+    import hashlib
+
+    from core.layout import PRIVATE_DIR
+
+    source = Path(raw_dir).resolve()
+    label = hashlib.sha256(str(source).encode()).hexdigest()[:12]
+    return Path(project_root).resolve() / PRIVATE_DIR / "ingest-index" / f"{source.name or 'root'}-{label}.pickle"
+
+
+def _walk_files(root: Path, relative: str = "") -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(relative path, path, stat) of every file under ``root``, in ``sorted(root.rglob("*"))`` order (a
+    depth-first walk with each folder's entries sorted by name), one ``os.scandir`` per folder."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in entries:
+        name = f"{relative}/{entry.name}" if relative else entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk_files(Path(entry.path), name)
+            elif entry.is_file():
+                yield name, Path(entry.path), entry.stat()
+        except OSError:  # vanished or unreadable while walking: not a raw file of this run
+            continue
+
+
+def _index_raw_tree(raw_dir: Path, index_path: Path | None = None) -> _Known:
+    """Identity (and content hash) of every file in the raw tree; with ``index_path``, a file whose stat data
+    (size, mtime_ns, ctime_ns, inode) are the recorded ones is neither opened nor hashed again
+    (:class:`preprocessing.file_index.FileIndex`, racy entries re-read), so a nightly run costs a walk plus
+    the files that changed."""
+    from preprocessing.file_index import FileIndex, index_fingerprint, stat_key
+
     known = _Known()
     if not raw_dir.is_dir():
         return known
-    for path in sorted(raw_dir.rglob("*")):
-        if not path.is_file() or path.name.endswith(_TMP_SUFFIX):
+    index = FileIndex.load(index_path, index_fingerprint(raw_dir, INDEX_TAG, ()))
+    seen: set[str] = set()
+    for relative, path, stat in _walk_files(raw_dir):
+        if path.name.endswith(_TMP_SUFFIX):
             continue
-        top = raw_dir / path.relative_to(raw_dir).parts[0]
-        header = read_identity(path, folder_key=f"folder:{top.name}" if top != path else None)
-        if isinstance(header, str):
+        seen.add(relative)
+        key = stat_key(stat)
+        record = index.lookup(relative, key)
+        if record is None:
+            top_name = relative.split("/", 1)[0]
+            header = read_identity(path, folder_key=f"folder:{top_name}" if "/" in relative else None)
+            record = header if isinstance(header, str) else (header.study, header.series, header.sop, sha256_file(path))
+            index.store(relative, key, record)
+        if isinstance(record, str):
             continue
-        known.study_dirs.setdefault(header.study, top if top != path else raw_dir)
-        if header.sop:
-            known.sops.setdefault((header.study, header.sop), path)
+        study, _series, sop, digest = record
+        top = raw_dir / relative.split("/", 1)[0] if "/" in relative else raw_dir
+        known.study_dirs.setdefault(study, top)
+        if sop:
+            known.sops.setdefault((study, sop), path)
+        known.sha256[path] = digest
+    try:
+        index.save(seen)
+    except OSError as error:  # the index is a cache: a read-only location costs speed, never the ingest
+        import logging
+
+        logging.getLogger(__name__).warning("ingest index not saved (%s): %s", index_path, type(error).__name__)
     return known
 
 
@@ -330,7 +395,7 @@ def _known_sop(plan: _StudyPlan, path: Path, header: _Header, sha: str) -> str |
         return "SOPInstanceUID twice in the drop with different content"
     if key in plan.known.sops:
         existing = plan.known.sops[key]
-        if sha256_file(existing) == sha:
+        if plan.known.sha256_of(existing) == sha:
             plan.add_duplicate(path, existing, sha, key)
             return ""
         return "SOPInstanceUID already in the raw dataset with different content"
@@ -356,7 +421,7 @@ def _plan_study_file(plan: _StudyPlan, folder: Path, path: Path, result: IngestR
     inner = Path(*path.relative_to(folder).parts)
     destination = study_dir / inner
     if destination.exists() or any(p.destination == destination for p in plan.planned):
-        if destination.exists() and sha256_file(destination) == sha:
+        if destination.exists() and plan.known.sha256_of(destination) == sha:
             plan.add_duplicate(path, destination, sha, key)
             return
         destination = study_dir / f"ingest-{run.batch}" / inner  # that path holds other bytes
@@ -368,10 +433,12 @@ def _plan_study_file(plan: _StudyPlan, folder: Path, path: Path, result: IngestR
         result.files_added_to_existing += 1
 
 
-def _plan_studies(run: _Run, raw_dir: Path, settled_dirs: list[Path], result: IngestResult) -> list[_Planned]:
+def _plan_studies(
+    run: _Run, raw_dir: Path, settled_dirs: list[Path], result: IngestResult, index_path: Path | None
+) -> list[_Planned]:
     if not settled_dirs:
         return []
-    plan = _StudyPlan(run, raw_dir, _index_raw_tree(raw_dir))
+    plan = _StudyPlan(run, raw_dir, _index_raw_tree(raw_dir, index_path))
     for folder in settled_dirs:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             if not path.name.endswith(_TMP_SUFFIX):
@@ -478,6 +545,7 @@ def collect_incoming(
     in_cache: InCache | None = None,
     archive_dir: Path | None = None,
     masks_dir: Path | None = None,
+    index_path: Path | None = None,
 ) -> IngestResult:
     """Add settled studies in ``watch_dir`` to ``raw_dir`` by DICOM identity; merge report CSVs.
 
@@ -499,6 +567,10 @@ def collect_incoming(
     * ``watch_dir/masks/`` (when ``masks_dir`` is given): precomputed masks named like the raw dataset's
       (``<StudyInstanceUID>.nii.gz``) are added to ``masks_dir``; a different mask under a name that
       exists is rejected.
+    * ``index_path`` (:func:`ingest_index_path`): a persistent index of the raw tree's identities and
+      hashes; only files whose stat data changed since the last run are read and hashed, so a nightly
+      run over N known studies costs a walk of the tree plus the changed files. None: every file of the
+      raw tree is read and hashed (an index kept in memory for this run only).
     * ``archive_dir``: also copy every ingested file (and incoming CSV) to ``archive_dir/<time>/`` (the
       recorded copy when ``raw_dir`` is outside the repository).
     """
@@ -508,7 +580,7 @@ def collect_incoming(
     run = _Run(watch_dir, time.strftime("%Y%m%dT%H%M%S", time.gmtime()), time.time(), settle_s, archive_dir)
     settled_dirs, csv_files = _scan_watch_folder(run, reports_csv is not None, result)
     planned_masks = _plan_masks(run, masks_dir, result)
-    planned = _plan_studies(run, raw_dir, settled_dirs, result) + planned_masks
+    planned = _plan_studies(run, raw_dir, settled_dirs, result, index_path) + planned_masks
     _copy_planned(planned)
     merged_csvs = _merge_report_csvs(run, csv_files, reports_csv, id_column, result)
     if not planned and not merged_csvs:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from core.anatomy_sets import CTRATE_LABELS
-from report_parsing.anatomy import OTHER_ANATOMY, anatomy_matcher
+from report_parsing.anatomy import OTHER_ANATOMY, anatomy_matcher, keep_flagged_text, labels_outside_text
 from report_parsing.clauses import assign_clauses
 from report_parsing.labels import (
     LABEL_INDEX,
@@ -158,7 +158,7 @@ def add_anatomies(analysis: ReportAnalysis, scratch: ReportScratch, anatomy_set_
                 per_sentence[missed[slot]].append((position - starts[slot], indices))
         for index in missed:
             # only the hits that name the organ assign; clause pieces when a sentence names several
-            hits, pieces = assign_clauses(keys[index], per_sentence[index])
+            hits, pieces = assign_clauses(keys[index], per_sentence[index], matcher.clause_rules)
             result = results[index] = (tuple(sorted({i for _, indices in hits for i in indices})), hits, pieces)
             cache.put(keys[index], result)
     analysis.sentence_anatomies = [list(result[0]) for result in results]
@@ -224,6 +224,28 @@ def add_findings(
             anatomy_abnormal[anatomy_index] = True
     analysis.sentence_anatomies = [list(result.anatomies) for result in results]
     analysis.sentence_abnormal = [result.abnormal for result in results]
+    if any(anatomy_abnormal) and keep_flagged_text():
+        _keep_flagged_text(analysis, anatomy_set_name, uncertain_is_positive)
+
+
+def _keep_flagged_text(analysis: ReportAnalysis, anatomy_set_name: str, uncertain_is_positive: bool) -> None:
+    """An anatomy flagged abnormal keeps the sentences that flagged it when it would otherwise have no
+    text at all: a label outside the text (``anatomy_clauses.yaml``) adds its sentences back then, so an
+    abnormal flag never comes with an empty text ("Small hiatal hernia." alone stays the esophagus')."""
+    present_anatomies = {index for names in analysis.sentence_anatomies for index in names}
+    textless = {i for i, flag in enumerate(analysis.anatomy_abnormal) if flag and i not in present_anatomies}
+    if not textless:
+        return
+    outside_text = labels_outside_text()
+    _, label_anatomy = _label_anatomy(anatomy_set_name)
+    present = {AFFIRMED, UNCERTAIN} if uncertain_is_positive else {AFFIRMED}
+    for _, _, labels, sentence, polarity in analysis.mentions:
+        if polarity not in present:
+            continue
+        for label in labels:
+            anatomy = label_anatomy.get(label)
+            if label in outside_text and anatomy in textless and anatomy not in analysis.sentence_anatomies[sentence]:
+                analysis.sentence_anatomies[sentence] = sorted([*analysis.sentence_anatomies[sentence], anatomy])
 
 
 def _findings_of_sentences(
@@ -235,6 +257,7 @@ def _findings_of_sentences(
 ) -> list[SentenceFindings]:
     """:class:`SentenceFindings` of the ``missed`` sentences (every expression bounded by its sentence)."""
     _, label_anatomy = _label_anatomy(anatomy_set_name)
+    outside_text = labels_outside_text()
     present = {AFFIRMED, UNCERTAIN} if uncertain_is_positive else {AFFIRMED}
     group_labels = _group_labels()
     lower_text = scratch.lower_text
@@ -292,11 +315,13 @@ def _findings_of_sentences(
                 }
                 if not target:
                     target = set(grown[slot] if slot in grown else base)
+            abnormal_anatomies[slot].update(target)
+            if label in outside_text:
+                continue  # its finding is beside the anatomy (anatomy_clauses.yaml): flag, not text
             found = grown.get(slot)
             if found is None:
                 found = grown[slot] = set(base)
             found.update(target)
-            abnormal_anatomies[slot].update(target)
     return [
         SentenceFindings(
             tuple(mentions_of[slot]),

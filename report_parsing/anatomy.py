@@ -3,7 +3,9 @@
 The vocabulary comes from ``core/anatomy_sets.yaml`` (``vocabulary`` lists). Single words are
 looked up per token type (cached); multi-word phrases (``ground glass``, ``lymph node``) are tried with
 one compiled expression at tokens that can start them. A sentence may belong to several anatomies; a
-sentence with none is kept as ``other``.
+sentence with none is kept as ``other``. Which hits assign, and which clause each anatomy gets, is
+``report_parsing.clauses``; its data tables (dependent words, companions, labels outside the text) are
+``anatomy_clauses.yaml`` beside this file.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import yaml
 
+from report_parsing.clauses import NO_RULES, ClauseRules
 from report_parsing.tokens import TYPE_TABLE, Limits, TokenView, WordTypeFilter
 
 _PUNCTUATION = "-\u2013\u2014\u00b7\u2022*\"'(\u201c\u201d/.,;:"
@@ -42,6 +47,8 @@ class AnatomyMatcher:
     phrase_pattern: re.Pattern[str] | None  # multi-word phrases (lower-case text)
     phrase_anatomies: dict[str, tuple[int, ...]]  # normalised phrase -> anatomy indices
     phrase_first_words: frozenset[str]
+    # the data-table clause rules resolved to this set's anatomy indices (anatomy_clauses.yaml)
+    clause_rules: ClauseRules = NO_RULES
     type_filter: WordTypeFilter = field(init=False)
     code_column: int = field(init=False)
     decoded: dict = field(init=False)
@@ -112,6 +119,49 @@ def _norm(phrase: str) -> str:
     return re.sub(r"[\s-]+", " ", phrase.lower())
 
 
+CLAUSE_RULES_FILE = Path(__file__).with_name("anatomy_clauses.yaml")
+
+
+@functools.cache
+def clause_rules() -> dict:
+    """The clause-level rules as data (``anatomy_clauses.yaml``)."""
+    return yaml.safe_load(CLAUSE_RULES_FILE.read_text(encoding="utf-8")) or {}
+
+
+@functools.cache
+def labels_outside_text() -> frozenset[str]:
+    """Labels whose present mention flags their anatomy abnormal without putting the sentence in its text."""
+    return frozenset(clause_rules().get("labels_outside_text") or ())
+
+
+@functools.cache
+def keep_flagged_text() -> bool:
+    """An anatomy flagged abnormal keeps the sentences that flagged it when it has no other text."""
+    return bool(clause_rules().get("keep_flagged_text", True))
+
+
+def clause_rules_for(anatomy_names: tuple[str, ...]) -> ClauseRules:
+    """``anatomy_clauses.yaml`` for the anatomies of one set (names the set lacks are left out)."""
+    table = clause_rules()
+    dependent: dict[str, set[int]] = {}
+    for name, words in (table.get("dependent_words") or {}).items():
+        if name in anatomy_names:
+            for word in words:
+                dependent.setdefault(_norm(word), set()).add(anatomy_names.index(name))
+    companions = tuple(
+        (anatomy_names.index(name), re.compile(r"\b(?:" + "|".join(patterns) + r")\b"))
+        for name, patterns in (table.get("companions") or {}).items()
+        if name in anatomy_names and patterns
+    )
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(dependent))) + r")\b") if dependent else None
+    return ClauseRules(
+        {word: frozenset(indices) for word, indices in dependent.items()},
+        pattern,
+        companions,
+        frozenset(anatomy for anatomy, _ in companions),
+    )
+
+
 @functools.cache
 def anatomy_matcher(anatomy_set_name: str) -> AnatomyMatcher:
     from core.anatomy_sets import load_anatomy_set
@@ -135,4 +185,5 @@ def anatomy_matcher(anatomy_set_name: str) -> AnatomyMatcher:
         pattern,
         {k: tuple(v) for k, v in phrases.items()},
         frozenset(p.split()[0] for p in phrases),
+        clause_rules_for(anatomy_set.anatomy_names),
     )

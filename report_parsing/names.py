@@ -142,12 +142,18 @@ def dictionary_words() -> frozenset[str]:
     return frozenset(word for words in index.values() for word in words if "_" not in word)
 
 
+NER_EXCLUDE = ("tagger", "parser", "attribute_ruler", "lemmatizer", "senter")
+
+
 @functools.lru_cache(maxsize=1)
 def ner_model() -> Any:
-    """The NER part of the model only (tok2vec + ner): the tagger / parser / lemmatizer are not needed."""
+    """The NER part of the model only (tok2vec + ner): the tagger / parser / lemmatizer are not needed. The
+    tokenizer is the English default spaCy builds for the model's config, not re-read from the model folder:
+    the two serialise to the same bytes (tests/report_parsing/test_phi_names.py), and re-reading them cost
+    ~10 % of a cold one-shot command's model load."""
     import spacy
 
-    return spacy.load(_model_dir(), exclude=["tagger", "parser", "attribute_ruler", "lemmatizer", "senter"])
+    return spacy.load(_model_dir(), exclude=[*NER_EXCLUDE, "tokenizer"])
 
 
 def _stem(word: str) -> str:
@@ -361,6 +367,18 @@ def find_names(texts: Sequence[str]) -> list[list[tuple[int, int]]]:
             _remember(sentence, spans)
             found[index].extend((start + a, start + b) for a, b in spans)
     return [sorted(set(spans)) for spans in found]
+
+
+def model_sentence_counts(texts: Sequence[str]) -> tuple[int, int]:
+    """(candidate sentences, those of them the NER model reads: a candidate word no cue rule explains) over
+    ``texts``, the sentence memo aside (benchmarks/parse_reports.py: where the model runs)."""
+    candidates = model = 0
+    for text in texts:
+        for start, end in candidate_sentences(text):
+            sentence = text[start:end]
+            candidates += 1
+            model += _needs_model(sentence, _cue_names(sentence))
+    return candidates, model
 
 
 def _remember(sentence: str, spans: list[tuple[int, int]]) -> None:

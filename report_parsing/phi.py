@@ -168,8 +168,11 @@ def _scrub_signature(text: str, start: int = 0) -> tuple[str, int]:
 _STREET_GATE = re.compile(
     r"Street|St\.|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Court|Way|Place|Square|Sok|Cad|Mah|Bulvari"
 )
+# each head noun as a whole word, as both institution rules need it: "Clinical" (CT-RATE: "Clinical information")
+# opens neither
 _INSTITUTION_GATE = re.compile(
-    r"Hospital|University|Medical Cent|Clinic|Health Cent|Institute|Infirmary|Medical School|Faculty of Medicine"
+    r"(?:Hospital|University|Medical Cent(?:er|re)|Clinics?|Health Cent(?:er|re)|Institute|Infirmary|Medical School|"
+    r"Faculty of Medicine)\b"
 )
 _TITLE_GATE = re.compile(r"Dr|Prof|Doc|Mr|Ms|Miss")
 _DEGREE_GATE = re.compile(r"MD|M\.D|Ph|Radiolog|Specialist")
@@ -294,15 +297,23 @@ def _numeric_date_possible(text: str, runs: list[tuple[int, int]]) -> bool:
 
 
 def _phone_possible(text: str, runs: list[tuple[int, int]]) -> bool:
-    """``\\)[\\s.-]?\\d{3}`` or ``\\d[\\s.-]\\d{3}`` somewhere, read off the digit runs."""
-    for start, end in runs:
-        if end - start < 3 or start == 0:
+    r"""``(?:\)[\s.-]?|\d[\s.-])\d{3}[\s.-]?\d{2}`` somewhere (every phone match holds it), read off the digit
+    runs: a run of >= 3 digits after ``)`` (and a separator) or after a digit and a separator, then two more
+    digits: the same run goes on (>= 5 digits), or it has 3 and a separator and a run of >= 2 follows."""
+    for position, (start, end) in enumerate(runs):
+        if end - start < 3 or start == 0 or end - start == 4:
             continue
         before = text[start - 1]
-        if before == ")":
+        if before != ")":
+            if not (before.isspace() or before in ".-") or start < 2:
+                continue
+            if not (text[start - 2] == ")" or text[start - 2].isdecimal()):
+                continue
+        if end - start >= 5:
             return True
-        if before.isspace() or before in ".-":
-            if start >= 2 and (text[start - 2] == ")" or text[start - 2].isdecimal()):
+        following = runs[position + 1] if position + 1 < len(runs) else None
+        if following and following[0] == end + 1 and following[1] - following[0] >= 2:
+            if text[end].isspace() or text[end] in ".-":
                 return True
     return False
 

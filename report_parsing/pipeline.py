@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -163,6 +164,22 @@ def register_components() -> None:
     if not Doc.has_extension("fvlm"):
         Doc.set_extension("fvlm", getter=_state)
     _REGISTERED = True
+
+
+def import_spacy_without_torch() -> None:
+    """Import spaCy with PyTorch hidden from thinc, in a process that has imported neither yet (the
+    one-shot ``fvlm parse-reports`` / ``label-reports``): thinc imports ``torch`` only to offer its PyTorch
+    wrappers, and that import (~1.2 s of CPU) cost more than parsing 1,600 reports. The report pipeline and
+    the NER model (``report_parsing.names``) run on thinc's numpy ops either way: same results. ``import
+    torch`` works again afterwards; only thinc's PyTorch wrappers stay off in this process."""
+    if any(name in sys.modules for name in ("spacy", "thinc", "torch")):
+        return  # too late, or torch is wanted here: nothing changes
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ModuleNotFoundError
+    try:
+        import spacy  # noqa: F401
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
 
 
 def build_pipeline(anatomy_set: str = "ctrate4", *, uncertain_is_positive: bool = True) -> Any:

@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PARSED_STATUSES = frozenset({"ok", "truncated"})
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_ASCII_WORD = re.compile(r"[A-Za-z]+")
 _ENGLISH_FUNCTION_WORDS = frozenset(
     "the a an of in on at and or no not is are was were be been with without to for from by as this that there "
     "which both left right than".split()
@@ -139,11 +138,22 @@ class StudyRecord:
     anatomy_texts: Any = None  # per anatomy (+ other) AnatomyText from reports.decomposition, else None
 
 
+# an ASCII text's bytes with every letter lower-cased and everything else a space: ``split()`` then gives
+# the lower-cased ``[A-Za-z]+`` words in C, no regex and no str object per word
+_ASCII_LETTERS_LOWER = bytes((c | 0x20) if (0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) else 0x20 for c in range(256))
+_ENGLISH_FUNCTION_BYTES = frozenset(word.encode() for word in _ENGLISH_FUNCTION_WORDS)
+
+
 def english_ratio(text: str) -> tuple[float, float, int]:
     """(share of English function words among words, share of ASCII among letters, word count)."""
     sample = text[:5000]
-    # an ASCII text's letters are [A-Za-z]: the same words, found ~5x faster than by the Unicode class
-    words = (_ASCII_WORD if sample.isascii() else _WORD).findall(sample)
+    if sample.isascii():
+        # the same words as [A-Za-z]+, found and lower-cased by one byte translation; all letters are ASCII
+        words = sample.encode("ascii").translate(_ASCII_LETTERS_LOWER).split()
+        if not words:
+            return 0.0, 0.0, 0
+        return sum(map(_ENGLISH_FUNCTION_BYTES.__contains__, words)) / len(words), 1.0, len(words)
+    words = _WORD.findall(sample)
     if not words:
         return 0.0, 0.0, 0
     letters = "".join(words)
@@ -324,8 +334,125 @@ def apply_decomposition(records: list[StudyRecord], options: ParseOptions) -> tu
     return found, missing
 
 
+def _anatomy_columns(records: list[StudyRecord], anatomy_set: str) -> dict[str, list[Any]]:
+    """The rows of :func:`anatomy_rows` as columns (one list per field; the list fields' values flattened,
+    row ``i`` holding ``values[offsets[i]:offsets[i + 1]]`` of each, ``"offsets"``): the long table is built
+    from these without a dict per row."""
+    from core.anatomy_sets import load_anatomy_set
+    from report_parsing.analyze import anatomy_text_pieces
+
+    names = list(load_anatomy_set(anatomy_set).anatomy_names)
+    slots = [*names, "other"]
+    n_names = len(names)
+    study_id: list[str] = []
+    anatomy: list[str] = []
+    anatomy_index: list[int] = []
+    text: list[str] = []
+    abnormal: list[bool] = []
+    n_sentences: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    sections: list[str] = []
+    sentence_abnormal: list[bool] = []
+    offsets = [0]
+    for record in records:
+        analysis = record.analysis
+        if analysis is None:
+            continue
+        if record.anatomy_texts is not None:
+            for row in _decomposed_rows(record, names):
+                study_id.append(row["study_id"])
+                anatomy.append(row["anatomy"])
+                anatomy_index.append(row["anatomy_index"])
+                text.append(row["text"])
+                abnormal.append(row["abnormal"])
+                n_sentences.append(0)
+                offsets.append(len(starts))
+            continue
+        report_text = record.report_text
+        section_of = analysis.sentence_sections
+        abnormal_of = analysis.sentence_abnormal
+        anatomy_abnormal = analysis.anatomy_abnormal
+        study_id.extend([record.study_id] * len(slots))
+        anatomy.extend(slots)
+        anatomy_index.extend(range(len(slots)))
+        for index, pieces in enumerate(anatomy_text_pieces(analysis, n_names)):
+            text.append(" ".join([report_text[a:b] for a, b, _ in pieces]))
+            n_sentences.append(len(pieces))
+            flags = [bool(abnormal_of[i]) for _, _, i in pieces]
+            abnormal.append(bool(anatomy_abnormal[index]) if index < n_names else any(flags))
+            starts.extend([a for a, _, _ in pieces])
+            ends.extend([b for _, b, _ in pieces])
+            sections.extend([section_of[i] for _, _, i in pieces])
+            sentence_abnormal.extend(flags)
+            offsets.append(len(starts))
+    return {
+        "study_id": study_id,
+        "anatomy": anatomy,
+        "anatomy_index": anatomy_index,
+        "text": text,
+        "abnormal": abnormal,
+        "n_sentences": n_sentences,
+        "sentence_starts": starts,
+        "sentence_ends": ends,
+        "sentence_sections": sections,
+        "sentence_abnormal": sentence_abnormal,
+        "offsets": offsets,
+    }
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _arrow_array(values: list[Any], arrow_type: Any) -> Any:
+    """``pa.array(values, arrow_type)`` for a flat string / integer / boolean column (``None``: null), built
+    from buffers: the same array, without ``pa.array``'s first call importing pandas (~0.2 s of a
+    one-shot command) nor a Python object per value crossing into Arrow's converter."""
+    import numpy as np
+    import pyarrow as pa
+
+    count = len(values)
+    nulls = [value is None for value in values]
+    validity, null_count = None, sum(nulls)
+    if null_count:
+        validity = pa.py_buffer(np.packbits(~np.array(nulls, dtype=bool), bitorder="little"))
+    if pa.types.is_string(arrow_type):
+        encoded = [b"" if value is None else value.encode() for value in values]
+        data = b"".join(encoded)
+        if len(data) > _INT32_MAX:  # past 32-bit offsets: pyarrow's converter chunks it
+            return pa.array(values, arrow_type)
+        offsets = np.zeros(count + 1, dtype=np.int32)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=count), out=offsets[1:], dtype=np.int32)
+        buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(data)]
+    elif pa.types.is_boolean(arrow_type):
+        bits = np.fromiter((bool(value) for value in values), dtype=bool, count=count)
+        buffers = [validity, pa.py_buffer(np.packbits(bits, bitorder="little"))]
+    elif not pa.types.is_signed_integer(arrow_type):
+        return pa.array(values, arrow_type)
+    else:
+        numbers = np.fromiter((0 if value is None else value for value in values), dtype=np.int64, count=count)
+        narrow = numbers.astype(f"int{arrow_type.bit_width}")
+        if not np.array_equal(narrow, numbers):  # out of range: let pyarrow raise as it always did
+            return pa.array(values, arrow_type)
+        buffers = [validity, pa.py_buffer(narrow)]
+    return pa.Array.from_buffers(arrow_type, count, buffers, null_count=null_count)
+
+
+def _arrow_list(values: list[Any], offsets: list[int], arrow_type: Any) -> Any:
+    """A list column: ``values`` flattened, row ``i`` holding ``values[offsets[i]:offsets[i + 1]]``."""
+    import numpy as np
+    import pyarrow as pa
+
+    child = _arrow_array(values, arrow_type.value_type)
+    if len(values) > _INT32_MAX:
+        return pa.array([values[a:b] for a, b in zip(offsets, offsets[1:], strict=False)], arrow_type)
+    bounds = pa.py_buffer(np.array(offsets, dtype=np.int32))
+    return pa.Array.from_buffers(arrow_type, len(offsets) - 1, [None, bounds], children=[child])
+
+
 def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: str) -> tuple[Path, Path]:
-    """OUT.parquet (study x anatomy) and OUT.studies.parquet (per study), both atomic."""
+    """OUT.parquet (study x anatomy) and OUT.studies.parquet (per study), both atomic. The tables are
+    built column-wise (the same tables :func:`anatomy_rows` and ``pa.Table.from_pylist`` gave)."""
     import json
 
     import pyarrow as pa
@@ -358,32 +485,30 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
         ],
         metadata=metadata,
     )
-    long_table = pa.Table.from_pylist(list(anatomy_rows(records, anatomy_set)), schema=long_schema)
+    columns = _anatomy_columns(records, anatomy_set)
+    offsets = columns["offsets"]
+    long_table = pa.Table.from_arrays(
+        [
+            _arrow_list(columns[f.name], offsets, f.type)
+            if pa.types.is_list(f.type)
+            else _arrow_array(columns[f.name], f.type)
+            for f in long_schema
+        ],
+        schema=long_schema,
+    )
     study_columns: dict[str, list[Any]] = {
-        "study_id": [],
-        "status": [],
-        "reason": [],
-        "report_text": [],
-        "n_sentences": [],
-        "has_findings": [],
-        "has_impression": [],
-        "phi_replacements": [],
-    }
-    label_columns: dict[str, list[int]] = {label: [] for label in CTRATE_LABELS}
-    for record in records:
         # a repeated id would give two rows one study_id: only the first row keeps it
-        study_id = None if record.status in ("missing_id", "duplicate_id") else record.study_id
-        analysis = record.analysis
-        study_columns["study_id"].append(study_id)
-        study_columns["status"].append(record.status)
-        study_columns["reason"].append(record.reason)
-        study_columns["report_text"].append(record.report_text)
-        study_columns["n_sentences"].append(len(analysis.sentences) if analysis else 0)
-        study_columns["has_findings"].append(bool(analysis and analysis.has_findings))
-        study_columns["has_impression"].append(bool(analysis and analysis.has_impression))
-        study_columns["phi_replacements"].append(record.phi_replacements)
-        for label, value in zip(CTRATE_LABELS, record.labels, strict=False):
-            label_columns[label].append(value)
+        "study_id": [None if r.status in ("missing_id", "duplicate_id") else r.study_id for r in records],
+        "status": [record.status for record in records],
+        "reason": [record.reason for record in records],
+        "report_text": [record.report_text for record in records],
+        "n_sentences": [len(r.analysis.sentences) if r.analysis else 0 for r in records],
+        "has_findings": [bool(r.analysis and r.analysis.has_findings) for r in records],
+        "has_impression": [bool(r.analysis and r.analysis.has_impression) for r in records],
+        "phi_replacements": [record.phi_replacements for record in records],
+    }
+    for position, label in enumerate(CTRATE_LABELS):
+        study_columns[label] = [record.labels[position] for record in records]
     study_schema = pa.schema(
         [
             ("study_id", pa.string()),
@@ -398,7 +523,9 @@ def write_tables(records: list[StudyRecord], out_path: str | Path, anatomy_set: 
         ],
         metadata=metadata,
     )
-    study_table = pa.Table.from_pydict({**study_columns, **label_columns}, schema=study_schema)
+    study_table = pa.Table.from_arrays(
+        [_arrow_array(study_columns[f.name], f.type) for f in study_schema], schema=study_schema
+    )
     with atomic_path(out_path) as tmp:
         pq.write_table(long_table, tmp, compression="zstd")
     with atomic_path(studies_path) as tmp:

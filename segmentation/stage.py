@@ -3,7 +3,9 @@
 Entry point: :class:`SegmentJob` (``SegmentJob.from_config(config, **cli_overrides)``) +
 :func:`run_segment` -> :class:`SegmentSummary`; file names from :mod:`core.layout`.
 
-One backend instance (warm model) serves a whole batch. Per study: hash the input volume; skip it
+One backend instance (warm model) serves a whole batch, and stays warm in its process for the next batch
+with the same backend configuration (:func:`warm_backend`): a Dask worker (or the flow process of the
+threads runner) loads its TotalSegmentator predictor once, not once per batch. Per study: hash the input volume; skip it
 when the manifest already holds an ok row with the same input hash and backend configuration and the
 mask (and QC picture) exist; otherwise segment, write the mask atomically (uint8 TotalSegmentator ids
 on the volume's exact grid and affine), compute per-anatomy statistics and write the QC picture. A bad
@@ -12,14 +14,16 @@ study is quarantined with its reason; it never stops the cohort.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import operator
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -451,6 +455,88 @@ def _reusable(previous: dict[str, Any] | None, input_sha256: str, config_hash: s
     return not qc or bool(previous.get("qc_path") and (output_dir / previous["qc_path"]).is_file())
 
 
+# ------------------------------------------------------------------------------------------ warm backends
+# Idle warm backends of this process by configuration. A batch checks one out (or builds one) and puts it back
+# when it ends, so concurrent batches of one process (threads runner) never share a predictor, and a process
+# that runs one batch at a time (a Dask worker started with --nthreads 1) keeps exactly one per configuration.
+_IDLE_BACKENDS: dict[tuple[Any, ...], list[SegmentBackend]] = {}
+_IDLE_LOCK = threading.Lock()
+_WARM_STATS = {"built": 0, "reused": 0, "dropped": 0}
+
+
+def _warm_key(job: SegmentJob) -> tuple[Any, ...] | None:
+    """What a warm backend depends on (None: a backend not worth keeping, e.g. precomputed masks: its index of
+    the masks folder must be read again each batch)."""
+    if job.backend != "totalsegmentator":
+        return None
+    roi = job.roi_subset if isinstance(job.roi_subset, bool) else tuple(job.roi_subset)
+    weights = os.environ.get("TOTALSEG_WEIGHTS_PATH"), os.environ.get("TOTALSEG_HOME_DIR")
+    home = str(job.totalseg_home) if job.totalseg_home else None
+    return (job.backend, job.mode, job.device, roi, job.roi_subset_robust, job.anatomy_set, home, weights)
+
+
+@contextlib.contextmanager
+def warm_backend(job: SegmentJob) -> Iterator[SegmentBackend]:
+    """The job's backend, kept warm in this process across batches (see ``_IDLE_BACKENDS``); a backend whose
+    weights changed on disk since it was loaded is dropped, and one whose batch raised is closed, not kept."""
+    key = _warm_key(job)
+    engine: SegmentBackend | None = None
+    if key is not None:
+        with _IDLE_LOCK:
+            idle = _IDLE_BACKENDS.get(key)
+            engine = idle.pop() if idle else None
+        if engine is not None and not _still_current(engine):
+            engine.close()
+            engine = None
+            _count("dropped")
+    if engine is None:
+        engine = job.make_backend()
+        _count("built")
+    else:
+        _count("reused")
+    try:
+        yield engine
+    except BaseException:
+        engine.close()
+        raise
+    if key is None:
+        engine.close()
+    else:
+        with _IDLE_LOCK:
+            _IDLE_BACKENDS.setdefault(key, []).append(engine)
+
+
+def _count(name: str) -> None:
+    with _IDLE_LOCK:
+        _WARM_STATS[name] += 1
+
+
+def _still_current(engine: SegmentBackend) -> bool:
+    is_current = getattr(engine, "is_current", None)
+    try:
+        return bool(is_current()) if callable(is_current) else True
+    except Exception:  # weights gone: a fresh backend reports it the usual way
+        return False
+
+
+def release_warm_backends() -> int:
+    """Close every idle warm backend of this process (frees its model / GPU memory); returns how many."""
+    with _IDLE_LOCK:
+        engines = [engine for idle in _IDLE_BACKENDS.values() for engine in idle]
+        _IDLE_BACKENDS.clear()
+    for engine in engines:
+        engine.close()
+    return len(engines)
+
+
+def warm_backend_stats() -> dict[str, int]:
+    """This process's warm-backend counters: backends built, batches that reused one, stale ones dropped, and
+    the idle ones held now (tests and the cluster docs read them on each Dask worker with ``client.run``)."""
+    with _IDLE_LOCK:
+        idle = sum(len(engines) for engines in _IDLE_BACKENDS.values())
+    return {**_WARM_STATS, "idle": idle, "pid": os.getpid()}
+
+
 def segment_batch(
     pairs: list[tuple[str, Path]], job: SegmentJob, progress: Progress | None = None
 ) -> list[ItemOutcome]:
@@ -462,13 +548,12 @@ def segment_batch(
 
     out = Path(job.output_dir)
     aset = _anatomy_set(job.anatomy_set)
-    engine = job.make_backend()
-    if pairs and hasattr(engine, "index"):
-        engine.index()  # precomputed: a missing masks folder stops the stage, not each study
     previous = read_manifest(layout.segments_manifest(out))
     outcomes: list[ItemOutcome] = []
     loaded = False
-    try:
+    with warm_backend(job) as engine:
+        if pairs and hasattr(engine, "index"):
+            engine.index()  # precomputed: a missing masks folder stops the stage, not each study
         for position, (study_id, volume_path) in enumerate(pairs, start=1):
             volume_path = Path(volume_path)
             tick = time.perf_counter()
@@ -515,8 +600,6 @@ def segment_batch(
             outcomes.append(_outcome(row, out))
             if progress:
                 progress(position, len(pairs), row)
-    finally:
-        engine.close()
     return outcomes
 
 

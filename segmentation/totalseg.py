@@ -1,4 +1,4 @@
-"""TotalSegmentator backend: task ``total`` through nnU-Net's in-process predictor, kept warm for a batch.
+"""TotalSegmentator backend: task ``total`` through nnU-Net's in-process predictor, kept warm across batches.
 
 ``totalsegmentator()`` rebuilds the nnU-Net predictor (reads plans, loads the checkpoint, builds the
 network) and writes temporary NIfTI files for every call, and its ``predict_from_files`` spawns worker
@@ -37,6 +37,14 @@ MODE_MODELS: dict[str, tuple[str, float, tuple[int, ...]]] = {
     "full": ("nnUNetTrainerNoMirroring", 1.5, (291, 292, 293, 294, 295)),
 }
 DOWNLOAD_TASK_NAME = {"fast": "total_fast", "fastest": "total_fast", "full": "total"}
+
+
+_PREDICTOR_LOADS = [0]  # predictor sets this process built (TotalSegmentatorBackend.load); tests read it
+
+
+def predictor_loads() -> int:
+    """How many times this process built a backend's predictors (once per warm backend, not per batch)."""
+    return _PREDICTOR_LOADS[0]
 
 
 class WeightsMissingError(RuntimeError):
@@ -245,6 +253,7 @@ class TotalSegmentatorBackend:
         if self.crop_task_id is not None:
             crop_spacing = 3.0 if self.crop_task_id == 297 else 6.0
             self._crop_model = self._load_model(dirs[-1], self.crop_task_id, crop_spacing, self.device)
+        _PREDICTOR_LOADS[0] += 1
         return self
 
     @property
@@ -254,22 +263,30 @@ class TotalSegmentatorBackend:
         Computed from the model folders without loading them (raises WeightsMissingError when absent).
         """
         if self._model_id is None:
-            dirs = self.check_weights()
-            digest = hashlib.sha256()
-            for folder in dirs:
-                digest.update(folder.parent.name.encode())
-                checkpoint = folder / "fold_0" / "checkpoint_final.pth"
-                stat = checkpoint.stat()
-                digest.update(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
-            standin = any((folder / "fvlm_standin.json").is_file() for folder in dirs)
-            self._model_id = (
-                f"{TASK}/{self.mode}/"
-                + "+".join(str(t) for t in self.main_task_ids)
-                + (f"/crop{self.crop_task_id}" if self.crop_task_id else "")
-                + f"/{digest.hexdigest()[:12]}"
-                + ("/STANDIN-random-weights" if standin else "")
-            )
+            self._model_id = self._model_id_on_disk()
         return str(self._model_id)
+
+    def _model_id_on_disk(self) -> str:
+        dirs = self.check_weights()
+        digest = hashlib.sha256()
+        for folder in dirs:
+            digest.update(folder.parent.name.encode())
+            checkpoint = folder / "fold_0" / "checkpoint_final.pth"
+            stat = checkpoint.stat()
+            digest.update(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
+        standin = any((folder / "fvlm_standin.json").is_file() for folder in dirs)
+        return (
+            f"{TASK}/{self.mode}/"
+            + "+".join(str(t) for t in self.main_task_ids)
+            + (f"/crop{self.crop_task_id}" if self.crop_task_id else "")
+            + f"/{digest.hexdigest()[:12]}"
+            + ("/STANDIN-random-weights" if standin else "")
+        )
+
+    def is_current(self) -> bool:
+        """Whether the checkpoints on disk are still the ones this backend identified (a warm backend kept in a
+        long-lived worker is dropped when the weights were replaced; a few ``stat`` calls, no load)."""
+        return self._model_id is None or self._model_id_on_disk() == self._model_id
 
     def config_fingerprint(self, study_id: str | None = None) -> dict[str, Any]:
         """What determines a study's mask besides its volume (used for idempotent reruns)."""

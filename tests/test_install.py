@@ -20,7 +20,7 @@ from fvlm import install_check
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "fvlm", "flows", "preprocessing", "segmentation", "report_parsing", "synthetic", "training")
 # imports allowed from an extra instead of the dependencies (each sits behind an ImportError with a hint)
-EXTRA_IMPORTS = {"prefect_dask": "dask"}
+EXTRA_IMPORTS = {"prefect_dask": "dask", "dask": "dask", "distributed": "dask"}  # module -> extra
 
 
 def normalized(name: str) -> str:

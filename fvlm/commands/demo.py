@@ -120,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
             or_none=True,  # a busy machine: the stages run without Prefect rather than not at all
         ) as server:
             if server.started:
-                print(f"fvlm demo: temporary Prefect server {server.api_url} for this run", flush=True)
+                print(
+                    f"fvlm demo: temporary Prefect server {server.ui_url} (UI; API {server.api_url}) for this run",
+                    flush=True,
+                )
             elif server.failure:
                 print(
                     f"fvlm demo: no Prefect server for this run ({server.failure.splitlines()[0]}); the stages "

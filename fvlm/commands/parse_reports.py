@@ -157,9 +157,11 @@ def run_parse(args: argparse.Namespace) -> int:
 
     from fvlm.commands import load_config_from_args, run_stage
     from report_parsing.io import ReportsFileError
+    from report_parsing.pipeline import import_spacy_without_torch
     from report_parsing.tables import PARSED_STATUSES, ParseReportsJob, run_parse_reports
 
     started = time.perf_counter()
+    import_spacy_without_torch()  # thinc's torch import cost more than parsing 1,600 reports (docs: Speed)
     config = load_config_from_args(args)
     job = ParseReportsJob.from_config(
         config, reports_csv=args.reports_csv, out_parquet=args.out_parquet, **_option_overrides(args)
@@ -202,8 +204,10 @@ def run_label(args: argparse.Namespace) -> int:
     from core.io import atomic_write_text
     from fvlm.commands import load_config_from_args
     from report_parsing.io import ReportsFileError
+    from report_parsing.pipeline import import_spacy_without_torch
     from report_parsing.tables import PARSED_STATUSES, ParseOptions, parse_reports_file
 
+    import_spacy_without_torch()
     options = ParseOptions.from_config(load_config_from_args(args), hash_ids=False, **_option_overrides(args))
     try:
         if all(getattr(args, name) is None for name in _COLUMN_OPTIONS):

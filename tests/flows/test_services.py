@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -177,3 +178,26 @@ def test_services_up_status_down(
     assert not any((data_dir / "run").glob("*.pid"))
     assert not any(_alive(pid) for pid in pids.values())
     assert main(["services", "status", *common]) == 3
+
+
+def test_the_runs_temporary_server_serves_the_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL `fvlm demo` prints opens Prefect's UI (Prefect's own temporary mode answers "Not Found")."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT__SERVER_EPHEMERAL", "1")  # inherited from a Prefect process: must not hide the UI
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    with services.shared_prefect_server(timeout_s=180, log_dir=tmp_path / "logs") as server:
+        assert server.started and server.ui_url == server.api_url.removesuffix("/api")
+        page = urllib.request.Request(f"{server.ui_url}/dashboard", headers={"Accept": "text/html"})
+        with urllib.request.urlopen(page, timeout=30) as response:  # noqa: S310 - 127.0.0.1
+            assert response.status == 200 and b"<!DOCTYPE html>" in response.read(200)
+        with urllib.request.urlopen(f"{server.ui_url}/ui-settings", timeout=30) as response:  # noqa: S310
+            assert json.loads(response.read())["api_url"] == server.api_url  # not :4200
+
+
+def test_the_runs_server_keeps_the_standard_library_first_on_its_path() -> None:
+    """No ``--app-dir <site-packages>`` (Prefect's own command): it puts site-packages ahead of the standard
+    library, and PyPI's 2015 ``argparse.py`` there (unittest2 <- batchgenerators <- nnU-Net) then kills the
+    server at start (pydantic-settings imports ``argparse.BooleanOptionalAction``)."""
+    command = services.temporary_server_command(4321)
+    assert "--app-dir" not in command
+    assert command[:3] == [sys.executable, "-m", "uvicorn"] and "prefect.server.api.server:create_app" in command

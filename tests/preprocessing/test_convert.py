@@ -422,7 +422,10 @@ def test_missing_slice_resampled_linear(tmp_path: Path) -> None:
         assemble_series(slices, strict=True)
 
 
-def test_parallel_workers_match_serial(tmp_path: Path, convert) -> None:
+def test_parallel_workers_match_serial(tmp_path: Path, convert, monkeypatch: pytest.MonkeyPatch) -> None:
+    from preprocessing import convert as convert_module
+
+    monkeypatch.setattr(convert_module, "CONVERT_POOL_MIN_VOXELS", 0)  # a pool even for these small studies
     fixtures = [write_ct_series(tmp_path / "in" / f"s{i}", n_slices=4, seed=i) for i in range(3)]
     serial = convert(tmp_path / "in", tmp_path / "serial", workers=1)
     parallel = convert(tmp_path / "in", tmp_path / "parallel", workers=2)
@@ -434,6 +437,18 @@ def test_parallel_workers_match_serial(tmp_path: Path, convert) -> None:
             nib.load(tmp_path / "serial" / a.volume_path).get_fdata(),
             nib.load(tmp_path / "parallel" / b.volume_path).get_fdata(),
         )
+
+
+def test_small_studies_convert_without_a_pool(tmp_path: Path, convert, monkeypatch: pytest.MonkeyPatch) -> None:
+    from preprocessing import conversion
+
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a study pool was spawned for a few small studies")
+
+    monkeypatch.setattr(conversion, "ProcessPoolExecutor", no_pool)
+    for i in range(3):
+        write_ct_series(tmp_path / "in" / f"s{i}", n_slices=4, seed=i)
+    assert convert(tmp_path / "in", tmp_path / "out", workers=2).n_ok == 3
 
 
 def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str], repo_root: Path) -> None:
@@ -625,3 +640,69 @@ def test_written_manifest_schema_is_the_one_declared_before_derivation(tmp_path:
         by_hand = tmp_path / "by-hand.parquet"
         pq.write_table(pa.Table.from_pylist([asdict(row)], schema=before), by_hand)
         assert path.read_bytes() == by_hand.read_bytes()
+
+
+def test_manifest_tables_built_from_buffers_write_pyarrows_bytes(tmp_path: Path) -> None:
+    """write_manifest / write_unreadable build their Arrow columns from buffers (no pandas import); the Parquet
+    file must be byte for byte what ``pa.Table.from_pylist`` gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from preprocessing.conversion import ManifestRow, arrow_table, manifest_schema, write_manifest
+    from preprocessing.dicom_discovery import UnreadableFile
+
+    rows = [
+        ManifestRow(study_id="st_b", patient_id=None, status="quarantined", reason="séries ünreadable ✓"),
+        ManifestRow(
+            study_id="st_a",
+            patient_id="pa_1",
+            status="ok",
+            series_number=3,
+            shape=[3, 4, 5],
+            spacing=[2.5, 0.7, 0.8],
+            affine=[float(v) / 3 for v in range(16)],
+            warnings=["one", "", "three"],
+            resampled=True,
+            volume_path="volumes/st_a.nii.gz",
+            transfer_syntaxes=["1.2.840.10008.1.2.1"],
+            hu_min=-1024,
+            hu_max=3071,
+        ),
+        ManifestRow(study_id="st_c", patient_id="pa_2", status="ok", series_number=None, hu_min=None, warnings=[]),
+    ]
+    write_manifest(rows, tmp_path / "ours.parquet")
+    stored = [name for name in manifest_schema().names]
+    records = [{name: getattr(row, name) for name in stored} for row in sorted(rows, key=lambda r: r.study_id)]
+    pq.write_table(pa.Table.from_pylist(records, schema=manifest_schema()), tmp_path / "reference.parquet")
+    assert (tmp_path / "ours.parquet").read_bytes() == (tmp_path / "reference.parquet").read_bytes()
+    for items in ([], [UnreadableFile("a/b", "zero-byte file"), UnreadableFile("c", "junk")]):
+        from core.records import arrow_schema
+
+        schema = arrow_schema(UnreadableFile)
+        plain = [{"relative_path": item.relative_path, "reason": item.reason} for item in items]
+        assert arrow_table(plain, schema).equals(pa.Table.from_pylist(plain, schema=schema))
+    assert arrow_table([], manifest_schema()).num_rows == 0
+
+
+def test_converting_a_plain_series_imports_neither_pydicom_nor_pandas_nor_scipy_ndimage(tmp_path: Path) -> None:
+    """The one-series cost is mostly imports: a native series needs none of these (lean headers, native pixels,
+    manifests from buffers); nibabel's own DICOM extension still works afterwards (pydicom imported then)."""
+    import subprocess
+    import sys
+
+    write_ct_series(tmp_path / "in" / "s", n_slices=4)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from preprocessing.convert import ConvertJob, ConvertSettings, run_convert\n"
+        f"s = run_convert(ConvertJob(input_dir=Path({str(tmp_path / 'in')!r}),"
+        f" output_dir=Path({str(tmp_path / 'out')!r}), workers=2, settings=ConvertSettings(salt='s', min_slices=3)))\n"
+        "assert s.n_ok == 1, s.describe()\n"
+        "print(sorted(m for m in ('pydicom', 'pandas', 'scipy.ndimage') if m in sys.modules))\n"
+        "import nibabel as nib\n"
+        "extension = nib.nifti1.extension_codes.handler[2](2, b'')\n"
+        "print(type(extension.get_content()).__name__, 'pydicom' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "Dataset True"]

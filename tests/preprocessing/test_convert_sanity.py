@@ -150,3 +150,48 @@ def test_one_slice_far_from_its_neighbours_is_quarantined() -> None:
     lesion = volume.copy()
     lesion[6, 60:63, 60:63] += 300  # a small focal finding on one slice is not an error
     assert _slice_outlier_check(lesion, headers) == []  # type: ignore[arg-type]
+
+
+def _scipy_outlier_counts(volume: np.ndarray) -> np.ndarray:
+    """The slice check's counts as first written (float32 residuals, 2 x 2 means, scipy's uniform_filter)."""
+    from scipy import ndimage
+
+    from preprocessing.volume_assembly import SLICE_AGREE_HU, SLICE_OFF_HU, SLICE_SMOOTH
+
+    n = volume.shape[0]
+    factor = 2 if min(volume.shape[1:]) >= 256 else 1
+    size = max(1, round(SLICE_SMOOTH / factor))
+    counts = np.zeros(n, dtype=np.int64)
+
+    def shrink(plane: np.ndarray) -> np.ndarray:
+        if factor == 1:
+            return plane
+        rows, columns = (plane.shape[0] // 2) * 2, (plane.shape[1] // 2) * 2
+        even = plane[:rows, :columns]
+        return (even[0::2, 0::2] + even[1::2, 0::2] + even[0::2, 1::2] + even[1::2, 1::2]) * np.float32(0.25)
+
+    for k in range(1, n - 1):
+        below, current, above = (volume[i].astype(np.float32) for i in (k - 1, k, k + 1))
+        agree = np.abs(below - above) < SLICE_AGREE_HU
+        residual = current - 0.5 * (below + above)
+        residual[~agree] = 0.0
+        smoothed = ndimage.uniform_filter(shrink(residual), size)
+        covered = ndimage.uniform_filter(shrink(agree.astype(np.float32)), size) > 0.9
+        counts[k] = np.count_nonzero((np.abs(smoothed) > SLICE_OFF_HU) & covered) * factor * factor
+    return counts
+
+
+@pytest.mark.parametrize(
+    "shape", [(12, 40, 30), (9, 64, 64), (6, 300, 258), (5, 512, 512), (7, 17, 16), (6, 2, 3), (6, 5, 2), (5, 257, 300)]
+)
+def test_slice_check_counts_equal_the_float_scipy_version(shape: tuple[int, int, int]) -> None:
+    from preprocessing.volume_assembly import _slice_outlier_counts
+
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(3):
+        drift = np.cumsum(rng.normal(0, 15, size=shape), axis=0) / 3
+        volume = np.rint(drift + rng.integers(-30, 30, size=shape)).astype(np.int16)
+        volume[shape[0] // 2, : shape[1] // 2] += np.int16(rng.integers(20, 60))
+        volume[1, :4, :4] = 32767  # extremes: no overflow in the integer sums
+        volume[2, :4, :4] = -1024
+        assert np.array_equal(_slice_outlier_counts(volume), _scipy_outlier_counts(volume))

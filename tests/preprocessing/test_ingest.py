@@ -219,3 +219,115 @@ def test_the_readme_layout_is_extended_part_by_part(tmp_path: Path) -> None:
     (dataset / "masks").mkdir(parents=True)
     (whole / "data" / "demo.dvc").write_text("outs: []\n")
     assert dvc_target_for(dataset / "masks" / "x.nii.gz", whole, dataset) == dataset.resolve()
+
+
+# ---- O(changed) nightly runs: the raw tree's stat-gated index ---------------------------------------------
+def _counting(monkeypatch: pytest.MonkeyPatch, raw: Path) -> dict[str, list[Path]]:
+    """Record every header read and content hash of a raw-tree file (the ingest's own copies excluded)."""
+    import preprocessing.ingest as ingest
+
+    calls: dict[str, list[Path]] = {"hashed": [], "read": []}
+    real_sha, real_read = ingest.sha256_file, ingest.read_identity
+
+    def in_raw(path: Path) -> bool:
+        return Path(path).is_relative_to(raw) and not str(path).endswith(ingest._TMP_SUFFIX)
+
+    def sha(path, *args, **kwargs):
+        if in_raw(path):
+            calls["hashed"].append(Path(path))
+        return real_sha(path, *args, **kwargs)
+
+    def read(path, *args, **kwargs):
+        if in_raw(path):
+            calls["read"].append(Path(path))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(ingest, "sha256_file", sha)
+    monkeypatch.setattr(ingest, "read_identity", read)
+    return calls
+
+
+def _aged_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No racy window: these files are milliseconds old, a real archive's are hours (the window itself is
+    tested in tests/preprocessing/test_file_index.py)."""
+    from preprocessing import file_index
+
+    monkeypatch.setattr(file_index, "RACY_WINDOW_NS", 0)
+
+
+def test_a_no_op_ingest_reads_and_hashes_no_known_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second nightly run over the same raw tree opens none of its files: stat data gate header + hash."""
+    from preprocessing.ingest import ingest_index_path
+    from tests.preprocessing.dicom_factory import new_uid, write_ct_series
+
+    _aged_index(monkeypatch)
+    watch, raw = tmp_path / "incoming", tmp_path / "raw"
+    index = ingest_index_path(tmp_path / "project", raw)
+    for k in range(3):
+        write_ct_series(raw / f"study_{k}" / "s1", n_slices=2, study_uid=new_uid(), seed=k)
+    shutil.copytree(raw / "study_0", watch / "redelivered")  # night 1: a known study again
+    calls = _counting(monkeypatch, raw)
+    first = collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), index_path=index)
+    assert first.duplicates == 2 and not first.changed
+    assert len(calls["hashed"]) == len(calls["read"]) == 6  # the index is built: every raw file once
+    assert index.is_file()
+
+    calls["hashed"].clear(), calls["read"].clear()
+    shutil.copytree(raw / "study_1", watch / "redelivered_again")  # night 2: nothing new again
+    second = collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), index_path=index)
+    assert second.duplicates == 2 and not second.changed
+    assert calls == {"hashed": [], "read": []}
+
+
+def test_a_touched_raw_file_is_hashed_again_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from preprocessing.ingest import ingest_index_path
+    from tests.preprocessing.dicom_factory import new_uid, write_ct_series
+
+    _aged_index(monkeypatch)
+    watch, raw = tmp_path / "incoming", tmp_path / "raw"
+    index = ingest_index_path(tmp_path / "project", raw)
+    write_ct_series(raw / "a" / "s1", n_slices=2, study_uid=new_uid())
+    write_ct_series(raw / "b" / "s1", n_slices=2, study_uid=new_uid(), seed=1)
+    shutil.copytree(raw / "a", watch / "a_again")
+    collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), index_path=index)
+    touched = raw / "b" / "s1" / "IM0001.dcm"
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns - 3_600_000_000_000))  # same bytes, other mtime
+
+    calls = _counting(monkeypatch, raw)
+    shutil.copytree(raw / "a", watch / "a_third_time")
+    result = collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), index_path=index)
+    assert calls["hashed"] == [touched] and calls["read"] == [touched]
+    assert result.studies_moved == 0 and not result.changed and result.duplicates == 2
+    assert sorted(p.name for p in raw.iterdir()) == ["a", "b"]
+
+
+def test_a_changed_raw_file_is_picked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw file rewritten with another instance's bytes: the index serves its new identity, so a drop of
+    that instance is a duplicate, not a new file (a stale index would copy it in again)."""
+    from preprocessing.ingest import ingest_index_path
+    from tests.preprocessing.dicom_factory import new_uid, write_ct_series
+
+    _aged_index(monkeypatch)
+    watch, raw, spare = tmp_path / "incoming", tmp_path / "raw", tmp_path / "spare"
+    index = ingest_index_path(tmp_path / "project", raw)
+    study = new_uid()
+    write_ct_series(raw / "a" / "s1", n_slices=2, study_uid=study)
+    write_ct_series(spare / "s7", n_slices=1, study_uid=study, series_number=7, seed=5)
+    (replacement,) = _files(spare)
+    shutil.copytree(raw / "a", watch / "a_again")
+    collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), index_path=index)
+
+    changed = raw / "a" / "s1" / "IM0002.dcm"
+    changed.write_bytes(replacement.read_bytes())  # new content (another SOPInstanceUID), same path
+    calls = _counting(monkeypatch, raw)
+    (watch / "late" / "s7").mkdir(parents=True)
+    shutil.copy(replacement, watch / "late" / "s7" / "IM0001.dcm")
+    result = collect_incoming(watch, raw, settle_s=0, record=_fake_record([]), index_path=index)
+    assert calls["read"] == [changed] and calls["hashed"] == [changed]
+    assert result.duplicates == 1 and result.files_added_to_existing == 0 and not result.changed
+    assert not (raw / "a" / "s7").exists()

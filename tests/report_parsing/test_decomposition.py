@@ -153,8 +153,9 @@ def test_anatomy_text_f1_floor_on_shared_silver(shared_data: Path, load_benchmar
     rows = benchmark.load_silver()
     ours = benchmark.score(rows, benchmark.ours, decomposed_only=True)
     keywords = benchmark.score(rows, benchmark.keyword_baseline, decomposed_only=True)
-    # measured (docs/report_parsing.md, all 768): lung 0.88 / heart 0.66 / esophagus 0.94 / aorta 0.77
-    floors = {"lung": 0.85, "heart": 0.63, "esophagus": 0.92, "aorta": 0.74}
+    # measured (docs/report_parsing.md, all 768, 2026-12-06): lung 0.92 / heart 0.77 / esophagus 0.96 / aorta 0.81
+    floors = {"lung": 0.90, "heart": 0.75, "esophagus": 0.94, "aorta": 0.79}
     for name, floor in floors.items():
         assert ours[name].f1 >= floor, (name, ours[name].f1)
-    assert ours["lung"].f1 >= keywords["lung"].f1
+    for name in ("lung", "heart", "aorta"):  # esophagus ties the keywords (0.96): not asserted
+        assert ours[name].f1 >= keywords[name].f1, (name, ours[name].f1, keywords[name].f1)

@@ -1,11 +1,13 @@
 """The PHI rules' cheap necessary conditions (report_parsing.phi._gates), the date rule tried only where a
-date can start, and the C-level english_ratio change no output: gated == ungated, fast == loop."""
+date can start, and the C-level english_ratio change no output: gated == ungated, a closed gate's rule
+cannot match, fast == loop."""
 
 from __future__ import annotations
 
 import random
+import re
 
-from report_parsing.phi import _scrub_rules
+from report_parsing.phi import _RULES, _gates, _phone_possible, _scrub_rules
 from report_parsing.tables import _ENGLISH_FUNCTION_WORDS, _WORD, english_ratio
 from tests.report_parsing.name_plants import plant
 from tests.report_parsing.test_phi_scrub import CLINICAL, PHI_CASES
@@ -53,3 +55,35 @@ def test_gates_on_the_ctrate_reports_and_plants(ctrate_texts: list[str]) -> None
         gated, ungated = _scrub_rules(text), _scrub_rules(text, gated=False)
         assert (gated.text, +gated.counts) == (ungated.text, +ungated.counts), text[:200]
         assert english_ratio(text) == _old_english_ratio(text)
+
+
+_PHONE_NEED = re.compile(r"(?:\)[\s.-]?|\d[\s.-])\d{3}[\s.-]?\d{2}")  # what every phone match holds
+
+
+def _runs(text: str) -> list[tuple[int, int]]:
+    return [match.span() for match in re.finditer(r"\d+", text)]
+
+
+def test_phone_gate_equals_its_expression_on_random_digit_strings() -> None:
+    rng = random.Random(11)
+    alphabet = "0123456789" * 3 + " .-/()+x\t"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24)))
+        assert _phone_possible(text, _runs(text)) == bool(_PHONE_NEED.search(text)), text
+
+
+def test_a_closed_gate_means_the_rule_cannot_match(ctrate_texts: list[str]) -> None:
+    """Each gate against its own rule on the unchanged text (stronger than gated == ungated, where an earlier
+    substitution could hide a rule's match): a closed gate, no match."""
+    rng = random.Random(5)
+    texts = _texts() + ctrate_texts[:200] + [plant(text, rng).text for text in ctrate_texts[:200]]
+    texts += ["Clinical information: cough. Call 0212 555 12 34.", "Clinics of Leeds; (0212) 5551234; 555-1234"]
+    for text in texts:
+        for gate, (_, pattern, _) in zip(_gates(text, text.lower()), _RULES, strict=True):
+            assert gate or pattern.search(text) is None, (pattern.pattern[:60], text[:200])
+
+
+def test_clinical_opens_no_institution_gate() -> None:
+    gates = _gates("Clinical information: dyspnea.", "clinical information: dyspnea.")
+    assert not gates[13] and not gates[14]
+    assert _gates("Seen at Leeds Clinic.", "seen at leeds clinic.")[13]

@@ -91,3 +91,15 @@ def test_ctrate_reports_keep_their_text_and_planted_names_go(ctrate_texts: list[
     after = [list(a.labels) for a in analyze_many(scrubbed, "ctrate4")]
     changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
     assert not changed, [plants[i].sentence for i in changed[:5]]
+
+
+def test_the_ner_model_tokenizer_is_the_one_it_was_saved_with() -> None:
+    """ner_model() skips reading the model's tokenizer from disk (the default built from its config is used):
+    only valid while the two are the same tokenizer, byte for byte."""
+    import spacy
+
+    from report_parsing.names import NER_EXCLUDE, _model_dir, ner_model
+
+    saved = spacy.load(_model_dir(), exclude=list(NER_EXCLUDE))
+    assert ner_model().tokenizer.to_bytes(exclude=["vocab"]) == saved.tokenizer.to_bytes(exclude=["vocab"])
+    assert ner_model().pipe_names == saved.pipe_names == ["tok2vec", "ner"]

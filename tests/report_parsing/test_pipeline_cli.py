@@ -210,3 +210,68 @@ def test_missing_column_is_a_clear_error(tmp_path: Path, params: Path, capsys: p
     assert main(["--params", str(params), "parse-reports", str(reports), str(tmp_path / "o.parquet")]) == 2
     error = capsys.readouterr().err
     assert "bad.csv" in error and "study_key" in error
+
+
+def test_tables_built_column_wise_equal_the_row_dicts(tmp_path: Path) -> None:
+    """write_tables builds both tables from columns and buffers: the same tables as ``pa.Table.from_pylist`` of
+    the row dicts (anatomy_rows), quarantined rows and a null study_id included."""
+    import pyarrow as pa
+
+    from report_parsing.io import read_report_rows
+    from report_parsing.tables import ParseOptions, anatomy_rows, parse_records, prepare_records, write_tables
+
+    rows = [
+        ["a", FINDINGS_ABNORMAL, "Atherosclerosis. Hiatal hernia."],
+        ["b", FINDINGS_NORMAL, ""],
+        ["a", FINDINGS_NORMAL, ""],  # duplicate id: null study_id
+        ["c", "", ""],
+        ["d", "Ünïcödé: ağır plevral efüzyon — pleural effusion is seen. Bilateral nodules.", ""],
+    ]
+    options = ParseOptions()
+    _, report_rows = read_report_rows(
+        _write_csv(tmp_path / "r.csv", ["study_key", "Findings", "Impression"], rows), options.required_columns()
+    )
+    records = prepare_records(report_rows, options)
+    parse_records(records, options)
+    long_path, studies_path = write_tables(records, tmp_path / "out.parquet", "ctrate4")
+    long_table = pq.read_table(long_path)
+    expected = pa.Table.from_pylist(list(anatomy_rows(records, "ctrate4")), schema=long_table.schema)
+    assert long_table.equals(expected, check_metadata=True)
+    studies = pq.read_table(studies_path)
+    assert studies.column("study_id").null_count == 1
+    assert studies.column("status").to_pylist() == ["ok", "ok", "duplicate_id", "empty", "ok"]
+    assert studies.column("report_text").to_pylist()[4] == records[4].report_text
+    assert studies.column("Hiatal hernia").to_pylist() == [
+        r.labels[CTRATE_LABELS.index("Hiatal hernia")] for r in records
+    ]
+
+
+def test_the_one_shot_command_imports_neither_torch_nor_pandas(tmp_path: Path, params: Path) -> None:
+    """fvlm parse-reports as its own process: thinc's torch import and pyarrow's pandas import are skipped
+    (docs/report_parsing.md "The whole command"), and torch still imports afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    reports = _write_csv(
+        tmp_path / "r.csv",
+        ["study_key", "Findings", "Impression"],
+        [["1", FINDINGS_ABNORMAL + " Wilhelmina Pemberton was scanned for dyspnea.", "Hiatal hernia."]],
+    )
+    out = tmp_path / "o.parquet"
+    script = (
+        "import sys\n"
+        "from fvlm.cli import main\n"
+        f"code = main(['--params', {str(params)!r}, 'parse-reports', {str(reports)!r}, {str(out)!r}])\n"
+        "print('MODULES', 'torch' in sys.modules, 'pandas' in sys.modules, 'thinc' in sys.modules)\n"
+        "import torch\n"
+        "print('TORCH', torch.ones(2).sum().item())\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "FVLM_NO_FLOWS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MODULES False False True" in done.stdout
+    assert "TORCH 2.0" in done.stdout
+    studies = pq.read_table(tmp_path / "o.studies.parquet")
+    assert "Pemberton" not in studies.column("report_text").to_pylist()[0]

@@ -1,4 +1,5 @@
-"""Smoke test of experiments/ablation.py: a tiny cohort, 2 steps, one seed, all four variants, end to end."""
+"""Smoke test of experiments/ablation.py: two tiny cohorts (one development, one report), 2 steps, the
+development phase choosing the best combination on validation, the report phase, the two-level bootstrap."""
 
 from __future__ import annotations
 
@@ -9,53 +10,49 @@ from pathlib import Path
 
 import pytest
 
-VARIANTS = ["clip", "fvlm", "fvlm+np", "fvlm+np+ct"]
+DEV_VARIANTS = ["fvlm", "fvlm+labels", "fvlm+sigmoid", "fvlm+cross", "fvlm+no-ct"]
+REPORT_VARIANTS = ["clip", "fvlm", "best"]
 
 
 @pytest.mark.slow
-def test_ablation_script_runs_all_variants_and_writes_results(repo_root: Path, tmp_path: Path) -> None:
+def test_ablation_script_runs_dev_then_report_phase(repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ablation"
     command = [
         sys.executable,
         str(repo_root / "experiments" / "ablation.py"),
-        "--studies",
-        "10",
-        "--steps",
-        "2",
-        "--seeds",
-        "0",
-        "--batch-size",
-        "2",
-        "--workers",
-        "1",
-        "--out",
-        str(out),
+        *("--studies", "12", "--steps", "2", "--batch-size", "4", "--workers", "1", "--bootstrap", "20"),
+        *("--dev-cohort-seeds", "1", "--dev-train-seeds", "0", "--report-cohort-seeds", "2"),
+        *("--report-train-seeds", "0", "--variants", *REPORT_VARIANTS, "--out", str(out)),
     ]
-    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     results = json.loads((out / "ablation.json").read_text())
-    assert results["steps"] == 2 and results["seeds"] == [0] and results["studies"] == 10
-    assert [run["variant"] for run in results["runs"]] == [*VARIANTS, "probe"]  # + the supervised-probe ceiling
+    assert results["steps"] == 2 and results["dev_cohort_seeds"] == [1] and results["report_cohort_seeds"] == [2]
+    assert [run["variant"] for run in results["dev_runs"]] == DEV_VARIANTS
+    assert [run["variant"] for run in results["runs"]] == REPORT_VARIANTS
+    assert all(run["cohort_seed"] == 2 and run["phase"] == "report" for run in results["runs"])
+    assert set(results["best"]) <= {"labels", "sigmoid", "cross", "no-ct"}
     for run in results["runs"]:
-        assert run["steps"] == 2 and run["seed"] == 0
-        assert run["n_test"] >= 1
-        assert run["mean_auc"] is None or 0.0 <= run["mean_auc"] <= 1.0
-    assert set(results["summary"]) == {*VARIANTS, "probe"}
+        assert run["steps"] == 2 and run["n_test"] >= 1 and Path(run["study_scores"]).is_file()
+    summary = results["summary"]["variants"]
+    assert set(summary) == set(REPORT_VARIANTS) and "delta_vs_clip_ci95" in summary["fvlm"]
     # each variant really trained with its own loss settings
-    work = out / "work"
     from core.config import load_config
 
-    clip_train = load_config(work / "params_clip_s0.yaml").train
-    coteach_train = load_config(work / "params_fvlm_np_ct_s0.yaml").train
-    plain_train = load_config(work / "params_fvlm_s0.yaml").train
-    assert clip_train.loss == "clip" and clip_train.steps == 2 and clip_train.batch_size == 2
-    assert plain_train.loss == "fvlm" and not plain_train.normal_positives and plain_train.coteaching_alpha == 0.0
-    assert coteach_train.loss == "fvlm" and coteach_train.normal_positives and coteach_train.coteaching_alpha == 0.5
+    work = out / "work"
+    clip_train = load_config(work / "cohort_2" / "params_clip_s0.yaml").train
+    fvlm_train = load_config(work / "cohort_2" / "params_fvlm_s0.yaml").train
+    labels_train = load_config(work / "cohort_1" / "params_fvlm_labels_s0.yaml").train
+    assert clip_train.loss == "clip" and clip_train.steps == 2 and clip_train.batch_size == 4
+    assert fvlm_train.loss == "fvlm" and fvlm_train.normal_positives and fvlm_train.coteaching_alpha == 0.5
+    assert labels_train.label_loss_weight == 1.0
     table = (out / "ablation.md").read_text()
-    assert "global CLIP" in table and "co-teaching" in table and "--steps 2" in table
+    assert "global CLIP" in table and "development cohort seeds [1]" in table and "report cohort seeds [2]" in table
 
-    # a second run reuses the prepared cohort instead of rebuilding it
-    again = subprocess.run([*command, "--variants", "clip"], cwd=repo_root, capture_output=True, text=True, timeout=900)
+    # a second run reuses every cohort and every finished run: nothing new in the logs
+    logs = {cohort: (work / cohort / "ablation.log").read_text() for cohort in ("cohort_1", "cohort_2")}
+    again = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "reusing cohort" in again.stdout
+    assert again.stdout.count("reusing cohort") == 2
+    assert all((work / cohort / "ablation.log").read_text() == text for cohort, text in logs.items())

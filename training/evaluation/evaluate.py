@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,10 +217,19 @@ class SplitScores:
 def score_model_on(
     model: FVLM, spec: ZeroShotSpec, batches: Iterable[Mapping[str, Any]], description: str = "evaluate"
 ) -> SplitScores:
-    """Zero-shot scores of every study in ``batches`` (the batches scored are counted on a progress bar)."""
-    from core.progress import progress
+    """Zero-shot scores of every study in ``batches`` (the studies scored are counted on a progress bar)."""
+    return score_embeddings(model, spec, embed_batches(model, counted_studies(batches, description)))
 
-    return score_embeddings(model, spec, embed_batches(model, progress(batches, description, "batches")))
+
+def counted_studies(batches: Iterable[Mapping[str, Any]], description: str) -> Iterator[Mapping[str, Any]]:
+    """``batches`` on a progress bar that counts studies as their crops are embedded, out of the split's
+    study count (the shard reader's ``num_rows``: one row per study): a DataLoader over the iterable shard
+    reader has no length, so counting batches showed ``1/?``."""
+    from core.progress import progress_of_keys
+
+    total = getattr(getattr(batches, "dataset", None), "num_rows", None)
+    total = total if isinstance(total, int) else None  # a plain list of batches: its studies, counted up front
+    return progress_of_keys(batches, description, "studies", lambda batch: batch["study_id"], total=total)
 
 
 def score_embeddings(model: FVLM, spec: ZeroShotSpec, embeddings: Embeddings) -> SplitScores:
@@ -301,10 +310,8 @@ def evaluate_model(
     The negative rule is ``evaluate.negative_rule`` (``auto``: chosen on val, :func:`choose_negative_rule`;
     ``report["negative_rule"]``); the spread over the prompt sets is ``report["prompt_sets"]``.
     """
-    from core.progress import progress
-
-    val_embeddings = embed_batches(model, progress(val_batches, "evaluate: val", "batches"))
-    test_embeddings = embed_batches(model, progress(test_batches, "evaluate: test", "batches"))
+    val_embeddings = embed_batches(model, counted_studies(val_batches, "evaluate: val"))
+    test_embeddings = embed_batches(model, counted_studies(test_batches, "evaluate: test"))
     spec, rule = choose_negative_rule(model, spec, val_embeddings, eval_cfg.negative_rule)
     val = score_embeddings(model, spec, val_embeddings)
     test = score_embeddings(model, spec, test_embeddings)

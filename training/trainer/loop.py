@@ -4,10 +4,12 @@ Runs in-process on CPU (demo) or under ``torchrun`` (DDP: rank / world size / lo
 environment; NCCL on CUDA, gloo on CPU; :mod:`training.models.distributed`). AdamW (no weight decay on
 1-D parameters: norms, biases, temperature, position embeddings, queries; :func:`training.trainer.step.param_groups`),
 linear warmup + cosine (:mod:`training.trainer.schedule`), gradient clipping, bf16 autocast on CUDA when
-``train.amp``. Exact resume from ``<out>/checkpoints/last.pt`` (:mod:`training.trainer.checkpoint`):
-model, optimizer, scheduler, EMA peer, every rank's RNG states and the data position. A non-finite loss
-or gradient norm stops the run with :class:`NonFiniteLossError` naming the step and the loss; the last
-good checkpoint is kept. MLflow from rank 0 only (:mod:`training.tracking.runs`).
+``train.amp``; fused AdamW with ``train.fused_optimizer``, the vision tower compiled with ``train.compile``
+(:func:`training.trainer.step.make_adamw`, :func:`training.trainer.step.compile_vision`). Exact resume from
+``<out>/checkpoints/last.pt`` (:mod:`training.trainer.checkpoint`): model, optimizer, scheduler, EMA peer,
+every rank's RNG states and the data position. A non-finite loss or gradient norm stops the run with
+:class:`NonFiniteLossError` naming the step and the loss; the last good checkpoint is kept. MLflow from rank 0
+only (:mod:`training.tracking.runs`).
 
 Data comes from a :class:`training.trainer.batch.BatchSource`: ``iter_epoch(epoch)`` yields batches in
 the batch contract (:class:`training.trainer.batch.Batch`) and must be deterministic given the epoch and
@@ -46,7 +48,15 @@ from training.trainer.checkpoint import (
     save_checkpoint,
 )
 from training.trainer.schedule import warmup_cosine
-from training.trainer.step import LossModule, ema_update, image_token_count, param_groups, text_token_count
+from training.trainer.step import (
+    LossModule,
+    compile_vision,
+    ema_update,
+    image_token_count,
+    make_adamw,
+    param_groups,
+    text_token_count,
+)
 
 if TYPE_CHECKING:
     from training.models.model import FVLM
@@ -220,7 +230,9 @@ def build_train_state(
             device_ids=[env.local_rank] if env.device.type == "cuda" else None,
             find_unused_parameters=True,  # fvlm leaves the global head unused, clip the anatomy pooling
         )
-    optimizer = torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr)
+    optimizer = make_adamw(param_groups(model, train_cfg.weight_decay), train_cfg.lr, fused=train_cfg.fused_optimizer)
+    if train_cfg.compile:  # after the EMA peer's deepcopy: the peer (no_grad forward) stays eager
+        compile_vision(model)
     scheduler = warmup_cosine(optimizer, train_cfg.warmup_steps, total_steps)
     return TrainState(model, peer, loss_module, optimizer, scheduler)
 

@@ -3,12 +3,15 @@ update and the token counts behind the throughput figures (shared by the loop an
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from core.config import TrainConfig
@@ -105,6 +108,48 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             continue
         (no_decay if parameter.ndim <= 1 else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fused_adamw_problem(device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
+    """Why ``AdamW(fused=True)`` cannot step parameters of ``dtype`` on ``device`` (None: it can). torch checks
+    the device only at the first ``step()``, so one step on a scratch one-element tensor is the probe."""
+    probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+    probe.grad = torch.zeros_like(probe)
+    try:
+        torch.optim.AdamW([probe], lr=1e-3, fused=True).step()
+    except (RuntimeError, ValueError) as error:  # what torch raises for an unsupported device / dtype
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
+def make_adamw(groups: Iterable[Any], lr: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (parameters or parameter-group dicts); ``fused=True`` (``train.fused_optimizer``):
+    one fused kernel for the whole update. Where the parameters' device / dtype has no such kernel, the plain
+    AdamW, and one log line saying so."""
+    groups = list(groups)
+    if not fused:
+        return torch.optim.AdamW(groups, lr=lr)
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    kinds = {(p.device, p.dtype) for p in params}
+    problems = {f"{d.type}/{t}": why for d, t in kinds if (why := fused_adamw_problem(d, t)) is not None}
+    if problems:
+        where, why = next(iter(problems.items()))
+        log.warning("train.fused_optimizer: no fused AdamW for %s (%s); using the plain AdamW", where, why)
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
+
+
+def compile_vision(model: nn.Module) -> nn.Module:
+    """``train.compile``: torch.compile the vision tower's forward in place (state-dict keys unchanged, so
+    checkpoints and saved models are those of the eager model). Only the vision tower: its input is always
+    the crop (one graph, no recompiles), and it holds nearly all FLOPs; the text tower sees a new shape with
+    every batch's texts and tokenises strings (graph breaks). ``nn.Module.compile()`` captured no frame here
+    (torch 2.13), hence the bound ``forward``."""
+    vision = getattr(model, "vision", None)
+    if not isinstance(vision, nn.Module):
+        raise ValueError("train.compile: the model has no vision tower to compile")
+    vision.forward = torch.compile(vision.forward)
+    return model
 
 
 def ema_update(peer: nn.Module, model: nn.Module, decay: float) -> None:
