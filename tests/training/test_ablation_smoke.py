@@ -20,7 +20,8 @@ def test_ablation_script_runs_dev_then_report_phase(repo_root: Path, tmp_path: P
     command = [
         sys.executable,
         str(repo_root / "experiments" / "ablation.py"),
-        *("--studies", "12", "--steps", "2", "--batch-size", "4", "--workers", "1", "--bootstrap", "20"),
+        *("--studies", "24", "--split", "0.5", "0.25", "0.25", "--steps", "2", "--batch-size", "4"),
+        *("--workers", "1", "--bootstrap", "20"),
         *("--dev-cohort-seeds", "1", "--dev-train-seeds", "0", "--report-cohort-seeds", "2"),
         *("--report-train-seeds", "0", "--variants", *REPORT_VARIANTS, "--out", str(out)),
     ]
