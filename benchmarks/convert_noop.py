@@ -92,19 +92,31 @@ def write_studies(root: Path, templates: list[bytes], start: int, count: int) ->
             (folder / f"{k:04d}.dcm").write_bytes(data)
 
 
-def timed_convert(source: Path, out: Path, index: Path) -> dict:
+def timed_child(script: str, *args: str) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """Run ``python -c SCRIPT ARGS`` as a fresh process (imports included) in the repo; (wall s, CPU s, result)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_CONVERT, str(source), str(out), str(index)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done
+
+
+def print_growth(results: list[dict], measure: str) -> None:
+    """The no-op night's growth from the smallest to the largest archive, by ``measure`` (wall | cpu)."""
+    if len(results) < 2:
+        return
+    small, large = results[0], results[-1]
+    growth = large[f"noop_{measure}_s"] / max(small[f"noop_{measure}_s"], 1e-9)
+    print(
+        f"no-op growth {small['studies']} -> {large['studies']} studies: {growth:.2f}x {measure.replace('cpu', 'CPU')} "
+        f"(linear would be {large['studies'] / small['studies']:.0f}x); no-op at {large['studies']}: "
+        f"{large['noop_wall_s']} s wall, {large['noop_cpu_s']} s CPU"
+    )
+
+
+def timed_convert(source: Path, out: Path, index: Path) -> dict:
+    wall, cpu, done = timed_child(RUN_CONVERT, str(source), str(out), str(index))
     index_line = [line for line in done.stderr.splitlines() if "file index:" in line]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     return {
@@ -149,14 +161,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             shutil.rmtree(source)
             shutil.rmtree(out)
-    if len(results) >= 2:
-        small, large = results[0], results[-1]
-        growth = large["noop_cpu_s"] / max(small["noop_cpu_s"], 1e-9)
-        print(
-            f"no-op growth {small['studies']} -> {large['studies']} studies: {growth:.2f}x CPU "
-            f"(linear would be {large['studies'] / small['studies']:.0f}x); no-op at {large['studies']}: "
-            f"{large['noop_wall_s']} s wall, {large['noop_cpu_s']} s CPU"
-        )
+    print_growth(results, "cpu")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,23 +40,14 @@ print(json.dumps({"new": result.studies_moved, "ingested": result.files_ingested
 
 
 def timed_ingest(watch: Path, raw: Path, index: Path | None) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_INGEST, str(watch), str(raw), str(index) if index else "-"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    from benchmarks.convert_noop import timed_child
+
+    wall, cpu, done = timed_child(RUN_INGEST, str(watch), str(raw), str(index) if index else "-")
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
-    from benchmarks.convert_noop import template_files, write_studies
+    from benchmarks.convert_noop import print_growth, template_files, write_studies
     from preprocessing import file_index
     from preprocessing.ingest import ingest_index_path
 
@@ -94,14 +83,7 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
             shutil.rmtree(raw)
-    if len(results) >= 2:
-        small, large = results[0], results[-1]
-        growth = large["noop_wall_s"] / max(small["noop_wall_s"], 1e-9)
-        print(
-            f"no-op growth {small['studies']} -> {large['studies']} studies: {growth:.2f}x wall "
-            f"(linear would be {large['studies'] / small['studies']:.0f}x); no-op at {large['studies']}: "
-            f"{large['noop_wall_s']} s wall, {large['noop_cpu_s']} s CPU"
-        )
+    print_growth(results, "wall")
 
 
 if __name__ == "__main__":

@@ -189,34 +189,54 @@ def build(model_cfg: ModelConfig, crop_zyx: tuple[int, int, int], tokenizer_dir:
     )
 
 
+def fast_loss(
+    model: torch.nn.Module, batch: dict[str, Any], device: torch.device
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The fast configuration's forward + batched fVLM loss (normal positives, no co-teaching targets);
+    returns (loss, the model's outputs)."""
+    from training.models.losses import fvlm_loss
+
+    out = model(
+        batch["volume"].to(device, non_blocking=True),
+        batch["mask"].to(device, non_blocking=True),
+        batch["anatomy_text"],
+    )
+    loss, _ = fvlm_loss(
+        out["anatomy"],
+        out["text_anatomy"],
+        out["anatomy_present"],
+        batch["anatomy_abnormal"].to(device),
+        batch["anatomy_text"],
+        out["logit_scale"],
+        True,
+        None,
+        0.0,
+        False,
+    )
+    return loss, out
+
+
 def train_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any], fast: bool, device: torch.device
 ) -> float:
-    from training.models.losses import fvlm_loss, fvlm_loss_reference
+    from training.models.losses import fvlm_loss_reference
 
-    volume = batch["volume"].to(device, non_blocking=True)
-    mask = batch["mask"].to(device, non_blocking=True)
     use_bf16 = fast and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        out = model(volume, mask, batch["anatomy_text"])
-        valid = out["anatomy_present"]
-        abnormal = batch["anatomy_abnormal"].to(device)
         if fast:
-            loss, _ = fvlm_loss(
+            loss, _ = fast_loss(model, batch, device)
+        else:
+            volume = batch["volume"].to(device, non_blocking=True)
+            mask = batch["mask"].to(device, non_blocking=True)
+            out = model(volume, mask, batch["anatomy_text"])
+            loss = fvlm_loss_reference(
                 out["anatomy"],
                 out["text_anatomy"],
-                valid,
-                abnormal,
+                out["anatomy_present"],
+                batch["anatomy_abnormal"].to(device),
                 batch["anatomy_text"],
                 out["logit_scale"],
                 True,
-                None,
-                0.0,
-                False,
-            )
-        else:
-            loss = fvlm_loss_reference(
-                out["anatomy"], out["text_anatomy"], valid, abnormal, batch["anatomy_text"], out["logit_scale"], True
             )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -237,26 +257,11 @@ def count_flops(model: torch.nn.Module, batch: dict[str, Any], device: torch.dev
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.models.losses import fvlm_loss
-
     configure(model, fast=True)
     model.set_attention("math")
     counter = FlopCounterMode(display=False)
     with counter:
-        out = model(batch["volume"].to(device), batch["mask"].to(device), batch["anatomy_text"])
-        loss, _ = fvlm_loss(
-            out["anatomy"],
-            out["text_anatomy"],
-            out["anatomy_present"],
-            batch["anatomy_abnormal"].to(device),
-            batch["anatomy_text"],
-            out["logit_scale"],
-            True,
-            None,
-            0.0,
-            False,
-        )
-        loss.backward()
+        fast_loss(model, batch, device)[0].backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -405,24 +410,10 @@ def figures_of(runner: Runner, batch_size: int, flops: float, peak: float) -> di
 
 def forward_only(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """One fast-configuration forward + loss without gradients: proves the profile builds and runs."""
-    from training.models.losses import fvlm_loss
-
     configure(model, fast=True)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model(batch["volume"].to(device), batch["mask"].to(device), batch["anatomy_text"])
-        loss, _ = fvlm_loss(
-            out["anatomy"],
-            out["text_anatomy"],
-            out["anatomy_present"],
-            batch["anatomy_abnormal"].to(device),
-            batch["anatomy_text"],
-            out["logit_scale"],
-            True,
-            None,
-            0.0,
-            False,
-        )
+        loss, out = fast_loss(model, batch, device)
     return {
         "forward_s": time.perf_counter() - start,
         "loss": float(loss),

@@ -230,9 +230,10 @@ def prepare_cohort(
         ("parse-reports", ["parse-reports", "data/demo/reports.csv", "data/reports/reports.parquet"]),
         ("shard", ["shard"]),
     ]
+    # a generated cohort already there is kept (with real reports it is written again: the source may differ)
+    keep_demo_data = not reports and demo_cohort_matches(work / "data" / "demo", studies, cohort_seed, difficulty)
     for name, args in stages:
-        same_cohort = demo_cohort_matches(work / "data" / "demo", studies, cohort_seed, difficulty)
-        if name == "demo-data" and same_cohort and not reports:
+        if name == "demo-data" and keep_demo_data:
             print("cohort: reusing the generated demo cohort", flush=True)
             continue
         print(f"cohort: fvlm {name} ...", flush=True)
@@ -373,19 +374,6 @@ def run_auc_matrix(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[st
         return data["test_truth"], data["test_scores"], [str(x) for x in data["test_ids"]]
 
 
-def mean_auc_of(truth: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over labels (columns) with both classes among the known truth; NaN when none."""
-    from training.metrics import roc_auc
-
-    aucs = []
-    for column in range(truth.shape[1]):
-        known = truth[:, column] >= 0
-        y = truth[known, column]
-        if y.size and 0 < int((y == 1).sum()) < y.size:
-            aucs.append(roc_auc(y, scores[known, column]))
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
 def cohort_bootstrap(
     runs: list[dict[str, Any]], variants: list[str], resamples: int, seed: int = 0, level: float = 0.95
 ) -> dict[str, Any]:
@@ -394,6 +382,8 @@ def cohort_bootstrap(
     with replacement (the same draw for every variant and training seed of that cohort: paired), and
     averages the runs' mean AUCs. The interval therefore holds cohort-to-cohort and test-sampling noise
     as well as the training seeds' spread."""
+    from training.evaluation.evaluate import split_mean_auc
+
     rng = np.random.default_rng(seed)
     by_cohort: dict[int, dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]] = {}
     for run in runs:
@@ -409,7 +399,7 @@ def cohort_bootstrap(
             rows = rng.integers(0, n, size=n)
             for (variant, _seed), (truth, scores) in cells.items():
                 if variant in sums:
-                    sums[variant].append(mean_auc_of(truth[rows], scores[rows]))
+                    sums[variant].append(split_mean_auc(truth[rows], scores[rows]))
         for variant, values in sums.items():
             finite = [v for v in values if np.isfinite(v)]
             replicate_means[variant].append(float(np.mean(finite)) if finite else float("nan"))
@@ -421,7 +411,7 @@ def cohort_bootstrap(
 
     point = {
         v: float(
-            np.mean([mean_auc_of(*cell) for cells in by_cohort.values() for (w, _), cell in cells.items() if w == v])
+            np.mean([split_mean_auc(*cell) for cells in by_cohort.values() for (w, _), cell in cells.items() if w == v])
         )
         for v in variants
     }
@@ -434,7 +424,7 @@ def cohort_bootstrap(
                 entry[f"delta_vs_{reference}"] = point[variant] - point[reference]
                 entry[f"delta_vs_{reference}_ci95"] = interval(deltas)
         entry["per_run"] = {
-            f"c{c}/s{s}": round(mean_auc_of(*cell), 4)
+            f"c{c}/s{s}": round(split_mean_auc(*cell), 4)
             for c, cells in by_cohort.items()
             for (w, s), cell in cells.items()
             if w == variant

@@ -37,12 +37,9 @@ def import_nibabel_without_pydicom() -> None:
 
     if "nibabel" in sys.modules or "pydicom" in sys.modules or importlib.util.find_spec("pydicom") is None:
         return
-    sys.modules["pydicom"] = None  # type: ignore[assignment]  # nibabel's optional_package then records it absent
-    try:
-        import nibabel.nifti1 as nifti1
-    finally:
-        if sys.modules.get("pydicom", False) is None:
-            del sys.modules["pydicom"]
+    from core.imports import import_hiding
+
+    nifti1 = import_hiding("nibabel.nifti1", "pydicom")  # nibabel's optional_package records pydicom absent
     nifti1.pdcm = _LazyPydicom()
     nifti1.have_dicom = True
     for key in (2, "dicom"):

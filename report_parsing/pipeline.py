@@ -174,12 +174,9 @@ def import_spacy_without_torch() -> None:
     torch`` works again afterwards; only thinc's PyTorch wrappers stay off in this process."""
     if any(name in sys.modules for name in ("spacy", "thinc", "torch")):
         return  # too late, or torch is wanted here: nothing changes
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ModuleNotFoundError
-    try:
-        import spacy  # noqa: F401
-    finally:
-        if "torch" in sys.modules and sys.modules["torch"] is None:
-            del sys.modules["torch"]
+    from core.imports import import_hiding
+
+    import_hiding("spacy", "torch")
 
 
 def build_pipeline(anatomy_set: str = "ctrate4", *, uncertain_is_positive: bool = True) -> Any:
